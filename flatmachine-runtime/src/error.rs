@@ -1,0 +1,51 @@
+//! Errors raised while a state runs, with stable type names for `on_error` routing.
+
+use std::fmt;
+
+/// Stable error type names written to `context.last_error_type` and matched by
+/// `on_error: { <TypeName>: state }` maps.
+pub mod error_type {
+    /// A template failed to render (undefined attribute, bad filter, ...).
+    pub const TEMPLATE: &str = "TemplateError";
+    /// A condition or computed expression failed (type mismatch, bad index, ...).
+    pub const EXPRESSION: &str = "ExpressionError";
+    /// An action handler failed (user handlers may report their own type name instead).
+    pub const ACTION: &str = "ActionError";
+    /// No handler accepted an `action:`.
+    pub const UNHANDLED_ACTION: &str = "UnhandledActionError";
+    /// An agent call failed.
+    pub const AGENT: &str = "AgentError";
+    /// A state or call ran past its timeout.
+    pub const TIMEOUT: &str = "TimeoutError";
+    /// A child machine failed.
+    pub const MACHINE: &str = "MachineError";
+    /// A hook failed.
+    pub const HOOK: &str = "HookError";
+}
+
+/// An error raised while running one state. Routed by the state's `on_error`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateError {
+    /// Stable type name (see [`error_type`]) or a user-chosen one; matched by `on_error` maps.
+    pub error_type: String,
+    /// Human-readable message; written to `context.last_error`.
+    pub message: String,
+}
+
+impl StateError {
+    /// A new error with the given type name and message.
+    pub fn new(error_type: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            error_type: error_type.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.error_type, self.message)
+    }
+}
+
+impl std::error::Error for StateError {}

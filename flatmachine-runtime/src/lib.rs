@@ -1,0 +1,19 @@
+//! Runtime for FlatMachines compiled by `flatmachine-build`.
+//!
+//! The generated code describes a machine (states, compiled conditions, embedded templates);
+//! this crate carries all behaviour: the execution loop, templates, hooks, persistence.
+
+pub mod context;
+pub mod error;
+pub mod expr;
+pub mod hooks;
+pub mod lock;
+pub mod persistence;
+pub mod results;
+pub mod template;
+
+pub use context::{Context, Value};
+pub use error::{StateError, error_type};
+
+#[cfg(feature = "macros")]
+pub use flatmachine_macros::flatmachine;

@@ -1,0 +1,1 @@
+//! Shared helpers for flatmachine's integration tests.
