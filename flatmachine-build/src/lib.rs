@@ -1,14 +1,4 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The FlatMachines compiler: loads machine YAML (and the agent, machine and profile files it
+//! references), validates it, and generates Rust that runs on `flatmachine-runtime`.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod expr;
