@@ -3,5 +3,7 @@
 
 pub mod diagnostic;
 pub mod expr;
+pub mod loader;
+pub mod model;
 pub mod source;
 pub mod yaml;

@@ -1,0 +1,180 @@
+//! The agent format (`spec: flatagent`), after `flatagent.d.ts`.
+
+use super::JsonMap;
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// An agent file: `spec: flatagent`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentWrapper {
+    /// Always `flatagent`.
+    pub spec: String,
+    /// Semver of the spec the file was written for.
+    pub spec_version: String,
+    /// The agent.
+    pub data: AgentData,
+    /// Free-form metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<JsonMap>,
+}
+
+/// The agent itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentData {
+    /// Agent name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A profile name, a profile with overrides, or an inline model config.
+    pub model: ModelRef,
+    /// System prompt (template).
+    pub system: String,
+    /// User prompt (template).
+    pub user: String,
+    /// Appended to the prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction_suffix: Option<String>,
+    /// Structured output fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<IndexMap<String, OutputFieldDef>>,
+    /// Tool servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpConfig>,
+}
+
+/// `model:` — a profile name or a config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ModelRef {
+    /// A profile name from `profiles.yml`.
+    Profile(String),
+    /// An inline config, or `{profile: ..., <overrides>}`.
+    Config(ModelConfig),
+}
+
+/// Model settings; with `profile`, the other fields override the profile's.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ModelConfig {
+    /// Profile to start from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Model name (required without `profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Provider (`openai`, `anthropic`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Most tokens to generate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// Nucleus sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// Top-k sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u64>,
+    /// Frequency penalty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    /// Presence penalty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    /// Sampling seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// Provider endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+}
+
+/// One structured output field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OutputFieldDef {
+    /// Field type.
+    #[serde(rename = "type")]
+    pub kind: OutputType,
+    /// What the field means.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Allowed values.
+    #[serde(default, rename = "enum", skip_serializing_if = "Option::is_none")]
+    pub enum_values: Option<Vec<String>>,
+    /// Whether the field must be present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+    /// Item type of a list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Box<OutputFieldDef>>,
+    /// Fields of an object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<IndexMap<String, OutputFieldDef>>,
+}
+
+/// Output field types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputType {
+    /// String.
+    Str,
+    /// Integer.
+    Int,
+    /// Float.
+    Float,
+    /// Boolean.
+    Bool,
+    /// Any JSON.
+    Json,
+    /// List.
+    List,
+    /// Object.
+    Object,
+}
+
+/// MCP tool servers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct McpConfig {
+    /// Servers by name.
+    pub servers: IndexMap<String, McpServerDef>,
+    /// Which tools to offer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_filter: Option<ToolFilter>,
+    /// Prompt describing the tools (template).
+    pub tool_prompt: String,
+}
+
+/// One MCP server (stdio or HTTP).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct McpServerDef {
+    /// Stdio command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Stdio arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Stdio environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<IndexMap<String, String>>,
+    /// HTTP endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_url: Option<String>,
+    /// HTTP headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<IndexMap<String, String>>,
+    /// Seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+}
+
+/// Tool allow/deny lists (`server:tool`, wildcards allowed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolFilter {
+    /// Allowed tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    /// Denied tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny: Option<Vec<String>>,
+}
