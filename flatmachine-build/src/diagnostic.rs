@@ -179,6 +179,11 @@ impl Diagnostics {
         self.items.iter().filter(|d| !d.is_error())
     }
 
+    /// The most recently added one.
+    pub fn last_mut(&mut self) -> Option<&mut Diagnostic> {
+        self.items.last_mut()
+    }
+
     /// How many.
     pub fn len(&self) -> usize {
         self.items.len()
@@ -222,7 +227,10 @@ impl Extend<Diagnostic> for Diagnostics {
 }
 
 /// The closest candidate to `name` (Jaro similarity ≥ 0.7, as clap does), as a help line.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     closest(name, candidates).map(|c| format!("did you mean `{c}`?"))
 }
 

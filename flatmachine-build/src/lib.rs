@@ -1,9 +1,134 @@
 //! The FlatMachines compiler: loads machine YAML (and the agent, machine and profile files it
 //! references), validates it, and generates Rust that runs on `flatmachine-runtime`.
+//!
+//! The pipeline is `loader` (YAML with locations, schema, references) → `analyze` (semantic
+//! checks, lowering to `ir`) → `codegen` (tokens, pretty-printed). [`compile`] runs all of it;
+//! the `flatmachine!` macro, the [`Builder`] for build.rs and the `flatmachine` CLI are thin
+//! users of it.
 
+pub mod analyze;
+pub mod builder;
+pub mod codegen;
 pub mod diagnostic;
 pub mod expr;
+pub mod graph;
+pub mod ir;
 pub mod loader;
 pub mod model;
 pub mod source;
+pub mod templates;
 pub mod yaml;
+
+pub use builder::Builder;
+pub use codegen::CodegenOptions;
+pub use diagnostic::{Diagnostic, Diagnostics, Severity};
+
+use proc_macro2::TokenStream;
+use source::SourceDb;
+use std::path::{Path, PathBuf};
+
+/// The result of checking a machine: every file read and every diagnostic.
+#[derive(Debug)]
+pub struct Checked {
+    /// The loaded project (files, YAML trees, typed configs).
+    pub project: loader::Project,
+    /// The lowered machines (root first); `None` where a machine could not be lowered.
+    pub irs: Vec<Option<ir::MachineIr>>,
+    /// Every problem found, sorted by place.
+    pub diagnostics: Diagnostics,
+}
+
+impl Checked {
+    /// All files read.
+    pub fn db(&self) -> &SourceDb {
+        &self.project.db
+    }
+
+    /// Whether any error was found.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.has_errors()
+    }
+
+    /// Every diagnostic rendered in rustc's format.
+    pub fn render(&self, color: bool) -> String {
+        self.diagnostics.render(&self.project.db, color)
+    }
+
+    /// Paths of every file read.
+    pub fn files_read(&self) -> Vec<PathBuf> {
+        self.project.files_read()
+    }
+}
+
+/// Load and check a machine file and everything it references. `display` is how the root file
+/// is named in diagnostics (defaults to the path as given).
+pub fn check(path: &Path, display: Option<String>) -> Checked {
+    let project = loader::load_with_display(path, display);
+    let (irs, more) = analyze::analyze(&project);
+    let mut diagnostics = project.diagnostics.clone();
+    diagnostics.extend(more.into_vec());
+    diagnostics.sort();
+    Checked {
+        project,
+        irs,
+        diagnostics,
+    }
+}
+
+/// A successful compilation.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The checked project.
+    pub checked: Checked,
+    /// Rust module name of the root machine.
+    pub module: String,
+    /// The generated tokens.
+    pub tokens: TokenStream,
+}
+
+impl Compiled {
+    /// The generated code, pretty-printed.
+    pub fn pretty(&self) -> String {
+        codegen::pretty(&self.tokens)
+    }
+
+    /// Warnings, rendered.
+    pub fn warnings(&self) -> Vec<String> {
+        self.checked
+            .diagnostics
+            .warnings()
+            .map(|d| d.render(self.checked.db(), false))
+            .collect()
+    }
+}
+
+/// Check a machine and, when it has no errors, generate its Rust code.
+pub fn compile(
+    path: &Path,
+    display: Option<String>,
+    opts: &CodegenOptions,
+) -> Result<Compiled, Box<Checked>> {
+    let checked = check(path, display);
+    if checked.has_errors() || checked.irs.is_empty() || checked.irs.iter().any(Option::is_none) {
+        return Err(Box::new(checked));
+    }
+    let irs: Vec<ir::MachineIr> = checked.irs.iter().flatten().cloned().collect();
+    let mut opts = opts.clone();
+    if opts.warnings_as_deprecations && opts.warnings.is_empty() {
+        opts.warnings = checked
+            .diagnostics
+            .warnings()
+            .map(|d| d.render(checked.db(), false))
+            .collect();
+    }
+    if opts.track_files_read {
+        opts.track_files = checked.files_read();
+    }
+    let tokens = codegen::generate(&irs, &opts);
+    let module = irs[0].module.clone();
+    Ok(Compiled {
+        checked,
+        module,
+        tokens,
+    })
+}

@@ -214,7 +214,9 @@ impl Loader {
                     Err(_) => path.to_path_buf(),
                 }
             }
-            _ => path.strip_prefix(&self.display_base).map_or(path.to_path_buf(), |_| path.to_path_buf()),
+            _ => path
+                .strip_prefix(&self.display_base)
+                .map_or(path.to_path_buf(), |_| path.to_path_buf()),
         };
         normalize(&shown).display().to_string()
     }
@@ -231,8 +233,11 @@ impl Loader {
             } else {
                 e.to_string()
             };
-            Diagnostic::error(format!("cannot read `{}`: {what}", norm.display()), reference)
-                .with_help("paths are relative to the directory of the file that names them")
+            Diagnostic::error(
+                format!("cannot read `{}`: {what}", norm.display()),
+                reference,
+            )
+            .with_help("paths are relative to the directory of the file that names them")
         })?;
         let display = self.display_of(&norm);
         let id = self.project.db.add(norm, display, text);
@@ -246,7 +251,12 @@ impl Loader {
     }
 
     /// Check against a schema, then deserialize, reporting unknown keys as warnings.
-    fn typed<T: DeserializeOwned>(&mut self, origin: &Origin, schema: &Value, what: &str) -> Option<T> {
+    fn typed<T: DeserializeOwned>(
+        &mut self,
+        origin: &Origin,
+        schema: &Value,
+        what: &str,
+    ) -> Option<T> {
         let node = self.project.node(origin, &[])?.clone();
         let mut errs = Vec::new();
         let json = yaml::to_json(&node, &mut errs);
@@ -344,11 +354,21 @@ impl Loader {
         unit.config = config;
         unit.agents = agents;
         unit.machines = machines;
-        unit.profiles = self.profiles_by_dir.get(&normalize(&dir)).copied().flatten();
+        unit.profiles = self
+            .profiles_by_dir
+            .get(&normalize(&dir))
+            .copied()
+            .flatten();
         id
     }
 
-    fn load_child_machine(&mut self, origin: &Origin, dir: &Path, rel: Vec<PathSeg>, mref: &MachineRef) -> Option<MachineId> {
+    fn load_child_machine(
+        &mut self,
+        origin: &Origin,
+        dir: &Path,
+        rel: Vec<PathSeg>,
+        mref: &MachineRef,
+    ) -> Option<MachineId> {
         let (path, inline_rel) = match mref {
             MachineRef::Path(p) => (Some(p.clone()), None),
             MachineRef::Inline(_) => (None, Some(rel.clone())),
@@ -361,13 +381,19 @@ impl Loader {
                 }
                 (None, None) => {
                     let span = self.project.span(origin, &rel);
-                    self.project.diagnostics.push(Diagnostic::error("machine reference needs `path` or `inline`", Some(span)));
+                    self.project.diagnostics.push(Diagnostic::error(
+                        "machine reference needs `path` or `inline`",
+                        Some(span),
+                    ));
                     return None;
                 }
             },
         };
         if let Some(inline_rel) = inline_rel {
-            let child_origin = Origin { file: origin.file, base: origin.path(&inline_rel) };
+            let child_origin = Origin {
+                file: origin.file,
+                base: origin.path(&inline_rel),
+            };
             return Some(self.load_machine(child_origin, dir.to_path_buf()));
         }
         let path = path?;
@@ -394,17 +420,36 @@ impl Loader {
         }
     }
 
-    fn load_agent(&mut self, origin: &Origin, dir: &Path, rel: &[PathSeg], aref: &AgentRef) -> AgentUnit {
+    fn load_agent(
+        &mut self,
+        origin: &Origin,
+        dir: &Path,
+        rel: &[PathSeg],
+        aref: &AgentRef,
+    ) -> AgentUnit {
         let (agent_origin, agent_dir) = match aref {
             AgentRef::Typed(t) => {
-                return AgentUnit::Adapter { kind: t.kind.clone(), reference: t.reference.clone(), config: t.config.clone() };
+                return AgentUnit::Adapter {
+                    kind: t.kind.clone(),
+                    reference: t.reference.clone(),
+                    config: t.config.clone(),
+                };
             }
-            AgentRef::Inline(_) => (Origin { file: origin.file, base: origin.path(rel) }, dir.to_path_buf()),
+            AgentRef::Inline(_) => (
+                Origin {
+                    file: origin.file,
+                    base: origin.path(rel),
+                },
+                dir.to_path_buf(),
+            ),
             AgentRef::Path(p) => {
                 let span = self.project.span(origin, rel);
                 let full = normalize(&dir.join(p));
                 match self.read_file(&full, Some(span)) {
-                    Ok(file) => (Origin { file, base: vec![] }, full.parent().map(Path::to_path_buf).unwrap_or_default()),
+                    Ok(file) => (
+                        Origin { file, base: vec![] },
+                        full.parent().map(Path::to_path_buf).unwrap_or_default(),
+                    ),
                     Err(d) => {
                         self.project.diagnostics.push(d);
                         return AgentUnit::Missing;
@@ -432,11 +477,20 @@ impl Loader {
         if let Some(cfg) = &config {
             self.check_profile_refs(&agent_origin, cfg, profiles);
         }
-        AgentUnit::FlatAgent { origin: agent_origin, config, profiles }
+        AgentUnit::FlatAgent {
+            origin: agent_origin,
+            config,
+            profiles,
+        }
     }
 
     /// Unknown profile names are errors, since the compiler sees the files.
-    fn check_profile_refs(&mut self, origin: &Origin, cfg: &AgentWrapper, profiles: Option<ProfilesId>) {
+    fn check_profile_refs(
+        &mut self,
+        origin: &Origin,
+        cfg: &AgentWrapper,
+        profiles: Option<ProfilesId>,
+    ) {
         let (name, rel) = match &cfg.data.model {
             ModelRef::Profile(p) => (p.clone(), vec![seg("data"), seg("model")]),
             ModelRef::Config(c) => match &c.profile {
@@ -456,14 +510,29 @@ impl Loader {
             }
             return;
         };
-        let Some(pcfg) = &self.project.profiles[pid].config else { return };
+        let Some(pcfg) = &self.project.profiles[pid].config else {
+            return;
+        };
         if !pcfg.data.model_profiles.contains_key(&name) {
-            let names: Vec<&str> = pcfg.data.model_profiles.keys().map(String::as_str).collect();
-            let shown = self.project.db.file(self.project.profiles[pid].origin.file).display.clone();
+            let names: Vec<&str> = pcfg
+                .data
+                .model_profiles
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let shown = self
+                .project
+                .db
+                .file(self.project.profiles[pid].origin.file)
+                .display
+                .clone();
             self.project.diagnostics.push(
                 Diagnostic::error(format!("unknown model profile `{name}`"), Some(span))
                     .with_help_opt(did_you_mean(&name, names.iter().copied()))
-                    .with_note(format!("profiles defined in `{shown}`: {}", names.join(", "))),
+                    .with_note(format!(
+                        "profiles defined in `{shown}`: {}",
+                        names.join(", ")
+                    )),
             );
         }
     }
@@ -501,7 +570,9 @@ impl Loader {
 
     /// Check `spec:` (and warn on a `spec_version` major mismatch). False if it is not a config of this kind.
     fn check_spec(&mut self, origin: &Origin, expected: &str) -> bool {
-        let Some(node) = self.project.node(origin, &[]).cloned() else { return false };
+        let Some(node) = self.project.node(origin, &[]).cloned() else {
+            return false;
+        };
         if node.as_map().is_none() {
             self.project.diagnostics.push(Diagnostic::error(
                 format!("expected a `{expected}` config (a mapping with `spec`, `spec_version` and `data`), found a {}", node.type_name()),
@@ -512,10 +583,15 @@ impl Loader {
         match node.get("spec") {
             Some(spec) if spec.as_str() == Some(expected) => {}
             Some(spec) => {
-                let found = spec.as_str().map_or_else(|| spec.type_name().to_string(), |s| format!("`{s}`"));
+                let found = spec
+                    .as_str()
+                    .map_or_else(|| spec.type_name().to_string(), |s| format!("`{s}`"));
                 self.project.diagnostics.push(
-                    Diagnostic::error(format!("expected `spec: {expected}`, found {found}"), Some(spec.span))
-                        .with_help(format!("this file must be a `{expected}` config")),
+                    Diagnostic::error(
+                        format!("expected `spec: {expected}`, found {found}"),
+                        Some(spec.span),
+                    )
+                    .with_help(format!("this file must be a `{expected}` config")),
                 );
                 return false;
             }
@@ -534,16 +610,29 @@ impl Loader {
                 yaml::NodeKind::Float(f) => f.to_string(),
                 _ => String::new(),
             };
-            let major = text.split('.').next().unwrap_or("");
-            if !text.is_empty() && major != "1" {
+            // Files written for an older spec load under 1.0.0 (the formats are lockstep
+            // supersets); only a newer major version may use what this compiler does not know.
+            let major: Option<u64> = text.split('.').next().and_then(|m| m.trim().parse().ok());
+            if major.is_some_and(|m| m > 1) {
                 self.project.diagnostics.push(
-                    Diagnostic::warning(format!("`spec_version` {text} differs in major version from {SPEC_VERSION}"), Some(v.span))
-                        .with_help(format!("this compiler implements FlatMachines {SPEC_VERSION}")),
+                    Diagnostic::warning(
+                        format!(
+                            "`spec_version` {text} differs in major version from {SPEC_VERSION}"
+                        ),
+                        Some(v.span),
+                    )
+                    .with_help(format!(
+                        "this compiler implements FlatMachines {SPEC_VERSION}"
+                    )),
                 );
             }
         }
         if node.get("data").is_none() {
-            self.project.diagnostics.push(Diagnostic::error("missing `data`", Some(node.span)).with_help(format!("a `{expected}` config keeps its content under `data:`")));
+            self.project.diagnostics.push(
+                Diagnostic::error("missing `data`", Some(node.span)).with_help(format!(
+                    "a `{expected}` config keeps its content under `data:`"
+                )),
+            );
             return false;
         }
         true
@@ -564,12 +653,18 @@ fn ignored_path(path: &serde_ignored::Path<'_>) -> Vec<PathSeg> {
             v.push(PathSeg::Key(key.clone()));
             v
         }
-        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => ignored_path(parent),
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            ignored_path(parent)
+        }
     }
 }
 
 /// Turn a JSON Schema error into a diagnostic with a readable message.
-fn schema_diagnostic(err: &jsonschema::ValidationError<'_>, path: &[PathSeg], span: Span) -> Diagnostic {
+fn schema_diagnostic(
+    err: &jsonschema::ValidationError<'_>,
+    path: &[PathSeg],
+    span: Span,
+) -> Diagnostic {
     use jsonschema::error::ValidationErrorKind as K;
     let field = match path.last() {
         Some(PathSeg::Key(k)) => format!("`{k}`"),
@@ -580,19 +675,29 @@ fn schema_diagnostic(err: &jsonschema::ValidationError<'_>, path: &[PathSeg], sp
         K::Enum { options } => {
             let allowed: Vec<String> = options
                 .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
-            let found = err.instance().as_str().map_or_else(|| err.instance().to_string(), str::to_string);
+            let found = err
+                .instance()
+                .as_str()
+                .map_or_else(|| err.instance().to_string(), str::to_string);
             Diagnostic::error(format!("invalid value `{found}` for {field}"), Some(span))
                 .with_label(format!("expected one of: {}", allowed.join(", ")))
                 .with_help_opt(did_you_mean(&found, allowed.iter().map(String::as_str)))
         }
         K::Required { property } => {
             let p = property.as_str().unwrap_or("?");
-            let owner = if path.is_empty() { "the document".to_string() } else { field };
+            let owner = if path.is_empty() {
+                "the document".to_string()
+            } else {
+                field
+            };
             Diagnostic::error(format!("missing required key `{p}` in {owner}"), Some(span))
         }
         _ => Diagnostic::error(format!("invalid {field}: {err}"), Some(span)),
     }
 }
-

@@ -184,14 +184,20 @@ pub fn parse(file_id: FileId, file: &SourceFile) -> Result<Node, Diagnostic> {
 
 const MAX_DEPTH: usize = 256;
 
-fn convert(file_id: FileId, file: &SourceFile, y: &MarkedYaml<'_>, depth: usize) -> Result<Node, Diagnostic> {
+fn convert(
+    file_id: FileId,
+    file: &SourceFile,
+    y: &MarkedYaml<'_>,
+    depth: usize,
+) -> Result<Node, Diagnostic> {
     let start = file.byte_of_char(y.span.start.index());
     let end = file.byte_of_char(y.span.end.index()).max(start);
     let span = Span::new(file_id, start, end);
     if depth > MAX_DEPTH {
         return Err(Diagnostic::error("YAML nested too deeply", Some(span)));
     }
-    let block = matches!(y.data, YamlData::Value(Scalar::String(_))) && is_block_scalar(file, start);
+    let block =
+        matches!(y.data, YamlData::Value(Scalar::String(_))) && is_block_scalar(file, start);
     let kind = match &y.data {
         YamlData::Value(s) => match s {
             Scalar::Null => NodeKind::Null,
@@ -210,13 +216,19 @@ fn convert(file_id: FileId, file: &SourceFile, y: &MarkedYaml<'_>, depth: usize)
         YamlData::Mapping(map) => {
             let mut entries = Vec::with_capacity(map.len());
             for (k, v) in map.iter() {
-                entries.push((convert(file_id, file, k, depth + 1)?, convert(file_id, file, v, depth + 1)?));
+                entries.push((
+                    convert(file_id, file, k, depth + 1)?,
+                    convert(file_id, file, v, depth + 1)?,
+                ));
             }
             NodeKind::Map(entries)
         }
         YamlData::Tagged(_, inner) => return convert(file_id, file, inner, depth + 1),
         YamlData::Alias(_) | YamlData::BadValue => {
-            return Err(Diagnostic::error("this YAML value could not be read (bad tag or unresolved alias)", Some(span)));
+            return Err(Diagnostic::error(
+                "this YAML value could not be read (bad tag or unresolved alias)",
+                Some(span),
+            ));
         }
     };
     Ok(Node { span, kind, block })
@@ -233,7 +245,8 @@ fn is_block_scalar(file: &SourceFile, start: usize) -> bool {
     let prev = prev.split(" #").next().unwrap_or(prev).trim_end();
     let last = prev.rsplit([' ', '\t']).next().unwrap_or("");
     let mut chars = last.chars();
-    matches!(chars.next(), Some('|' | '>')) && chars.all(|c| c == '-' || c == '+' || c.is_ascii_digit())
+    matches!(chars.next(), Some('|' | '>'))
+        && chars.all(|c| c == '-' || c == '+' || c.is_ascii_digit())
 }
 
 impl Node {
@@ -254,11 +267,18 @@ impl Node {
             let at = at.min(file.text.len());
             return Span::new(self.span.file, at, (at + len).min(file.text.len()));
         }
-        let quoted = matches!(file.text.as_bytes().get(self.span.start), Some(b'"' | b'\''));
+        let quoted = matches!(
+            file.text.as_bytes().get(self.span.start),
+            Some(b'"' | b'\'')
+        );
         let base = self.span.start + usize::from(quoted);
         let raw = file.text.get(base..self.span.end).unwrap_or("");
         if raw.len() >= offset && raw.get(..offset) == text.get(..offset) {
-            return Span::new(self.span.file, base + offset, (base + offset + len).min(self.span.end));
+            return Span::new(
+                self.span.file,
+                base + offset,
+                (base + offset + len).min(self.span.end),
+            );
         }
         self.span
     }
@@ -274,8 +294,11 @@ pub fn to_json(node: &Node, errors: &mut Vec<Diagnostic>) -> Value {
             Some(n) => Value::Number(n),
             None => {
                 errors.push(
-                    Diagnostic::error(format!("`{f}` cannot be represented in JSON"), Some(node.span))
-                        .with_help("quote it if you meant a string"),
+                    Diagnostic::error(
+                        format!("`{f}` cannot be represented in JSON"),
+                        Some(node.span),
+                    )
+                    .with_help("quote it if you meant a string"),
                 );
                 Value::Null
             }

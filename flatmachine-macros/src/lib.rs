@@ -1,11 +1,72 @@
-//! `flatmachine!("machine.yml")`: compiles a FlatMachine YAML file into Rust at build time.
-//! A thin shim over `flatmachine-build`, which does all the work.
+//! `flatmachine!("machine.yml")`: compiles a FlatMachine YAML file into a Rust module at build
+//! time. A thin shim over `flatmachine-build`, which does all the work.
 
 use proc_macro::TokenStream;
+use quote::quote;
+use std::path::{Path, PathBuf};
+use syn::{LitStr, parse_macro_input};
 
-/// Compile a machine YAML file (path relative to `CARGO_MANIFEST_DIR`) into a Rust module.
+/// Compile a machine YAML file into a Rust module named after the machine.
+///
+/// The path is relative to `CARGO_MANIFEST_DIR`. Errors in the YAML become compile errors that
+/// name `file:line:col`; warnings become compiler warnings. The crate rebuilds when the YAML or
+/// any file it references changes.
 #[proc_macro]
 pub fn flatmachine(input: TokenStream) -> TokenStream {
-    let _ = input;
-    "compile_error!(\"flatmachine! is being wired up\");".parse().unwrap()
+    let lit = parse_macro_input!(input as LitStr);
+    expand(&lit).into()
+}
+
+fn expand(lit: &LitStr) -> proc_macro2::TokenStream {
+    let rel = lit.value();
+    if Path::new(&rel).is_absolute() {
+        return syn::Error::new(
+            lit.span(),
+            "use a path relative to the crate root (CARGO_MANIFEST_DIR), not an absolute path",
+        )
+        .to_compile_error();
+    }
+    let Some(manifest) = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from) else {
+        return syn::Error::new(
+            lit.span(),
+            "CARGO_MANIFEST_DIR is not set; build with cargo",
+        )
+        .to_compile_error();
+    };
+    let path = manifest.join(&rel);
+    let opts = flatmachine_build::CodegenOptions {
+        track_files_read: true,
+        warnings_as_deprecations: true,
+        ..Default::default()
+    };
+    match flatmachine_build::compile(&path, Some(rel.clone()), &opts) {
+        Ok(compiled) => compiled.tokens,
+        Err(checked) => {
+            let db = checked.db();
+            let mut errors: Vec<proc_macro2::TokenStream> = checked
+                .diagnostics
+                .errors()
+                .map(|d| {
+                    let text = d.render(db, false);
+                    let text = text
+                        .strip_prefix("error: ")
+                        .unwrap_or(&text)
+                        .trim_end()
+                        .to_string();
+                    syn::Error::new(lit.span(), text).to_compile_error()
+                })
+                .collect();
+            if errors.is_empty() {
+                errors.push(
+                    syn::Error::new(lit.span(), format!("`{rel}` could not be compiled"))
+                        .to_compile_error(),
+                );
+            }
+            let tracking = flatmachine_build::codegen::tracking_items(&checked.files_read());
+            quote! {
+                #(#tracking)*
+                #(#errors)*
+            }
+        }
+    }
 }

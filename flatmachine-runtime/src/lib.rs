@@ -8,12 +8,14 @@ pub mod error;
 pub mod expr;
 pub mod hooks;
 pub mod lock;
+pub mod machine;
 pub mod persistence;
 pub mod results;
 pub mod template;
 
 pub use context::{Context, Value};
 pub use error::{StateError, error_type};
+pub use machine::{MachineDef, MachineSpec, StateSpec};
 
 #[cfg(feature = "macros")]
 pub use flatmachine_macros::flatmachine;

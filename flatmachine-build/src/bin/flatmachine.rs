@@ -1,1 +1,129 @@
-fn main() {}
+//! The `flatmachine` command: check, expand, graph and schema.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use flatmachine_build::graph::GraphFormat;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// FlatMachines compiler.
+#[derive(Parser)]
+#[command(
+    name = "flatmachine",
+    version,
+    about = "Check, expand and draw FlatMachines YAML"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check machine files; print every diagnostic; exit 1 on any error.
+    Check {
+        /// Machine files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Colour the output (default: when stderr is a terminal).
+        #[arg(long)]
+        color: Option<bool>,
+    },
+    /// Print the Rust code generated for a machine.
+    Expand {
+        /// Machine file.
+        file: PathBuf,
+    },
+    /// Draw states and transitions.
+    Graph {
+        /// Machine file.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Mermaid)]
+        format: Format,
+    },
+    /// Print the JSON Schema of a config format.
+    Schema {
+        /// Which format.
+        #[arg(value_enum, default_value_t = Kind::Machine)]
+        kind: Kind,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Mermaid,
+    Dot,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    Machine,
+    Agent,
+    Profiles,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { files, color } => {
+            let color = color.unwrap_or_else(|| std::io::stderr().is_terminal());
+            let mut failed = false;
+            for f in files {
+                let checked = flatmachine_build::check(&f, None);
+                eprint!("{}", checked.render(color));
+                let errors = checked.diagnostics.errors().count();
+                let warnings = checked.diagnostics.warnings().count();
+                failed |= errors > 0;
+                eprintln!("{}: {errors} error(s), {warnings} warning(s)", f.display());
+            }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Expand { file } => {
+            match flatmachine_build::compile(&file, None, &Default::default()) {
+                Ok(c) => {
+                    eprint!("{}", c.checked.render(false));
+                    print!("{}", c.pretty());
+                    ExitCode::SUCCESS
+                }
+                Err(checked) => {
+                    eprint!("{}", checked.render(std::io::stderr().is_terminal()));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Graph { file, format } => {
+            let checked = flatmachine_build::check(&file, None);
+            match checked.irs.first().and_then(Option::as_ref) {
+                Some(ir) if !checked.has_errors() => {
+                    let fmt = match format {
+                        Format::Mermaid => GraphFormat::Mermaid,
+                        Format::Dot => GraphFormat::Dot,
+                    };
+                    print!("{}", flatmachine_build::graph::render(ir, fmt));
+                    ExitCode::SUCCESS
+                }
+                _ => {
+                    eprint!("{}", checked.render(std::io::stderr().is_terminal()));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Schema { kind } => {
+            let schema = match kind {
+                Kind::Machine => flatmachine_build::model::machine_schema(),
+                Kind::Agent => flatmachine_build::model::agent_schema(),
+                Kind::Profiles => flatmachine_build::model::profiles_schema(),
+            };
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}

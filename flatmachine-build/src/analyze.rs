@@ -1,0 +1,685 @@
+//! Semantic checks over a loaded [`Project`] and lowering to the [`ir`](crate::ir) the code
+//! generator consumes. Every problem is collected in one pass; nothing stops at the first.
+
+use crate::diagnostic::{Diagnostic, Diagnostics, did_you_mean};
+use crate::expr;
+use crate::ir::{MachineIr, Scope, StateIr, TemplateIr, TransitionIr};
+use crate::loader::{AgentUnit, MachineId, MachineUnit, Origin, Project};
+use crate::model::{ExecutionType, ExpressionEngine, OnError, StateDefinition, StateType};
+use crate::yaml::{Node, NodeKind, PathSeg};
+use indexmap::IndexMap;
+use std::collections::{BTreeSet, HashSet, VecDeque};
+
+fn k(s: &str) -> PathSeg {
+    PathSeg::Key(s.to_string())
+}
+
+/// Check every machine in the project and lower each to IR. The IR list is indexed like
+/// `project.machines`; an entry is `None` when that machine could not be lowered.
+pub fn analyze(project: &Project) -> (Vec<Option<MachineIr>>, Diagnostics) {
+    let mut diags = Diagnostics::new();
+    let mut irs = Vec::new();
+    let module_names = module_names(project);
+    for (id, unit) in project.machines.iter().enumerate() {
+        let mut cx = Cx {
+            project,
+            unit,
+            diags: &mut diags,
+        };
+        irs.push(cx.machine(id, &module_names));
+    }
+    (irs, diags)
+}
+
+/// A unique snake_case module name for every machine.
+fn module_names(project: &Project) -> Vec<String> {
+    let mut used = HashSet::new();
+    let mut out = Vec::new();
+    for unit in &project.machines {
+        let base = unit
+            .config
+            .as_ref()
+            .and_then(|c| c.data.name.clone())
+            .or_else(|| {
+                let f = project.db.file(unit.origin.file);
+                f.path.file_stem().map(|s| s.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "machine".to_string());
+        let mut name = crate::ir::snake_ident(&base);
+        let mut n = 2;
+        while !used.insert(name.clone()) {
+            name = format!("{}_{n}", crate::ir::snake_ident(&base));
+            n += 1;
+        }
+        out.push(name);
+    }
+    out
+}
+
+struct Cx<'a> {
+    project: &'a Project,
+    unit: &'a MachineUnit,
+    diags: &'a mut Diagnostics,
+}
+
+impl Cx<'_> {
+    fn origin(&self) -> &Origin {
+        &self.unit.origin
+    }
+
+    fn node(&self, rel: &[PathSeg]) -> Option<&Node> {
+        self.project.node(self.origin(), rel)
+    }
+
+    fn err(&mut self, msg: impl Into<String>, rel: &[PathSeg]) -> &mut Diagnostic {
+        let span = self.project.span(self.origin(), rel);
+        self.diags.push(Diagnostic::error(msg, Some(span)));
+        self.last()
+    }
+
+    fn warn(&mut self, msg: impl Into<String>, rel: &[PathSeg]) -> &mut Diagnostic {
+        let span = self.project.span(self.origin(), rel);
+        self.diags.push(Diagnostic::warning(msg, Some(span)));
+        self.last()
+    }
+
+    fn warn_key(&mut self, msg: impl Into<String>, rel: &[PathSeg]) -> &mut Diagnostic {
+        let span = self.project.key_span(self.origin(), rel);
+        self.diags.push(Diagnostic::warning(msg, Some(span)));
+        self.last()
+    }
+
+    fn last(&mut self) -> &mut Diagnostic {
+        // Diagnostics has no last_mut; keep a local accessor.
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    fn machine(&mut self, id: MachineId, module_names: &[String]) -> Option<MachineIr> {
+        let cfg = self.unit.config.as_ref()?;
+        let data = &cfg.data;
+        let states_rel = [k("data"), k("states")];
+        if data.states.is_empty() {
+            self.err("the machine has no states", &states_rel)
+                .help
+                .push("add at least one state under `data.states`".into());
+            return None;
+        }
+        let names: Vec<&str> = data.states.keys().map(String::as_str).collect();
+        let index: IndexMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+
+        // Initial state.
+        let initials: Vec<&str> = data
+            .states
+            .iter()
+            .filter(|(_, s)| s.kind == Some(StateType::Initial))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let initial = match initials.as_slice() {
+            [one] => index[one],
+            [] => {
+                let fallback = if index.contains_key("start") {
+                    "start"
+                } else {
+                    names[0]
+                };
+                self.warn("no state is marked `type: initial`", &states_rel)
+                    .help
+                    .push(format!("`{fallback}` is used as the initial state; mark it `type: initial` to make this explicit"));
+                index[fallback]
+            }
+            [first, rest @ ..] => {
+                for other in rest {
+                    let rel = [k("data"), k("states"), k(other), k("type")];
+                    self.err(format!("more than one initial state: `{first}` and `{other}`"), &rel)
+                        .help
+                        .push("a machine starts in exactly one state; keep `type: initial` on one of them".into());
+                }
+                index[first]
+            }
+        };
+
+        let engine = data.expression_engine.unwrap_or(ExpressionEngine::Simple);
+        let agents: Vec<&str> = data
+            .agents
+            .iter()
+            .flatten()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let machines: Vec<&str> = data
+            .machines
+            .iter()
+            .flatten()
+            .map(|(n, _)| n.as_str())
+            .collect();
+
+        // Initial context: templates over `input`.
+        let context = data.context.as_ref().map(|c| {
+            let v = serde_json::Value::Object(c.clone());
+            self.templates(&[k("data"), k("context")], &v, &Scope::new(&["input"]))
+        });
+        let hooks_args = data.hooks.as_ref().and_then(|h| h.args.as_ref()).map(|a| {
+            let v = serde_json::Value::Object(a.clone());
+            self.templates(
+                &[k("data"), k("hooks"), k("args")],
+                &v,
+                &Scope::new(&["input"]),
+            )
+        });
+
+        let mut states = Vec::new();
+        let mut actions = BTreeSet::new();
+        for (i, (name, def)) in data.states.iter().enumerate() {
+            let rel = vec![k("data"), k("states"), k(name)];
+            if let Some(a) = &def.action {
+                actions.insert(a.clone());
+            }
+            states.push(self.state(i, name, def, &rel, &index, &agents, &machines, engine));
+        }
+        let variants = crate::ir::variant_names(&names);
+        for (s, v) in states.iter_mut().zip(variants) {
+            s.variant = v;
+        }
+
+        self.graph_checks(&states, initial);
+
+        let children = data
+            .machines
+            .iter()
+            .flatten()
+            .map(|(n, _)| {
+                (
+                    n.clone(),
+                    self.unit
+                        .machines
+                        .get(n)
+                        .copied()
+                        .flatten()
+                        .map(|cid| module_names[cid].clone()),
+                )
+            })
+            .collect();
+        let agent_list = self
+            .unit
+            .agents
+            .iter()
+            .map(|(n, a)| (n.clone(), matches!(a, AgentUnit::FlatAgent { .. })))
+            .collect();
+
+        Some(MachineIr {
+            id,
+            module: module_names[id].clone(),
+            name: data
+                .name
+                .clone()
+                .unwrap_or_else(|| "unnamed-machine".to_string()),
+            spec_version: cfg.spec_version.clone(),
+            source: self.project.db.file(self.origin().file).display.clone(),
+            initial,
+            states,
+            context,
+            max_steps: data.settings.as_ref().and_then(|s| s.max_steps),
+            persistence: data.persistence.clone(),
+            hooks: data.hooks.as_ref().map(|h| (h.class.clone(), hooks_args)),
+            children,
+            agents: agent_list,
+            actions,
+            engine,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn state(
+        &mut self,
+        i: usize,
+        name: &str,
+        def: &StateDefinition,
+        rel: &[PathSeg],
+        index: &IndexMap<&str, usize>,
+        agents: &[&str],
+        machines: &[&str],
+        engine: ExpressionEngine,
+    ) -> StateIr {
+        let at = |extra: &[PathSeg]| -> Vec<PathSeg> {
+            let mut p = rel.to_vec();
+            p.extend_from_slice(extra);
+            p
+        };
+        let state_names: Vec<&str> = index.keys().copied().collect();
+        let is_final = def.kind == Some(StateType::Final);
+
+        // References to agents, machines and launches.
+        if let Some(agent) = &def.agent
+            && !agents.contains(&agent.as_str())
+        {
+            let d = self.err(
+                format!("state `{name}` uses agent `{agent}`, which is not declared"),
+                &at(&[k("agent")]),
+            );
+            d.help.extend(did_you_mean(agent, agents.iter().copied()));
+            if agents.is_empty() {
+                d.help.push("declare it under `data.agents`".into());
+            }
+        }
+        if let Some(m) = &def.machine {
+            for (j, n) in m.names().iter().enumerate() {
+                if !machines.contains(n) {
+                    let p = match m {
+                        crate::model::MachineField::One(_) => at(&[k("machine")]),
+                        crate::model::MachineField::Many(_) => {
+                            at(&[k("machine"), PathSeg::Index(j)])
+                        }
+                    };
+                    let d = self.err(
+                        format!("state `{name}` runs machine `{n}`, which is not declared"),
+                        &p,
+                    );
+                    d.help.extend(did_you_mean(n, machines.iter().copied()));
+                    if n.ends_with(".yml") || n.ends_with(".yaml") {
+                        d.help.push(format!("name the file under `data.machines` (e.g. `child: {n}`) and use that name here"));
+                    } else if machines.is_empty() {
+                        d.help.push("declare it under `data.machines`".into());
+                    }
+                }
+            }
+        }
+        if let Some(l) = &def.launch {
+            for (j, n) in l.names().iter().enumerate() {
+                if !machines.contains(n) {
+                    let p = match l {
+                        crate::model::OneOrMany::One(_) => at(&[k("launch")]),
+                        crate::model::OneOrMany::Many(_) => at(&[k("launch"), PathSeg::Index(j)]),
+                    };
+                    let d = self.err(
+                        format!("state `{name}` launches machine `{n}`, which is not declared"),
+                        &p,
+                    );
+                    d.help.extend(did_you_mean(n, machines.iter().copied()));
+                }
+            }
+        }
+        if def.foreach.is_some() && def.machine.is_none() {
+            self.err(
+                format!("state `{name}` has `foreach` but no `machine` to run for each item"),
+                &at(&[k("foreach")]),
+            )
+            .help
+            .push("add `machine: <name>` naming the machine to run per item".into());
+        }
+
+        // Execution fields that do not belong to the chosen type.
+        if let Some(ex) = &def.execution {
+            let fields: [(&str, bool, &[ExecutionType]); 5] = [
+                ("backoffs", ex.backoffs.is_some(), &[ExecutionType::Retry]),
+                ("jitter", ex.jitter.is_some(), &[ExecutionType::Retry]),
+                (
+                    "n_samples",
+                    ex.n_samples.is_some(),
+                    &[ExecutionType::Parallel, ExecutionType::MdapVoting],
+                ),
+                (
+                    "k_margin",
+                    ex.k_margin.is_some(),
+                    &[ExecutionType::MdapVoting],
+                ),
+                (
+                    "max_candidates",
+                    ex.max_candidates.is_some(),
+                    &[ExecutionType::MdapVoting],
+                ),
+            ];
+            for (field, present, types) in fields {
+                if present && !types.contains(&ex.kind) {
+                    let allowed: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
+                    self.warn_key(
+                        format!(
+                            "`{field}` has no effect with `execution.type: {}`",
+                            ex.kind.as_str()
+                        ),
+                        &at(&[k("execution"), k(field)]),
+                    )
+                    .help
+                    .push(format!(
+                        "`{field}` applies to `type: {}`",
+                        allowed.join("` or `")
+                    ));
+                }
+            }
+            if def.agent.is_none() {
+                self.warn_key(
+                    format!("`execution` has no effect on state `{name}`, which calls no agent"),
+                    &at(&[k("execution")]),
+                );
+            }
+        }
+
+        // Scopes: in a state, `input` is the context (as in the reference).
+        let produces_output = def.agent.is_some() || def.machine.is_some() || def.foreach.is_some();
+        let base_scope = Scope::new(&["context", "input"]);
+        let as_name = def.as_.clone().unwrap_or_else(|| "item".to_string());
+        let item_scope = base_scope.with(&as_name);
+        let input = def.input.as_ref().map(|m| {
+            let scope = if def.foreach.is_some() {
+                &item_scope
+            } else {
+                &base_scope
+            };
+            self.templates(
+                &at(&[k("input")]),
+                &serde_json::Value::Object(m.clone()),
+                scope,
+            )
+        });
+        // On a state with no agent or machine, the reference ignores `output_to_context`; real
+        // machines still write it (for hooks that read the config), so it is not a warning.
+        let _ = produces_output;
+        let output_to_context = def.output_to_context.as_ref().map(|m| {
+            self.templates(
+                &at(&[k("output_to_context")]),
+                &serde_json::Value::Object(m.clone()),
+                &base_scope.with("output"),
+            )
+        });
+        let output = def.output.as_ref().map(|m| {
+            if !is_final {
+                self.warn_key(
+                    format!("`output` is only used by final states; `{name}` is not final"),
+                    &at(&[k("output")]),
+                );
+            }
+            self.templates(
+                &at(&[k("output")]),
+                &serde_json::Value::Object(m.clone()),
+                &Scope::new(&["context"]),
+            )
+        });
+        let launch_input = def.launch_input.as_ref().map(|m| {
+            self.templates(
+                &at(&[k("launch_input")]),
+                &serde_json::Value::Object(m.clone()),
+                &base_scope,
+            )
+        });
+        let foreach = def
+            .foreach
+            .as_ref()
+            .map(|f| self.template_str(&at(&[k("foreach")]), f, &base_scope));
+        let key = def
+            .key
+            .as_ref()
+            .map(|f| self.template_str(&at(&[k("key")]), f, &item_scope));
+        if let Some(crate::model::MachineField::Many(items)) = &def.machine {
+            for (j, item) in items.iter().enumerate() {
+                if let crate::model::MachineListItem::WithInput(mi) = item
+                    && let Some(inp) = &mi.input
+                {
+                    self.templates(
+                        &at(&[k("machine"), PathSeg::Index(j), k("input")]),
+                        &serde_json::Value::Object(inp.clone()),
+                        &base_scope,
+                    );
+                }
+            }
+        }
+
+        // on_error targets.
+        let mut on_error = Vec::new();
+        match &def.on_error {
+            Some(OnError::State(target)) => {
+                if let Some(t) = self.target(
+                    name,
+                    target,
+                    &at(&[k("on_error")]),
+                    index,
+                    &state_names,
+                    "on_error",
+                ) {
+                    on_error.push(("default".to_string(), t));
+                }
+            }
+            Some(OnError::ByType(map)) => {
+                for (ty, target) in map {
+                    if let Some(t) = self.target(
+                        name,
+                        target,
+                        &at(&[k("on_error"), k(ty)]),
+                        index,
+                        &state_names,
+                        "on_error",
+                    ) {
+                        on_error.push((ty.clone(), t));
+                    }
+                }
+            }
+            None => {}
+        }
+
+        // Transitions.
+        let mut transitions = Vec::new();
+        let mut unconditional_seen: Option<usize> = None;
+        for (j, t) in def.transitions.iter().flatten().enumerate() {
+            let trel = at(&[k("transitions"), PathSeg::Index(j)]);
+            if let Some(prev) = unconditional_seen {
+                self.warn(format!("this transition can never be taken: transition {prev} of state `{name}` has no condition"), &trel)
+                    .help
+                    .push("move unconditional (default) transitions last".into());
+            }
+            let mut crel = trel.clone();
+            crel.push(k("condition"));
+            let condition = match t.condition.as_deref().map(str::trim) {
+                None | Some("") => {
+                    unconditional_seen.get_or_insert(j);
+                    None
+                }
+                Some(_) => {
+                    let src = t.condition.clone().unwrap_or_default();
+                    let parsed = match engine {
+                        ExpressionEngine::Simple => self.condition(&crel, &src),
+                        ExpressionEngine::Cel => None,
+                    };
+                    Some((src, parsed))
+                }
+            };
+            let mut to_rel = trel.clone();
+            to_rel.push(k("to"));
+            if let Some(to) = self.target(name, &t.to, &to_rel, index, &state_names, "transition") {
+                transitions.push(TransitionIr { to, condition });
+            }
+        }
+        if is_final && !transitions.is_empty() {
+            self.warn_key(
+                format!("final state `{name}` has transitions, which are never taken"),
+                &at(&[k("transitions")]),
+            );
+        }
+        if !is_final && def.transitions.as_ref().is_none_or(Vec::is_empty) {
+            self.warn_key(format!("state `{name}` is not final and has no transitions: a run that reaches it stops there"), &at(&[]))
+                .help
+                .push("add `transitions:` or mark it `type: final`".into());
+        }
+
+        StateIr {
+            index: i,
+            name: name.to_string(),
+            variant: String::new(),
+            is_final,
+            def: def.clone(),
+            input,
+            output_to_context,
+            output,
+            launch_input,
+            foreach,
+            key,
+            on_error,
+            transitions,
+        }
+    }
+
+    fn target(
+        &mut self,
+        from: &str,
+        to: &str,
+        rel: &[PathSeg],
+        index: &IndexMap<&str, usize>,
+        names: &[&str],
+        what: &str,
+    ) -> Option<usize> {
+        if let Some(&i) = index.get(to) {
+            return Some(i);
+        }
+        let msg = match what {
+            "on_error" => format!("`on_error` of state `{from}` names unknown state `{to}`"),
+            _ => format!("transition to unknown state `{to}`"),
+        };
+        let d = self.err(msg, rel);
+        d.help.extend(did_you_mean(to, names.iter().copied()));
+        if d.help.is_empty() {
+            d.notes.push(format!("states are: {}", names.join(", ")));
+        }
+        None
+    }
+
+    /// Parse a condition; report syntax errors at the right column.
+    fn condition(&mut self, rel: &[PathSeg], src: &str) -> Option<expr::Expr> {
+        match expr::parse(src) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                let span = match self.node(rel) {
+                    Some(n) => n.span_in_value(
+                        self.project.db.file(self.origin().file),
+                        e.offset,
+                        e.len.max(1),
+                    ),
+                    None => self.project.span(self.origin(), rel),
+                };
+                let mut d =
+                    Diagnostic::error(format!("invalid condition: {}", e.message), Some(span));
+                d.help.extend(e.help);
+                self.diags.push(d);
+                None
+            }
+        }
+    }
+
+    /// Check every template string in a value tree; return the tree for embedding.
+    fn templates(
+        &mut self,
+        rel: &[PathSeg],
+        value: &serde_json::Value,
+        scope: &Scope,
+    ) -> TemplateIr {
+        match value {
+            serde_json::Value::String(s) => {
+                self.check_template(rel, s, scope);
+            }
+            serde_json::Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    let mut p = rel.to_vec();
+                    p.push(PathSeg::Index(i));
+                    self.templates(&p, v, scope);
+                }
+            }
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    let mut p = rel.to_vec();
+                    p.push(PathSeg::Key(key.clone()));
+                    self.templates(&p, v, scope);
+                }
+            }
+            _ => {}
+        }
+        TemplateIr(value.clone())
+    }
+
+    fn template_str(&mut self, rel: &[PathSeg], src: &str, scope: &Scope) -> TemplateIr {
+        self.check_template(rel, src, scope);
+        TemplateIr(serde_json::Value::String(src.to_string()))
+    }
+
+    fn check_template(&mut self, rel: &[PathSeg], src: &str, scope: &Scope) {
+        let file = self.project.db.file(self.origin().file);
+        let node = self.node(rel);
+        let locate = |offset: usize, len: usize| match node {
+            Some(n) if matches!(n.kind, NodeKind::Str(_)) => n.span_in_value(file, offset, len),
+            Some(n) => n.span,
+            None => self.project.span(self.origin(), rel),
+        };
+        let found: Vec<Diagnostic> = crate::templates::check(src, &scope.names)
+            .into_iter()
+            .map(|problem| {
+                let span = locate(problem.offset, problem.len);
+                let mut d = Diagnostic::error(problem.message, Some(span));
+                d.help.extend(problem.help);
+                d
+            })
+            .collect();
+        self.diags.extend(found);
+    }
+
+    fn graph_checks(&mut self, states: &[StateIr], initial: usize) {
+        // Reachability from the initial state (transitions and error routes).
+        let n = states.len();
+        let mut seen = vec![false; n];
+        let mut queue = VecDeque::from([initial]);
+        seen[initial] = true;
+        while let Some(s) = queue.pop_front() {
+            let st = &states[s];
+            for t in st
+                .transitions
+                .iter()
+                .map(|t| t.to)
+                .chain(st.on_error.iter().map(|(_, t)| *t))
+            {
+                if !seen[t] {
+                    seen[t] = true;
+                    queue.push_back(t);
+                }
+            }
+        }
+        for (i, st) in states.iter().enumerate() {
+            if !seen[i] {
+                let rel = [k("data"), k("states"), k(&st.name)];
+                self.warn_key(
+                    format!("state `{}` is unreachable from the initial state", st.name),
+                    &rel,
+                );
+            }
+        }
+        if !states
+            .iter()
+            .enumerate()
+            .any(|(i, s)| seen[i] && s.is_final)
+        {
+            let name = &states[initial].name;
+            self.warn_key(
+                format!("no final state is reachable from the initial state `{name}`"),
+                &[k("data"), k("states"), k(name)],
+            )
+            .help
+            .push("mark the state where runs end `type: final`".into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(yaml: &str) -> (Project, Vec<Option<MachineIr>>, Diagnostics) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.yml");
+        std::fs::write(&p, yaml).unwrap();
+        let project = crate::loader::load(&p);
+        let (irs, d) = analyze(&project);
+        (project, irs, d)
+    }
+
+    #[test]
+    fn misspelt_target_is_an_error_with_a_hint() {
+        let (_, _, d) = run(
+            "spec: flatmachine\nspec_version: \"1.0.0\"\ndata:\n  states:\n    start:\n      type: initial\n      transitions:\n        - to: reviw\n    review:\n      type: final\n",
+        );
+        let e: Vec<_> = d.errors().collect();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].help, vec!["did you mean `review`?".to_string()]);
+    }
+}

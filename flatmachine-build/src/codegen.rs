@@ -1,0 +1,553 @@
+//! Lowered machines → Rust tokens: one module per machine holding its `State` enum, the compiled
+//! transition function, the embedded templates and a static `MachineSpec` for the runtime.
+
+use crate::ir::{MachineIr, StateIr, TemplateIr};
+use proc_macro2::{Ident, TokenStream};
+use quote::{format_ident, quote};
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// Options for one code generation.
+#[derive(Debug, Clone)]
+pub struct CodegenOptions {
+    /// Path of the runtime crate in generated code (default `::flatmachine_runtime`).
+    pub runtime_path: TokenStream,
+    /// Track every file read with `include_bytes!` so cargo rebuilds when one changes (the
+    /// macro; build scripts print `cargo:rerun-if-changed` instead).
+    pub track_files_read: bool,
+    /// Files to track that way (filled in by [`compile`](crate::compile)).
+    pub track_files: Vec<PathBuf>,
+    /// Turn the compiler's warnings into real rustc warnings (`#[deprecated]` items), for the
+    /// proc-macro, which has no warning API on stable Rust.
+    pub warnings_as_deprecations: bool,
+    /// Warning texts to surface that way (filled in by [`compile`](crate::compile)).
+    pub warnings: Vec<String>,
+}
+
+impl Default for CodegenOptions {
+    fn default() -> Self {
+        Self {
+            runtime_path: quote!(::flatmachine_runtime),
+            track_files_read: false,
+            track_files: Vec::new(),
+            warnings_as_deprecations: false,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Generate the root machine's module, with every other machine under `children`.
+pub fn generate(irs: &[MachineIr], opts: &CodegenOptions) -> TokenStream {
+    let Some(root) = irs.first() else {
+        return TokenStream::new();
+    };
+    let rt = &opts.runtime_path;
+    let root_items = machine_items(root, irs, rt, true);
+    let children: Vec<TokenStream> = irs[1..]
+        .iter()
+        .map(|m| {
+            let name = format_ident!("{}", m.module);
+            let items = machine_items(m, irs, rt, false);
+            let doc = format!(" Machine `{}` (from `{}`).", m.name, m.source);
+            quote! {
+                #[doc = #doc]
+                pub mod #name {
+                    #items
+                }
+            }
+        })
+        .collect();
+    let children_mod = if children.is_empty() {
+        quote!()
+    } else {
+        quote! {
+            /// Every child machine this machine references, directly or through other children.
+            pub mod children {
+                #(#children)*
+            }
+        }
+    };
+    let tracking = tracking_items(&opts.track_files);
+    let warnings: Vec<TokenStream> = opts
+        .warnings
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let id = format_ident!("flatmachine_warning_{}", i);
+            quote! {
+                #[deprecated(note = #w)]
+                #[allow(non_upper_case_globals)]
+                const #id: () = ();
+                const _: () = #id;
+            }
+        })
+        .collect();
+    let name = format_ident!("{}", root.module);
+    let doc = format!(
+        " Machine `{}` (from `{}`), compiled by flatmachine.",
+        root.name, root.source
+    );
+    quote! {
+        #[doc = #doc]
+        #[allow(clippy::all, clippy::pedantic, unused_imports, dead_code)]
+        pub mod #name {
+            #(#tracking)*
+            #(#warnings)*
+            #root_items
+            #children_mod
+        }
+    }
+}
+
+/// `const _: &[u8] = include_bytes!("…");` for each file, so cargo rebuilds when one changes.
+pub fn tracking_items(files: &[PathBuf]) -> Vec<TokenStream> {
+    files
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .map(|p| {
+            let p = p.display().to_string();
+            quote!(
+                const _: &[u8] = include_bytes!(#p);
+            )
+        })
+        .collect()
+}
+
+/// Path from machine `from` to machine module `to_module` (root at depth 0, children at depth 2).
+fn spec_path(
+    from: &MachineIr,
+    to_module: &str,
+    irs: &[MachineIr],
+    from_is_root: bool,
+) -> TokenStream {
+    let root = &irs[0];
+    let target = format_ident!("{}", to_module);
+    if to_module == root.module {
+        if from_is_root {
+            quote!(self::SPEC)
+        } else {
+            quote!(super::super::SPEC)
+        }
+    } else if from_is_root {
+        quote!(self::children::#target::SPEC)
+    } else if to_module == from.module {
+        quote!(self::SPEC)
+    } else {
+        quote!(super::#target::SPEC)
+    }
+}
+
+fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bool) -> TokenStream {
+    let mut slots = Slots::default();
+    let n = m.states.len();
+    let variants: Vec<Ident> = m
+        .states
+        .iter()
+        .map(|s| format_ident!("{}", s.variant))
+        .collect();
+    let names: Vec<&str> = m.states.iter().map(|s| s.name.as_str()).collect();
+    let variant_docs: Vec<String> = m
+        .states
+        .iter()
+        .map(|s| {
+            let mut d = format!(" `{}`", s.name);
+            if s.index == m.initial {
+                d.push_str(" (initial)");
+            }
+            if s.is_final {
+                d.push_str(" (final)");
+            }
+            d
+        })
+        .collect();
+    let indexes: Vec<usize> = (0..n).collect();
+    let initial = &variants[m.initial];
+    let initial_index = m.initial;
+    let finals: Vec<&Ident> = m
+        .states
+        .iter()
+        .filter(|s| s.is_final)
+        .map(|s| &variants[s.index])
+        .collect();
+    let name = &m.name;
+    let source = &m.source;
+    let spec_version = &m.spec_version;
+
+    // Transition function: one arm per state, each condition compiled to Rust.
+    let ctx = format_ident!("context");
+    let arms: Vec<TokenStream> = m
+        .states
+        .iter()
+        .map(|s| {
+            let v = &variants[s.index];
+            if s.is_final {
+                return quote!(State::#v => Ok(None),);
+            }
+            let mut body = Vec::new();
+            let mut terminated = false;
+            for t in &s.transitions {
+                let to = &variants[t.to];
+                match &t.condition {
+                    None => {
+                        body.push(quote!(return Ok(Some(State::#to));));
+                        terminated = true;
+                        break;
+                    }
+                    Some((src, Some(expr))) => {
+                        let cond = crate::expr::condition_tokens(expr, rt, &ctx);
+                        let _ = src;
+                        body.push(quote! {
+                            if #cond? {
+                                return Ok(Some(State::#to));
+                            }
+                        });
+                    }
+                    Some((src, None)) => {
+                        body.push(quote! {
+                            if #rt::machine::cel_condition(#src, #ctx)? {
+                                return Ok(Some(State::#to));
+                            }
+                        });
+                    }
+                }
+            }
+            if !terminated {
+                body.push(quote!(Ok(None)));
+            }
+            quote!(State::#v => { #(#body)* })
+        })
+        .collect();
+    let uses_ctx = m
+        .states
+        .iter()
+        .any(|s| s.transitions.iter().any(|t| t.condition.is_some()));
+    let ctx_param = if uses_ctx {
+        quote!(#ctx)
+    } else {
+        quote!(_context)
+    };
+
+    // State specs.
+    let state_specs: Vec<TokenStream> = m
+        .states
+        .iter()
+        .map(|s| state_spec(s, rt, &mut slots))
+        .collect();
+    let context = opt_template(m.context.as_ref(), rt, &mut slots);
+    let max_steps = opt(m.max_steps.map(|v| quote!(#v)));
+    let persistence = opt(m.persistence.as_ref().map(|p| {
+        let enabled = p.enabled;
+        let backend = &p.backend;
+        let on = opt(p.checkpoint_on.as_ref().map(|v| quote!(&[#(#v),*])));
+        quote!(#rt::machine::PersistenceSpec { enabled: #enabled, backend: #backend, checkpoint_on: #on })
+    }));
+    let hooks = opt(m.hooks.as_ref().map(|(class, args)| {
+        let args = opt_template(args.as_ref(), rt, &mut slots);
+        quote!(#rt::machine::HooksSpec { class: #class, args: #args })
+    }));
+    let agents: Vec<TokenStream> = m
+        .agents
+        .iter()
+        .map(|(a, flat)| {
+            let kind = if *flat { "flatagent" } else { "adapter" };
+            quote!(#rt::machine::AgentSpec { name: #a, kind: #kind })
+        })
+        .collect();
+    let machines: Vec<TokenStream> = m
+        .children
+        .iter()
+        .map(|(cname, module)| match module {
+            Some(module) => {
+                let p = spec_path(m, module, irs, is_root);
+                quote!((#cname, Some(&#p)))
+            }
+            None => quote!((#cname, None)),
+        })
+        .collect();
+    let actions: Vec<&String> = m.actions.iter().collect();
+    let cel = m.engine == crate::model::ExpressionEngine::Cel;
+    let slot_statics = slots.statics(rt);
+
+    quote! {
+        /// The machine's name (`data.name`).
+        pub const NAME: &str = #name;
+
+        /// The states of this machine, in file order.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum State {
+            #(#[doc = #variant_docs] #variants,)*
+        }
+
+        impl State {
+            /// Every state, in file order.
+            pub const ALL: [State; #n] = [#(State::#variants),*];
+            /// The state a run starts in.
+            pub const INITIAL: State = State::#initial;
+            /// The states a run ends in.
+            pub const FINAL: &'static [State] = &[#(State::#finals),*];
+
+            /// The state's name in the YAML.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    #(State::#variants => #names,)*
+                }
+            }
+
+            /// Position in the file (and in `MachineSpec::states`).
+            pub const fn index(self) -> usize {
+                self as usize
+            }
+
+            /// The state at a position.
+            pub const fn from_index(index: usize) -> Option<State> {
+                match index {
+                    #(#indexes => Some(State::#variants),)*
+                    _ => None,
+                }
+            }
+
+            /// Whether runs end here.
+            pub const fn is_final(self) -> bool {
+                matches!(self, #(State::#finals)|*)
+            }
+        }
+
+        impl ::core::fmt::Display for State {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl ::core::str::FromStr for State {
+            type Err = #rt::machine::UnknownState;
+
+            fn from_str(name: &str) -> ::core::result::Result<Self, Self::Err> {
+                match name {
+                    #(#names => Ok(State::#variants),)*
+                    other => Err(#rt::machine::UnknownState { name: other.to_string(), machine: NAME }),
+                }
+            }
+        }
+
+        /// The next state after `state`, or `None` when no transition matches (or it is final).
+        pub fn transition(state: State, #ctx_param: &#rt::Context) -> ::core::result::Result<Option<State>, #rt::expr::ExprError> {
+            match state {
+                #(#arms)*
+            }
+        }
+
+        fn transition_by_index(index: usize, context: &#rt::Context) -> ::core::result::Result<Option<usize>, #rt::expr::ExprError> {
+            match State::from_index(index) {
+                Some(state) => transition(state, context).map(|next| next.map(State::index)),
+                None => Ok(None),
+            }
+        }
+
+        #slot_statics
+
+        /// The machine's static description, executed by the runtime.
+        pub static SPEC: #rt::machine::MachineSpec = #rt::machine::MachineSpec {
+            name: NAME,
+            spec_version: #spec_version,
+            source: #source,
+            states: &[#(#state_specs),*],
+            initial: #initial_index,
+            context: #context,
+            max_steps: #max_steps,
+            persistence: #persistence,
+            hooks: #hooks,
+            agents: &[#(#agents),*],
+            machines: &[#(#machines),*],
+            actions: &[#(#actions),*],
+            cel: #cel,
+            transition: transition_by_index,
+        };
+
+        /// Marker type for this machine.
+        #[derive(Debug, Clone, Copy, Default)]
+        pub struct Machine;
+
+        impl #rt::machine::MachineDef for Machine {
+            type State = State;
+
+            fn spec() -> &'static #rt::machine::MachineSpec {
+                &SPEC
+            }
+
+            fn state_at(index: usize) -> Option<State> {
+                State::from_index(index)
+            }
+        }
+    }
+}
+
+fn opt(t: Option<TokenStream>) -> TokenStream {
+    match t {
+        Some(t) => quote!(Some(#t)),
+        None => quote!(None),
+    }
+}
+
+fn opt_template(t: Option<&TemplateIr>, rt: &TokenStream, slots: &mut Slots) -> TokenStream {
+    opt(t.map(|t| template_value(&t.0, rt, slots)))
+}
+
+/// Template strings become named statics (`T0`, `T1`, ...) holding a lazily parsed slot.
+#[derive(Default)]
+struct Slots {
+    sources: Vec<String>,
+}
+
+impl Slots {
+    fn slot(&mut self, src: &str) -> Ident {
+        let i = match self.sources.iter().position(|s| s == src) {
+            Some(i) => i,
+            None => {
+                self.sources.push(src.to_string());
+                self.sources.len() - 1
+            }
+        };
+        format_ident!("T{}", i)
+    }
+
+    fn statics(&self, rt: &TokenStream) -> TokenStream {
+        let items = self.sources.iter().enumerate().map(|(i, src)| {
+            let id = format_ident!("T{}", i);
+            quote!(static #id: #rt::template::TemplateSlot = #rt::template::TemplateSlot::new(#src);)
+        });
+        quote!(#(#items)*)
+    }
+}
+
+fn template_value(v: &Value, rt: &TokenStream, slots: &mut Slots) -> TokenStream {
+    let tv = quote!(#rt::template::TemplateValue);
+    match v {
+        Value::Null => quote!(#tv::Null),
+        Value::Bool(b) => quote!(#tv::Bool(#b)),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => quote!(#tv::Int(#i)),
+            (None, Some(f)) => {
+                let lit = proc_macro2::Literal::f64_suffixed(f);
+                quote!(#tv::Float(#lit))
+            }
+            _ => quote!(#tv::Null),
+        },
+        Value::String(s) => {
+            let id = slots.slot(s);
+            quote!(#tv::Str(&#id))
+        }
+        Value::Array(items) => {
+            let items: Vec<TokenStream> =
+                items.iter().map(|i| template_value(i, rt, slots)).collect();
+            quote!(#tv::List(&[#(#items),*]))
+        }
+        Value::Object(map) => {
+            let entries: Vec<TokenStream> = map
+                .iter()
+                .map(|(k, v)| {
+                    let v = template_value(v, rt, slots);
+                    quote!((#k, #v))
+                })
+                .collect();
+            quote!(#tv::Map(&[#(#entries),*]))
+        }
+    }
+}
+
+fn state_spec(s: &StateIr, rt: &TokenStream, slots: &mut Slots) -> TokenStream {
+    let d = &s.def;
+    let name = &s.name;
+    let is_final = s.is_final;
+    let action = opt(d.action.as_ref().map(|a| quote!(#a)));
+    let agent = opt(d.agent.as_ref().map(|a| quote!(#a)));
+    let machine_list = matches!(d.machine, Some(crate::model::MachineField::Many(_)));
+    let calls: Vec<TokenStream> = match &d.machine {
+        None => vec![],
+        Some(crate::model::MachineField::One(n)) => {
+            vec![quote!(#rt::machine::ChildCall { name: #n, input: None })]
+        }
+        Some(crate::model::MachineField::Many(items)) => items
+            .iter()
+            .map(|i| {
+                let n = i.name();
+                let input = match i {
+                    crate::model::MachineListItem::WithInput(mi) => opt(mi
+                        .input
+                        .as_ref()
+                        .map(|inp| template_value(&Value::Object(inp.clone()), rt, slots))),
+                    crate::model::MachineListItem::Name(_) => quote!(None),
+                };
+                quote!(#rt::machine::ChildCall { name: #n, input: #input })
+            })
+            .collect(),
+    };
+    let foreach = opt_template(s.foreach.as_ref(), rt, slots);
+    let foreach_as = d.as_.clone().unwrap_or_else(|| "item".to_string());
+    let key = opt_template(s.key.as_ref(), rt, slots);
+    let mode_any = d.mode == Some(crate::model::Mode::Any);
+    let timeout = opt(d.timeout.map(|t| {
+        let lit = proc_macro2::Literal::f64_suffixed(t);
+        quote!(#lit)
+    }));
+    let launch: Vec<&str> = d.launch.as_ref().map(|l| l.names()).unwrap_or_default();
+    let launch_input = opt_template(s.launch_input.as_ref(), rt, slots);
+    let input = opt_template(s.input.as_ref(), rt, slots);
+    let output_to_context = opt_template(s.output_to_context.as_ref(), rt, slots);
+    let output = opt_template(s.output.as_ref(), rt, slots);
+    let on_error: Vec<TokenStream> = s.on_error.iter().map(|(t, i)| quote!((#t, #i))).collect();
+    let execution = opt(d.execution.as_ref().map(|e| {
+        let kind = e.kind.as_str();
+        let backoffs: Vec<proc_macro2::Literal> = e.backoffs.iter().flatten().map(|b| proc_macro2::Literal::f64_suffixed(*b)).collect();
+        let jitter = opt(e.jitter.map(|j| {
+            let l = proc_macro2::Literal::f64_suffixed(j);
+            quote!(#l)
+        }));
+        let n_samples = opt(e.n_samples.map(|v| quote!(#v)));
+        let k_margin = opt(e.k_margin.map(|v| quote!(#v)));
+        let max_candidates = opt(e.max_candidates.map(|v| quote!(#v)));
+        quote!(#rt::machine::ExecutionSpec { kind: #kind, backoffs: &[#(#backoffs),*], jitter: #jitter, n_samples: #n_samples, k_margin: #k_margin, max_candidates: #max_candidates })
+    }));
+    let tool_loop = d.tool_loop.unwrap_or(false);
+    let transitions: Vec<TokenStream> = s
+        .transitions
+        .iter()
+        .map(|t| {
+            let to = t.to;
+            let cond = opt(t.condition.as_ref().map(|(src, _)| quote!(#src)));
+            quote!(#rt::machine::TransitionSpec { condition: #cond, to: #to })
+        })
+        .collect();
+    quote! {
+        #rt::machine::StateSpec {
+            name: #name,
+            is_final: #is_final,
+            action: #action,
+            agent: #agent,
+            machine: &[#(#calls),*],
+            machine_list: #machine_list,
+            foreach: #foreach,
+            foreach_as: #foreach_as,
+            key: #key,
+            mode_any: #mode_any,
+            timeout: #timeout,
+            launch: &[#(#launch),*],
+            launch_input: #launch_input,
+            input: #input,
+            output_to_context: #output_to_context,
+            output: #output,
+            on_error: &[#(#on_error),*],
+            execution: #execution,
+            tool_loop: #tool_loop,
+            transitions: &[#(#transitions),*],
+        }
+    }
+}
+
+/// Pretty-print generated tokens (prettyplease), with an `@generated` header.
+pub fn pretty(tokens: &TokenStream) -> String {
+    let body = match syn::parse2::<syn::File>(tokens.clone()) {
+        Ok(file) => prettyplease::unparse(&file),
+        Err(_) => tokens.to_string(),
+    };
+    format!("// @generated by flatmachine-build. Do not edit.\n\n{body}")
+}

@@ -1,0 +1,181 @@
+//! The checked, lowered form of a machine that the code generator consumes.
+
+use crate::expr::Expr;
+use crate::loader::MachineId;
+use crate::model::{ExpressionEngine, PersistenceConfig, StateDefinition};
+use heck::{ToSnakeCase, ToUpperCamelCase};
+use std::collections::{BTreeSet, HashSet};
+
+/// Variables a template may read at one place in the YAML.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// Variable names in scope.
+    pub names: Vec<String>,
+}
+
+impl Scope {
+    /// A scope with these names.
+    pub fn new(names: &[&str]) -> Self {
+        Self {
+            names: names.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// This scope plus one more name.
+    pub fn with(&self, name: &str) -> Self {
+        let mut s = self.clone();
+        if !s.names.iter().any(|n| n == name) {
+            s.names.push(name.to_string());
+        }
+        s
+    }
+}
+
+/// A config value that may hold templates (checked), to embed as static data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplateIr(pub serde_json::Value);
+
+/// One transition.
+#[derive(Debug, Clone)]
+pub struct TransitionIr {
+    /// Target state index.
+    pub to: usize,
+    /// Source text and parsed expression (`None` expression for a CEL condition).
+    pub condition: Option<(String, Option<Expr>)>,
+}
+
+/// One state.
+#[derive(Debug, Clone)]
+pub struct StateIr {
+    /// Position in the machine's `states` (file order).
+    pub index: usize,
+    /// YAML name.
+    pub name: String,
+    /// Rust enum variant name.
+    pub variant: String,
+    /// `type: final`.
+    pub is_final: bool,
+    /// The state as written.
+    pub def: StateDefinition,
+    /// Checked `input` templates.
+    pub input: Option<TemplateIr>,
+    /// Checked `output_to_context` templates.
+    pub output_to_context: Option<TemplateIr>,
+    /// Checked final `output` templates.
+    pub output: Option<TemplateIr>,
+    /// Checked `launch_input` templates.
+    pub launch_input: Option<TemplateIr>,
+    /// Checked `foreach` template.
+    pub foreach: Option<TemplateIr>,
+    /// Checked foreach `key` template.
+    pub key: Option<TemplateIr>,
+    /// Error type name (`default` for the catch-all) → target state index.
+    pub on_error: Vec<(String, usize)>,
+    /// Transitions in order.
+    pub transitions: Vec<TransitionIr>,
+}
+
+/// One machine, ready for code generation.
+#[derive(Debug, Clone)]
+pub struct MachineIr {
+    /// Index in the project.
+    pub id: MachineId,
+    /// Rust module name.
+    pub module: String,
+    /// `data.name`.
+    pub name: String,
+    /// `spec_version`.
+    pub spec_version: String,
+    /// The file it came from (as displayed).
+    pub source: String,
+    /// Index of the initial state.
+    pub initial: usize,
+    /// States in file order.
+    pub states: Vec<StateIr>,
+    /// Checked initial context templates.
+    pub context: Option<TemplateIr>,
+    /// `settings.max_steps`.
+    pub max_steps: Option<u64>,
+    /// `persistence`.
+    pub persistence: Option<PersistenceConfig>,
+    /// `hooks.class` and checked `hooks.args`.
+    pub hooks: Option<(String, Option<TemplateIr>)>,
+    /// Child machines: name → module name of the compiled child (None when it failed to load).
+    pub children: Vec<(String, Option<String>)>,
+    /// Agents: name → whether it is a flatagent (else an adapter reference).
+    pub agents: Vec<(String, bool)>,
+    /// Every `action:` name used.
+    pub actions: BTreeSet<String>,
+    /// Expression engine.
+    pub engine: ExpressionEngine,
+}
+
+const KEYWORDS: &[&str] = &[
+    "as", "break", "const", "continue", "crate", "else", "enum", "extern", "false", "fn", "for",
+    "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub", "ref", "return",
+    "self", "Self", "static", "struct", "super", "trait", "true", "type", "unsafe", "use", "where",
+    "while", "async", "await", "dyn", "abstract", "become", "box", "do", "final", "macro",
+    "override", "priv", "typeof", "unsized", "virtual", "yield", "try", "gen",
+];
+
+fn sanitize(s: String, prefix: &str) -> String {
+    let mut s: String = s
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) || !s.is_ascii() {
+        let ascii: String = s
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        s = format!("{prefix}{ascii}");
+    }
+    if KEYWORDS.contains(&s.as_str()) {
+        s.push('_');
+    }
+    s
+}
+
+/// A snake_case Rust identifier for a name.
+pub fn snake_ident(name: &str) -> String {
+    sanitize(name.to_snake_case(), "m_")
+}
+
+/// UpperCamelCase enum variant names for state names, unique (a suffix resolves clashes).
+pub fn variant_names(names: &[&str]) -> Vec<String> {
+    let mut used = HashSet::new();
+    names
+        .iter()
+        .map(|n| {
+            let base = sanitize(n.to_upper_camel_case(), "S");
+            let mut v = base.clone();
+            let mut i = 2;
+            while !used.insert(v.clone()) {
+                v = format!("{base}{i}");
+                i += 1;
+            }
+            v
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        assert_eq!(
+            variant_names(&["start", "do-thing", "do_thing", "self", "1st", "Self"]),
+            vec!["Start", "DoThing", "DoThing2", "Self_", "S1st", "Self_2"]
+        );
+        assert_eq!(snake_ident("writer-critic-loop"), "writer_critic_loop");
+        assert_eq!(snake_ident("match"), "match_");
+    }
+}

@@ -1,0 +1,143 @@
+//! Compile-time checks of Jinja templates with minijinja: syntax, and variables read that are
+//! not in scope where the template sits.
+
+use crate::diagnostic::closest;
+
+/// One problem in a template, located by byte offset in the template source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplateProblem {
+    /// What is wrong.
+    pub message: String,
+    /// Byte offset in the template source.
+    pub offset: usize,
+    /// Length in bytes.
+    pub len: usize,
+    /// What to do.
+    pub help: Option<String>,
+}
+
+/// Whether a string is a template (`{{` or `{%`), as the reference decides.
+pub fn is_template(src: &str) -> bool {
+    src.contains("{{") || src.contains("{%")
+}
+
+fn environment() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
+    env
+}
+
+/// Check one template string. `scope` names the variables it may read.
+pub fn check(src: &str, scope: &[String]) -> Vec<TemplateProblem> {
+    if !is_template(src) {
+        return Vec::new();
+    }
+    let env = environment();
+    let tmpl = match env.template_from_str(src) {
+        Ok(t) => t,
+        Err(e) => {
+            let (offset, len) = match e.range() {
+                Some(r) => (r.start, r.end.saturating_sub(r.start).max(1)),
+                None => (line_offset(src, e.line().unwrap_or(1)), 1),
+            };
+            let detail = e
+                .detail()
+                .map(str::to_string)
+                .unwrap_or_else(|| e.kind().to_string());
+            return vec![TemplateProblem {
+                message: format!("invalid template: {detail}"),
+                offset,
+                len,
+                help: None,
+            }];
+        }
+    };
+    let mut problems = Vec::new();
+    let mut vars: Vec<String> = tmpl.undeclared_variables(false).into_iter().collect();
+    vars.sort();
+    for var in vars {
+        if scope.iter().any(|s| s == &var) {
+            continue;
+        }
+        let (offset, len) = find_word(src, &var).unwrap_or((0, 0));
+        let in_scope = scope.join("`, `");
+        let help = match closest(&var, scope.iter().map(String::as_str)) {
+            Some(c) => format!("did you mean `{c}`?"),
+            None => format!("in scope here: `{in_scope}`"),
+        };
+        problems.push(TemplateProblem {
+            message: format!("template reads `{var}`, which is not in scope here"),
+            offset,
+            len,
+            help: Some(help),
+        });
+    }
+    problems
+}
+
+fn line_offset(src: &str, line: usize) -> usize {
+    src.split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum()
+}
+
+/// First occurrence of `word` as a whole identifier inside `{{ }}` / `{% %}`.
+fn find_word(src: &str, word: &str) -> Option<(usize, usize)> {
+    let bytes = src.as_bytes();
+    let mut from = 0;
+    while let Some(pos) = src[from..].find(word) {
+        let start = from + pos;
+        let end = start + word.len();
+        let before_ok = start == 0
+            || !(bytes[start - 1].is_ascii_alphanumeric()
+                || bytes[start - 1] == b'_'
+                || bytes[start - 1] == b'.');
+        let after_ok =
+            end >= bytes.len() || !(bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_');
+        let inside = src[..start]
+            .rfind("{{")
+            .or_else(|| src[..start].rfind("{%"))
+            .is_some();
+        if before_ok && after_ok && inside {
+            return Some((start, word.len()));
+        }
+        from = end;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn misspelt_variable() {
+        let p = check("x {{ contxt.x }}", &scope(&["context", "input"]));
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].offset, 5);
+        assert_eq!(p[0].help.as_deref(), Some("did you mean `context`?"));
+    }
+
+    #[test]
+    fn syntax_error_is_located() {
+        let p = check("a\n{{ context.x }", &scope(&["context"]));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].message.starts_with("invalid template"));
+        assert!(p[0].offset >= 2, "{p:?}");
+    }
+
+    #[test]
+    fn loops_and_sets_are_fine() {
+        let p = check(
+            "{% for x in context.items %}{{ x }}{% endfor %}{% set y = 1 %}{{ y }}",
+            &scope(&["context"]),
+        );
+        assert!(p.is_empty(), "{p:?}");
+        assert!(check("plain", &scope(&[])).is_empty());
+    }
+}

@@ -1,0 +1,218 @@
+//! The static description of a compiled machine: what the generated code provides.
+//!
+//! Generated code carries only data (states, templates, error routes, child references) and
+//! one compiled function, the transition function, with every condition compiled to Rust. All
+//! behaviour lives in this crate. See `docs/architecture.md`.
+
+use crate::context::Context;
+use crate::expr::ExprError;
+use crate::template::TemplateValue;
+use std::fmt;
+
+/// Everything the runtime needs to know about one machine.
+pub struct MachineSpec {
+    /// `data.name`.
+    pub name: &'static str,
+    /// `spec_version` of the source file.
+    pub spec_version: &'static str,
+    /// The file it was compiled from (as the compiler displayed it).
+    pub source: &'static str,
+    /// States in file order.
+    pub states: &'static [StateSpec],
+    /// Index of the initial state.
+    pub initial: usize,
+    /// Initial context (templates over `input`).
+    pub context: Option<TemplateValue>,
+    /// `settings.max_steps`.
+    pub max_steps: Option<u64>,
+    /// `persistence` as written.
+    pub persistence: Option<PersistenceSpec>,
+    /// `hooks: {class, args}`.
+    pub hooks: Option<HooksSpec>,
+    /// Agents by name.
+    pub agents: &'static [AgentSpec],
+    /// Child machines by name (`None` when the compiler could not load the child).
+    pub machines: &'static [(&'static str, Option<&'static MachineSpec>)],
+    /// Every `action:` name used by a state.
+    pub actions: &'static [&'static str],
+    /// Whether conditions use CEL (evaluated at run time) instead of compiled simple expressions.
+    pub cel: bool,
+    /// Picks the next state: `transition(state_index, context)` → next state index, or `None`
+    /// when no transition matches (or the state is final).
+    pub transition: fn(usize, &Context) -> Result<Option<usize>, ExprError>,
+}
+
+impl MachineSpec {
+    /// The state with this YAML name.
+    pub fn state(&self, name: &str) -> Option<(usize, &'static StateSpec)> {
+        self.states.iter().enumerate().find(|(_, s)| s.name == name)
+    }
+
+    /// The child machine with this name.
+    pub fn child(&self, name: &str) -> Option<&'static MachineSpec> {
+        self.machines
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, m)| *m)
+    }
+}
+
+impl fmt::Debug for MachineSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MachineSpec")
+            .field("name", &self.name)
+            .field("source", &self.source)
+            .field(
+                "states",
+                &self.states.iter().map(|s| s.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// One state.
+#[derive(Debug)]
+pub struct StateSpec {
+    /// YAML name.
+    pub name: &'static str,
+    /// `type: final`.
+    pub is_final: bool,
+    /// `action:`.
+    pub action: Option<&'static str>,
+    /// `agent:`.
+    pub agent: Option<&'static str>,
+    /// `machine:` (one or several, each with optional own input).
+    pub machine: &'static [ChildCall],
+    /// `machine:` was written as a list (results keyed by name) rather than one name.
+    pub machine_list: bool,
+    /// `foreach:` template.
+    pub foreach: Option<TemplateValue>,
+    /// `as:` (default `item`).
+    pub foreach_as: &'static str,
+    /// `key:` template.
+    pub key: Option<TemplateValue>,
+    /// `mode: any`.
+    pub mode_any: bool,
+    /// `timeout:` in seconds (0 or absent = none).
+    pub timeout: Option<f64>,
+    /// `launch:`.
+    pub launch: &'static [&'static str],
+    /// `launch_input:`.
+    pub launch_input: Option<TemplateValue>,
+    /// `input:`.
+    pub input: Option<TemplateValue>,
+    /// `output_to_context:`.
+    pub output_to_context: Option<TemplateValue>,
+    /// `output:` (final states).
+    pub output: Option<TemplateValue>,
+    /// `on_error` routes: error type name (`default` = any) → state index.
+    pub on_error: &'static [(&'static str, usize)],
+    /// `execution:`.
+    pub execution: Option<ExecutionSpec>,
+    /// `tool_loop: true`.
+    pub tool_loop: bool,
+    /// Transitions in order (the compiled `transition` function is what runs; this is for
+    /// introspection, graphs and CEL).
+    pub transitions: &'static [TransitionSpec],
+}
+
+/// A child machine call with optional per-child input.
+#[derive(Debug)]
+pub struct ChildCall {
+    /// Name in `machines:`.
+    pub name: &'static str,
+    /// Its own input (templates), if given.
+    pub input: Option<TemplateValue>,
+}
+
+/// One transition, as written.
+#[derive(Debug)]
+pub struct TransitionSpec {
+    /// Condition source text (`None` = always).
+    pub condition: Option<&'static str>,
+    /// Target state index.
+    pub to: usize,
+}
+
+/// `execution:` of a state.
+#[derive(Debug)]
+pub struct ExecutionSpec {
+    /// `default`, `retry`, `parallel` or `mdap_voting`.
+    pub kind: &'static str,
+    /// Retry backoffs in seconds.
+    pub backoffs: &'static [f64],
+    /// Retry jitter factor.
+    pub jitter: Option<f64>,
+    /// Parallel samples.
+    pub n_samples: Option<u64>,
+    /// Voting margin.
+    pub k_margin: Option<u64>,
+    /// Voting candidates.
+    pub max_candidates: Option<u64>,
+}
+
+/// `persistence:` of a machine.
+#[derive(Debug)]
+pub struct PersistenceSpec {
+    /// `enabled`.
+    pub enabled: bool,
+    /// `backend` (`memory`, `local`, ...).
+    pub backend: &'static str,
+    /// `checkpoint_on` (absent = every event).
+    pub checkpoint_on: Option<&'static [&'static str]>,
+}
+
+/// `hooks:` of a machine.
+#[derive(Debug)]
+pub struct HooksSpec {
+    /// Class name, resolved through the hooks registry.
+    pub class: &'static str,
+    /// Constructor arguments (templates over `input`).
+    pub args: Option<TemplateValue>,
+}
+
+/// An agent declared by the machine.
+#[derive(Debug)]
+pub struct AgentSpec {
+    /// Name in `agents:`.
+    pub name: &'static str,
+    /// Adapter type (`flatagent` for flatagent files and inline configs).
+    pub kind: &'static str,
+}
+
+/// Implemented by the generated marker type of each machine.
+pub trait MachineDef: Send + Sync + 'static {
+    /// The generated state enum.
+    type State: Copy + Eq + fmt::Debug + Send + Sync + 'static;
+    /// The machine's static description.
+    fn spec() -> &'static MachineSpec;
+    /// The state at this index.
+    fn state_at(index: usize) -> Option<Self::State>;
+}
+
+/// A state name that the machine does not have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownState {
+    /// The name given.
+    pub name: String,
+    /// The machine.
+    pub machine: &'static str,
+}
+
+impl fmt::Display for UnknownState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "machine `{}` has no state `{}`", self.machine, self.name)
+    }
+}
+
+impl std::error::Error for UnknownState {}
+
+/// Evaluate a condition of a machine with `expression_engine: cel`.
+///
+/// CEL evaluation is not built yet (it is on the roadmap); until then a CEL condition fails
+/// the state with an `ExpressionError` that says so, which routes through `on_error`.
+pub fn cel_condition(source: &str, _context: &Context) -> Result<bool, ExprError> {
+    Err(ExprError::new(format!(
+        "`expression_engine: cel` is not supported by this runtime yet (condition `{source}`)"
+    )))
+}
