@@ -1,0 +1,582 @@
+//! The conformance corpus (`../shared/conformance/corpus`, real FlatMachines configs nobody
+//! wrote for this project) through `check()`, tier by tier as its README describes, plus the
+//! `flatmachine` CLI on corpus files.
+
+use flatmachine_build::loader::AgentUnit;
+use flatmachine_build::{Checked, Diagnostic};
+use std::collections::BTreeSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The corpus directory. Missing corpus is a failure, not a skip: CI clones `shared/` beside
+/// the repository.
+fn corpus_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/corpus");
+    assert!(
+        dir.join("MANIFEST.tsv").is_file(),
+        "conformance corpus not found at {} (expected `shared/conformance/corpus/MANIFEST.tsv` \
+         beside the repository checkout)",
+        dir.display()
+    );
+    dir
+}
+
+struct Row {
+    path: String,
+    spec: String,
+    refs_resolve: String,
+    notes: String,
+}
+
+fn manifest() -> Vec<Row> {
+    let text = std::fs::read_to_string(corpus_dir().join("MANIFEST.tsv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
+    assert_eq!(
+        header,
+        [
+            "path",
+            "spec",
+            "spec_version",
+            "states_count",
+            "features_used",
+            "refs_resolve",
+            "notes"
+        ]
+    );
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let c: Vec<&str> = l.split('\t').collect();
+            let col = |i: usize| c.get(i).copied().unwrap_or("").to_string();
+            Row {
+                path: col(0),
+                spec: col(1),
+                refs_resolve: col(5),
+                notes: col(6),
+            }
+        })
+        .collect()
+}
+
+const STRICT: &[&str] = &[
+    "distributed_worker/config/echo_processor.yml",
+    "distributed_worker/config/job_worker.yml",
+    "distributed_worker/config/parallelization_checker.yml",
+    "distributed_worker/config/stale_worker_reaper.yml",
+    "fixtures-helloworld/machine.yml",
+];
+
+const LENIENT: &[&str] = &[
+    "character_card/config/machine.yml",
+    "dynamic_agent/config/machine.yml",
+    "human-in-the-loop/config/machine.yml",
+    "mdap/config/machine.yml",
+    "writer_critic/config/machine.yml",
+    "helloworld/config/machine.yml",
+    "parallelism/config/sentiment_machine.yml",
+    "peering/config/orchestrator.yml",
+    "peering/config/peering_demo.yml",
+    "peering/config/worker_node.yml",
+    "peering/config/worker_task.yml",
+    "research_paper_analysis/config/machine.yml",
+    "research_paper_analysis/config/analyzer_machine.yml",
+    "research_paper_analysis/config/refiner_machine.yml",
+    "multi_paper_synthesizer/config/machine.yml",
+    "multi_paper_synthesizer/paper_analyzer/config/machine.yml",
+    "multi_paper_synthesizer/paper_analyzer/config/analyzer_machine.yml",
+    "multi_paper_synthesizer/paper_analyzer/config/refiner_machine.yml",
+    "rlm/config/machine.yml",
+    "rlm/config/chunk_processor_machine.yml",
+    "story_writer/config/machine.yml",
+    "story_writer/config/chapter_machine.yml",
+];
+
+const OUTSIDE: &[&str] = &[
+    "parallelism/config/main_machine.yml",
+    "parallelism/config/foreach_machine.yml",
+    "parallelism/config/doc_processor.yml",
+    "parallelism/config/legal_review.yml",
+    "parallelism/config/technical_review.yml",
+    "parallelism/config/financial_review.yml",
+    "fixtures-parallelism/main_machine.yml",
+    "fixtures-parallelism/foreach_machine.yml",
+    "fixtures-parallelism/doc_processor.yml",
+    "fixtures-parallelism/legal_review.yml",
+    "fixtures-parallelism/technical_review.yml",
+    "fixtures-parallelism/financial_review.yml",
+    "fixtures-peering/orchestrator.yml",
+    "fixtures-peering/worker_node.yml",
+    "fixtures-human-in-the-loop/machine.yml",
+    "parallelism/config/machine.yml",
+    "parallelism/config/notification_machine.yml",
+    "parallelism/config/summarizer_machine.yml",
+];
+
+const UNRESOLVED: &[&str] = &[
+    "coding_agent/config/machine.yml",
+    "error_handling/config/machine.yml",
+];
+
+/// `check()` a corpus file, shown by its corpus-relative path; a panic fails naming the file.
+fn check_rel(rel: &str) -> Checked {
+    let path = corpus_dir().join(rel);
+    catch_unwind(AssertUnwindSafe(|| {
+        flatmachine_build::check(&path, Some(rel.to_string()))
+    }))
+    .unwrap_or_else(|_| panic!("check() panicked on corpus file {rel}"))
+}
+
+fn file_of<'a>(checked: &'a Checked, d: &Diagnostic) -> Option<&'a str> {
+    d.span.map(|s| checked.db().file(s.file).display.as_str())
+}
+
+/// The `non-1.0.0 fields: a.b.c, d.e` items of a MANIFEST notes cell, as key paths.
+fn non_spec_fields(notes: &str) -> Vec<String> {
+    notes
+        .split(';')
+        .filter_map(|item| item.trim().strip_prefix("non-1.0.0 fields:"))
+        .flat_map(|list| list.split(','))
+        .map(|f| f.trim().to_string())
+        .filter(|f| !f.is_empty())
+        .collect()
+}
+
+#[test]
+fn tiers_cover_every_machine_in_the_manifest() {
+    let rows = manifest();
+    let machines: BTreeSet<&str> = rows
+        .iter()
+        .filter(|r| r.spec == "flatmachine")
+        .map(|r| r.path.as_str())
+        .collect();
+    assert_eq!(machines.len(), 47, "the README counts 47 machines");
+    let tiers: Vec<&str> = [STRICT, LENIENT, OUTSIDE, UNRESOLVED].concat();
+    let listed: BTreeSet<&str> = tiers.iter().copied().collect();
+    assert_eq!(listed.len(), tiers.len(), "a file is listed in two tiers");
+    assert_eq!(listed, machines);
+    // The strict tier is exactly what the README's rule selects.
+    let strict: BTreeSet<&str> = rows
+        .iter()
+        .filter(|r| {
+            r.spec == "flatmachine" && r.refs_resolve == "yes" && !r.notes.contains("non-1.0.0")
+        })
+        .map(|r| r.path.as_str())
+        .collect();
+    assert_eq!(strict, STRICT.iter().copied().collect::<BTreeSet<_>>());
+    for rel in UNRESOLVED {
+        let row = rows.iter().find(|r| r.path == *rel).unwrap();
+        assert_eq!(row.refs_resolve, "no", "{rel}");
+    }
+}
+
+#[test]
+fn strict_tier_has_no_diagnostics() {
+    for rel in STRICT {
+        let checked = check_rel(rel);
+        assert!(
+            checked.diagnostics.is_empty(),
+            "{rel} should check clean:\n{}",
+            checked.render(false)
+        );
+        assert!(checked.irs.iter().all(Option::is_some), "{rel}");
+        let compiled = flatmachine_build::compile(
+            &corpus_dir().join(rel),
+            Some(rel.to_string()),
+            &Default::default(),
+        )
+        .unwrap_or_else(|c| panic!("{rel} should compile:\n{}", c.render(false)));
+        syn::parse_file(&compiled.pretty())
+            .unwrap_or_else(|e| panic!("generated code for {rel} does not parse: {e}"));
+    }
+}
+
+#[test]
+fn lenient_tier_only_warns_about_unknown_keys() {
+    let rows = manifest();
+    for rel in LENIENT {
+        let checked = check_rel(rel);
+        let rendered = checked.render(false);
+        assert!(!checked.has_errors(), "{rel} has errors:\n{rendered}");
+        for w in checked.diagnostics.warnings() {
+            let key = w
+                .message
+                .strip_prefix("unknown key `")
+                .and_then(|r| r.split('`').next());
+            let key = key.unwrap_or_else(|| {
+                panic!(
+                    "{rel}: warning is not about an unknown key: {}\n{rendered}",
+                    w.message
+                )
+            });
+            assert!(!key.is_empty(), "{rel}: {}", w.message);
+            let file = file_of(&checked, w)
+                .unwrap_or_else(|| panic!("{rel}: unlocated warning {}", w.message));
+            let text = &checked.db().file(w.span.unwrap().file).text;
+            let at = &text[w.span.unwrap().start..w.span.unwrap().end];
+            assert_eq!(
+                at, key,
+                "{rel}: the warning about `{key}` in {file} points at `{at}`"
+            );
+        }
+        // Every non-1.0.0 field the MANIFEST names for this file is warned about, by name,
+        // in this file.
+        let row = rows.iter().find(|r| r.path == *rel).unwrap();
+        let fields = non_spec_fields(&row.notes);
+        assert!(
+            !fields.is_empty() || row.notes.contains("non-1.0.0 via"),
+            "{rel}: no non-1.0.0 notes"
+        );
+        for field in fields {
+            let key = field.rsplit('.').next().unwrap();
+            assert!(
+                checked.diagnostics.warnings().any(|w| {
+                    file_of(&checked, w) == Some(*rel)
+                        && w.message == format!("unknown key `{key}` is ignored")
+                }),
+                "{rel}: no warning names `{field}`:\n{rendered}"
+            );
+        }
+        // And it compiles.
+        let compiled = flatmachine_build::compile(
+            &corpus_dir().join(rel),
+            Some(rel.to_string()),
+            &Default::default(),
+        );
+        assert!(compiled.is_ok(), "{rel} should compile");
+    }
+}
+
+/// Outside 1.0.0 and unresolved refs: compile, or fail with located errors; never panic.
+#[test]
+fn outside_and_unresolved_tiers_compile_or_fail_with_located_errors() {
+    for rel in OUTSIDE.iter().chain(UNRESOLVED) {
+        let checked = check_rel(rel);
+        for e in checked.diagnostics.errors() {
+            assert!(
+                e.span.is_some(),
+                "{rel}: error without a place: {}",
+                e.message
+            );
+        }
+        let path = corpus_dir().join(rel);
+        let compiled = catch_unwind(AssertUnwindSafe(|| {
+            flatmachine_build::compile(&path, Some(rel.to_string()), &Default::default())
+        }))
+        .unwrap_or_else(|_| panic!("compile() panicked on {rel}"));
+        assert_eq!(compiled.is_ok(), !checked.has_errors(), "{rel}");
+    }
+}
+
+#[test]
+fn two_initial_states_is_an_error() {
+    let checked = check_rel("fixtures-human-in-the-loop/machine.yml");
+    let e = checked
+        .diagnostics
+        .errors()
+        .find(|e| e.message.contains("more than one initial state"))
+        .unwrap_or_else(|| panic!("no two-initial error:\n{}", checked.render(false)));
+    assert_eq!(
+        checked.db().location(e.span.unwrap()),
+        "fixtures-human-in-the-loop/machine.yml:17:13"
+    );
+}
+
+#[test]
+fn unresolved_refs_are_missing_file_errors() {
+    for (rel, missing, at) in [
+        (
+            "coding_agent/config/machine.yml",
+            "codebase_explorer/machine.yml",
+            "coding_agent/config/machine.yml:45:15",
+        ),
+        (
+            "error_handling/config/machine.yml",
+            "nonexistent.yml",
+            "error_handling/config/machine.yml:16:13",
+        ),
+    ] {
+        let checked = check_rel(rel);
+        let errors: Vec<&Diagnostic> = checked.diagnostics.errors().collect();
+        assert_eq!(errors.len(), 1, "{rel}:\n{}", checked.render(false));
+        assert!(
+            errors[0].message.contains("file not found") && errors[0].message.contains(missing),
+            "{rel}: {}",
+            errors[0].message
+        );
+        assert_eq!(checked.db().location(errors[0].span.unwrap()), at);
+    }
+}
+
+/// Wrap an agent file (by absolute path) in a one-state machine in `dir`.
+fn wrapper_machine(dir: &Path, agent: &Path) -> PathBuf {
+    let m = dir.join("wrapper.yml");
+    std::fs::write(
+        &m,
+        format!(
+            "spec: flatmachine\nspec_version: \"1.0.0\"\ndata:\n  name: wrapper\n  agents:\n    a: {:?}\n  states:\n    start:\n      type: initial\n      agent: a\n      transitions:\n        - to: done\n    done:\n      type: final\n",
+            agent.display().to_string()
+        ),
+    )
+    .unwrap();
+    m
+}
+
+/// Every flatagent file loads through a machine without panicking; agents with no non-1.0.0
+/// notes load clean (warnings about unknown keys only where the notes list such fields).
+#[test]
+fn every_agent_loads_through_a_machine() {
+    let corpus = corpus_dir().canonicalize().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = manifest();
+    let agents: Vec<&Row> = rows.iter().filter(|r| r.spec == "flatagent").collect();
+    assert_eq!(agents.len(), 85);
+    for row in agents {
+        let agent = corpus.join(&row.path);
+        let m = wrapper_machine(tmp.path(), &agent);
+        let checked = catch_unwind(AssertUnwindSafe(|| flatmachine_build::check(&m, None)))
+            .unwrap_or_else(|_| panic!("check() panicked on agent {}", row.path));
+        let rendered = checked.render(false);
+        let unit = checked.project.root().and_then(|r| r.agents.get("a"));
+        let loaded = matches!(
+            unit,
+            Some(AgentUnit::FlatAgent {
+                config: Some(_),
+                ..
+            })
+        );
+        if row.notes.contains("non-1.0.0 shape") {
+            assert!(
+                checked.has_errors(),
+                "{}: expected a shape error:\n{rendered}",
+                row.path
+            );
+            for e in checked.diagnostics.errors() {
+                assert!(e.span.is_some(), "{}: unlocated {}", row.path, e.message);
+            }
+        } else {
+            assert!(loaded, "{} did not load:\n{rendered}", row.path);
+            assert!(!checked.has_errors(), "{}:\n{rendered}", row.path);
+            for w in checked.diagnostics.warnings() {
+                assert!(
+                    w.message.starts_with("unknown key `") && row.notes.contains("non-1.0.0"),
+                    "{}: unexpected warning:\n{rendered}",
+                    row.path
+                );
+            }
+        }
+    }
+}
+
+/// Every flatprofiles file loads: a copy beside a probe agent that asks for a profile that is
+/// not there gives exactly the "unknown model profile" error, which is only reported once the
+/// profiles file was read and typed.
+#[test]
+fn every_profiles_file_loads() {
+    let corpus = corpus_dir();
+    let rows = manifest();
+    let profiles: Vec<&Row> = rows.iter().filter(|r| r.spec == "flatprofiles").collect();
+    assert_eq!(profiles.len(), 17);
+    for row in profiles {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::copy(corpus.join(&row.path), tmp.path().join("profiles.yml")).unwrap();
+        let agent = tmp.path().join("probe.yml");
+        std::fs::write(
+            &agent,
+            "spec: flatagent\nspec_version: \"1.0.0\"\ndata:\n  name: probe\n  model:\n    profile: __probe__\n  system: s\n  user: u\n",
+        )
+        .unwrap();
+        let m = wrapper_machine(tmp.path(), &agent);
+        let checked = catch_unwind(AssertUnwindSafe(|| flatmachine_build::check(&m, None)))
+            .unwrap_or_else(|_| panic!("check() panicked on profiles {}", row.path));
+        let rendered = checked.render(false);
+        let errors: Vec<&Diagnostic> = checked.diagnostics.errors().collect();
+        assert_eq!(errors.len(), 1, "{}:\n{rendered}", row.path);
+        assert_eq!(
+            errors[0].message, "unknown model profile `__probe__`",
+            "{}",
+            row.path
+        );
+        let expected: Vec<String> = non_spec_fields(&row.notes)
+            .iter()
+            .map(|f| f.rsplit('.').next().unwrap().to_string())
+            .collect();
+        for w in checked.diagnostics.warnings() {
+            let named = expected
+                .iter()
+                .any(|k| w.message == format!("unknown key `{k}` is ignored"));
+            assert!(named, "{}: unexpected warning:\n{rendered}", row.path);
+        }
+        for k in &expected {
+            assert!(
+                checked
+                    .diagnostics
+                    .warnings()
+                    .any(|w| w.message.contains(&format!("`{k}`"))),
+                "{}: no warning names `{k}`",
+                row.path
+            );
+        }
+    }
+}
+
+/// Agent and profiles files given where a machine is expected: a located `spec` error.
+#[test]
+fn non_machine_files_are_rejected_by_spec() {
+    for row in manifest()
+        .iter()
+        .filter(|r| r.spec == "flatagent" || r.spec == "flatprofiles")
+    {
+        let checked = check_rel(&row.path);
+        let errors: Vec<&Diagnostic> = checked.diagnostics.errors().collect();
+        assert_eq!(errors.len(), 1, "{}:\n{}", row.path, checked.render(false));
+        assert_eq!(
+            errors[0].message,
+            format!("expected `spec: flatmachine`, found `{}`", row.spec)
+        );
+        assert!(errors[0].span.is_some());
+    }
+}
+
+// ---- the CLI --------------------------------------------------------------------------------
+
+fn cli() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_flatmachine"));
+    c.current_dir(corpus_dir());
+    c
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run flatmachine");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_check_strict_tier_succeeds() {
+    let (code, _, stderr) = run(cli().arg("check").arg("--color=false").args(STRICT));
+    assert_eq!(code, 0, "{stderr}");
+    for rel in STRICT {
+        assert!(
+            stderr.contains(&format!("{rel}: 0 error(s), 0 warning(s)")),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn cli_check_reports_a_misspelt_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("typo.yml");
+    std::fs::write(
+        &m,
+        "spec: flatmachine\nspec_version: \"1.0.0\"\ndata:\n  name: typo\n  states:\n    start:\n      type: initial\n      transitions:\n        - to: reviw\n    review:\n      type: final\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(Command::new(env!("CARGO_BIN_EXE_flatmachine"))
+        .current_dir(tmp.path())
+        .args(["check", "--color=false", "typo.yml"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(" --> typo.yml:9:15"), "{stderr}");
+    assert!(stderr.contains("did you mean `review`?"), "{stderr}");
+    assert!(
+        stderr.contains("error: transition to unknown state `reviw`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("typo.yml: 1 error(s)"), "{stderr}");
+}
+
+#[test]
+fn cli_check_fails_on_a_missing_file() {
+    let (code, _, stderr) = run(cli().args(["check", "--color=false", "no/such/machine.yml"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("file not found"), "{stderr}");
+}
+
+#[test]
+fn cli_graph_dot_dashes_error_routes() {
+    let (code, stdout, stderr) = run(cli().args([
+        "graph",
+        "--format",
+        "dot",
+        "distributed_worker/config/job_worker.yml",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("digraph \"job_worker\" {"), "{stdout}");
+    assert!(stdout.trim_end().ends_with('}'), "{stdout}");
+    // process_job (s3) --on_error--> job_failed (s5)
+    assert!(
+        stdout.contains("s3 -> s5 [label=\"default\", style=dashed];"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("s9 [label=\"done\", shape=doublecircle];"));
+    assert!(stdout.contains("s2 -> s7 [label=\"context.job == None\"];"));
+    assert_eq!(stdout.matches("style=dashed").count(), 1, "{stdout}");
+}
+
+#[test]
+fn cli_graph_mermaid_uses_dotted_error_routes() {
+    let (code, stdout, stderr) = run(cli().args([
+        "graph",
+        "--format",
+        "mermaid",
+        "distributed_worker/config/job_worker.yml",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("flowchart"), "{stdout}");
+    assert!(stdout.contains("s3 -.->|\"default\"| s5"), "{stdout}");
+    assert!(stdout.contains("s0 --> s1"), "{stdout}");
+    assert_eq!(stdout.matches("-.->").count(), 1, "{stdout}");
+}
+
+#[test]
+fn cli_graph_fails_on_errors() {
+    let (code, stdout, stderr) = run(cli().args([
+        "graph",
+        "--format",
+        "dot",
+        "fixtures-human-in-the-loop/machine.yml",
+    ]));
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("more than one initial state"), "{stderr}");
+}
+
+#[test]
+fn cli_expand_prints_parsable_rust() {
+    for rel in STRICT {
+        let (code, stdout, stderr) = run(cli().args(["expand", rel]));
+        assert_eq!(code, 0, "{rel}: {stderr}");
+        let file = syn::parse_file(&stdout)
+            .unwrap_or_else(|e| panic!("`flatmachine expand {rel}` is not Rust: {e}"));
+        assert_eq!(file.items.len(), 1, "{rel}: one module expected");
+        assert!(
+            matches!(&file.items[0], syn::Item::Mod(_)),
+            "{rel}: expected a module"
+        );
+    }
+}
+
+#[test]
+fn cli_schema_prints_json_schemas() {
+    for kind in ["machine", "agent", "profiles"] {
+        let (code, stdout, stderr) = run(cli().args(["schema", kind]));
+        assert_eq!(code, 0, "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("schema {kind} is not JSON: {e}"));
+        let props = v["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("schema {kind} has no properties"));
+        for key in ["spec", "spec_version", "data"] {
+            assert!(props.contains_key(key), "schema {kind} lacks `{key}`");
+        }
+    }
+    let (code, stdout, _) = run(cli().arg("schema"));
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["title"], "MachineWrapper");
+}
