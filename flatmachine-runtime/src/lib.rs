@@ -4,6 +4,7 @@
 //! this crate carries all behaviour: the execution loop, templates, hooks, persistence.
 
 pub mod context;
+pub mod engine;
 pub mod error;
 pub mod expr;
 pub mod hooks;
@@ -15,6 +16,7 @@ pub mod template;
 
 pub use context::{Context, Value};
 pub use error::{StateError, error_type};
+pub use engine::{AgentOutput, Machine, MachineBuilder, RunError, RunResult};
 pub use machine::{MachineDef, MachineSpec, StateSpec};
 
 #[cfg(feature = "macros")]

@@ -1,0 +1,270 @@
+//! Configuring a [`Machine`] before running it.
+
+use super::handlers::{ActionFn, AgentFn, AgentOutput};
+use super::run::{Inner, Machine};
+use crate::hooks::{HooksRegistry, MachineHooks};
+use crate::lock::{ExecutionLock, LocalFileLock, NoOpLock};
+use crate::machine::MachineSpec;
+use crate::persistence::CheckpointStore;
+use crate::{Context, StateError, Value};
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Why a machine could not be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BuildError {
+    /// The YAML names a hooks class that is not in the registry.
+    #[error("machine `{machine}`: hooks class `{class}` is not registered{}; registered: {}", .suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default(), if .registered.is_empty() { "(none)".to_string() } else { .registered.join(", ") })]
+    UnknownHooksClass {
+        /// The machine.
+        machine: String,
+        /// The class name.
+        class: String,
+        /// What is registered.
+        registered: Vec<String>,
+        /// The closest registered name.
+        suggestion: Option<String>,
+    },
+    /// The YAML names a persistence backend this runtime does not have.
+    #[error(
+        "machine `{machine}`: persistence backend `{backend}` is not available (use `memory` or `local`, or pass a store to the builder)"
+    )]
+    UnknownBackend {
+        /// The machine.
+        machine: String,
+        /// The backend name.
+        backend: String,
+    },
+}
+
+/// Builds a [`Machine`]: `Machine::builder(&my_machine::SPEC).action(..).build()?`.
+pub struct MachineBuilder {
+    spec: &'static MachineSpec,
+    hooks: Option<Arc<dyn MachineHooks>>,
+    registry: HooksRegistry,
+    actions: HashMap<String, ActionFn>,
+    agents: HashMap<String, AgentFn>,
+    store: Option<Option<CheckpointStore>>,
+    lock: Option<Arc<dyn ExecutionLock>>,
+    max_steps: Option<u64>,
+    max_agent_calls: Option<u64>,
+    ignore_unhandled_actions: bool,
+    checkpoint_dir: PathBuf,
+    lock_dir: PathBuf,
+    keep_last: Option<usize>,
+}
+
+impl MachineBuilder {
+    pub(crate) fn new(spec: &'static MachineSpec) -> Self {
+        Self {
+            spec,
+            hooks: None,
+            registry: HooksRegistry::new(),
+            actions: HashMap::new(),
+            agents: HashMap::new(),
+            store: None,
+            lock: None,
+            max_steps: None,
+            max_agent_calls: None,
+            ignore_unhandled_actions: false,
+            checkpoint_dir: PathBuf::from(".checkpoints"),
+            lock_dir: PathBuf::from(".locks"),
+            keep_last: None,
+        }
+    }
+
+    /// Hooks for this machine (replaces the YAML `hooks:` class).
+    pub fn hooks(mut self, hooks: Arc<dyn MachineHooks>) -> Self {
+        self.hooks = Some(hooks);
+        self
+    }
+
+    /// The registry YAML `hooks: {class}` names resolve through (for this machine and children).
+    pub fn hooks_registry(mut self, registry: HooksRegistry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Handle `action: name` with an async closure over the context.
+    pub fn action<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Context, StateError>> + Send + 'static,
+    {
+        self.actions
+            .insert(name.into(), Arc::new(move |ctx| Box::pin(f(ctx))));
+        self
+    }
+
+    /// Serve `agent: name` with an async closure over the rendered input and the context.
+    pub fn agent<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Value, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<AgentOutput, StateError>> + Send + 'static,
+    {
+        self.agents.insert(
+            name.into(),
+            Arc::new(move |input, ctx| Box::pin(f(input, ctx))),
+        );
+        self
+    }
+
+    /// Checkpoint into this store (overrides the YAML `persistence:` section).
+    pub fn persistence(mut self, store: CheckpointStore) -> Self {
+        self.store = Some(Some(store));
+        self
+    }
+
+    /// Do not checkpoint at all.
+    pub fn no_persistence(mut self) -> Self {
+        self.store = Some(None);
+        self
+    }
+
+    /// Directory for `persistence: {backend: local}` (default `.checkpoints`).
+    pub fn checkpoint_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.checkpoint_dir = dir.into();
+        self
+    }
+
+    /// Directory for lock files with the local backend (default `.locks`).
+    pub fn lock_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.lock_dir = dir.into();
+        self
+    }
+
+    /// Keep only the newest `n` checkpoints of each execution.
+    pub fn keep_last_checkpoints(mut self, n: usize) -> Self {
+        self.keep_last = Some(n);
+        self
+    }
+
+    /// The execution lock (default: a file lock with the local backend, else none).
+    pub fn lock(mut self, lock: Arc<dyn ExecutionLock>) -> Self {
+        self.lock = Some(lock);
+        self
+    }
+
+    /// Most state visits in one run (overrides `settings.max_steps`).
+    pub fn max_steps(mut self, n: u64) -> Self {
+        self.max_steps = Some(n);
+        self
+    }
+
+    /// Stop once this many agent calls were made.
+    pub fn max_agent_calls(mut self, n: u64) -> Self {
+        self.max_agent_calls = Some(n);
+        self
+    }
+
+    /// Treat an `action:` no handler accepts as a no-op (the reference's behaviour) instead of an
+    /// `UnhandledActionError`.
+    pub fn ignore_unhandled_actions(mut self, yes: bool) -> Self {
+        self.ignore_unhandled_actions = yes;
+        self
+    }
+
+    /// Check the configuration and build the machine.
+    pub fn build(self) -> Result<Machine, BuildError> {
+        let spec = self.spec;
+        if self.hooks.is_none() {
+            check_hooks_classes(spec, &self.registry, &mut Vec::new())?;
+        }
+        let (store, lock) = match (self.store, &spec.persistence) {
+            (Some(store), _) => (store, self.lock.unwrap_or_else(|| Arc::new(NoOpLock))),
+            (None, Some(p)) if !p.enabled => {
+                (None, self.lock.unwrap_or_else(|| Arc::new(NoOpLock)))
+            }
+            (None, Some(p)) if p.backend == "local" => (
+                Some(
+                    CheckpointStore::local(self.checkpoint_dir.clone())
+                        .with_keep_last(self.keep_last),
+                ),
+                self.lock
+                    .unwrap_or_else(|| Arc::new(LocalFileLock::new(self.lock_dir.clone()))),
+            ),
+            (None, Some(p)) if p.backend == "memory" => (
+                Some(CheckpointStore::memory().with_keep_last(self.keep_last)),
+                self.lock.unwrap_or_else(|| Arc::new(NoOpLock)),
+            ),
+            (None, Some(p)) => {
+                return Err(BuildError::UnknownBackend {
+                    machine: spec.name.to_string(),
+                    backend: p.backend.to_string(),
+                });
+            }
+            (None, None) => (
+                Some(CheckpointStore::memory().with_keep_last(self.keep_last)),
+                self.lock.unwrap_or_else(|| Arc::new(NoOpLock)),
+            ),
+        };
+        let checkpoint_on = spec
+            .persistence
+            .as_ref()
+            .and_then(|p| p.checkpoint_on)
+            .map(|v| v.iter().map(|s| s.to_string()).collect());
+        Ok(Machine::from_inner(Inner {
+            spec,
+            hooks: self.hooks,
+            registry: Arc::new(self.registry),
+            actions: Arc::new(self.actions),
+            agents: Arc::new(self.agents),
+            store,
+            lock,
+            checkpoint_on,
+            max_steps: self.max_steps,
+            max_agent_calls: self.max_agent_calls,
+            ignore_unhandled_actions: self.ignore_unhandled_actions,
+        }))
+    }
+}
+
+/// Every machine in the tree that names a hooks class must find it in the registry.
+fn check_hooks_classes(
+    spec: &'static MachineSpec,
+    registry: &HooksRegistry,
+    seen: &mut Vec<*const MachineSpec>,
+) -> Result<(), BuildError> {
+    if seen.contains(&(spec as *const _)) {
+        return Ok(());
+    }
+    seen.push(spec as *const _);
+    if let Some(h) = &spec.hooks
+        && !registry.contains(h.class)
+    {
+        let registered: Vec<String> = registry.names().into_iter().map(str::to_string).collect();
+        let suggestion = registered
+            .iter()
+            .min_by_key(|n| edit_distance(n, h.class))
+            .filter(|n| edit_distance(n, h.class) <= h.class.len().max(3) / 3)
+            .cloned();
+        return Err(BuildError::UnknownHooksClass {
+            machine: spec.name.to_string(),
+            class: h.class.to_string(),
+            registered,
+            suggestion,
+        });
+    }
+    for (_, child) in spec.machines {
+        if let Some(child) = child {
+            check_hooks_classes(child, registry, seen)?;
+        }
+    }
+    Ok(())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
