@@ -356,6 +356,16 @@ impl Cx<'_> {
         let produces_output = def.agent.is_some() || def.machine.is_some() || def.foreach.is_some();
         let base_scope = Scope::new(&["context", "input"]);
         let as_name = def.as_.clone().unwrap_or_else(|| "item".to_string());
+        if ["context", "input", "output"].contains(&as_name.as_str()) {
+            self.err(
+                format!(
+                    "`as: {as_name}` would hide the `{as_name}` variable in this state's templates"
+                ),
+                &at(&[k("as")]),
+            )
+            .help
+            .push("pick another name for the foreach item, e.g. `as: item`".into());
+        }
         let item_scope = base_scope.with(&as_name);
         let input = def.input.as_ref().map(|m| {
             let scope = if def.foreach.is_some() {
