@@ -1,1 +1,180 @@
-//! (in progress)
+//! Checkpoint persistence: the snapshot wire format, storage backends and the
+//! [`CheckpointStore`] the execution loop calls.
+//!
+//! # Layout (same as the reference, `flatmachines` 1.0.0)
+//!
+//! Every checkpoint is stored under `{execution_id}/step_{step:06}_{event}.json`
+//! ([`snapshot_key`]) and the key text of the newest one under `{execution_id}/latest`
+//! ([`latest_key`]). With [`LocalFileBackend`] a key is a path below the root directory
+//! (default `.checkpoints`), and `latest` is a text file holding the key, without a newline:
+//!
+//! ```text
+//! .checkpoints/3f2a…/step_000000_machine_start.json
+//! .checkpoints/3f2a…/step_000001_state_enter.json
+//! .checkpoints/3f2a…/latest          ← "3f2a…/step_000001_state_enter.json"
+//! ```
+//!
+//! Snapshot files are JSON written exactly as the reference writes them (see [`snapshot`]), so
+//! checkpoints move freely between this runtime and the Python one.
+//!
+//! # Backends
+//!
+//! * [`MemoryBackend`] — the default when a machine has no `persistence` section; keeps the
+//!   snapshot structs themselves (no JSON), behind `Arc`s.
+//! * [`LocalFileBackend`] — files below a directory, written atomically (temporary file
+//!   `.<name>.tmp`, fsync, rename, fsync of the directory; fsync can be turned off).
+//!
+//! Keys are checked by [`validate_key`]: `..`, absolute paths, backslashes, NUL and segments
+//! starting with `.` are rejected, so no key (and no execution id) reaches outside the storage.
+
+use std::error::Error as StdError;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::StateError;
+
+mod key;
+mod local;
+mod memory;
+pub mod snapshot;
+mod store;
+
+pub use key::{InvalidKey, validate_execution_id, validate_key};
+pub use local::LocalFileBackend;
+pub use memory::MemoryBackend;
+pub use snapshot::{LaunchIntent, MachineSnapshot, utc_now_isoformat};
+pub use store::{CheckpointStore, latest_key, parse_snapshot_key, snapshot_key};
+
+/// Checkpoint event names, written to [`MachineSnapshot::event`] and into snapshot keys.
+pub mod checkpoint_event {
+    /// Before the first state (step 0).
+    pub const MACHINE_START: &str = "machine_start";
+    /// A state is entered (before `on_state_enter`).
+    pub const STATE_ENTER: &str = "state_enter";
+    /// A state is about to run its action/agent/machine.
+    pub const EXECUTE: &str = "execute";
+    /// A state finished (not written when the state failed and `on_error` routed away).
+    pub const STATE_EXIT: &str = "state_exit";
+    /// The run ended.
+    pub const MACHINE_END: &str = "machine_end";
+    /// Written in a key when a snapshot has no event (reference behaviour).
+    pub const UNKNOWN: &str = "unknown";
+    /// The default `checkpoint_on` set: every event above except [`UNKNOWN`], in run order.
+    pub const ALL: [&str; 5] = [MACHINE_START, STATE_ENTER, EXECUTE, STATE_EXIT, MACHINE_END];
+}
+
+/// The `error_type` given to a [`PersistenceError`] converted into a [`StateError`].
+pub const PERSISTENCE_ERROR_TYPE: &str = "PersistenceError";
+
+/// An error of a persistence backend or of the [`CheckpointStore`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PersistenceError {
+    /// A key or execution id that would not stay inside the storage.
+    #[error("invalid checkpoint key: {0}")]
+    InvalidKey(#[from] InvalidKey),
+    /// A stored checkpoint (or `latest` pointer) that cannot be read back. Nothing is changed
+    /// on disk when this is reported.
+    #[error("corrupt checkpoint {}: {reason}", describe(key, path.as_ref()))]
+    Corrupt {
+        /// The key that was read.
+        key: String,
+        /// The file behind the key, for file backends.
+        path: Option<PathBuf>,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The `latest` pointer of an execution names a checkpoint that does not exist.
+    #[error(
+        "the latest pointer of execution `{execution_id}` names checkpoint `{key}`, which does not exist"
+    )]
+    DanglingLatest {
+        /// The execution whose pointer is dangling.
+        execution_id: String,
+        /// The key the pointer names.
+        key: String,
+    },
+    /// A file-system operation failed.
+    #[error("could not {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done (`"write"`, `"read"`, `"rename"`, ...).
+        op: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A snapshot could not be serialized.
+    #[error("could not serialize checkpoint `{key}`: {source}")]
+    Serialize {
+        /// The key being written.
+        key: String,
+        /// The underlying error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Any other failure (for custom backends).
+    #[error("persistence backend error: {0}")]
+    Other(Box<dyn StdError + Send + Sync>),
+}
+
+fn describe(key: &str, path: Option<&PathBuf>) -> String {
+    match path {
+        Some(path) => format!("{} (key `{key}`)", path.display()),
+        None => format!("`{key}`"),
+    }
+}
+
+impl From<PersistenceError> for StateError {
+    fn from(error: PersistenceError) -> Self {
+        StateError::new(PERSISTENCE_ERROR_TYPE, error.to_string())
+    }
+}
+
+/// Storage for checkpoints: snapshots and short texts (the `latest` pointers) under string keys.
+///
+/// Keys are `/`-separated relative paths, checked with [`validate_key`]; implementations must
+/// reject invalid keys with [`PersistenceError::InvalidKey`]. Every write must be atomic (fully
+/// written or not at all). Usually driven through a [`CheckpointStore`].
+#[async_trait]
+pub trait PersistenceBackend: Send + Sync {
+    /// Stores a snapshot under `key`, replacing what was there.
+    async fn save(&self, key: &str, snapshot: &MachineSnapshot) -> Result<(), PersistenceError>;
+
+    /// Stores a shared snapshot. Backends that keep snapshots in memory override this to keep
+    /// the `Arc` instead of copying; the default calls [`save`](Self::save).
+    async fn save_shared(
+        &self,
+        key: &str,
+        snapshot: Arc<MachineSnapshot>,
+    ) -> Result<(), PersistenceError> {
+        self.save(key, &snapshot).await
+    }
+
+    /// Loads the snapshot under `key`; `Ok(None)` if there is none, [`PersistenceError::Corrupt`]
+    /// if what is stored is not a snapshot.
+    async fn load(&self, key: &str) -> Result<Option<MachineSnapshot>, PersistenceError>;
+
+    /// Stores a text under `key` (used for the `latest` pointer), replacing what was there.
+    async fn save_text(&self, key: &str, text: &str) -> Result<(), PersistenceError>;
+
+    /// Loads the text under `key` (a stored snapshot reads as its JSON); `Ok(None)` if there is
+    /// none, [`PersistenceError::Corrupt`] if it is not UTF-8.
+    async fn load_text(&self, key: &str) -> Result<Option<String>, PersistenceError>;
+
+    /// Deletes `key`; not an error if it does not exist.
+    async fn delete(&self, key: &str) -> Result<(), PersistenceError>;
+
+    /// All keys starting with `prefix` (a plain string prefix, e.g. `"{execution_id}/"`),
+    /// sorted lexicographically.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, PersistenceError>;
+
+    /// The file behind `key`, for backends that store files (used in error messages).
+    fn file_path(&self, key: &str) -> Option<PathBuf> {
+        let _ = key;
+        None
+    }
+}

@@ -1,0 +1,324 @@
+//! [`LocalFileBackend`]: checkpoints as files below a directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::{MachineSnapshot, PersistenceBackend, PersistenceError, validate_key};
+
+/// File-based checkpoint storage (the reference's `LocalFileBackend`): key `a/b.json` is the
+/// file `<root>/a/b.json`.
+///
+/// Writes are atomic: the bytes go to `.<name>.tmp` in the target's directory, which is
+/// fsynced, renamed over the target, and the directory is fsynced so the rename survives a
+/// crash. [`with_fsync(false)`](Self::with_fsync) skips both fsyncs (faster, still atomic for
+/// readers, but a power loss may lose recent checkpoints). Directories are created on the first
+/// write; nothing is created by reading. Files starting with `.` are never listed.
+///
+/// Reading a file that is not a valid snapshot reports [`PersistenceError::Corrupt`] with the
+/// file's path and leaves the file untouched.
+#[derive(Debug, Clone)]
+pub struct LocalFileBackend {
+    root: PathBuf,
+    fsync: bool,
+}
+
+impl Default for LocalFileBackend {
+    /// Rooted at `.checkpoints` (relative to the current directory), like the reference.
+    fn default() -> Self {
+        Self::new(".checkpoints")
+    }
+}
+
+impl LocalFileBackend {
+    /// The directory the reference uses, relative to the current directory.
+    pub const DEFAULT_ROOT: &'static str = ".checkpoints";
+
+    /// A backend rooted at `root`, with fsync on. The directory is created on the first write.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            fsync: true,
+        }
+    }
+
+    /// Turns fsync of written files and their directories on (the default) or off.
+    pub fn with_fsync(mut self, fsync: bool) -> Self {
+        self.fsync = fsync;
+        self
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether writes are fsynced.
+    pub fn fsync(&self) -> bool {
+        self.fsync
+    }
+
+    /// The file for `key` (after validating the key).
+    pub fn path_for(&self, key: &str) -> Result<PathBuf, PersistenceError> {
+        validate_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    async fn write(&self, key: &str, bytes: Vec<u8>) -> Result<(), PersistenceError> {
+        let path = self.path_for(key)?;
+        let root = self.root.clone();
+        let fsync = self.fsync;
+        blocking(move || write_atomic(&root, &path, &bytes, fsync)).await
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<(PathBuf, Vec<u8>)>, PersistenceError> {
+        let path = self.path_for(key)?;
+        blocking(move || match fs::read(&path) {
+            Ok(bytes) => Ok(Some((path, bytes))),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(PersistenceError::Io {
+                op: "read",
+                path,
+                source,
+            }),
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl PersistenceBackend for LocalFileBackend {
+    async fn save(&self, key: &str, snapshot: &MachineSnapshot) -> Result<(), PersistenceError> {
+        validate_key(key)?;
+        let bytes = snapshot
+            .to_json_vec()
+            .map_err(|source| PersistenceError::Serialize {
+                key: key.to_owned(),
+                source,
+            })?;
+        self.write(key, bytes).await
+    }
+
+    async fn load(&self, key: &str) -> Result<Option<MachineSnapshot>, PersistenceError> {
+        let Some((path, bytes)) = self.read(key).await? else {
+            return Ok(None);
+        };
+        MachineSnapshot::from_json_slice(&bytes)
+            .map(Some)
+            .map_err(|error| PersistenceError::Corrupt {
+                key: key.to_owned(),
+                path: Some(path),
+                reason: format!("not a valid snapshot: {error}"),
+            })
+    }
+
+    async fn save_text(&self, key: &str, text: &str) -> Result<(), PersistenceError> {
+        self.write(key, text.as_bytes().to_vec()).await
+    }
+
+    async fn load_text(&self, key: &str) -> Result<Option<String>, PersistenceError> {
+        let Some((path, bytes)) = self.read(key).await? else {
+            return Ok(None);
+        };
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|error| PersistenceError::Corrupt {
+                key: key.to_owned(),
+                path: Some(path),
+                reason: format!("not UTF-8 text: {error}"),
+            })
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), PersistenceError> {
+        let path = self.path_for(key)?;
+        blocking(move || match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(PersistenceError::Io {
+                op: "delete",
+                path,
+                source,
+            }),
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, PersistenceError> {
+        // Walk only below the directory part of the prefix.
+        let dir_part = match prefix.rfind('/') {
+            Some(slash) => &prefix[..slash],
+            None => "",
+        };
+        let start = if dir_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.path_for(dir_part)?
+        };
+        let base = if dir_part.is_empty() {
+            String::new()
+        } else {
+            format!("{dir_part}/")
+        };
+        let prefix = prefix.to_owned();
+        blocking(move || {
+            let mut keys = Vec::new();
+            walk(&start, &base, &prefix, &mut keys)?;
+            keys.sort();
+            Ok(keys)
+        })
+        .await
+    }
+
+    fn file_path(&self, key: &str) -> Option<PathBuf> {
+        self.path_for(key).ok()
+    }
+}
+
+/// Runs blocking file-system work off the async worker threads.
+async fn blocking<T, F>(work: F) -> Result<T, PersistenceError>
+where
+    F: FnOnce() -> Result<T, PersistenceError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| PersistenceError::Other(Box::new(error)))?
+}
+
+/// Collects the keys of regular files below `dir` (whose key prefix is `base`) that start
+/// with `prefix`. Dot-files (temporary files), symlinks and non-UTF-8 names are skipped.
+fn walk(
+    dir: &Path,
+    base: &str,
+    prefix: &str,
+    keys: &mut Vec<String>,
+) -> Result<(), PersistenceError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotADirectory => return Ok(()),
+        Err(source) => {
+            return Err(PersistenceError::Io {
+                op: "list",
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    for entry in entries {
+        let entry = entry.map_err(|source| PersistenceError::Io {
+            op: "list",
+            path: dir.to_owned(),
+            source,
+        })?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let key = format!("{base}{name}");
+        // Prune directories that cannot contain a match.
+        let could_match = key.starts_with(prefix) || prefix.starts_with(&format!("{key}/"));
+        if !could_match {
+            continue;
+        }
+        let file_type = entry.file_type().map_err(|source| PersistenceError::Io {
+            op: "list",
+            path: entry.path(),
+            source,
+        })?;
+        if file_type.is_dir() {
+            walk(&entry.path(), &format!("{key}/"), prefix, keys)?;
+        } else if file_type.is_file() && key.starts_with(prefix) {
+            keys.push(key);
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically (temporary file + rename), creating directories.
+fn write_atomic(
+    root: &Path,
+    path: &Path,
+    bytes: &[u8],
+    fsync: bool,
+) -> Result<(), PersistenceError> {
+    let parent = path.parent().unwrap_or(root);
+    ensure_dir(parent, fsync)?;
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = parent.join(format!(".{name}.tmp"));
+    let io_error = |op, path: &Path| {
+        let path = path.to_owned();
+        move |source| PersistenceError::Io { op, path, source }
+    };
+    let result = (|| {
+        let mut file = File::create(&temp).map_err(io_error("create", &temp))?;
+        file.write_all(bytes).map_err(io_error("write", &temp))?;
+        if fsync {
+            file.sync_all().map_err(io_error("fsync", &temp))?;
+        }
+        drop(file);
+        fs::rename(&temp, path).map_err(io_error("rename", &temp))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+        return result;
+    }
+    if fsync {
+        sync_dir(parent).map_err(io_error("fsync directory", parent))?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and missing parents); with `fsync`, fsyncs the directories that gained an
+/// entry so the new directories survive a crash.
+fn ensure_dir(dir: &Path, fsync: bool) -> Result<(), PersistenceError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut current = Some(dir);
+    while let Some(path) = current {
+        if path.as_os_str().is_empty() || path.is_dir() {
+            break;
+        }
+        missing.push(path.to_owned());
+        current = path.parent();
+    }
+    fs::create_dir_all(dir).map_err(|source| PersistenceError::Io {
+        op: "create directory",
+        path: dir.to_owned(),
+        source,
+    })?;
+    if fsync {
+        for created in &missing {
+            let parent = match created.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            sync_dir(parent).map_err(|source| PersistenceError::Io {
+                op: "fsync directory",
+                path: parent.to_owned(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    OpenOptions::new().read(true).open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    // Directories cannot be opened for fsync on this platform; the rename is still atomic.
+    Ok(())
+}

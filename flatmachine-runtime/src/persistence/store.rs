@@ -1,0 +1,241 @@
+//! [`CheckpointStore`]: what the execution loop calls to save and resume (the reference's
+//! `CheckpointManager`), with optional pruning.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{
+    LocalFileBackend, MachineSnapshot, MemoryBackend, PersistenceBackend, PersistenceError,
+    checkpoint_event, validate_execution_id, validate_key,
+};
+
+/// The key of one checkpoint: `{execution_id}/step_{step:06}_{event}.json` (reference layout).
+pub fn snapshot_key(execution_id: &str, step: u64, event: &str) -> String {
+    format!("{execution_id}/step_{step:06}_{event}.json")
+}
+
+/// The key of an execution's `latest` pointer: `{execution_id}/latest`.
+pub fn latest_key(execution_id: &str) -> String {
+    format!("{execution_id}/latest")
+}
+
+/// Splits a checkpoint key made by [`snapshot_key`] into `(execution_id, step, event)`;
+/// `None` for any other key.
+pub fn parse_snapshot_key(key: &str) -> Option<(&str, u64, &str)> {
+    let (execution_id, name) = key.rsplit_once('/')?;
+    let rest = name.strip_prefix("step_")?.strip_suffix(".json")?;
+    let (step, event) = rest.split_once('_')?;
+    if step.len() < 6 || !step.bytes().all(|b| b.is_ascii_digit()) || event.is_empty() {
+        return None;
+    }
+    Some((execution_id, step.parse().ok()?, event))
+}
+
+/// Saves and loads the checkpoints of machine runs on a [`PersistenceBackend`].
+///
+/// [`save`](Self::save) writes the snapshot under [`snapshot_key`], then points
+/// `{execution_id}/latest` at it (so a crash between the two leaves `latest` on the previous,
+/// complete checkpoint). With [`with_keep_last(Some(n))`](Self::with_keep_last) it then deletes
+/// all but the newest `n` checkpoints of that execution. "Newest" is by step, then by event in
+/// run order (`machine_start`, `state_enter`, `execute`, others, `state_exit`, `machine_end`),
+/// which assumes steps only grow within an execution id (true for runs and resumes).
+///
+/// Cheap to clone; clones share the backend.
+#[derive(Clone)]
+pub struct CheckpointStore {
+    backend: Arc<dyn PersistenceBackend>,
+    keep_last: Option<usize>,
+}
+
+impl std::fmt::Debug for CheckpointStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointStore")
+            .field("keep_last", &self.keep_last)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CheckpointStore {
+    /// A store on `backend` that keeps every checkpoint.
+    pub fn new(backend: Arc<dyn PersistenceBackend>) -> Self {
+        Self {
+            backend,
+            keep_last: None,
+        }
+    }
+
+    /// A store on a new [`MemoryBackend`].
+    pub fn memory() -> Self {
+        Self::new(Arc::new(MemoryBackend::new()))
+    }
+
+    /// A store on a [`LocalFileBackend`] rooted at `root` (fsync on).
+    pub fn local(root: impl Into<PathBuf>) -> Self {
+        Self::new(Arc::new(LocalFileBackend::new(root)))
+    }
+
+    /// Keep only the newest `n` checkpoints per execution (`None`: keep all, the default and
+    /// the reference behaviour). `Some(0)` is treated as `Some(1)`: the checkpoint `latest`
+    /// points to is never deleted.
+    pub fn with_keep_last(mut self, keep_last: Option<usize>) -> Self {
+        self.keep_last = keep_last.map(|n| n.max(1));
+        self
+    }
+
+    /// The pruning setting (see [`with_keep_last`](Self::with_keep_last)).
+    pub fn keep_last(&self) -> Option<usize> {
+        self.keep_last
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn PersistenceBackend> {
+        &self.backend
+    }
+
+    /// Saves a checkpoint, updates the execution's `latest` pointer, prunes if configured;
+    /// returns the checkpoint's key. The event in the key is `unknown` when
+    /// [`MachineSnapshot::event`] is `None` (reference behaviour).
+    pub async fn save(&self, snapshot: MachineSnapshot) -> Result<String, PersistenceError> {
+        self.save_shared(Arc::new(snapshot)).await
+    }
+
+    /// [`save`](Self::save) for a snapshot the caller also keeps (no copy on the memory
+    /// backend).
+    pub async fn save_shared(
+        &self,
+        snapshot: Arc<MachineSnapshot>,
+    ) -> Result<String, PersistenceError> {
+        let execution_id = snapshot.execution_id.clone();
+        validate_execution_id(&execution_id)?;
+        let event = snapshot
+            .event
+            .as_deref()
+            .unwrap_or(checkpoint_event::UNKNOWN);
+        let key = snapshot_key(&execution_id, snapshot.step, event);
+        self.backend.save_shared(&key, snapshot).await?;
+        self.backend
+            .save_text(&latest_key(&execution_id), &key)
+            .await?;
+        if let Some(keep) = self.keep_last {
+            self.prune(&execution_id, &key, keep).await?;
+        }
+        Ok(key)
+    }
+
+    /// The key `latest` points to for this execution, `None` if it has no checkpoint.
+    /// A pointer that is not a valid key is reported as [`PersistenceError::Corrupt`].
+    pub async fn latest_checkpoint_key(
+        &self,
+        execution_id: &str,
+    ) -> Result<Option<String>, PersistenceError> {
+        validate_execution_id(execution_id)?;
+        let pointer = latest_key(execution_id);
+        let Some(text) = self.backend.load_text(&pointer).await? else {
+            return Ok(None);
+        };
+        let target = text.trim();
+        let corrupt = |reason: String| PersistenceError::Corrupt {
+            path: self.backend.file_path(&pointer),
+            key: pointer.clone(),
+            reason,
+        };
+        if target.is_empty() {
+            return Err(corrupt("the latest pointer is empty".to_owned()));
+        }
+        if let Err(invalid) = validate_key(target) {
+            return Err(corrupt(format!("the latest pointer names an {invalid}")));
+        }
+        Ok(Some(target.to_owned()))
+    }
+
+    /// The newest checkpoint of an execution (what a resume starts from); `None` if the
+    /// execution has no checkpoint. A `latest` pointer naming a missing checkpoint is
+    /// [`PersistenceError::DanglingLatest`] (the reference silently starts over instead).
+    pub async fn load_latest(
+        &self,
+        execution_id: &str,
+    ) -> Result<Option<MachineSnapshot>, PersistenceError> {
+        let Some(key) = self.latest_checkpoint_key(execution_id).await? else {
+            return Ok(None);
+        };
+        match self.backend.load(&key).await? {
+            Some(snapshot) => Ok(Some(snapshot)),
+            None => Err(PersistenceError::DanglingLatest {
+                execution_id: execution_id.to_owned(),
+                key,
+            }),
+        }
+    }
+
+    /// The checkpoint keys of an execution (not the `latest` pointer), sorted by key.
+    pub async fn checkpoint_keys(
+        &self,
+        execution_id: &str,
+    ) -> Result<Vec<String>, PersistenceError> {
+        validate_execution_id(execution_id)?;
+        let mut keys = self.backend.list(&format!("{execution_id}/step_")).await?;
+        keys.retain(|key| parse_snapshot_key(key).is_some());
+        Ok(keys)
+    }
+
+    /// The execution ids that have a `latest` pointer, sorted.
+    pub async fn execution_ids(&self) -> Result<Vec<String>, PersistenceError> {
+        let keys = self.backend.list("").await?;
+        Ok(keys
+            .iter()
+            .filter_map(|key| key.strip_suffix("/latest"))
+            .filter(|id| !id.contains('/'))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Deletes every checkpoint of an execution and its `latest` pointer.
+    pub async fn delete_execution(&self, execution_id: &str) -> Result<(), PersistenceError> {
+        validate_execution_id(execution_id)?;
+        // The pointer goes first, so an interrupted delete never leaves it dangling.
+        self.backend.delete(&latest_key(execution_id)).await?;
+        for key in self.backend.list(&format!("{execution_id}/")).await? {
+            self.backend.delete(&key).await?;
+        }
+        Ok(())
+    }
+
+    async fn prune(
+        &self,
+        execution_id: &str,
+        saved: &str,
+        keep: usize,
+    ) -> Result<(), PersistenceError> {
+        let keys = self.checkpoint_keys(execution_id).await?;
+        if keys.len() <= keep {
+            return Ok(());
+        }
+        let mut ordered: Vec<(u64, u8, &str)> = keys
+            .iter()
+            .filter_map(|key| {
+                let (_, step, event) = parse_snapshot_key(key)?;
+                Some((step, event_rank(event), key.as_str()))
+            })
+            .collect();
+        ordered.sort_unstable();
+        let excess = ordered.len().saturating_sub(keep);
+        for &(_, _, key) in &ordered[..excess] {
+            if key != saved {
+                self.backend.delete(key).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Position of an event within one step, in run order.
+fn event_rank(event: &str) -> u8 {
+    match event {
+        checkpoint_event::MACHINE_START => 0,
+        checkpoint_event::STATE_ENTER => 1,
+        checkpoint_event::EXECUTE => 2,
+        checkpoint_event::STATE_EXIT => 4,
+        checkpoint_event::MACHINE_END => 5,
+        _ => 3,
+    }
+}
