@@ -2,6 +2,8 @@
 //! middle of the run, then the run is resumed from its disk checkpoints.
 //!
 //! `cargo run -p flatmachine-examples --bin order_approval`
+//!
+//! Checkpoints go below `$FLATMACHINE_EXAMPLE_DIR` (default: `<temp dir>/flatmachine-order-example`).
 
 use flatmachine_examples::order_machine;
 use serde_json::json;
@@ -10,7 +12,10 @@ use std::process::Command;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let dir = std::env::temp_dir().join("flatmachine-order-example");
+    // Checkpoints and locks go below this directory (`FLATMACHINE_EXAMPLE_DIR` overrides it).
+    let dir = std::env::var_os("FLATMACHINE_EXAMPLE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("flatmachine-order-example"));
     match args.get(1).map(String::as_str) {
         // Child process: start the run and crash inside `charge_card`.
         Some("--crash") => {

@@ -1,0 +1,125 @@
+//! The order-approval example: a process killed in the middle of a run, resumed from its disk
+//! checkpoints, finishes with the output of an uninterrupted run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use flatmachine_examples::order_machine;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_order_approval");
+
+/// A fresh directory below the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "flatmachine-kill-resume-{tag}-{}-{nanos:x}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn order_input() -> serde_json::Value {
+    json!({"order_id": "A-1001", "amount": 1250})
+}
+
+#[test]
+fn the_example_binary_crashes_resumes_and_approves() {
+    let dir = TempDir::new("bin");
+    let out = Command::new(BIN)
+        .env("FLATMACHINE_EXAMPLE_DIR", dir.path())
+        .output()
+        .expect("run order_approval");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "order_approval failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains(r#""status": "approved""#), "{stdout}");
+    assert!(stdout.contains(r#""order_id": "A-1001""#), "{stdout}");
+    assert!(
+        stdout.contains("resumed and finished in `approved`"),
+        "{stdout}"
+    );
+    // The child really crashed in charge_card.
+    assert!(stderr.contains("simulating a crash"), "{stderr}");
+    assert!(
+        dir.path().join(".checkpoints").is_dir(),
+        "checkpoints go below FLATMACHINE_EXAMPLE_DIR"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_run_resumes_in_process_with_the_uninterrupted_output() {
+    let dir = TempDir::new("direct");
+    let id = "order-killed";
+    let status = Command::new(BIN)
+        .args(["--crash", id])
+        .env("FLATMACHINE_EXAMPLE_DIR", dir.path())
+        .status()
+        .expect("run order_approval --crash");
+    assert_eq!(
+        status.code(),
+        Some(137),
+        "the child exits inside charge_card"
+    );
+
+    let latest = std::fs::read_to_string(dir.path().join(".checkpoints").join(id).join("latest"))
+        .expect("the killed run left a latest pointer");
+    assert!(latest.ends_with("_execute.json"), "{latest}");
+
+    let resumed = order_machine(false, dir.path())
+        .build()
+        .unwrap()
+        .resume(id)
+        .await
+        .unwrap();
+
+    let fresh_dir = TempDir::new("fresh");
+    let fresh = order_machine(false, fresh_dir.path())
+        .build()
+        .unwrap()
+        .run_with_id("order-fresh", order_input())
+        .await
+        .unwrap();
+
+    assert_eq!(resumed.output, fresh.output);
+    assert_eq!(resumed.final_state, "approved");
+    assert_eq!(
+        resumed.output,
+        json!({
+            "order_id": "A-1001",
+            "status": "approved",
+            "receipt": "rcpt-A-1001-1",
+            "attempts": 1,
+        })
+    );
+    // Resuming the finished execution again returns the stored output.
+    let again = order_machine(false, dir.path())
+        .build()
+        .unwrap()
+        .resume(id)
+        .await
+        .unwrap();
+    assert_eq!(again.output, fresh.output);
+}
