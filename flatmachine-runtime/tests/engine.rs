@@ -676,6 +676,18 @@ async fn resuming_a_finished_execution_returns_its_output() {
     assert_eq!(again.output, json!({"result": "first run"}));
     assert_eq!(again.steps, 3);
     assert_eq!(again.execution_id, "done-1");
+    assert_eq!(again.context, first.context);
+    // The real final state, not the `"end"` that machine_end checkpoints record.
+    assert_eq!(again.final_state, "done");
+}
+
+#[tokio::test]
+async fn resuming_a_finished_execution_names_its_final_state_without_state_exit_checkpoints() {
+    let machine = Machine::of::<persist_end_only::Machine>().build().unwrap();
+    machine.run_with_id("end-2", json!({})).await.unwrap();
+    let again = machine.resume("end-2").await.unwrap();
+    assert_eq!(again.output, json!({"ok": true}));
+    assert_eq!(again.final_state, "done");
 }
 
 #[tokio::test]

@@ -236,10 +236,24 @@ impl Machine {
             hooks: self.hooks_for_resume()?,
         };
         if snap.event.as_deref() == Some("machine_end") {
+            // machine_end records the state as `"end"` (reference layout): take the final
+            // state's name from the state_exit checkpoint of the same step, else from the
+            // machine when it has a single final state.
+            let exit_key = crate::persistence::snapshot_key(execution_id, snap.step, "state_exit");
+            let final_state = match store.backend().load(&exit_key).await {
+                Ok(Some(exit)) if spec.state(&exit.current_state).is_some() => exit.current_state,
+                _ => {
+                    let mut finals = spec.states.iter().filter(|s| s.is_final);
+                    match (finals.next(), finals.next()) {
+                        (Some(only), None) => only.name.to_string(),
+                        _ => snap.current_state.clone(),
+                    }
+                }
+            };
             return Ok(RunResult {
                 output: Value::Object(snap.output.clone().unwrap_or_default()),
                 execution_id: run.execution_id,
-                final_state: snap.current_state.clone(),
+                final_state,
                 steps: snap.step,
                 total_api_calls: run.api_calls,
                 total_cost: run.cost,
