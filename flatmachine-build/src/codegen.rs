@@ -267,6 +267,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
     let actions: Vec<&String> = m.actions.iter().collect();
     let cel = m.engine == crate::model::ExpressionEngine::Cel;
     let slot_statics = slots.statics(rt);
+    let typed_actions = actions_items(m, irs, rt);
 
     quote! {
         /// The machine's name (`data.name`).
@@ -376,6 +377,103 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
 
             fn state_at(index: usize) -> Option<State> {
                 State::from_index(index)
+            }
+        }
+
+        #typed_actions
+    }
+}
+
+/// The typed route for `action:` handlers: an `Actions` trait with one async method per action a
+/// run of `m` can reach — its own and its child machines' (children run with their parent's
+/// handlers) — and `Machine::with_actions`, which registers every method. Nothing when there are
+/// no actions.
+fn actions_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream) -> TokenStream {
+    // Action name → the states that run it, over `m` and every machine reachable from it, in
+    // first-use order (file order, then children breadth-first).
+    let mut uses: Vec<(&str, Vec<String>)> = Vec::new();
+    let mut tree = vec![m];
+    let mut i = 0;
+    while let Some(&mi) = tree.get(i) {
+        i += 1;
+        for s in &mi.states {
+            if let Some(a) = &s.def.action {
+                let at = if std::ptr::eq(mi, m) {
+                    format!("`{}`", s.name)
+                } else {
+                    format!("`{}` of machine `{}`", s.name, mi.name)
+                };
+                match uses.iter_mut().find(|(name, _)| name == a) {
+                    Some((_, ats)) => ats.push(at),
+                    None => uses.push((a, vec![at])),
+                }
+            }
+        }
+        for module in mi
+            .children
+            .iter()
+            .filter_map(|(_, module)| module.as_deref())
+        {
+            if let Some(child) = irs.iter().find(|c| c.module == module)
+                && !tree.iter().any(|t| std::ptr::eq(*t, child))
+            {
+                tree.push(child);
+            }
+        }
+    }
+    if uses.is_empty() {
+        return TokenStream::new();
+    }
+    // An action already spelt as a snake_case identifier keeps it; the others take theirs, with a
+    // numeric suffix when it is taken.
+    let mut used: std::collections::HashSet<String> = uses
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| crate::ir::snake_ident(name) == *name)
+        .map(str::to_string)
+        .collect();
+    let (mut names, mut methods, mut docs) = (Vec::new(), Vec::new(), Vec::new());
+    for (name, at) in &uses {
+        let base = crate::ir::snake_ident(name);
+        let mut ident = base.clone();
+        if base != *name {
+            let mut n = 2;
+            while !used.insert(ident.clone()) {
+                ident = format!("{base}_{n}");
+                n += 1;
+            }
+        }
+        let states = if at.len() == 1 { "state" } else { "states" };
+        docs.push(format!(" `action: {name}` ({states} {}).", at.join(", ")));
+        names.push(*name);
+        methods.push(format_ident!("{}", ident));
+    }
+    quote! {
+        /// One method per `action:` in the machine (and in its child machines, which run with
+        /// this machine's handlers); implement it to handle every action with a compile-time
+        /// check, then start with [`Machine::with_actions`].
+        pub trait Actions: Send + Sync + 'static {
+            #(
+                #[doc = #docs]
+                fn #methods(&self, context: #rt::Context) -> impl ::core::future::Future<Output = ::core::result::Result<#rt::Context, #rt::StateError>> + Send;
+            )*
+        }
+
+        impl Machine {
+            /// Start configuring this machine with typed action handlers: each method of
+            /// `actions` is registered with `MachineBuilder::action` under its action name.
+            pub fn with_actions<A: Actions>(actions: A) -> #rt::MachineBuilder {
+                let actions = ::std::sync::Arc::new(actions);
+                #rt::Machine::of::<Machine>()
+                    #(
+                        .action(#names, {
+                            let actions = ::std::sync::Arc::clone(&actions);
+                            move |context: #rt::Context| {
+                                let actions = ::std::sync::Arc::clone(&actions);
+                                async move { <A as Actions>::#methods(&*actions, context).await }
+                            }
+                        })
+                    )*
             }
         }
     }
