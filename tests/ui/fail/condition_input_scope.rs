@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/condition_input_scope.yml");
+
+fn main() {}

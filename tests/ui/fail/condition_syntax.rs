@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/condition_syntax.yml");
+
+fn main() {}

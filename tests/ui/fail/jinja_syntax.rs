@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/jinja_syntax.yml");
+
+fn main() {}

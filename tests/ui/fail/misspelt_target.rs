@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/misspelt_target.yml");
+
+fn main() {}

@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/template_typo.yml");
+
+fn main() {}

@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/two_initial_states.yml");
+
+fn main() {}

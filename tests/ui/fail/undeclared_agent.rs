@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/undeclared_agent.yml");
+
+fn main() {}

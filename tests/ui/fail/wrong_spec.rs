@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/wrong_spec.yml");
+
+fn main() {}
