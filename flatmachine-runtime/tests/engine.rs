@@ -36,6 +36,8 @@ flatmachine_runtime::flatmachine!("tests/machines/hooks_typo.yml");
 flatmachine_runtime::flatmachine!("tests/machines/parent_single.yml");
 flatmachine_runtime::flatmachine!("tests/machines/parent_foreach.yml");
 flatmachine_runtime::flatmachine!("tests/machines/agent_call.yml");
+flatmachine_runtime::flatmachine!("tests/machines/parent_launch.yml");
+flatmachine_runtime::flatmachine!("tests/machines/parent_hooked.yml");
 
 // -------------------------------------------------------------------------------------------
 // Recording hooks and backend
@@ -442,6 +444,35 @@ async fn an_on_error_hook_naming_an_unknown_state_is_an_error() {
         RunError::UnknownState { state, .. } => assert_eq!(state, "nowhere"),
         other => panic!("expected UnknownState, got {other:?}"),
     }
+}
+
+/// Fails `on_state_enter` of one state.
+struct FailingEnter(&'static str);
+
+#[async_trait]
+impl MachineHooks for FailingEnter {
+    async fn on_state_enter(&self, state: &str, _context: &mut Context) -> Result<(), HookError> {
+        if state == self.0 {
+            return Err(HookError::failed("enter refused"));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_failing_hook_is_a_hook_error_routed_by_on_error() {
+    let machine = Machine::of::<error_string::Machine>()
+        .hooks(Arc::new(FailingEnter("start")))
+        .action("risky", |ctx: Context| async move { Ok(ctx) })
+        .build()
+        .unwrap();
+    let result = machine.run(json!({})).await.unwrap();
+    assert_eq!(result.final_state, "recovered");
+    assert_eq!(result.context["last_error_type"], json!("HookError"));
+    assert_eq!(
+        result.context["last_error"],
+        json!("hook failed: enter refused")
+    );
 }
 
 // -------------------------------------------------------------------------------------------
@@ -959,6 +990,63 @@ async fn a_failing_child_in_foreach_becomes_an_error_entry() {
             {"y": 4},
         ]})
     );
+}
+
+#[tokio::test]
+async fn a_child_gets_its_own_yaml_hooks_not_the_parents() {
+    // SEMANTICS #20: the parent's hooks object is not passed down; the child's `hooks: {class}`
+    // resolves through the registry the parent was built with.
+    let log: Log = Arc::default();
+    let child_metrics = Arc::new(MetricsHooks::new());
+    let mut registry = HooksRegistry::new();
+    registry.register_instance("ChildMetrics", child_metrics.clone());
+    let machine = Machine::of::<parent_hooked::Machine>()
+        .hooks(RecordingHooks::new(&log))
+        .hooks_registry(registry)
+        .build()
+        .unwrap();
+    let result = machine.run(json!({})).await.unwrap();
+    assert_eq!(result.output, json!({"child_ok": true}));
+    assert_eq!(child_metrics.snapshot().state_count("child_start"), 1);
+    assert_eq!(child_metrics.snapshot().state_count("start"), 0);
+    let log = entries(&log);
+    assert!(log.contains(&"on_state_enter start".to_string()));
+    assert!(
+        !log.iter()
+            .any(|e| e.contains("child_start") || e.contains("child_done")),
+        "{log:?}"
+    );
+
+    // A child's hooks class must be registered too: checked when the parent is built.
+    let err = Machine::of::<parent_hooked::Machine>().build().unwrap_err();
+    assert!(err.to_string().contains("`ChildMetrics`"), "{err}");
+}
+
+#[tokio::test]
+async fn launch_starts_the_child_without_waiting_for_it() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let child_gate = gate.clone();
+    let machine = Machine::of::<parent_launch::Machine>()
+        .action("double", move |ctx: Context| {
+            let (tx, gate) = (tx.clone(), child_gate.clone());
+            async move {
+                // The child blocks until the parent has finished.
+                gate.notified().await;
+                let ctx = double(ctx).await?;
+                let _ = tx.send(ctx.get("y").cloned());
+                Ok(ctx)
+            }
+        })
+        .build()
+        .unwrap();
+    let result = machine.run(json!({"x": 5})).await.unwrap();
+    assert_eq!(result.output, json!({"launched": true}));
+    gate.notify_one();
+    let y = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the launched child finishes after the parent");
+    assert_eq!(y, Some(Some(json!(10))));
 }
 
 // -------------------------------------------------------------------------------------------
