@@ -1,0 +1,88 @@
+//! Snapshots (insta) of the generated code for a few machines, and of the rendered diagnostics of
+//! a broken one. Review changes with `cargo insta review`.
+
+use flatmachine_build::CodegenOptions;
+use std::path::{Path, PathBuf};
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn corpus_dir() -> PathBuf {
+    let dir = manifest_dir().join("../../shared/conformance/corpus");
+    assert!(
+        dir.join("MANIFEST.tsv").is_file(),
+        "conformance corpus not found at {} (expected `shared/conformance/corpus` beside the \
+         repository checkout)",
+        dir.display()
+    );
+    dir
+}
+
+/// Replace absolute paths (there should be none, as every file is shown by a relative display
+/// name) so snapshots do not depend on where the repository is checked out.
+fn normalize(text: &str) -> String {
+    let mut out = text.to_string();
+    let mut roots = vec![
+        (corpus_dir(), "$CORPUS"),
+        (manifest_dir().to_path_buf(), "$CRATE"),
+    ];
+    roots.extend(
+        roots
+            .clone()
+            .into_iter()
+            .filter_map(|(p, name)| p.canonicalize().ok().map(|c| (c, name))),
+    );
+    for (root, name) in roots {
+        out = out.replace(&root.display().to_string(), name);
+    }
+    out
+}
+
+fn expand(base: &Path, rel: &str) -> String {
+    let compiled = flatmachine_build::compile(
+        &base.join(rel),
+        Some(rel.to_string()),
+        &CodegenOptions::default(),
+    )
+    .unwrap_or_else(|c| panic!("{rel} should compile:\n{}", c.render(false)));
+    let text = compiled.pretty();
+    syn::parse_file(&text).unwrap_or_else(|e| panic!("generated code for {rel} is not Rust: {e}"));
+    normalize(&text)
+}
+
+#[test]
+fn job_worker_with_a_child_machine() {
+    let code = expand(&corpus_dir(), "distributed_worker/config/job_worker.yml");
+    assert!(code.contains("pub mod children"));
+    insta::assert_snapshot!("job_worker", code);
+}
+
+#[test]
+fn writer_critic() {
+    let code = expand(&corpus_dir(), "writer_critic/config/machine.yml");
+    insta::assert_snapshot!("writer_critic", code);
+}
+
+#[test]
+fn review_batch_foreach_conditions_on_error_output() {
+    let code = expand(manifest_dir(), "tests/machines/review_batch.yml");
+    assert!(code.contains("foreach: Some("));
+    insta::assert_snapshot!("review_batch", code);
+}
+
+#[test]
+fn broken_machine_diagnostics() {
+    let rel = "tests/machines/broken.yml";
+    let checked = flatmachine_build::check(&manifest_dir().join(rel), Some(rel.to_string()));
+    assert!(checked.has_errors());
+    assert!(
+        flatmachine_build::compile(
+            &manifest_dir().join(rel),
+            Some(rel.into()),
+            &Default::default()
+        )
+        .is_err()
+    );
+    insta::assert_snapshot!("broken_diagnostics", normalize(&checked.render(false)));
+}
