@@ -1022,6 +1022,19 @@ async fn a_child_gets_its_own_yaml_hooks_not_the_parents() {
     assert!(err.to_string().contains("`ChildMetrics`"), "{err}");
 }
 
+#[test]
+#[ignore = "engine bug (builder.rs): `.hooks(..)` on the parent skips the registry check of child hooks classes"]
+fn a_childs_unregistered_hooks_class_fails_the_build_even_with_parent_hooks() {
+    // Without `.hooks(..)` the build fails naming `ChildMetrics` (see
+    // a_child_gets_its_own_yaml_hooks_not_the_parents). With it, `build()` succeeds and the
+    // child fails only at run time, as a MachineError in the parent's `start` state.
+    let err = Machine::of::<parent_hooked::Machine>()
+        .hooks(Arc::new(MetricsHooks::new()))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("`ChildMetrics`"), "{err}");
+}
+
 #[tokio::test]
 async fn launch_starts_the_child_without_waiting_for_it() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
