@@ -160,9 +160,11 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
             d
         })
         .collect();
-    let indexes: Vec<usize> = (0..n).collect();
+    let indexes: Vec<proc_macro2::Literal> =
+        (0..n).map(proc_macro2::Literal::usize_unsuffixed).collect();
+    let n_lit = proc_macro2::Literal::usize_unsuffixed(n);
     let initial = &variants[m.initial];
-    let initial_index = m.initial;
+    let initial_index = proc_macro2::Literal::usize_unsuffixed(m.initial);
     let finals: Vec<&Ident> = m
         .states
         .iter()
@@ -195,12 +197,22 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
                     }
                     Some((src, Some(expr))) => {
                         let cond = crate::expr::condition_tokens(expr, rt, &ctx);
-                        let _ = src;
-                        body.push(quote! {
-                            if #cond? {
-                                return Ok(Some(State::#to));
-                            }
-                        });
+                        let can_fail = !cond
+                            .to_string()
+                            .starts_with(&format!("{} :: expr :: ok (", rt));
+                        if can_fail {
+                            body.push(quote! {
+                                if #cond.map_err(|e| e.in_expression(#src))? {
+                                    return Ok(Some(State::#to));
+                                }
+                            });
+                        } else {
+                            body.push(quote! {
+                                if #cond? {
+                                    return Ok(Some(State::#to));
+                                }
+                            });
+                        }
                     }
                     Some((src, None)) => {
                         body.push(quote! {
@@ -281,7 +293,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
 
         impl State {
             /// Every state, in file order.
-            pub const ALL: [State; #n] = [#(State::#variants),*];
+            pub const ALL: [State; #n_lit] = [#(State::#variants),*];
             /// The state a run starts in.
             pub const INITIAL: State = State::#initial;
             /// The states a run ends in.
@@ -592,7 +604,14 @@ fn state_spec(s: &StateIr, rt: &TokenStream, slots: &mut Slots) -> TokenStream {
     let input = opt_template(s.input.as_ref(), rt, slots);
     let output_to_context = opt_template(s.output_to_context.as_ref(), rt, slots);
     let output = opt_template(s.output.as_ref(), rt, slots);
-    let on_error: Vec<TokenStream> = s.on_error.iter().map(|(t, i)| quote!((#t, #i))).collect();
+    let on_error: Vec<TokenStream> = s
+        .on_error
+        .iter()
+        .map(|(t, i)| {
+            let i = proc_macro2::Literal::usize_unsuffixed(*i);
+            quote!((#t, #i))
+        })
+        .collect();
     let execution = opt(d.execution.as_ref().map(|e| {
         let kind = e.kind.as_str();
         let backoffs: Vec<proc_macro2::Literal> = e.backoffs.iter().flatten().map(|b| proc_macro2::Literal::f64_suffixed(*b)).collect();
@@ -610,7 +629,7 @@ fn state_spec(s: &StateIr, rt: &TokenStream, slots: &mut Slots) -> TokenStream {
         .transitions
         .iter()
         .map(|t| {
-            let to = t.to;
+            let to = proc_macro2::Literal::usize_unsuffixed(t.to);
             let cond = opt(t.condition.as_ref().map(|(src, _)| quote!(#src)));
             quote!(#rt::machine::TransitionSpec { condition: #cond, to: #to })
         })
