@@ -1139,3 +1139,23 @@ fn run_blocking_works_outside_a_runtime() {
     let result = machine.run_blocking(json!({})).unwrap();
     assert_eq!(result.output, json!({"result": "blocking"}));
 }
+
+#[tokio::test]
+async fn run_blocking_inside_a_runtime_does_not_panic() {
+    let machine = Machine::of::<event_order::Machine>()
+        .action("do_work", |mut ctx: Context| async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            ctx.insert("result".into(), json!("inside"));
+            Ok(ctx)
+        })
+        .build()
+        .unwrap();
+    let result = machine.run_blocking(json!({})).unwrap();
+    assert_eq!(result.output, json!({"result": "inside"}));
+    // From a blocking-pool thread too.
+    let result = tokio::task::spawn_blocking(move || machine.run_blocking(json!({})))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.output, json!({"result": "inside"}));
+}

@@ -201,15 +201,28 @@ impl Machine {
     }
 
     /// Blocking convenience for callers without an async runtime (the reference's `execute_sync`).
+    ///
+    /// Runs the machine on a new current-thread runtime. Called from inside an async runtime
+    /// (where blocking on one would panic), the run goes to a helper thread and the calling thread
+    /// blocks until it ends: prefer `run(input).await` there.
     pub fn run_blocking(&self, input: Value) -> Result<RunResult, RunError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| RunError::Hook {
-                machine: self.inner.spec.name.to_string(),
-                message: format!("cannot start a tokio runtime: {e}"),
-            })?;
-        rt.block_on(self.run(input))
+        let block = move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| RunError::Hook {
+                    machine: self.inner.spec.name.to_string(),
+                    message: format!("cannot start a tokio runtime: {e}"),
+                })?;
+            rt.block_on(self.run(input))
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return block();
+        }
+        std::thread::scope(|s| match s.spawn(block).join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        })
     }
 
     /// Continue an execution from its latest checkpoint. A finished execution returns its
