@@ -308,16 +308,22 @@ impl Loader {
         let mut ok = true;
         for err in validator.iter_errors(json) {
             ok = false;
-            let path: Vec<PathSeg> = err
-                .instance_path()
-                .into_iter()
-                .map(|s| match s {
-                    jsonschema::paths::LocationSegment::Property(p) => PathSeg::Key(p.to_string()),
-                    jsonschema::paths::LocationSegment::Index(i) => PathSeg::Index(i),
-                })
-                .collect();
-            let d = schema_diagnostic(&err, &path, self.project.span(origin, &path));
-            self.project.diagnostics.push(d);
+            for (path, d) in schema_diagnostics(&err) {
+                let span = match &d {
+                    SchemaProblem::Missing(_) => {
+                        if path.is_empty() {
+                            self.project.span(origin, &[]).sub(0, 0)
+                        } else {
+                            self.project.key_span(origin, &path)
+                        }
+                    }
+                    SchemaProblem::Other(_) => self.project.span(origin, &path),
+                };
+                let diag = match d {
+                    SchemaProblem::Missing(f) | SchemaProblem::Other(f) => f(span),
+                };
+                self.project.diagnostics.push(diag);
+            }
         }
         ok
     }
@@ -659,19 +665,113 @@ fn ignored_path(path: &serde_ignored::Path<'_>) -> Vec<PathSeg> {
     }
 }
 
-/// Turn a JSON Schema error into a diagnostic with a readable message.
-fn schema_diagnostic(
-    err: &jsonschema::ValidationError<'_>,
-    path: &[PathSeg],
-    span: Span,
-) -> Diagnostic {
+/// A help line for common spellings from other schema languages (`array` for `list`, ...).
+fn synonym(found: &str, allowed: &[String]) -> Option<String> {
+    let want = match found {
+        "array" => "list",
+        "string" => "str",
+        "integer" => "int",
+        "number" => "float",
+        "boolean" => "bool",
+        "dict" | "map" => "object",
+        _ => return None,
+    };
+    allowed
+        .iter()
+        .any(|a| a == want)
+        .then(|| format!("FlatAgents calls this type `{want}`"))
+}
+
+type MakeDiagnostic = Box<dyn FnOnce(Span) -> Diagnostic>;
+
+/// A schema problem, to be placed at the offending value or, for a missing key, at the key of
+/// the mapping that lacks it.
+enum SchemaProblem {
+    Missing(MakeDiagnostic),
+    Other(MakeDiagnostic),
+}
+
+fn location_path(loc: &jsonschema::paths::Location) -> Vec<PathSeg> {
+    loc.into_iter()
+        .map(|s| match s {
+            jsonschema::paths::LocationSegment::Property(p) => PathSeg::Key(p.to_string()),
+            jsonschema::paths::LocationSegment::Index(i) => PathSeg::Index(i),
+        })
+        .collect()
+}
+
+/// Turn a JSON Schema error into readable diagnostics. For `anyOf`/`oneOf` failures (schemars
+/// emits them for `Option<T>` and untagged enums) the most specific branch is reported, so an
+/// enum typo under an optional field still gets "expected one of … / did you mean".
+fn schema_diagnostics(err: &jsonschema::ValidationError<'_>) -> Vec<(Vec<PathSeg>, SchemaProblem)> {
     use jsonschema::error::ValidationErrorKind as K;
+    let path = location_path(err.instance_path());
+    let branches = match err.kind() {
+        K::AnyOf { context } | K::OneOfNotValid { context } => Some(context),
+        _ => None,
+    };
+    if let Some(branches) = branches {
+        // Drop branches that merely say "this value has another type" at this very place.
+        let specific: Vec<&Vec<jsonschema::ValidationError<'static>>> = branches
+            .iter()
+            .filter(|b| {
+                !b.is_empty()
+                    && !b.iter().all(|e| {
+                        matches!(e.kind(), K::Type { .. })
+                            && location_path(e.instance_path()) == path
+                    })
+            })
+            .collect();
+        // schemars writes a documented enum as `oneOf` of `const`s: report it as one enum.
+        let consts: Option<Vec<String>> = specific
+            .iter()
+            .map(|b| {
+                match (
+                    b.as_slice(),
+                    b.first().map(|e| location_path(e.instance_path()) == path),
+                ) {
+                    ([only], Some(true)) => match only.kind() {
+                        K::Constant { expected_value } => {
+                            expected_value.as_str().map(str::to_string)
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                }
+            })
+            .collect();
+        if let Some(allowed) = consts.filter(|c| !c.is_empty()) {
+            let field = match path.last() {
+                Some(PathSeg::Key(k)) => format!("`{k}`"),
+                Some(PathSeg::Index(i)) => format!("item {i}"),
+                None => "the document".to_string(),
+            };
+            let found = err
+                .instance()
+                .as_str()
+                .map_or_else(|| err.instance().to_string(), str::to_string);
+            return vec![(
+                path,
+                SchemaProblem::Other(Box::new(move |span| {
+                    Diagnostic::error(format!("invalid value `{found}` for {field}"), Some(span))
+                        .with_label(format!("expected one of: {}", allowed.join(", ")))
+                        .with_help_opt(
+                            did_you_mean(&found, allowed.iter().map(String::as_str))
+                                .or_else(|| synonym(&found, &allowed)),
+                        )
+                })),
+            )];
+        }
+        if let Some(best) = specific.iter().min_by_key(|b| b.len()) {
+            return best.iter().flat_map(|e| schema_diagnostics(e)).collect();
+        }
+    }
     let field = match path.last() {
         Some(PathSeg::Key(k)) => format!("`{k}`"),
         Some(PathSeg::Index(i)) => format!("item {i}"),
         None => "the document".to_string(),
     };
-    match err.kind() {
+    let problem = match err.kind() {
         K::Enum { options } => {
             let allowed: Vec<String> = options
                 .as_array()
@@ -685,19 +785,62 @@ fn schema_diagnostic(
                 .instance()
                 .as_str()
                 .map_or_else(|| err.instance().to_string(), str::to_string);
-            Diagnostic::error(format!("invalid value `{found}` for {field}"), Some(span))
-                .with_label(format!("expected one of: {}", allowed.join(", ")))
-                .with_help_opt(did_you_mean(&found, allowed.iter().map(String::as_str)))
+            SchemaProblem::Other(Box::new(move |span| {
+                Diagnostic::error(format!("invalid value `{found}` for {field}"), Some(span))
+                    .with_label(format!("expected one of: {}", allowed.join(", ")))
+                    .with_help_opt(did_you_mean(&found, allowed.iter().map(String::as_str)))
+            }))
         }
         K::Required { property } => {
-            let p = property.as_str().unwrap_or("?");
+            let p = property.as_str().unwrap_or("?").to_string();
             let owner = if path.is_empty() {
                 "the document".to_string()
             } else {
                 field
             };
-            Diagnostic::error(format!("missing required key `{p}` in {owner}"), Some(span))
+            SchemaProblem::Missing(Box::new(move |span| {
+                Diagnostic::error(format!("missing required key `{p}` in {owner}"), Some(span))
+            }))
         }
-        _ => Diagnostic::error(format!("invalid {field}: {err}"), Some(span)),
-    }
+        K::Type { .. } => {
+            let found = match err.instance().as_ref() {
+                serde_json::Value::Null => "null",
+                serde_json::Value::Bool(_) => "a boolean",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Array(_) => "a list",
+                serde_json::Value::Object(_) => "a mapping",
+            };
+            let msg = err.to_string();
+            let expected: Vec<&str> = msg
+                .rsplit_once(" is not of type")
+                .map(|(_, t)| t.trim_start_matches('s'))
+                .unwrap_or_default()
+                .split(',')
+                .map(|t| t.trim().trim_matches('"'))
+                .filter(|t| !t.is_empty() && *t != "null")
+                .map(|t| match t {
+                    "object" => "a mapping",
+                    "array" => "a list",
+                    "string" => "a string",
+                    "integer" => "an integer",
+                    "number" => "a number",
+                    "boolean" => "a boolean",
+                    other => other,
+                })
+                .collect();
+            let expected = expected.join(" or ");
+            SchemaProblem::Other(Box::new(move |span| {
+                Diagnostic::error(format!("wrong type for {field}: found {found}"), Some(span))
+                    .with_label(format!("expected {expected}"))
+            }))
+        }
+        _ => {
+            let msg = err.to_string();
+            SchemaProblem::Other(Box::new(move |span| {
+                Diagnostic::error(format!("invalid {field}: {msg}"), Some(span))
+            }))
+        }
+    };
+    vec![(path, problem)]
 }
