@@ -495,6 +495,14 @@ impl Cx<'_> {
                 transitions.push(TransitionIr { to, condition });
             }
         }
+        if !is_final
+            && unconditional_seen.is_none()
+            && def.transitions.as_ref().is_some_and(|t| !t.is_empty())
+        {
+            self.warn_key(format!("every transition of state `{name}` has a condition: a run where none holds stops with an error"), &at(&[k("transitions")]))
+                .help
+                .push("add a last transition without `condition` as the fallback".into());
+        }
         if is_final && !transitions.is_empty() {
             self.warn_key(
                 format!("final state `{name}` has transitions, which are never taken"),

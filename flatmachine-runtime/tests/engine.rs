@@ -38,6 +38,7 @@ flatmachine_runtime::flatmachine!("tests/machines/parent_foreach.yml");
 flatmachine_runtime::flatmachine!("tests/machines/agent_call.yml");
 flatmachine_runtime::flatmachine!("tests/machines/parent_launch.yml");
 flatmachine_runtime::flatmachine!("tests/machines/parent_hooked.yml");
+flatmachine_runtime::flatmachine!("tests/machines/state_timeout.yml");
 
 // -------------------------------------------------------------------------------------------
 // Recording hooks and backend
@@ -1023,7 +1024,6 @@ async fn a_child_gets_its_own_yaml_hooks_not_the_parents() {
 }
 
 #[test]
-#[ignore = "engine bug (builder.rs): `.hooks(..)` on the parent skips the registry check of child hooks classes"]
 fn a_childs_unregistered_hooks_class_fails_the_build_even_with_parent_hooks() {
     // Without `.hooks(..)` the build fails naming `ChildMetrics` (see
     // a_child_gets_its_own_yaml_hooks_not_the_parents). With it, `build()` succeeds and the
@@ -1158,4 +1158,30 @@ async fn run_blocking_inside_a_runtime_does_not_panic() {
         .unwrap()
         .unwrap();
     assert_eq!(result.output, json!({"result": "inside"}));
+}
+
+fn timeout_machine() -> Machine {
+    Machine::of::<state_timeout::Machine>()
+        .action("sleep", |mut ctx: Context| async move {
+            let ms = ctx.get("delay_ms").and_then(Value::as_u64).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            ctx.insert("slept".into(), json!(true));
+            Ok(ctx)
+        })
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_state_past_its_timeout_fails_with_timeout_error_and_keeps_the_old_context() {
+    let r = timeout_machine()
+        .run(json!({"delay_ms": 2000}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.output,
+        json!({"route": "timed_out", "error_type": "TimeoutError", "slept": null})
+    );
+    let r = timeout_machine().run(json!({"delay_ms": 1})).await.unwrap();
+    assert_eq!(r.output, json!({"route": "done", "slept": true}));
 }

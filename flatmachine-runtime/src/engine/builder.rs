@@ -169,11 +169,17 @@ impl MachineBuilder {
     /// Check the configuration and build the machine.
     pub fn build(self) -> Result<Machine, BuildError> {
         let spec = self.spec;
-        if self.hooks.is_none() {
-            check_hooks_classes(spec, &self.registry, &mut Vec::new())?;
-        }
+        // Hooks given in Rust replace the root machine's YAML class; children still resolve
+        // theirs through the registry, so check those either way.
+        check_hooks_classes(spec, &self.registry, self.hooks.is_some(), &mut Vec::new())?;
         let (store, lock) = match (self.store, &spec.persistence) {
-            (Some(store), _) => (store, self.lock.unwrap_or_else(|| Arc::new(NoOpLock))),
+            (Some(store), _) => (
+                store.map(|s| match self.keep_last {
+                    Some(n) => s.with_keep_last(Some(n)),
+                    None => s,
+                }),
+                self.lock.unwrap_or_else(|| Arc::new(NoOpLock)),
+            ),
             (None, Some(p)) if !p.enabled => {
                 (None, self.lock.unwrap_or_else(|| Arc::new(NoOpLock)))
             }
@@ -225,12 +231,21 @@ impl MachineBuilder {
 fn check_hooks_classes(
     spec: &'static MachineSpec,
     registry: &HooksRegistry,
+    skip_this: bool,
     seen: &mut Vec<*const MachineSpec>,
 ) -> Result<(), BuildError> {
     if seen.contains(&(spec as *const _)) {
         return Ok(());
     }
     seen.push(spec as *const _);
+    if skip_this {
+        for (_, child) in spec.machines {
+            if let Some(child) = child {
+                check_hooks_classes(child, registry, false, seen)?;
+            }
+        }
+        return Ok(());
+    }
     if let Some(h) = &spec.hooks
         && !registry.contains(h.class)
     {
@@ -249,7 +264,7 @@ fn check_hooks_classes(
     }
     for (_, child) in spec.machines {
         if let Some(child) = child {
-            check_hooks_classes(child, registry, seen)?;
+            check_hooks_classes(child, registry, false, seen)?;
         }
     }
     Ok(())

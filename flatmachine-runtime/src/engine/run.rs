@@ -452,7 +452,29 @@ impl Machine {
             self.checkpoint(run, "execute", state.name, &context, None)
                 .await?;
 
-            let executed = self.execute_state(run, state, &mut context).await;
+            let executed = match state.timeout.filter(|t| *t > 0.0) {
+                Some(secs) => {
+                    // On timeout the state's work is dropped and the context is left as it was
+                    // before the state ran.
+                    let mut work_ctx = context.clone();
+                    match tokio::time::timeout(
+                        std::time::Duration::from_secs_f64(secs),
+                        self.execute_state(run, state, &mut work_ctx),
+                    )
+                    .await
+                    {
+                        Ok(r) => {
+                            context = work_ctx;
+                            r
+                        }
+                        Err(_) => Err(StateError::new(
+                            error_type::TIMEOUT,
+                            format!("state `{}` timed out after {secs}s", state.name),
+                        )),
+                    }
+                }
+                None => self.execute_state(run, state, &mut context).await,
+            };
             let mut output = match executed {
                 Ok(o) => o,
                 Err(e) => {
