@@ -1,4 +1,4 @@
-//! The execution loop: runs a compiled [`MachineSpec`] with the reference's order of events.
+//! The execution loop: runs a compiled [`MachineSpec`](crate::machine::MachineSpec) with the reference's order of events.
 //!
 //! Per step: checkpoint `state_enter` → `on_state_enter` → checkpoint `execute` → run the state
 //! (action, launch, machine/foreach, agent, final output — in that order) → checkpoint
