@@ -9,15 +9,41 @@ use syn::{LitStr, parse_macro_input};
 /// Compile a machine YAML file into a Rust module named after the machine.
 ///
 /// The path is relative to `CARGO_MANIFEST_DIR`. Errors in the YAML become compile errors that
-/// name `file:line:col`; warnings become compiler warnings. The crate rebuilds when the YAML or
-/// any file it references changes.
+/// name `file:line:col`; warnings become compiler warnings (`flatmachine!("m.yml",
+/// allow_warnings)` silences them for that machine). The crate rebuilds when the YAML or any
+/// file it references changes.
 #[proc_macro]
 pub fn flatmachine(input: TokenStream) -> TokenStream {
-    let lit = parse_macro_input!(input as LitStr);
-    expand(&lit).into()
+    let args = parse_macro_input!(input as Args);
+    expand(&args.path, args.allow_warnings).into()
 }
 
-fn expand(lit: &LitStr) -> proc_macro2::TokenStream {
+/// `"path.yml"` or `"path.yml", allow_warnings`.
+struct Args {
+    path: LitStr,
+    allow_warnings: bool,
+}
+
+impl syn::parse::Parse for Args {
+    fn parse(input: syn::parse::ParseStream<'_>) -> syn::Result<Self> {
+        let path: LitStr = input.parse()?;
+        let mut allow_warnings = false;
+        if input.parse::<Option<syn::Token![,]>>()?.is_some() && !input.is_empty() {
+            let flag: syn::Ident = input.parse()?;
+            if flag != "allow_warnings" {
+                return Err(syn::Error::new(flag.span(), "expected `allow_warnings`"));
+            }
+            allow_warnings = true;
+            let _ = input.parse::<Option<syn::Token![,]>>()?;
+        }
+        Ok(Args {
+            path,
+            allow_warnings,
+        })
+    }
+}
+
+fn expand(lit: &LitStr, allow_warnings: bool) -> proc_macro2::TokenStream {
     let rel = lit.value();
     if Path::new(&rel).is_absolute() {
         return syn::Error::new(
@@ -36,7 +62,7 @@ fn expand(lit: &LitStr) -> proc_macro2::TokenStream {
     let path = manifest.join(&rel);
     let opts = flatmachine_build::CodegenOptions {
         track_files_read: true,
-        warnings_as_deprecations: true,
+        warnings_as_deprecations: !allow_warnings,
         ..Default::default()
     };
     match flatmachine_build::compile(&path, Some(rel.clone()), &opts) {
