@@ -123,3 +123,48 @@ async fn a_killed_run_resumes_in_process_with_the_uninterrupted_output() {
         .unwrap();
     assert_eq!(again.output, fresh.output);
 }
+
+/// SIGKILL (no cleanup, no unwinding) while the run is inside `charge_card`: the file lock dies
+/// with the process, and the run resumes from the last checkpoint to the uninterrupted output.
+#[tokio::test]
+async fn a_sigkilled_process_resumes_to_the_uninterrupted_output() {
+    let dir = TempDir::new("sigkill");
+    let id = "order-sigkilled";
+    let mut child = Command::new(BIN)
+        .args(["--hang", id])
+        .env("FLATMACHINE_EXAMPLE_DIR", dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn order_approval --hang");
+    // `charge` is the 4th state visited: wait until its `execute` checkpoint is on disk.
+    let marker = dir
+        .path()
+        .join(".checkpoints")
+        .join(id)
+        .join("step_000004_execute.json");
+    let started = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the child never reached charge_card"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the child exited early: {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL the child");
+    child.wait().unwrap();
+
+    let machine = order_machine(false, dir.path()).build().unwrap();
+    let resumed = machine.resume(id).await.expect("resume after SIGKILL");
+    let fresh_dir = TempDir::new("sigkill-fresh");
+    let fresh = order_machine(false, fresh_dir.path())
+        .build()
+        .unwrap()
+        .run(order_input())
+        .await
+        .unwrap();
+    assert_eq!(resumed.output, fresh.output);
+    assert_eq!(resumed.final_state, "approved");
+}

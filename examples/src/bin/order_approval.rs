@@ -18,8 +18,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| std::env::temp_dir().join("flatmachine-order-example"));
     match args.get(1).map(String::as_str) {
         // Child process: start the run and crash inside `charge_card`.
+        // Child process for tests: start the run and hang inside `charge_card` until killed.
+        Some("--hang") => {
+            let id = args
+                .get(2)
+                .ok_or("usage: order_approval --hang <execution id>")?;
+            let machine = order_machine(false, &dir)
+                .action("charge_card", |_ctx| async {
+                    eprintln!("charge_card: hanging until the process is killed");
+                    std::future::pending::<
+                        Result<flatmachine_runtime::Context, flatmachine_runtime::StateError>,
+                    >()
+                    .await
+                })
+                .build()?;
+            machine
+                .run_with_id(id.clone(), json!({"order_id": "A-1001", "amount": 1250}))
+                .await?;
+            Err("charge_card never returns".into())
+        }
         Some("--crash") => {
-            let id = &args[2];
+            let id = args
+                .get(2)
+                .ok_or("usage: order_approval --crash <execution id>")?;
             let machine = order_machine(true, &dir).build()?;
             machine
                 .run_with_id(id.clone(), json!({"order_id": "A-1001", "amount": 1250}))
