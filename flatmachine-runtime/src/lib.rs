@@ -15,8 +15,8 @@ pub mod results;
 pub mod template;
 
 pub use context::{Context, Value};
-pub use error::{StateError, error_type};
 pub use engine::{AgentOutput, Machine, MachineBuilder, RunError, RunResult};
+pub use error::{StateError, error_type};
 pub use machine::{MachineDef, MachineSpec, StateSpec};
 
 #[cfg(feature = "macros")]
