@@ -813,16 +813,16 @@ fn persistence_error_converts_to_state_error() {
 }
 
 /// Interop the other way: the Python reference loads and resumes a checkpoint written here.
-/// Runs only where `import flatmachines` works (set `FLATMACHINES_PYTHON` to pick the
+/// Runs only where `import flatmachines` works (set `FLATMACHINE_PYTHON` to pick the
 /// interpreter); otherwise prints why it is skipped.
 #[tokio::test]
 async fn python_reference_reads_our_checkpoints() {
-    let python = std::env::var("FLATMACHINES_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = std::env::var("FLATMACHINE_PYTHON").unwrap_or_else(|_| "python3".into());
     let probe = std::process::Command::new(&python)
         .args(["-c", "import flatmachines"])
         .output();
     if !matches!(&probe, Ok(out) if out.status.success()) {
-        eprintln!("skipped: `{python} -c 'import flatmachines'` failed (set FLATMACHINES_PYTHON)");
+        eprintln!("skipped: `{python} -c 'import flatmachines'` failed (set FLATMACHINE_PYTHON)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
