@@ -23,6 +23,13 @@ fn escape_mermaid(s: &str) -> String {
 /// Render the machine graph: transitions as solid edges labelled with their conditions, error
 /// routes as dashed edges labelled with the error type.
 pub fn render(m: &MachineIr, format: GraphFormat) -> String {
+    let error_label = |ty: &str| {
+        if ty == "default" {
+            "on_error".to_string()
+        } else {
+            format!("on_error: {ty}")
+        }
+    };
     let mut out = String::new();
     let id = |i: usize| format!("s{i}");
     match format {
@@ -102,7 +109,7 @@ pub fn render(m: &MachineIr, format: GraphFormat) -> String {
                         "    {} -> {} [label=\"{}\", style=dashed];",
                         id(s.index),
                         id(*to),
-                        escape_dot(ty)
+                        escape_dot(&error_label(ty))
                     );
                 }
             }
