@@ -66,7 +66,7 @@ pub fn render(m: &MachineIr, format: GraphFormat) -> String {
                         out,
                         "    {} -.->|\"{}\"| {}",
                         id(s.index),
-                        escape_mermaid(ty),
+                        escape_mermaid(&error_label(ty)),
                         id(*to)
                     );
                 }
