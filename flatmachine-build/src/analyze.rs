@@ -181,6 +181,7 @@ impl Cx<'_> {
         }
 
         self.graph_checks(&states, initial);
+        self.agent_prompts();
 
         let children = data
             .machines
@@ -256,8 +257,13 @@ impl Cx<'_> {
                 &at(&[k("agent")]),
             );
             d.help.extend(did_you_mean(agent, agents.iter().copied()));
-            if agents.is_empty() {
+            if agent.ends_with(".yml") || agent.ends_with(".yaml") {
+                d.help.push(format!("name the file under `data.agents` (e.g. `my_agent: {agent}`) and use that name here"));
+            } else if agents.is_empty() {
                 d.help.push("declare it under `data.agents`".into());
+            } else if d.help.is_empty() {
+                d.notes
+                    .push(format!("declared agents: {}", agents.join(", ")));
             }
         }
         if let Some(m) = &def.machine {
@@ -294,6 +300,14 @@ impl Cx<'_> {
                         &p,
                     );
                     d.help.extend(did_you_mean(n, machines.iter().copied()));
+                    if n.ends_with(".yml") || n.ends_with(".yaml") {
+                        d.help.push(format!("name the file under `data.machines` (e.g. `child: {n}`) and use that name here"));
+                    } else if machines.is_empty() {
+                        d.help.push("declare it under `data.machines`".into());
+                    } else if d.help.is_empty() {
+                        d.notes
+                            .push(format!("declared machines: {}", machines.join(", ")));
+                    }
                 }
             }
         }
@@ -614,14 +628,30 @@ impl Cx<'_> {
     }
 
     fn check_template(&mut self, rel: &[PathSeg], src: &str, scope: &Scope) {
-        let file = self.project.db.file(self.origin().file);
-        let node = self.node(rel);
+        let origin = self.origin().clone();
+        self.check_template_in(&origin, rel, src, Some(scope));
+    }
+
+    /// Check a template at `rel` under `origin`; with no scope, only its syntax.
+    fn check_template_in(
+        &mut self,
+        origin: &Origin,
+        rel: &[PathSeg],
+        src: &str,
+        scope: Option<&Scope>,
+    ) {
+        let file = self.project.db.file(origin.file);
+        let node = self.project.node(origin, rel);
         let locate = |offset: usize, len: usize| match node {
             Some(n) if matches!(n.kind, NodeKind::Str(_)) => n.span_in_value(file, offset, len),
             Some(n) => n.span,
-            None => self.project.span(self.origin(), rel),
+            None => self.project.span(origin, rel),
         };
-        let found: Vec<Diagnostic> = crate::templates::check(src, &scope.names)
+        let problems = match scope {
+            Some(scope) => crate::templates::check(src, &scope.names),
+            None => crate::templates::check_syntax(src),
+        };
+        let found: Vec<Diagnostic> = problems
             .into_iter()
             .map(|problem| {
                 let span = locate(problem.offset, problem.len);
@@ -631,6 +661,40 @@ impl Cx<'_> {
             })
             .collect();
         self.diags.extend(found);
+    }
+
+    /// The prompts of this machine's flatagents must be valid templates (their variables are
+    /// the agent's business, so only the syntax is checked).
+    fn agent_prompts(&mut self) {
+        for agent in self.unit.agents.values() {
+            let AgentUnit::FlatAgent {
+                origin,
+                config: Some(cfg),
+                ..
+            } = agent
+            else {
+                continue;
+            };
+            let d = &cfg.data;
+            let fields = [
+                ("system", Some(&d.system)),
+                ("user", Some(&d.user)),
+                ("instruction_suffix", d.instruction_suffix.as_ref()),
+            ];
+            for (field, src) in fields {
+                if let Some(src) = src {
+                    self.check_template_in(origin, &[k("data"), k(field)], src, None);
+                }
+            }
+            if let Some(mcp) = &d.mcp {
+                self.check_template_in(
+                    origin,
+                    &[k("data"), k("mcp"), k("tool_prompt")],
+                    &mcp.tool_prompt,
+                    None,
+                );
+            }
+        }
     }
 
     fn graph_checks(&mut self, states: &[StateIr], initial: usize) {

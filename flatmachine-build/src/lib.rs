@@ -118,10 +118,16 @@ pub fn compile(
     let irs: Vec<ir::MachineIr> = checked.irs.iter().flatten().cloned().collect();
     let mut opts = opts.clone();
     if opts.warnings_as_deprecations && opts.warnings.is_empty() {
+        // rustc prints its own "warning: use of deprecated constant ...: " before the note.
         opts.warnings = checked
             .diagnostics
             .warnings()
-            .map(|d| d.render(checked.db(), false))
+            .map(|d| {
+                let text = d.render(checked.db(), false);
+                text.strip_prefix("warning: ")
+                    .map(str::to_string)
+                    .unwrap_or(text)
+            })
             .collect();
     }
     if opts.track_files_read {

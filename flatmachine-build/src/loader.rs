@@ -233,11 +233,13 @@ impl Loader {
             } else {
                 e.to_string()
             };
-            Diagnostic::error(
-                format!("cannot read `{}`: {what}", norm.display()),
-                reference,
-            )
-            .with_help("paths are relative to the directory of the file that names them")
+            let shown = self.display_of(&norm);
+            let help = if reference.is_some() {
+                "paths are relative to the directory of the file that names them"
+            } else {
+                "check the path of the machine file"
+            };
+            Diagnostic::error(format!("cannot read `{shown}`: {what}"), reference).with_help(help)
         })?;
         let display = self.display_of(&norm);
         let id = self.project.db.add(norm, display, text);
@@ -254,7 +256,7 @@ impl Loader {
     fn typed<T: DeserializeOwned>(
         &mut self,
         origin: &Origin,
-        schema: &Value,
+        schema: SchemaKind,
         what: &str,
     ) -> Option<T> {
         let node = self.project.node(origin, &[])?.clone();
@@ -301,8 +303,8 @@ impl Loader {
         }
     }
 
-    fn check_schema(&mut self, origin: &Origin, schema: &Value, json: &Value) -> bool {
-        let Ok(validator) = jsonschema::validator_for(schema) else {
+    fn check_schema(&mut self, origin: &Origin, schema: SchemaKind, json: &Value) -> bool {
+        let Some(validator) = schema.validator() else {
             return true;
         };
         let mut ok = true;
@@ -341,7 +343,7 @@ impl Loader {
         if !self.check_spec(&origin, "flatmachine") {
             return id;
         }
-        let config: Option<MachineWrapper> = self.typed(&origin, &machine_schema(), "machine");
+        let config: Option<MachineWrapper> = self.typed(&origin, SchemaKind::Machine, "machine");
         let mut agents = IndexMap::new();
         let mut machines = IndexMap::new();
         if let Some(cfg) = &config {
@@ -466,7 +468,7 @@ impl Loader {
         if !self.check_spec(&agent_origin, "flatagent") {
             return AgentUnit::Missing;
         }
-        let config: Option<AgentWrapper> = self.typed(&agent_origin, &agent_schema(), "agent");
+        let config: Option<AgentWrapper> = self.typed(&agent_origin, SchemaKind::Agent, "agent");
         // Profiles are discovered only for agents that name one, as the reference does.
         let needs_profiles = config.as_ref().is_some_and(|c| match &c.data.model {
             ModelRef::Profile(_) => true,
@@ -555,7 +557,7 @@ impl Loader {
                 Ok(file) => {
                     let origin = Origin { file, base: vec![] };
                     let config = if self.check_spec(&origin, "flatprofiles") {
-                        self.typed(&origin, &profiles_schema(), "profiles")
+                        self.typed(&origin, SchemaKind::Profiles, "profiles")
                     } else {
                         None
                     };
@@ -662,6 +664,31 @@ fn ignored_path(path: &serde_ignored::Path<'_>) -> Vec<PathSeg> {
         P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
             ignored_path(parent)
         }
+    }
+}
+
+/// Which config format a file is checked against.
+#[derive(Debug, Clone, Copy)]
+enum SchemaKind {
+    Machine,
+    Agent,
+    Profiles,
+}
+
+impl SchemaKind {
+    /// The compiled validator, built once per process (building one costs milliseconds).
+    fn validator(self) -> Option<&'static jsonschema::Validator> {
+        use std::sync::OnceLock;
+        static MACHINE: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
+        static AGENT: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
+        static PROFILES: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
+        let (cell, schema): (&OnceLock<Option<jsonschema::Validator>>, fn() -> Value) = match self {
+            SchemaKind::Machine => (&MACHINE, machine_schema),
+            SchemaKind::Agent => (&AGENT, agent_schema),
+            SchemaKind::Profiles => (&PROFILES, profiles_schema),
+        };
+        cell.get_or_init(|| jsonschema::validator_for(&schema()).ok())
+            .as_ref()
     }
 }
 
@@ -838,6 +865,11 @@ fn schema_diagnostics(err: &jsonschema::ValidationError<'_>) -> Vec<(Vec<PathSeg
         _ => {
             let msg = err.to_string();
             SchemaProblem::Other(Box::new(move |span| {
+                let msg = if msg.chars().count() > 120 {
+                    format!("{}…", msg.chars().take(120).collect::<String>())
+                } else {
+                    msg
+                };
                 Diagnostic::error(format!("invalid {field}: {msg}"), Some(span))
             }))
         }

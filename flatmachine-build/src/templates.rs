@@ -27,8 +27,18 @@ fn environment() -> minijinja::Environment<'static> {
     env
 }
 
+/// Check only the syntax of a template (for places whose variables the compiler does not know,
+/// such as agent prompts).
+pub fn check_syntax(src: &str) -> Vec<TemplateProblem> {
+    check_inner(src, None)
+}
+
 /// Check one template string. `scope` names the variables it may read.
 pub fn check(src: &str, scope: &[String]) -> Vec<TemplateProblem> {
+    check_inner(src, Some(scope))
+}
+
+fn check_inner(src: &str, scope: Option<&[String]>) -> Vec<TemplateProblem> {
     if !is_template(src) {
         return Vec::new();
     }
@@ -51,6 +61,9 @@ pub fn check(src: &str, scope: &[String]) -> Vec<TemplateProblem> {
                 help: None,
             }];
         }
+    };
+    let Some(scope) = scope else {
+        return Vec::new();
     };
     let mut problems = Vec::new();
     let mut vars: Vec<String> = tmpl.undeclared_variables(false).into_iter().collect();

@@ -60,6 +60,16 @@ fn expand(lit: &LitStr, allow_warnings: bool) -> proc_macro2::TokenStream {
         .to_compile_error();
     };
     let path = manifest.join(&rel);
+    if !path.is_file() {
+        return syn::Error::new(
+            lit.span(),
+            format!(
+                "cannot read `{rel}`: file not found (the path is relative to the crate root, {})",
+                manifest.display()
+            ),
+        )
+        .to_compile_error();
+    }
     let opts = flatmachine_build::CodegenOptions {
         track_files_read: true,
         warnings_as_deprecations: !allow_warnings,

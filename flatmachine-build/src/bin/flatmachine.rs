@@ -63,6 +63,13 @@ enum Kind {
     Profiles,
 }
 
+/// Write to stdout; a closed pipe (`flatmachine schema | head`) ends quietly instead of panicking.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -87,7 +94,7 @@ fn main() -> ExitCode {
             match flatmachine_build::compile(&file, None, &Default::default()) {
                 Ok(c) => {
                     eprint!("{}", c.checked.render(false));
-                    print!("{}", c.pretty());
+                    emit(&c.pretty());
                     ExitCode::SUCCESS
                 }
                 Err(checked) => {
@@ -104,7 +111,7 @@ fn main() -> ExitCode {
                         Format::Mermaid => GraphFormat::Mermaid,
                         Format::Dot => GraphFormat::Dot,
                     };
-                    print!("{}", flatmachine_build::graph::render(ir, fmt));
+                    emit(&flatmachine_build::graph::render(ir, fmt));
                     ExitCode::SUCCESS
                 }
                 _ => {
@@ -119,10 +126,10 @@ fn main() -> ExitCode {
                 Kind::Agent => flatmachine_build::model::agent_schema(),
                 Kind::Profiles => flatmachine_build::model::profiles_schema(),
             };
-            println!(
-                "{}",
+            emit(&format!(
+                "{}\n",
                 serde_json::to_string_pretty(&schema).unwrap_or_default()
-            );
+            ));
             ExitCode::SUCCESS
         }
     }
