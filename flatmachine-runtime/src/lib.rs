@@ -15,7 +15,7 @@ pub mod results;
 pub mod template;
 
 pub use context::{Context, Value};
-pub use engine::{AgentOutput, Machine, MachineBuilder, RunError, RunResult};
+pub use engine::{AgentOutput, Machine, MachineBuilder, RunError, RunOptions, RunResult};
 pub use error::{StateError, error_type};
 pub use machine::{MachineDef, MachineSpec, StateSpec};
 

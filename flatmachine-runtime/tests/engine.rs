@@ -1186,3 +1186,27 @@ async fn a_state_past_its_timeout_fails_with_timeout_error_and_keeps_the_old_con
     let r = timeout_machine().run(json!({"delay_ms": 1})).await.unwrap();
     assert_eq!(r.output, json!({"route": "done", "slept": true}));
 }
+
+#[tokio::test]
+async fn run_options_set_the_execution_id_and_override_max_steps_per_run() {
+    let machine = counter(None);
+    let ok = machine
+        .run_with(
+            json!({"n": 3}),
+            flatmachine_runtime::RunOptions::new()
+                .execution_id("per-run-id")
+                .max_steps(4),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.execution_id, "per-run-id");
+    assert_eq!(ok.steps, 4);
+    let err = machine
+        .run_with(
+            json!({"n": 3}),
+            flatmachine_runtime::RunOptions::new().max_steps(3),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RunError::MaxSteps { limit: 3, .. }), "{err}");
+}

@@ -13,7 +13,7 @@ mod run;
 
 pub use builder::{BuildError, MachineBuilder};
 pub use handlers::{ActionFn, AgentFn, AgentOutput};
-pub use run::{Machine, RunError, RunResult};
+pub use run::{Machine, RunError, RunOptions, RunResult};
 
 /// Default `max_steps` when neither the machine nor the caller sets one (the reference's).
 pub const DEFAULT_MAX_STEPS: u64 = 1000;

@@ -149,7 +149,37 @@ impl std::fmt::Debug for Machine {
     }
 }
 
+/// Per-run settings for [`Machine::run_with`].
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// The execution id (default: a new UUID v4). A plain name: no `/`, no `..`.
+    pub execution_id: Option<String>,
+    /// Most state visits in this run (overrides the builder's and `settings.max_steps`).
+    pub max_steps: Option<u64>,
+}
+
+impl RunOptions {
+    /// Defaults: a new execution id, the machine's `max_steps`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Use this execution id.
+    pub fn execution_id(mut self, id: impl Into<String>) -> Self {
+        self.execution_id = Some(id.into());
+        self
+    }
+
+    /// Limit this run to `n` state visits.
+    pub fn max_steps(mut self, n: u64) -> Self {
+        self.max_steps = Some(n);
+        self
+    }
+}
+
 struct Run {
+    max_steps: Option<u64>,
     execution_id: String,
     parent_execution_id: Option<String>,
     step: u64,
@@ -197,7 +227,15 @@ impl Machine {
         execution_id: impl Into<String>,
         input: Value,
     ) -> Result<RunResult, RunError> {
-        self.start(execution_id.into(), None, input).await
+        self.start(execution_id.into(), None, input, None).await
+    }
+
+    /// Run with per-run options (execution id, `max_steps`).
+    pub async fn run_with(&self, input: Value, options: RunOptions) -> Result<RunResult, RunError> {
+        let id = options
+            .execution_id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        self.start(id, None, input, options.max_steps).await
     }
 
     /// Blocking convenience for callers without an async runtime (the reference's `execute_sync`).
@@ -241,6 +279,7 @@ impl Machine {
             .await?
             .ok_or_else(|| RunError::UnknownExecution(execution_id.to_string()))?;
         let mut run = Run {
+            max_steps: None,
             execution_id: execution_id.to_string(),
             parent_execution_id: snap.parent_execution_id.clone(),
             step: snap.step,
@@ -327,6 +366,7 @@ impl Machine {
         execution_id: String,
         parent: Option<String>,
         input: Value,
+        max_steps: Option<u64>,
     ) -> Result<RunResult, RunError> {
         let spec = self.inner.spec;
         crate::persistence::validate_execution_id(&execution_id).map_err(PersistenceError::from)?;
@@ -337,6 +377,7 @@ impl Machine {
         };
         let hooks = self.build_hooks(&input)?;
         let mut run = Run {
+            max_steps,
             execution_id,
             parent_execution_id: parent,
             step: 0,
@@ -416,9 +457,9 @@ impl Machine {
     ) -> Result<RunResult, RunError> {
         let spec = self.inner.spec;
         let machine = spec.name.to_string();
-        let max_steps = self
-            .inner
+        let max_steps = run
             .max_steps
+            .or(self.inner.max_steps)
             .or(spec.max_steps)
             .unwrap_or(DEFAULT_MAX_STEPS);
         let mut current = start;
@@ -756,7 +797,7 @@ impl Machine {
         Box::pin(async move {
             let child = child?;
             child
-                .start(uuid::Uuid::new_v4().to_string(), Some(parent), input)
+                .start(uuid::Uuid::new_v4().to_string(), Some(parent), input, None)
                 .await
                 .map_err(|e| e.to_state_error())
         })
