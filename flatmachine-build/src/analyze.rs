@@ -275,16 +275,7 @@ impl Cx<'_> {
                             at(&[k("machine"), PathSeg::Index(j)])
                         }
                     };
-                    let d = self.err(
-                        format!("state `{name}` runs machine `{n}`, which is not declared"),
-                        &p,
-                    );
-                    d.help.extend(did_you_mean(n, machines.iter().copied()));
-                    if n.ends_with(".yml") || n.ends_with(".yaml") {
-                        d.help.push(format!("name the file under `data.machines` (e.g. `child: {n}`) and use that name here"));
-                    } else if machines.is_empty() {
-                        d.help.push("declare it under `data.machines`".into());
-                    }
+                    self.undeclared_machine(name, "runs", n, &p, machines);
                 }
             }
         }
@@ -295,19 +286,7 @@ impl Cx<'_> {
                         crate::model::OneOrMany::One(_) => at(&[k("launch")]),
                         crate::model::OneOrMany::Many(_) => at(&[k("launch"), PathSeg::Index(j)]),
                     };
-                    let d = self.err(
-                        format!("state `{name}` launches machine `{n}`, which is not declared"),
-                        &p,
-                    );
-                    d.help.extend(did_you_mean(n, machines.iter().copied()));
-                    if n.ends_with(".yml") || n.ends_with(".yaml") {
-                        d.help.push(format!("name the file under `data.machines` (e.g. `child: {n}`) and use that name here"));
-                    } else if machines.is_empty() {
-                        d.help.push("declare it under `data.machines`".into());
-                    } else if d.help.is_empty() {
-                        d.notes
-                            .push(format!("declared machines: {}", machines.join(", ")));
-                    }
+                    self.undeclared_machine(name, "launches", n, &p, machines);
                 }
             }
         }
@@ -543,6 +522,32 @@ impl Cx<'_> {
             key,
             on_error,
             transitions,
+        }
+    }
+
+    /// A state names a machine (`machine:` or `launch:`) that `data.machines` does not declare.
+    fn undeclared_machine(
+        &mut self,
+        state: &str,
+        verb: &str,
+        n: &str,
+        rel: &[PathSeg],
+        machines: &[&str],
+    ) {
+        let d = self.err(
+            format!("state `{state}` {verb} machine `{n}`, which is not declared"),
+            rel,
+        );
+        d.help.extend(did_you_mean(n, machines.iter().copied()));
+        if n.ends_with(".yml") || n.ends_with(".yaml") {
+            d.help.push(format!(
+                "name the file under `data.machines` (e.g. `child: {n}`) and use that name here"
+            ));
+        } else if machines.is_empty() {
+            d.help.push("declare it under `data.machines`".into());
+        } else if d.help.is_empty() {
+            d.notes
+                .push(format!("declared machines: {}", machines.join(", ")));
         }
     }
 
