@@ -547,6 +547,20 @@ impl Scope {
         }
     }
 
+    /// The scope of templates inside a state: `context`, and `input` bound to the same
+    /// context (as the reference does), sharing one copy.
+    pub fn for_state(context: &Context) -> Self {
+        let var = Var::new(Json::Object(context.clone()));
+        Self {
+            root: Arc::new(Root {
+                context: Arc::clone(&var),
+                input: Some(var),
+                output: None,
+                item: None,
+            }),
+        }
+    }
+
     /// Binds `input`.
     pub fn with_input(mut self, input: &Json) -> Self {
         Arc::make_mut(&mut self.root).input = Some(Var::new(input.clone()));

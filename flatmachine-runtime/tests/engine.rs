@@ -40,6 +40,7 @@ flatmachine_runtime::flatmachine!("tests/machines/agent_call.yml");
 flatmachine_runtime::flatmachine!("tests/machines/parent_launch.yml");
 flatmachine_runtime::flatmachine!("tests/machines/parent_hooked.yml");
 flatmachine_runtime::flatmachine!("tests/machines/state_timeout.yml");
+flatmachine_runtime::flatmachine!("tests/machines/state_input_alias.yml");
 
 // -------------------------------------------------------------------------------------------
 // Recording hooks and backend
@@ -1209,4 +1210,17 @@ async fn run_options_set_the_execution_id_and_override_max_steps_per_run() {
         .await
         .unwrap_err();
     assert!(matches!(err, RunError::MaxSteps { limit: 3, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn inside_a_state_input_is_the_context() {
+    let machine = Machine::of::<state_input_alias::Machine>()
+        .agent("echo", |input: Value, _ctx: Context| async move {
+            assert_eq!(input, json!({"subject": "tides", "same": "tides"}));
+            Ok(AgentOutput::new(json!({"heard": input["subject"]})))
+        })
+        .build()
+        .unwrap();
+    let r = machine.run(json!({"topic": "tides"})).await.unwrap();
+    assert_eq!(r.output, json!({"heard": "tides (asked about tides)"}));
 }

@@ -731,13 +731,7 @@ impl Machine {
         context: &Context,
     ) -> Result<Value, StateError> {
         match &state.input {
-            Some(tv) => {
-                let ctx_value = Value::Object(context.clone());
-                Ok(template::render(
-                    tv,
-                    &Scope::new(context).with_input(&ctx_value),
-                )?)
-            }
+            Some(tv) => Ok(template::render(tv, &Scope::for_state(context))?),
             None => Ok(Value::Object(Context::new())),
         }
     }
@@ -751,11 +745,8 @@ impl Machine {
         let Some(TemplateValue::Map(entries)) = &state.output_to_context else {
             return Ok(());
         };
-        let ctx_value = Value::Object(context.clone());
-        let snapshot = context.clone();
-        let scope = Scope::new(&snapshot)
-            .with_input(&ctx_value)
-            .with_output(output);
+        // The scope holds its own copy, so updates below do not affect later templates.
+        let scope = Scope::for_state(context).with_output(output);
         for (key, tv) in entries.iter() {
             let v = template::render(tv, &scope)?;
             context.insert((*key).to_string(), v);
@@ -810,8 +801,7 @@ impl Machine {
         state: &'static StateSpec,
         context: &mut Context,
     ) -> Result<Value, StateError> {
-        let ctx_value = Value::Object(context.clone());
-        let base = Scope::new(context).with_input(&ctx_value);
+        let base = Scope::for_state(context);
         if let Some(fe) = &state.foreach {
             let items = match template::render(fe, &base)? {
                 Value::Array(items) => items,
@@ -829,9 +819,7 @@ impl Machine {
             let mut futures = Vec::new();
             let mut keys = Vec::new();
             for item in &items {
-                let scope = Scope::new(context)
-                    .with_input(&ctx_value)
-                    .with_item(state.foreach_as, item);
+                let scope = base.clone().with_item(state.foreach_as, item);
                 let input = match &state.input {
                     Some(tv) => template::render(tv, &scope)?,
                     None => Value::Object(Context::new()),
@@ -893,9 +881,8 @@ impl Machine {
         state: &'static StateSpec,
         context: &mut Context,
     ) -> Result<(), StateError> {
-        let ctx_value = Value::Object(context.clone());
         let input = match &state.launch_input {
-            Some(tv) => template::render(tv, &Scope::new(context).with_input(&ctx_value))?,
+            Some(tv) => template::render(tv, &Scope::for_state(context))?,
             None => Value::Object(Context::new()),
         };
         for name in state.launch {

@@ -4,7 +4,7 @@
 //! The reference builds a snapshot with `json.dumps(dataclasses.asdict(snapshot))`. So a written
 //! snapshot has every field, in declaration order, with `null` for absent optional values; and
 //! it uses Python's default `json.dumps` style: `", "` and `": "` separators, non-ASCII characters
-//! escaped as `\uXXXX` (`ensure_ascii`), and floats spelled like Python's `repr` (`1e+16`,
+//! escaped as `\u` sequences (`ensure_ascii`), and floats spelled like Python's `repr` (`1e+16`,
 //! `1e-05`, `100.0`). [`MachineSnapshot::to_json_vec`] reproduces that byte for byte, so a file
 //! written here is indistinguishable from one the reference wrote.
 //!
