@@ -826,7 +826,20 @@ fn schema_diagnostics(err: &jsonschema::ValidationError<'_>) -> Vec<(Vec<PathSeg
                 field
             };
             SchemaProblem::Missing(Box::new(move |span| {
+                let help = match p.as_str() {
+                    "states" => Some(
+                        "add `states:` with at least one state (one marked `type: initial`)"
+                            .to_string(),
+                    ),
+                    "to" => Some("every transition names its target state with `to:`".to_string()),
+                    "spec_version" => Some(format!("add `spec_version: \"{SPEC_VERSION}\"`")),
+                    "class" => {
+                        Some("name the hooks class registered in Rust with `class:`".to_string())
+                    }
+                    _ => None,
+                };
                 Diagnostic::error(format!("missing required key `{p}` in {owner}"), Some(span))
+                    .with_help_opt(help)
             }))
         }
         K::Type { .. } => {

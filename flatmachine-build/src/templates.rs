@@ -54,11 +54,12 @@ fn check_inner(src: &str, scope: Option<&[String]>) -> Vec<TemplateProblem> {
                 .detail()
                 .map(str::to_string)
                 .unwrap_or_else(|| e.kind().to_string());
+            let help = syntax_hint(&detail);
             return vec![TemplateProblem {
                 message: format!("invalid template: {detail}"),
                 offset,
                 len,
-                help: None,
+                help,
             }];
         }
     };
@@ -86,6 +87,25 @@ fn check_inner(src: &str, scope: Option<&[String]>) -> Vec<TemplateProblem> {
         });
     }
     problems
+}
+
+/// A hint for the commonest Jinja syntax mistakes.
+fn syntax_hint(detail: &str) -> Option<String> {
+    if detail.contains("expected end of variable block") {
+        Some("close the expression with `}}`".into())
+    } else if detail.contains("unknown statement end")
+        || detail.contains("expected end of block")
+        || detail.contains("missing end")
+    {
+        Some(
+            "each `{% if %}` closes with `{% endif %}` and each `{% for %}` with `{% endfor %}`"
+                .into(),
+        )
+    } else if detail.contains("unexpected end of input") {
+        Some("a `{{` or `{%` is not closed".into())
+    } else {
+        None
+    }
 }
 
 fn line_offset(src: &str, line: usize) -> usize {

@@ -15,6 +15,9 @@ pub(super) struct Parser<'s> {
     nesting: usize,
 }
 
+/// What may stand where a value is expected.
+const VALUE_HELP: &str = "a value is `context.<field>`, a literal (`8`, `'text'`, `true`, `null`) or a parenthesised expression";
+
 fn err(message: impl Into<String>, span: Span) -> ExprSyntaxError {
     ExprSyntaxError::new(message, span)
 }
@@ -386,7 +389,8 @@ impl<'s> Parser<'s> {
             other => Err(err(
                 format!("expected a value, found {}", other.describe()),
                 span,
-            )),
+            )
+            .with_help(VALUE_HELP)),
         }
     }
 
@@ -437,7 +441,9 @@ impl<'s> Parser<'s> {
             }
             "await" | "yield" => return Err(err(format!("`{name}` is not supported"), span)),
             kw if PYTHON_KEYWORDS.contains(&kw) => {
-                return Err(err(format!("expected a value, found `{kw}`"), span));
+                return Err(
+                    err(format!("expected a value, found `{kw}`"), span).with_help(VALUE_HELP)
+                );
             }
             _ => {
                 if self.peek()?.tok == Tok::LParen {
@@ -467,12 +473,14 @@ fn binary(op: BinaryOp, lhs: Node, rhs: Node) -> Result<Node, ExprSyntaxError> {
 fn scope_error(name: &str, span: Span) -> ExprSyntaxError {
     if matches!(name, "input" | "output") {
         return err(
-            format!(
-                "conditions can only read `context` ({name} is not in scope in a condition; \
-                 copy it into the context first)"
-            ),
+            format!("conditions can only read `context`; `{name}` is not in scope here"),
             span,
-        );
+        )
+        .with_help(if name == "input" {
+            "copy the value into the context first (`context: { x: \"{{ input.x }}\" }` at the top of `data`) and test `context.x`"
+        } else {
+            "copy the value into the context first (`output_to_context: { x: \"{{ output.x }}\" }`) and test `context.x`"
+        });
     }
     let error = err(
         format!("unknown name `{name}`: conditions can only read `context`"),

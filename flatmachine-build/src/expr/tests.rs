@@ -298,19 +298,26 @@ fn expr_empty_is_always_true() {
 fn expr_only_context_is_in_scope() {
     assert_error(
         "input.x",
-        "conditions can only read `context` (input is not in scope in a condition; copy it into \
-         the context first)",
+        "conditions can only read `context`; `input` is not in scope here",
         0,
         5,
     );
     assert_error(
         "context.a == 1 and output.y > 1",
-        "conditions can only read `context` (output is not in scope in a condition; copy it \
-         into the context first)",
+        "conditions can only read `context`; `output` is not in scope here",
         19,
         6,
     );
-    assert_eq!(error("input.x").help, None);
+    assert!(
+        error("input.x")
+            .help
+            .is_some_and(|h| h.contains("context: { x:"))
+    );
+    assert!(
+        error("output.x > 1")
+            .help
+            .is_some_and(|h| h.contains("output_to_context"))
+    );
 
     let e = error("contxt.x > 1");
     assert_eq!(
