@@ -195,24 +195,13 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
                         terminated = true;
                         break;
                     }
-                    Some((src, Some(expr))) => {
+                    Some((_, Some(expr))) => {
                         let cond = crate::expr::condition_tokens(expr, rt, &ctx);
-                        let can_fail = !cond
-                            .to_string()
-                            .starts_with(&format!("{} :: expr :: ok (", rt));
-                        if can_fail {
-                            body.push(quote! {
-                                if #cond.map_err(|e| e.in_expression(#src))? {
-                                    return Ok(Some(State::#to));
-                                }
-                            });
-                        } else {
-                            body.push(quote! {
-                                if #cond? {
-                                    return Ok(Some(State::#to));
-                                }
-                            });
-                        }
+                        body.push(quote! {
+                            if #cond? {
+                                return Ok(Some(State::#to));
+                            }
+                        });
                     }
                     Some((src, None)) => {
                         body.push(quote! {

@@ -6,7 +6,7 @@ use std::fmt::Write;
 /// Output format of [`render`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GraphFormat {
-    /// Mermaid `stateDiagram-v2`.
+    /// Mermaid `flowchart` (error routes dotted).
     Mermaid,
     /// Graphviz dot.
     Dot,
@@ -20,16 +20,49 @@ fn escape_mermaid(s: &str) -> String {
     s.replace('"', "#quot;").replace('\n', " ")
 }
 
-/// Render the machine graph: transitions as solid edges labelled with their conditions, error
-/// routes as dashed edges labelled with the error type.
-pub fn render(m: &MachineIr, format: GraphFormat) -> String {
-    let error_label = |ty: &str| {
-        if ty == "default" {
-            "on_error".to_string()
-        } else {
-            format!("on_error: {ty}")
+/// One edge of the graph.
+struct Edge {
+    from: usize,
+    to: usize,
+    /// The condition or the error route's label (`None`: an unconditional transition).
+    label: Option<String>,
+    /// An error route (drawn dashed).
+    error: bool,
+}
+
+/// Transitions in order, then each state's error routes.
+fn edges(m: &MachineIr) -> Vec<Edge> {
+    let mut edges = Vec::new();
+    for s in &m.states {
+        for t in &s.transitions {
+            let label = t.condition.as_ref().map(|(c, _)| c.clone());
+            edges.push(Edge {
+                from: s.index,
+                to: t.to,
+                label,
+                error: false,
+            });
         }
-    };
+        for (ty, to) in &s.on_error {
+            let label = if ty == "default" {
+                "on_error".to_string()
+            } else {
+                format!("on_error: {ty}")
+            };
+            edges.push(Edge {
+                from: s.index,
+                to: *to,
+                label: Some(label),
+                error: true,
+            });
+        }
+    }
+    edges
+}
+
+/// Render the machine graph: transitions as solid edges labelled with their conditions, error
+/// routes as dashed edges labelled `on_error` (with the error type when routed by type).
+pub fn render(m: &MachineIr, format: GraphFormat) -> String {
     let mut out = String::new();
     let id = |i: usize| format!("s{i}");
     match format {
@@ -44,32 +77,18 @@ pub fn render(m: &MachineIr, format: GraphFormat) -> String {
                     let _ = writeln!(out, "    {}[\"{label}\"]", id(s.index));
                 }
             }
-            for s in &m.states {
-                for t in &s.transitions {
-                    match &t.condition {
-                        Some((c, _)) => {
-                            let _ = writeln!(
-                                out,
-                                "    {} -->|\"{}\"| {}",
-                                id(s.index),
-                                escape_mermaid(c),
-                                id(t.to)
-                            );
-                        }
-                        None => {
-                            let _ = writeln!(out, "    {} --> {}", id(s.index), id(t.to));
-                        }
-                    }
-                }
-                for (ty, to) in &s.on_error {
-                    let _ = writeln!(
+            for e in edges(m) {
+                let arrow = if e.error { "-.->" } else { "-->" };
+                let _ = match &e.label {
+                    Some(l) => writeln!(
                         out,
-                        "    {} -.->|\"{}\"| {}",
-                        id(s.index),
-                        escape_mermaid(&error_label(ty)),
-                        id(*to)
-                    );
-                }
+                        "    {} {arrow}|\"{}\"| {}",
+                        id(e.from),
+                        escape_mermaid(l),
+                        id(e.to)
+                    ),
+                    None => writeln!(out, "    {} {arrow} {}", id(e.from), id(e.to)),
+                };
             }
         }
         GraphFormat::Dot => {
@@ -86,32 +105,18 @@ pub fn render(m: &MachineIr, format: GraphFormat) -> String {
                 );
             }
             let _ = writeln!(out, "    __start -> {};", id(m.initial));
-            for s in &m.states {
-                for t in &s.transitions {
-                    match &t.condition {
-                        Some((c, _)) => {
-                            let _ = writeln!(
-                                out,
-                                "    {} -> {} [label=\"{}\"];",
-                                id(s.index),
-                                id(t.to),
-                                escape_dot(c)
-                            );
-                        }
-                        None => {
-                            let _ = writeln!(out, "    {} -> {};", id(s.index), id(t.to));
-                        }
-                    }
-                }
-                for (ty, to) in &s.on_error {
-                    let _ = writeln!(
+            for e in edges(m) {
+                let style = if e.error { ", style=dashed" } else { "" };
+                let _ = match &e.label {
+                    Some(l) => writeln!(
                         out,
-                        "    {} -> {} [label=\"{}\", style=dashed];",
-                        id(s.index),
-                        id(*to),
-                        escape_dot(&error_label(ty))
-                    );
-                }
+                        "    {} -> {} [label=\"{}\"{style}];",
+                        id(e.from),
+                        id(e.to),
+                        escape_dot(l)
+                    ),
+                    None => writeln!(out, "    {} -> {};", id(e.from), id(e.to)),
+                };
             }
             let _ = writeln!(out, "}}");
         }

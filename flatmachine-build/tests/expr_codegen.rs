@@ -80,9 +80,10 @@ fn expr_simple_condition_reads_well() {
     ctx: &::flatmachine_runtime::Context,
 ) -> ::flatmachine_runtime::expr::Result<bool> {
     ::flatmachine_runtime::expr::ge(
-        &::flatmachine_runtime::expr::path(ctx, &["score"]),
-        &::flatmachine_runtime::expr::int(8),
-    )
+            &::flatmachine_runtime::expr::path(ctx, &["score"]),
+            &::flatmachine_runtime::expr::int(8),
+        )
+        .map_err(|e| e.in_expression("context.score >= 8"))
 }
 "#;
     assert_eq!(text, expected);

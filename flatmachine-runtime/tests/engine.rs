@@ -504,6 +504,19 @@ async fn an_unrouted_expression_error_fails_as_expression_error() {
     assert_eq!(state, "start");
     assert_eq!(error.error_type, error_type::EXPRESSION);
     assert_eq!(error.error_type, "ExpressionError");
+    // The message names the condition that failed and both operand types.
+    assert!(
+        error
+            .message
+            .starts_with("in expression `context.missing >= 5`: "),
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains("null") && error.message.contains("number"),
+        "{}",
+        error.message
+    );
 }
 
 // -------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ use quote::{format_ident, quote};
 use super::{BinaryOp, CompareOp, Expr, Literal, Node, NodeKind};
 
 /// Rust tokens for an expression of type `Result<bool, #rt::expr::ExprError>` that evaluates
-/// the condition's truthiness against `#ctx: &#rt::Context`.
+/// the condition's truthiness against `#ctx: &#rt::Context`. An error names the condition
+/// (`in expression `...`: ...`).
 ///
 /// `rt` is the path of the runtime crate (normally `::flatmachine_runtime`). The output is meant
 /// to be pretty-printed into user-visible code: context lookups borrow (no cloning), `and`/`or`
@@ -39,14 +40,23 @@ pub fn condition_tokens(expr: &Expr, rt: &TokenStream, ctx: &Ident) -> TokenStre
     };
 
     let code = generator.bool_expr(expr.root());
-    match code.result {
+    let (tokens, can_fail) = match code.result {
         // A lone ordering comparison is already a `Result<bool>`: no `Ok(...?)` around it.
         Some((call, operands_fallible)) => {
             generator.fallible = operands_fallible;
-            generator.wrap(fn_name, call, true)
+            (generator.wrap(fn_name, call, true), true)
         }
-        None => generator.wrap(fn_name, code.tokens, false),
+        None => (
+            generator.wrap(fn_name, code.tokens, false),
+            generator.fallible,
+        ),
+    };
+    if !can_fail {
+        return tokens;
     }
+    // A run-time error names the condition it came from.
+    let src = expr.source();
+    quote!(#tokens.map_err(|e| e.in_expression(#src)))
 }
 
 /// The runtime function for an ordering operator (`None` for `==` / `!=`, which cannot fail).

@@ -79,11 +79,45 @@ fn norm(tokens: impl ToString) -> String {
     tokens.to_string().replace(" ,)", ")").replace(" ,]", "]")
 }
 
+/// The generated code without the `.map_err(...)` that names the condition in its errors
+/// (checked on its own by `expr_codegen_errors_name_the_condition`).
 fn tokens(src: &str) -> String {
+    let (code, _) = tokens_and_naming(src);
+    code
+}
+
+/// The generated code, split from the error-naming suffix (`true` when it was there).
+fn tokens_and_naming(src: &str) -> (String, bool) {
     let expr = parse(src).expect("parses");
     let rt = quote!(::flatmachine_runtime);
     let ctx = Ident::new("ctx", TokSpan::call_site());
-    norm(condition_tokens(&expr, &rt, &ctx))
+    let full = norm(condition_tokens(&expr, &rt, &ctx));
+    let lit = proc_macro2::Literal::string(src);
+    let suffix = norm(quote!(.map_err(|e| e.in_expression(#lit))));
+    match full.strip_suffix(&format!(" {suffix}")) {
+        Some(code) => (code.to_string(), true),
+        None => (full, false),
+    }
+}
+
+#[test]
+fn expr_codegen_errors_name_the_condition() {
+    // Fallible conditions (a local fn, or a lone ordering call) name their source on error.
+    for src in [
+        "context.score >= 8",
+        "context.a < 1 and context.b",
+        "0 < context.x <= 10",
+        "context.a[0] == 1",
+    ] {
+        assert!(
+            tokens_and_naming(src).1,
+            "`{src}` should name itself in errors"
+        );
+    }
+    // Infallible ones stay a plain `ok(...)`.
+    for src in ["context.failed", "not context.x", "context.a == 1", "true"] {
+        assert!(!tokens_and_naming(src).1, "`{src}` cannot fail");
+    }
 }
 
 // ---- precedence and associativity -------------------------------------------------------
