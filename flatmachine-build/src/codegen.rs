@@ -251,7 +251,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
         .iter()
         .map(|(a, flat)| {
             let kind = if *flat { "flatagent" } else { "adapter" };
-            quote!(#rt::machine::AgentSpec { name: #a, kind: #kind })
+            quote!(#rt::machine::AgentSpec { name: #a, kind: #kind, flatagent: None, reference: None, config: None })
         })
         .collect();
     let machines: Vec<TokenStream> = m
@@ -603,7 +603,10 @@ fn state_spec(s: &StateIr, rt: &TokenStream, slots: &mut Slots) -> TokenStream {
         .collect();
     let execution = opt(d.execution.as_ref().map(|e| {
         let kind = e.kind.as_str();
-        let backoffs: Vec<proc_macro2::Literal> = e.backoffs.iter().flatten().map(|b| proc_macro2::Literal::f64_suffixed(*b)).collect();
+        let backoffs = opt(e.backoffs.as_ref().map(|b| {
+            let b: Vec<proc_macro2::Literal> = b.iter().map(|b| proc_macro2::Literal::f64_suffixed(*b)).collect();
+            quote!(&[#(#b),*])
+        }));
         let jitter = opt(e.jitter.map(|j| {
             let l = proc_macro2::Literal::f64_suffixed(j);
             quote!(#l)
@@ -611,7 +614,9 @@ fn state_spec(s: &StateIr, rt: &TokenStream, slots: &mut Slots) -> TokenStream {
         let n_samples = opt(e.n_samples.map(|v| quote!(#v)));
         let k_margin = opt(e.k_margin.map(|v| quote!(#v)));
         let max_candidates = opt(e.max_candidates.map(|v| quote!(#v)));
-        quote!(#rt::machine::ExecutionSpec { kind: #kind, backoffs: &[#(#backoffs),*], jitter: #jitter, n_samples: #n_samples, k_margin: #k_margin, max_candidates: #max_candidates })
+        let retry_on_empty = e.retry_on_empty.unwrap_or(false);
+        let max_response_tokens = opt(e.max_response_tokens.map(|v| quote!(#v)));
+        quote!(#rt::machine::ExecutionSpec { kind: #kind, backoffs: #backoffs, jitter: #jitter, n_samples: #n_samples, k_margin: #k_margin, max_candidates: #max_candidates, retry_on_empty: #retry_on_empty, max_response_tokens: #max_response_tokens })
     }));
     let tool_loop = d.tool_loop.unwrap_or(false);
     let transitions: Vec<TokenStream> = s

@@ -139,8 +139,8 @@ pub struct TransitionSpec {
 pub struct ExecutionSpec {
     /// `default`, `retry`, `parallel` or `mdap_voting`.
     pub kind: &'static str,
-    /// Retry backoffs in seconds.
-    pub backoffs: &'static [f64],
+    /// Retry backoffs in seconds (`None` = the default `[2, 8, 16, 35]`).
+    pub backoffs: Option<&'static [f64]>,
     /// Retry jitter factor.
     pub jitter: Option<f64>,
     /// Parallel samples.
@@ -149,6 +149,10 @@ pub struct ExecutionSpec {
     pub k_margin: Option<u64>,
     /// Voting candidates.
     pub max_candidates: Option<u64>,
+    /// Retry: an empty reply counts as a failure.
+    pub retry_on_empty: bool,
+    /// Voting: red-flag replies longer than this many tokens (about 4 characters each).
+    pub max_response_tokens: Option<u64>,
 }
 
 /// `persistence:` of a machine.
@@ -176,8 +180,15 @@ pub struct HooksSpec {
 pub struct AgentSpec {
     /// Name in `agents:`.
     pub name: &'static str,
-    /// Adapter type (`flatagent` for flatagent files and inline configs).
+    /// Adapter type: `flatagent` for flatagent files and inline configs, else the `type` of a
+    /// `{type, ref, config}` reference (resolved through the builder's adapter registry).
     pub kind: &'static str,
+    /// The compiled flatagent (`None` for other adapter types, or when it failed to load).
+    pub flatagent: Option<&'static crate::agents::AgentConfig>,
+    /// `ref` of a typed reference.
+    pub reference: Option<&'static str>,
+    /// `config` of a typed reference, as JSON.
+    pub config: Option<&'static crate::agents::EmbeddedJson>,
 }
 
 /// Implemented by the generated marker type of each machine.

@@ -333,6 +333,13 @@ pub struct ExecutionConfig {
     /// MDAP voting: most candidates drawn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_candidates: Option<u64>,
+    /// Retry: treat an empty reply as a failure (extension used by the reference's runtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on_empty: Option<bool>,
+    /// MDAP voting: red-flag replies longer than this many tokens (extension, as the
+    /// reference's runtime reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_tokens: Option<u64>,
 }
 
 /// `execution.type`.
