@@ -22,3 +22,11 @@ pub use machine::{MachineDef, MachineSpec, StateSpec};
 
 #[cfg(feature = "macros")]
 pub use flatmachine_macros::flatmachine;
+
+/// Crates generated code refers to (typed agent outputs derive serde traits through these, so
+/// applications need no direct dependency on them).
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+    pub use serde_json;
+}
