@@ -713,7 +713,7 @@ fn parse_rendered(text: String) -> Json {
 // ---------------------------------------------------------------------------------------------
 
 /// JSON → minijinja, keeping integers as integers and map order.
-fn json_to_mj(json: &Json) -> MjValue {
+pub(crate) fn json_to_mj(json: &Json) -> MjValue {
     match json {
         Json::Null => MjValue::from(()),
         Json::Bool(b) => MjValue::from(*b),

@@ -6,14 +6,30 @@
 //! - [`executor`]: the [`AgentExecutor`] trait and [`AgentResult`].
 
 pub mod config;
+pub mod execution;
 pub mod executor;
 pub mod llm;
+#[cfg(any(feature = "openai", feature = "anthropic"))]
+pub mod providers;
 pub mod scripted;
 
 pub use config::{AgentConfig, EmbeddedJson, ModelParams, OutputField, OutputKind, Prompt};
+pub use execution::ExecutionType;
 pub use executor::{AgentExecutor, AgentResult};
 pub use llm::{
     LlmBackend, LlmError, LlmErrorKind, LlmRequest, LlmResponse, Message, ResponseFormat, Role,
     Usage,
 };
+#[cfg(any(feature = "openai", feature = "anthropic"))]
+pub use providers::*;
 pub use scripted::ScriptedBackend;
+
+pub mod adapter;
+pub mod flatagent;
+pub mod output;
+
+pub use adapter::{
+    AdapterEnv, AgentAdapter, AgentAdapterRegistry, ClosureExecutor, FlatAgentAdapter,
+    MissingBackend, SubprocessAdapter,
+};
+pub use flatagent::FlatAgentExecutor;

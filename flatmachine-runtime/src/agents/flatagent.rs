@@ -1,0 +1,224 @@
+//! [`FlatAgentExecutor`]: one flatagent call — render the prompts, ask the model, read the reply.
+
+use super::config::{AgentConfig, ModelParams, Prompt};
+use super::executor::{AgentExecutor, AgentResult};
+use super::llm::{LlmBackend, LlmRequest, LlmResponse, Message, ResponseFormat, Role, Usage};
+use super::output;
+use crate::error::error_type;
+use crate::{Context, StateError, Value};
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs a compiled flatagent against an [`LlmBackend`].
+///
+/// Messages are `[system, user]`: the rendered `system` prompt (default "You are a helpful
+/// assistant."), and the rendered `user` prompt followed by a blank line and the rendered
+/// `instruction_suffix` when there is one. Prompts see `input` (the state's rendered input),
+/// `model` (the resolved model config), `tools` (`[]`) and `tools_prompt` (`""`).
+pub struct FlatAgentExecutor {
+    config: &'static AgentConfig,
+    backend: Arc<dyn LlmBackend>,
+    metadata: Value,
+}
+
+impl FlatAgentExecutor {
+    /// An executor for `config` that calls `backend`.
+    pub fn new(config: &'static AgentConfig, backend: Arc<dyn LlmBackend>) -> Self {
+        let metadata = config.metadata.value().clone();
+        Self {
+            config,
+            backend,
+            metadata,
+        }
+    }
+
+    /// The compiled agent.
+    pub fn config(&self) -> &'static AgentConfig {
+        self.config
+    }
+
+    /// The request one call with this input would send (prompts rendered, parameters set).
+    pub fn request(&self, input: &Value) -> Result<LlmRequest, StateError> {
+        let c = self.config;
+        let m = &c.model;
+        let vars = minijinja::context! {
+            input => crate::template::json_to_mj(input),
+            model => crate::template::json_to_mj(&model_var(m)),
+            tools => minijinja::Value::from(Vec::<minijinja::Value>::new()),
+            tools_prompt => "",
+        };
+        let mut system = match c.system {
+            Some(p) => render(c, "system", p, &vars)?,
+            None => AgentConfig::DEFAULT_SYSTEM.to_string(),
+        };
+        let mut user = render(c, "user", c.user, &vars)?;
+        if let Some(suffix) = c.instruction_suffix {
+            let suffix = render(c, "instruction_suffix", suffix, &vars)?;
+            if !suffix.is_empty() {
+                user.push_str("\n\n");
+                user.push_str(&suffix);
+            }
+        }
+        let response_format = match c.output {
+            Some(fields) => {
+                let mentions_json = |s: &str| s.to_ascii_lowercase().contains("json");
+                if !mentions_json(&system) && !mentions_json(&user) {
+                    if !system.is_empty() && !system.ends_with('\n') {
+                        system.push('\n');
+                    }
+                    system.push_str(&output::json_instruction(fields));
+                }
+                ResponseFormat::Json {
+                    name: schema_name(c.name),
+                    schema: output::json_schema(fields),
+                }
+            }
+            None => ResponseFormat::Text,
+        };
+        let mut req = LlmRequest::new(
+            m.wire_name(),
+            vec![Message::new(Role::System, system), Message::new(Role::User, user)],
+        );
+        req.provider = m.provider_name().map(str::to_string);
+        req.temperature = m.temperature.unwrap_or(ModelParams::DEFAULT_TEMPERATURE);
+        req.max_tokens = m.max_tokens;
+        req.top_p = m.top_p;
+        req.top_k = m.top_k;
+        req.frequency_penalty = m.frequency_penalty;
+        req.presence_penalty = m.presence_penalty;
+        req.seed = m.seed;
+        req.response_format = response_format;
+        req.base_url = m.base_url.map(str::to_string);
+        req.api_key_env = m.api_key_env.map(str::to_string);
+        req.timeout = m
+            .timeout
+            .filter(|t| t.is_finite() && *t > 0.0)
+            .map(Duration::from_secs_f64);
+        req.max_retries = m.max_retries.map(|n| n.min(u64::from(u32::MAX)) as u32);
+        Ok(req)
+    }
+
+    /// Reads a reply: the structured output when the agent has an `output` schema (an
+    /// `OutputParseError`/`OutputValidationError` when it does not fit), usage and cost.
+    pub fn read_reply(&self, reply: LlmResponse) -> Result<AgentResult, StateError> {
+        let c = self.config;
+        let output = match c.output {
+            Some(fields) => Some(output::parse_output(c.name, fields, &reply.content)?),
+            None => None,
+        };
+        let cost = cost(&c.model, reply.usage);
+        let mut raw = serde_json::Map::new();
+        if let Some(model) = &reply.model {
+            raw.insert("model".into(), Value::String(model.clone()));
+        }
+        if let Some(reason) = &reply.finish_reason {
+            raw.insert("finish_reason".into(), Value::String(reason.clone()));
+        }
+        raw.insert("attempts".into(), Value::from(reply.attempts));
+        raw.insert("backend".into(), Value::String(self.backend.name().to_string()));
+        Ok(AgentResult {
+            output,
+            content: Some(reply.content),
+            raw: Some(Value::Object(raw)),
+            usage: reply.usage,
+            api_calls: 1,
+            cost,
+            metadata: Some(self.metadata.clone()),
+        })
+    }
+}
+
+impl std::fmt::Debug for FlatAgentExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlatAgentExecutor")
+            .field("agent", &self.config.name)
+            .field("backend", &self.backend.name())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl AgentExecutor for FlatAgentExecutor {
+    async fn execute(&self, input: &Value, _context: &Context) -> Result<AgentResult, StateError> {
+        let request = self.request(input)?;
+        let reply = self.backend.complete(&request).await.map_err(|e| {
+            let mut err = StateError::from(e);
+            err.message = format!("agent `{}`: {}", self.config.name, err.message);
+            err
+        })?;
+        self.read_reply(reply)
+    }
+
+    fn metadata(&self) -> Option<&Value> {
+        Some(&self.metadata)
+    }
+}
+
+/// Cost of one call: per-token prices from the model config when given, otherwise the
+/// reference's flat estimate `(input × 0.001 + output × 0.002) / 1000`.
+pub fn cost(model: &ModelParams, usage: Usage) -> f64 {
+    let (i, o) = (usage.input_tokens as f64, usage.output_tokens as f64);
+    match (model.input_cost_per_token, model.output_cost_per_token) {
+        (None, None) => (i * 0.001 + o * 0.002) / 1000.0,
+        (pi, po) => i * pi.unwrap_or(0.0) + o * po.unwrap_or(0.0),
+    }
+}
+
+/// The `model` prompt variable: the resolved config with the computed fields filled in (the
+/// reference's merge of its raw config and its attributes).
+fn model_var(m: &ModelParams) -> Value {
+    let mut map = match m.raw.value() {
+        Value::Object(o) => o.clone(),
+        _ => serde_json::Map::new(),
+    };
+    let num = |x: Option<f64>| x.map_or(Value::Null, Value::from);
+    map.insert("name".into(), Value::String(m.qualified_name()));
+    map.insert(
+        "temperature".into(),
+        Value::from(m.temperature.unwrap_or(ModelParams::DEFAULT_TEMPERATURE)),
+    );
+    map.insert("max_tokens".into(), m.max_tokens.map_or(Value::Null, Value::from));
+    map.insert("top_p".into(), num(m.top_p));
+    map.insert("top_k".into(), m.top_k.map_or(Value::Null, Value::from));
+    map.insert("frequency_penalty".into(), num(m.frequency_penalty));
+    map.insert("presence_penalty".into(), num(m.presence_penalty));
+    map.insert("seed".into(), m.seed.map_or(Value::Null, Value::from));
+    map.insert(
+        "base_url".into(),
+        m.base_url.map_or(Value::Null, |s| Value::String(s.into())),
+    );
+    Value::Object(map)
+}
+
+fn render(
+    c: &AgentConfig,
+    field: &str,
+    prompt: &Prompt,
+    vars: &minijinja::Value,
+) -> Result<String, StateError> {
+    let fail = |msg: String| {
+        StateError::new(
+            error_type::TEMPLATE,
+            format!("agent `{}` ({}): `{field}` prompt: {msg}", c.name, c.source),
+        )
+    };
+    let tmpl = prompt.template().map_err(|e| fail(e.to_string()))?;
+    tmpl.render(vars).map_err(|e| fail(e.to_string()))
+}
+
+/// A provider-safe schema name: ASCII letters, digits, `_` and `-`, at most 64 characters.
+fn schema_name(agent: &str) -> String {
+    let s: String = agent
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if s.is_empty() { "output".into() } else { s }
+}
