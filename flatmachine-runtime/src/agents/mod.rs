@@ -33,3 +33,17 @@ pub use adapter::{
     MissingBackend, SubprocessAdapter,
 };
 pub use flatagent::FlatAgentExecutor;
+
+/// The backend flatagents use when the builder is given none: the built-in providers (by each
+/// agent's `provider`) when the `openai` or `anthropic` feature is on, else [`MissingBackend`],
+/// whose calls fail with a `ConfigurationError` saying how to get one.
+pub fn default_backend() -> std::sync::Arc<dyn LlmBackend> {
+    #[cfg(any(feature = "openai", feature = "anthropic"))]
+    {
+        std::sync::Arc::new(providers::ProviderRouter::new())
+    }
+    #[cfg(not(any(feature = "openai", feature = "anthropic")))]
+    {
+        std::sync::Arc::new(MissingBackend)
+    }
+}

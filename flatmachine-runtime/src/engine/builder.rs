@@ -2,6 +2,7 @@
 
 use super::handlers::{ActionFn, AgentFn, AgentOutput};
 use super::run::{Inner, Machine};
+use crate::agents::{AgentAdapter, AgentAdapterRegistry, LlmBackend};
 use crate::hooks::{HooksRegistry, MachineHooks};
 use crate::lock::{ExecutionLock, LocalFileLock, NoOpLock};
 use crate::machine::MachineSpec;
@@ -46,6 +47,8 @@ pub struct MachineBuilder {
     registry: HooksRegistry,
     actions: HashMap<String, ActionFn>,
     agents: HashMap<String, AgentFn>,
+    adapters: AgentAdapterRegistry,
+    llm: Option<Arc<dyn LlmBackend>>,
     store: Option<Option<CheckpointStore>>,
     lock: Option<Arc<dyn ExecutionLock>>,
     max_steps: Option<u64>,
@@ -64,6 +67,8 @@ impl MachineBuilder {
             registry: HooksRegistry::new(),
             actions: HashMap::new(),
             agents: HashMap::new(),
+            adapters: AgentAdapterRegistry::new(),
+            llm: None,
             store: None,
             lock: None,
             max_steps: None,
@@ -108,6 +113,22 @@ impl MachineBuilder {
             name.into(),
             Arc::new(move |input, ctx| Box::pin(f(input, ctx))),
         );
+        self
+    }
+
+    /// The model service flatagents call (default: the built-in providers chosen by each
+    /// agent's `provider` — OpenAI-compatible or Anthropic, with the `openai`/`anthropic`
+    /// features — keys from the environment). Pass a
+    /// [`ScriptedBackend`](crate::agents::ScriptedBackend) to run offline.
+    pub fn llm_backend(mut self, backend: Arc<dyn LlmBackend>) -> Self {
+        self.llm = Some(backend);
+        self
+    }
+
+    /// Adds an adapter for agents declared as `{type: <name>, ref, config}` (replaces one of the
+    /// same type; `flatagent` and `subprocess` are built in).
+    pub fn agent_adapter(mut self, adapter: Arc<dyn AgentAdapter>) -> Self {
+        self.adapters.register(adapter);
         self
     }
 
@@ -217,6 +238,9 @@ impl MachineBuilder {
             registry: Arc::new(self.registry),
             actions: Arc::new(self.actions),
             agents: Arc::new(self.agents),
+            adapters: Arc::new(self.adapters),
+            llm: self.llm.unwrap_or_else(crate::agents::default_backend),
+            executors: Arc::default(),
             store,
             lock,
             checkpoint_on,

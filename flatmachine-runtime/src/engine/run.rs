@@ -3,6 +3,9 @@
 use super::DEFAULT_MAX_STEPS;
 use super::builder::MachineBuilder;
 use super::handlers::{ActionFn, AgentFn};
+use crate::agents::{
+    AdapterEnv, AgentAdapterRegistry, AgentExecutor, ClosureExecutor, LlmBackend, Usage,
+};
 use crate::error::error_type;
 use crate::hooks::{ActionOutcome, HooksRegistry, MachineHooks, NoopHooks};
 use crate::lock::{ExecutionLock, LockError};
@@ -29,6 +32,9 @@ pub struct RunResult {
     pub total_api_calls: u64,
     /// Agent cost.
     pub total_cost: f64,
+    /// Tokens used by agent calls in this run (not restored by `resume`: checkpoints hold
+    /// only `total_api_calls` and `total_cost`, as the reference's do).
+    pub usage: Usage,
     /// The context at the end.
     pub context: Context,
 }
@@ -127,6 +133,9 @@ pub(crate) struct Inner {
     pub registry: Arc<HooksRegistry>,
     pub actions: Arc<HashMap<String, ActionFn>>,
     pub agents: Arc<HashMap<String, AgentFn>>,
+    pub adapters: Arc<AgentAdapterRegistry>,
+    pub llm: Arc<dyn LlmBackend>,
+    pub executors: Arc<ExecutorCache>,
     pub store: Option<CheckpointStore>,
     pub lock: Arc<dyn ExecutionLock>,
     pub checkpoint_on: Option<Vec<String>>,
@@ -185,8 +194,13 @@ struct Run {
     step: u64,
     api_calls: u64,
     cost: f64,
+    usage: Usage,
     hooks: Arc<dyn MachineHooks>,
 }
+
+/// Executors built so far, by machine and agent name (shared by a machine and its children).
+pub(crate) type ExecutorCache =
+    std::sync::Mutex<HashMap<(usize, &'static str), Arc<dyn AgentExecutor>>>;
 
 impl Machine {
     /// Configure a machine from its compiled description.
@@ -285,6 +299,7 @@ impl Machine {
             step: snap.step,
             api_calls: snap.total_api_calls.unwrap_or(0),
             cost: snap.total_cost.unwrap_or(0.0),
+            usage: Usage::default(),
             hooks: self.hooks_for_resume()?,
         };
         if snap.event.as_deref() == Some("machine_end") {
@@ -309,6 +324,7 @@ impl Machine {
                 steps: snap.step,
                 total_api_calls: run.api_calls,
                 total_cost: run.cost,
+                usage: run.usage,
                 context: snap.context,
             });
         }
@@ -383,6 +399,7 @@ impl Machine {
             step: 0,
             api_calls: 0,
             cost: 0.0,
+            usage: Usage::default(),
             hooks,
         };
         let empty = Context::new();
@@ -563,6 +580,7 @@ impl Machine {
                     steps: run.step,
                     total_api_calls: run.api_calls,
                     total_cost: run.cost,
+                    usage: run.usage,
                     context,
                 });
             }
@@ -676,17 +694,20 @@ impl Machine {
         }
         if let Some(agent) = state.agent {
             let input = self.render_state_input(state, context)?;
-            let f = self
-                .inner
-                .agents
-                .get(agent)
-                .ok_or_else(|| StateError::new(error_type::AGENT, format!("no executor for agent `{agent}`: register one with `MachineBuilder::agent`")))?
-                .clone();
-            let result = f(input, context.clone()).await?;
+            let executor = self.executor(agent)?;
+            let result = crate::agents::execution::execute(
+                state.execution.as_ref(),
+                executor.as_ref(),
+                &input,
+                context,
+            )
+            .await?;
             run.api_calls += result.api_calls;
             run.cost += result.cost;
-            self.output_to_context(state, context, &result.output)?;
-            output = Some(result.output);
+            run.usage += result.usage;
+            let out = result.output_payload();
+            self.output_to_context(state, context, &out)?;
+            output = Some(out);
         }
         if state.is_final
             && let Some(tv) = &state.output
@@ -695,6 +716,50 @@ impl Machine {
             output = Some(out);
         }
         Ok(output)
+    }
+
+    /// The executor for `agent:` in this machine: a closure registered under that name, else
+    /// the adapter for the agent's type (built once, then cached).
+    fn executor(&self, agent: &str) -> Result<Arc<dyn AgentExecutor>, StateError> {
+        if let Some(f) = self.inner.agents.get(agent) {
+            return Ok(Arc::new(ClosureExecutor::new(f.clone())));
+        }
+        let spec = self.inner.spec;
+        let decl = spec.agents.iter().find(|a| a.name == agent).ok_or_else(|| {
+            StateError::new(
+                error_type::AGENT,
+                format!(
+                    "machine `{}` declares no agent `{agent}`: register one with `MachineBuilder::agent`",
+                    spec.name
+                ),
+            )
+        })?;
+        let key = (spec as *const MachineSpec as usize, decl.name);
+        let mut cache = self
+            .inner
+            .executors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = cache.get(&key) {
+            return Ok(e.clone());
+        }
+        let adapter = self.inner.adapters.get(decl.kind).ok_or_else(|| {
+            StateError::new(
+                error_type::AGENT,
+                format!(
+                    "agent `{agent}` has type `{}`, which has no adapter; registered: {}",
+                    decl.kind,
+                    self.inner.adapters.names().join(", ")
+                ),
+            )
+        })?;
+        let env = AdapterEnv {
+            machine: spec,
+            llm: self.inner.llm.clone(),
+        };
+        let executor = adapter.create_executor(decl, &env)?;
+        cache.insert(key, executor.clone());
+        Ok(executor)
     }
 
     async fn run_action(
@@ -768,6 +833,9 @@ impl Machine {
             registry: self.inner.registry.clone(),
             actions: self.inner.actions.clone(),
             agents: self.inner.agents.clone(),
+            adapters: self.inner.adapters.clone(),
+            llm: self.inner.llm.clone(),
+            executors: self.inner.executors.clone(),
             store: None,
             lock: Arc::new(crate::lock::NoOpLock),
             checkpoint_on: None,
