@@ -199,9 +199,10 @@ pub enum LlmErrorKind {
     ContextWindowExceeded,
     /// The provider refused the content.
     ContentPolicyViolation,
-    /// 500 and other 5xx without a more specific kind.
+    /// 500, 529 (Anthropic "overloaded", as LiteLLM maps it) and other 5xx without a more
+    /// specific kind.
     InternalServer,
-    /// 503, 529 (Anthropic "overloaded").
+    /// 503.
     ServiceUnavailable,
     /// The connection failed (refused, reset, DNS, TLS).
     ApiConnection,
