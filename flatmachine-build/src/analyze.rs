@@ -1,11 +1,16 @@
 //! Semantic checks over a loaded [`Project`] and lowering to the [`ir`](crate::ir) the code
 //! generator consumes. Every problem is collected in one pass; nothing stops at the first.
 
+use crate::agents::{ModelIr, PROMPT_SCOPE, ProfileSet};
 use crate::diagnostic::{Diagnostic, Diagnostics, did_you_mean};
 use crate::expr;
-use crate::ir::{MachineIr, Scope, StateIr, TemplateIr, TransitionIr};
-use crate::loader::{AgentUnit, MachineId, MachineUnit, Origin, Project};
+use crate::ir::{
+    AgentIr, AgentKindIr, FlatAgentIr, MachineIr, Scope, StateIr, TemplateIr, TransitionIr,
+};
+use crate::loader::{AgentUnit, MachineId, MachineUnit, Origin, ProfilesId, Project};
+use crate::model::AgentWrapper;
 use crate::model::{ExecutionType, ExpressionEngine, OnError, StateDefinition, StateType};
+use crate::source::Span;
 use crate::yaml::{Node, NodeKind, PathSeg};
 use indexmap::IndexMap;
 use std::collections::{BTreeSet, HashSet, VecDeque};
@@ -181,7 +186,7 @@ impl Cx<'_> {
         }
 
         self.graph_checks(&states, initial);
-        self.agent_prompts();
+        let agent_list = self.agents();
 
         let children = data
             .machines
@@ -199,13 +204,6 @@ impl Cx<'_> {
                 )
             })
             .collect();
-        let agent_list = self
-            .unit
-            .agents
-            .iter()
-            .map(|(n, a)| (n.clone(), matches!(a, AgentUnit::FlatAgent { .. })))
-            .collect();
-
         Some(MachineIr {
             id,
             module: module_names[id].clone(),
@@ -382,6 +380,9 @@ impl Cx<'_> {
                 &base_scope.with("output"),
             )
         });
+        if let Some(otc) = &def.output_to_context {
+            self.check_output_reads(def, &at(&[k("output_to_context")]), otc);
+        }
         let output = def.output.as_ref().map(|m| {
             if !is_final {
                 self.warn_key(
@@ -634,24 +635,29 @@ impl Cx<'_> {
 
     fn check_template(&mut self, rel: &[PathSeg], src: &str, scope: &Scope) {
         let origin = self.origin().clone();
-        self.check_template_in(&origin, rel, src, Some(scope));
+        self.check_template_in(&origin, rel, src, Some(scope), false);
     }
 
-    /// Check a template at `rel` under `origin`; with no scope, only its syntax.
+    /// The span of `len` bytes at `offset` inside the template string at `rel` under `origin`.
+    fn template_span(&self, origin: &Origin, rel: &[PathSeg], offset: usize, len: usize) -> Span {
+        let file = self.project.db.file(origin.file);
+        match self.project.node(origin, rel) {
+            Some(n) if matches!(n.kind, NodeKind::Str(_)) => n.span_in_value(file, offset, len),
+            Some(n) => n.span,
+            None => self.project.span(origin, rel),
+        }
+    }
+
+    /// Check a template at `rel` under `origin`; with no scope, only its syntax. In an agent's
+    /// prompt, a variable out of scope gets the hint that agents see only their input.
     fn check_template_in(
         &mut self,
         origin: &Origin,
         rel: &[PathSeg],
         src: &str,
         scope: Option<&Scope>,
+        agent_prompt: bool,
     ) {
-        let file = self.project.db.file(origin.file);
-        let node = self.project.node(origin, rel);
-        let locate = |offset: usize, len: usize| match node {
-            Some(n) if matches!(n.kind, NodeKind::Str(_)) => n.span_in_value(file, offset, len),
-            Some(n) => n.span,
-            None => self.project.span(origin, rel),
-        };
         let problems = match scope {
             Some(scope) => crate::templates::check(src, &scope.names),
             None => crate::templates::check_syntax(src),
@@ -659,45 +665,242 @@ impl Cx<'_> {
         let found: Vec<Diagnostic> = problems
             .into_iter()
             .map(|problem| {
-                let span = locate(problem.offset, problem.len);
+                let span = self.template_span(origin, rel, problem.offset, problem.len);
                 let mut d = Diagnostic::error(problem.message, Some(span));
-                d.help.extend(problem.help);
+                match (&problem.var, agent_prompt) {
+                    (Some(var), true) => {
+                        let names = scope.map(|s| s.names.as_slice()).unwrap_or_default();
+                        let close = did_you_mean(var, names.iter().map(String::as_str));
+                        let obvious = ["context", "output"].contains(&var.as_str());
+                        if let Some(c) = close.filter(|_| !obvious) {
+                            d.help.push(c);
+                        } else {
+                            d.help.push(
+                                "agents see only `input`: pass it from the state's `input:`".into(),
+                            );
+                        }
+                        d.notes
+                            .push(format!("a prompt may read `{}`", PROMPT_SCOPE.join("`, `")));
+                    }
+                    _ => d.help.extend(problem.help),
+                }
                 d
             })
             .collect();
         self.diags.extend(found);
     }
 
-    /// The prompts of this machine's flatagents must be valid templates (their variables are
-    /// the agent's business, so only the syntax is checked).
-    fn agent_prompts(&mut self) {
-        for agent in self.unit.agents.values() {
-            let AgentUnit::FlatAgent {
-                origin,
-                config: Some(cfg),
-                ..
-            } = agent
-            else {
-                continue;
-            };
-            let d = &cfg.data;
-            let fields = [
-                ("system", Some(&d.system)),
-                ("user", Some(&d.user)),
-                ("instruction_suffix", d.instruction_suffix.as_ref()),
-            ];
-            for (field, src) in fields {
-                if let Some(src) = src {
-                    self.check_template_in(origin, &[k("data"), k(field)], src, None);
-                }
-            }
-            if let Some(mcp) = &d.mcp {
-                self.check_template_in(
+    /// Check and lower this machine's agents.
+    fn agents(&mut self) -> Vec<AgentIr> {
+        let unit = self.unit;
+        let mut out = Vec::new();
+        for (key, agent) in &unit.agents {
+            let kind = match agent {
+                AgentUnit::Adapter {
+                    kind,
+                    reference,
+                    config,
+                } => AgentKindIr::Adapter {
+                    kind: kind.clone(),
+                    reference: reference.clone(),
+                    config: config
+                        .as_ref()
+                        .map(|c| serde_json::Value::Object(c.clone()).to_string()),
+                },
+                AgentUnit::FlatAgent {
                     origin,
-                    &[k("data"), k("mcp"), k("tool_prompt")],
-                    &mcp.tool_prompt,
-                    None,
+                    config: Some(cfg),
+                    profiles,
+                } => match self.flatagent(key, origin, cfg, *profiles) {
+                    Some(f) => AgentKindIr::Flat(Box::new(f)),
+                    None => AgentKindIr::Missing,
+                },
+                AgentUnit::FlatAgent { config: None, .. } | AgentUnit::Missing => {
+                    AgentKindIr::Missing
+                }
+            };
+            out.push(AgentIr {
+                key: key.clone(),
+                kind,
+            });
+        }
+        out
+    }
+
+    /// A flatagent: its prompts read only the agent's variables (and parse), its model
+    /// resolves (through the profiles) to a name.
+    fn flatagent(
+        &mut self,
+        key: &str,
+        origin: &Origin,
+        cfg: &AgentWrapper,
+        profiles: Option<ProfilesId>,
+    ) -> Option<FlatAgentIr> {
+        let d = &cfg.data;
+        let scope = Scope::new(PROMPT_SCOPE);
+        let fields = [
+            ("system", Some(&d.system)),
+            ("user", Some(&d.user)),
+            ("instruction_suffix", d.instruction_suffix.as_ref()),
+        ];
+        for (field, src) in fields {
+            if let Some(src) = src {
+                self.check_template_in(origin, &[k("data"), k(field)], src, Some(&scope), true);
+            }
+        }
+        if let Some(mcp) = &d.mcp {
+            self.check_template_in(
+                origin,
+                &[k("data"), k("mcp"), k("tool_prompt")],
+                &mcp.tool_prompt,
+                Some(&Scope::new(&["tools"])),
+                false,
+            );
+        }
+
+        let model_rel = [k("data"), k("model")];
+        let model_json = self
+            .project
+            .node(origin, &model_rel)
+            .map(|n| crate::yaml::to_json(n, &mut Vec::new()))
+            .unwrap_or_default();
+        let set = profiles.and_then(|p| profile_set(self.project, p));
+        let resolved = crate::agents::resolve(&model_json, set.as_ref());
+        let name = d
+            .name
+            .clone()
+            .or_else(|| {
+                cfg.metadata
+                    .as_ref()
+                    .and_then(|m| m.get("name"))
+                    .and_then(|n| n.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| key.to_string());
+        let model = ModelIr::from_merged(&resolved.merged);
+        if model.is_none() && !resolved.profile_missing {
+            let span = self.project.span(origin, &model_rel);
+            let help = if set.is_some() {
+                "set `name:` under `model:`, or in the profile it uses (or the `default` profile)"
+            } else {
+                "set `name:` under `model:`, or name a profile of a `profiles.yml` beside the agent or machine"
+            };
+            self.diags.push(
+                Diagnostic::error(
+                    format!("the model of agent `{name}` has no `name`"),
+                    Some(span),
+                )
+                .with_help(help),
+            );
+        }
+        let model = model?;
+        let metadata = cfg
+            .metadata
+            .as_ref()
+            .map(|m| serde_json::Value::Object(m.clone()).to_string())
+            .unwrap_or_else(|| "{}".to_string());
+        Some(FlatAgentIr {
+            name,
+            source: self.project.db.file(origin.file).display.clone(),
+            system: Some(d.system.clone()),
+            user: d.user.clone(),
+            instruction_suffix: d.instruction_suffix.clone(),
+            model,
+            output: d.output.clone().filter(|o| !o.is_empty()),
+            metadata,
+        })
+    }
+
+    /// In a state that calls a flatagent, `output.<field>` in `output_to_context` must be a
+    /// field the agent's output will have.
+    fn check_output_reads(
+        &mut self,
+        def: &StateDefinition,
+        rel: &[PathSeg],
+        map: &serde_json::Map<String, serde_json::Value>,
+    ) {
+        if def.machine.is_some() || def.foreach.is_some() {
+            return;
+        }
+        let Some(agent) = &def.agent else { return };
+        let Some(AgentUnit::FlatAgent {
+            origin,
+            config: Some(cfg),
+            ..
+        }) = self.unit.agents.get(agent)
+        else {
+            return;
+        };
+        let shown = self.project.db.file(origin.file).display.clone();
+        let parallel = def
+            .execution
+            .as_ref()
+            .is_some_and(|e| e.kind == ExecutionType::Parallel);
+        let schema = cfg.data.output.as_ref().filter(|o| !o.is_empty());
+        // `mdap_voting` parses the reply with the agent's `metadata.parsing` patterns.
+        let parsing = def
+            .execution
+            .as_ref()
+            .filter(|e| e.kind == ExecutionType::MdapVoting)
+            .and_then(|_| cfg.metadata.as_ref()?.get("parsing")?.as_object())
+            .filter(|p| !p.is_empty());
+        let (fields, also, note): (Vec<&str>, &[&str], String) = if parallel {
+            (
+                vec!["results", "count"],
+                &[],
+                "with `execution: {type: parallel}` the output is `{results, count}`".to_string(),
+            )
+        } else if let Some(parsing) = parsing {
+            let names: Vec<&str> = parsing.keys().map(String::as_str).collect();
+            let note = format!(
+                "with `execution: {{type: mdap_voting}}` the output has the fields of `metadata.parsing` of agent `{agent}` (`{shown}`): {}",
+                names.join(", ")
+            );
+            (names, &[], note)
+        } else if let Some(schema) = schema {
+            let names: Vec<&str> = schema.keys().map(String::as_str).collect();
+            let note = format!("agent `{agent}` (`{shown}`) outputs: {}", names.join(", "));
+            // `_raw` holds the reply when it is not valid JSON.
+            (names, &["_raw"], note)
+        } else {
+            (
+                vec!["content"],
+                &[],
+                format!(
+                    "agent `{agent}` (`{shown}`) has no `output` schema, so its output is `{{content}}`, the reply text"
+                ),
+            )
+        };
+        let free_text = schema.is_none() && !parallel && parsing.is_none();
+        let mut found = Vec::new();
+        collect_strings(rel, &serde_json::Value::Object(map.clone()), &mut found);
+        let origin = self.origin().clone();
+        for (path, src) in found {
+            for read in crate::agents::output_reads(&src) {
+                if fields.contains(&read.field.as_str()) || also.contains(&read.field.as_str()) {
+                    continue;
+                }
+                let span = self.template_span(&origin, &path, read.offset, read.len);
+                let msg = format!(
+                    "the output of agent `{agent}` has no field `{}`",
+                    read.field
                 );
+                // Without a schema the shape is only a convention between the prompt and the
+                // machine (real machines rely on it), so that is a warning.
+                let mut d = if free_text {
+                    Diagnostic::warning(msg, Some(span))
+                } else {
+                    Diagnostic::error(msg, Some(span))
+                }
+                .with_help_opt(did_you_mean(&read.field, fields.iter().copied()))
+                .with_note(note.clone());
+                if free_text {
+                    d = d.with_help(format!(
+                        "the field is always undefined: give the agent an `output:` schema with `{}`, or read `output.content`",
+                        read.field
+                    ));
+                }
+                self.diags.push(d);
             }
         }
     }
@@ -744,6 +947,44 @@ impl Cx<'_> {
             .help
             .push("mark the state where runs end `type: final`".into());
         }
+    }
+}
+
+/// The profiles of a loaded `profiles.yml` as JSON (`None` when it did not load).
+fn profile_set(project: &Project, pid: ProfilesId) -> Option<ProfileSet> {
+    let unit = project.profiles.get(pid)?;
+    let cfg = unit.config.as_ref()?;
+    let profiles = project
+        .node(&unit.origin, &[k("data"), k("model_profiles")])
+        .map(|n| crate::yaml::to_json(n, &mut Vec::new()))
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default();
+    Some(ProfileSet {
+        profiles,
+        default: cfg.data.default.clone(),
+        override_: cfg.data.override_.clone(),
+    })
+}
+
+/// Every string in a value tree, with its path.
+fn collect_strings(rel: &[PathSeg], v: &serde_json::Value, out: &mut Vec<(Vec<PathSeg>, String)>) {
+    match v {
+        serde_json::Value::String(s) => out.push((rel.to_vec(), s.clone())),
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let mut p = rel.to_vec();
+                p.push(PathSeg::Index(i));
+                collect_strings(&p, item, out);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (key, item) in map {
+                let mut p = rel.to_vec();
+                p.push(PathSeg::Key(key.clone()));
+                collect_strings(&p, item, out);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -246,14 +246,11 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
         let args = opt_template(args.as_ref(), rt, &mut slots);
         quote!(#rt::machine::HooksSpec { class: #class, args: #args })
     }));
-    let agents: Vec<TokenStream> = m
-        .agents
-        .iter()
-        .map(|(a, flat)| {
-            let kind = if *flat { "flatagent" } else { "adapter" };
-            quote!(#rt::machine::AgentSpec { name: #a, kind: #kind, flatagent: None, reference: None, config: None })
-        })
-        .collect();
+    let AgentItems {
+        statics: agent_statics,
+        specs: agents,
+        outputs: agent_outputs,
+    } = agent_items(m, rt);
     let machines: Vec<TokenStream> = m
         .children
         .iter()
@@ -347,6 +344,8 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
 
         #slot_statics
 
+        #(#agent_statics)*
+
         /// The machine's static description, executed by the runtime.
         pub static SPEC: #rt::machine::MachineSpec = #rt::machine::MachineSpec {
             name: NAME,
@@ -382,6 +381,8 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
         }
 
         #typed_actions
+
+        #agent_outputs
     }
 }
 
@@ -475,6 +476,375 @@ fn actions_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream) -> TokenStr
                             }
                         })
                     )*
+            }
+        }
+    }
+}
+
+/// What a machine's agents generate.
+struct AgentItems {
+    /// `static AGENT_n: AgentConfig` and the statics it refers to.
+    statics: Vec<TokenStream>,
+    /// One `AgentSpec` per entry of `agents:`.
+    specs: Vec<TokenStream>,
+    /// `pub mod agents` with a typed struct per structured output (empty when there is none).
+    outputs: TokenStream,
+}
+
+fn f64_lit(v: f64) -> TokenStream {
+    let lit = proc_macro2::Literal::f64_suffixed(v);
+    quote!(#lit)
+}
+
+fn agent_items(m: &MachineIr, rt: &TokenStream) -> AgentItems {
+    use crate::ir::AgentKindIr;
+    let mut statics = Vec::new();
+    let mut specs = Vec::new();
+    let mut outputs = OutputTypes::new(rt);
+    for (i, agent) in m.agents.iter().enumerate() {
+        let key = &agent.key;
+        match &agent.kind {
+            AgentKindIr::Flat(f) => {
+                let id = format_ident!("AGENT_{}", i);
+                let prompt = |suffix: &str, src: &str, statics: &mut Vec<TokenStream>| {
+                    let pid = format_ident!("AGENT_{}_{}", i, suffix);
+                    statics.push(quote! {
+                        static #pid: #rt::agents::Prompt = #rt::agents::Prompt::new(#src);
+                    });
+                    pid
+                };
+                let system = opt(f
+                    .system
+                    .as_deref()
+                    .map(|src| prompt("SYSTEM", src, &mut statics))
+                    .map(|p| quote!(&#p)));
+                let user = prompt("USER", &f.user, &mut statics);
+                let suffix = opt(f
+                    .instruction_suffix
+                    .as_deref()
+                    .map(|src| prompt("SUFFIX", src, &mut statics))
+                    .map(|p| quote!(&#p)));
+                let meta_id = format_ident!("AGENT_{}_METADATA", i);
+                let raw_id = format_ident!("AGENT_{}_MODEL", i);
+                let meta = &f.metadata;
+                let raw = f.model.raw.to_string();
+                statics.push(quote! {
+                    static #meta_id: #rt::agents::EmbeddedJson = #rt::agents::EmbeddedJson::new(#meta);
+                    static #raw_id: #rt::agents::EmbeddedJson = #rt::agents::EmbeddedJson::new(#raw);
+                });
+                let md = &f.model;
+                let s = |v: &Option<String>| opt(v.as_ref().map(|v| quote!(#v)));
+                let fl = |v: Option<f64>| opt(v.map(f64_lit));
+                let uu = |v: Option<u64>| opt(v.map(|v| quote!(#v)));
+                let (provider, name, base_url, api_key_env) = (
+                    s(&md.provider),
+                    &md.name,
+                    s(&md.base_url),
+                    s(&md.api_key_env),
+                );
+                let (temperature, top_p, fp, pp) = (
+                    fl(md.temperature),
+                    fl(md.top_p),
+                    fl(md.frequency_penalty),
+                    fl(md.presence_penalty),
+                );
+                let (icost, ocost, timeout) = (
+                    fl(md.input_cost_per_token),
+                    fl(md.output_cost_per_token),
+                    fl(md.timeout),
+                );
+                let (max_tokens, top_k, max_retries) =
+                    (uu(md.max_tokens), uu(md.top_k), uu(md.max_retries));
+                let seed = opt(md.seed.map(|v| quote!(#v)));
+                let output = opt(f.output.as_ref().map(|o| {
+                    let fields = o.iter().map(|(n, d)| output_field(n, d, rt));
+                    quote!(&[#(#fields),*])
+                }));
+                let agent_name = &f.name;
+                let source = &f.source;
+                let doc = format!(" Agent `{key}` (from `{source}`).");
+                statics.push(quote! {
+                    #[doc = #doc]
+                    static #id: #rt::agents::AgentConfig = #rt::agents::AgentConfig {
+                        name: #agent_name,
+                        source: #source,
+                        system: #system,
+                        user: &#user,
+                        instruction_suffix: #suffix,
+                        model: #rt::agents::ModelParams {
+                            provider: #provider,
+                            name: #name,
+                            temperature: #temperature,
+                            max_tokens: #max_tokens,
+                            top_p: #top_p,
+                            top_k: #top_k,
+                            frequency_penalty: #fp,
+                            presence_penalty: #pp,
+                            seed: #seed,
+                            base_url: #base_url,
+                            api_key_env: #api_key_env,
+                            input_cost_per_token: #icost,
+                            output_cost_per_token: #ocost,
+                            timeout: #timeout,
+                            max_retries: #max_retries,
+                            raw: &#raw_id,
+                        },
+                        output: #output,
+                        metadata: &#meta_id,
+                    };
+                });
+                specs.push(quote!(#rt::machine::AgentSpec { name: #key, kind: "flatagent", flatagent: Some(&#id), reference: None, config: None }));
+                if let Some(o) = &f.output {
+                    outputs.agent(key, source, &id, o);
+                }
+            }
+            AgentKindIr::Adapter {
+                kind,
+                reference,
+                config,
+            } => {
+                let reference = opt(reference.as_ref().map(|r| quote!(#r)));
+                let config = opt(config.as_ref().map(|c| {
+                    let cid = format_ident!("AGENT_{}_CONFIG", i);
+                    statics.push(quote! {
+                        static #cid: #rt::agents::EmbeddedJson = #rt::agents::EmbeddedJson::new(#c);
+                    });
+                    quote!(&#cid)
+                }));
+                specs.push(quote!(#rt::machine::AgentSpec { name: #key, kind: #kind, flatagent: None, reference: #reference, config: #config }));
+            }
+            AgentKindIr::Missing => {
+                specs.push(quote!(#rt::machine::AgentSpec { name: #key, kind: "flatagent", flatagent: None, reference: None, config: None }));
+            }
+        }
+    }
+    AgentItems {
+        statics,
+        specs,
+        outputs: outputs.finish(),
+    }
+}
+
+fn output_kind(t: crate::model::OutputType) -> Ident {
+    use crate::model::OutputType as T;
+    format_ident!(
+        "{}",
+        match t {
+            T::Str => "Str",
+            T::Int => "Int",
+            T::Float => "Float",
+            T::Bool => "Bool",
+            T::Json => "Json",
+            T::List => "List",
+            T::Object => "Object",
+        }
+    )
+}
+
+/// An `OutputField` literal (nested fields inline: constant data, promoted to statics).
+fn output_field(name: &str, d: &crate::model::OutputFieldDef, rt: &TokenStream) -> TokenStream {
+    let kind = output_kind(d.kind);
+    let description = opt(d.description.as_ref().map(|s| quote!(#s)));
+    let enums: Vec<&String> = d.enum_values.iter().flatten().collect();
+    let required = d.required.unwrap_or(true);
+    let items = opt(d.items.as_ref().map(|it| {
+        let f = output_field("", it, rt);
+        quote!(&#f)
+    }));
+    let props: Vec<TokenStream> = d
+        .properties
+        .iter()
+        .flatten()
+        .map(|(n, p)| output_field(n, p, rt))
+        .collect();
+    quote!(#rt::agents::OutputField {
+        name: #name,
+        kind: #rt::agents::OutputKind::#kind,
+        description: #description,
+        enum_values: &[#(#enums),*],
+        required: #required,
+        items: #items,
+        properties: &[#(#props),*],
+    })
+}
+
+/// Serde types for the agents' structured outputs, in a `pub mod agents`.
+struct OutputTypes<'a> {
+    rt: &'a TokenStream,
+    used: std::collections::HashSet<String>,
+    items: Vec<TokenStream>,
+}
+
+impl<'a> OutputTypes<'a> {
+    fn new(rt: &'a TokenStream) -> Self {
+        Self {
+            rt,
+            used: std::collections::HashSet::new(),
+            items: Vec::new(),
+        }
+    }
+
+    /// A type name from `parts` (UpperCamelCase, sanitised), unique in the module.
+    fn name(&mut self, base: &str) -> Ident {
+        let base = crate::ir::variant_names(&[base]).remove(0);
+        let mut name = base.clone();
+        let mut n = 2;
+        while !self.used.insert(name.clone()) {
+            name = format!("{base}{n}");
+            n += 1;
+        }
+        format_ident!("{}", name)
+    }
+
+    fn serde_attrs(&self) -> TokenStream {
+        let rt = self.rt;
+        let krate = format!("{}::__private::serde", rt.to_string().replace(' ', ""));
+        quote! {
+            #[derive(Debug, Clone, PartialEq, #rt::__private::serde::Serialize, #rt::__private::serde::Deserialize)]
+            #[serde(crate = #krate)]
+        }
+    }
+
+    fn agent(
+        &mut self,
+        key: &str,
+        source: &str,
+        config: &Ident,
+        fields: &indexmap::IndexMap<String, crate::model::OutputFieldDef>,
+    ) {
+        let rt = self.rt;
+        let base = crate::ir::variant_names(&[key]).remove(0);
+        let doc = format!(" The structured output of agent `{key}` (from `{source}`).");
+        let name = self.strukt(&format!("{base}Output"), &base, &doc, fields);
+        self.items.push(quote! {
+            impl #name {
+                /// The name of the agent in the machine's `agents:`.
+                pub const AGENT: &'static str = #key;
+
+                /// The compiled agent this type is the output of.
+                pub fn config() -> &'static #rt::agents::AgentConfig {
+                    &super::#config
+                }
+            }
+        });
+    }
+
+    /// A struct for an object's fields; nested types are named `<prefix><Field>`.
+    fn strukt(
+        &mut self,
+        type_name: &str,
+        prefix: &str,
+        doc: &str,
+        fields: &indexmap::IndexMap<String, crate::model::OutputFieldDef>,
+    ) -> Ident {
+        let rt = self.rt;
+        let name = self.name(type_name);
+        let mut used = std::collections::HashSet::new();
+        let mut members = Vec::new();
+        for (field, def) in fields {
+            let base = crate::ir::snake_ident(field);
+            let mut ident = base.clone();
+            let mut n = 2;
+            while !used.insert(ident.clone()) {
+                ident = format!("{base}_{n}");
+                n += 1;
+            }
+            let camel = crate::ir::variant_names(&[field]).remove(0);
+            let ty = self.ty(&format!("{prefix}{camel}"), def);
+            let ident = format_ident!("{}", ident);
+            let rename = (ident != field.as_str()).then(|| quote!(#[serde(rename = #field)]));
+            let docs = def.description.iter().map(|d| format!(" {d}"));
+            let (ty, default) = if def.required == Some(false) {
+                (
+                    quote!(::core::option::Option<#ty>),
+                    quote!(#[serde(default)]),
+                )
+            } else {
+                (ty, quote!())
+            };
+            members.push(quote! {
+                #(#[doc = #docs])*
+                #rename
+                #default
+                pub #ident: #ty,
+            });
+        }
+        let attrs = self.serde_attrs();
+        let _ = rt;
+        self.items.push(quote! {
+            #[doc = #doc]
+            #attrs
+            pub struct #name {
+                #(#members)*
+            }
+        });
+        name
+    }
+
+    fn ty(&mut self, type_name: &str, d: &crate::model::OutputFieldDef) -> TokenStream {
+        use crate::model::OutputType as T;
+        let rt = self.rt;
+        let value = quote!(#rt::__private::serde_json::Value);
+        match d.kind {
+            T::Str => match d.enum_values.as_ref().filter(|e| !e.is_empty()) {
+                Some(values) => {
+                    let mut values: Vec<&str> = values.iter().map(String::as_str).collect();
+                    let mut seen = std::collections::HashSet::new();
+                    values.retain(|v| seen.insert(*v));
+                    let name = self.name(type_name);
+                    let variants: Vec<Ident> = crate::ir::variant_names(&values)
+                        .into_iter()
+                        .map(|v| format_ident!("{}", v))
+                        .collect();
+                    let doc = format!(" Allowed values: {}.", values.join(", "));
+                    let krate = format!("{}::__private::serde", rt.to_string().replace(' ', ""));
+                    self.items.push(quote! {
+                        #[doc = #doc]
+                        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, #rt::__private::serde::Serialize, #rt::__private::serde::Deserialize)]
+                        #[serde(crate = #krate)]
+                        pub enum #name {
+                            #(#[serde(rename = #values)] #variants,)*
+                        }
+                    });
+                    quote!(#name)
+                }
+                None => quote!(::std::string::String),
+            },
+            T::Int => quote!(i64),
+            T::Float => quote!(f64),
+            T::Bool => quote!(bool),
+            T::Json => value,
+            T::List => match &d.items {
+                Some(items) => {
+                    let inner = self.ty(&format!("{type_name}Item"), items);
+                    quote!(::std::vec::Vec<#inner>)
+                }
+                None => quote!(::std::vec::Vec<#value>),
+            },
+            T::Object => match d.properties.as_ref().filter(|p| !p.is_empty()) {
+                Some(props) => {
+                    let doc = match &d.description {
+                        Some(desc) => format!(" {desc}"),
+                        None => format!(" `{type_name}` of a structured output."),
+                    };
+                    let name = self.strukt(type_name, type_name, &doc, props);
+                    quote!(#name)
+                }
+                None => quote!(#rt::__private::serde_json::Map<::std::string::String, #value>),
+            },
+        }
+    }
+
+    fn finish(self) -> TokenStream {
+        if self.items.is_empty() {
+            return TokenStream::new();
+        }
+        let items = self.items;
+        quote! {
+            /// Typed structured outputs of this machine's flatagents (one struct per agent with an
+            /// `output` schema), to deserialize an agent's output with `serde_json::from_value`.
+            pub mod agents {
+                #(#items)*
             }
         }
     }

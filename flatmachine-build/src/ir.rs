@@ -102,12 +102,60 @@ pub struct MachineIr {
     pub hooks: Option<(String, Option<TemplateIr>)>,
     /// Child machines: name → module name of the compiled child (None when it failed to load).
     pub children: Vec<(String, Option<String>)>,
-    /// Agents: name → whether it is a flatagent (else an adapter reference).
-    pub agents: Vec<(String, bool)>,
+    /// Agents, in `agents:` order.
+    pub agents: Vec<AgentIr>,
     /// Every `action:` name used.
     pub actions: BTreeSet<String>,
     /// Expression engine.
     pub engine: ExpressionEngine,
+}
+
+/// One entry of a machine's `agents:`.
+#[derive(Debug, Clone)]
+pub struct AgentIr {
+    /// The name in `agents:`.
+    pub key: String,
+    /// What it is.
+    pub kind: AgentKindIr,
+}
+
+/// How an agent is given.
+#[derive(Debug, Clone)]
+pub enum AgentKindIr {
+    /// A flatagent, compiled.
+    Flat(Box<FlatAgentIr>),
+    /// A typed reference `{type, ref, config}`, resolved at run time.
+    Adapter {
+        /// `type`.
+        kind: String,
+        /// `ref`.
+        reference: Option<String>,
+        /// `config`, as JSON text.
+        config: Option<String>,
+    },
+    /// A flatagent that could not be loaded (errors say why).
+    Missing,
+}
+
+/// A flatagent, checked and resolved.
+#[derive(Debug, Clone)]
+pub struct FlatAgentIr {
+    /// `data.name`, else `metadata.name`, else the name in `agents:`.
+    pub name: String,
+    /// The file it came from (as displayed).
+    pub source: String,
+    /// `data.system`.
+    pub system: Option<String>,
+    /// `data.user`.
+    pub user: String,
+    /// `data.instruction_suffix`.
+    pub instruction_suffix: Option<String>,
+    /// The resolved model.
+    pub model: crate::agents::ModelIr,
+    /// `data.output` (`None` or empty: free text).
+    pub output: Option<indexmap::IndexMap<String, crate::model::OutputFieldDef>>,
+    /// `metadata` as JSON text (`{}` when absent).
+    pub metadata: String,
 }
 
 const KEYWORDS: &[&str] = &[

@@ -9,6 +9,7 @@
 // Diagnostics are the cold path; keeping them unboxed keeps the code plain.
 #![allow(clippy::result_large_err, clippy::large_enum_variant)]
 
+pub mod agents;
 pub mod analyze;
 pub mod builder;
 pub mod codegen;

@@ -469,12 +469,10 @@ impl Loader {
             return AgentUnit::Missing;
         }
         let config: Option<AgentWrapper> = self.typed(&agent_origin, SchemaKind::Agent, "agent");
-        // Profiles are discovered only for agents that name one, as the reference does.
-        let needs_profiles = config.as_ref().is_some_and(|c| match &c.data.model {
-            ModelRef::Profile(_) => true,
-            ModelRef::Config(m) => m.profile.is_some(),
-        });
-        let profiles = if needs_profiles {
+        // Profiles are discovered for every flatagent, so the `default` and `override` layers
+        // apply to all of them: the agent's folder first, else the machine's (the nearest file
+        // wins entirely).
+        let profiles = if config.is_some() {
             match self.profiles_in(&agent_dir) {
                 Some(p) => Some(p),
                 None => self.profiles_in(dir),
@@ -522,6 +520,14 @@ impl Loader {
             return;
         };
         if !pcfg.data.model_profiles.contains_key(&name) {
+            // With a usable `default` the reference warns and falls back to it; the name is
+            // almost always a typo, so it is still reported.
+            let fallback = pcfg
+                .data
+                .default
+                .as_ref()
+                .filter(|d| pcfg.data.model_profiles.contains_key(*d))
+                .cloned();
             let names: Vec<&str> = pcfg
                 .data
                 .model_profiles
@@ -534,14 +540,45 @@ impl Loader {
                 .file(self.project.profiles[pid].origin.file)
                 .display
                 .clone();
+            let diag = match &fallback {
+                None => Diagnostic::error(format!("unknown model profile `{name}`"), Some(span)),
+                Some(d) => Diagnostic::warning(
+                    format!("unknown model profile `{name}`: the default profile `{d}` is used"),
+                    Some(span),
+                ),
+            };
             self.project.diagnostics.push(
-                Diagnostic::error(format!("unknown model profile `{name}`"), Some(span))
-                    .with_help_opt(did_you_mean(&name, names.iter().copied()))
+                diag.with_help_opt(did_you_mean(&name, names.iter().copied()))
                     .with_note(format!(
                         "profiles defined in `{shown}`: {}",
                         names.join(", ")
                     )),
             );
+        }
+    }
+
+    /// `default` and `override` must name profiles of the file; the reference only logs a
+    /// warning and skips the layer, so this is a warning too.
+    fn check_profile_layers(&mut self, origin: &Origin, cfg: &ProfilesWrapper) {
+        let names: Vec<&str> = cfg.data.model_profiles.keys().map(String::as_str).collect();
+        for (key, value) in [
+            ("default", cfg.data.default.as_ref()),
+            ("override", cfg.data.override_.as_ref()),
+        ] {
+            let Some(value) = value else { continue };
+            if cfg.data.model_profiles.contains_key(value) {
+                continue;
+            }
+            let span = self.project.span(origin, &[seg("data"), seg(key)]);
+            let mut d = Diagnostic::warning(
+                format!("`{key}` names unknown model profile `{value}`, so it is ignored"),
+                Some(span),
+            )
+            .with_help_opt(did_you_mean(value, names.iter().copied()));
+            if d.help.is_empty() {
+                d = d.with_note(format!("profiles defined here: {}", names.join(", ")));
+            }
+            self.project.diagnostics.push(d);
         }
     }
 
@@ -561,6 +598,9 @@ impl Loader {
                     } else {
                         None
                     };
+                    if let Some(cfg) = &config {
+                        self.check_profile_layers(&origin, cfg);
+                    }
                     self.project.profiles.push(ProfilesUnit { origin, config });
                     Some(self.project.profiles.len() - 1)
                 }

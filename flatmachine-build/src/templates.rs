@@ -14,7 +14,26 @@ pub struct TemplateProblem {
     pub len: usize,
     /// What to do.
     pub help: Option<String>,
+    /// The variable read out of scope, for that kind of problem.
+    pub var: Option<String>,
 }
+
+/// Names Jinja provides everywhere (its global functions, and what a `for` or macro binds), so
+/// reading them is never "out of scope".
+pub const JINJA_GLOBALS: &[&str] = &[
+    "range",
+    "dict",
+    "namespace",
+    "lipsum",
+    "cycler",
+    "joiner",
+    "debug",
+    "loop",
+    "caller",
+    "varargs",
+    "kwargs",
+    "self",
+];
 
 /// Whether a string is a template (`{{` or `{%`), as the reference decides.
 pub fn is_template(src: &str) -> bool {
@@ -60,6 +79,7 @@ fn check_inner(src: &str, scope: Option<&[String]>) -> Vec<TemplateProblem> {
                 offset,
                 len,
                 help,
+                var: None,
             }];
         }
     };
@@ -70,7 +90,7 @@ fn check_inner(src: &str, scope: Option<&[String]>) -> Vec<TemplateProblem> {
     let mut vars: Vec<String> = tmpl.undeclared_variables(false).into_iter().collect();
     vars.sort();
     for var in vars {
-        if scope.iter().any(|s| s == &var) {
+        if scope.iter().any(|s| s == &var) || JINJA_GLOBALS.contains(&var.as_str()) {
             continue;
         }
         let (offset, len) = find_word(src, &var).unwrap_or((0, 0));
@@ -84,6 +104,7 @@ fn check_inner(src: &str, scope: Option<&[String]>) -> Vec<TemplateProblem> {
             offset,
             len,
             help: Some(help),
+            var: Some(var),
         });
     }
     problems
@@ -172,5 +193,10 @@ mod tests {
         );
         assert!(p.is_empty(), "{p:?}");
         assert!(check("plain", &scope(&[])).is_empty());
+        let p = check(
+            "{% for i in range(3) %}{{ loop.index }}{{ i }}{% endfor %}{{ dict(a=1) }}",
+            &scope(&[]),
+        );
+        assert!(p.is_empty(), "{p:?}");
     }
 }

@@ -294,7 +294,8 @@ fn run_case(ws: &Workspace, t: &Target, bytes: &[u8], parsed: &mut HashSet<u64>)
 fn signature(irs: &[Option<flatmachine_build::ir::MachineIr>]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for ir in irs.iter().flatten() {
-        (&ir.module, &ir.name, &ir.actions, &ir.agents, &ir.children).hash(&mut h);
+        (&ir.module, &ir.name, &ir.actions, &ir.children).hash(&mut h);
+        format!("{:?}", ir.agents).hash(&mut h);
         (ir.engine == flatmachine_build::model::ExpressionEngine::Cel).hash(&mut h);
         for st in &ir.states {
             (&st.name, &st.variant).hash(&mut h);

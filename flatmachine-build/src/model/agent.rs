@@ -88,6 +88,24 @@ pub struct ModelConfig {
     /// Provider endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
+    /// Stream responses (accepted; responses are read whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// Extension (not in FlatAgents 1.0.0): the environment variable holding the API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Extension (LiteLLM's name): price of one prompt token, for cost accounting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_cost_per_token: Option<f64>,
+    /// Extension (LiteLLM's name): price of one completion token, for cost accounting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_cost_per_token: Option<f64>,
+    /// Extension: seconds allowed per HTTP call to the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    /// Extension: transport retries of rate-limit and server errors per call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u64>,
 }
 
 /// One structured output field.
