@@ -1038,3 +1038,38 @@ fn default_backends_by_provider() {
         assert_eq!(default_backend_for(provider).name(), "openai");
     }
 }
+
+#[tokio::test]
+async fn full_endpoint_urls_are_not_doubled() {
+    let server = Server::start(|_, body| {
+        if body.get("system").is_some() {
+            ok(anthropic_reply())
+        } else {
+            ok(openai_reply())
+        }
+    })
+    .await;
+    let env = key_var("endpoints", "sk-e");
+    let bases = [
+        format!("{}/v1", server.anthropic_base()),
+        format!("{}/v1/messages", server.anthropic_base()),
+    ];
+    for base in bases {
+        AnthropicBackend::new()
+            .complete(&request("anthropic", &base, &env))
+            .await
+            .unwrap();
+    }
+    let mut request = request(
+        "openai",
+        &format!("{}/chat/completions", server.openai_base()),
+        &env,
+    );
+    request.messages = vec![Message::new(Role::User, "hi")];
+    OpenAiBackend::new().complete(&request).await.unwrap();
+    let paths: Vec<String> = server.received().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        paths,
+        ["/v1/messages", "/v1/messages", "/v1/chat/completions"]
+    );
+}

@@ -17,7 +17,8 @@ use crate::agents::llm::{
 /// `anthropic-version: 2023-06-01` and `content-type: application/json`.
 ///
 /// * **Endpoint**: the request's `base_url`, else `$ANTHROPIC_BASE_URL`, else
-///   [`DEFAULT_BASE_URL`](Self::DEFAULT_BASE_URL).
+///   [`DEFAULT_BASE_URL`](Self::DEFAULT_BASE_URL), followed by `/v1/messages` (a base already
+///   ending in `/v1` or `/v1/messages` is not doubled).
 /// * **Key**: read at call time from the variable named by the request's `api_key_env`, else
 ///   `$ANTHROPIC_API_KEY`. A missing (or blank) key is a
 ///   [`Configuration`](LlmErrorKind::Configuration) error naming the variable — unless the
@@ -36,7 +37,7 @@ use crate::agents::llm::{
 ///   `cache_creation_input_tokens`), `cached_tokens` is `cache_read_input_tokens`, and
 ///   `output_tokens` as given. A reply without a `content` array is an
 ///   [`Api`](LlmErrorKind::Api) error.
-/// * **Transport**: as [`OpenAiBackend`](super::OpenAiBackend); a 529 ("overloaded") is
+/// * **Transport**: as described in the [`providers`](super) module; a 529 ("overloaded") is
 ///   retried and, if it persists, is an [`InternalServer`](LlmErrorKind::InternalServer)
 ///   error, as LiteLLM maps it.
 ///
@@ -196,7 +197,7 @@ impl LlmBackend for AnthropicBackend {
             .post_json(
                 Call {
                     provider: "anthropic",
-                    url: format!("{base}/v1/messages"),
+                    url: http::endpoint(&base, "/v1/messages"),
                     headers,
                     body: &body,
                     secret: key.as_deref(),

@@ -103,7 +103,7 @@ pub(crate) struct Call<'a> {
 impl Transport {
     /// A transport with a fresh client. HTTPS uses rustls with the platform's root certificates;
     /// if the process has no default rustls crypto provider yet, `ring` is installed as the
-    /// default (as [`WebhookHooks`](crate::hooks::WebhookHooks) does).
+    /// default (as `WebhookHooks` does).
     pub fn new() -> Self {
         if rustls::crypto::CryptoProvider::get_default().is_none() {
             // Fails only if another thread installed one meanwhile, which is just as good.
@@ -513,6 +513,18 @@ pub(crate) fn base_url(request: &LlmRequest, env: &str, default: &str) -> String
     base.trim().trim_end_matches('/').to_string()
 }
 
+/// `base` followed by `path` (`/chat/completions`, `/v1/messages`), unless `base` already ends
+/// with `path`; a base ending in `/v1` is not given a second one.
+pub(crate) fn endpoint(base: &str, path: &str) -> String {
+    if base.ends_with(path) {
+        return base.to_string();
+    }
+    match path.strip_prefix("/v1/") {
+        Some(rest) if base.ends_with("/v1") => format!("{base}/{rest}"),
+        _ => format!("{base}{path}"),
+    }
+}
+
 /// Whether the request names its own endpoint (then a key is optional).
 pub(crate) fn has_base_url(request: &LlmRequest) -> bool {
     request
@@ -568,6 +580,30 @@ mod tests {
         assert_eq!(kind_for_status(502, ""), LlmErrorKind::InternalServer);
         assert_eq!(kind_for_status(504, ""), LlmErrorKind::Timeout);
         assert_eq!(kind_for_status(418, ""), LlmErrorKind::Api);
+    }
+
+    #[test]
+    fn endpoints_join() {
+        assert_eq!(
+            endpoint("http://h/v1", "/chat/completions"),
+            "http://h/v1/chat/completions"
+        );
+        assert_eq!(
+            endpoint("http://h/v1/chat/completions", "/chat/completions"),
+            "http://h/v1/chat/completions"
+        );
+        assert_eq!(
+            endpoint("https://a.com", "/v1/messages"),
+            "https://a.com/v1/messages"
+        );
+        assert_eq!(
+            endpoint("https://a.com/v1", "/v1/messages"),
+            "https://a.com/v1/messages"
+        );
+        assert_eq!(
+            endpoint("https://a.com/v1/messages", "/v1/messages"),
+            "https://a.com/v1/messages"
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Built-in LLM providers (features `openai`, `anthropic`; `llm` enables both).
 //!
-//! - [`OpenAiBackend`] (feature `openai`): OpenAI-compatible chat completions — OpenAI and any
+//! - `OpenAiBackend` (feature `openai`): OpenAI-compatible chat completions — OpenAI and any
 //!   server speaking its API (Ollama, llama.cpp, vLLM, Groq, Cerebras, LM Studio, ...).
-//! - [`AnthropicBackend`] (feature `anthropic`): the Anthropic Messages API.
+//! - `AnthropicBackend` (feature `anthropic`): the Anthropic Messages API.
 //! - [`ProviderRouter`]: one [`LlmBackend`] dispatching on [`LlmRequest::provider`]:
 //!   `anthropic` to Anthropic, everything else to the OpenAI-compatible backend.
 //!
@@ -72,9 +72,9 @@ pub use http::{
 #[cfg(feature = "openai")]
 pub use openai::{JsonMode, OpenAiBackend};
 
-/// The built-in backend for `provider`: `anthropic` (any case) gets an [`AnthropicBackend`],
+/// The built-in backend for `provider`: `anthropic` (any case) gets an `AnthropicBackend`,
 /// every other provider (`openai`, `ollama`, `groq`, `cerebras`, `vllm`, none, ...) an
-/// [`OpenAiBackend`]. When the needed feature is not compiled in, the backend returned fails
+/// `OpenAiBackend`. When the needed feature is not compiled in, the backend returned fails
 /// every call with a [`Configuration`](LlmErrorKind::Configuration) error naming the feature.
 pub fn default_backend_for(provider: Option<&str>) -> Arc<dyn LlmBackend> {
     if provider.is_some_and(|p| p.eq_ignore_ascii_case("anthropic")) {
@@ -93,7 +93,7 @@ pub fn default_backend_for(provider: Option<&str>) -> Arc<dyn LlmBackend> {
 
 /// A backend for a provider whose feature is not compiled in.
 #[derive(Debug)]
-#[cfg_attr(all(feature = "openai", feature = "anthropic"), allow(dead_code))]
+#[cfg_attr(feature = "anthropic", allow(dead_code))]
 struct Unavailable {
     feature: &'static str,
 }
@@ -123,10 +123,12 @@ fn unavailable(provider: Option<&str>, feature: &str) -> LlmError {
 /// An [`LlmBackend`] that sends each request to the backend registered for its
 /// [`provider`](LlmRequest::provider) (matched case-insensitively), else to the default backend.
 ///
-/// [`ProviderRouter::new`] registers the built-ins: `anthropic` → [`AnthropicBackend`]
+/// [`ProviderRouter::new`] registers the built-ins: `anthropic` → `AnthropicBackend`
 /// (feature `anthropic`) and, as the default for every other provider (`openai`, `ollama`,
-/// `groq`, `cerebras`, `vllm`, none, ...), [`OpenAiBackend`] (feature `openai`).
-/// [`with`](Self::with) adds or overrides a provider, [`with_default`](Self::with_default) the
+/// `groq`, `cerebras`, `vllm`, none, ...), `OpenAiBackend` (feature `openai`).
+/// Without the `anthropic` feature, `anthropic` requests fail with a
+/// [`Configuration`](LlmErrorKind::Configuration) error rather than reaching the
+/// OpenAI-compatible default. [`with`](Self::with) adds or overrides a provider, [`with_default`](Self::with_default) the
 /// fallback. A request no backend serves fails with a
 /// [`Configuration`](LlmErrorKind::Configuration) error.
 #[derive(Clone)]
@@ -164,6 +166,16 @@ impl ProviderRouter {
         #[cfg(feature = "anthropic")]
         {
             router = router.with("anthropic", Arc::new(AnthropicBackend::new()));
+        }
+        #[cfg(not(feature = "anthropic"))]
+        {
+            // Not to the OpenAI-compatible default: fail with a clear message instead.
+            router = router.with(
+                "anthropic",
+                Arc::new(Unavailable {
+                    feature: "anthropic",
+                }),
+            );
         }
         #[cfg(feature = "openai")]
         {

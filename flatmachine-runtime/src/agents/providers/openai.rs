@@ -29,7 +29,8 @@ pub enum JsonMode {
 /// Calls an OpenAI-compatible chat completions endpoint: `POST {base}/chat/completions`.
 ///
 /// * **Endpoint**: the request's `base_url`, else `$OPENAI_BASE_URL`, else
-///   [`DEFAULT_BASE_URL`](Self::DEFAULT_BASE_URL).
+///   [`DEFAULT_BASE_URL`](Self::DEFAULT_BASE_URL), followed by `/chat/completions` (unless it
+///   already ends so).
 /// * **Key**: read at call time from the variable named by the request's `api_key_env`, else
 ///   `$OPENAI_API_KEY`, and sent as `Authorization: Bearer <key>`. A missing (or blank) key is a
 ///   [`Configuration`](LlmErrorKind::Configuration) error naming the variable — unless the
@@ -214,7 +215,7 @@ impl LlmBackend for OpenAiBackend {
             .post_json(
                 Call {
                     provider: "openai",
-                    url: format!("{base}/chat/completions"),
+                    url: http::endpoint(&base, "/chat/completions"),
                     headers,
                     body: &body,
                     secret: key.as_deref(),
