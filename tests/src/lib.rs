@@ -1,1 +1,3 @@
 //! Shared helpers for flatmachine's integration tests.
+
+pub mod loopback_llm;

@@ -56,6 +56,12 @@ impl AgentResult {
         Value::Object(m)
     }
 
+    /// The payload read as a typed value, e.g. the serde struct the compiler generates for an
+    /// agent's `output` schema (`my_machine::agents::CriticOutput`).
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_value(self.output_payload())
+    }
+
     /// Whether the payload is empty (no output, no text, or an empty object): what `retry`
     /// with `retry_on_empty` retries.
     pub fn is_empty(&self) -> bool {

@@ -1,0 +1,368 @@
+//! Agents end to end: compiled flatagents (corpus machines included) calling the built-in
+//! providers over real HTTP against a loopback server that speaks the providers' JSON.
+
+use async_trait::async_trait;
+use flatmachine_runtime::agents::{
+    AgentAdapter, AgentExecutor, AgentResult, LlmBackend, LlmError, LlmRequest, LlmResponse,
+    ProviderRouter, ScriptedBackend, SubprocessAdapter,
+};
+use flatmachine_runtime::{AgentOutput, Machine, StateError, Value, flatmachine};
+use flatmachine_tests::loopback_llm::{
+    LoopbackLlm, Received, anthropic_reply, error_reply, openai_reply,
+};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+flatmachine!(
+    "../../shared/conformance/corpus/writer_critic/config/machine.yml",
+    allow_warnings
+);
+flatmachine!("machines/agents/agent_features.yml");
+
+/// Sends every request to `base`, as a profile's `base_url` would.
+struct AtBase {
+    inner: Arc<dyn LlmBackend>,
+    base: String,
+}
+
+#[async_trait]
+impl LlmBackend for AtBase {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+        let mut r = request.clone();
+        r.base_url = Some(self.base.clone());
+        self.inner.complete(&r).await
+    }
+}
+
+fn openai_at(server: &LoopbackLlm) -> Arc<dyn LlmBackend> {
+    Arc::new(AtBase {
+        inner: Arc::new(ProviderRouter::new()),
+        base: server.openai_base(),
+    })
+}
+
+/// The corpus's writer/critic loop, unchanged: four agents, retry execution, structured
+/// extraction, a conditional loop; the critic scores 6 then 9.
+#[tokio::test]
+async fn corpus_writer_critic_runs_against_the_loopback_server() {
+    let reviews = Arc::new(AtomicU32::new(0));
+    let r = reviews.clone();
+    let server = LoopbackLlm::start(move |req: &Received| {
+        let system = req.system();
+        let user = req.message("user");
+        if system.starts_with("You write short") {
+            openai_reply("Here's one: **Brew bold. Live loud.**", 30, 10)
+        } else if system.starts_with("Extract the marketing tagline") {
+            openai_reply(
+                "```json\n{\"tagline\": \"Brew bold. Live loud.\"}\n```",
+                20,
+                8,
+            )
+        } else if system.starts_with("You critique") {
+            let n = r.fetch_add(1, Ordering::SeqCst);
+            let score = if n == 0 { 6 } else { 9 };
+            openai_reply(&format!("Score: {score}\nFeedback: punchier please"), 25, 9)
+        } else if system.starts_with("Extract the score") {
+            let score = if user.contains("Score: 9") { 9 } else { 6 };
+            openai_reply(
+                &format!("{{\"score\": {score}, \"feedback\": \"punchier please\"}}"),
+                22,
+                7,
+            )
+        } else {
+            error_reply(400, &format!("unexpected prompt: {system}"))
+        }
+    })
+    .await;
+    let machine = Machine::of::<writer_critic_loop::Machine>()
+        .llm_backend(openai_at(&server))
+        .no_persistence()
+        .build()
+        .unwrap();
+    let result = machine
+        .run(json!({"product": "cold brew", "target_score": 8}))
+        .await
+        .unwrap();
+    assert_eq!(
+        result.output,
+        json!({"tagline": "Brew bold. Live loud.", "score": 9, "rounds": 2})
+    );
+    let received = server.received();
+    assert_eq!(received.len(), 8, "two rounds of four agents");
+    assert_eq!(result.total_api_calls, 8);
+    assert_eq!(result.usage.input_tokens, 2 * (30 + 20 + 25 + 22));
+    assert_eq!(result.usage.output_tokens, 2 * (10 + 8 + 9 + 7));
+    let expected_cost = 2.0 * ((97.0 * 0.001 + 34.0 * 0.002) / 1000.0);
+    assert!(
+        (result.total_cost - expected_cost).abs() < 1e-12,
+        "{}",
+        result.total_cost
+    );
+    // The wire: the profile's model without its provider prefix, the profile's temperature.
+    let first = &received[0];
+    assert_eq!(first.path, "/v1/chat/completions");
+    assert_eq!(first.body["model"], "zai-glm-4.7");
+    assert_eq!(first.body["messages"][0]["role"], "system");
+    assert_eq!(first.body["messages"][1]["role"], "user");
+    assert!(first.message("user").contains("cold brew"));
+    // The extractor asks for JSON with a schema of its output fields.
+    let extractor = &received[1];
+    assert_eq!(extractor.body["temperature"], 0.1);
+    assert_eq!(extractor.body["response_format"]["type"], "json_schema");
+    assert_eq!(
+        extractor.body["response_format"]["json_schema"]["schema"]["properties"]["tagline"]["type"],
+        "string"
+    );
+}
+
+/// Our own machine exercising prompt rendering, instruction suffix, every sampling parameter,
+/// a schema violation routed by `on_error`, and Anthropic's wire format.
+#[tokio::test]
+async fn prompts_parameters_and_schema_errors_on_the_wire() {
+    let server = LoopbackLlm::start(|req: &Received| {
+        if req.path == "/v1/messages" {
+            return anthropic_reply("{\"verdict\": \"approve\", \"confidence\": 0.9}", 11, 5);
+        }
+        let user = req.message("user");
+        if user.contains("BAD") {
+            openai_reply("{\"verdict\": \"maybe\", \"confidence\": \"high\"}", 5, 5)
+        } else {
+            openai_reply(
+                "Sure! {\"verdict\": \"reject\", \"confidence\": 0.25} Hope it helps.",
+                5,
+                5,
+            )
+        }
+    })
+    .await;
+    let backend: Arc<dyn LlmBackend> = Arc::new(AtBase {
+        inner: Arc::new(ProviderRouter::new()),
+        base: server.anthropic_base(),
+    });
+    // The OpenAI-style agent's base needs `/v1`; the Anthropic one appends `/v1/messages` itself.
+    struct Split {
+        openai: Arc<dyn LlmBackend>,
+        anthropic: Arc<dyn LlmBackend>,
+    }
+    #[async_trait]
+    impl LlmBackend for Split {
+        fn name(&self) -> &str {
+            "split"
+        }
+        async fn complete(&self, r: &LlmRequest) -> Result<LlmResponse, LlmError> {
+            if r.provider.as_deref() == Some("anthropic") {
+                self.anthropic.complete(r).await
+            } else {
+                self.openai.complete(r).await
+            }
+        }
+    }
+    let machine = Machine::of::<agent_features::Machine>()
+        .llm_backend(Arc::new(Split {
+            openai: openai_at(&server),
+            anthropic: backend,
+        }))
+        .no_persistence()
+        .build()
+        .unwrap();
+
+    let ok = machine
+        .run(json!({"doc": "a short memo", "reviewer": "Ada"}))
+        .await
+        .unwrap();
+    assert_eq!(ok.final_state, "done", "{:?}", ok.output);
+    assert_eq!(ok.output["verdict"], "reject");
+    assert_eq!(ok.output["second_opinion"], "approve");
+    let rx = server.received();
+    let openai = &rx[0];
+    let body = &openai.body;
+    assert_eq!(body["model"], "gpt-4o-mini");
+    assert_eq!(body["temperature"], 0.3);
+    assert_eq!(body["max_tokens"], 300);
+    assert_eq!(body["top_p"], 0.9);
+    assert_eq!(body["frequency_penalty"], 0.5);
+    assert_eq!(body["presence_penalty"], 0.25);
+    assert_eq!(body["seed"], 7);
+    assert_eq!(
+        openai.message("system"),
+        "You review documents for Ada. Model: openai/gpt-4o-mini."
+    );
+    assert_eq!(
+        openai.message("user"),
+        "Review: a short memo\n\nAnswer in JSON with verdict and confidence for Ada."
+    );
+    let anthropic = &rx[1];
+    assert_eq!(anthropic.path, "/v1/messages");
+    assert_eq!(anthropic.header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(anthropic.body["model"], "claude-sonnet-4-5");
+    assert_eq!(anthropic.body["top_k"], 40);
+    assert!(
+        anthropic.body["system"]
+            .as_str()
+            .unwrap()
+            .contains("JSON object")
+    );
+
+    // A reply that violates the schema (enum and type) is an error the machine routes.
+    let bad = machine
+        .run(json!({"doc": "BAD memo", "reviewer": "Ada"}))
+        .await
+        .unwrap();
+    assert_eq!(bad.final_state, "failed");
+    assert_eq!(bad.output["error_type"], "OutputValidationError");
+    let msg = bad.output["error"].as_str().unwrap();
+    assert!(msg.contains("not one of approve, reject"), "{msg}");
+    assert!(
+        msg.contains("\\\"confidence\\\": \\\"high\\\""),
+        "the raw reply is quoted: {msg}"
+    );
+}
+
+/// Provider errors carry LiteLLM's type names, so `on_error` maps route them by type.
+#[tokio::test]
+async fn provider_errors_route_by_litellm_type_name() {
+    let server = LoopbackLlm::start(|_| error_reply(401, "Incorrect API key provided")).await;
+    let machine = Machine::of::<agent_features::Machine>()
+        .llm_backend(openai_at(&server))
+        .no_persistence()
+        .build()
+        .unwrap();
+    let r = machine
+        .run(json!({"doc": "memo", "reviewer": "Ada"}))
+        .await
+        .unwrap();
+    assert_eq!(r.final_state, "auth_failed");
+    assert_eq!(r.output["error_type"], "AuthenticationError");
+}
+
+/// The offline backend sees exactly what a provider would.
+#[tokio::test]
+async fn scripted_backend_records_requests() {
+    let backend = Arc::new(ScriptedBackend::replies([
+        Ok(LlmResponse::text(
+            "{\"verdict\": \"approve\", \"confidence\": 1}",
+        )),
+        Ok(LlmResponse::text(
+            "{\"verdict\": \"approve\", \"confidence\": 1}",
+        )),
+    ]));
+    let machine = Machine::of::<agent_features::Machine>()
+        .llm_backend(backend.clone())
+        .no_persistence()
+        .build()
+        .unwrap();
+    let r = machine
+        .run(json!({"doc": "memo", "reviewer": "Grace"}))
+        .await
+        .unwrap();
+    assert_eq!(r.output["verdict"], "approve");
+    let reqs = backend.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].model, "gpt-4o-mini");
+    assert_eq!(reqs[1].provider.as_deref(), Some("anthropic"));
+}
+
+/// Closures, a custom adapter and the subprocess adapter all run through `AgentExecutor`.
+#[tokio::test]
+async fn closures_adapters_and_subprocesses_share_one_trait() {
+    struct Echo;
+    #[async_trait]
+    impl AgentExecutor for Echo {
+        async fn execute(
+            &self,
+            input: &Value,
+            _context: &flatmachine_runtime::Context,
+        ) -> Result<AgentResult, StateError> {
+            Ok(AgentResult::from_output(json!({"echo": input["text"]})))
+        }
+    }
+    struct EchoAdapter;
+    impl AgentAdapter for EchoAdapter {
+        fn type_name(&self) -> &str {
+            "echo"
+        }
+        fn create_executor(
+            &self,
+            _agent: &'static flatmachine_runtime::machine::AgentSpec,
+            _env: &flatmachine_runtime::agents::AdapterEnv,
+        ) -> Result<Arc<dyn AgentExecutor>, StateError> {
+            Ok(Arc::new(Echo))
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("agent.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nread -r line\necho \"{\\\"output\\\": {\\\"seen\\\": $line}, \\\"usage\\\": {\\\"api_calls\\\": 2, \\\"input_tokens\\\": 3}, \\\"cost\\\": 0.5}\"\n",
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let machine = Machine::of::<agent_features::Machine>()
+        .agent_adapter(Arc::new(EchoAdapter))
+        .agent_adapter(Arc::new(
+            SubprocessAdapter::new("external").with_command([script.display().to_string()]),
+        ))
+        .agent("reviewer", |input: Value, _ctx| async move {
+            Ok(AgentOutput::new(
+                json!({"verdict": "approve", "confidence": input["doc"].as_str().map(str::len)}),
+            ))
+        })
+        .llm_backend(Arc::new(ScriptedBackend::always(
+            "{\"verdict\": \"approve\", \"confidence\": 1}",
+        )))
+        .no_persistence()
+        .build()
+        .unwrap();
+    let r = machine
+        .run(json!({"doc": "four", "reviewer": "Ada", "extras": true}))
+        .await
+        .unwrap();
+    assert_eq!(r.final_state, "done", "{:?}", r.context);
+    assert_eq!(r.context["echoed"], json!({"echo": "four"}));
+    let seen = &r.context["external"]["seen"];
+    assert_eq!(seen["input"], json!({"text": "four"}));
+    assert_eq!(seen["ref"], "./tools/external-agent");
+    assert_eq!(seen["config"], json!({"mode": "strict"}));
+    assert_eq!(seen["context"]["doc"], "four");
+    // closure (1) + second opinion (1) + echo (1) + subprocess (2)
+    assert_eq!(r.total_api_calls, 5);
+    assert!((r.total_cost - 0.5).abs() < 1e-12);
+}
+
+/// The serde struct generated for an agent's `output` reads its results in Rust.
+#[tokio::test]
+async fn typed_outputs_read_agent_results() {
+    use agent_features::agents::ReviewerOutput;
+    use flatmachine_runtime::agents::FlatAgentExecutor;
+    let backend = Arc::new(ScriptedBackend::always(
+        "{\"verdict\": \"approve\", \"confidence\": 0.75}",
+    ));
+    let exec = FlatAgentExecutor::new(ReviewerOutput::config(), backend);
+    let result = exec
+        .execute(
+            &json!({"doc": "memo", "reviewer": "Ada"}),
+            &flatmachine_runtime::Context::new(),
+        )
+        .await
+        .unwrap();
+    let typed: ReviewerOutput = result.parse().unwrap();
+    assert_eq!(typed.confidence, 0.75);
+    assert_eq!(
+        serde_json::to_value(&typed.verdict).unwrap(),
+        json!("approve")
+    );
+    // The request is inspectable before anything is sent.
+    let req = exec
+        .request(&json!({"doc": "memo", "reviewer": "Ada"}))
+        .unwrap();
+    assert_eq!(req.temperature, 0.3);
+    assert_eq!(req.seed, Some(7));
+}
