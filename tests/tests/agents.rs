@@ -366,3 +366,60 @@ async fn typed_outputs_read_agent_results() {
     assert_eq!(req.temperature, 0.3);
     assert_eq!(req.seed, Some(7));
 }
+
+/// Agent calls and cost are totalled in every checkpoint, and no key ever reaches one.
+#[tokio::test]
+async fn checkpoints_carry_agent_totals_and_no_keys() {
+    let server = LoopbackLlm::start(|req: &Received| {
+        let text = "{\"verdict\": \"approve\", \"confidence\": 0.5}";
+        if req.path == "/v1/messages" {
+            anthropic_reply(text, 1000, 500)
+        } else {
+            openai_reply(text, 1000, 500)
+        }
+    })
+    .await;
+    let key_var = "FLATMACHINE_TEST_KEY_CHECKPOINTS";
+    // SAFETY: set once, before any request reads it; the name is unique to this test.
+    unsafe { std::env::set_var(key_var, "sk-secret-checkpoint-key") };
+    struct WithKey {
+        inner: Arc<dyn LlmBackend>,
+        var: &'static str,
+    }
+    #[async_trait]
+    impl LlmBackend for WithKey {
+        fn name(&self) -> &str {
+            "with-key"
+        }
+        async fn complete(&self, r: &LlmRequest) -> Result<LlmResponse, LlmError> {
+            let mut r = r.clone();
+            r.api_key_env = Some(self.var.to_string());
+            self.inner.complete(&r).await
+        }
+    }
+    let store = flatmachine_runtime::persistence::CheckpointStore::memory();
+    let machine = Machine::of::<agent_features::Machine>()
+        .llm_backend(Arc::new(WithKey {
+            inner: openai_at(&server),
+            var: key_var,
+        }))
+        .persistence(store.clone())
+        .build()
+        .unwrap();
+    let r = machine
+        .run_with_id("agents-ckpt", json!({"doc": "memo", "reviewer": "Ada"}))
+        .await
+        .unwrap();
+    assert_eq!(r.final_state, "done", "{:?}", r.output);
+    assert_eq!(r.total_api_calls, 2);
+    assert_eq!(
+        server.received()[0].header("authorization"),
+        Some("Bearer sk-secret-checkpoint-key")
+    );
+    let snap = store.load_latest("agents-ckpt").await.unwrap().unwrap();
+    assert_eq!(snap.total_api_calls, Some(2));
+    let per_call = (1000.0 * 0.001 + 500.0 * 0.002) / 1000.0;
+    assert!((snap.total_cost.unwrap() - 2.0 * per_call).abs() < 1e-12);
+    let text = serde_json::to_string(&snap).unwrap();
+    assert!(!text.contains("sk-secret"), "a key reached a checkpoint");
+}
