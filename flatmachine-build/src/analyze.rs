@@ -666,7 +666,13 @@ impl Cx<'_> {
             .into_iter()
             .map(|problem| {
                 let span = self.template_span(origin, rel, problem.offset, problem.len);
-                let mut d = Diagnostic::error(problem.message, Some(span));
+                let message = match (&problem.var, agent_prompt) {
+                    (Some(var), true) => {
+                        format!("agent prompt reads `{var}`, which is not in scope in prompts")
+                    }
+                    _ => problem.message,
+                };
+                let mut d = Diagnostic::error(message, Some(span));
                 match (&problem.var, agent_prompt) {
                     (Some(var), true) => {
                         let names = scope.map(|s| s.names.as_slice()).unwrap_or_default();
