@@ -67,7 +67,15 @@ fn backends(dir: &Path) -> Vec<(&'static str, Arc<dyn PersistenceBackend>)> {
     ]
 }
 
+/// The files below `root`, without the checksum files (`*.json.crc32`) that sit beside every
+/// snapshot we write (see `files_with_checksums_under`).
 fn files_under(root: &Path) -> Vec<String> {
+    let mut out = files_with_checksums_under(root);
+    out.retain(|name| !name.ends_with(".json.crc32"));
+    out
+}
+
+fn files_with_checksums_under(root: &Path) -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
