@@ -207,7 +207,11 @@ mod killing {
 
     #[async_trait::async_trait]
     impl PersistenceBackend for KillingBackend {
-        async fn save(&self, key: &str, snapshot: &MachineSnapshot) -> Result<(), PersistenceError> {
+        async fn save(
+            &self,
+            key: &str,
+            snapshot: &MachineSnapshot,
+        ) -> Result<(), PersistenceError> {
             self.inner.save(key, snapshot).await?;
             if self.point.before_latest && key == self.target(&snapshot.execution_id) {
                 die();

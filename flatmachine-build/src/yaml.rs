@@ -190,9 +190,23 @@ pub fn parse(file_id: FileId, file: &SourceFile) -> Result<Node, Diagnostic> {
 /// Drives saphyr's event parser (which keeps its own stacks on the heap) into saphyr's tree
 /// loader, counting open sequences and mappings: deeper than [`MAX_DEPTH`] stops at once with a
 /// located error, so neither the tree nor anything that walks it recursively ever gets deep.
-fn load_limited<'a>(file_id: FileId, file: &'a SourceFile) -> Result<Vec<MarkedYaml<'a>>, Diagnostic> {
+fn load_limited<'a>(
+    file_id: FileId,
+    file: &'a SourceFile,
+) -> Result<Vec<MarkedYaml<'a>>, Diagnostic> {
+    let too_deep = |at: usize| {
+        Diagnostic::error(
+            format!("YAML nested too deeply (more than {MAX_DEPTH} levels)"),
+            Some(Span::new(file_id, at, at)),
+        )
+        .with_help("a machine file needs a few levels; flatten this structure")
+    };
     let invalid = |e: &ScanError| {
         let at = file.byte_of_char(e.marker().index());
+        // saphyr's scanner has its own limit on flow nesting (`[[[…`, `{{{…`).
+        if e.info().contains("recursion limit exceeded") {
+            return too_deep(at);
+        }
         Diagnostic::error(
             format!("invalid YAML: {}", e.info()),
             Some(Span::new(file_id, at, at)),
@@ -206,12 +220,7 @@ fn load_limited<'a>(file_id: FileId, file: &'a SourceFile) -> Result<Vec<MarkedY
             Event::SequenceStart(..) | Event::MappingStart(..) => {
                 depth += 1;
                 if depth > MAX_DEPTH {
-                    let at = file.byte_of_char(span.start.index());
-                    return Err(Diagnostic::error(
-                        format!("YAML nested too deeply (more than {MAX_DEPTH} levels)"),
-                        Some(Span::new(file_id, at, at)),
-                    )
-                    .with_help("a machine file needs a few levels; flatten this structure"));
+                    return Err(too_deep(file.byte_of_char(span.start.index())));
                 }
             }
             Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),

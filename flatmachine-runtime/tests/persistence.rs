@@ -11,9 +11,8 @@ use std::sync::Arc;
 
 use flatmachine_runtime::persistence::{
     CheckpointStore, LaunchIntent, LocalFileBackend, MAX_EXECUTION_ID_LEN, MachineSnapshot,
-    MemoryBackend,
-    PersistenceBackend, PersistenceError, checkpoint_event, latest_key, parse_snapshot_key,
-    snapshot_key, validate_execution_id, validate_key,
+    MemoryBackend, PersistenceBackend, PersistenceError, checkpoint_event, latest_key,
+    parse_snapshot_key, snapshot_key, validate_execution_id, validate_key,
 };
 use flatmachine_runtime::{Context, StateError};
 use serde_json::json;
@@ -914,7 +913,8 @@ async fn a_latest_pointer_to_another_executions_snapshot_is_refused() {
     std::fs::write(root.join("a/latest"), &b_key).unwrap();
     let err = store.load_latest("a").await.unwrap_err();
     assert!(
-        err.to_string().contains("outside the execution's directory"),
+        err.to_string()
+            .contains("outside the execution's directory"),
         "{err}"
     );
 }
@@ -988,8 +988,7 @@ async fn edited_snapshots_are_refused_and_reference_snapshots_load() {
     );
 
     // The checksum is zlib's CRC-32 of the file's exact bytes.
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&sum).unwrap()).unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&sum).unwrap()).unwrap();
     assert_eq!(record["algorithm"], "crc32");
     assert!(record["checksum"].as_str().unwrap().len() == 8, "{record}");
 

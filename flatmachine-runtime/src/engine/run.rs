@@ -369,7 +369,9 @@ impl Machine {
             checkpoint_event::STATE_ENTER => Entry::AfterEnter,
             checkpoint_event::EXECUTE => Entry::AfterExecute,
             checkpoint_event::STATE_EXIT => Entry::AfterExit(
-                snap.output.filter(|_| spec.states[state].is_final).map(Value::Object),
+                snap.output
+                    .filter(|_| spec.states[state].is_final)
+                    .map(Value::Object),
             ),
             other => {
                 return Err(corrupt(format!(

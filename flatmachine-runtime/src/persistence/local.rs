@@ -133,8 +133,7 @@ impl LocalFileBackend {
                 sum_path.display()
             ))
         })?;
-        if record.get("created_at").and_then(|v| v.as_str()) != Some(snapshot.created_at.as_str())
-        {
+        if record.get("created_at").and_then(|v| v.as_str()) != Some(snapshot.created_at.as_str()) {
             tracing::warn!(
                 checkpoint = %path.display(),
                 "checksum file belongs to an earlier version of the snapshot; loading it unchecked"
