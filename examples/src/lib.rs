@@ -56,3 +56,202 @@ pub fn order_machine(crash_in_charge: bool, checkpoint_dir: &std::path::Path) ->
             Ok(ctx)
         })
 }
+
+flatmachine_runtime::flatmachine!("machines/long_run.yml");
+
+/// The checkpoint events, in run order (as in checkpoint keys).
+pub const CHECKPOINT_EVENTS: [&str; 5] = [
+    "machine_start",
+    "state_enter",
+    "execute",
+    "state_exit",
+    "machine_end",
+];
+
+/// Where [`long_run_machine`] kills its own process with SIGKILL (for crash tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KillPoint {
+    /// The step of the checkpoint.
+    pub step: u64,
+    /// Its event (one of [`CHECKPOINT_EVENTS`]).
+    pub event: String,
+    /// Kill after the snapshot is written but before `latest` points to it (else after).
+    pub before_latest: bool,
+}
+
+/// The long-run machine: checkpoints in files below `dir` (fsync off, passed as an explicit
+/// store, so the builder's file lock is used), hooks that count every hook call into the
+/// context, actions that fold each step into `acc`. With `kill`, the process SIGKILLs itself
+/// right after writing that checkpoint.
+pub fn long_run_machine(dir: &std::path::Path, kill: Option<KillPoint>) -> MachineBuilder {
+    use flatmachine_runtime::persistence::{CheckpointStore, LocalFileBackend};
+    let backend = LocalFileBackend::new(dir.join(".checkpoints")).with_fsync(false);
+    let backend: std::sync::Arc<dyn flatmachine_runtime::persistence::PersistenceBackend> =
+        match kill {
+            Some(point) => std::sync::Arc::new(killing::KillingBackend {
+                inner: backend,
+                point,
+            }),
+            None => std::sync::Arc::new(backend),
+        };
+    Machine::of::<long_run::Machine>()
+        .persistence(CheckpointStore::new(backend))
+        .lock_dir(dir.join(".locks"))
+        .hooks(std::sync::Arc::new(killing::CountingHooks))
+        .action("tick", |mut ctx: Context| async move {
+            let i = int(&ctx, "i") + 1;
+            ctx.insert("i".into(), i.into());
+            fold(&mut ctx, i);
+            let branch = if i % 5 == 0 { "side" } else { "tick" };
+            ctx.insert("branch".into(), branch.into());
+            Ok(ctx)
+        })
+        .action("side", |mut ctx: Context| async move {
+            let trips = int(&ctx, "side_trips") + 1;
+            ctx.insert("side_trips".into(), trips.into());
+            fold(&mut ctx, 1000 + trips);
+            ctx.insert("branch".into(), "tick".into());
+            Ok(ctx)
+        })
+}
+
+fn int(ctx: &Context, key: &str) -> i64 {
+    ctx.get(key).and_then(Value::as_i64).unwrap_or(0)
+}
+
+/// `acc = (acc * 31 + x) mod 1_000_003`: order-sensitive, so a repeated or skipped step shows.
+fn fold(ctx: &mut Context, x: i64) {
+    let acc = (int(ctx, "acc") * 31 + x) % 1_000_003;
+    ctx.insert("acc".into(), acc.into());
+}
+
+mod killing {
+    use flatmachine_runtime::hooks::{HookError, MachineHooks};
+    use flatmachine_runtime::persistence::{
+        LocalFileBackend, MachineSnapshot, PersistenceBackend, PersistenceError, snapshot_key,
+    };
+    use flatmachine_runtime::{Context, Value};
+
+    use super::KillPoint;
+
+    /// Counts every hook call into the context (`hooks.<name>`), so a hook run twice or
+    /// skipped by a resume changes the final context.
+    pub(super) struct CountingHooks;
+
+    fn count(ctx: &mut Context, name: &str) {
+        let hooks = ctx
+            .entry("hooks")
+            .or_insert_with(|| Value::Object(Context::new()));
+        if let Value::Object(map) = hooks {
+            let n = map.get(name).and_then(Value::as_i64).unwrap_or(0) + 1;
+            map.insert(name.into(), n.into());
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MachineHooks for CountingHooks {
+        async fn on_machine_start(&self, context: &mut Context) -> Result<(), HookError> {
+            count(context, "machine_start");
+            Ok(())
+        }
+
+        async fn on_state_enter(&self, _: &str, context: &mut Context) -> Result<(), HookError> {
+            count(context, "state_enter");
+            Ok(())
+        }
+
+        async fn on_state_exit(
+            &self,
+            _: &str,
+            context: &mut Context,
+            _: &mut Option<Value>,
+        ) -> Result<(), HookError> {
+            count(context, "state_exit");
+            Ok(())
+        }
+
+        async fn on_transition(
+            &self,
+            _: &str,
+            to: &str,
+            context: &mut Context,
+        ) -> Result<String, HookError> {
+            count(context, "transition");
+            Ok(to.to_string())
+        }
+    }
+
+    /// A file backend that SIGKILLs its process once the checkpoint of its [`KillPoint`] is
+    /// written (before or after the `latest` pointer names it).
+    pub(super) struct KillingBackend {
+        pub(super) inner: LocalFileBackend,
+        pub(super) point: KillPoint,
+    }
+
+    impl KillingBackend {
+        fn target(&self, execution_id: &str) -> String {
+            snapshot_key(execution_id, self.point.step, &self.point.event)
+        }
+    }
+
+    /// SIGKILL, from outside (`kill -KILL <pid>`): no destructor, no flush, no unwinding.
+    fn die() -> ! {
+        let pid = std::process::id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status();
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl PersistenceBackend for KillingBackend {
+        async fn save(
+            &self,
+            key: &str,
+            snapshot: &MachineSnapshot,
+        ) -> Result<(), PersistenceError> {
+            self.inner.save(key, snapshot).await?;
+            if self.point.before_latest && key == self.target(&snapshot.execution_id) {
+                die();
+            }
+            Ok(())
+        }
+
+        async fn load(&self, key: &str) -> Result<Option<MachineSnapshot>, PersistenceError> {
+            self.inner.load(key).await
+        }
+
+        async fn save_text(&self, key: &str, text: &str) -> Result<(), PersistenceError> {
+            self.inner.save_text(key, text).await?;
+            if !self.point.before_latest
+                && let Some(id) = key.strip_suffix("/latest")
+                && text == self.target(id)
+            {
+                die();
+            }
+            Ok(())
+        }
+
+        async fn load_text(&self, key: &str) -> Result<Option<String>, PersistenceError> {
+            self.inner.load_text(key).await
+        }
+
+        async fn delete(&self, key: &str) -> Result<(), PersistenceError> {
+            self.inner.delete(key).await
+        }
+
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, PersistenceError> {
+            self.inner.list(prefix).await
+        }
+
+        async fn remove_temporaries(&self, execution_id: &str) -> Result<(), PersistenceError> {
+            self.inner.remove_temporaries(execution_id).await
+        }
+
+        fn file_path(&self, key: &str) -> Option<std::path::PathBuf> {
+            self.inner.file_path(key)
+        }
+    }
+}

@@ -173,12 +173,22 @@ impl Cx<'_> {
 
         let mut states = Vec::new();
         let mut actions = BTreeSet::new();
+        let state_names: Vec<&str> = index.keys().copied().collect();
         for (i, (name, def)) in data.states.iter().enumerate() {
             let rel = vec![k("data"), k("states"), k(name)];
             if let Some(a) = &def.action {
                 actions.insert(a.clone());
             }
-            states.push(self.state(i, name, def, &rel, &index, &agents, &machines, engine));
+            states.push(self.state(
+                i,
+                name,
+                def,
+                &rel,
+                (&index, &state_names),
+                &agents,
+                &machines,
+                engine,
+            ));
         }
         let variants = crate::ir::variant_names(&names);
         for (s, v) in states.iter_mut().zip(variants) {
@@ -233,7 +243,7 @@ impl Cx<'_> {
         name: &str,
         def: &StateDefinition,
         rel: &[PathSeg],
-        index: &IndexMap<&str, usize>,
+        (index, state_names): (&IndexMap<&str, usize>, &[&str]),
         agents: &[&str],
         machines: &[&str],
         engine: ExpressionEngine,
@@ -243,7 +253,6 @@ impl Cx<'_> {
             p.extend_from_slice(extra);
             p
         };
-        let state_names: Vec<&str> = index.keys().copied().collect();
         let is_final = def.kind == Some(StateType::Final);
 
         // References to agents, machines and launches.
@@ -434,7 +443,7 @@ impl Cx<'_> {
                     target,
                     &at(&[k("on_error")]),
                     index,
-                    &state_names,
+                    state_names,
                     "on_error",
                 ) {
                     on_error.push(("default".to_string(), t));
@@ -447,7 +456,7 @@ impl Cx<'_> {
                         target,
                         &at(&[k("on_error"), k(ty)]),
                         index,
-                        &state_names,
+                        state_names,
                         "on_error",
                     ) {
                         on_error.push((ty.clone(), t));
@@ -485,7 +494,7 @@ impl Cx<'_> {
             };
             let mut to_rel = trel.clone();
             to_rel.push(k("to"));
-            if let Some(to) = self.target(name, &t.to, &to_rel, index, &state_names, "transition") {
+            if let Some(to) = self.target(name, &t.to, &to_rel, index, state_names, "transition") {
                 transitions.push(TransitionIr { to, condition });
             }
         }

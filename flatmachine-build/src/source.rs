@@ -45,18 +45,34 @@ pub struct SourceFile {
     /// The file's text.
     pub text: String,
     line_starts: Vec<usize>,
+    /// Byte offset of every [`CHAR_STRIDE`]-th character; empty for ASCII text (where character
+    /// and byte offsets are equal).
+    char_marks: Vec<usize>,
 }
+
+/// Characters between two entries of [`SourceFile::char_marks`]: `byte_of_char` walks at most
+/// this many characters, and the table takes an eighth of the text's size at most.
+const CHAR_STRIDE: usize = 64;
 
 impl SourceFile {
     /// A source file from its path, display name and text.
     pub fn new(path: PathBuf, display: String, text: String) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        let char_marks = if text.is_ascii() {
+            Vec::new()
+        } else {
+            text.char_indices()
+                .step_by(CHAR_STRIDE)
+                .map(|(b, _)| b)
+                .collect()
+        };
         Self {
             path,
             display,
             text,
             line_starts,
+            char_marks,
         }
     }
 
@@ -76,15 +92,19 @@ impl SourceFile {
         (line + 1, col + 1)
     }
 
-    /// Byte offset of a character index (saphyr reports positions in characters).
+    /// Byte offset of a character index (saphyr reports positions in characters). Constant
+    /// time: at most [`CHAR_STRIDE`] characters are walked.
     pub fn byte_of_char(&self, char_index: usize) -> usize {
-        if self.text.is_ascii() {
+        if self.char_marks.is_empty() {
             return char_index.min(self.text.len());
         }
-        self.text
+        let Some(&mark) = self.char_marks.get(char_index / CHAR_STRIDE) else {
+            return self.text.len();
+        };
+        self.text[mark..]
             .char_indices()
-            .nth(char_index)
-            .map(|(b, _)| b)
+            .nth(char_index % CHAR_STRIDE)
+            .map(|(b, _)| mark + b)
             .unwrap_or(self.text.len())
     }
 
@@ -142,5 +162,31 @@ impl SourceDb {
         let f = self.file(span.file);
         let (line, col) = f.line_col(span.start);
         format!("{}:{}:{}", f.display, line, col)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_of_char_matches_a_plain_walk() {
+        let text: String = (0..1000)
+            .map(|i| match i % 7 {
+                0 => 'é',
+                3 => '😀',
+                _ => 'a',
+            })
+            .collect();
+        let f = SourceFile::new("t".into(), "t".into(), text.clone());
+        for (i, (b, _)) in text.char_indices().enumerate() {
+            assert_eq!(f.byte_of_char(i), b, "char {i}");
+        }
+        let n = text.chars().count();
+        assert_eq!(f.byte_of_char(n), text.len());
+        assert_eq!(f.byte_of_char(n + 100), text.len());
+        let ascii = SourceFile::new("t".into(), "t".into(), "abc".into());
+        assert_eq!(ascii.byte_of_char(2), 2);
+        assert_eq!(ascii.byte_of_char(9), 3);
     }
 }

@@ -5,7 +5,8 @@
 
 use crate::diagnostic::Diagnostic;
 use crate::source::{FileId, SourceFile, Span};
-use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+use saphyr::{MarkedYaml, Scalar, ScanError, YamlData, YamlLoader};
+use saphyr_parser::{Event, Parser, SpannedEventReceiver};
 use serde_json::{Map, Number, Value};
 
 /// A YAML node with its place in the file.
@@ -80,7 +81,7 @@ impl Node {
     pub fn entry(&self, key: &str) -> Option<(&Node, &Node)> {
         self.as_map()?
             .iter()
-            .find(|(k, _)| key_text(k).as_deref() == Some(key))
+            .find(|(k, _)| key_is(k, key))
             .map(|(k, v)| (k, v))
     }
 
@@ -142,6 +143,15 @@ impl Node {
     }
 }
 
+/// Whether a key node's text (see [`key_text`]) is `key`, without allocating for string keys.
+fn key_is(node: &Node, key: &str) -> bool {
+    match &node.kind {
+        NodeKind::Str(s) => s == key,
+        NodeKind::Seq(_) | NodeKind::Map(_) => false,
+        _ => key_text(node).as_deref() == Some(key),
+    }
+}
+
 /// The text of a scalar key (`yes`, `1` and `null` keys become the strings "yes", "1", "null").
 pub fn key_text(key: &Node) -> Option<String> {
     match &key.kind {
@@ -154,16 +164,11 @@ pub fn key_text(key: &Node) -> Option<String> {
     }
 }
 
-/// Parse one YAML document. An empty file is an error, as is more than one document.
+/// Parse one YAML document. An empty file is an error, as is more than one document, and so is
+/// nesting deeper than [`MAX_DEPTH`] (checked on the parser's events, before any tree is built,
+/// so no input can exhaust the stack).
 pub fn parse(file_id: FileId, file: &SourceFile) -> Result<Node, Diagnostic> {
-    let docs = MarkedYaml::load_from_str(&file.text).map_err(|e| {
-        let m = e.marker();
-        let at = file.byte_of_char(m.index());
-        Diagnostic::error(
-            format!("invalid YAML: {}", e.info()),
-            Some(Span::new(file_id, at, at)),
-        )
-    })?;
+    let docs = load_limited(file_id, file)?;
     let mut docs = docs.into_iter();
     let Some(doc) = docs.next() else {
         return Err(Diagnostic::error(
@@ -182,7 +187,55 @@ pub fn parse(file_id: FileId, file: &SourceFile) -> Result<Node, Diagnostic> {
     convert(file_id, file, &doc, 0)
 }
 
-const MAX_DEPTH: usize = 256;
+/// Drives saphyr's event parser (which keeps its own stacks on the heap) into saphyr's tree
+/// loader, counting open sequences and mappings: deeper than [`MAX_DEPTH`] stops at once with a
+/// located error, so neither the tree nor anything that walks it recursively ever gets deep.
+fn load_limited<'a>(
+    file_id: FileId,
+    file: &'a SourceFile,
+) -> Result<Vec<MarkedYaml<'a>>, Diagnostic> {
+    let too_deep = |at: usize| {
+        Diagnostic::error(
+            format!("YAML nested too deeply (more than {MAX_DEPTH} levels)"),
+            Some(Span::new(file_id, at, at)),
+        )
+        .with_help("a machine file needs a few levels; flatten this structure")
+    };
+    let invalid = |e: &ScanError| {
+        let at = file.byte_of_char(e.marker().index());
+        // saphyr's scanner has its own limit on flow nesting (`[[[…`, `{{{…`).
+        if e.info().contains("recursion limit exceeded") {
+            return too_deep(at);
+        }
+        Diagnostic::error(
+            format!("invalid YAML: {}", e.info()),
+            Some(Span::new(file_id, at, at)),
+        )
+    };
+    let mut loader: YamlLoader<'a, MarkedYaml<'a>> = YamlLoader::default();
+    let mut depth = 0usize;
+    for event in Parser::new_from_str(&file.text) {
+        let (event, span) = event.map_err(|e| invalid(&e))?;
+        match event {
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(too_deep(file.byte_of_char(span.start.index())));
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        loader.on_event(event, span);
+        if let Some(e) = loader.error() {
+            return Err(invalid(e));
+        }
+    }
+    Ok(loader.into_documents())
+}
+
+/// The deepest nesting of sequences and mappings a YAML file may have.
+pub const MAX_DEPTH: usize = 256;
 
 fn convert(
     file_id: FileId,

@@ -726,3 +726,109 @@ fn panics_are_caught_with_their_place() {
     assert!(problem.contains("robustness.rs:"), "{problem}");
     assert_eq!(guarded(|| None), None);
 }
+
+// ---- hostile inputs: depth, size, aliases (issue 12) -----------------------------------------
+//
+// Each case is checked from a file in a fresh directory; it must give a located error (or
+// succeed), never overflow the stack, and finish (bounded work: the inputs are fixed). These
+// run on the test harness's 2 MiB threads, smaller than rustc's, so they also cover
+// `flatmachine!`.
+
+fn check_text(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("machine.yml");
+    std::fs::write(&path, text).unwrap();
+    let checked = flatmachine_build::check(&path, Some("machine.yml".into()));
+    (checked.has_errors(), checked.render(false))
+}
+
+fn assert_too_deep(text: &str, line: usize) {
+    let (errors, rendered) = check_text(text);
+    assert!(errors, "{rendered}");
+    assert!(rendered.contains("nested too deeply"), "{rendered}");
+    assert!(
+        rendered.contains(&format!("machine.yml:{line}:")),
+        "located at line {line}: {rendered}"
+    );
+}
+
+#[test]
+fn deep_block_mappings_are_a_located_error() {
+    let mut text = String::from("spec: flatmachine\ndata:\n");
+    for depth in 0..8_000 {
+        text.push_str(&" ".repeat(2 + depth));
+        text.push_str("k:\n");
+    }
+    // The document is level 1, `data`'s value (line 3) level 2: line 257 holds level 256 and
+    // the mapping opened on line 258 is one too many.
+    assert_too_deep(&text, 258);
+}
+
+#[test]
+fn deep_block_sequences_on_one_line_are_a_located_error() {
+    let text = format!("spec: flatmachine\ndata:\n  {}1\n", "- ".repeat(100_000));
+    assert_too_deep(&text, 3);
+}
+
+#[test]
+fn deep_flow_nesting_is_a_located_error() {
+    for (open, close) in [("[", "]"), ("{a: ", "}")] {
+        let n = 1_000_000 / open.len();
+        let text = format!(
+            "spec: flatmachine\ndata:\n  x: {}1{}\n",
+            open.repeat(n),
+            close.repeat(n)
+        );
+        assert_too_deep(&text, 3);
+    }
+}
+
+#[test]
+fn nesting_up_to_the_limit_is_fine() {
+    // 256 levels in all: the document mapping, `data`, then 254 flow sequences.
+    let n = flatmachine_build::yaml::MAX_DEPTH - 2;
+    let text = format!(
+        "spec: flatmachine\nspec_version: \"1.0.0\"\ndata:\n  name: deep\n  context:\n    x: {}1{}\n  states:\n    start:\n      type: initial\n      transitions:\n        - to: done\n    done:\n      type: final\n",
+        "[".repeat(n - 2),
+        "]".repeat(n - 2)
+    );
+    let (errors, rendered) = check_text(&text);
+    assert!(!rendered.contains("nested too deeply"), "{rendered}");
+    let _ = errors;
+}
+
+#[test]
+fn alias_bombs_are_refused() {
+    // Billion laughs: each level doubles ten times; 9 levels would be 10^9 nodes.
+    let mut text =
+        String::from("spec: flatmachine\ndata:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..9 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        text.push_str(&format!("  a{i}: &a{i} [{refs}]\n"));
+    }
+    let (errors, rendered) = check_text(&text);
+    assert!(errors, "{rendered}");
+    assert!(rendered.contains("alias expansion exceeded"), "{rendered}");
+}
+
+#[test]
+fn a_large_machine_loads() {
+    // 2 MB of states: loading is linear (see benches/load.rs); quadratic loading would not
+    // finish this test in any reasonable time.
+    let mut text = String::from(
+        "spec: flatmachine\nspec_version: \"1.0.0\"\ndata:\n  name: big\n  context:\n    note: \"é\"\n  states:\n    start:\n      type: initial\n      transitions:\n        - to: s0\n",
+    );
+    let mut i = 0;
+    while text.len() < 2 << 20 {
+        text.push_str(&format!(
+            "    s{i}:\n      transitions:\n        - to: s{}\n",
+            i + 1
+        ));
+        i += 1;
+    }
+    text.push_str(&format!(
+        "    s{i}:\n      transitions:\n        - to: done\n    done:\n      type: final\n"
+    ));
+    let (errors, rendered) = check_text(&text);
+    assert!(!errors, "{}", &rendered[..rendered.len().min(2000)]);
+}

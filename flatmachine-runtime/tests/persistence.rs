@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flatmachine_runtime::persistence::{
-    CheckpointStore, LaunchIntent, LocalFileBackend, MachineSnapshot, MemoryBackend,
-    PersistenceBackend, PersistenceError, checkpoint_event, latest_key, parse_snapshot_key,
-    snapshot_key, validate_execution_id, validate_key,
+    CheckpointStore, LaunchIntent, LocalFileBackend, MAX_EXECUTION_ID_LEN, MachineSnapshot,
+    MemoryBackend, PersistenceBackend, PersistenceError, checkpoint_event, latest_key,
+    parse_snapshot_key, snapshot_key, validate_execution_id, validate_key,
 };
 use flatmachine_runtime::{Context, StateError};
 use serde_json::json;
@@ -67,7 +67,15 @@ fn backends(dir: &Path) -> Vec<(&'static str, Arc<dyn PersistenceBackend>)> {
     ]
 }
 
+/// The files below `root`, without the checksum files (`*.json.crc32`) that sit beside every
+/// snapshot we write (see `files_with_checksums_under`).
 fn files_under(root: &Path) -> Vec<String> {
+    let mut out = files_with_checksums_under(root);
+    out.retain(|name| !name.ends_with(".json.crc32"));
+    out
+}
+
+fn files_with_checksums_under(root: &Path) -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -876,4 +884,183 @@ fn copy_tree(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+// -------------------------------------------------------------------------------------------
+// Hostile and damaged stores (issue 12)
+// -------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_latest_pointer_to_another_executions_snapshot_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cp");
+    let store = CheckpointStore::local(&root);
+    store.save(snap("a", "s", 1, "execute")).await.unwrap();
+    let b_key = store.save(snap("b", "s", 3, "execute")).await.unwrap();
+    // A copy of b's snapshot inside a's directory, and a's pointer aimed at it.
+    let copied = "a/step_000003_execute.json";
+    std::fs::copy(root.join(&b_key), root.join(copied)).unwrap();
+    std::fs::write(root.join("a/latest"), copied).unwrap();
+    let err = store.load_latest("a").await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&root.join(copied).display().to_string()),
+        "{msg}"
+    );
+    assert!(msg.contains("belongs to execution `b`, not `a`"), "{msg}");
+
+    // A pointer straight into b's directory is refused before anything is read.
+    std::fs::write(root.join("a/latest"), &b_key).unwrap();
+    let err = store.load_latest("a").await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("outside the execution's directory"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_latest_falls_back_to_the_newest_valid_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cp");
+    let store = CheckpointStore::local(&root);
+    for s in run_events("e", 3) {
+        store.save(s).await.unwrap();
+    }
+    std::fs::remove_file(root.join("e/latest")).unwrap();
+    // machine_end is the newest in run order (step 3); make it unusable: the one before it
+    // (state_exit of step 3) is taken.
+    std::fs::write(root.join("e/step_000003_machine_end.json"), b"{oops").unwrap();
+    let (key, snapshot) = store.load_latest_entry("e").await.unwrap().unwrap();
+    assert_eq!(key, "e/step_000003_state_exit.json");
+    assert_eq!(snapshot.event.as_deref(), Some("state_exit"));
+
+    // Nothing usable: the error says what was found.
+    for k in store.checkpoint_keys("e").await.unwrap() {
+        std::fs::write(root.join(&k), b"{oops").unwrap();
+    }
+    let err = store.load_latest("e").await.unwrap_err().to_string();
+    assert!(
+        err.contains("latest pointer is missing and none of the 11 checkpoints"),
+        "{err}"
+    );
+    assert!(err.contains("step_000003_machine_end.json"), "{err}");
+
+    // No snapshots at all: no checkpoint.
+    assert!(store.load_latest("other").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn edited_snapshots_are_refused_and_reference_snapshots_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cp");
+    let store = CheckpointStore::local(&root);
+    let key = store.save(snap("e", "s", 7, "execute")).await.unwrap();
+    let file = root.join(&key);
+    let sum = root.join(format!("{key}.crc32"));
+    assert!(sum.is_file(), "a checksum file beside the snapshot");
+    assert!(store.load_latest("e").await.unwrap().is_some());
+
+    // Edit one value; the JSON stays valid.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let edited = text.replace(r#""n": 7"#, r#""n": 8"#);
+    assert_ne!(text, edited);
+    std::fs::write(&file, &edited).unwrap();
+    let err = store.load_latest("e").await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("checksum mismatch"), "{msg}");
+    assert!(msg.contains(&file.display().to_string()), "{msg}");
+    assert!(matches!(err, PersistenceError::Corrupt { .. }));
+
+    // Without its checksum file (as the reference writes it) the same file loads.
+    std::fs::remove_file(&sum).unwrap();
+    let loaded = store.load_latest("e").await.unwrap().unwrap();
+    assert_eq!(loaded.context.get("n"), Some(&json!(8)));
+
+    // A rewrite by a writer that keeps no checksums (another created_at) loads unchecked.
+    store.save(snap("e", "s", 7, "execute")).await.unwrap();
+    let mut foreign = snap("e", "s", 7, "execute");
+    foreign.created_at = "2001-01-01T00:00:00+00:00".into();
+    std::fs::write(&file, foreign.to_json_vec().unwrap()).unwrap();
+    assert_eq!(
+        store.load_latest("e").await.unwrap().unwrap().created_at,
+        foreign.created_at
+    );
+
+    // The checksum is zlib's CRC-32 of the file's exact bytes.
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&sum).unwrap()).unwrap();
+    assert_eq!(record["algorithm"], "crc32");
+    assert!(record["checksum"].as_str().unwrap().len() == 8, "{record}");
+
+    // Deleting the snapshot takes its checksum file along.
+    store.delete_execution("e").await.unwrap();
+    assert!(files_with_checksums_under(&root).is_empty());
+}
+
+#[tokio::test]
+async fn temporary_files_are_unique_and_removed_on_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cp");
+    let backend = Arc::new(LocalFileBackend::new(&root).with_fsync(false));
+    let store = CheckpointStore::new(backend.clone());
+    store.save(snap("e", "s", 1, "execute")).await.unwrap();
+    // What killed writers leave behind (old fixed name, new unique names).
+    for name in [
+        ".latest.tmp",
+        ".step_000002_execute.json.4242-7.tmp",
+        ".step_000002_execute.json.crc32.4242-8.tmp",
+    ] {
+        std::fs::write(root.join("e").join(name), b"partial").unwrap();
+    }
+    std::fs::write(root.join("e/keep.txt"), b"not ours to remove").unwrap();
+    store.clean_execution("e").await.unwrap();
+    assert_eq!(
+        files_with_checksums_under(&root),
+        [
+            "e/keep.txt",
+            "e/latest",
+            "e/step_000001_execute.json",
+            "e/step_000001_execute.json.crc32"
+        ]
+    );
+
+    // Many writers of one key at once: no shared temporary file, every write lands whole.
+    let mut tasks = Vec::new();
+    for n in 0..16u64 {
+        let backend = backend.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = snap("e", "s", 9, "execute");
+            s.context = ctx(json!({"writer": n}));
+            backend.save("e/step_000009_execute.json", &s).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let last = backend
+        .load("e/step_000009_execute.json")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(last.context.contains_key("writer"));
+    assert!(
+        files_with_checksums_under(&root)
+            .iter()
+            .all(|f| !f.ends_with(".tmp")),
+        "no temporary file is left"
+    );
+}
+
+#[test]
+fn execution_ids_are_limited_to_128_bytes() {
+    let ok = "x".repeat(MAX_EXECUTION_ID_LEN);
+    assert_eq!(MAX_EXECUTION_ID_LEN, 128);
+    validate_execution_id(&ok).unwrap();
+    let long = "x".repeat(5000);
+    let err = validate_execution_id(&long).unwrap_err();
+    assert!(err.to_string().contains("at most 128 bytes"), "{err}");
+    assert!(err.to_string().len() < 400, "the message is not flooded");
+    // A multi-byte character across the cut does not panic.
+    let wide = "é".repeat(100);
+    assert!(validate_execution_id(&wide).is_err());
 }

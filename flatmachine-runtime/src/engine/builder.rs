@@ -132,7 +132,10 @@ impl MachineBuilder {
         self
     }
 
-    /// Checkpoint into this store (overrides the YAML `persistence:` section).
+    /// Checkpoint into this store (overrides the YAML `persistence:` section). A store on
+    /// files (one whose backend reports a [`file_path`](crate::persistence::PersistenceBackend::file_path),
+    /// like [`CheckpointStore::local`]) gets the same file lock in [`lock_dir`](Self::lock_dir)
+    /// as `backend: local`, unless [`lock`](Self::lock) sets another.
     pub fn persistence(mut self, store: CheckpointStore) -> Self {
         self.store = Some(Some(store));
         self
@@ -162,7 +165,9 @@ impl MachineBuilder {
         self
     }
 
-    /// The execution lock (default: a file lock with the local backend, else none).
+    /// The execution lock (default: a [`LocalFileLock`] in [`lock_dir`](Self::lock_dir) when
+    /// checkpoints go to files — `backend: local` or a file store passed to
+    /// [`persistence`](Self::persistence) — else [`NoOpLock`]).
     pub fn lock(mut self, lock: Arc<dyn ExecutionLock>) -> Self {
         self.lock = Some(lock);
         self
@@ -194,13 +199,27 @@ impl MachineBuilder {
         // theirs through the registry, so check those either way.
         check_hooks_classes(spec, &self.registry, self.hooks.is_some(), &mut Vec::new())?;
         let (store, lock) = match (self.store, &spec.persistence) {
-            (Some(store), _) => (
-                store.map(|s| match self.keep_last {
-                    Some(n) => s.with_keep_last(Some(n)),
-                    None => s,
-                }),
-                self.lock.unwrap_or_else(|| Arc::new(NoOpLock)),
-            ),
+            (Some(store), _) => {
+                // A store on files gets the same file lock as `backend: local`; a store in
+                // memory (one process) needs none.
+                let on_files = store
+                    .as_ref()
+                    .is_some_and(|s| s.backend().file_path("lock-probe").is_some());
+                let lock = self.lock.unwrap_or_else(|| {
+                    if on_files {
+                        Arc::new(LocalFileLock::new(self.lock_dir.clone()))
+                    } else {
+                        Arc::new(NoOpLock)
+                    }
+                });
+                (
+                    store.map(|s| match self.keep_last {
+                        Some(n) => s.with_keep_last(Some(n)),
+                        None => s,
+                    }),
+                    lock,
+                )
+            }
             (None, Some(p)) if !p.enabled => {
                 (None, self.lock.unwrap_or_else(|| Arc::new(NoOpLock)))
             }

@@ -10,7 +10,7 @@ use crate::error::error_type;
 use crate::hooks::{ActionOutcome, HooksRegistry, MachineHooks, NoopHooks};
 use crate::lock::{ExecutionLock, LockError};
 use crate::machine::{MachineDef, MachineSpec, StateSpec};
-use crate::persistence::{CheckpointStore, MachineSnapshot, PersistenceError};
+use crate::persistence::{CheckpointStore, MachineSnapshot, PersistenceError, checkpoint_event};
 use crate::template::{self, Scope, TemplateValue};
 use crate::{Context, StateError, Value};
 use futures::future::BoxFuture;
@@ -142,6 +142,20 @@ pub(crate) struct Inner {
     pub max_steps: Option<u64>,
     pub max_agent_calls: Option<u64>,
     pub ignore_unhandled_actions: bool,
+}
+
+/// Where `Machine::run_loop` starts its first state: from the top, or (resuming) just after
+/// one of the state's checkpoints.
+enum Entry {
+    /// From the top: limits are checked, a step is counted, `state_enter` is written.
+    Enter,
+    /// After `state_enter` (the step is already counted): `on_state_enter` onward.
+    AfterEnter,
+    /// After `execute`: the state's work onward.
+    AfterExecute,
+    /// After `state_exit` (the work is done; the final state's output, if any):
+    /// `on_state_exit` onward.
+    AfterExit(Option<Value>),
 }
 
 /// A compiled machine, configured and ready to run (cheap to clone).
@@ -277,8 +291,17 @@ impl Machine {
         })
     }
 
-    /// Continue an execution from its latest checkpoint. A finished execution returns its
-    /// stored output.
+    /// Continue an execution from its latest checkpoint, at exactly the point the checkpoint
+    /// was written (see `docs/durability.md`):
+    ///
+    /// * `machine_start` — runs `on_machine_start`, then the initial state;
+    /// * `state_enter` — runs `on_state_enter` and the state (same step number);
+    /// * `execute` — runs the state's work again (actions are at-least-once here);
+    /// * `state_exit` — does **not** run the state again: runs `on_state_exit`, then its
+    ///   transitions (or ends the run if it is final);
+    /// * `machine_end` — returns the stored output (nothing runs).
+    ///
+    /// Step numbers continue from the checkpoint's; none is spent twice.
     pub async fn resume(&self, execution_id: &str) -> Result<RunResult, RunError> {
         let spec = self.inner.spec;
         let store = self
@@ -288,10 +311,18 @@ impl Machine {
             .ok_or_else(|| RunError::UnknownExecution(execution_id.to_string()))?;
         crate::persistence::validate_execution_id(execution_id).map_err(PersistenceError::from)?;
         let _guard = self.inner.lock.acquire(execution_id).await?;
-        let snap = store
-            .load_latest(execution_id)
+        store.clean_execution(execution_id).await?;
+        let (key, snap) = store
+            .load_latest_entry(execution_id)
             .await?
             .ok_or_else(|| RunError::UnknownExecution(execution_id.to_string()))?;
+        let corrupt = |reason: String| {
+            RunError::Persistence(PersistenceError::Corrupt {
+                path: store.backend().file_path(&key),
+                key: key.clone(),
+                reason,
+            })
+        };
         let mut run = Run {
             max_steps: None,
             execution_id: execution_id.to_string(),
@@ -302,7 +333,8 @@ impl Machine {
             usage: Usage::default(),
             hooks: self.hooks_for_resume()?,
         };
-        if snap.event.as_deref() == Some("machine_end") {
+        let event = snap.event.as_deref().unwrap_or(checkpoint_event::UNKNOWN);
+        if event == checkpoint_event::MACHINE_END {
             // machine_end records the state as `"end"` (reference layout): take the final
             // state's name from the state_exit checkpoint of the same step, else from the
             // machine when it has a single final state.
@@ -328,19 +360,43 @@ impl Machine {
                 context: snap.context,
             });
         }
-        // The reference writes `"start"` as the state of `machine_start` whatever the initial
-        // state is called; resume such a checkpoint at the real initial state.
-        let state = match spec.state(&snap.current_state) {
-            Some((i, _)) => i,
-            None if snap.event.as_deref() == Some("machine_start") => spec.initial,
-            None => {
-                return Err(RunError::UnknownState {
+        let mut context = snap.context;
+        if event == checkpoint_event::MACHINE_START {
+            // The reference writes `"start"` as the state of `machine_start` whatever the
+            // initial state is called; the run always begins at the initial state.
+            run.hooks
+                .on_machine_start(&mut context)
+                .await
+                .map_err(|e| RunError::Hook {
                     machine: spec.name.to_string(),
-                    state: snap.current_state.clone(),
-                });
+                    message: e.to_string(),
+                })?;
+            return self
+                .run_loop(&mut run, context, spec.initial, Entry::Enter)
+                .await;
+        }
+        let Some((state, _)) = spec.state(&snap.current_state) else {
+            return Err(corrupt(format!(
+                "it names state `{}`, which machine `{}` does not have",
+                snap.current_state, spec.name
+            )));
+        };
+        let entry = match event {
+            checkpoint_event::STATE_ENTER => Entry::AfterEnter,
+            checkpoint_event::EXECUTE => Entry::AfterExecute,
+            checkpoint_event::STATE_EXIT => Entry::AfterExit(
+                snap.output
+                    .filter(|_| spec.states[state].is_final)
+                    .map(Value::Object),
+            ),
+            other => {
+                return Err(corrupt(format!(
+                    "unknown checkpoint event `{other}` (expected one of {})",
+                    checkpoint_event::ALL.join(", ")
+                )));
             }
         };
-        self.run_loop(&mut run, snap.context, state).await
+        self.run_loop(&mut run, context, state, entry).await
     }
 
     fn hooks_for_resume(&self) -> Result<Arc<dyn MachineHooks>, RunError> {
@@ -387,6 +443,9 @@ impl Machine {
         let spec = self.inner.spec;
         crate::persistence::validate_execution_id(&execution_id).map_err(PersistenceError::from)?;
         let _guard = self.inner.lock.acquire(&execution_id).await?;
+        if let Some(store) = &self.inner.store {
+            store.clean_execution(&execution_id).await?;
+        }
         let input = match input {
             Value::Null => Value::Object(Context::new()),
             v => v,
@@ -426,7 +485,8 @@ impl Machine {
                 machine: spec.name.to_string(),
                 message: e.to_string(),
             })?;
-        self.run_loop(&mut run, context, spec.initial).await
+        self.run_loop(&mut run, context, spec.initial, Entry::Enter)
+            .await
     }
 
     async fn checkpoint(
@@ -471,6 +531,7 @@ impl Machine {
         run: &mut Run,
         mut context: Context,
         start: usize,
+        entry: Entry,
     ) -> Result<RunResult, RunError> {
         let spec = self.inner.spec;
         let machine = spec.name.to_string();
@@ -480,78 +541,96 @@ impl Machine {
             .or(spec.max_steps)
             .unwrap_or(DEFAULT_MAX_STEPS);
         let mut current = start;
+        let mut entry = entry;
         loop {
-            if run.step >= max_steps {
-                return Err(RunError::MaxSteps {
-                    machine,
-                    limit: max_steps,
-                    next: spec.states[current].name.to_string(),
-                });
-            }
-            if let Some(limit) = self.inner.max_agent_calls
-                && run.api_calls >= limit
-            {
-                return Err(RunError::MaxAgentCalls {
-                    machine,
-                    limit,
-                    state: spec.states[current].name.to_string(),
-                });
-            }
-            run.step += 1;
-            let state = &spec.states[current];
-            self.checkpoint(run, "state_enter", state.name, &context, None)
-                .await?;
-            if let Err(e) = run.hooks.on_state_enter(state.name, &mut context).await {
-                current = self
-                    .route_error(run, current, e.into(), &mut context)
-                    .await?;
-                continue;
-            }
-            self.checkpoint(run, "execute", state.name, &context, None)
-                .await?;
-
-            let executed = match state.timeout.filter(|t| *t > 0.0) {
-                Some(secs) => {
-                    // On timeout the state's work is dropped and the context is left as it was
-                    // before the state ran.
-                    let mut work_ctx = context.clone();
-                    match tokio::time::timeout(
-                        std::time::Duration::from_secs_f64(secs),
-                        self.execute_state(run, state, &mut work_ctx),
-                    )
-                    .await
-                    {
-                        Ok(r) => {
-                            context = work_ctx;
-                            r
-                        }
-                        Err(_) => Err(StateError::new(
-                            error_type::TIMEOUT,
-                            format!("state `{}` timed out after {secs}s", state.name),
-                        )),
-                    }
-                }
-                None => self.execute_state(run, state, &mut context).await,
+            // A resumed run starts part-way through its first state; every later state (and
+            // every error route) starts from the top.
+            let (phase, resumed_output) = match std::mem::replace(&mut entry, Entry::Enter) {
+                Entry::Enter => (0, None),
+                Entry::AfterEnter => (1, None),
+                Entry::AfterExecute => (2, None),
+                Entry::AfterExit(output) => (3, Some(output)),
             };
-            let mut output = match executed {
-                Ok(o) => o,
-                Err(e) => {
-                    current = self.route_error(run, current, e, &mut context).await?;
+            let state = &spec.states[current];
+            if phase == 0 {
+                if run.step >= max_steps {
+                    return Err(RunError::MaxSteps {
+                        machine,
+                        limit: max_steps,
+                        next: state.name.to_string(),
+                    });
+                }
+                if let Some(limit) = self.inner.max_agent_calls
+                    && run.api_calls >= limit
+                {
+                    return Err(RunError::MaxAgentCalls {
+                        machine,
+                        limit,
+                        state: state.name.to_string(),
+                    });
+                }
+                run.step += 1;
+                self.checkpoint(run, "state_enter", state.name, &context, None)
+                    .await?;
+            }
+            if phase <= 1 {
+                if let Err(e) = run.hooks.on_state_enter(state.name, &mut context).await {
+                    current = self
+                        .route_error(run, current, e.into(), &mut context)
+                        .await?;
                     continue;
                 }
+                self.checkpoint(run, "execute", state.name, &context, None)
+                    .await?;
+            }
+            let mut output = match resumed_output {
+                Some(output) => output,
+                None => {
+                    let executed = match state.timeout.filter(|t| *t > 0.0) {
+                        Some(secs) => {
+                            // On timeout the state's work is dropped and the context is left
+                            // as it was before the state ran.
+                            let mut work_ctx = context.clone();
+                            match tokio::time::timeout(
+                                std::time::Duration::from_secs_f64(secs),
+                                self.execute_state(run, state, &mut work_ctx),
+                            )
+                            .await
+                            {
+                                Ok(r) => {
+                                    context = work_ctx;
+                                    r
+                                }
+                                Err(_) => Err(StateError::new(
+                                    error_type::TIMEOUT,
+                                    format!("state `{}` timed out after {secs}s", state.name),
+                                )),
+                            }
+                        }
+                        None => self.execute_state(run, state, &mut context).await,
+                    };
+                    let output = match executed {
+                        Ok(o) => o,
+                        Err(e) => {
+                            current = self.route_error(run, current, e, &mut context).await?;
+                            continue;
+                        }
+                    };
+                    self.checkpoint(
+                        run,
+                        "state_exit",
+                        state.name,
+                        &context,
+                        if state.is_final {
+                            output.as_ref()
+                        } else {
+                            None
+                        },
+                    )
+                    .await?;
+                    output
+                }
             };
-            self.checkpoint(
-                run,
-                "state_exit",
-                state.name,
-                &context,
-                if state.is_final {
-                    output.as_ref()
-                } else {
-                    None
-                },
-            )
-            .await?;
             if let Err(e) = run
                 .hooks
                 .on_state_exit(state.name, &mut context, &mut output)

@@ -37,11 +37,18 @@ pub fn validate_key(key: &str) -> Result<(), InvalidKey> {
     Ok(())
 }
 
+/// The longest execution id accepted, in bytes. An id names a directory and a lock file
+/// (`<id>.lock`), and file systems limit a name to 255 bytes; 128 leaves room for that and is
+/// far above a UUID (36 bytes).
+pub const MAX_EXECUTION_ID_LEN: usize = 128;
+
 /// Checks an execution id used as one path segment (a directory or file name): the rules of
-/// [`validate_key`], and no `/`.
+/// [`validate_key`], no `/`, and at most [`MAX_EXECUTION_ID_LEN`] bytes.
 pub fn validate_execution_id(execution_id: &str) -> Result<(), InvalidKey> {
     let reason = if execution_id.is_empty() {
         "the execution id is empty"
+    } else if execution_id.len() > MAX_EXECUTION_ID_LEN {
+        "an execution id must be at most 128 bytes long"
     } else if execution_id.contains('/') {
         "an execution id must not contain `/`"
     } else {
@@ -51,9 +58,22 @@ pub fn validate_execution_id(execution_id: &str) -> Result<(), InvalidKey> {
         }
     };
     Err(InvalidKey {
-        key: execution_id.to_owned(),
+        key: shorten(execution_id),
         reason,
     })
+}
+
+/// The id for an error message: long ids are cut (at a character boundary) so a hostile id
+/// does not flood the message.
+fn shorten(id: &str) -> String {
+    if id.len() <= MAX_EXECUTION_ID_LEN {
+        return id.to_owned();
+    }
+    let mut end = MAX_EXECUTION_ID_LEN;
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &id[..end], id.len())
 }
 
 fn check_segment(segment: &str) -> Result<(), &'static str> {

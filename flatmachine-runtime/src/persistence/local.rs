@@ -3,19 +3,37 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
+use super::crc32::crc32;
 use super::{MachineSnapshot, PersistenceBackend, PersistenceError, validate_key};
 
 /// File-based checkpoint storage (the reference's `LocalFileBackend`): key `a/b.json` is the
 /// file `<root>/a/b.json`.
 ///
-/// Writes are atomic: the bytes go to `.<name>.tmp` in the target's directory, which is
-/// fsynced, renamed over the target, and the directory is fsynced so the rename survives a
-/// crash. [`with_fsync(false)`](Self::with_fsync) skips both fsyncs (faster, still atomic for
-/// readers, but a power loss may lose recent checkpoints). Directories are created on the first
-/// write; nothing is created by reading. Files starting with `.` are never listed.
+/// Writes are atomic: the bytes go to a temporary file `.<name>.<pid>-<n>.tmp` (unique per
+/// write, so concurrent writers never share one) in the target's directory, which is fsynced,
+/// renamed over the target, and the directory is fsynced so the rename survives a crash.
+/// [`with_fsync(false)`](Self::with_fsync) skips the fsyncs (faster, still atomic for readers,
+/// but a power loss may lose recent checkpoints). Temporary files left by killed writes are
+/// removed when a run or resume of the execution next starts
+/// ([`PersistenceBackend::remove_temporaries`]). Directories are created on the first write;
+/// nothing is created by reading. Files starting with `.` are never listed.
+///
+/// # Checksums
+///
+/// Every snapshot `<name>.json` is followed by a checksum file `<name>.json.crc32`, one line
+/// of JSON: `{"algorithm": "crc32", "checksum": "cbf43926", "length": 1234, "created_at":
+/// "…"}` — the CRC-32 (zlib's) of the snapshot file's exact bytes, their number, and the
+/// snapshot's `created_at`. The snapshot itself stays byte-identical to the reference's (which
+/// rejects unknown fields, so the checksum cannot live inside it). On load, a checksum file
+/// whose `created_at` matches the snapshot's must match its bytes, else the snapshot is refused
+/// as [`PersistenceError::Corrupt`]. A snapshot without a checksum file (written by the
+/// reference, or by a process killed between the two writes) loads unchecked, as does one
+/// whose checksum file has another `created_at` (the snapshot was rewritten by a writer that
+/// keeps no checksums). This detects damaged and hand-edited files, not deliberate forgery.
 ///
 /// Reading a file that is not a valid snapshot reports [`PersistenceError::Corrupt`] with the
 /// file's path and leaves the file untouched.
@@ -70,7 +88,80 @@ impl LocalFileBackend {
         let path = self.path_for(key)?;
         let root = self.root.clone();
         let fsync = self.fsync;
-        blocking(move || write_atomic(&root, &path, &bytes, fsync)).await
+        blocking(move || write_atomic(&root, &path, &bytes, fsync, fsync)).await
+    }
+
+    /// Writes a snapshot's bytes, then its checksum file (one directory fsync covers both).
+    async fn write_snapshot(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        created_at: &str,
+    ) -> Result<(), PersistenceError> {
+        let path = self.path_for(key)?;
+        let sum_path = self.path_for(&checksum_key(key))?;
+        let sum = checksum_record(&bytes, created_at);
+        let root = self.root.clone();
+        let fsync = self.fsync;
+        blocking(move || {
+            write_atomic(&root, &path, &bytes, fsync, false)?;
+            write_atomic(&root, &sum_path, &sum, fsync, fsync)
+        })
+        .await
+    }
+
+    /// Checks `bytes` (the file of `key`, parsed as `snapshot`) against its checksum file.
+    async fn verify(
+        &self,
+        key: &str,
+        path: &Path,
+        bytes: &[u8],
+        snapshot: &MachineSnapshot,
+    ) -> Result<(), PersistenceError> {
+        let sum_key = checksum_key(key);
+        let Some((sum_path, record)) = self.read(&sum_key).await? else {
+            return Ok(());
+        };
+        let corrupt = |reason: String| PersistenceError::Corrupt {
+            key: key.to_owned(),
+            path: Some(path.to_owned()),
+            reason,
+        };
+        let record: serde_json::Value = serde_json::from_slice(&record).map_err(|e| {
+            corrupt(format!(
+                "its checksum file {} is not valid JSON: {e}",
+                sum_path.display()
+            ))
+        })?;
+        if record.get("created_at").and_then(|v| v.as_str()) != Some(snapshot.created_at.as_str()) {
+            tracing::warn!(
+                checkpoint = %path.display(),
+                "checksum file belongs to an earlier version of the snapshot; loading it unchecked"
+            );
+            return Ok(());
+        }
+        let stored = record.get("checksum").and_then(|v| v.as_str());
+        let length = record.get("length").and_then(|v| v.as_u64());
+        let computed = format!("{:08x}", crc32(bytes));
+        if record.get("algorithm").and_then(|v| v.as_str()) != Some("crc32")
+            || stored.is_none()
+            || length.is_none()
+        {
+            return Err(corrupt(format!(
+                "its checksum file {} is not a crc32 record",
+                sum_path.display()
+            )));
+        }
+        if stored != Some(computed.as_str()) || length != Some(bytes.len() as u64) {
+            return Err(corrupt(format!(
+                "checksum mismatch: the file was changed after it was written (stored crc32 {}, {} bytes; found crc32 {computed}, {} bytes; see {})",
+                stored.unwrap_or_default(),
+                length.unwrap_or_default(),
+                bytes.len(),
+                sum_path.display()
+            )));
+        }
+        Ok(())
     }
 
     async fn read(&self, key: &str) -> Result<Option<(PathBuf, Vec<u8>)>, PersistenceError> {
@@ -98,20 +189,22 @@ impl PersistenceBackend for LocalFileBackend {
                 key: key.to_owned(),
                 source,
             })?;
-        self.write(key, bytes).await
+        self.write_snapshot(key, bytes, &snapshot.created_at).await
     }
 
     async fn load(&self, key: &str) -> Result<Option<MachineSnapshot>, PersistenceError> {
         let Some((path, bytes)) = self.read(key).await? else {
             return Ok(None);
         };
-        MachineSnapshot::from_json_slice(&bytes)
-            .map(Some)
-            .map_err(|error| PersistenceError::Corrupt {
+        let snapshot = MachineSnapshot::from_json_slice(&bytes).map_err(|error| {
+            PersistenceError::Corrupt {
                 key: key.to_owned(),
-                path: Some(path),
+                path: Some(path.clone()),
                 reason: format!("not a valid snapshot: {error}"),
-            })
+            }
+        })?;
+        self.verify(key, &path, &bytes, &snapshot).await?;
+        Ok(Some(snapshot))
     }
 
     async fn save_text(&self, key: &str, text: &str) -> Result<(), PersistenceError> {
@@ -133,16 +226,35 @@ impl PersistenceBackend for LocalFileBackend {
 
     async fn delete(&self, key: &str) -> Result<(), PersistenceError> {
         let path = self.path_for(key)?;
-        blocking(move || match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(PersistenceError::Io {
-                op: "delete",
-                path,
-                source,
-            }),
+        // A snapshot's checksum file goes with it (snapshot first; a checksum file left alone
+        // by an interrupted delete is never read).
+        let sum = if key.ends_with(".json") {
+            Some(self.path_for(&checksum_key(key))?)
+        } else {
+            None
+        };
+        blocking(move || {
+            for path in std::iter::once(path).chain(sum) {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(PersistenceError::Io {
+                            op: "delete",
+                            path,
+                            source,
+                        });
+                    }
+                }
+            }
+            Ok(())
         })
         .await
+    }
+
+    async fn remove_temporaries(&self, execution_id: &str) -> Result<(), PersistenceError> {
+        let dir = self.path_for(execution_id)?;
+        blocking(move || remove_temporaries(&dir)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, PersistenceError> {
@@ -188,7 +300,8 @@ where
 }
 
 /// Collects the keys of regular files below `dir` (whose key prefix is `base`) that start
-/// with `prefix`. Dot-files (temporary files), symlinks and non-UTF-8 names are skipped.
+/// with `prefix`. Dot-files (temporary files), checksum files (part of their snapshot's
+/// entry), symlinks and non-UTF-8 names are skipped.
 fn walk(
     dir: &Path,
     base: &str,
@@ -216,7 +329,7 @@ fn walk(
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        if name.starts_with('.') {
+        if name.starts_with('.') || name.ends_with(".json.crc32") {
             continue;
         }
         let key = format!("{base}{name}");
@@ -239,12 +352,75 @@ fn walk(
     Ok(())
 }
 
+/// The key of a snapshot's checksum file.
+fn checksum_key(key: &str) -> String {
+    format!("{key}.crc32")
+}
+
+/// The content of a checksum file (see [`LocalFileBackend`]).
+fn checksum_record(bytes: &[u8], created_at: &str) -> Vec<u8> {
+    let record = serde_json::json!({
+        "algorithm": "crc32",
+        "checksum": format!("{:08x}", crc32(bytes)),
+        "length": bytes.len(),
+        "created_at": created_at,
+    });
+    record.to_string().into_bytes()
+}
+
+/// Removes the temporary files (`.<name>.<pid>-<n>.tmp`, and the reference-era `.<name>.tmp`)
+/// in `dir`; a missing directory is fine.
+fn remove_temporaries(dir: &Path) -> Result<(), PersistenceError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error)
+            if matches!(
+                error.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(());
+        }
+        Err(source) => {
+            return Err(PersistenceError::Io {
+                op: "list",
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            let path = entry.path();
+            match fs::remove_file(&path) {
+                Ok(()) => tracing::debug!(path = %path.display(), "removed a stale temporary file"),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(PersistenceError::Io {
+                        op: "remove temporary file",
+                        path,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Numbers the temporary files of this process, so no two writes share one.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
 /// Writes `bytes` to `path` atomically (temporary file + rename), creating directories.
+/// `fsync` syncs the file before the rename; `sync_parent` syncs the directory after it.
 fn write_atomic(
     root: &Path,
     path: &Path,
     bytes: &[u8],
     fsync: bool,
+    sync_parent: bool,
 ) -> Result<(), PersistenceError> {
     let parent = path.parent().unwrap_or(root);
     ensure_dir(parent, fsync)?;
@@ -252,7 +428,8 @@ fn write_atomic(
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let temp = parent.join(format!(".{name}.tmp"));
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let temp = parent.join(format!(".{name}.{}-{n}.tmp", std::process::id()));
     let io_error = |op, path: &Path| {
         let path = path.to_owned();
         move |source| PersistenceError::Io { op, path, source }
@@ -270,7 +447,7 @@ fn write_atomic(
         let _ = fs::remove_file(&temp);
         return result;
     }
-    if fsync {
+    if sync_parent {
         sync_dir(parent).map_err(io_error("fsync directory", parent))?;
     }
     Ok(())

@@ -35,13 +35,14 @@ use async_trait::async_trait;
 
 use crate::StateError;
 
+mod crc32;
 mod key;
 mod local;
 mod memory;
 pub mod snapshot;
 mod store;
 
-pub use key::{InvalidKey, validate_execution_id, validate_key};
+pub use key::{InvalidKey, MAX_EXECUTION_ID_LEN, validate_execution_id, validate_key};
 pub use local::LocalFileBackend;
 pub use memory::MemoryBackend;
 pub use snapshot::{LaunchIntent, MachineSnapshot, utc_now_isoformat};
@@ -171,6 +172,14 @@ pub trait PersistenceBackend: Send + Sync {
     /// All keys starting with `prefix` (a plain string prefix, e.g. `"{execution_id}/"`),
     /// sorted lexicographically.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, PersistenceError>;
+
+    /// Removes what interrupted writes left in an execution's storage (temporary files).
+    /// Called before a run or resume of `execution_id` starts, with its lock held; the
+    /// default does nothing.
+    async fn remove_temporaries(&self, execution_id: &str) -> Result<(), PersistenceError> {
+        let _ = execution_id;
+        Ok(())
+    }
 
     /// The file behind `key`, for backends that store files (used in error messages).
     fn file_path(&self, key: &str) -> Option<PathBuf> {

@@ -149,22 +149,116 @@ impl CheckpointStore {
     }
 
     /// The newest checkpoint of an execution (what a resume starts from); `None` if the
-    /// execution has no checkpoint. A `latest` pointer naming a missing checkpoint is
-    /// [`PersistenceError::DanglingLatest`] (the reference silently starts over instead).
+    /// execution has no checkpoint. See [`load_latest_entry`](Self::load_latest_entry).
     pub async fn load_latest(
         &self,
         execution_id: &str,
     ) -> Result<Option<MachineSnapshot>, PersistenceError> {
+        Ok(self
+            .load_latest_entry(execution_id)
+            .await?
+            .map(|(_, snapshot)| snapshot))
+    }
+
+    /// The newest checkpoint of an execution with its key; `None` if the execution has no
+    /// checkpoint at all.
+    ///
+    /// * The checkpoint `latest` points to must exist ([`PersistenceError::DanglingLatest`]
+    ///   otherwise; the reference silently starts over), lie in the execution's own directory
+    ///   and carry the execution id asked for ([`PersistenceError::Corrupt`] naming the file
+    ///   otherwise; the reference follows such a pointer).
+    /// * Without a `latest` pointer (deleted, or never written because the process died
+    ///   between the first snapshot and its pointer) the newest valid checkpoint is used —
+    ///   newest by step, then by event in run order — with a warning. When checkpoints exist
+    ///   but none is valid, the error names the pointer and says what was found.
+    pub async fn load_latest_entry(
+        &self,
+        execution_id: &str,
+    ) -> Result<Option<(String, MachineSnapshot)>, PersistenceError> {
         let Some(key) = self.latest_checkpoint_key(execution_id).await? else {
-            return Ok(None);
+            return self.newest_valid(execution_id).await;
         };
+        let corrupt = |reason: String| PersistenceError::Corrupt {
+            path: self.backend.file_path(&key),
+            key: key.clone(),
+            reason,
+        };
+        if !key.starts_with(&format!("{execution_id}/")) {
+            return Err(PersistenceError::Corrupt {
+                path: self.backend.file_path(&latest_key(execution_id)),
+                key: latest_key(execution_id),
+                reason: format!(
+                    "the latest pointer of execution `{execution_id}` names `{key}`, outside the execution's directory"
+                ),
+            });
+        }
         match self.backend.load(&key).await? {
-            Some(snapshot) => Ok(Some(snapshot)),
+            Some(snapshot) if snapshot.execution_id != execution_id => Err(corrupt(format!(
+                "it belongs to execution `{}`, not `{execution_id}`",
+                snapshot.execution_id
+            ))),
+            Some(snapshot) => Ok(Some((key, snapshot))),
             None => Err(PersistenceError::DanglingLatest {
                 execution_id: execution_id.to_owned(),
                 key,
             }),
         }
+    }
+
+    /// Without a `latest` pointer: the newest checkpoint that loads and belongs to the
+    /// execution.
+    async fn newest_valid(
+        &self,
+        execution_id: &str,
+    ) -> Result<Option<(String, MachineSnapshot)>, PersistenceError> {
+        let keys = self.checkpoint_keys(execution_id).await?;
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let mut ordered: Vec<(u64, u8, String)> = keys
+            .into_iter()
+            .filter_map(|key| {
+                let (_, step, event) = parse_snapshot_key(&key)?;
+                Some((step, event_rank(event), key.clone()))
+            })
+            .collect();
+        ordered.sort_unstable();
+        let mut refused = Vec::new();
+        for (_, _, key) in ordered.iter().rev() {
+            match self.backend.load(key).await {
+                Ok(Some(snapshot)) if snapshot.execution_id == execution_id => {
+                    tracing::warn!(
+                        execution_id,
+                        checkpoint = %key,
+                        "the latest pointer is missing; resuming from the newest valid checkpoint"
+                    );
+                    return Ok(Some((key.clone(), snapshot)));
+                }
+                Ok(Some(snapshot)) => refused.push(format!(
+                    "`{key}` belongs to execution `{}`",
+                    snapshot.execution_id
+                )),
+                Ok(None) => refused.push(format!("`{key}` vanished while reading")),
+                Err(error) => refused.push(error.to_string()),
+            }
+        }
+        let pointer = latest_key(execution_id);
+        Err(PersistenceError::Corrupt {
+            path: self.backend.file_path(&pointer),
+            key: pointer,
+            reason: format!(
+                "the latest pointer is missing and none of the {} checkpoints of execution `{execution_id}` can be used: {}",
+                ordered.len(),
+                refused.join("; ")
+            ),
+        })
+    }
+
+    /// Housekeeping before a run or resume of an execution takes it over (called with the
+    /// execution's lock held): removes the temporary files that killed writes left behind.
+    pub async fn clean_execution(&self, execution_id: &str) -> Result<(), PersistenceError> {
+        validate_execution_id(execution_id)?;
+        self.backend.remove_temporaries(execution_id).await
     }
 
     /// The checkpoint keys of an execution (not the `latest` pointer), sorted by key.
