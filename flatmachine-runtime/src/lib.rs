@@ -3,6 +3,7 @@
 //! The generated code describes a machine (states, compiled conditions, embedded templates);
 //! this crate carries all behaviour: the execution loop, templates, hooks, persistence.
 
+pub mod cel;
 pub mod context;
 pub mod engine;
 pub mod error;
