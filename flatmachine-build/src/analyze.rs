@@ -3,7 +3,7 @@
 
 use crate::diagnostic::{Diagnostic, Diagnostics, did_you_mean};
 use crate::expr;
-use crate::ir::{MachineIr, Scope, StateIr, TemplateIr, TransitionIr, Condition};
+use crate::ir::{Condition, MachineIr, Scope, StateIr, TemplateIr, TransitionIr};
 use crate::loader::{AgentUnit, MachineId, MachineUnit, Origin, Project};
 use crate::model::{ExecutionType, ExpressionEngine, OnError, StateDefinition, StateType};
 use crate::yaml::{Node, NodeKind, PathSeg};
@@ -479,7 +479,9 @@ impl Cx<'_> {
                         ExpressionEngine::Simple => {
                             self.condition(&crel, &src).map(Condition::Simple)
                         }
-                        ExpressionEngine::Cel => self.cel_condition(&crel, &src).map(Condition::Cel),
+                        ExpressionEngine::Cel => {
+                            self.cel_condition(&crel, &src).map(Condition::Cel)
+                        }
                     };
                     Some((src, parsed))
                 }

@@ -37,12 +37,16 @@ fn bench(c: &mut Criterion) {
     assert_eq!(simple(0, &ctx), Ok(Some(1)));
     assert_eq!(cel(0, &ctx), Ok(Some(1)));
     let mut group = c.benchmark_group("condition_20_keys");
-    group.bench_function("simple", |b| b.iter(|| simple(black_box(0), black_box(&ctx))));
+    group.bench_function("simple", |b| {
+        b.iter(|| simple(black_box(0), black_box(&ctx)))
+    });
     group.bench_function("cel", |b| b.iter(|| cel(black_box(0), black_box(&ctx))));
     // The same CEL condition converting the whole context, as for a condition that uses
     // `context` as a whole (`size(context)`, `context[k]`).
     static WHOLE: CelProgram = CelProgram::new("context.score >= 8 && context.round < 4", None);
-    group.bench_function("cel_whole_context", |b| b.iter(|| WHOLE.eval(black_box(&ctx))));
+    group.bench_function("cel_whole_context", |b| {
+        b.iter(|| WHOLE.eval(black_box(&ctx)))
+    });
     group.finish();
 }
 

@@ -14,6 +14,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+use cel::ExecutionError;
+use cel::extractors::This;
 use cel::objects::{Key, Map};
 
 use crate::context::{Context, Value};
@@ -121,9 +123,60 @@ fn parse(source: &'static str) -> Result<cel::Program, String> {
 
 /// The root CEL context with the standard functions, built once (registering them costs more
 /// than most evaluations).
+///
+/// Two standard functions are replaced to follow the CEL spec where the crate does not:
+/// `size` of a string counts code points (not bytes), and `contains` with an argument of the
+/// wrong type is an error (not `false`).
 fn root() -> &'static cel::Context<'static> {
     static ROOT: OnceLock<cel::Context<'static>> = OnceLock::new();
-    ROOT.get_or_init(cel::Context::default)
+    ROOT.get_or_init(|| {
+        let mut ctx = cel::Context::default();
+        ctx.add_function("size", size);
+        ctx.add_function("contains", contains);
+        ctx
+    })
+}
+
+/// `size(x)` / `x.size()`: code points of a string, bytes of bytes, entries of a list or map.
+fn size(ftx: &cel::FunctionContext, This(this): This<cel::Value>) -> Result<i64, ExecutionError> {
+    let n = match &this {
+        cel::Value::String(s) => s.chars().count(),
+        cel::Value::Bytes(b) => b.len(),
+        cel::Value::List(l) => l.len(),
+        cel::Value::Map(m) => m.map.len(),
+        other => {
+            return Err(ftx.error(format!("no size for {}", cel_type_name(other))));
+        }
+    };
+    i64::try_from(n).map_err(|_| ftx.error("size out of range"))
+}
+
+/// `s.contains(sub)` for strings (and bytes); also `list.contains(x)` and `map.contains(key)`,
+/// which the `cel` crate offers beyond the spec. Any other pairing is an error.
+fn contains(
+    ftx: &cel::FunctionContext,
+    This(this): This<cel::Value>,
+    arg: cel::Value,
+) -> Result<bool, ExecutionError> {
+    match (&this, &arg) {
+        (cel::Value::String(s), cel::Value::String(sub)) => Ok(s.contains(sub.as_str())),
+        (cel::Value::Bytes(b), cel::Value::Bytes(sub)) => {
+            Ok(sub.is_empty() || b.windows(sub.len()).any(|w| w == sub.as_slice()))
+        }
+        (cel::Value::List(items), _) => Ok(items.contains(&arg)),
+        (cel::Value::Map(m), _) => {
+            let key: Key = arg
+                .clone()
+                .try_into()
+                .map_err(ExecutionError::UnsupportedKeyType)?;
+            Ok(m.map.contains_key(&key))
+        }
+        _ => Err(ftx.error(format!(
+            "no overload for {}.contains({})",
+            cel_type_name(&this),
+            cel_type_name(&arg)
+        ))),
+    }
 }
 
 /// Converts a JSON value to a CEL value.
@@ -204,7 +257,10 @@ fn describe(value: &cel::Value) -> String {
         other => format!("{other:?}"),
     };
     if text.len() > 80 {
-        let cut = (0..=77).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        let cut = (0..=77)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
         format!("{}...", &text[..cut])
     } else {
         text
@@ -246,13 +302,19 @@ mod tests {
         assert_eq!(BLANK.eval(&Context::new()), Ok(true));
         static BAD: CelProgram = CelProgram::new("context.a >", None);
         let e = BAD.eval(&Context::new()).unwrap_err();
-        assert!(e.message().starts_with("in expression `context.a >`: invalid CEL"));
+        assert!(
+            e.message()
+                .starts_with("in expression `context.a >`: invalid CEL")
+        );
         assert!(BAD.prepare().is_err());
     }
 
     #[test]
     fn large_integers_are_uint() {
-        assert!(matches!(to_cel(&json!(u64::MAX)), cel::Value::UInt(u64::MAX)));
+        assert!(matches!(
+            to_cel(&json!(u64::MAX)),
+            cel::Value::UInt(u64::MAX)
+        ));
         assert!(matches!(to_cel(&json!(-3)), cel::Value::Int(-3)));
         assert!(matches!(to_cel(&json!(2.0)), cel::Value::Float(_)));
     }

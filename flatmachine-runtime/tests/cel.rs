@@ -36,7 +36,9 @@ fn check_case(case: &Value) -> Option<String> {
     if let Some(want) = expected.get("compile_error").and_then(Value::as_str) {
         return match checked {
             Err(e) if e.message.contains(want) => None,
-            other => Some(format!("{name}: `{src}` expected compile error `{want}`, got {other:?}")),
+            other => Some(format!(
+                "{name}: `{src}` expected compile error `{want}`, got {other:?}"
+            )),
         };
     }
     let fields = match checked {
@@ -55,8 +57,7 @@ fn check_case(case: &Value) -> Option<String> {
             (Value::Bool(want), Ok(b)) => want == b,
             (Value::Object(o), Err(message)) => {
                 let want = o.get("error").and_then(Value::as_str).unwrap_or("");
-                message.starts_with(&format!("in expression `{src}`: "))
-                    && message.contains(want)
+                message.starts_with(&format!("in expression `{src}`: ")) && message.contains(want)
             }
             _ => false,
         };
@@ -119,7 +120,8 @@ async fn cel_conditions_pick_the_branch() {
     assert_eq!(route(owned).await, "team");
     let low = json!({"items": [{"priority": "low"}], "score": 1});
     assert_eq!(route(low).await, "later");
-    let mixed = json!({"items": [{"priority": "low"}, {"priority": "mid"}], "score": 1, "owner": "bob"});
+    let mixed =
+        json!({"items": [{"priority": "low"}, {"priority": "mid"}], "score": 1, "owner": "bob"});
     assert_eq!(route(mixed).await, "other");
 }
 
@@ -132,11 +134,15 @@ async fn a_cel_error_routes_through_on_error() {
     assert_eq!(result.output["error_type"], "ExpressionError");
     let message = result.output["error"].as_str().unwrap();
     assert!(
-        message.starts_with("in expression `context.ticket.score > 5`: ") && message.contains("score"),
+        message.starts_with("in expression `context.ticket.score > 5`: ")
+            && message.contains("score"),
         "{message}"
     );
     // A string score: no `>` between string and int.
-    let result = machine.run(json!({"ticket": {"score": "9"}})).await.unwrap();
+    let result = machine
+        .run(json!({"ticket": {"score": "9"}}))
+        .await
+        .unwrap();
     assert_eq!(result.final_state, "handled");
     // A good score takes the normal branch.
     let result = machine.run(json!({"ticket": {"score": 9}})).await.unwrap();
@@ -145,13 +151,17 @@ async fn a_cel_error_routes_through_on_error() {
 
 #[tokio::test]
 async fn an_unrouted_cel_error_fails_the_run() {
-    let machine = Machine::of::<cel_error_unrouted::Machine>().build().unwrap();
+    let machine = Machine::of::<cel_error_unrouted::Machine>()
+        .build()
+        .unwrap();
     match machine.run(json!({"n": 1})).await.unwrap_err() {
         RunError::State { state, error, .. } => {
             assert_eq!(state, "start");
             assert_eq!(error.error_type, error_type::EXPRESSION);
             assert!(
-                error.message.contains("must evaluate to a bool, this one gave int `2`"),
+                error
+                    .message
+                    .contains("must evaluate to a bool, this one gave int `2`"),
                 "{}",
                 error.message
             );

@@ -131,7 +131,10 @@ fn token_len(src: &str, offset: usize) -> usize {
     if word > 0 {
         return word;
     }
-    match ["&&", "||", "==", "!=", "<=", ">="].iter().find(|op| rest.starts_with(**op)) {
+    match ["&&", "||", "==", "!=", "<=", ">="]
+        .iter()
+        .find(|op| rest.starts_with(**op))
+    {
         Some(op) => op.len(),
         None => rest.chars().next().map_or(0, char::len_utf8),
     }
@@ -202,7 +205,8 @@ impl Walk<'_> {
                 }
                 if let Some(target) = &call.target {
                     // `optional.of(x)` and friends: a qualified function, not a variable.
-                    let qualified = matches!(&target.expr, Expr::Ident(n) if n == "optional" && !self.bound(n));
+                    let qualified =
+                        matches!(&target.expr, Expr::Ident(n) if n == "optional" && !self.bound(n));
                     if !qualified {
                         self.expr(target, d)?;
                     }
@@ -226,7 +230,10 @@ impl Walk<'_> {
                 inner
             }
             Expr::List(list) => list.elements.iter().try_for_each(|x| self.expr(x, d)),
-            Expr::Map(map) => map.entries.iter().try_for_each(|entry| self.entry(entry, d)),
+            Expr::Map(map) => map
+                .entries
+                .iter()
+                .try_for_each(|entry| self.entry(entry, d)),
             Expr::Struct(st) => st.entries.iter().try_for_each(|entry| self.entry(entry, d)),
         }
     }
@@ -332,7 +339,10 @@ mod tests {
         assert!(check("context.xs.all(x, x > 0)").is_ok());
         assert!(check("context.xs.map(x, x * 2).exists(y, y > 3)").is_ok());
         let e = check("context.xs.all(x, x > 0) && x > 1").unwrap_err();
-        assert_eq!(e.message, "unknown name `x`: conditions can only read `context`");
+        assert_eq!(
+            e.message,
+            "unknown name `x`: conditions can only read `context`"
+        );
     }
 
     #[test]
@@ -343,7 +353,11 @@ mod tests {
         assert_eq!(e.offset, 12);
         assert_eq!(e.help.as_deref(), Some("did you mean `context`?"));
         let e = check("input.x == 1").unwrap_err();
-        assert!(e.message.contains("`input` is not in scope"), "{}", e.message);
+        assert!(
+            e.message.contains("`input` is not in scope"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -364,9 +378,29 @@ mod tests {
     #[test]
     fn odd_input_never_panics() {
         for src in [
-            "(", ")", "[[[", "'unterminated", "\"", "\\", "context.", "1 +", "{", "}", "@x", "..",
-            "context.a.b.c.d(", "b'\\xff'", "r'", "has()", "has(context)", "x.all()",
-            "[1,2].map(1, 2)", "{1: 2}.filter(k, v, true)", "\u{0}", "🙂", "context.🙂",
+            "(",
+            ")",
+            "[[[",
+            "'unterminated",
+            "\"",
+            "\\",
+            "context.",
+            "1 +",
+            "{",
+            "}",
+            "@x",
+            "..",
+            "context.a.b.c.d(",
+            "b'\\xff'",
+            "r'",
+            "has()",
+            "has(context)",
+            "x.all()",
+            "[1,2].map(1, 2)",
+            "{1: 2}.filter(k, v, true)",
+            "\u{0}",
+            "🙂",
+            "context.🙂",
         ] {
             let _ = check(src);
         }
