@@ -92,12 +92,11 @@ fn syntax_error(src: &str, errors: &cel::ParseErrors) -> ExprSyntaxError {
         .unwrap_or(&first.msg);
     // ANTLR lists every token it could have taken (`expecting {'[', '{', '(', ...}`): too long
     // to help; keep what it found.
-    let error = match message.split_once(" expecting {") {
+    match message.split_once(" expecting {") {
         Some((found, _)) => ExprSyntaxError::new(format!("CEL syntax error: {found}"), Span::new(offset, len))
             .with_help("a CEL value is a literal, `context.<field>`, a call, a list, a map or a parenthesised expression"),
         None => ExprSyntaxError::new(format!("CEL syntax error: {message}"), Span::new(offset, len)),
-    };
-    error
+    }
 }
 
 /// Byte offset of a parser position (1-based line and column, in characters); the start of
