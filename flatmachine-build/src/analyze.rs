@@ -5,7 +5,8 @@ use crate::agents::{ModelIr, PROMPT_SCOPE, ProfileSet};
 use crate::diagnostic::{Diagnostic, Diagnostics, did_you_mean};
 use crate::expr;
 use crate::ir::{
-    AgentIr, AgentKindIr, FlatAgentIr, MachineIr, Scope, StateIr, TemplateIr, TransitionIr,
+    AgentIr, AgentKindIr, Condition, FlatAgentIr, MachineIr, Scope, StateIr, TemplateIr,
+    TransitionIr,
 };
 use crate::loader::{AgentUnit, MachineId, MachineUnit, Origin, ProfilesId, Project};
 use crate::model::AgentWrapper;
@@ -486,8 +487,12 @@ impl Cx<'_> {
                 Some(_) => {
                     let src = t.condition.clone().unwrap_or_default();
                     let parsed = match engine {
-                        ExpressionEngine::Simple => self.condition(&crel, &src),
-                        ExpressionEngine::Cel => None,
+                        ExpressionEngine::Simple => {
+                            self.condition(&crel, &src).map(Condition::Simple)
+                        }
+                        ExpressionEngine::Cel => {
+                            self.cel_condition(&crel, &src).map(Condition::Cel)
+                        }
                     };
                     Some((src, parsed))
                 }
@@ -587,7 +592,22 @@ impl Cx<'_> {
 
     /// Parse a condition; report syntax errors at the right column.
     fn condition(&mut self, rel: &[PathSeg], src: &str) -> Option<expr::Expr> {
-        match expr::parse(src) {
+        let parsed = expr::parse(src);
+        self.condition_result(rel, parsed)
+    }
+
+    fn cel_condition(&mut self, rel: &[PathSeg], src: &str) -> Option<expr::cel::CelCondition> {
+        let parsed = expr::cel::check(src);
+        self.condition_result(rel, parsed)
+    }
+
+    /// A parsed condition, or its error reported at the offending text.
+    fn condition_result<T>(
+        &mut self,
+        rel: &[PathSeg],
+        parsed: Result<T, expr::ExprSyntaxError>,
+    ) -> Option<T> {
+        match parsed {
             Ok(e) => Some(e),
             Err(e) => {
                 let span = match self.node(rel) {

@@ -1,7 +1,7 @@
 //! Lowered machines → Rust tokens: one module per machine holding its `State` enum, the compiled
 //! transition function, the embedded templates and a static `MachineSpec` for the runtime.
 
-use crate::ir::{MachineIr, StateIr, TemplateIr};
+use crate::ir::{Condition, MachineIr, StateIr, TemplateIr};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
 use serde_json::Value;
@@ -195,7 +195,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
                         terminated = true;
                         break;
                     }
-                    Some((_, Some(expr))) => {
+                    Some((_, Some(Condition::Simple(expr)))) => {
                         let cond = crate::expr::condition_tokens(expr, rt, &ctx);
                         body.push(quote! {
                             if #cond? {
@@ -203,12 +203,20 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
                             }
                         });
                     }
-                    Some((src, None)) => {
+                    Some((src, Some(Condition::Cel(cel)))) => {
+                        let slot = slots.cel_slot(src, cel.fields.as_deref());
                         body.push(quote! {
-                            if #rt::machine::cel_condition(#src, #ctx)? {
+                            if #slot.eval(#ctx)? {
                                 return Ok(Some(State::#to));
                             }
                         });
+                    }
+                    Some((src, None)) => {
+                        // Not reached: a condition with an error stops the build before codegen.
+                        let message = format!("invalid condition `{src}`");
+                        body.push(quote!(return Err(#rt::expr::ExprError::new(#message));));
+                        terminated = true;
+                        break;
                     }
                 }
             }
@@ -865,6 +873,8 @@ fn opt_template(t: Option<&TemplateIr>, rt: &TokenStream, slots: &mut Slots) -> 
 #[derive(Default)]
 struct Slots {
     sources: Vec<String>,
+    /// CEL conditions: source and the top-level context fields read (`None`: any).
+    cel: Vec<(String, Option<Vec<String>>)>,
 }
 
 impl Slots {
@@ -879,12 +889,33 @@ impl Slots {
         format_ident!("T{}", i)
     }
 
+    /// The `static` holding this CEL condition (one per distinct condition).
+    fn cel_slot(&mut self, src: &str, fields: Option<&[String]>) -> Ident {
+        let entry = (src.to_string(), fields.map(<[String]>::to_vec));
+        let i = match self.cel.iter().position(|c| *c == entry) {
+            Some(i) => i,
+            None => {
+                self.cel.push(entry);
+                self.cel.len() - 1
+            }
+        };
+        format_ident!("C{}", i)
+    }
+
     fn statics(&self, rt: &TokenStream) -> TokenStream {
         let items = self.sources.iter().enumerate().map(|(i, src)| {
             let id = format_ident!("T{}", i);
             quote!(static #id: #rt::template::TemplateSlot = #rt::template::TemplateSlot::new(#src);)
         });
-        quote!(#(#items)*)
+        let cel = self.cel.iter().enumerate().map(|(i, (src, fields))| {
+            let id = format_ident!("C{}", i);
+            let fields = match fields {
+                Some(f) => quote!(Some(&[#(#f),*])),
+                None => quote!(None),
+            };
+            quote!(static #id: #rt::cel::CelProgram = #rt::cel::CelProgram::new(#src, #fields);)
+        });
+        quote!(#(#items)* #(#cel)*)
     }
 }
 

@@ -40,8 +40,17 @@ pub struct TemplateIr(pub serde_json::Value);
 pub struct TransitionIr {
     /// Target state index.
     pub to: usize,
-    /// Source text and parsed expression (`None` expression for a CEL condition).
-    pub condition: Option<(String, Option<Expr>)>,
+    /// Source text and parsed condition (`None` when it has an error, reported already).
+    pub condition: Option<(String, Option<Condition>)>,
+}
+
+/// A checked transition condition.
+#[derive(Debug, Clone)]
+pub enum Condition {
+    /// The simple language, compiled to Rust.
+    Simple(Expr),
+    /// CEL (`expression_engine: cel`), evaluated at run time by the `cel` crate.
+    Cel(crate::expr::cel::CelCondition),
 }
 
 /// One state.

@@ -4,6 +4,7 @@
 //! this crate carries all behaviour: the execution loop, templates, hooks, persistence.
 
 pub mod agents;
+pub mod cel;
 pub mod context;
 pub mod engine;
 pub mod error;

@@ -35,7 +35,8 @@ pub struct MachineSpec {
     pub machines: &'static [(&'static str, Option<&'static MachineSpec>)],
     /// Every `action:` name used by a state.
     pub actions: &'static [&'static str],
-    /// Whether conditions use CEL (evaluated at run time) instead of compiled simple expressions.
+    /// Whether conditions are CEL (evaluated at run time by [`crate::cel::CelProgram`]) instead
+    /// of simple expressions compiled to Rust.
     pub cel: bool,
     /// Picks the next state: `transition(state_index, context)` → next state index, or `None`
     /// when no transition matches (or the state is final).
@@ -217,13 +218,3 @@ impl fmt::Display for UnknownState {
 }
 
 impl std::error::Error for UnknownState {}
-
-/// Evaluate a condition of a machine with `expression_engine: cel`.
-///
-/// CEL evaluation is not built yet (it is on the roadmap); until then a CEL condition fails
-/// the state with an `ExpressionError` that says so, which routes through `on_error`.
-pub fn cel_condition(source: &str, _context: &Context) -> Result<bool, ExprError> {
-    Err(ExprError::new(format!(
-        "`expression_engine: cel` is not supported by this runtime yet (condition `{source}`)"
-    )))
-}

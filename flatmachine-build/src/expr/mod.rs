@@ -22,6 +22,7 @@
 //! literal    := integer | float | string | true | True | false | False | null | None
 //! ```
 
+pub mod cel;
 mod codegen;
 mod lexer;
 mod parser;

@@ -450,7 +450,7 @@ impl<'s> Parser<'s> {
                     let open = self.peek()?.span;
                     return Err(err("function calls are not supported", span.to(open)));
                 }
-                return Err(scope_error(&name, span));
+                return Err(scope_error(&name, span, KNOWN_NAMES));
             }
         };
         Node::new(kind, span)
@@ -470,7 +470,7 @@ fn binary(op: BinaryOp, lhs: Node, rhs: Node) -> Result<Node, ExprSyntaxError> {
 }
 
 /// The error for a name other than `context` and the literal keywords.
-fn scope_error(name: &str, span: Span) -> ExprSyntaxError {
+pub(super) fn scope_error(name: &str, span: Span, known: &[&str]) -> ExprSyntaxError {
     if matches!(name, "input" | "output") {
         return err(
             format!("conditions can only read `context`; `{name}` is not in scope here"),
@@ -486,7 +486,7 @@ fn scope_error(name: &str, span: Span) -> ExprSyntaxError {
         format!("unknown name `{name}`: conditions can only read `context`"),
         span,
     );
-    let best = KNOWN_NAMES
+    let best = known
         .iter()
         .map(|candidate| (strsim::jaro(name, candidate), candidate))
         .fold(

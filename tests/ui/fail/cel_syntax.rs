@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/cel_syntax.yml");
+
+fn main() {}
