@@ -725,6 +725,38 @@ impl Cx<'_> {
         self.diags.extend(found);
     }
 
+    /// A missing agent file is an error, unless every state that calls the agent routes its
+    /// errors with `on_error`: such a machine expects the agent to fail (the corpus's
+    /// `error_handling` demo does this on purpose), so it is a warning and the agent fails at
+    /// run time with the reference's `FileNotFoundError`.
+    fn missing_agent_file(&mut self, key: &str, diagnostic: &Diagnostic) {
+        let states: Vec<bool> = self
+            .unit
+            .config
+            .as_ref()
+            .map(|cfg| {
+                cfg.data
+                    .states
+                    .values()
+                    .filter(|s| s.agent.as_deref() == Some(key))
+                    .map(|s| s.on_error.is_some())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut d = diagnostic.clone();
+        if !states.is_empty() && states.iter().all(|routed| *routed) {
+            d.severity = crate::diagnostic::Severity::Warning;
+            d.help.push(format!(
+                "every state calling agent `{key}` routes errors with `on_error`, so this compiles: the agent fails at run time with `FileNotFoundError`"
+            ));
+        } else {
+            d.help.push(format!(
+                "if the file is missing on purpose, route errors with `on_error` in every state that calls agent `{key}`"
+            ));
+        }
+        self.diags.push(d);
+    }
+
     /// Check and lower this machine's agents.
     fn agents(&mut self) -> Vec<AgentIr> {
         let unit = self.unit;
@@ -752,6 +784,10 @@ impl Cx<'_> {
                 },
                 AgentUnit::FlatAgent { config: None, .. } | AgentUnit::Missing => {
                     AgentKindIr::Missing
+                }
+                AgentUnit::NotFound { path, diagnostic } => {
+                    self.missing_agent_file(key, diagnostic);
+                    AgentKindIr::NotFound(path.clone())
                 }
             };
             out.push(AgentIr {

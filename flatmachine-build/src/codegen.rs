@@ -624,6 +624,9 @@ fn agent_items(m: &MachineIr, rt: &TokenStream) -> AgentItems {
             AgentKindIr::Missing => {
                 specs.push(quote!(#rt::machine::AgentSpec { name: #key, kind: "flatagent", flatagent: None, reference: None, config: None }));
             }
+            AgentKindIr::NotFound(path) => {
+                specs.push(quote!(#rt::machine::AgentSpec { name: #key, kind: "flatagent", flatagent: None, reference: Some(#path), config: None }));
+            }
         }
     }
     AgentItems {

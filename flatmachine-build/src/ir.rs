@@ -144,6 +144,8 @@ pub enum AgentKindIr {
     },
     /// A flatagent that could not be loaded (errors say why).
     Missing,
+    /// The agent file did not exist (a warning, see `analyze`): fails at run time.
+    NotFound(String),
 }
 
 /// A flatagent, checked and resolved.

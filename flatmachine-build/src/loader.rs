@@ -92,6 +92,14 @@ pub enum AgentUnit {
     },
     /// The reference could not be loaded (the error is in the diagnostics).
     Missing,
+    /// The agent file does not exist. Whether that is an error depends on the states that call
+    /// the agent (the analysis decides: see `analyze`), so the diagnostic waits here.
+    NotFound {
+        /// The path as written in `agents:`.
+        path: String,
+        /// The "cannot read" diagnostic, located at the reference.
+        diagnostic: Box<Diagnostic>,
+    },
 }
 
 /// Everything read for one root machine.
@@ -453,11 +461,18 @@ impl Loader {
             AgentRef::Path(p) => {
                 let span = self.project.span(origin, rel);
                 let full = normalize(&dir.join(p));
+                let absent = !full.exists();
                 match self.read_file(&full, Some(span)) {
                     Ok(file) => (
                         Origin { file, base: vec![] },
                         full.parent().map(Path::to_path_buf).unwrap_or_default(),
                     ),
+                    Err(d) if absent => {
+                        return AgentUnit::NotFound {
+                            path: p.clone(),
+                            diagnostic: Box::new(d),
+                        };
+                    }
                     Err(d) => {
                         self.project.diagnostics.push(d);
                         return AgentUnit::Missing;

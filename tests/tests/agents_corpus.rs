@@ -18,6 +18,12 @@ flatmachine!(
     "../../shared/conformance/corpus/character_card/config/machine.yml",
     allow_warnings
 );
+// Names an agent file that does not exist, on purpose: every state calling it routes errors,
+// so it compiles (with a warning) and fails at run time, as the demo intends.
+flatmachine!(
+    "../../shared/conformance/corpus/error_handling/config/machine.yml",
+    allow_warnings
+);
 
 /// Sends every request to the loopback server, as a profile's `base_url` would.
 struct AtBase {
@@ -187,4 +193,54 @@ async fn corpus_character_card_chats_until_quit() {
         "Mira nods. (you said: User: Hello there)"
     );
     assert_eq!(server.received().len(), 1);
+}
+
+#[tokio::test]
+async fn corpus_error_handling_routes_a_missing_agent_file() {
+    let server = LoopbackLlm::start(|req: &Received| {
+        let system = req.system();
+        if system.starts_with("You summarize errors") {
+            assert!(
+                req.message("user").contains("FileNotFoundError"),
+                "{}",
+                req.message("user")
+            );
+            openai_reply("The worker agent's configuration file was missing.", 40, 9)
+        } else if system.starts_with("Extract the error summary") {
+            openai_reply(
+                "{\"summary\": \"The worker agent's configuration file was missing.\"}",
+                30,
+                12,
+            )
+        } else {
+            panic!("unexpected agent: {system}")
+        }
+    })
+    .await;
+    let machine = Machine::of::<error_handling_demo::Machine>()
+        .llm_backend(Arc::new(AtBase {
+            inner: ProviderRouter::new(),
+            base: server.openai_base(),
+        }))
+        .no_persistence()
+        .build()
+        .unwrap();
+    let result = machine
+        .run(json!({"task": "count the stars"}))
+        .await
+        .unwrap();
+    assert_eq!(result.final_state, "failed");
+    assert_eq!(result.output["success"], false);
+    assert_eq!(
+        result.output["summary"],
+        "The worker agent's configuration file was missing."
+    );
+    assert_eq!(result.output["error_type"], "FileNotFoundError");
+    assert!(
+        result.output["error"]
+            .as_str()
+            .unwrap()
+            .contains("nonexistent.yml")
+    );
+    assert_eq!(result.total_api_calls, 2);
 }

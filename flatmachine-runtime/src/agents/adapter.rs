@@ -107,14 +107,23 @@ impl AgentAdapter for FlatAgentAdapter {
         agent: &'static AgentSpec,
         env: &AdapterEnv,
     ) -> Result<Arc<dyn AgentExecutor>, StateError> {
-        let config = agent.flatagent.ok_or_else(|| {
-            StateError::new(
+        let config = agent.flatagent.ok_or_else(|| match agent.reference {
+            // The compiler let a missing file through because every state calling the agent
+            // routes errors; fail as the reference does when it cannot open the file.
+            Some(path) => StateError::new(
+                "FileNotFoundError",
+                format!(
+                    "agent `{}` of machine `{}`: configuration file not found: {path}",
+                    agent.name, env.machine.name
+                ),
+            ),
+            None => StateError::new(
                 error_type::AGENT,
                 format!(
                     "agent `{}` of machine `{}` has no compiled flatagent config",
                     agent.name, env.machine.name
                 ),
-            )
+            ),
         })?;
         Ok(Arc::new(FlatAgentExecutor::new(config, env.llm.clone())))
     }
@@ -211,7 +220,8 @@ struct SubprocessExecutor {
 impl AgentExecutor for SubprocessExecutor {
     async fn execute(&self, input: &Value, context: &Context) -> Result<AgentResult, StateError> {
         let name = self.agent.name;
-        let fail = |msg: String| StateError::new(error_type::AGENT, format!("agent `{name}`: {msg}"));
+        let fail =
+            |msg: String| StateError::new(error_type::AGENT, format!("agent `{name}`: {msg}"));
         let request = serde_json::json!({
             "ref": self.agent.reference,
             "config": self.agent.config.map(|c| c.value().clone()),
