@@ -298,18 +298,11 @@ fn two_initial_states_is_an_error() {
 
 #[test]
 fn unresolved_refs_are_missing_file_errors() {
-    for (rel, missing, at) in [
-        (
-            "coding_agent/config/machine.yml",
-            "codebase_explorer/machine.yml",
-            "coding_agent/config/machine.yml:45:15",
-        ),
-        (
-            "error_handling/config/machine.yml",
-            "nonexistent.yml",
-            "error_handling/config/machine.yml:16:13",
-        ),
-    ] {
+    for (rel, missing, at) in [(
+        "coding_agent/config/machine.yml",
+        "codebase_explorer/machine.yml",
+        "coding_agent/config/machine.yml:45:15",
+    )] {
         let checked = check_rel(rel);
         let errors: Vec<&Diagnostic> = checked.diagnostics.errors().collect();
         assert_eq!(errors.len(), 1, "{rel}:\n{}", checked.render(false));
@@ -320,6 +313,34 @@ fn unresolved_refs_are_missing_file_errors() {
         );
         assert_eq!(checked.db().location(errors[0].span.unwrap()), at);
     }
+}
+
+/// `error_handling` names a missing agent file on purpose and routes the failure of the only
+/// state that calls it: a located warning, and the machine compiles.
+#[test]
+fn a_missing_agent_file_whose_callers_route_errors_is_a_warning() {
+    let checked = check_rel("error_handling/config/machine.yml");
+    assert_eq!(
+        checked.diagnostics.errors().count(),
+        0,
+        "{}",
+        checked.render(false)
+    );
+    let w = checked
+        .diagnostics
+        .iter()
+        .find(|d| d.message.contains("nonexistent.yml"))
+        .expect("a warning for the missing file");
+    assert!(!w.is_error());
+    assert_eq!(
+        checked.db().location(w.span.unwrap()),
+        "error_handling/config/machine.yml:16:13"
+    );
+    assert!(
+        w.help.iter().any(|h| h.contains("FileNotFoundError")),
+        "{:?}",
+        w.help
+    );
 }
 
 /// Wrap an agent file (by absolute path) in a one-state machine in `dir`.
