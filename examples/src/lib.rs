@@ -10,22 +10,26 @@ pub fn order_machine(crash_in_charge: bool, checkpoint_dir: &std::path::Path) ->
     Machine::of::<order_approval::Machine>()
         .checkpoint_dir(checkpoint_dir.join(".checkpoints"))
         .lock_dir(checkpoint_dir.join(".locks"))
-        .action("validate_order", |ctx: Context| async move {
-            match ctx.get("amount").and_then(Value::as_f64) {
-                Some(a) if a > 0.0 => Ok(ctx),
-                _ => Err(StateError::new(
-                    "InvalidOrder",
-                    "amount must be a positive number",
-                )),
-            }
+        .action_mut("validate_order", |ctx, _call| {
+            Box::pin(async move {
+                match ctx.get("amount").and_then(Value::as_f64) {
+                    Some(a) if a > 0.0 => Ok(()),
+                    _ => Err(StateError::new(
+                        "InvalidOrder",
+                        "amount must be a positive number",
+                    )),
+                }
+            })
         })
-        .action("request_review", |mut ctx: Context| async move {
-            // A real system would ask a human; approve anything under 5000.
-            let amount = ctx.get("amount").and_then(Value::as_f64).unwrap_or(0.0);
-            ctx.insert("approved".into(), Value::Bool(amount < 5000.0));
-            Ok(ctx)
+        .action_mut("request_review", |ctx, _call| {
+            Box::pin(async move {
+                // A real system would ask a human; approve anything under 5000.
+                let amount = ctx.get("amount").and_then(Value::as_f64).unwrap_or(0.0);
+                ctx.insert("approved".into(), Value::Bool(amount < 5000.0));
+                Ok(())
+            })
         })
-        .action("charge_card", move |mut ctx: Context| async move {
+        .action_mut("charge_card", move |ctx: &mut Context, _call| Box::pin(async move {
             let attempts = ctx.get("attempts").and_then(Value::as_i64).unwrap_or(0);
             if crash_in_charge {
                 eprintln!("charge_card: simulating a crash (the process exits now)");
@@ -47,12 +51,14 @@ pub fn order_machine(crash_in_charge: bool, checkpoint_dir: &std::path::Path) ->
                 "receipt".into(),
                 Value::String(format!("rcpt-{id}-{attempts}")),
             );
-            Ok(ctx)
-        })
-        .action("back_off", |mut ctx: Context| async move {
-            let attempts = ctx.get("attempts").and_then(Value::as_i64).unwrap_or(0) + 1;
-            ctx.insert("attempts".into(), attempts.into());
-            tokio::time::sleep(std::time::Duration::from_millis(10 * attempts as u64)).await;
-            Ok(ctx)
+            Ok(())
+        }))
+        .action_mut("back_off", |ctx, _call| {
+            Box::pin(async move {
+                let attempts = ctx.get("attempts").and_then(Value::as_i64).unwrap_or(0) + 1;
+                ctx.insert("attempts".into(), attempts.into());
+                tokio::time::sleep(std::time::Duration::from_millis(10 * attempts as u64)).await;
+                Ok(())
+            })
         })
 }

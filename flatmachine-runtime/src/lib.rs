@@ -16,7 +16,9 @@ pub mod results;
 pub mod template;
 
 pub use context::{Context, Value};
-pub use engine::{AgentOutput, Machine, MachineBuilder, RunError, RunOptions, RunResult};
+pub use engine::{
+    ActionCall, AgentOutput, LaunchOutcome, Machine, MachineBuilder, RunError, RunOptions, RunResult,
+};
 pub use error::{StateError, error_type};
 pub use machine::{MachineDef, MachineSpec, StateSpec};
 
