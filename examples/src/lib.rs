@@ -4,6 +4,7 @@ use flatmachine_runtime::{Context, Machine, MachineBuilder, StateError, Value};
 
 flatmachine_runtime::flatmachine!("machines/order.yml");
 flatmachine_runtime::flatmachine!("machines/launcher.yml");
+flatmachine_runtime::flatmachine!("machines/review_pipeline.yml");
 
 /// The order-approval machine with its action handlers. `crash_in_charge` makes the first card
 /// charge kill the process (to show resuming from disk checkpoints).
