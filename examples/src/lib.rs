@@ -31,30 +31,32 @@ pub fn order_machine(crash_in_charge: bool, checkpoint_dir: &std::path::Path) ->
                 Ok(())
             })
         })
-        .action_mut("charge_card", move |ctx: &mut Context, _call| Box::pin(async move {
-            let attempts = ctx.get("attempts").and_then(Value::as_i64).unwrap_or(0);
-            if crash_in_charge {
-                eprintln!("charge_card: simulating a crash (the process exits now)");
-                std::process::exit(137);
-            }
-            if attempts < 1 {
-                // The payment provider is flaky: the first try times out.
-                return Err(StateError::new(
-                    "PaymentTimeout",
-                    "payment provider timed out",
-                ));
-            }
-            let id = ctx
-                .get("order_id")
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-                .to_string();
-            ctx.insert(
-                "receipt".into(),
-                Value::String(format!("rcpt-{id}-{attempts}")),
-            );
-            Ok(())
-        }))
+        .action_mut("charge_card", move |ctx: &mut Context, _call| {
+            Box::pin(async move {
+                let attempts = ctx.get("attempts").and_then(Value::as_i64).unwrap_or(0);
+                if crash_in_charge {
+                    eprintln!("charge_card: simulating a crash (the process exits now)");
+                    std::process::exit(137);
+                }
+                if attempts < 1 {
+                    // The payment provider is flaky: the first try times out.
+                    return Err(StateError::new(
+                        "PaymentTimeout",
+                        "payment provider timed out",
+                    ));
+                }
+                let id = ctx
+                    .get("order_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string();
+                ctx.insert(
+                    "receipt".into(),
+                    Value::String(format!("rcpt-{id}-{attempts}")),
+                );
+                Ok(())
+            })
+        })
         .action_mut("back_off", |ctx, _call| {
             Box::pin(async move {
                 let attempts = ctx.get("attempts").and_then(Value::as_i64).unwrap_or(0) + 1;

@@ -102,7 +102,10 @@ fn killed_between_recording_and_starting_the_child_runs_once_after_resume() {
     let out = resume(&dir.0, "parent-recorded");
     assert!(out.contains(r#"{"launched":"report"}"#), "{out}");
     assert!(out.contains(&format!("launched {child} ")), "{out}");
-    assert_eq!(runs(&dir.0), [format!("start {child}"), format!("end {child}")]);
+    assert_eq!(
+        runs(&dir.0),
+        [format!("start {child}"), format!("end {child}")]
+    );
 
     // Resuming the finished parent again starts nothing.
     resume(&dir.0, "parent-recorded");
@@ -122,7 +125,10 @@ fn killed_after_starting_the_child_resumes_it_instead_of_starting_another() {
     let out = resume(&dir.0, "parent-started");
     assert!(out.contains(&format!("launched {child} ")), "{out}");
     // The child was resumed from its checkpoint: no second start.
-    assert_eq!(runs(&dir.0), [format!("start {child}"), format!("end {child}")]);
+    assert_eq!(
+        runs(&dir.0),
+        [format!("start {child}"), format!("end {child}")]
+    );
     let child_end = latest(&dir.0, &child);
     assert_eq!(child_end.event.as_deref(), Some("machine_end"));
     assert_eq!(

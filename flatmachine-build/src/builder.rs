@@ -152,8 +152,7 @@ impl Builder {
                 .map(PathBuf::from)
                 .ok_or_else(|| {
                     BuildError::single(
-                        "OUT_DIR is not set: call `out_dir(...)` or run from a build script"
-                            .into(),
+                        "OUT_DIR is not set: call `out_dir(...)` or run from a build script".into(),
                     )
                 })?,
         };

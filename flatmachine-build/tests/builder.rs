@@ -79,9 +79,15 @@ fn silencing_warnings_keeps_rerun_if_changed() {
         lines
     };
     let loud = lines(true);
-    assert!(loud.iter().any(|l| l.starts_with("cargo:warning=")), "{loud:?}");
+    assert!(
+        loud.iter().any(|l| l.starts_with("cargo:warning=")),
+        "{loud:?}"
+    );
     let quiet = lines(false);
-    assert!(!quiet.iter().any(|l| l.starts_with("cargo:warning=")), "{quiet:?}");
+    assert!(
+        !quiet.iter().any(|l| l.starts_with("cargo:warning=")),
+        "{quiet:?}"
+    );
     assert!(
         quiet
             .iter()

@@ -17,7 +17,8 @@ pub mod template;
 
 pub use context::{Context, Value};
 pub use engine::{
-    ActionCall, AgentOutput, LaunchOutcome, Machine, MachineBuilder, RunError, RunOptions, RunResult,
+    ActionCall, AgentOutput, LaunchOutcome, Machine, MachineBuilder, RunError, RunOptions,
+    RunResult,
 };
 pub use error::{StateError, error_type};
 pub use machine::{MachineDef, MachineSpec, StateSpec};

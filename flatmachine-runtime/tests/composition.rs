@@ -11,7 +11,9 @@ use flatmachine_runtime::hooks::{
 };
 use flatmachine_runtime::persistence::{CheckpointStore, MemoryBackend};
 use flatmachine_runtime::results::make_uri;
-use flatmachine_runtime::{ActionCall, AgentOutput, Context, Machine, MachineBuilder, StateError, Value};
+use flatmachine_runtime::{
+    ActionCall, AgentOutput, Context, Machine, MachineBuilder, StateError, Value,
+};
 use serde_json::json;
 
 flatmachine_runtime::flatmachine!("tests/machines/compose/keep_on_fail.yml");
@@ -225,7 +227,10 @@ async fn a_fallback_returning_not_handled_is_an_unhandled_action() {
         .unwrap();
     // `on_error: failed` routes the UnhandledActionError like any other.
     let result = machine.run(json!({})).await.unwrap();
-    assert_eq!(result.context["last_error_type"], json!("UnhandledActionError"));
+    assert_eq!(
+        result.context["last_error_type"],
+        json!("UnhandledActionError")
+    );
 }
 
 #[tokio::test]
@@ -241,7 +246,10 @@ async fn hooks_constructors_learn_which_machine_they_are_for() {
         .hooks_registry(registry)
         .build()
         .unwrap();
-    let result = machine.run_with_id("hooked-parent", json!({})).await.unwrap();
+    let result = machine
+        .run_with_id("hooked-parent", json!({}))
+        .await
+        .unwrap();
     assert_eq!(result.output, json!({"child_ok": true}));
     let built = built.lock().unwrap();
     assert_eq!(built.len(), 1);
@@ -433,7 +441,10 @@ async fn a_launched_child_is_recorded_before_it_starts_and_writes_its_result() {
         .lock_dir(dir.path().join(".locks"))
         .build()
         .unwrap();
-    let result = machine.run_with_id("launcher-1", json!({"n": 7})).await.unwrap();
+    let result = machine
+        .run_with_id("launcher-1", json!({"n": 7}))
+        .await
+        .unwrap();
     assert_eq!(result.output, json!({"launched": true}));
     let joined = machine.join_launched().await;
     assert_eq!(joined.len(), 1);

@@ -38,20 +38,20 @@ fn int(ctx: &Context, key: &str) -> i64 {
 impl typed_actions::Actions for std::sync::Arc<Shop> {
     async fn price_items(&self, context: &mut Context) -> Result<(), StateError> {
         self.called("price-items");
-        let count = int(&context, "count");
+        let count = int(context, "count");
         if count <= 0 {
             return Err(StateError::new("EmptyOrder", "nothing to price"));
         }
         // Yield once so the handler really is asynchronous.
         tokio::task::yield_now().await;
-        let total = count * int(&context, "unit_price");
+        let total = count * int(context, "unit_price");
         context.insert("total".into(), total.into());
         Ok(())
     }
 
     async fn apply_discount(&self, context: &mut Context) -> Result<(), StateError> {
         self.called("apply_discount");
-        let total = int(&context, "total");
+        let total = int(context, "total");
         context.insert(
             "total".into(),
             (total - total * self.discount_percent / 100).into(),

@@ -35,7 +35,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 peak.fetch_max(now, Ordering::SeqCst);
                 tokio::task::yield_now().await;
                 let text = ctx.get("text").and_then(Value::as_str).unwrap_or("");
-                let summary: String = text.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+                let summary: String = text
+                    .split_whitespace()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 ctx.insert("summary".into(), format!("{summary}...").into());
                 running.fetch_sub(1, Ordering::SeqCst);
                 Ok(())

@@ -160,7 +160,10 @@ impl MachineBuilder {
     /// [`ActionOutcome::NotHandled`] to report the action as unhandled.
     pub fn fallback_action<F>(mut self, f: F) -> Self
     where
-        F: for<'a> Fn(&'a ActionCall, &'a mut Context) -> BoxFuture<'a, Result<ActionOutcome, StateError>>
+        F: for<'a> Fn(
+                &'a ActionCall,
+                &'a mut Context,
+            ) -> BoxFuture<'a, Result<ActionOutcome, StateError>>
             + Send
             + Sync
             + 'static,
@@ -333,9 +336,7 @@ impl MachineBuilder {
                 .unwrap_or_else(|| Arc::new(InMemoryResultBackend::new())),
             max_concurrency: self.max_concurrency,
             launches: Arc::default(),
-            invoker: self
-                .invoker
-                .unwrap_or_else(|| Arc::new(InProcessInvoker)),
+            invoker: self.invoker.unwrap_or_else(|| Arc::new(InProcessInvoker)),
             agents: Arc::new(self.agents),
             adapters: Arc::new(self.adapters),
             llm: self.llm.unwrap_or_else(crate::agents::default_backend),

@@ -24,7 +24,10 @@ pub type ActionFn = Arc<
 /// [`MachineBuilder::fallback_action`](super::MachineBuilder::fallback_action)): gets every
 /// action no named handler and no hook handled, and says whether it handled it.
 pub type FallbackActionFn = Arc<
-    dyn for<'a> Fn(&'a ActionCall, &'a mut Context) -> BoxFuture<'a, Result<ActionOutcome, StateError>>
+    dyn for<'a> Fn(
+            &'a ActionCall,
+            &'a mut Context,
+        ) -> BoxFuture<'a, Result<ActionOutcome, StateError>>
         + Send
         + Sync,
 >;

@@ -576,12 +576,7 @@ impl Machine {
         execution_id: &str,
         parent: Option<String>,
     ) -> Result<Arc<dyn MachineHooks>, RunError> {
-        self.build_hooks(
-            &Value::Object(Context::new()),
-            execution_id,
-            parent,
-            true,
-        )
+        self.build_hooks(&Value::Object(Context::new()), execution_id, parent, true)
     }
 
     fn build_hooks(
@@ -1313,10 +1308,7 @@ impl Machine {
                     _ => Value::Array(vec![entry]),
                 });
             }
-            let results: Vec<_> = futures::stream::iter(futures)
-                .buffered(cap)
-                .collect()
-                .await;
+            let results: Vec<_> = futures::stream::iter(futures).buffered(cap).collect().await;
             let entries: Vec<Value> = results
                 .into_iter()
                 .map(|r| {
@@ -1363,10 +1355,7 @@ impl Machine {
                 std::iter::once((name, child_entry(first))).collect(),
             ));
         }
-        let results: Vec<_> = futures::stream::iter(futures)
-            .buffered(cap)
-            .collect()
-            .await;
+        let results: Vec<_> = futures::stream::iter(futures).buffered(cap).collect().await;
         let mut out = Context::new();
         for (call, result) in state.machine.iter().zip(results) {
             if let Ok(r) = &result {
@@ -1522,7 +1511,9 @@ impl Machine {
         ) && let Some((index, state)) = self.inner.spec.state(&snap.current_state)
             && !state.launch.is_empty()
         {
-            let origin = self.launch_origin(&snap.execution_id, snap.step, state.name).await;
+            let origin = self
+                .launch_origin(&snap.execution_id, snap.step, state.name)
+                .await;
             run.launch_origin = Some((index, origin));
         }
     }
@@ -1537,7 +1528,8 @@ impl Machine {
         let mut origin = step;
         while origin > 1 {
             let k = origin - 1;
-            let exit = crate::persistence::snapshot_key(execution_id, k, checkpoint_event::STATE_EXIT);
+            let exit =
+                crate::persistence::snapshot_key(execution_id, k, checkpoint_event::STATE_EXIT);
             if !matches!(backend.load(&exit).await, Ok(None)) {
                 break;
             }

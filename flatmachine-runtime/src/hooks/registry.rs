@@ -127,7 +127,10 @@ impl HooksRegistry {
     /// ([`HooksFor`]: machine name, execution id, parent execution id).
     pub fn register_for<F>(&mut self, name: impl Into<String>, constructor: F) -> &mut Self
     where
-        F: Fn(&HooksFor, &serde_json::Map<String, Value>) -> Result<Arc<dyn MachineHooks>, HookError>
+        F: Fn(
+                &HooksFor,
+                &serde_json::Map<String, Value>,
+            ) -> Result<Arc<dyn MachineHooks>, HookError>
             + Send
             + Sync
             + 'static,
