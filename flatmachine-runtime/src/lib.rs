@@ -4,6 +4,8 @@
 //! this crate carries all behaviour: the execution loop, templates, hooks, persistence.
 
 pub mod agents;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod context;
 pub mod engine;
 pub mod error;
