@@ -3,6 +3,8 @@
 use flatmachine_runtime::{Context, Machine, MachineBuilder, StateError, Value};
 
 flatmachine_runtime::flatmachine!("machines/order.yml");
+flatmachine_runtime::flatmachine!("machines/launcher.yml");
+flatmachine_runtime::flatmachine!("machines/review_pipeline.yml");
 
 /// The order-approval machine with its action handlers. `crash_in_charge` makes the first card
 /// charge kill the process (to show resuming from disk checkpoints).
@@ -10,50 +12,58 @@ pub fn order_machine(crash_in_charge: bool, checkpoint_dir: &std::path::Path) ->
     Machine::of::<order_approval::Machine>()
         .checkpoint_dir(checkpoint_dir.join(".checkpoints"))
         .lock_dir(checkpoint_dir.join(".locks"))
-        .action("validate_order", |ctx: Context| async move {
-            match ctx.get("amount").and_then(Value::as_f64) {
-                Some(a) if a > 0.0 => Ok(ctx),
-                _ => Err(StateError::new(
-                    "InvalidOrder",
-                    "amount must be a positive number",
-                )),
-            }
+        .action_mut("validate_order", |ctx, _call| {
+            Box::pin(async move {
+                match ctx.get("amount").and_then(Value::as_f64) {
+                    Some(a) if a > 0.0 => Ok(()),
+                    _ => Err(StateError::new(
+                        "InvalidOrder",
+                        "amount must be a positive number",
+                    )),
+                }
+            })
         })
-        .action("request_review", |mut ctx: Context| async move {
-            // A real system would ask a human; approve anything under 5000.
-            let amount = ctx.get("amount").and_then(Value::as_f64).unwrap_or(0.0);
-            ctx.insert("approved".into(), Value::Bool(amount < 5000.0));
-            Ok(ctx)
+        .action_mut("request_review", |ctx, _call| {
+            Box::pin(async move {
+                // A real system would ask a human; approve anything under 5000.
+                let amount = ctx.get("amount").and_then(Value::as_f64).unwrap_or(0.0);
+                ctx.insert("approved".into(), Value::Bool(amount < 5000.0));
+                Ok(())
+            })
         })
-        .action("charge_card", move |mut ctx: Context| async move {
-            let attempts = ctx.get("attempts").and_then(Value::as_i64).unwrap_or(0);
-            if crash_in_charge {
-                eprintln!("charge_card: simulating a crash (the process exits now)");
-                std::process::exit(137);
-            }
-            if attempts < 1 {
-                // The payment provider is flaky: the first try times out.
-                return Err(StateError::new(
-                    "PaymentTimeout",
-                    "payment provider timed out",
-                ));
-            }
-            let id = ctx
-                .get("order_id")
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-                .to_string();
-            ctx.insert(
-                "receipt".into(),
-                Value::String(format!("rcpt-{id}-{attempts}")),
-            );
-            Ok(ctx)
+        .action_mut("charge_card", move |ctx: &mut Context, _call| {
+            Box::pin(async move {
+                let attempts = ctx.get("attempts").and_then(Value::as_i64).unwrap_or(0);
+                if crash_in_charge {
+                    eprintln!("charge_card: simulating a crash (the process exits now)");
+                    std::process::exit(137);
+                }
+                if attempts < 1 {
+                    // The payment provider is flaky: the first try times out.
+                    return Err(StateError::new(
+                        "PaymentTimeout",
+                        "payment provider timed out",
+                    ));
+                }
+                let id = ctx
+                    .get("order_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string();
+                ctx.insert(
+                    "receipt".into(),
+                    Value::String(format!("rcpt-{id}-{attempts}")),
+                );
+                Ok(())
+            })
         })
-        .action("back_off", |mut ctx: Context| async move {
-            let attempts = ctx.get("attempts").and_then(Value::as_i64).unwrap_or(0) + 1;
-            ctx.insert("attempts".into(), attempts.into());
-            tokio::time::sleep(std::time::Duration::from_millis(10 * attempts as u64)).await;
-            Ok(ctx)
+        .action_mut("back_off", |ctx, _call| {
+            Box::pin(async move {
+                let attempts = ctx.get("attempts").and_then(Value::as_i64).unwrap_or(0) + 1;
+                ctx.insert("attempts".into(), attempts.into());
+                tokio::time::sleep(std::time::Duration::from_millis(10 * attempts as u64)).await;
+                Ok(())
+            })
         })
 }
 
@@ -98,20 +108,20 @@ pub fn long_run_machine(dir: &std::path::Path, kill: Option<KillPoint>) -> Machi
         .persistence(CheckpointStore::new(backend))
         .lock_dir(dir.join(".locks"))
         .hooks(std::sync::Arc::new(killing::CountingHooks))
-        .action("tick", |mut ctx: Context| async move {
-            let i = int(&ctx, "i") + 1;
+        .action_mut("tick", |ctx: &mut Context, _call| {
+            let i = int(ctx, "i") + 1;
             ctx.insert("i".into(), i.into());
-            fold(&mut ctx, i);
+            fold(ctx, i);
             let branch = if i % 5 == 0 { "side" } else { "tick" };
             ctx.insert("branch".into(), branch.into());
-            Ok(ctx)
+            Box::pin(async { Ok(()) })
         })
-        .action("side", |mut ctx: Context| async move {
-            let trips = int(&ctx, "side_trips") + 1;
+        .action_mut("side", |ctx: &mut Context, _call| {
+            let trips = int(ctx, "side_trips") + 1;
             ctx.insert("side_trips".into(), trips.into());
-            fold(&mut ctx, 1000 + trips);
+            fold(ctx, 1000 + trips);
             ctx.insert("branch".into(), "tick".into());
-            Ok(ctx)
+            Box::pin(async { Ok(()) })
         })
 }
 

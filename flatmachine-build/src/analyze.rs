@@ -228,6 +228,7 @@ impl Cx<'_> {
             states,
             context,
             max_steps: data.settings.as_ref().and_then(|s| s.max_steps),
+            max_concurrency: data.settings.as_ref().and_then(|s| s.max_concurrency),
             persistence: data.persistence.clone(),
             hooks: data.hooks.as_ref().map(|h| (h.class.clone(), hooks_args)),
             children,

@@ -24,6 +24,7 @@ pub struct Builder {
     out_dir: Option<PathBuf>,
     runtime_path: Option<String>,
     cargo_output: Option<bool>,
+    cargo_warnings: Option<bool>,
 }
 
 /// What one machine compiled to.
@@ -44,8 +45,20 @@ pub struct BuiltMachine {
 /// Compilation failed: the rendered diagnostics of every failing machine.
 #[derive(Debug)]
 pub struct BuildError {
-    /// Rendered diagnostics (rustc format).
+    /// Rendered diagnostics of every failure (rustc format), one after the other.
     pub rendered: String,
+    /// Each failure on its own: the machine file (`None` for a problem with no single file,
+    /// such as a missing `OUT_DIR`) and its rendered diagnostics.
+    pub failures: Vec<(Option<PathBuf>, String)>,
+}
+
+impl BuildError {
+    fn single(rendered: String) -> Self {
+        Self {
+            failures: vec![(None, rendered.clone())],
+            rendered,
+        }
+    }
 }
 
 impl fmt::Display for BuildError {
@@ -92,10 +105,19 @@ impl Builder {
         self
     }
 
-    /// Whether to print `cargo:rerun-if-changed` and `cargo:warning` lines (default: when run
-    /// by cargo, i.e. when `OUT_DIR` is set).
+    /// Whether to print `cargo:` lines at all (`rerun-if-changed` and `warning`; default: when
+    /// run by cargo, i.e. when `OUT_DIR` is set). To silence only the warnings, use
+    /// [`cargo_warnings`](Self::cargo_warnings): switching this off inside a build script
+    /// stops cargo from rebuilding when a machine file changes.
     pub fn cargo_output(&mut self, on: bool) -> &mut Self {
         self.cargo_output = Some(on);
+        self
+    }
+
+    /// Whether to print compiler warnings as `cargo:warning` lines (default: yes). Never
+    /// affects `cargo:rerun-if-changed`, which is printed whenever cargo output is on.
+    pub fn cargo_warnings(&mut self, on: bool) -> &mut Self {
+        self.cargo_warnings = Some(on);
         self
     }
 
@@ -111,23 +133,36 @@ impl Builder {
     }
 
     /// Compile every machine; write `<module>.rs` for each into the output directory (only when
-    /// the content changed). Errors of all machines are reported together.
+    /// the content changed). Every machine is compiled even when an earlier one failed, and the
+    /// errors of all of them are reported together. Two machines whose modules (output files)
+    /// would have the same name are an error naming both files (nothing is overwritten).
     pub fn compile(&self) -> Result<Vec<BuiltMachine>, BuildError> {
+        self.compile_with(&mut |line| println!("{line}"))
+    }
+
+    /// [`compile`](Self::compile), handing each `cargo:` line to `emit` instead of printing
+    /// it (for build scripts that post-process them, and for tests).
+    pub fn compile_with(
+        &self,
+        emit: &mut dyn FnMut(String),
+    ) -> Result<Vec<BuiltMachine>, BuildError> {
         let out_dir = match &self.out_dir {
             Some(d) => d.clone(),
             None => std::env::var_os("OUT_DIR")
                 .map(PathBuf::from)
-                .ok_or_else(|| BuildError {
-                    rendered: "OUT_DIR is not set: call `out_dir(...)` or run from a build script"
-                        .into(),
+                .ok_or_else(|| {
+                    BuildError::single(
+                        "OUT_DIR is not set: call `out_dir(...)` or run from a build script".into(),
+                    )
                 })?,
         };
         let cargo = self
             .cargo_output
             .unwrap_or_else(|| std::env::var_os("OUT_DIR").is_some());
+        let warn = cargo && self.cargo_warnings.unwrap_or(true);
         let opts = self.codegen_options();
-        let mut built = Vec::new();
-        let mut failures = String::new();
+        let mut built: Vec<BuiltMachine> = Vec::new();
+        let mut failures: Vec<(Option<PathBuf>, String)> = Vec::new();
         for path in &self.machines {
             match crate::compile(path, None, &opts) {
                 Ok(compiled) => {
@@ -135,21 +170,37 @@ impl Builder {
                     let warnings = compiled.warnings();
                     if cargo {
                         for f in &files_read {
-                            println!("cargo:rerun-if-changed={}", f.display());
+                            emit(format!("cargo:rerun-if-changed={}", f.display()));
                         }
+                    }
+                    if warn {
                         for w in &warnings {
                             for line in w.lines() {
-                                println!("cargo:warning={line}");
+                                emit(format!("cargo:warning={line}"));
                             }
                         }
+                    }
+                    if let Some(first) = built.iter().find(|b| b.module == compiled.module) {
+                        failures.push((
+                            Some(path.clone()),
+                            format!(
+                                "error: two machines compile to the same module `{module}` (output file `{module}.rs`):\n  --> {}\n  --> {}\n   = help: give one of them another `data.name`, or compile them with separate `Builder`s and `out_dir`s\n\n",
+                                first.source.display(),
+                                path.display(),
+                                module = compiled.module,
+                            ),
+                        ));
+                        continue;
                     }
                     let output = out_dir.join(format!("{}.rs", compiled.module));
                     let text = compiled.pretty();
                     let unchanged = std::fs::read_to_string(&output).is_ok_and(|old| old == text);
-                    if !unchanged {
-                        std::fs::write(&output, text).map_err(|e| BuildError {
-                            rendered: format!("cannot write {}: {e}", output.display()),
-                        })?;
+                    if !unchanged && let Err(e) = std::fs::write(&output, text) {
+                        failures.push((
+                            Some(path.clone()),
+                            format!("error: cannot write {}: {e}\n\n", output.display()),
+                        ));
+                        continue;
                     }
                     built.push(BuiltMachine {
                         source: path.clone(),
@@ -162,20 +213,23 @@ impl Builder {
                 Err(checked) => {
                     if cargo {
                         for f in checked.files_read() {
-                            println!("cargo:rerun-if-changed={}", f.display());
+                            emit(format!("cargo:rerun-if-changed={}", f.display()));
                         }
                         if checked.files_read().is_empty() {
-                            println!("cargo:rerun-if-changed={}", path.display());
+                            emit(format!("cargo:rerun-if-changed={}", path.display()));
                         }
                     }
-                    failures.push_str(&checked.render(false));
+                    failures.push((Some(path.clone()), checked.render(false)));
                 }
             }
         }
         if failures.is_empty() {
             Ok(built)
         } else {
-            Err(BuildError { rendered: failures })
+            Err(BuildError {
+                rendered: failures.iter().map(|(_, r)| r.as_str()).collect(),
+                failures,
+            })
         }
     }
 }

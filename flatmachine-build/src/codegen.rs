@@ -244,6 +244,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
         .collect();
     let context = opt_template(m.context.as_ref(), rt, &mut slots);
     let max_steps = opt(m.max_steps.map(|v| quote!(#v)));
+    let max_concurrency = opt(m.max_concurrency.map(|v| quote!(#v)));
     let persistence = opt(m.persistence.as_ref().map(|p| {
         let enabled = p.enabled;
         let backend = &p.backend;
@@ -363,6 +364,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
             initial: #initial_index,
             context: #context,
             max_steps: #max_steps,
+            max_concurrency: #max_concurrency,
             persistence: #persistence,
             hooks: #hooks,
             agents: &[#(#agents),*],
@@ -461,26 +463,28 @@ fn actions_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream) -> TokenStr
     quote! {
         /// One method per `action:` in the machine (and in its child machines, which run with
         /// this machine's handlers); implement it to handle every action with a compile-time
-        /// check, then start with [`Machine::with_actions`].
+        /// check, then start with [`Machine::with_actions`]. A method changes the context in
+        /// place; its changes stay also when it returns an error (then `on_error` routes).
+        /// `ActionCall::current()` tells which machine, state and execution called it.
         pub trait Actions: Send + Sync + 'static {
             #(
                 #[doc = #docs]
-                fn #methods(&self, context: #rt::Context) -> impl ::core::future::Future<Output = ::core::result::Result<#rt::Context, #rt::StateError>> + Send;
+                fn #methods(&self, context: &mut #rt::Context) -> impl ::core::future::Future<Output = ::core::result::Result<(), #rt::StateError>> + Send;
             )*
         }
 
         impl Machine {
             /// Start configuring this machine with typed action handlers: each method of
-            /// `actions` is registered with `MachineBuilder::action` under its action name.
+            /// `actions` is registered with `MachineBuilder::action_mut` under its action name.
             pub fn with_actions<A: Actions>(actions: A) -> #rt::MachineBuilder {
                 let actions = ::std::sync::Arc::new(actions);
                 #rt::Machine::of::<Machine>()
                     #(
-                        .action(#names, {
+                        .action_mut(#names, {
                             let actions = ::std::sync::Arc::clone(&actions);
-                            move |context: #rt::Context| {
+                            move |context: &mut #rt::Context, _call: &#rt::ActionCall| {
                                 let actions = ::std::sync::Arc::clone(&actions);
-                                async move { <A as Actions>::#methods(&*actions, context).await }
+                                ::std::boxed::Box::pin(async move { <A as Actions>::#methods(&*actions, context).await })
                             }
                         })
                     )*

@@ -105,6 +105,8 @@ pub struct MachineIr {
     pub context: Option<TemplateIr>,
     /// `settings.max_steps`.
     pub max_steps: Option<u64>,
+    /// `settings.max_concurrency`.
+    pub max_concurrency: Option<u64>,
     /// `persistence`.
     pub persistence: Option<PersistenceConfig>,
     /// `hooks.class` and checked `hooks.args`.

@@ -2,6 +2,9 @@
 //!
 //! `cargo bench -p flatmachine-runtime --bench engine`
 
+// The by-value `MachineBuilder::action` form is deprecated but must keep working: these tests pin it.
+#![allow(deprecated)]
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use flatmachine_runtime::persistence::CheckpointStore;
 use flatmachine_runtime::{Context, Machine, MachineBuilder, Value};

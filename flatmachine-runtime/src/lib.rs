@@ -5,6 +5,8 @@
 
 pub mod agents;
 pub mod cel;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod context;
 pub mod engine;
 pub mod error;
@@ -17,7 +19,10 @@ pub mod results;
 pub mod template;
 
 pub use context::{Context, Value};
-pub use engine::{AgentOutput, Machine, MachineBuilder, RunError, RunOptions, RunResult};
+pub use engine::{
+    ActionCall, AgentOutput, LaunchOutcome, Machine, MachineBuilder, RunError, RunOptions,
+    RunResult,
+};
 pub use error::{StateError, error_type};
 pub use machine::{MachineDef, MachineSpec, StateSpec};
 

@@ -25,6 +25,9 @@ pub struct MachineSpec {
     pub context: Option<TemplateValue>,
     /// `settings.max_steps`.
     pub max_steps: Option<u64>,
+    /// `settings.max_concurrency`: most children a `foreach` / `machine: [..]` state runs at
+    /// once (`None`: the runtime default, see `MachineBuilder::max_concurrency`).
+    pub max_concurrency: Option<u64>,
     /// `persistence` as written.
     pub persistence: Option<PersistenceSpec>,
     /// `hooks: {class, args}`.

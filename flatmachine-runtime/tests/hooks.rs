@@ -374,6 +374,8 @@ async fn metrics_counts() {
             "total_states_executed": 5,
             "error_count": 3,
             "error_counts": {"start": 1, "work": 2},
+            "action_counts": {},
+            "action_error_counts": {},
         })
     );
     assert!(context.is_empty());

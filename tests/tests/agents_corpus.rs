@@ -158,20 +158,20 @@ async fn corpus_character_card_chats_until_quit() {
             inner: ProviderRouter::new(),
             base: server.openai_base(),
         }))
-        .action("load_card", |mut ctx: Context| async move {
+        .action_mut("load_card", |ctx: &mut Context, _call| {
             ctx.insert("card_name".into(), json!("Mira"));
             ctx.insert("card_description".into(), json!("A lighthouse keeper."));
-            Ok(ctx)
+            Box::pin(async { Ok(()) })
         })
-        .action("show_greeting", |ctx: Context| async move { Ok(ctx) })
-        .action("get_user_input", move |mut ctx: Context| {
+        .action_mut("show_greeting", |_ctx: &mut Context, _call| {
+            Box::pin(async { Ok(()) })
+        })
+        .action_mut("get_user_input", move |ctx: &mut Context, _call| {
             let next = inputs.lock().unwrap().pop().unwrap_or("/quit");
-            async move {
-                ctx.insert("user_message".into(), json!(next));
-                Ok(ctx)
-            }
+            ctx.insert("user_message".into(), json!(next));
+            Box::pin(async { Ok(()) })
         })
-        .action("update_chat_history", |mut ctx: Context| async move {
+        .action_mut("update_chat_history", |ctx: &mut Context, _call| {
             let user = ctx["user_message"].clone();
             let reply = ctx["assistant_message"].clone();
             let messages = ctx
@@ -181,7 +181,7 @@ async fn corpus_character_card_chats_until_quit() {
                 m.push(json!({"role": "user", "content": user}));
                 m.push(json!({"role": "assistant", "content": reply}));
             }
-            Ok(ctx)
+            Box::pin(async { Ok(()) })
         })
         .no_persistence()
         .build()

@@ -36,39 +36,39 @@ fn int(ctx: &Context, key: &str) -> i64 {
 }
 
 impl typed_actions::Actions for std::sync::Arc<Shop> {
-    async fn price_items(&self, mut context: Context) -> Result<Context, StateError> {
+    async fn price_items(&self, context: &mut Context) -> Result<(), StateError> {
         self.called("price-items");
-        let count = int(&context, "count");
+        let count = int(context, "count");
         if count <= 0 {
             return Err(StateError::new("EmptyOrder", "nothing to price"));
         }
         // Yield once so the handler really is asynchronous.
         tokio::task::yield_now().await;
-        let total = count * int(&context, "unit_price");
+        let total = count * int(context, "unit_price");
         context.insert("total".into(), total.into());
-        Ok(context)
+        Ok(())
     }
 
-    async fn apply_discount(&self, mut context: Context) -> Result<Context, StateError> {
+    async fn apply_discount(&self, context: &mut Context) -> Result<(), StateError> {
         self.called("apply_discount");
-        let total = int(&context, "total");
+        let total = int(context, "total");
         context.insert(
             "total".into(),
             (total - total * self.discount_percent / 100).into(),
         );
-        Ok(context)
+        Ok(())
     }
 
     // Runs in the child machine `typed-actions-receipt`, with the parent's handlers.
     fn send_receipt(
         &self,
-        mut context: Context,
-    ) -> impl Future<Output = Result<Context, StateError>> + Send {
+        context: &mut Context,
+    ) -> impl Future<Output = Result<(), StateError>> + Send {
         self.called("send_receipt");
         async move {
-            let total = int(&context, "total");
+            let total = int(context, "total");
             context.insert("message".into(), format!("charged {total}").into());
-            Ok(context)
+            Ok(())
         }
     }
 }
@@ -115,7 +115,7 @@ fn the_builder_stays_configurable() -> Result<(), Box<dyn std::error::Error>> {
     // `with_actions` returns the ordinary builder: an untyped handler registered after it
     // replaces the typed one for that action.
     let machine = typed_actions::Machine::with_actions(std::sync::Arc::new(Shop::new(10)))
-        .action("apply_discount", |ctx: Context| async move { Ok(ctx) })
+        .action_mut("apply_discount", |_ctx, _call| Box::pin(async { Ok(()) }))
         .no_persistence()
         .build()?;
     let result = machine.run_blocking(json!({"count": 3, "unit_price": 50}))?;
@@ -129,29 +129,29 @@ fn the_builder_stays_configurable() -> Result<(), Box<dyn std::error::Error>> {
 /// Action names that are not snake_case identifiers, or that collide once converted.
 struct Trail;
 
-fn push(mut context: Context, step: &str) -> Result<Context, StateError> {
+fn push(context: &mut Context, step: &str) -> Result<(), StateError> {
     let mut trail = context
         .remove("trail")
         .and_then(|t| t.as_array().cloned())
         .unwrap_or_default();
     trail.push(step.into());
     context.insert("trail".into(), trail.into());
-    Ok(context)
+    Ok(())
 }
 
 impl typed_actions_names::Actions for Trail {
     // `notify_user` is already an identifier and keeps it; `notify-user` and `NotifyUser` take
     // numbered ones in file order; `self` is a keyword.
-    async fn notify_user(&self, context: Context) -> Result<Context, StateError> {
+    async fn notify_user(&self, context: &mut Context) -> Result<(), StateError> {
         push(context, "notify_user")
     }
-    async fn notify_user_2(&self, context: Context) -> Result<Context, StateError> {
+    async fn notify_user_2(&self, context: &mut Context) -> Result<(), StateError> {
         push(context, "notify-user")
     }
-    async fn self_(&self, context: Context) -> Result<Context, StateError> {
+    async fn self_(&self, context: &mut Context) -> Result<(), StateError> {
         push(context, "self")
     }
-    async fn notify_user_3(&self, context: Context) -> Result<Context, StateError> {
+    async fn notify_user_3(&self, context: &mut Context) -> Result<(), StateError> {
         push(context, "NotifyUser")
     }
 }

@@ -24,12 +24,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .get(2)
                 .ok_or("usage: order_approval --hang <execution id>")?;
             let machine = order_machine(false, &dir)
-                .action("charge_card", |_ctx| async {
-                    eprintln!("charge_card: hanging until the process is killed");
-                    std::future::pending::<
-                        Result<flatmachine_runtime::Context, flatmachine_runtime::StateError>,
-                    >()
-                    .await
+                .action_mut("charge_card", |_ctx, _call| {
+                    Box::pin(async {
+                        eprintln!("charge_card: hanging until the process is killed");
+                        std::future::pending::<Result<(), flatmachine_runtime::StateError>>().await
+                    })
                 })
                 .build()?;
             machine

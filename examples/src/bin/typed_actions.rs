@@ -2,7 +2,8 @@
 //! closures: `flatmachine!` generates `order_approval::Actions`, one method per `action:` in the
 //! YAML, so forgetting a handler (or misspelling one) is a compile error rather than an
 //! `UnhandledActionError` at run time. Compare `order_machine` in `src/lib.rs` (the untyped
-//! route: `MachineBuilder::action(name, closure)`).
+//! route: `MachineBuilder::action_mut(name, closure)`). Each method changes the context in
+//! place; what it wrote stays also when it returns an error.
 //!
 //! `cargo run -p flatmachine-examples --bin typed_actions`
 
@@ -17,9 +18,9 @@ struct OrderActions {
 }
 
 impl order_approval::Actions for OrderActions {
-    async fn validate_order(&self, context: Context) -> Result<Context, StateError> {
+    async fn validate_order(&self, context: &mut Context) -> Result<(), StateError> {
         match context.get("amount").and_then(Value::as_f64) {
-            Some(a) if a > 0.0 => Ok(context),
+            Some(a) if a > 0.0 => Ok(()),
             _ => Err(StateError::new(
                 "InvalidOrder",
                 "amount must be a positive number",
@@ -27,14 +28,14 @@ impl order_approval::Actions for OrderActions {
         }
     }
 
-    async fn request_review(&self, mut context: Context) -> Result<Context, StateError> {
+    async fn request_review(&self, context: &mut Context) -> Result<(), StateError> {
         // A real system would ask a human; approve anything under the limit.
         let amount = context.get("amount").and_then(Value::as_f64).unwrap_or(0.0);
         context.insert("approved".into(), Value::Bool(amount < self.review_limit));
-        Ok(context)
+        Ok(())
     }
 
-    async fn charge_card(&self, mut context: Context) -> Result<Context, StateError> {
+    async fn charge_card(&self, context: &mut Context) -> Result<(), StateError> {
         let attempts = context.get("attempts").and_then(Value::as_i64).unwrap_or(0);
         if attempts < 1 {
             // The payment provider is flaky: the first try times out.
@@ -52,14 +53,14 @@ impl order_approval::Actions for OrderActions {
             "receipt".into(),
             Value::String(format!("rcpt-{id}-{attempts}")),
         );
-        Ok(context)
+        Ok(())
     }
 
-    async fn back_off(&self, mut context: Context) -> Result<Context, StateError> {
+    async fn back_off(&self, context: &mut Context) -> Result<(), StateError> {
         let attempts = context.get("attempts").and_then(Value::as_i64).unwrap_or(0) + 1;
         context.insert("attempts".into(), attempts.into());
         tokio::time::sleep(std::time::Duration::from_millis(10 * attempts as u64)).await;
-        Ok(context)
+        Ok(())
     }
 }
 

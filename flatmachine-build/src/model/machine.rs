@@ -132,6 +132,11 @@ pub struct MachineSettings {
     /// Most state visits in one run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_steps: Option<u64>,
+    /// Most child machines one `foreach` or `machine: [..]` state runs at the same time
+    /// (flatmachine extension; the reference starts them all at once and ignores the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_concurrency: Option<u64>,
     /// What to do when parallel execution is unavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallel_fallback: Option<ParallelFallback>,

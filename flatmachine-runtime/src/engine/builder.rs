@@ -1,13 +1,16 @@
 //! Configuring a [`Machine`] before running it.
 
-use super::handlers::{ActionFn, AgentFn, AgentOutput};
+use super::handlers::{ActionCall, ActionFn, AgentFn, AgentOutput, FallbackActionFn};
+use super::invoker::{InProcessInvoker, MachineInvoker};
 use super::run::{Inner, Machine};
 use crate::agents::{AgentAdapter, AgentAdapterRegistry, LlmBackend};
-use crate::hooks::{HooksRegistry, MachineHooks};
+use crate::hooks::{ActionOutcome, HooksRegistry, MachineHooks};
 use crate::lock::{ExecutionLock, LocalFileLock, NoOpLock};
 use crate::machine::MachineSpec;
 use crate::persistence::CheckpointStore;
+use crate::results::{InMemoryResultBackend, ResultBackend};
 use crate::{Context, StateError, Value};
+use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -46,6 +49,10 @@ pub struct MachineBuilder {
     hooks: Option<Arc<dyn MachineHooks>>,
     registry: HooksRegistry,
     actions: HashMap<String, ActionFn>,
+    fallback: Option<FallbackActionFn>,
+    results: Option<Arc<dyn ResultBackend>>,
+    max_concurrency: Option<usize>,
+    invoker: Option<Arc<dyn MachineInvoker>>,
     agents: HashMap<String, AgentFn>,
     adapters: AgentAdapterRegistry,
     llm: Option<Arc<dyn LlmBackend>>,
@@ -66,6 +73,10 @@ impl MachineBuilder {
             hooks: None,
             registry: HooksRegistry::new(),
             actions: HashMap::new(),
+            fallback: None,
+            results: None,
+            max_concurrency: None,
+            invoker: None,
             agents: HashMap::new(),
             adapters: AgentAdapterRegistry::new(),
             llm: None,
@@ -92,14 +103,96 @@ impl MachineBuilder {
         self
     }
 
-    /// Handle `action: name` with an async closure over the context.
-    pub fn action<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
+    /// Handle `action: name` with an async closure that changes the context in place:
+    ///
+    /// ```ignore
+    /// builder.action_mut("count", |ctx, call| Box::pin(async move {
+    ///     let n = ctx.get("n").and_then(Value::as_i64).unwrap_or(0);
+    ///     ctx.insert("n".into(), (n + 1).into());
+    ///     tracing::info!(machine = call.machine, state = call.state, "counted");
+    ///     Ok(())
+    /// }))
+    /// ```
+    ///
+    /// What the closure wrote stays in the context **also when it then returns an error**
+    /// (the reference's behaviour; the same for every kind of action handler). `call` says
+    /// which action, machine, state and execution is running it: child machines use their
+    /// parent's handlers.
+    pub fn action_mut<F>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: for<'a> Fn(&'a mut Context, &'a ActionCall) -> BoxFuture<'a, Result<(), StateError>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.actions.insert(name.into(), Arc::new(f));
+        self
+    }
+
+    /// Handle `action: name` with an async closure that takes the context by value and returns
+    /// the new one.
+    ///
+    /// The closure owns its copy of the context, so when it fails it has nothing to give
+    /// back: the changes it made are lost, unlike every other kind of action handler (whose
+    /// changes stay). Kept so existing code compiles; use
+    /// [`action_mut`](Self::action_mut) instead.
+    #[deprecated(
+        since = "0.1.0",
+        note = "a failing closure cannot hand its changes back; use `action_mut(name, |ctx, call| Box::pin(async move { .. }))`, whose changes stay on failure"
+    )]
+    pub fn action<F, Fut>(self, name: impl Into<String>, f: F) -> Self
     where
         F: Fn(Context) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Context, StateError>> + Send + 'static,
     {
-        self.actions
-            .insert(name.into(), Arc::new(move |ctx| Box::pin(f(ctx))));
+        self.action_mut(name, move |ctx, _call| {
+            let fut = f(ctx.clone());
+            Box::pin(async move {
+                *ctx = fut.await?;
+                Ok(())
+            })
+        })
+    }
+
+    /// A catch-all handler for applications that dispatch actions themselves: called for every
+    /// action with no named handler that no hook's `on_action` handled, with the
+    /// [`ActionCall`] (its `action` is the name) and the context. Return
+    /// [`ActionOutcome::NotHandled`] to report the action as unhandled.
+    pub fn fallback_action<F>(mut self, f: F) -> Self
+    where
+        F: for<'a> Fn(
+                &'a ActionCall,
+                &'a mut Context,
+            ) -> BoxFuture<'a, Result<ActionOutcome, StateError>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.fallback = Some(Arc::new(f));
+        self
+    }
+
+    /// Where child machines write their results (`flatagents://{execution_id}/result`) and
+    /// callers read them back (default: one [`InMemoryResultBackend`] per built machine, shared
+    /// with its children). Launched children always write their result here.
+    pub fn result_backend(mut self, backend: Arc<dyn ResultBackend>) -> Self {
+        self.results = Some(backend);
+        self
+    }
+
+    /// How child machines run (default: [`InProcessInvoker`], tasks in this process sharing
+    /// this machine's handlers and backends).
+    pub fn invoker(mut self, invoker: Arc<dyn MachineInvoker>) -> Self {
+        self.invoker = Some(invoker);
+        self
+    }
+
+    /// Most child machines one `foreach` or `machine: [..]` state runs at the same time
+    /// (overrides `settings.max_concurrency`; default
+    /// [`DEFAULT_MAX_CONCURRENCY`](super::DEFAULT_MAX_CONCURRENCY)). Children past the cap
+    /// wait for a slot; results keep the input order. `0` is treated as `1`.
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = Some(n.max(1));
         self
     }
 
@@ -256,6 +349,13 @@ impl MachineBuilder {
             hooks: self.hooks,
             registry: Arc::new(self.registry),
             actions: Arc::new(self.actions),
+            fallback: self.fallback,
+            results: self
+                .results
+                .unwrap_or_else(|| Arc::new(InMemoryResultBackend::new())),
+            max_concurrency: self.max_concurrency,
+            launches: Arc::default(),
+            invoker: self.invoker.unwrap_or_else(|| Arc::new(InProcessInvoker)),
             agents: Arc::new(self.agents),
             adapters: Arc::new(self.adapters),
             llm: self.llm.unwrap_or_else(crate::agents::default_backend),

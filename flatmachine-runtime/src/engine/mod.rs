@@ -9,11 +9,17 @@
 
 mod builder;
 mod handlers;
+mod invoker;
 mod run;
 
 pub use builder::{BuildError, MachineBuilder};
-pub use handlers::{ActionFn, AgentFn, AgentOutput};
-pub use run::{Machine, RunError, RunOptions, RunResult};
+pub use handlers::{ActionCall, ActionFn, AgentFn, AgentOutput, FallbackActionFn};
+pub use invoker::{InProcessInvoker, InvokeRequest, MachineInvoker};
+pub use run::{LaunchOutcome, Machine, RunError, RunOptions, RunResult};
 
 /// Default `max_steps` when neither the machine nor the caller sets one (the reference's).
 pub const DEFAULT_MAX_STEPS: u64 = 1000;
+
+/// Default cap on the children one `foreach` / `machine: [..]` state runs at the same time
+/// (`settings.max_concurrency`, `MachineBuilder::max_concurrency`). The reference has no cap.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 64;

@@ -1,20 +1,25 @@
-//! Running a machine: the loop, error routing, checkpoints, resume.
+//! Running a machine: the loop, error routing, checkpoints, resume, child machines.
 
 use super::DEFAULT_MAX_STEPS;
 use super::builder::MachineBuilder;
-use super::handlers::{ActionFn, AgentFn};
+use super::handlers::{ActionCall, ActionFn, AgentFn, FallbackActionFn};
+use super::invoker::{InvokeRequest, MachineInvoker};
 use crate::agents::{
     AdapterEnv, AgentAdapterRegistry, AgentExecutor, ClosureExecutor, LlmBackend, Usage,
 };
 use crate::error::error_type;
-use crate::hooks::{ActionOutcome, HooksRegistry, MachineHooks, NoopHooks};
+use crate::hooks::{HooksFor, HooksRegistry, MachineHooks, NoopHooks};
 use crate::lock::{ExecutionLock, LockError};
 use crate::machine::{MachineDef, MachineSpec, StateSpec};
-use crate::persistence::{CheckpointStore, MachineSnapshot, PersistenceError, checkpoint_event};
+use crate::persistence::{
+    CheckpointStore, LaunchIntent, MachineSnapshot, PersistenceError, checkpoint_event,
+};
+use crate::results::{DEFAULT_PATH, ResultBackend, make_uri};
 use crate::template::{self, Scope, TemplateValue};
 use crate::{Context, StateError, Value};
+use futures::StreamExt;
 use futures::future::BoxFuture;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// What a finished run returns.
@@ -28,65 +33,96 @@ pub struct RunResult {
     pub final_state: String,
     /// State visits, the final state included.
     pub steps: u64,
-    /// Agent calls made.
+    /// Agent calls made, those of child machines (`machine:` / `foreach`) included.
     pub total_api_calls: u64,
-    /// Agent cost.
+    /// Agent cost, child machines included.
     pub total_cost: f64,
-    /// Tokens used by agent calls in this run (not restored by `resume`: checkpoints hold
-    /// only `total_api_calls` and `total_cost`, as the reference's do).
+    /// Tokens used by agent calls in this run, child machines included (not restored by
+    /// `resume`: checkpoints hold only `total_api_calls` and `total_cost`, as the
+    /// reference's do).
     pub usage: Usage,
     /// The context at the end.
     pub context: Context,
 }
 
-/// Why a run did not finish.
+/// Why a run did not finish. Every variant about one execution names it (`execution_id`;
+/// [`RunError::execution_id`] reads it from any variant that has one).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// A state failed and neither `on_error` nor the `on_error` hook recovered.
-    #[error("machine `{machine}`: state `{state}` failed: {error}")]
+    #[error("machine `{machine}` (execution {execution_id}): state `{state}` failed: {error}")]
     State {
         /// The machine.
         machine: String,
+        /// The execution.
+        execution_id: String,
         /// The state.
         state: String,
         /// The error.
         error: StateError,
     },
+    /// An `action:` no handler accepted (no named handler, no hook's `on_action`, no fallback),
+    /// and the state's `on_error` did not route its `UnhandledActionError`.
+    #[error(
+        "machine `{machine}` (execution {execution_id}): no handler for action `{action}` in state `{state}`: register one with `MachineBuilder::action_mut` or `fallback_action`, or handle it in `MachineHooks::on_action`"
+    )]
+    UnhandledAction {
+        /// The machine.
+        machine: String,
+        /// The execution.
+        execution_id: String,
+        /// The state.
+        state: String,
+        /// The action name.
+        action: String,
+    },
     /// `max_steps` was reached before a final state.
     #[error(
-        "machine `{machine}`: reached max_steps ({limit}) before a final state (next state: `{next}`)"
+        "machine `{machine}` (execution {execution_id}): reached max_steps ({limit}) before a final state (next state: `{next}`)"
     )]
     MaxSteps {
         /// The machine.
         machine: String,
+        /// The execution.
+        execution_id: String,
         /// The limit.
         limit: u64,
         /// The state that would have run next.
         next: String,
     },
     /// `max_agent_calls` was reached.
-    #[error("machine `{machine}`: reached max_agent_calls ({limit}) in state `{state}`")]
+    #[error(
+        "machine `{machine}` (execution {execution_id}): reached max_agent_calls ({limit}) in state `{state}`"
+    )]
     MaxAgentCalls {
         /// The machine.
         machine: String,
+        /// The execution.
+        execution_id: String,
         /// The limit.
         limit: u64,
         /// The state the run was in.
         state: String,
     },
     /// A non-final state had no transition whose condition held.
-    #[error("machine `{machine}`: no transition of state `{state}` matched, and it is not final")]
+    #[error(
+        "machine `{machine}` (execution {execution_id}): no transition of state `{state}` matched, and it is not final"
+    )]
     NoTransition {
         /// The machine.
         machine: String,
+        /// The execution.
+        execution_id: String,
         /// The state.
         state: String,
     },
     /// A hook redirected to, or a checkpoint named, a state the machine does not have.
-    #[error("machine `{machine}`: unknown state `{state}`")]
+    #[error("machine `{machine}` (execution {execution_id}): unknown state `{state}`")]
     UnknownState {
         /// The machine.
         machine: String,
+        /// The execution.
+        execution_id: String,
         /// The name.
         state: String,
     },
@@ -100,18 +136,22 @@ pub enum RunError {
     #[error(transparent)]
     Lock(#[from] LockError),
     /// A hook failed outside a state (`on_machine_start`, `on_machine_end`, building hooks).
-    #[error("machine `{machine}`: hook failed: {message}")]
+    #[error("machine `{machine}` (execution {execution_id}): hook failed: {message}")]
     Hook {
         /// The machine.
         machine: String,
+        /// The execution.
+        execution_id: String,
         /// What failed.
         message: String,
     },
     /// The initial context or final output could not be rendered.
-    #[error("machine `{machine}`: {error}")]
+    #[error("machine `{machine}` (execution {execution_id}): {error}")]
     Template {
         /// The machine.
         machine: String,
+        /// The execution.
+        execution_id: String,
         /// The error.
         error: StateError,
     },
@@ -122,7 +162,28 @@ impl RunError {
     pub fn to_state_error(&self) -> StateError {
         match self {
             RunError::State { error, .. } => error.clone(),
+            RunError::UnhandledAction { .. } => {
+                StateError::new(error_type::UNHANDLED_ACTION, self.to_string())
+            }
+            RunError::Lock(e) => StateError::new(crate::lock::LOCK_ERROR_TYPE, e.to_string()),
             other => StateError::new(error_type::MACHINE, other.to_string()),
+        }
+    }
+
+    /// The execution that failed, when the error is about one (every variant but
+    /// `Persistence` and `Lock`, whose messages name the key or execution themselves).
+    pub fn execution_id(&self) -> Option<&str> {
+        match self {
+            RunError::State { execution_id, .. }
+            | RunError::UnhandledAction { execution_id, .. }
+            | RunError::MaxSteps { execution_id, .. }
+            | RunError::MaxAgentCalls { execution_id, .. }
+            | RunError::NoTransition { execution_id, .. }
+            | RunError::UnknownState { execution_id, .. }
+            | RunError::Hook { execution_id, .. }
+            | RunError::Template { execution_id, .. } => Some(execution_id),
+            RunError::UnknownExecution(id) => Some(id),
+            RunError::Persistence(_) | RunError::Lock(_) => None,
         }
     }
 }
@@ -132,6 +193,7 @@ pub(crate) struct Inner {
     pub hooks: Option<Arc<dyn MachineHooks>>,
     pub registry: Arc<HooksRegistry>,
     pub actions: Arc<HashMap<String, ActionFn>>,
+    pub fallback: Option<FallbackActionFn>,
     pub agents: Arc<HashMap<String, AgentFn>>,
     pub adapters: Arc<AgentAdapterRegistry>,
     pub llm: Arc<dyn LlmBackend>,
@@ -141,7 +203,64 @@ pub(crate) struct Inner {
     pub checkpoint_on: Option<Vec<String>>,
     pub max_steps: Option<u64>,
     pub max_agent_calls: Option<u64>,
+    pub max_concurrency: Option<usize>,
     pub ignore_unhandled_actions: bool,
+    pub results: Arc<dyn ResultBackend>,
+    pub launches: Arc<Launches>,
+    pub invoker: Arc<dyn MachineInvoker>,
+}
+
+/// Children started with `launch:` by a machine and its children, until joined.
+#[derive(Default)]
+pub(crate) struct Launches {
+    tasks: std::sync::Mutex<Vec<LaunchTask>>,
+    /// Launched executions that finished (their result is written): dropped from the
+    /// `pending_launches` of later checkpoints.
+    done: std::sync::Mutex<HashSet<String>>,
+}
+
+struct LaunchTask {
+    execution_id: String,
+    machine: String,
+    handle: tokio::task::JoinHandle<Result<Value, StateError>>,
+}
+
+impl Launches {
+    fn is_done(&self, id: &str) -> bool {
+        self.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+
+    fn mark_done(&self, id: &str) {
+        self.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string());
+    }
+
+    fn push(&self, task: LaunchTask) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+    }
+
+    fn take(&self) -> Vec<LaunchTask> {
+        std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// A child started with `launch:` that finished (see [`Machine::join_launched`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchOutcome {
+    /// The child's execution id (its result is at `flatagents://{execution_id}/result`).
+    pub execution_id: String,
+    /// The child machine's name in the parent's `machines:`.
+    pub machine: String,
+    /// The child's output, or its error (a panic in the child is an error too).
+    pub result: Result<Value, StateError>,
 }
 
 /// Where `Machine::run_loop` starts its first state: from the top, or (resuming) just after
@@ -178,6 +297,8 @@ impl std::fmt::Debug for Machine {
 pub struct RunOptions {
     /// The execution id (default: a new UUID v4). A plain name: no `/`, no `..`.
     pub execution_id: Option<String>,
+    /// The execution that started this one (written as `parent_execution_id` in checkpoints).
+    pub parent_execution_id: Option<String>,
     /// Most state visits in this run (overrides the builder's and `settings.max_steps`).
     pub max_steps: Option<u64>,
 }
@@ -191,6 +312,12 @@ impl RunOptions {
     /// Use this execution id.
     pub fn execution_id(mut self, id: impl Into<String>) -> Self {
         self.execution_id = Some(id.into());
+        self
+    }
+
+    /// Record this parent execution id (lineage) in the run's checkpoints.
+    pub fn parent_execution_id(mut self, id: impl Into<String>) -> Self {
+        self.parent_execution_id = Some(id.into());
         self
     }
 
@@ -210,6 +337,45 @@ struct Run {
     cost: f64,
     usage: Usage,
     hooks: Arc<dyn MachineHooks>,
+    /// The outbox: launch intents not known to have finished.
+    pending_launches: Vec<LaunchIntent>,
+    /// After a resume: (state, step) whose launch ids the first executed state re-derives, so
+    /// launches recorded before the crash are not started twice.
+    launch_origin: Option<(usize, u64)>,
+    /// The context at this step's `execute` checkpoint (kept only for states that launch).
+    step_context: Option<Context>,
+    /// Set when the error being returned is an unhandled action.
+    unhandled_action: Option<&'static str>,
+}
+
+impl Run {
+    fn new(
+        execution_id: String,
+        parent: Option<String>,
+        hooks: Arc<dyn MachineHooks>,
+        max_steps: Option<u64>,
+    ) -> Self {
+        Run {
+            max_steps,
+            execution_id,
+            parent_execution_id: parent,
+            step: 0,
+            api_calls: 0,
+            cost: 0.0,
+            usage: Usage::default(),
+            hooks,
+            pending_launches: Vec::new(),
+            launch_origin: None,
+            step_context: None,
+            unhandled_action: None,
+        }
+    }
+
+    fn add_child_totals(&mut self, child: &RunResult) {
+        self.api_calls += child.total_api_calls;
+        self.cost += child.total_cost;
+        self.usage += child.usage;
+    }
 }
 
 /// Executors built so far, by machine and agent name (shared by a machine and its children).
@@ -243,6 +409,18 @@ impl Machine {
         self.inner.store.as_ref()
     }
 
+    /// The result backend children write their results to (`flatagents://{id}/result`).
+    pub fn result_backend(&self) -> &Arc<dyn ResultBackend> {
+        &self.inner.results
+    }
+
+    /// The machine for the child `name` (in `machines:`), configured like this one: the same
+    /// handlers, agents, hooks registry, checkpoint store, lock, result backend and invoker.
+    /// `None` when the machine has no such child.
+    pub fn child_machine(&self, name: &str) -> Option<Machine> {
+        self.child(name).ok()
+    }
+
     /// Run with a new execution id.
     pub async fn run(&self, input: Value) -> Result<RunResult, RunError> {
         self.run_with_id(uuid::Uuid::new_v4().to_string(), input)
@@ -258,19 +436,23 @@ impl Machine {
         self.start(execution_id.into(), None, input, None).await
     }
 
-    /// Run with per-run options (execution id, `max_steps`).
+    /// Run with per-run options (execution id, parent execution id, `max_steps`).
     pub async fn run_with(&self, input: Value, options: RunOptions) -> Result<RunResult, RunError> {
         let id = options
             .execution_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        self.start(id, None, input, options.max_steps).await
+        self.start(id, options.parent_execution_id, input, options.max_steps)
+            .await
     }
 
     /// Blocking convenience for callers without an async runtime (the reference's `execute_sync`).
     ///
-    /// Runs the machine on a new current-thread runtime. Called from inside an async runtime
-    /// (where blocking on one would panic), the run goes to a helper thread and the calling thread
-    /// blocks until it ends: prefer `run(input).await` there.
+    /// Runs the machine on a new current-thread runtime, then waits for every child it
+    /// started with `launch:` ([`join_launched`](Self::join_launched)) before returning, since
+    /// the runtime (and with it any task still running) ends with this call — as the
+    /// reference's `execute()` awaits its launched tasks. Called from inside an async runtime
+    /// (where blocking on one would panic), the run goes to a helper thread and the calling
+    /// thread blocks until it ends: prefer `run(input).await` there.
     pub fn run_blocking(&self, input: Value) -> Result<RunResult, RunError> {
         let block = move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -278,9 +460,18 @@ impl Machine {
                 .build()
                 .map_err(|e| RunError::Hook {
                     machine: self.inner.spec.name.to_string(),
+                    execution_id: String::new(),
                     message: format!("cannot start a tokio runtime: {e}"),
                 })?;
-            rt.block_on(self.run(input))
+            rt.block_on(async {
+                let result = self.run(input).await;
+                for launched in self.join_launched().await {
+                    if let Err(e) = launched.result {
+                        tracing::error!(machine = %launched.machine, execution_id = %launched.execution_id, error = %e, "launched machine failed");
+                    }
+                }
+                result
+            })
         };
         if tokio::runtime::Handle::try_current().is_err() {
             return block();
@@ -289,6 +480,38 @@ impl Machine {
             Ok(result) => result,
             Err(panic) => std::panic::resume_unwind(panic),
         })
+    }
+
+    /// Waits for every child started with `launch:` by this machine (and its children, in any
+    /// of their runs) that was not joined yet, and returns how each ended, in launch order.
+    /// Children launched while waiting are waited for too.
+    ///
+    /// `run` does not wait for launched children (they run on as tokio tasks); a process that
+    /// exits without joining them ends them, and a later `resume` of the parent starts them
+    /// again from the outbox (`pending_launches`). Every launched child also writes its
+    /// result to the [`result_backend`](Self::result_backend).
+    pub async fn join_launched(&self) -> Vec<LaunchOutcome> {
+        let mut out = Vec::new();
+        loop {
+            let tasks = self.inner.launches.take();
+            if tasks.is_empty() {
+                return out;
+            }
+            for task in tasks {
+                let result = match task.handle.await {
+                    Ok(r) => r,
+                    Err(e) => Err(StateError::new(
+                        error_type::MACHINE,
+                        format!("launched machine `{}` did not finish: {e}", task.machine),
+                    )),
+                };
+                out.push(LaunchOutcome {
+                    execution_id: task.execution_id,
+                    machine: task.machine,
+                    result,
+                });
+            }
+        }
     }
 
     /// Continue an execution from its latest checkpoint, at exactly the point the checkpoint
@@ -302,6 +525,10 @@ impl Machine {
     /// * `machine_end` — returns the stored output (nothing runs).
     ///
     /// Step numbers continue from the checkpoint's; none is spent twice.
+    ///
+    /// Launches recorded in the checkpoint (`pending_launches`) whose child has no result yet
+    /// are started again with the same execution id (a child with checkpoints of its own is
+    /// resumed instead), so every launched child runs once across a crash.
     pub async fn resume(&self, execution_id: &str) -> Result<RunResult, RunError> {
         let spec = self.inner.spec;
         let store = self
@@ -323,16 +550,16 @@ impl Machine {
                 reason,
             })
         };
-        let mut run = Run {
-            max_steps: None,
-            execution_id: execution_id.to_string(),
-            parent_execution_id: snap.parent_execution_id.clone(),
-            step: snap.step,
-            api_calls: snap.total_api_calls.unwrap_or(0),
-            cost: snap.total_cost.unwrap_or(0.0),
-            usage: Usage::default(),
-            hooks: self.hooks_for_resume()?,
-        };
+        let mut run = Run::new(
+            execution_id.to_string(),
+            snap.parent_execution_id.clone(),
+            self.hooks_for_resume(execution_id, snap.parent_execution_id.clone())?,
+            None,
+        );
+        run.step = snap.step;
+        run.api_calls = snap.total_api_calls.unwrap_or(0);
+        run.cost = snap.total_cost.unwrap_or(0.0);
+        self.restore_launches(&mut run, &snap).await;
         let event = snap.event.as_deref().unwrap_or(checkpoint_event::UNKNOWN);
         if event == checkpoint_event::MACHINE_END {
             // machine_end records the state as `"end"` (reference layout): take the final
@@ -369,6 +596,7 @@ impl Machine {
                 .await
                 .map_err(|e| RunError::Hook {
                     machine: spec.name.to_string(),
+                    execution_id: execution_id.to_string(),
                     message: e.to_string(),
                 })?;
             return self
@@ -399,11 +627,21 @@ impl Machine {
         self.run_loop(&mut run, context, state, entry).await
     }
 
-    fn hooks_for_resume(&self) -> Result<Arc<dyn MachineHooks>, RunError> {
-        self.build_hooks(&Value::Object(Context::new()))
+    fn hooks_for_resume(
+        &self,
+        execution_id: &str,
+        parent: Option<String>,
+    ) -> Result<Arc<dyn MachineHooks>, RunError> {
+        self.build_hooks(&Value::Object(Context::new()), execution_id, parent, true)
     }
 
-    fn build_hooks(&self, input: &Value) -> Result<Arc<dyn MachineHooks>, RunError> {
+    fn build_hooks(
+        &self,
+        input: &Value,
+        execution_id: &str,
+        parent: Option<String>,
+        resuming: bool,
+    ) -> Result<Arc<dyn MachineHooks>, RunError> {
         let spec = self.inner.spec;
         if let Some(h) = &self.inner.hooks {
             return Ok(h.clone());
@@ -411,26 +649,30 @@ impl Machine {
         let Some(hs) = &spec.hooks else {
             return Ok(Arc::new(NoopHooks));
         };
+        let hook_error = |message: String| RunError::Hook {
+            machine: spec.name.to_string(),
+            execution_id: execution_id.to_string(),
+            message,
+        };
         let empty = Context::new();
         let scope = Scope::new(&empty).with_input(input);
         let args = match &hs.args {
-            Some(a) => template::render(a, &scope).map_err(|e| RunError::Hook {
-                machine: spec.name.to_string(),
-                message: format!("rendering hooks args: {e}"),
-            })?,
+            Some(a) => template::render(a, &scope)
+                .map_err(|e| hook_error(format!("rendering hooks args: {e}")))?,
             None => Value::Object(Context::new()),
         };
         let args = match args {
             Value::Object(m) => m,
             _ => Context::new(),
         };
+        let mut target = HooksFor::new(spec.name, execution_id);
+        target.source = spec.source;
+        target.parent_execution_id = parent;
+        target.resuming = resuming;
         self.inner
             .registry
-            .build(hs.class, &args)
-            .map_err(|e| RunError::Hook {
-                machine: spec.name.to_string(),
-                message: e.to_string(),
-            })
+            .build_for(hs.class, &target, &args)
+            .map_err(|e| hook_error(e.to_string()))
     }
 
     async fn start(
@@ -450,17 +692,8 @@ impl Machine {
             Value::Null => Value::Object(Context::new()),
             v => v,
         };
-        let hooks = self.build_hooks(&input)?;
-        let mut run = Run {
-            max_steps,
-            execution_id,
-            parent_execution_id: parent,
-            step: 0,
-            api_calls: 0,
-            cost: 0.0,
-            usage: Usage::default(),
-            hooks,
-        };
+        let hooks = self.build_hooks(&input, &execution_id, parent.clone(), false)?;
+        let mut run = Run::new(execution_id, parent, hooks, max_steps);
         let empty = Context::new();
         let mut context = match &spec.context {
             Some(tv) => match template::render(tv, &Scope::new(&empty).with_input(&input)) {
@@ -469,6 +702,7 @@ impl Machine {
                 Err(e) => {
                     return Err(RunError::Template {
                         machine: spec.name.to_string(),
+                        execution_id: run.execution_id.clone(),
                         error: e.into(),
                     });
                 }
@@ -476,22 +710,60 @@ impl Machine {
             None => Context::new(),
         };
         let initial_name = spec.states[spec.initial].name;
-        self.checkpoint(&run, "machine_start", initial_name, &context, None)
+        self.checkpoint(&mut run, "machine_start", initial_name, &context, None)
             .await?;
-        run.hooks
-            .on_machine_start(&mut context)
-            .await
-            .map_err(|e| RunError::Hook {
-                machine: spec.name.to_string(),
-                message: e.to_string(),
-            })?;
+        if let Err(e) = run.hooks.on_machine_start(&mut context).await {
+            return Err(self.hook_error(&run, e));
+        }
         self.run_loop(&mut run, context, spec.initial, Entry::Enter)
             .await
     }
 
+    fn hook_error(&self, run: &Run, e: impl std::fmt::Display) -> RunError {
+        RunError::Hook {
+            machine: self.inner.spec.name.to_string(),
+            execution_id: run.execution_id.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    fn snapshot(
+        &self,
+        run: &mut Run,
+        event: &str,
+        state: &str,
+        context: Context,
+        output: Option<&Value>,
+    ) -> MachineSnapshot {
+        let spec = self.inner.spec;
+        let mut snap = MachineSnapshot::new(
+            &run.execution_id,
+            spec.name,
+            spec.spec_version,
+            state,
+            context,
+            run.step,
+        )
+        .with_event(event);
+        snap.output = output.map(|o| match o {
+            Value::Object(m) => m.clone(),
+            _ => Context::new(),
+        });
+        snap.total_api_calls = Some(run.api_calls);
+        snap.total_cost = Some(run.cost);
+        snap.parent_execution_id = run.parent_execution_id.clone();
+        let launches = &self.inner.launches;
+        run.pending_launches
+            .retain(|intent| !launches.is_done(&intent.execution_id));
+        if !run.pending_launches.is_empty() {
+            snap.pending_launches = Some(run.pending_launches.clone());
+        }
+        snap
+    }
+
     async fn checkpoint(
         &self,
-        run: &Run,
+        run: &mut Run,
         event: &str,
         state: &str,
         context: &Context,
@@ -505,23 +777,20 @@ impl Machine {
         {
             return Ok(());
         }
-        let spec = self.inner.spec;
-        let mut snap = MachineSnapshot::new(
-            &run.execution_id,
-            spec.name,
-            spec.spec_version,
-            state,
-            context.clone(),
-            run.step,
-        )
-        .with_event(event);
-        snap.output = output.map(|o| match o {
-            Value::Object(m) => m.clone(),
-            _ => Context::new(),
-        });
-        snap.total_api_calls = Some(run.api_calls);
-        snap.total_cost = Some(run.cost);
-        snap.parent_execution_id = run.parent_execution_id.clone();
+        let snap = self.snapshot(run, event, state, context.clone(), output);
+        store.save(snap).await?;
+        Ok(())
+    }
+
+    /// The outbox write: this step's `execute` checkpoint again (same key, the context as at
+    /// `execute`) with the current `pending_launches`. Written whenever there is a store, also
+    /// when `checkpoint_on` leaves `execute` out.
+    async fn record_launches(&self, run: &mut Run, state: &StateSpec) -> Result<(), StateError> {
+        let Some(store) = &self.inner.store else {
+            return Ok(());
+        };
+        let context = run.step_context.clone().unwrap_or_default();
+        let snap = self.snapshot(run, checkpoint_event::EXECUTE, state.name, context, None);
         store.save(snap).await?;
         Ok(())
     }
@@ -556,6 +825,7 @@ impl Machine {
                 if run.step >= max_steps {
                     return Err(RunError::MaxSteps {
                         machine,
+                        execution_id: run.execution_id.clone(),
                         limit: max_steps,
                         next: state.name.to_string(),
                     });
@@ -565,6 +835,7 @@ impl Machine {
                 {
                     return Err(RunError::MaxAgentCalls {
                         machine,
+                        execution_id: run.execution_id.clone(),
                         limit,
                         state: state.name.to_string(),
                     });
@@ -586,6 +857,9 @@ impl Machine {
             let mut output = match resumed_output {
                 Some(output) => output,
                 None => {
+                    // The launch outbox rewrites this step's `execute` checkpoint with the
+                    // context the step started from.
+                    run.step_context = (!state.launch.is_empty()).then(|| context.clone());
                     let executed = match state.timeout.filter(|t| *t > 0.0) {
                         Some(secs) => {
                             // On timeout the state's work is dropped and the context is left
@@ -593,7 +867,7 @@ impl Machine {
                             let mut work_ctx = context.clone();
                             match tokio::time::timeout(
                                 std::time::Duration::from_secs_f64(secs),
-                                self.execute_state(run, state, &mut work_ctx),
+                                self.execute_state(run, current, &mut work_ctx),
                             )
                             .await
                             {
@@ -607,8 +881,10 @@ impl Machine {
                                 )),
                             }
                         }
-                        None => self.execute_state(run, state, &mut context).await,
+                        None => self.execute_state(run, current, &mut context).await,
                     };
+                    run.launch_origin = None;
+                    run.step_context = None;
                     let output = match executed {
                         Ok(o) => o,
                         Err(e) => {
@@ -645,13 +921,9 @@ impl Machine {
                 let mut final_output = output.unwrap_or_else(|| Value::Object(Context::new()));
                 self.checkpoint(run, "machine_end", "end", &context, Some(&final_output))
                     .await?;
-                run.hooks
-                    .on_machine_end(&context, &mut final_output)
-                    .await
-                    .map_err(|e| RunError::Hook {
-                        machine: machine.clone(),
-                        message: e.to_string(),
-                    })?;
+                if let Err(e) = run.hooks.on_machine_end(&context, &mut final_output).await {
+                    return Err(self.hook_error(run, e));
+                }
                 return Ok(RunResult {
                     output: final_output,
                     execution_id: run.execution_id.clone(),
@@ -668,6 +940,7 @@ impl Machine {
                 Ok(None) => {
                     return Err(RunError::NoTransition {
                         machine,
+                        execution_id: run.execution_id.clone(),
                         state: state.name.to_string(),
                     });
                 }
@@ -696,6 +969,7 @@ impl Machine {
                 None => {
                     return Err(RunError::UnknownState {
                         machine,
+                        execution_id: run.execution_id.clone(),
                         state: target,
                     });
                 }
@@ -714,6 +988,7 @@ impl Machine {
     ) -> Result<usize, RunError> {
         let spec = self.inner.spec;
         let st = &spec.states[state];
+        let unhandled = run.unhandled_action.take();
         context.insert("last_error".into(), Value::String(error.message.clone()));
         context.insert(
             "last_error_type".into(),
@@ -725,30 +1000,37 @@ impl Machine {
             .find(|(t, _)| *t == error.error_type)
             .or_else(|| st.on_error.iter().find(|(t, _)| *t == "default"));
         if let Some((_, to)) = by_type {
-            tracing::warn!(machine = spec.name, state = st.name, error = %error, to = spec.states[*to].name, "state failed; recovering via on_error");
+            tracing::warn!(machine = spec.name, execution_id = %run.execution_id, state = st.name, error = %error, to = spec.states[*to].name, "state failed; recovering via on_error");
             return Ok(*to);
         }
         let hook = run
             .hooks
             .on_error(st.name, &error, context)
             .await
-            .map_err(|e| RunError::Hook {
-                machine: spec.name.to_string(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| self.hook_error(run, e))?;
         match hook {
             Some(target) => match spec.state(&target) {
                 Some((i, _)) => Ok(i),
                 None => Err(RunError::UnknownState {
                     machine: spec.name.to_string(),
+                    execution_id: run.execution_id.clone(),
                     state: target,
                 }),
             },
-            None => Err(RunError::State {
-                machine: spec.name.to_string(),
-                state: st.name.to_string(),
-                error,
-            }),
+            None => match unhandled {
+                Some(action) => Err(RunError::UnhandledAction {
+                    machine: spec.name.to_string(),
+                    execution_id: run.execution_id.clone(),
+                    state: st.name.to_string(),
+                    action: action.to_string(),
+                }),
+                None => Err(RunError::State {
+                    machine: spec.name.to_string(),
+                    execution_id: run.execution_id.clone(),
+                    state: st.name.to_string(),
+                    error,
+                }),
+            },
         }
     }
 
@@ -756,15 +1038,16 @@ impl Machine {
     async fn execute_state(
         &self,
         run: &mut Run,
-        state: &'static StateSpec,
+        index: usize,
         context: &mut Context,
     ) -> Result<Option<Value>, StateError> {
+        let state = &self.inner.spec.states[index];
         let mut output = None;
         if let Some(action) = state.action {
-            self.run_action(run, action, context).await?;
+            self.run_action(run, state, action, context).await?;
         }
         if !state.launch.is_empty() {
-            self.launch(run, state, context).await?;
+            self.launch(run, index, context).await?;
         }
         if !state.machine.is_empty() {
             let out = self.run_children(run, state, context).await?;
@@ -841,32 +1124,69 @@ impl Machine {
         Ok(executor)
     }
 
+    /// Runs `action:` through the first handler that takes it — a named handler, the hooks'
+    /// `on_action`, the fallback — then tells the hooks (`on_action_done`). The handler
+    /// changes the context in place, and its changes stay when it fails.
     async fn run_action(
         &self,
         run: &mut Run,
-        action: &str,
+        state: &'static StateSpec,
+        action: &'static str,
         context: &mut Context,
     ) -> Result<(), StateError> {
-        if let Some(f) = self.inner.actions.get(action) {
-            // The handler gets a copy: when it fails, the context is left as it was before the
-            // action (the error route then adds `last_error`).
-            *context = f(context.clone()).await?;
-            return Ok(());
-        }
-        match run.hooks.on_action(action, context).await {
-            Ok(ActionOutcome::Handled) => Ok(()),
-            Ok(ActionOutcome::NotHandled) if self.inner.ignore_unhandled_actions => {
+        let call = ActionCall {
+            action,
+            machine: self.inner.spec.name,
+            state: state.name,
+            execution_id: run.execution_id.clone(),
+            parent_execution_id: run.parent_execution_id.clone(),
+            step: run.step,
+        };
+        let hooks = run.hooks.clone();
+        let handled = call
+            .clone()
+            .scope(self.dispatch_action(hooks.as_ref(), &call, context))
+            .await;
+        let result = match handled {
+            Ok(true) => Ok(()),
+            Ok(false) if self.inner.ignore_unhandled_actions => {
                 tracing::warn!(action, "unhandled action");
                 Ok(())
             }
-            Ok(ActionOutcome::NotHandled) => Err(StateError::new(
-                error_type::UNHANDLED_ACTION,
-                format!(
-                    "no handler for action `{action}`: register one with `MachineBuilder::action` or handle it in `MachineHooks::on_action`"
-                ),
-            )),
-            Err(e) => Err(e.into()),
+            Ok(false) => {
+                run.unhandled_action = Some(action);
+                Err(StateError::new(
+                    error_type::UNHANDLED_ACTION,
+                    format!(
+                        "no handler for action `{action}`: register one with `MachineBuilder::action_mut` or `fallback_action`, or handle it in `MachineHooks::on_action`"
+                    ),
+                ))
+            }
+            Err(e) => Err(e),
+        };
+        hooks
+            .on_action_done(&call, context, result.as_ref().err())
+            .await;
+        result
+    }
+
+    async fn dispatch_action(
+        &self,
+        hooks: &dyn MachineHooks,
+        call: &ActionCall,
+        context: &mut Context,
+    ) -> Result<bool, StateError> {
+        if let Some(f) = self.inner.actions.get(call.action) {
+            f(context, call).await?;
+            return Ok(true);
         }
+        if hooks.on_action(call.action, context).await?.is_handled() {
+            return Ok(true);
+        }
+        if let Some(f) = &self.inner.fallback {
+            return Ok(f(call, context).await?.is_handled());
+        }
+        Ok(false)
     }
 
     fn render_state_input(
@@ -898,6 +1218,9 @@ impl Machine {
         Ok(())
     }
 
+    /// The child machine `name`, sharing this machine's handlers and backends. It checkpoints
+    /// into this machine's store (unless its own YAML says `persistence: {enabled: false}`),
+    /// with its own `checkpoint_on` if it has one.
     fn child(&self, name: &str) -> Result<Machine, StateError> {
         let spec = self.inner.spec;
         let child = spec.child(name).ok_or_else(|| {
@@ -906,39 +1229,100 @@ impl Machine {
                 format!("machine `{}` has no child machine `{name}`", spec.name),
             )
         })?;
+        let (store, checkpoint_on) = match &child.persistence {
+            Some(p) if !p.enabled => (None, None),
+            Some(p) => (
+                self.inner.store.clone(),
+                p.checkpoint_on
+                    .map(|v| v.iter().map(|s| s.to_string()).collect())
+                    .or_else(|| self.inner.checkpoint_on.clone()),
+            ),
+            None => (self.inner.store.clone(), self.inner.checkpoint_on.clone()),
+        };
         Ok(Machine::from_inner(Inner {
             spec: child,
             hooks: None,
             registry: self.inner.registry.clone(),
             actions: self.inner.actions.clone(),
+            fallback: self.inner.fallback.clone(),
             agents: self.inner.agents.clone(),
             adapters: self.inner.adapters.clone(),
             llm: self.inner.llm.clone(),
             executors: self.inner.executors.clone(),
-            store: None,
-            lock: Arc::new(crate::lock::NoOpLock),
-            checkpoint_on: None,
+            store,
+            lock: self.inner.lock.clone(),
+            checkpoint_on,
             max_steps: None,
             max_agent_calls: None,
+            max_concurrency: self.inner.max_concurrency,
             ignore_unhandled_actions: self.inner.ignore_unhandled_actions,
+            results: self.inner.results.clone(),
+            launches: self.inner.launches.clone(),
+            invoker: self.inner.invoker.clone(),
         }))
     }
 
+    /// Runs the child `name` to completion through the invoker (a new execution id, this run
+    /// as its parent).
     fn run_child(
         &self,
         run: &Run,
-        name: &str,
+        name: &'static str,
         input: Value,
     ) -> BoxFuture<'static, Result<RunResult, StateError>> {
-        let child = self.child(name);
-        let parent = run.execution_id.clone();
-        Box::pin(async move {
-            let child = child?;
-            child
-                .start(uuid::Uuid::new_v4().to_string(), Some(parent), input, None)
-                .await
-                .map_err(|e| e.to_state_error())
-        })
+        let request = InvokeRequest {
+            parent: self.clone(),
+            machine: name,
+            execution_id: uuid::Uuid::new_v4().to_string(),
+            parent_execution_id: Some(run.execution_id.clone()),
+            input,
+            resume: false,
+        };
+        let invoker = self.inner.invoker.clone();
+        Box::pin(async move { invoker.invoke(request).await })
+    }
+
+    /// Starts (or, for `resume`, continues) a child run inside this process: what
+    /// [`InProcessInvoker`] does.
+    pub(crate) async fn run_child_in_process(
+        &self,
+        request: InvokeRequest,
+    ) -> Result<RunResult, RunError> {
+        let child = self.child(request.machine).map_err(|e| RunError::State {
+            machine: self.inner.spec.name.to_string(),
+            execution_id: request.parent_execution_id.clone().unwrap_or_default(),
+            state: String::new(),
+            error: e,
+        })?;
+        if request.resume
+            && let Some(store) = child.store()
+            && store
+                .latest_checkpoint_key(&request.execution_id)
+                .await?
+                .is_some()
+        {
+            return child.resume(&request.execution_id).await;
+        }
+        child
+            .start(
+                request.execution_id,
+                request.parent_execution_id,
+                request.input,
+                None,
+            )
+            .await
+    }
+
+    fn concurrency(&self) -> usize {
+        self.inner
+            .max_concurrency
+            .or(self
+                .inner
+                .spec
+                .max_concurrency
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
+            .unwrap_or(super::DEFAULT_MAX_CONCURRENCY)
+            .max(1)
     }
 
     /// `machine:` (one child, a list in parallel, or `foreach`).
@@ -949,6 +1333,7 @@ impl Machine {
         context: &mut Context,
     ) -> Result<Value, StateError> {
         let base = Scope::for_state(context);
+        let cap = self.concurrency();
         if let Some(fe) = &state.foreach {
             let items = match template::render(fe, &base)? {
                 Value::Array(items) => items,
@@ -963,7 +1348,7 @@ impl Machine {
                 }
             };
             let name = state.machine[0].name;
-            let mut futures = Vec::new();
+            let mut inputs = Vec::with_capacity(items.len());
             let mut keys = Vec::new();
             for item in &items {
                 let scope = base.clone().with_item(state.foreach_as, item);
@@ -978,10 +1363,42 @@ impl Machine {
                     };
                     keys.push(key);
                 }
-                futures.push(self.run_child(run, name, input));
+                inputs.push(input);
             }
-            let results = futures::future::join_all(futures).await;
-            let entries: Vec<Value> = results.into_iter().map(child_entry).collect();
+            let futures: Vec<_> = inputs
+                .into_iter()
+                .map(|input| self.run_child(run, name, input))
+                .collect();
+            if state.mode_any {
+                // The first child to finish wins; the others are cancelled (dropped).
+                let Some((i, first)) = first_to_finish(futures, cap).await else {
+                    return Ok(if state.key.is_some() {
+                        Value::Object(Context::new())
+                    } else {
+                        Value::Array(Vec::new())
+                    });
+                };
+                if let Ok(r) = &first {
+                    run.add_child_totals(r);
+                }
+                let entry = child_entry(first);
+                return Ok(match keys.get(i) {
+                    Some(key) if state.key.is_some() => {
+                        Value::Object(std::iter::once((key.clone(), entry)).collect())
+                    }
+                    _ => Value::Array(vec![entry]),
+                });
+            }
+            let results: Vec<_> = futures::stream::iter(futures).buffered(cap).collect().await;
+            let entries: Vec<Value> = results
+                .into_iter()
+                .map(|r| {
+                    if let Ok(r) = &r {
+                        run.add_child_totals(r);
+                    }
+                    child_entry(r)
+                })
+                .collect();
             if state.key.is_some() {
                 return Ok(Value::Object(keys.into_iter().zip(entries).collect()));
             }
@@ -994,6 +1411,7 @@ impl Machine {
         if !state.machine_list {
             let call = &state.machine[0];
             let result = self.run_child(run, call.name, shared_input).await?;
+            run.add_child_totals(&result);
             return Ok(result.output);
         }
         let mut futures = Vec::new();
@@ -1005,44 +1423,256 @@ impl Machine {
             futures.push(self.run_child(run, call.name, input));
         }
         if state.mode_any {
-            let (first, _, _) = futures::future::select_all(futures).await;
-            let name = state.machine.first().map(|c| c.name).unwrap_or_default();
-            let _ = name;
-            return Ok(child_entry(first));
+            // The first child to finish wins and is returned under its name (as the
+            // reference does); the others are cancelled (dropped).
+            let Some((i, first)) = first_to_finish(futures, cap).await else {
+                return Ok(Value::Object(Context::new()));
+            };
+            if let Ok(r) = &first {
+                run.add_child_totals(r);
+            }
+            let name = state.machine[i].name.to_string();
+            return Ok(Value::Object(
+                std::iter::once((name, child_entry(first))).collect(),
+            ));
         }
-        let results = futures::future::join_all(futures).await;
-        Ok(Value::Object(
-            state
-                .machine
-                .iter()
-                .map(|c| c.name.to_string())
-                .zip(results.into_iter().map(child_entry))
-                .collect(),
-        ))
+        let results: Vec<_> = futures::stream::iter(futures).buffered(cap).collect().await;
+        let mut out = Context::new();
+        for (call, result) in state.machine.iter().zip(results) {
+            if let Ok(r) = &result {
+                run.add_child_totals(r);
+            }
+            out.insert(call.name.to_string(), child_entry(result));
+        }
+        Ok(Value::Object(out))
     }
 
-    /// `launch:`: start children without waiting for them.
+    /// `launch:`: start children without waiting for them, through the outbox. For each
+    /// child: record the intent in the checkpoint, start it, record it as launched.
     async fn launch(
         &self,
         run: &mut Run,
-        state: &'static StateSpec,
+        index: usize,
         context: &mut Context,
     ) -> Result<(), StateError> {
+        let state = &self.inner.spec.states[index];
         let input = match &state.launch_input {
             Some(tv) => template::render(tv, &Scope::for_state(context))?,
             None => Value::Object(Context::new()),
         };
-        for name in state.launch {
-            let fut = self.run_child(run, name, input.clone());
-            let name = name.to_string();
-            tokio::spawn(async move {
-                if let Err(e) = fut.await {
-                    tracing::error!(machine = %name, error = %e, "launched machine failed");
+        let input_map = match &input {
+            Value::Object(m) => m.clone(),
+            _ => Context::new(),
+        };
+        // Launch ids are derived from (execution, step, state, position): a state re-entered
+        // by `resume` derives the ids of the visit that crashed and finds its launches.
+        let (origin, resumed) = match run.launch_origin {
+            Some((i, step)) if i == index => (step, true),
+            _ => (run.step, false),
+        };
+        for (i, name) in state.launch.iter().enumerate() {
+            let id = launch_id(&run.execution_id, origin, state.name, i);
+            let mut resume_child = false;
+            if resumed {
+                if run.pending_launches.iter().any(|p| p.execution_id == id)
+                    || self.inner.launches.is_done(&id)
+                {
+                    // Recorded before the crash: `resume` already started it again.
+                    continue;
                 }
-            });
+                // Started before the crash, then dropped from the outbox when it finished.
+                if let Some(store) = &self.inner.store
+                    && store.latest_checkpoint_key(&id).await?.is_some()
+                {
+                    resume_child = true;
+                }
+            }
+            run.pending_launches
+                .push(LaunchIntent::new(id.clone(), *name, input_map.clone()));
+            self.record_launches(run, state).await?;
+            self.spawn_launch(
+                name,
+                id.clone(),
+                input.clone(),
+                run.execution_id.clone(),
+                resume_child,
+            );
+            if let Some(intent) = run
+                .pending_launches
+                .iter_mut()
+                .find(|p| p.execution_id == id)
+            {
+                intent.launched = true;
+            }
+            self.record_launches(run, state).await?;
         }
         Ok(())
     }
+
+    /// Starts a launched child as a task: it runs through the invoker, writes its result (or
+    /// `{_error, _error_type}`) to `flatagents://{id}/result`, and is joined by
+    /// [`join_launched`](Self::join_launched).
+    fn spawn_launch(
+        &self,
+        machine: &str,
+        execution_id: String,
+        input: Value,
+        parent: String,
+        resume: bool,
+    ) {
+        let Some(name) = self
+            .inner
+            .spec
+            .machines
+            .iter()
+            .map(|(n, _)| *n)
+            .find(|n| *n == machine)
+        else {
+            tracing::error!(machine, "launch of an unknown child machine");
+            return;
+        };
+        let request = InvokeRequest {
+            parent: self.clone(),
+            machine: name,
+            execution_id: execution_id.clone(),
+            parent_execution_id: Some(parent),
+            input,
+            resume,
+        };
+        let invoker = self.inner.invoker.clone();
+        let results = self.inner.results.clone();
+        let launches = self.inner.launches.clone();
+        let id = execution_id.clone();
+        let handle = tokio::spawn(async move {
+            let outcome = invoker.invoke(request).await;
+            let value = match &outcome {
+                Ok(r) => r.output.clone(),
+                Err(e) => serde_json::json!({"_error": e.message, "_error_type": e.error_type}),
+            };
+            if let Err(e) = results.write(&make_uri(&id, DEFAULT_PATH), value).await {
+                tracing::error!(execution_id = %id, error = %e, "cannot write the launched machine's result");
+            }
+            launches.mark_done(&id);
+            if let Err(e) = &outcome {
+                tracing::error!(machine = name, execution_id = %id, error = %e, "launched machine failed");
+            }
+            outcome.map(|r| r.output)
+        });
+        self.inner.launches.push(LaunchTask {
+            execution_id,
+            machine: name.to_string(),
+            handle,
+        });
+    }
+
+    /// On resume: restore the outbox, start again every recorded launch whose child has no
+    /// result yet, and remember which step's launches the re-entered state must not repeat.
+    async fn restore_launches(&self, run: &mut Run, snap: &MachineSnapshot) {
+        run.pending_launches = snap.pending_launches.clone().unwrap_or_default();
+        for intent in &mut run.pending_launches {
+            let uri = make_uri(&intent.execution_id, DEFAULT_PATH);
+            if matches!(self.inner.results.exists(&uri).await, Ok(true)) {
+                self.inner.launches.mark_done(&intent.execution_id);
+                continue;
+            }
+            tracing::info!(machine = %intent.machine, execution_id = %intent.execution_id, "resuming launch");
+            self.spawn_launch(
+                &intent.machine,
+                intent.execution_id.clone(),
+                Value::Object(intent.input.clone()),
+                run.execution_id.clone(),
+                true,
+            );
+            intent.launched = true;
+        }
+        let event = snap.event.as_deref();
+        if matches!(
+            event,
+            Some(checkpoint_event::EXECUTE) | Some(checkpoint_event::STATE_EXIT)
+        ) && let Some((index, state)) = self.inner.spec.state(&snap.current_state)
+            && !state.launch.is_empty()
+        {
+            let origin = self
+                .launch_origin(&snap.execution_id, snap.step, state.name)
+                .await;
+            run.launch_origin = Some((index, origin));
+        }
+    }
+
+    /// The step at which the visit of `state` that a resume continues began: earlier steps
+    /// that entered the same state without leaving it were resumed visits of it too.
+    async fn launch_origin(&self, execution_id: &str, step: u64, state: &str) -> u64 {
+        let Some(store) = &self.inner.store else {
+            return step;
+        };
+        let backend = store.backend();
+        let mut origin = step;
+        while origin > 1 {
+            let k = origin - 1;
+            let exit =
+                crate::persistence::snapshot_key(execution_id, k, checkpoint_event::STATE_EXIT);
+            if !matches!(backend.load(&exit).await, Ok(None)) {
+                break;
+            }
+            let enter =
+                crate::persistence::snapshot_key(execution_id, k, checkpoint_event::STATE_ENTER);
+            match backend.load(&enter).await {
+                Ok(Some(s)) if s.current_state == state => origin = k,
+                _ => break,
+            }
+        }
+        origin
+    }
+}
+
+/// The execution id of the `position`-th child launched by `state` at `step` of `parent`:
+/// a UUID (v4 layout) derived from those four, so a resumed parent finds the launches it
+/// recorded before a crash. FNV-1a over the parts, two independent 64-bit halves.
+fn launch_id(parent: &str, step: u64, state: &str, position: usize) -> String {
+    let mut text = Vec::new();
+    for part in [
+        parent.as_bytes(),
+        &step.to_le_bytes(),
+        state.as_bytes(),
+        &(position as u64).to_le_bytes(),
+    ] {
+        text.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        text.extend_from_slice(part);
+    }
+    let fnv = |offset: u64| {
+        text.iter().fold(offset, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let hi = fnv(0xcbf2_9ce4_8422_2325);
+    let lo = fnv(0x6c62_272e_07bb_0142);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&hi.to_be_bytes());
+    bytes[8..].copy_from_slice(&lo.to_be_bytes());
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+/// Runs at most `cap` of `futures` at a time and returns the first to finish with its
+/// position; the rest are dropped (cancelled). `None` when there are none.
+async fn first_to_finish<T: Send + 'static>(
+    futures: Vec<BoxFuture<'static, T>>,
+    cap: usize,
+) -> Option<(usize, T)> {
+    let tagged: Vec<BoxFuture<'static, (usize, T)>> = futures
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| tag(i, f))
+        .collect();
+    futures::stream::iter(tagged)
+        .buffer_unordered(cap)
+        .next()
+        .await
+}
+
+fn tag<T: Send + 'static>(i: usize, f: BoxFuture<'static, T>) -> BoxFuture<'static, (usize, T)> {
+    Box::pin(async move { (i, f.await) })
 }
 
 /// A child's result as an entry of a parallel/foreach result: its output, or `{_error, _error_type}`.

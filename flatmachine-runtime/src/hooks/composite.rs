@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{ActionOutcome, HookError, MachineHooks};
+use crate::engine::ActionCall;
 use crate::{Context, StateError, Value};
 
 /// An ordered list of hooks, called one after the other (the reference's `CompositeHooks`).
@@ -129,6 +130,17 @@ impl MachineHooks for CompositeHooks {
             }
         }
         Ok(None)
+    }
+
+    async fn on_action_done(
+        &self,
+        call: &ActionCall,
+        context: &Context,
+        error: Option<&StateError>,
+    ) {
+        for hook in &self.hooks {
+            hook.on_action_done(call, context, error).await;
+        }
     }
 
     async fn on_action(

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use tracing::Level;
 
 use super::{HookError, MachineHooks};
+use crate::engine::ActionCall;
 use crate::{Context, StateError, Value};
 
 /// Emits one `tracing` event for the machine start and end, every state entry and exit, every
@@ -146,6 +147,26 @@ impl MachineHooks for LoggingHooks {
     ) -> Result<String, HookError> {
         log_at!(self.level, from, to, "Transition: {from} -> {to}");
         Ok(to.to_string())
+    }
+
+    async fn on_action_done(
+        &self,
+        call: &ActionCall,
+        _context: &Context,
+        error: Option<&StateError>,
+    ) {
+        let (action, state, machine) = (call.action, call.state, call.machine);
+        match error {
+            None => log_at!(self.level, action, state, machine, "Action {action} done"),
+            Some(e) => log_at!(
+                self.level,
+                action,
+                state,
+                machine,
+                error = %e,
+                "Action {action} failed: {e}"
+            ),
+        }
     }
 
     async fn on_error(

@@ -7,9 +7,10 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use super::{HookError, MachineHooks};
+use crate::engine::ActionCall;
 use crate::{Context, StateError, Value};
 
-/// Counts state entries, transitions and errors. Never changes the context, output or next state.
+/// Counts state entries, transitions, errors and actions. Never changes the context, output or next state.
 ///
 /// Thread-safe; clones share the same counters, so keep a clone to read the metrics of a run
 /// that owns another (for instance through [`super::HooksRegistry::register_instance`]).
@@ -34,6 +35,10 @@ pub struct MetricsSnapshot {
     pub total_states_executed: u64,
     /// All errors.
     pub error_count: u64,
+    /// Runs per action (every action, whoever handled it).
+    pub action_counts: BTreeMap<String, u64>,
+    /// Failed runs per action (an unhandled action included).
+    pub action_error_counts: BTreeMap<String, u64>,
 }
 
 impl MetricsSnapshot {
@@ -55,6 +60,16 @@ impl MetricsSnapshot {
         self.error_counts.get(state).copied().unwrap_or(0)
     }
 
+    /// Runs of `action` (every handler kind counts).
+    pub fn action_count(&self, action: &str) -> u64 {
+        self.action_counts.get(action).copied().unwrap_or(0)
+    }
+
+    /// Failed runs of `action`.
+    pub fn action_errors(&self, action: &str) -> u64 {
+        self.action_error_counts.get(action).copied().unwrap_or(0)
+    }
+
     /// The reference's `get_metrics()` shape: `state_counts`, `transition_counts` (keys
     /// `"from->to"`), `total_states_executed`, `error_count`; plus `error_counts` per state.
     pub fn to_json(&self) -> Value {
@@ -69,6 +84,8 @@ impl MetricsSnapshot {
             "total_states_executed": self.total_states_executed,
             "error_count": self.error_count,
             "error_counts": self.error_counts,
+            "action_counts": self.action_counts,
+            "action_error_counts": self.action_error_counts,
         })
     }
 }
@@ -128,6 +145,21 @@ impl MachineHooks for MetricsHooks {
             .entry((from.to_string(), to.to_string()))
             .or_default() += 1;
         Ok(to.to_string())
+    }
+
+    async fn on_action_done(
+        &self,
+        call: &ActionCall,
+        _context: &Context,
+        error: Option<&StateError>,
+    ) {
+        let mut m = self.lock();
+        *m.action_counts.entry(call.action.to_string()).or_default() += 1;
+        if error.is_some() {
+            *m.action_error_counts
+                .entry(call.action.to_string())
+                .or_default() += 1;
+        }
     }
 
     async fn on_error(

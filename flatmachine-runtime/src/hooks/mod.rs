@@ -22,6 +22,7 @@
 
 use async_trait::async_trait;
 
+use crate::engine::ActionCall;
 use crate::{Context, StateError, Value, error_type};
 
 mod composite;
@@ -34,7 +35,7 @@ mod webhook;
 pub use composite::CompositeHooks;
 pub use logging::LoggingHooks;
 pub use metrics::{MetricsHooks, MetricsSnapshot};
-pub use registry::{HooksConstructor, HooksRegistry};
+pub use registry::{HooksConstructor, HooksFor, HooksRegistry};
 #[cfg(feature = "webhooks")]
 pub use webhook::WebhookHooks;
 
@@ -133,6 +134,7 @@ impl From<HookError> for StateError {
 /// Order within one step (reference behaviour): `on_state_enter`, the state runs (an `action:`
 /// calls `on_action`), then `on_state_exit` and `on_transition`; when the state fails and its own
 /// `on_error` does not route the error, `on_error` is asked for a recovery state instead.
+/// After every action, whoever handled it, `on_action_done` is called (a notification).
 /// `on_machine_start` runs once before the first state, `on_machine_end` once after the last
 /// (not when the run fails).
 #[async_trait]
@@ -186,6 +188,21 @@ pub trait MachineHooks: Send + Sync {
     ) -> Result<Option<String>, HookError> {
         let _ = (state, error, context);
         Ok(None)
+    }
+
+    /// Called once after every `action:`, whoever handled it (a builder closure, the typed
+    /// `Actions` trait, a hook's [`on_action`](Self::on_action), the fallback handler), with
+    /// the context as the action left it and the action's error, if it failed (an unhandled
+    /// action is reported here too, with its `UnhandledActionError`). A notification: it
+    /// cannot change the context or the outcome. `call` says which action, machine, state and
+    /// execution.
+    async fn on_action_done(
+        &self,
+        call: &ActionCall,
+        context: &Context,
+        error: Option<&StateError>,
+    ) {
+        let _ = (call, context, error);
     }
 
     /// Untyped action route. Return [`ActionOutcome::Handled`] if this hook handled the action

@@ -7,12 +7,43 @@ use std::sync::Arc;
 use super::{HookError, LoggingHooks, MachineHooks, MetricsHooks, NoopHooks};
 use crate::Value;
 
-/// Builds hooks from the (already rendered) YAML `hooks.args` map.
+/// Builds hooks for one machine run from the (already rendered) YAML `hooks.args` map.
 pub type HooksConstructor = Arc<
-    dyn Fn(&serde_json::Map<String, Value>) -> Result<Arc<dyn MachineHooks>, HookError>
+    dyn Fn(&HooksFor, &serde_json::Map<String, Value>) -> Result<Arc<dyn MachineHooks>, HookError>
         + Send
         + Sync,
 >;
+
+/// The machine run hooks are being built for (given to constructors registered with
+/// [`HooksRegistry::register_for`]): a parent and its children may name the same class, and
+/// each run (and each resume) builds its own hooks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HooksFor {
+    /// The machine's `data.name`.
+    pub machine: &'static str,
+    /// The compiled file the machine came from.
+    pub source: &'static str,
+    /// The execution the hooks serve.
+    pub execution_id: String,
+    /// The execution that started this one, for a child machine.
+    pub parent_execution_id: Option<String>,
+    /// Whether the hooks are built to resume the execution (rather than start it).
+    pub resuming: bool,
+}
+
+impl HooksFor {
+    /// A description of a run of `machine` (for calling [`HooksRegistry::build_for`] directly).
+    pub fn new(machine: &'static str, execution_id: impl Into<String>) -> Self {
+        Self {
+            machine,
+            source: "",
+            execution_id: execution_id.into(),
+            parent_execution_id: None,
+            resuming: false,
+        }
+    }
+}
 
 /// Maps YAML `hooks.class` names to constructors.
 ///
@@ -80,9 +111,26 @@ impl HooksRegistry {
     }
 
     /// Registers `constructor` under the class name `name` (replacing any previous one).
+    /// The constructor sees only the args; use [`register_for`](Self::register_for) to also
+    /// learn which machine and execution the hooks are for.
     pub fn register<F>(&mut self, name: impl Into<String>, constructor: F) -> &mut Self
     where
         F: Fn(&serde_json::Map<String, Value>) -> Result<Arc<dyn MachineHooks>, HookError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.register_for(name, move |_for: &HooksFor, args| constructor(args))
+    }
+
+    /// Registers a constructor that is told which machine run the hooks are built for
+    /// ([`HooksFor`]: machine name, execution id, parent execution id).
+    pub fn register_for<F>(&mut self, name: impl Into<String>, constructor: F) -> &mut Self
+    where
+        F: Fn(
+                &HooksFor,
+                &serde_json::Map<String, Value>,
+            ) -> Result<Arc<dyn MachineHooks>, HookError>
             + Send
             + Sync
             + 'static,
@@ -125,8 +173,18 @@ impl HooksRegistry {
         name: &str,
         args: &serde_json::Map<String, Value>,
     ) -> Result<Arc<dyn MachineHooks>, HookError> {
+        self.build_for(name, &HooksFor::new("", ""), args)
+    }
+
+    /// Builds the hooks of class `name` for the machine run `target` (what the engine calls).
+    pub fn build_for(
+        &self,
+        name: &str,
+        target: &HooksFor,
+        args: &serde_json::Map<String, Value>,
+    ) -> Result<Arc<dyn MachineHooks>, HookError> {
         match self.constructors.get(name) {
-            Some(constructor) => constructor(args),
+            Some(constructor) => constructor(target, args),
             None => Err(HookError::UnknownClass {
                 name: name.to_string(),
                 registered: self.constructors.keys().cloned().collect(),

@@ -6,8 +6,9 @@ flatmachine_runtime::flatmachine!("ui/machines/typed_actions_missing.yml");
 struct Handlers;
 
 impl typed_actions_missing::Actions for Handlers {
-    async fn validate_order(&self, context: Context) -> Result<Context, StateError> {
-        Ok(context)
+    async fn validate_order(&self, context: &mut Context) -> Result<(), StateError> {
+        let _ = context;
+        Ok(())
     }
 }
 

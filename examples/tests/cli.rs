@@ -1,0 +1,96 @@
+//! The `cli::main` contract (`fm_app`), and `SubprocessInvoker` running a launched child as a
+//! separate process of the same binary.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fm_app");
+
+fn fm(dir: &std::path::Path, subprocess: bool, args: &[&str]) -> std::process::Output {
+    let mut c = Command::new(BIN);
+    c.args(args).env("FLATMACHINE_EXAMPLE_DIR", dir);
+    if subprocess {
+        c.env("FM_SUBPROCESS", "1");
+    }
+    c.output().expect("run fm_app")
+}
+
+#[test]
+fn run_prints_the_output_as_json_and_resume_returns_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = fm(
+        dir.path(),
+        false,
+        &[
+            "run",
+            "--input",
+            r#"{"job": "a"}"#,
+            "--execution-id",
+            "cli-1",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let output: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(output, serde_json::json!({"launched": "a"}));
+    let again = fm(dir.path(), false, &["resume", "cli-1"]);
+    assert!(again.status.success());
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&again.stdout).unwrap(),
+        output
+    );
+}
+
+#[test]
+fn errors_go_to_stderr_with_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = fm(dir.path(), false, &["run", "--input", "not json"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(bad.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("error: the input is not valid JSON"));
+    let unknown = fm(dir.path(), false, &["resume", "nope"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no checkpoint for execution `nope`")
+    );
+    let usage = fm(dir.path(), false, &["frobnicate"]);
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[test]
+fn the_subprocess_invoker_runs_the_child_in_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(BIN)
+        .args([
+            "run",
+            "--input",
+            r#"{"job": "b"}"#,
+            "--execution-id",
+            "cli-sub",
+        ])
+        .env("FLATMACHINE_EXAMPLE_DIR", dir.path())
+        .env("FM_SUBPROCESS", "1")
+        .spawn()
+        .unwrap();
+    let parent_pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let pids = std::fs::read_to_string(dir.path().join("work.pids")).unwrap();
+    let pids: Vec<u32> = pids.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(pids.len(), 1, "the worker ran once");
+    assert_ne!(pids[0], parent_pid, "the worker ran in its own process");
+    // The worker process checkpointed with the parent's id as its lineage.
+    let checkpoints = dir.path().join(".checkpoints");
+    let lineage = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != "cli-sub")
+        .any(|e| {
+            let latest = std::fs::read_to_string(e.path().join("latest")).unwrap_or_default();
+            std::fs::read_to_string(checkpoints.join(latest.trim()))
+                .is_ok_and(|s| s.contains(r#""parent_execution_id": "cli-sub""#))
+        });
+    assert!(lineage, "the child's checkpoints name its parent");
+}
