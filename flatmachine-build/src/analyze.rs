@@ -613,27 +613,38 @@ impl Cx<'_> {
         value: &serde_json::Value,
         scope: &Scope,
     ) -> TemplateIr {
+        let mut path = rel.to_vec();
+        self.check_templates(&mut path, value, scope);
+        TemplateIr(value.clone())
+    }
+
+    /// Check every template string under `value`, which is at `path` (restored on return).
+    fn check_templates(
+        &mut self,
+        path: &mut Vec<PathSeg>,
+        value: &serde_json::Value,
+        scope: &Scope,
+    ) {
         match value {
             serde_json::Value::String(s) => {
-                self.check_template(rel, s, scope);
+                self.check_template(path, s, scope);
             }
             serde_json::Value::Array(items) => {
                 for (i, v) in items.iter().enumerate() {
-                    let mut p = rel.to_vec();
-                    p.push(PathSeg::Index(i));
-                    self.templates(&p, v, scope);
+                    path.push(PathSeg::Index(i));
+                    self.check_templates(path, v, scope);
+                    path.pop();
                 }
             }
             serde_json::Value::Object(map) => {
                 for (key, v) in map {
-                    let mut p = rel.to_vec();
-                    p.push(PathSeg::Key(key.clone()));
-                    self.templates(&p, v, scope);
+                    path.push(PathSeg::Key(key.clone()));
+                    self.check_templates(path, v, scope);
+                    path.pop();
                 }
             }
             _ => {}
         }
-        TemplateIr(value.clone())
     }
 
     fn template_str(&mut self, rel: &[PathSeg], src: &str, scope: &Scope) -> TemplateIr {
@@ -654,16 +665,20 @@ impl Cx<'_> {
         src: &str,
         scope: Option<&Scope>,
     ) {
+        let problems = match scope {
+            Some(scope) => crate::templates::check(src, &scope.names),
+            None => crate::templates::check_syntax(src),
+        };
+        if problems.is_empty() {
+            // Finding the node walks the path from the document's root: only for problems.
+            return;
+        }
         let file = self.project.db.file(origin.file);
         let node = self.project.node(origin, rel);
         let locate = |offset: usize, len: usize| match node {
             Some(n) if matches!(n.kind, NodeKind::Str(_)) => n.span_in_value(file, offset, len),
             Some(n) => n.span,
             None => self.project.span(origin, rel),
-        };
-        let problems = match scope {
-            Some(scope) => crate::templates::check(src, &scope.names),
-            None => crate::templates::check_syntax(src),
         };
         let found: Vec<Diagnostic> = problems
             .into_iter()

@@ -472,8 +472,7 @@ fn same_value(a: &Node, b: &Node) -> bool {
         }
         (NodeKind::Map(x), NodeKind::Map(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .zip(y)
                     .all(|((ka, va), (kb, vb))| same_value(ka, kb) && same_value(va, vb))
         }
