@@ -495,14 +495,17 @@ fn opt_template(t: Option<&TemplateIr>, rt: &TokenStream, slots: &mut Slots) -> 
 #[derive(Default)]
 struct Slots {
     sources: Vec<String>,
+    /// Index of each source in `sources` (a linear search was quadratic in big contexts).
+    index: std::collections::HashMap<String, usize>,
 }
 
 impl Slots {
     fn slot(&mut self, src: &str) -> Ident {
-        let i = match self.sources.iter().position(|s| s == src) {
-            Some(i) => i,
+        let i = match self.index.get(src) {
+            Some(&i) => i,
             None => {
                 self.sources.push(src.to_string());
+                self.index.insert(src.to_string(), self.sources.len() - 1);
                 self.sources.len() - 1
             }
         };

@@ -332,7 +332,12 @@ impl TreeBuilder<'_> {
                     Some(Scalar::Boolean(b)) => NodeKind::Bool(b),
                     Some(Scalar::Integer(i)) => NodeKind::Int(i),
                     Some(Scalar::FloatingPoint(f)) => NodeKind::Float(f.into_inner()),
-                    Some(Scalar::String(s)) => NodeKind::Str(s.into_owned()),
+                    Some(Scalar::String(s)) => {
+                        // The scanner's buffers grow by doubling: keep only the text.
+                        let mut s = s.into_owned();
+                        s.shrink_to_fit();
+                        NodeKind::Str(s)
+                    }
                     None => return Err(self.unreadable(span)),
                 };
                 let block = matches!(style, ScalarStyle::Literal | ScalarStyle::Folded)
