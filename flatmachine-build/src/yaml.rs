@@ -180,6 +180,7 @@ pub fn parse(file_id: FileId, file: &SourceFile) -> Result<Node, Diagnostic> {
         anchors: HashMap::new(),
         alias_budget: ALIAS_BUDGET,
         doc: None,
+        documents_ended: 0,
         hasher: RandomState::new(),
     };
     for event in Parser::new_from_str(&file.text) {
@@ -233,6 +234,8 @@ struct TreeBuilder<'f> {
     anchors: HashMap<usize, Node>,
     alias_budget: usize,
     doc: Option<Node>,
+    /// Documents finished so far.
+    documents_ended: usize,
     hasher: RandomState,
 }
 
@@ -280,6 +283,16 @@ impl TreeBuilder<'_> {
                 if self.doc.is_none() {
                     // A document with no node (`---` alone).
                     return Err(self.unreadable(self.span(span)));
+                }
+                self.documents_ended += 1;
+                if self.documents_ended > 1 {
+                    // A second, empty document (one with a node fails at that node).
+                    let at = self.span(span).start;
+                    return Err(Diagnostic::error(
+                        "the file holds more than one YAML document",
+                        Some(Span::new(self.file_id, at, at)),
+                    )
+                    .with_help("keep one machine, agent or profiles document per file"));
                 }
                 Ok(())
             }
@@ -605,6 +618,37 @@ mod tests {
         assert!(r.is_err());
         let (_, r) = load("");
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn documents_anchors_and_tags() {
+        for two in ["a: 1\n---\nb: 2\n", "a: 1\n---\n", "a: 1\n--- x\n"] {
+            let (_, r) = load(two);
+            let e = r.unwrap_err();
+            assert!(
+                e.message.contains("more than one YAML document"),
+                "{two:?}: {e:?}"
+            );
+        }
+        // An explicit empty document is a null (the loader then asks for a mapping).
+        let (_, r) = load("---\n");
+        assert_eq!(r.unwrap().kind, NodeKind::Null);
+        let (_, n) = load("a: &x {k: [1, two]}\nb: *x\nc: !custom {d: 1}\ne: !!str 12\n");
+        let n = n.unwrap();
+        let mut errs = vec![];
+        let v = to_json(&n, &mut errs);
+        assert!(errs.is_empty());
+        assert_eq!(v["b"], serde_json::json!({"k": [1, "two"]}));
+        assert_eq!(v["c"], serde_json::json!({"d": 1}));
+        assert_eq!(v["e"], "12");
+        let (_, r) = load("a: !!int abc\n");
+        assert!(r.unwrap_err().message.contains("could not be read"));
+        let (_, r) = load("a: *nowhere\n");
+        assert!(r.is_err());
+        let (_, r) = load("{[1, 2]: a, [1, 2]: b}\n");
+        assert!(r.unwrap_err().message.contains("duplicated key"));
+        let (_, r) = load("{1: a, '1': b, 1.0: c, null: d, ~: e}\n");
+        assert!(r.unwrap_err().message.contains("duplicated key"));
     }
 
     #[test]
