@@ -29,7 +29,11 @@ pub fn big_machine(bytes: usize) -> String {
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut group = c.benchmark_group("load");
-    group.sample_size(10);
+    // Few samples, short warm-up: the 16 MB case takes seconds per iteration.
+    group
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(5));
     for mb in [1usize, 4, 16] {
         let text = big_machine(mb << 20);
         group.throughput(Throughput::Bytes(text.len() as u64));

@@ -161,13 +161,13 @@ impl Cx<'_> {
         // Initial context: templates over `input`.
         let context = data.context.as_ref().map(|c| {
             let v = serde_json::Value::Object(c.clone());
-            self.templates(&[k("data"), k("context")], &v, &Scope::new(&["input"]))
+            self.templates(&[k("data"), k("context")], v, &Scope::new(&["input"]))
         });
         let hooks_args = data.hooks.as_ref().and_then(|h| h.args.as_ref()).map(|a| {
             let v = serde_json::Value::Object(a.clone());
             self.templates(
                 &[k("data"), k("hooks"), k("args")],
-                &v,
+                v,
                 &Scope::new(&["input"]),
             )
         });
@@ -377,7 +377,7 @@ impl Cx<'_> {
             };
             self.templates(
                 &at(&[k("input")]),
-                &serde_json::Value::Object(m.clone()),
+                serde_json::Value::Object(m.clone()),
                 scope,
             )
         });
@@ -387,7 +387,7 @@ impl Cx<'_> {
         let output_to_context = def.output_to_context.as_ref().map(|m| {
             self.templates(
                 &at(&[k("output_to_context")]),
-                &serde_json::Value::Object(m.clone()),
+                serde_json::Value::Object(m.clone()),
                 &base_scope.with("output"),
             )
         });
@@ -403,14 +403,14 @@ impl Cx<'_> {
             }
             self.templates(
                 &at(&[k("output")]),
-                &serde_json::Value::Object(m.clone()),
+                serde_json::Value::Object(m.clone()),
                 &Scope::new(&["context"]),
             )
         });
         let launch_input = def.launch_input.as_ref().map(|m| {
             self.templates(
                 &at(&[k("launch_input")]),
-                &serde_json::Value::Object(m.clone()),
+                serde_json::Value::Object(m.clone()),
                 &base_scope,
             )
         });
@@ -427,11 +427,12 @@ impl Cx<'_> {
                 if let crate::model::MachineListItem::WithInput(mi) = item
                     && let Some(inp) = &mi.input
                 {
-                    self.templates(
-                        &at(&[k("machine"), PathSeg::Index(j), k("input")]),
-                        &serde_json::Value::Object(inp.clone()),
-                        &base_scope,
-                    );
+                    let mut path = at(&[k("machine"), PathSeg::Index(j), k("input")]);
+                    for (key, v) in inp {
+                        path.push(PathSeg::Key(key.clone()));
+                        self.check_templates(&mut path, v, &base_scope);
+                        path.pop();
+                    }
                 }
             }
         }
@@ -632,30 +633,41 @@ impl Cx<'_> {
     fn templates(
         &mut self,
         rel: &[PathSeg],
-        value: &serde_json::Value,
+        value: serde_json::Value,
         scope: &Scope,
     ) -> TemplateIr {
+        let mut path = rel.to_vec();
+        self.check_templates(&mut path, &value, scope);
+        TemplateIr(value)
+    }
+
+    /// Check every template string under `value`, which is at `path` (restored on return).
+    fn check_templates(
+        &mut self,
+        path: &mut Vec<PathSeg>,
+        value: &serde_json::Value,
+        scope: &Scope,
+    ) {
         match value {
             serde_json::Value::String(s) => {
-                self.check_template(rel, s, scope);
+                self.check_template(path, s, scope);
             }
             serde_json::Value::Array(items) => {
                 for (i, v) in items.iter().enumerate() {
-                    let mut p = rel.to_vec();
-                    p.push(PathSeg::Index(i));
-                    self.templates(&p, v, scope);
+                    path.push(PathSeg::Index(i));
+                    self.check_templates(path, v, scope);
+                    path.pop();
                 }
             }
             serde_json::Value::Object(map) => {
                 for (key, v) in map {
-                    let mut p = rel.to_vec();
-                    p.push(PathSeg::Key(key.clone()));
-                    self.templates(&p, v, scope);
+                    path.push(PathSeg::Key(key.clone()));
+                    self.check_templates(path, v, scope);
+                    path.pop();
                 }
             }
             _ => {}
         }
-        TemplateIr(value.clone())
     }
 
     fn template_str(&mut self, rel: &[PathSeg], src: &str, scope: &Scope) -> TemplateIr {
@@ -692,6 +704,10 @@ impl Cx<'_> {
             Some(scope) => crate::templates::check(src, &scope.names),
             None => crate::templates::check_syntax(src),
         };
+        if problems.is_empty() {
+            // Finding the node walks the path from the document's root: only for problems.
+            return;
+        }
         let found: Vec<Diagnostic> = problems
             .into_iter()
             .map(|problem| {

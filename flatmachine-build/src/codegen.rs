@@ -882,14 +882,17 @@ struct Slots {
     sources: Vec<String>,
     /// CEL conditions: source and the top-level context fields read (`None`: any).
     cel: Vec<(String, Option<Vec<String>>)>,
+    /// Index of each source in `sources` (a linear search was quadratic in big contexts).
+    index: std::collections::HashMap<String, usize>,
 }
 
 impl Slots {
     fn slot(&mut self, src: &str) -> Ident {
-        let i = match self.sources.iter().position(|s| s == src) {
-            Some(i) => i,
+        let i = match self.index.get(src) {
+            Some(&i) => i,
             None => {
                 self.sources.push(src.to_string());
+                self.index.insert(src.to_string(), self.sources.len() - 1);
                 self.sources.len() - 1
             }
         };

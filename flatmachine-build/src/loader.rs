@@ -267,21 +267,25 @@ impl Loader {
         schema: SchemaKind,
         what: &str,
     ) -> Option<T> {
-        let node = self.project.node(origin, &[])?.clone();
-        let mut errs = Vec::new();
-        let json = yaml::to_json(&node, &mut errs);
+        let (json, errs, type_name, span) = {
+            let node = self.project.node(origin, &[])?;
+            let mut errs = Vec::new();
+            let json = yaml::to_json(node, &mut errs);
+            (json, errs, node.type_name(), node.span)
+        };
         let had_json_errors = !errs.is_empty();
         self.project.diagnostics.extend(errs);
         if !json.is_object() {
             self.project.diagnostics.push(Diagnostic::error(
-                format!("expected a {what} config (a mapping with `spec`, `spec_version` and `data`), found a {}", node.type_name()),
-                Some(node.span),
+                format!("expected a {what} config (a mapping with `spec`, `spec_version` and `data`), found a {type_name}"),
+                Some(span),
             ));
             return None;
         }
         let schema_ok = self.check_schema(origin, schema, &json);
         let mut unknown = Vec::new();
-        let result: Result<T, _> = serde_ignored::deserialize(&json, |path| {
+        // By value: the typed config takes over the JSON tree's strings instead of copying them.
+        let result: Result<T, _> = serde_ignored::deserialize(json, |path| {
             unknown.push(ignored_path(&path));
         });
         match result {
@@ -633,15 +637,26 @@ impl Loader {
 
     /// Check `spec:` (and warn on a `spec_version` major mismatch). False if it is not a config of this kind.
     fn check_spec(&mut self, origin: &Origin, expected: &str) -> bool {
-        let Some(node) = self.project.node(origin, &[]).cloned() else {
+        let Some(node) = self.project.node(origin, &[]) else {
             return false;
         };
+        let (ok, found) = spec_problems(node, expected);
+        self.project.diagnostics.extend(found);
+        ok
+    }
+}
+
+/// The problems of a config's `spec`, `spec_version` and `data` keys; false if it is not a
+/// config of the `expected` kind.
+fn spec_problems(node: &Node, expected: &str) -> (bool, Vec<Diagnostic>) {
+    let mut out = Vec::new();
+    {
         if node.as_map().is_none() {
-            self.project.diagnostics.push(Diagnostic::error(
+            out.push(Diagnostic::error(
                 format!("expected a `{expected}` config (a mapping with `spec`, `spec_version` and `data`), found a {}", node.type_name()),
                 Some(node.span),
             ));
-            return false;
+            return (false, out);
         }
         match node.get("spec") {
             Some(spec) if spec.as_str() == Some(expected) => {}
@@ -649,21 +664,21 @@ impl Loader {
                 let found = spec
                     .as_str()
                     .map_or_else(|| spec.type_name().to_string(), |s| format!("`{s}`"));
-                self.project.diagnostics.push(
+                out.push(
                     Diagnostic::error(
                         format!("expected `spec: {expected}`, found {found}"),
                         Some(spec.span),
                     )
                     .with_help(format!("this file must be a `{expected}` config")),
                 );
-                return false;
+                return (false, out);
             }
             None => {
-                self.project.diagnostics.push(
+                out.push(
                     Diagnostic::error(format!("missing `spec: {expected}`"), Some(node.span))
                         .with_help(format!("add `spec: {expected}` and `spec_version: \"{SPEC_VERSION}\"` at the top")),
                 );
-                return false;
+                return (false, out);
             }
         }
         if let Some(v) = node.get("spec_version") {
@@ -677,7 +692,7 @@ impl Loader {
             // supersets); only a newer major version may use what this compiler does not know.
             let major: Option<u64> = text.split('.').next().and_then(|m| m.trim().parse().ok());
             if major.is_some_and(|m| m > 1) {
-                self.project.diagnostics.push(
+                out.push(
                     Diagnostic::warning(
                         format!(
                             "`spec_version` {text} differs in major version from {SPEC_VERSION}"
@@ -691,15 +706,15 @@ impl Loader {
             }
         }
         if node.get("data").is_none() {
-            self.project.diagnostics.push(
+            out.push(
                 Diagnostic::error("missing `data`", Some(node.span)).with_help(format!(
                     "a `{expected}` config keeps its content under `data:`"
                 )),
             );
-            return false;
+            return (false, out);
         }
-        true
     }
+    (true, out)
 }
 
 fn ignored_path(path: &serde_ignored::Path<'_>) -> Vec<PathSeg> {

@@ -5,9 +5,11 @@
 
 use crate::diagnostic::Diagnostic;
 use crate::source::{FileId, SourceFile, Span};
-use saphyr::{MarkedYaml, Scalar, ScanError, YamlData, YamlLoader};
-use saphyr_parser::{Event, Parser, SpannedEventReceiver};
+use saphyr::Scalar;
+use saphyr_parser::{Event, Parser, ScalarStyle};
 use serde_json::{Map, Number, Value};
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 
 /// A YAML node with its place in the file.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,139 +169,333 @@ pub fn key_text(key: &Node) -> Option<String> {
 /// Parse one YAML document. An empty file is an error, as is more than one document, and so is
 /// nesting deeper than [`MAX_DEPTH`] (checked on the parser's events, before any tree is built,
 /// so no input can exhaust the stack).
+///
+/// The tree is built straight from `saphyr_parser`'s events: no intermediate YAML tree exists,
+/// so loading takes time and memory linear in the file's size.
 pub fn parse(file_id: FileId, file: &SourceFile) -> Result<Node, Diagnostic> {
-    let docs = load_limited(file_id, file)?;
-    let mut docs = docs.into_iter();
-    let Some(doc) = docs.next() else {
-        return Err(Diagnostic::error(
+    let mut b = TreeBuilder {
+        file_id,
+        file,
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        alias_budget: ALIAS_BUDGET,
+        doc: None,
+        documents_ended: 0,
+        hasher: RandomState::new(),
+    };
+    for event in Parser::new_from_str(&file.text) {
+        let (event, span) = event.map_err(|e| b.invalid(e.marker().index(), e.info()))?;
+        b.on_event(event, span)?;
+        if b.stack.len() > MAX_DEPTH {
+            let at = b.stack.last().map_or(0, |f| f.start);
+            return Err(b.too_deep(at));
+        }
+    }
+    b.doc.ok_or_else(|| {
+        Diagnostic::error(
             "the file is empty: expected a YAML mapping with `spec` and `data`",
             Some(Span::new(file_id, 0, 0)),
-        ));
-    };
-    if let Some(second) = docs.next() {
-        let at = file.byte_of_char(second.span.start.index());
-        return Err(Diagnostic::error(
-            "the file holds more than one YAML document",
-            Some(Span::new(file_id, at, at)),
         )
-        .with_help("keep one machine, agent or profiles document per file"));
-    }
-    convert(file_id, file, &doc, 0)
-}
-
-/// Drives saphyr's event parser (which keeps its own stacks on the heap) into saphyr's tree
-/// loader, counting open sequences and mappings: deeper than [`MAX_DEPTH`] stops at once with a
-/// located error, so neither the tree nor anything that walks it recursively ever gets deep.
-fn load_limited<'a>(
-    file_id: FileId,
-    file: &'a SourceFile,
-) -> Result<Vec<MarkedYaml<'a>>, Diagnostic> {
-    let too_deep = |at: usize| {
-        Diagnostic::error(
-            format!("YAML nested too deeply (more than {MAX_DEPTH} levels)"),
-            Some(Span::new(file_id, at, at)),
-        )
-        .with_help("a machine file needs a few levels; flatten this structure")
-    };
-    let invalid = |e: &ScanError| {
-        let at = file.byte_of_char(e.marker().index());
-        // saphyr's scanner has its own limit on flow nesting (`[[[…`, `{{{…`).
-        if e.info().contains("recursion limit exceeded") {
-            return too_deep(at);
-        }
-        Diagnostic::error(
-            format!("invalid YAML: {}", e.info()),
-            Some(Span::new(file_id, at, at)),
-        )
-    };
-    let mut loader: YamlLoader<'a, MarkedYaml<'a>> = YamlLoader::default();
-    let mut depth = 0usize;
-    for event in Parser::new_from_str(&file.text) {
-        let (event, span) = event.map_err(|e| invalid(&e))?;
-        match event {
-            Event::SequenceStart(..) | Event::MappingStart(..) => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(too_deep(file.byte_of_char(span.start.index())));
-                }
-            }
-            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        loader.on_event(event, span);
-        if let Some(e) = loader.error() {
-            return Err(invalid(e));
-        }
-    }
-    Ok(loader.into_documents())
+    })
 }
 
 /// The deepest nesting of sequences and mappings a YAML file may have.
 pub const MAX_DEPTH: usize = 256;
 
-fn convert(
-    file_id: FileId,
-    file: &SourceFile,
-    y: &MarkedYaml<'_>,
-    depth: usize,
-) -> Result<Node, Diagnostic> {
-    let start = file.byte_of_char(y.span.start.index());
-    let end = file.byte_of_char(y.span.end.index()).max(start);
-    let span = Span::new(file_id, start, end);
-    if depth > MAX_DEPTH {
-        return Err(Diagnostic::error("YAML nested too deeply", Some(span)));
-    }
-    let block =
-        matches!(y.data, YamlData::Value(Scalar::String(_))) && is_block_scalar(file, start);
-    let kind = match &y.data {
-        YamlData::Value(s) => match s {
-            Scalar::Null => NodeKind::Null,
-            Scalar::Boolean(b) => NodeKind::Bool(*b),
-            Scalar::Integer(i) => NodeKind::Int(*i),
-            Scalar::FloatingPoint(f) => NodeKind::Float(f.into_inner()),
-            Scalar::String(s) => NodeKind::Str(s.to_string()),
-        },
-        YamlData::Representation(text, _, _) => NodeKind::Str(text.to_string()),
-        YamlData::Sequence(items) => NodeKind::Seq(
-            items
-                .iter()
-                .map(|i| convert(file_id, file, i, depth + 1))
-                .collect::<Result<_, _>>()?,
-        ),
-        YamlData::Mapping(map) => {
-            let mut entries = Vec::with_capacity(map.len());
-            for (k, v) in map.iter() {
-                entries.push((
-                    convert(file_id, file, k, depth + 1)?,
-                    convert(file_id, file, v, depth + 1)?,
-                ));
-            }
-            NodeKind::Map(entries)
-        }
-        YamlData::Tagged(_, inner) => return convert(file_id, file, inner, depth + 1),
-        YamlData::Alias(_) | YamlData::BadValue => {
-            return Err(Diagnostic::error(
-                "this YAML value could not be read (bad tag or unresolved alias)",
-                Some(span),
-            ));
-        }
-    };
-    Ok(Node { span, kind, block })
+/// How many nodes aliases (`*name`) may copy in one file, all together (saphyr's default):
+/// a few nested anchors could otherwise expand exponentially ("billion laughs").
+const ALIAS_BUDGET: usize = 100_000;
+
+/// A sequence or mapping whose end has not been seen yet.
+struct Frame {
+    /// Byte where it starts.
+    start: usize,
+    /// Anchor id (0 for none).
+    anchor: usize,
+    kind: FrameKind,
 }
 
-/// Whether the string whose text starts at byte `start` was written as a block scalar: the
-/// line before it ends in a `|` or `>` header.
-fn is_block_scalar(file: &SourceFile, start: usize) -> bool {
-    let (line, _) = file.line_col(start);
-    if line < 2 {
-        return false;
+enum FrameKind {
+    Seq(Vec<Node>),
+    Map {
+        entries: Vec<(Node, Node)>,
+        /// A key waiting for its value.
+        key: Option<Node>,
+        /// Fingerprints of the keys so far (duplicate keys are an error, as YAML requires).
+        seen: HashSet<u64>,
+    },
+}
+
+/// Builds our [`Node`] tree from parser events.
+struct TreeBuilder<'f> {
+    file_id: FileId,
+    file: &'f SourceFile,
+    stack: Vec<Frame>,
+    anchors: HashMap<usize, Node>,
+    alias_budget: usize,
+    doc: Option<Node>,
+    /// Documents finished so far.
+    documents_ended: usize,
+    hasher: RandomState,
+}
+
+impl TreeBuilder<'_> {
+    fn span(&self, span: saphyr_parser::Span) -> Span {
+        let start = self.file.byte_of_char(span.start.index());
+        let end = self.file.byte_of_char(span.end.index()).max(start);
+        Span::new(self.file_id, start, end)
     }
-    let prev = &file.text[file.line_start(line - 1)..file.line_start(line)];
-    let prev = prev.split(" #").next().unwrap_or(prev).trim_end();
-    let last = prev.rsplit([' ', '\t']).next().unwrap_or("");
-    let mut chars = last.chars();
-    matches!(chars.next(), Some('|' | '>'))
-        && chars.all(|c| c == '-' || c == '+' || c.is_ascii_digit())
+
+    fn too_deep(&self, at: usize) -> Diagnostic {
+        Diagnostic::error(
+            format!("YAML nested too deeply (more than {MAX_DEPTH} levels)"),
+            Some(Span::new(self.file_id, at, at)),
+        )
+        .with_help("a machine file needs a few levels; flatten this structure")
+    }
+
+    /// An invalid-YAML error at a character index.
+    fn invalid(&self, char_index: usize, info: &str) -> Diagnostic {
+        let at = self.file.byte_of_char(char_index);
+        // saphyr's scanner has its own limit on flow nesting (`[[[…`, `{{{…`).
+        if info.contains("recursion limit exceeded") {
+            return self.too_deep(at);
+        }
+        Diagnostic::error(
+            format!("invalid YAML: {info}"),
+            Some(Span::new(self.file_id, at, at)),
+        )
+    }
+
+    fn unreadable(&self, span: Span) -> Diagnostic {
+        Diagnostic::error(
+            "this YAML value could not be read (bad tag or unresolved alias)",
+            Some(span),
+        )
+    }
+
+    fn on_event(&mut self, event: Event<'_>, span: saphyr_parser::Span) -> Result<(), Diagnostic> {
+        match event {
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart(_) => {
+                Ok(())
+            }
+            Event::DocumentEnd => {
+                if self.doc.is_none() {
+                    // A document with no node (`---` alone).
+                    return Err(self.unreadable(self.span(span)));
+                }
+                self.documents_ended += 1;
+                if self.documents_ended > 1 {
+                    // A second, empty document (one with a node fails at that node).
+                    let at = self.span(span).start;
+                    return Err(Diagnostic::error(
+                        "the file holds more than one YAML document",
+                        Some(Span::new(self.file_id, at, at)),
+                    )
+                    .with_help("keep one machine, agent or profiles document per file"));
+                }
+                Ok(())
+            }
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                let start = self.file.byte_of_char(span.start.index());
+                self.check_one_document(start)?;
+                let kind = if matches!(event, Event::SequenceStart(..)) {
+                    FrameKind::Seq(Vec::new())
+                } else {
+                    FrameKind::Map {
+                        entries: Vec::new(),
+                        key: None,
+                        seen: HashSet::new(),
+                    }
+                };
+                self.stack.push(Frame {
+                    start,
+                    anchor,
+                    kind,
+                });
+                Ok(())
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let Some(frame) = self.stack.pop() else {
+                    return Ok(());
+                };
+                let end = self.file.byte_of_char(span.start.index()).max(frame.start);
+                let kind = match frame.kind {
+                    FrameKind::Seq(mut items) => {
+                        items.shrink_to_fit();
+                        NodeKind::Seq(items)
+                    }
+                    FrameKind::Map { mut entries, .. } => {
+                        entries.shrink_to_fit();
+                        NodeKind::Map(entries)
+                    }
+                };
+                let node = Node {
+                    span: Span::new(self.file_id, frame.start, end),
+                    kind,
+                    block: false,
+                };
+                self.insert(node, frame.anchor)
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                let span = self.span(span);
+                self.check_one_document(span.start)?;
+                let kind = match Scalar::parse_from_cow_and_metadata(text, style, tag.as_ref()) {
+                    Some(Scalar::Null) => NodeKind::Null,
+                    Some(Scalar::Boolean(b)) => NodeKind::Bool(b),
+                    Some(Scalar::Integer(i)) => NodeKind::Int(i),
+                    Some(Scalar::FloatingPoint(f)) => NodeKind::Float(f.into_inner()),
+                    Some(Scalar::String(s)) => {
+                        // The scanner's buffers grow by doubling: keep only the text.
+                        let mut s = s.into_owned();
+                        s.shrink_to_fit();
+                        NodeKind::Str(s)
+                    }
+                    None => return Err(self.unreadable(span)),
+                };
+                let block = matches!(style, ScalarStyle::Literal | ScalarStyle::Folded)
+                    && matches!(kind, NodeKind::Str(_));
+                self.insert(Node { span, kind, block }, anchor)
+            }
+            Event::Alias(id) => {
+                let span = self.span(span);
+                self.check_one_document(span.start)?;
+                let Some(target) = self.anchors.get(&id) else {
+                    return Err(self.unreadable(span));
+                };
+                let mut budget = self.alias_budget;
+                if !count_within(target, &mut budget) {
+                    return Err(Diagnostic::error(
+                        "invalid YAML: alias expansion exceeded the maximum node budget (possible billion-laughs attack)",
+                        Some(Span::new(self.file_id, span.start, span.start)),
+                    ));
+                }
+                self.alias_budget = budget;
+                let mut node = target.clone();
+                node.span = span;
+                self.insert(node, 0)
+            }
+        }
+    }
+
+    /// A node starting at `at` outside any collection is a document's root: only one may exist.
+    fn check_one_document(&self, at: usize) -> Result<(), Diagnostic> {
+        if self.stack.is_empty() && self.doc.is_some() {
+            return Err(Diagnostic::error(
+                "the file holds more than one YAML document",
+                Some(Span::new(self.file_id, at, at)),
+            )
+            .with_help("keep one machine, agent or profiles document per file"));
+        }
+        Ok(())
+    }
+
+    /// Add a finished node to the open collection (or make it the document).
+    fn insert(&mut self, node: Node, anchor: usize) -> Result<(), Diagnostic> {
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        let Some(frame) = self.stack.last_mut() else {
+            self.doc = Some(node);
+            return Ok(());
+        };
+        match &mut frame.kind {
+            FrameKind::Seq(items) => items.push(node),
+            FrameKind::Map { entries, key, seen } => match key.take() {
+                None => {
+                    let fp = self.hasher.hash_one(Fingerprint(&node));
+                    if !seen.insert(fp) && entries.iter().any(|(k, _)| same_value(k, &node)) {
+                        return Err(Diagnostic::error(
+                            "invalid YAML: duplicated key in mapping",
+                            Some(Span::new(self.file_id, node.span.start, node.span.start)),
+                        ));
+                    }
+                    *key = Some(node);
+                }
+                Some(k) => entries.push((k, node)),
+            },
+        }
+        Ok(())
+    }
+}
+
+/// Counts `node`'s nodes against `budget`; false (stopping early) when the budget runs out.
+fn count_within(node: &Node, budget: &mut usize) -> bool {
+    let mut todo = vec![node];
+    while let Some(n) = todo.pop() {
+        if *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
+        match &n.kind {
+            NodeKind::Seq(items) => todo.extend(items),
+            NodeKind::Map(entries) => todo.extend(entries.iter().flat_map(|(k, v)| [k, v])),
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Hashes a node's value (not its place), consistently with [`same_value`].
+struct Fingerprint<'a>(&'a Node);
+
+impl std::hash::Hash for Fingerprint<'_> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let node = self.0;
+        std::mem::discriminant(&node.kind).hash(h);
+        match &node.kind {
+            NodeKind::Null => {}
+            NodeKind::Bool(b) => b.hash(h),
+            NodeKind::Int(i) => i.hash(h),
+            NodeKind::Float(f) => float_bits(*f).hash(h),
+            NodeKind::Str(s) => s.hash(h),
+            NodeKind::Seq(items) => {
+                items.len().hash(h);
+                for i in items {
+                    Fingerprint(i).hash(h);
+                }
+            }
+            NodeKind::Map(entries) => {
+                entries.len().hash(h);
+                for (k, v) in entries {
+                    Fingerprint(k).hash(h);
+                    Fingerprint(v).hash(h);
+                }
+            }
+        }
+    }
+}
+
+/// Float identity as YAML keys see it: every NaN is one value, and `-0.0` is `0.0`.
+fn float_bits(f: f64) -> u64 {
+    if f.is_nan() {
+        f64::NAN.to_bits()
+    } else if f == 0.0 {
+        0
+    } else {
+        f.to_bits()
+    }
+}
+
+/// Whether two nodes hold the same value (wherever they are).
+fn same_value(a: &Node, b: &Node) -> bool {
+    match (&a.kind, &b.kind) {
+        (NodeKind::Null, NodeKind::Null) => true,
+        (NodeKind::Bool(x), NodeKind::Bool(y)) => x == y,
+        (NodeKind::Int(x), NodeKind::Int(y)) => x == y,
+        (NodeKind::Float(x), NodeKind::Float(y)) => float_bits(*x) == float_bits(*y),
+        (NodeKind::Str(x), NodeKind::Str(y)) => x == y,
+        (NodeKind::Seq(x), NodeKind::Seq(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_value(a, b))
+        }
+        (NodeKind::Map(x), NodeKind::Map(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((ka, va), (kb, vb))| same_value(ka, kb) && same_value(va, vb))
+        }
+        _ => false,
+    }
 }
 
 impl Node {
@@ -422,6 +618,37 @@ mod tests {
         assert!(r.is_err());
         let (_, r) = load("");
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn documents_anchors_and_tags() {
+        for two in ["a: 1\n---\nb: 2\n", "a: 1\n---\n", "a: 1\n--- x\n"] {
+            let (_, r) = load(two);
+            let e = r.unwrap_err();
+            assert!(
+                e.message.contains("more than one YAML document"),
+                "{two:?}: {e:?}"
+            );
+        }
+        // An explicit empty document is a null (the loader then asks for a mapping).
+        let (_, r) = load("---\n");
+        assert_eq!(r.unwrap().kind, NodeKind::Null);
+        let (_, n) = load("a: &x {k: [1, two]}\nb: *x\nc: !custom {d: 1}\ne: !!str 12\n");
+        let n = n.unwrap();
+        let mut errs = vec![];
+        let v = to_json(&n, &mut errs);
+        assert!(errs.is_empty());
+        assert_eq!(v["b"], serde_json::json!({"k": [1, "two"]}));
+        assert_eq!(v["c"], serde_json::json!({"d": 1}));
+        assert_eq!(v["e"], "12");
+        let (_, r) = load("a: !!int abc\n");
+        assert!(r.unwrap_err().message.contains("could not be read"));
+        let (_, r) = load("a: *nowhere\n");
+        assert!(r.is_err());
+        let (_, r) = load("{[1, 2]: a, [1, 2]: b}\n");
+        assert!(r.unwrap_err().message.contains("duplicated key"));
+        let (_, r) = load("{1: a, '1': b, 1.0: c, null: d, ~: e}\n");
+        assert!(r.unwrap_err().message.contains("duplicated key"));
     }
 
     #[test]

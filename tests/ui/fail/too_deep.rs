@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/too_deep.yml");
+
+fn main() {}
