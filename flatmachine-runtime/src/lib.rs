@@ -5,6 +5,7 @@
 
 pub mod agents;
 pub mod context;
+pub mod distributed;
 pub mod engine;
 pub mod error;
 pub mod expr;
@@ -18,7 +19,7 @@ pub mod template;
 pub use context::{Context, Value};
 pub use engine::{AgentOutput, Machine, MachineBuilder, RunError, RunOptions, RunResult};
 pub use error::{StateError, error_type};
-pub use machine::{MachineDef, MachineSpec, StateSpec};
+pub use machine::{BackendsSpec, MachineDef, MachineSpec, StateSpec};
 
 #[cfg(feature = "macros")]
 pub use flatmachine_macros::flatmachine;
