@@ -18,7 +18,6 @@
 
 use flatmachine_runtime::distributed::{
     Backends, CommandSpawner, DistributedWorkerHooks, SqliteWorkBackend, WorkPool,
-    worker_status,
 };
 use flatmachine_runtime::hooks::HooksRegistry;
 use flatmachine_runtime::{Context, Machine, StateError, Value};
@@ -262,7 +261,7 @@ async fn checker_loop(dir: &Path, db: &Path, jobs: usize, max_workers: u64) -> R
         }
     }
     let elapsed = started.elapsed();
-    report(dir, db, &*pool, jobs, killed, spawned_total, reaped_total, elapsed).await
+    report(dir, db, pool.as_ref(), jobs, killed, spawned_total, reaped_total, elapsed).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -319,7 +318,6 @@ async fn report(
     println!("workers:     {spawned} spawned, {reaped} reaped");
     println!("recovery:    {recovered}");
     println!("elapsed:     {:.2}s", elapsed.as_secs_f64());
-    let _ = worker_status::LOST;
     if lost != 0 || duplicated != 0 || killed.is_none() {
         return Err(format!("report check failed: lost {lost}, duplicated {duplicated}").into());
     }

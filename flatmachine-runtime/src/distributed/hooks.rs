@@ -126,7 +126,7 @@ fn number(ctx: &Context, key: &str) -> Option<f64> {
 fn count(ctx: &Context, key: &str, default: u64) -> u64 {
     number(ctx, key)
         .filter(|n| n.is_finite())
-        .map(|n| n.max(0.0).min(1e9) as u64)
+        .map(|n| n.clamp(0.0, 1e9) as u64)
         .unwrap_or(default)
 }
 
