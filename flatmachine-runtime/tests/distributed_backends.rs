@@ -25,7 +25,10 @@ async fn registration_suite(r: Arc<dyn RegistrationBackend>) {
 
     let got = r.get("w1").await.unwrap().unwrap();
     assert_eq!(got.pid, Some(42));
-    assert_eq!(got.capabilities.as_deref(), Some(&["gpu".to_string(), "x".to_string()][..]));
+    assert_eq!(
+        got.capabilities.as_deref(),
+        Some(&["gpu".to_string(), "x".to_string()][..])
+    );
     assert!(r.get("nope").await.unwrap().is_none());
 
     // Heartbeat merges metadata (new keys win, old kept).
@@ -42,15 +45,23 @@ async fn registration_suite(r: Arc<dyn RegistrationBackend>) {
         Err(DistributedError::WorkerNotFound(_))
     ));
 
-    r.update_status("w2", worker_status::TERMINATING).await.unwrap();
+    r.update_status("w2", worker_status::TERMINATING)
+        .await
+        .unwrap();
     assert!(matches!(
         r.update_status("nope", "lost").await,
         Err(DistributedError::WorkerNotFound(_))
     ));
 
     let ids = |v: Vec<WorkerRecord>| v.into_iter().map(|w| w.worker_id).collect::<Vec<_>>();
-    assert_eq!(ids(r.list(&WorkerFilter::all()).await.unwrap()), ["w1", "w2", "w3"]);
-    assert_eq!(ids(r.list(&WorkerFilter::status("active")).await.unwrap()), ["w1", "w3"]);
+    assert_eq!(
+        ids(r.list(&WorkerFilter::all()).await.unwrap()),
+        ["w1", "w2", "w3"]
+    );
+    assert_eq!(
+        ids(r.list(&WorkerFilter::status("active")).await.unwrap()),
+        ["w1", "w3"]
+    );
     let any = WorkerFilter {
         status: Some(StatusFilter::Any(vec!["terminating".into(), "lost".into()])),
         ..WorkerFilter::default()
@@ -78,7 +89,10 @@ async fn registration_suite(r: Arc<dyn RegistrationBackend>) {
     assert!(r.list(&WorkerFilter::stale(60.0)).await.unwrap().is_empty());
     tokio::time::sleep(Duration::from_millis(60)).await;
     r.heartbeat("w3", None).await.unwrap();
-    assert_eq!(ids(r.list(&WorkerFilter::stale(0.04)).await.unwrap()), ["w1"]);
+    assert_eq!(
+        ids(r.list(&WorkerFilter::stale(0.04)).await.unwrap()),
+        ["w1"]
+    );
     assert_eq!(
         WorkerFilter::stale_for_heartbeat(30.0).stale_threshold_seconds,
         Some(60.0)
@@ -95,18 +109,27 @@ async fn work_suite(w: Arc<dyn WorkBackend>) {
     let p = w.pool("jobs");
     let other = w.pool("other");
     assert_eq!(p.name(), "jobs");
-    let a = p.push(json!({"n": 1}), PushOptions::default()).await.unwrap();
+    let a = p
+        .push(json!({"n": 1}), PushOptions::default())
+        .await
+        .unwrap();
     let b = p
         .push(json!({"n": 2}), PushOptions { max_retries: 2 })
         .await
         .unwrap();
-    other.push(json!("x"), PushOptions::default()).await.unwrap();
+    other
+        .push(json!("x"), PushOptions::default())
+        .await
+        .unwrap();
     assert_eq!(p.size().await.unwrap(), 2);
     assert_eq!(other.size().await.unwrap(), 1);
 
     // FIFO claims, attempts counted.
     let j = p.claim("w1").await.unwrap().unwrap();
-    assert_eq!((j.id.as_str(), j.attempts, j.max_retries), (a.as_str(), 1, 3));
+    assert_eq!(
+        (j.id.as_str(), j.attempts, j.max_retries),
+        (a.as_str(), 1, 3)
+    );
     assert_eq!(j.data, json!({"n": 1}));
     assert_eq!(j.status, JobStatus::Claimed);
     assert_eq!(j.claimed_by.as_deref(), Some("w1"));
@@ -125,7 +148,10 @@ async fn work_suite(w: Arc<dyn WorkBackend>) {
         p.complete("missing", None).await,
         Err(DistributedError::JobNotFound(_))
     ));
-    assert!(matches!(p.fail(&b, None).await, Err(DistributedError::NotClaimed { .. })));
+    assert!(matches!(
+        p.fail(&b, None).await,
+        Err(DistributedError::NotClaimed { .. })
+    ));
 
     // Fail: pending until max_retries, then poisoned.
     let j = p.claim("w1").await.unwrap().unwrap();
@@ -134,7 +160,10 @@ async fn work_suite(w: Arc<dyn WorkBackend>) {
     assert_eq!(p.size().await.unwrap(), 1);
     let j = p.claim("w2").await.unwrap().unwrap();
     assert_eq!(j.attempts, 2);
-    assert_eq!(p.fail(&b, Some("boom again")).await.unwrap(), JobStatus::Poisoned);
+    assert_eq!(
+        p.fail(&b, Some("boom again")).await.unwrap(),
+        JobStatus::Poisoned
+    );
     let poisoned = p.get(&b).await.unwrap().unwrap();
     assert_eq!(poisoned.status, JobStatus::Poisoned);
     assert_eq!(poisoned.error.as_deref(), Some("boom again"));
@@ -155,7 +184,10 @@ async fn work_suite(w: Arc<dyn WorkBackend>) {
         ids[..2].to_vec()
     );
     assert_eq!(p.release_by_worker("w9").await.unwrap(), 2);
-    assert_eq!(p.get(&ids[0]).await.unwrap().unwrap().status, JobStatus::Poisoned);
+    assert_eq!(
+        p.get(&ids[0]).await.unwrap().unwrap().status,
+        JobStatus::Poisoned
+    );
     let ids2 = p
         .push_many(vec![json!(4), json!(5)], PushOptions::default())
         .await
@@ -164,18 +196,32 @@ async fn work_suite(w: Arc<dyn WorkBackend>) {
     assert_eq!(got.len(), 3); // ids[2], ids2[0], ids2[1]
     // ids[2] had one attempt of one allowed: poisoned; the others go back.
     assert_eq!(p.release_by_worker("w8").await.unwrap(), 3);
-    assert_eq!(p.get(&ids[2]).await.unwrap().unwrap().status, JobStatus::Poisoned);
+    assert_eq!(
+        p.get(&ids[2]).await.unwrap().unwrap().status,
+        JobStatus::Poisoned
+    );
     assert_eq!(p.release_by_worker("w8").await.unwrap(), 0);
-    assert_eq!(p.get(&ids2[0]).await.unwrap().unwrap().status, JobStatus::Pending);
+    assert_eq!(
+        p.get(&ids2[0]).await.unwrap().unwrap().status,
+        JobStatus::Pending
+    );
     assert_eq!(p.get(&ids2[0]).await.unwrap().unwrap().claimed_by, None);
 
     // complete_many is all or nothing where the backend is transactional; at least it fails.
     let got = p.claim_many("w7", 10).await.unwrap();
     assert_eq!(got.len(), 2);
-    p.complete_many(got.iter().map(|j| (j.id.clone(), Some(json!(j.data)))).collect())
-        .await
-        .unwrap();
-    assert!(p.complete_many(vec![(got[0].id.clone(), None)]).await.is_err());
+    p.complete_many(
+        got.iter()
+            .map(|j| (j.id.clone(), Some(json!(j.data))))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        p.complete_many(vec![(got[0].id.clone(), None)])
+            .await
+            .is_err()
+    );
 
     let stats = p.stats().await.unwrap();
     assert_eq!(
@@ -196,7 +242,10 @@ async fn work_suite(w: Arc<dyn WorkBackend>) {
 /// is claimed exactly once.
 async fn claim_race(pools: Vec<Arc<dyn WorkPool>>) {
     let ids: HashSet<String> = pools[0]
-        .push_many((0..1000).map(|i| json!(i)).collect(), PushOptions::default())
+        .push_many(
+            (0..1000).map(|i| json!(i)).collect(),
+            PushOptions::default(),
+        )
         .await
         .unwrap()
         .into_iter()
@@ -254,13 +303,20 @@ async fn memory_concurrent_claims() {
 #[tokio::test]
 async fn backends_from_spec() {
     let b = Backends::from_spec(&flatmachine_runtime::BackendsSpec::default()).unwrap();
-    b.work.pool("p").push(json!(1), PushOptions::default()).await.unwrap();
+    b.work
+        .pool("p")
+        .push(json!(1), PushOptions::default())
+        .await
+        .unwrap();
     let bad = flatmachine_runtime::BackendsSpec {
         work: Some("redis"),
         ..Default::default()
     };
     let err = Backends::from_spec(&bad).unwrap_err().to_string();
-    assert!(err.contains("redis") && err.contains("memory, sqlite"), "{err}");
+    assert!(
+        err.contains("redis") && err.contains("memory, sqlite"),
+        "{err}"
+    );
 }
 
 #[cfg(feature = "sqlite")]
@@ -333,7 +389,10 @@ mod sqlite {
             .unwrap();
         }
         let err = SqliteWorkBackend::open(&path).unwrap_err();
-        assert!(matches!(err, DistributedError::SchemaTooNew { found: 99, .. }), "{err}");
+        assert!(
+            matches!(err, DistributedError::SchemaTooNew { found: 99, .. }),
+            "{err}"
+        );
         // The registry is versioned separately and still opens.
         SqliteRegistrationBackend::open(&path).unwrap();
     }
@@ -365,9 +424,20 @@ mod sqlite {
         let b = Backends::sqlite(&path).unwrap();
         let j = b.work.pool("default").claim("rs").await.unwrap().unwrap();
         assert_eq!((j.id.as_str(), j.data.clone()), ("py-1", json!({"x": 1})));
-        b.work.pool("default").complete("py-1", Some(json!(1))).await.unwrap();
-        let stale = b.registration.list(&WorkerFilter::stale(60.0)).await.unwrap();
+        b.work
+            .pool("default")
+            .complete("py-1", Some(json!(1)))
+            .await
+            .unwrap();
+        let stale = b
+            .registration
+            .list(&WorkerFilter::stale(60.0))
+            .await
+            .unwrap();
         assert_eq!(stale[0].worker_id, "py-w");
-        assert_eq!(stale[0].capabilities.as_deref(), Some(&["gpu".to_string()][..]));
+        assert_eq!(
+            stale[0].capabilities.as_deref(),
+            Some(&["gpu".to_string()][..])
+        );
     }
 }

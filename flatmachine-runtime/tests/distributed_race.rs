@@ -126,7 +126,12 @@ fn spawn_worker(db: &Path, dir: &Path, id: &str, batch: usize, hang: bool) -> Ch
         "log": dir.join(format!("{id}.log")),
     });
     Command::new(std::env::current_exe().unwrap())
-        .args(["race_worker_entry", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "race_worker_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("FM_RACE_WORKER", args.to_string())
         .stdout(Stdio::null())
         .spawn()
@@ -158,26 +163,44 @@ async fn eight_processes_drain_one_sqlite_pool_and_survive_a_sigkill() {
     let mut victim = spawn_worker(&db, dir.path(), "victim", 5, true);
     let ready = dir.path().join("victim.ready");
     while !ready.exists() {
-        assert!(started.elapsed() < Duration::from_secs(60), "victim never claimed");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "victim never claimed"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut children: Vec<Child> = (0..8)
-        .map(|k| spawn_worker(&db, dir.path(), &format!("w{k}"), [1, 4, 16, 64][k % 4], false))
+        .map(|k| {
+            spawn_worker(
+                &db,
+                dir.path(),
+                &format!("w{k}"),
+                [1, 4, 16, 64][k % 4],
+                false,
+            )
+        })
         .collect();
     victim.kill().unwrap(); // SIGKILL
     victim.wait().unwrap();
 
     // Reaper: the checker's own actions, every 200 ms, until the victim is reaped.
-    let hooks = DistributedWorkerHooks::new(backends.clone()).heartbeat_interval(STALE_SECONDS / 2.0);
+    let hooks =
+        DistributedWorkerHooks::new(backends.clone()).heartbeat_interval(STALE_SECONDS / 2.0);
     let mut reaped = 0;
     while reaped == 0 {
-        assert!(started.elapsed() < Duration::from_secs(300), "victim never went stale");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "victim never went stale"
+        );
         let mut ctx = serde_json::Map::new();
         ctx.insert("pool_id".into(), json!(POOL));
         hooks.list_stale_workers(&mut ctx).await.unwrap();
         hooks.reap_stale_workers(&mut ctx).await.unwrap();
         let names = ctx["reaped_workers"].as_array().unwrap().clone();
-        assert!(names.iter().all(|n| n == "victim"), "live worker reaped: {names:?}");
+        assert!(
+            names.iter().all(|n| n == "victim"),
+            "live worker reaped: {names:?}"
+        );
         if !names.is_empty() {
             assert_eq!(ctx["total_jobs_released"], json!(5));
             reaped += 1;
@@ -201,8 +224,14 @@ async fn eight_processes_drain_one_sqlite_pool_and_survive_a_sigkill() {
         for line in std::fs::read_to_string(&path).unwrap().lines() {
             let (id, attempt) = line.split_once(' ').unwrap();
             let attempt: u32 = attempt.parse().unwrap();
-            assert!(seen.insert((id.to_string(), attempt)), "{id} attempt {attempt} claimed twice");
-            claims.entry(id.to_string()).or_default().push((attempt, worker.clone()));
+            assert!(
+                seen.insert((id.to_string(), attempt)),
+                "{id} attempt {attempt} claimed twice"
+            );
+            claims
+                .entry(id.to_string())
+                .or_default()
+                .push((attempt, worker.clone()));
         }
     }
 

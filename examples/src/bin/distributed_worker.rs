@@ -93,7 +93,10 @@ fn text(ctx: &Context, key: &str) -> String {
 
 /// A worker process: runs `job_worker` once per job until it finds no work.
 async fn worker(db: &Path, input: Value) -> Result<(), Error> {
-    let worker_id = input["worker_id"].as_str().ok_or("input.worker_id")?.to_string();
+    let worker_id = input["worker_id"]
+        .as_str()
+        .ok_or("input.worker_id")?
+        .to_string();
     let events = db.parent().unwrap_or(Path::new(".")).join("events");
     let job_ms: u64 = std::env::var("FM_JOB_MS")
         .ok()
@@ -118,8 +121,11 @@ async fn worker(db: &Path, input: Value) -> Result<(), Error> {
             move |ctx: Context| {
                 let (work, events) = (work.clone(), ev_ok.clone());
                 async move {
-                    let (pool, job, worker) =
-                        (text(&ctx, "pool_id"), text(&ctx, "job_id"), text(&ctx, "worker_id"));
+                    let (pool, job, worker) = (
+                        text(&ctx, "pool_id"),
+                        text(&ctx, "job_id"),
+                        text(&ctx, "worker_id"),
+                    );
                     let result = json!({"worker": worker, "output": ctx.get("result")});
                     work.pool(&pool).complete(&job, Some(result)).await?;
                     record(&events, &format!("completed {job} {worker}"))?;
@@ -130,8 +136,11 @@ async fn worker(db: &Path, input: Value) -> Result<(), Error> {
         .action("fail_job", move |ctx: Context| {
             let (work, events) = (work.clone(), ev_fail.clone());
             async move {
-                let (pool, job, worker) =
-                    (text(&ctx, "pool_id"), text(&ctx, "job_id"), text(&ctx, "worker_id"));
+                let (pool, job, worker) = (
+                    text(&ctx, "pool_id"),
+                    text(&ctx, "job_id"),
+                    text(&ctx, "worker_id"),
+                );
                 let error = ctx.get("last_error").map(|e| e.to_string());
                 work.pool(&pool).fail(&job, error.as_deref()).await?;
                 record(&events, &format!("failed {job} {worker}"))?;
@@ -217,15 +226,12 @@ async fn checker_loop(dir: &Path, db: &Path, jobs: usize, max_workers: u64) -> R
         if killed.is_none() {
             let sqlite = SqliteWorkBackend::open(db)?;
             let running: HashMap<String, u32> = spawner.children().into_iter().collect();
-            let held = sqlite
-                .sqlite_pool(POOL)
-                .all()
-                .await?
-                .into_iter()
-                .find(|j| {
-                    j.status == flatmachine_runtime::distributed::JobStatus::Claimed
-                        && j.claimed_by.as_ref().is_some_and(|w| running.contains_key(w))
-                });
+            let held = sqlite.sqlite_pool(POOL).all().await?.into_iter().find(|j| {
+                j.status == flatmachine_runtime::distributed::JobStatus::Claimed
+                    && j.claimed_by
+                        .as_ref()
+                        .is_some_and(|w| running.contains_key(w))
+            });
             if let Some(job) = held {
                 let w = job.claimed_by.unwrap_or_default();
                 if spawner.kill(&w) {
@@ -261,7 +267,17 @@ async fn checker_loop(dir: &Path, db: &Path, jobs: usize, max_workers: u64) -> R
         }
     }
     let elapsed = started.elapsed();
-    report(dir, db, pool.as_ref(), jobs, killed, spawned_total, reaped_total, elapsed).await
+    report(
+        dir,
+        db,
+        pool.as_ref(),
+        jobs,
+        killed,
+        spawned_total,
+        reaped_total,
+        elapsed,
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -282,7 +298,9 @@ async fn report(
         for line in std::fs::read_to_string(entry?.path())?.lines() {
             let mut parts = line.split(' ');
             match (parts.next(), parts.next()) {
-                (Some("completed"), Some(job)) => *completions.entry(job.to_string()).or_default() += 1,
+                (Some("completed"), Some(job)) => {
+                    *completions.entry(job.to_string()).or_default() += 1
+                }
                 (Some("failed"), Some(_)) => failed += 1,
                 _ => {}
             }

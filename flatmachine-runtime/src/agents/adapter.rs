@@ -211,7 +211,8 @@ struct SubprocessExecutor {
 impl AgentExecutor for SubprocessExecutor {
     async fn execute(&self, input: &Value, context: &Context) -> Result<AgentResult, StateError> {
         let name = self.agent.name;
-        let fail = |msg: String| StateError::new(error_type::AGENT, format!("agent `{name}`: {msg}"));
+        let fail =
+            |msg: String| StateError::new(error_type::AGENT, format!("agent `{name}`: {msg}"));
         let request = serde_json::json!({
             "ref": self.agent.reference,
             "config": self.agent.config.map(|c| c.value().clone()),

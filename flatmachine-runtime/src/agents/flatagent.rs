@@ -78,7 +78,10 @@ impl FlatAgentExecutor {
         };
         let mut req = LlmRequest::new(
             m.wire_name(),
-            vec![Message::new(Role::System, system), Message::new(Role::User, user)],
+            vec![
+                Message::new(Role::System, system),
+                Message::new(Role::User, user),
+            ],
         );
         req.provider = m.provider_name().map(str::to_string);
         req.temperature = m.temperature.unwrap_or(ModelParams::DEFAULT_TEMPERATURE);
@@ -116,7 +119,10 @@ impl FlatAgentExecutor {
             raw.insert("finish_reason".into(), Value::String(reason.clone()));
         }
         raw.insert("attempts".into(), Value::from(reply.attempts));
-        raw.insert("backend".into(), Value::String(self.backend.name().to_string()));
+        raw.insert(
+            "backend".into(),
+            Value::String(self.backend.name().to_string()),
+        );
         Ok(AgentResult {
             output,
             content: Some(reply.content),
@@ -178,7 +184,10 @@ fn model_var(m: &ModelParams) -> Value {
         "temperature".into(),
         Value::from(m.temperature.unwrap_or(ModelParams::DEFAULT_TEMPERATURE)),
     );
-    map.insert("max_tokens".into(), m.max_tokens.map_or(Value::Null, Value::from));
+    map.insert(
+        "max_tokens".into(),
+        m.max_tokens.map_or(Value::Null, Value::from),
+    );
     map.insert("top_p".into(), num(m.top_p));
     map.insert("top_k".into(), m.top_k.map_or(Value::Null, Value::from));
     map.insert("frequency_penalty".into(), num(m.frequency_penalty));

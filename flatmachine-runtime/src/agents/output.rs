@@ -106,7 +106,12 @@ pub fn extract_json(text: &str) -> &str {
         let after = &t[start + 3..];
         // Skip a language tag on the fence line (`json`, `JSON`, ...).
         let body = match after.find('\n') {
-            Some(nl) if after[..nl].trim().chars().all(|c| c.is_ascii_alphanumeric()) => {
+            Some(nl)
+                if after[..nl]
+                    .trim()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric()) =>
+            {
                 &after[nl + 1..]
             }
             _ => after,

@@ -78,12 +78,12 @@ impl Backends {
     /// The backends `spec` names (`memory` for unset kinds).
     pub fn from_spec(spec: &BackendsSpec) -> Result<Self, BackendsError> {
         let path = spec.sqlite_path.unwrap_or(DEFAULT_SQLITE_PATH);
-        let registration: Arc<dyn RegistrationBackend> =
-            match spec.registration.unwrap_or("memory") {
-                "memory" => Arc::new(MemoryRegistrationBackend::new()),
-                "sqlite" => sqlite_registration(path)?,
-                other => return Err(unknown("registration", other)),
-            };
+        let registration: Arc<dyn RegistrationBackend> = match spec.registration.unwrap_or("memory")
+        {
+            "memory" => Arc::new(MemoryRegistrationBackend::new()),
+            "sqlite" => sqlite_registration(path)?,
+            other => return Err(unknown("registration", other)),
+        };
         let work: Arc<dyn WorkBackend> = match spec.work.unwrap_or("memory") {
             "memory" => Arc::new(MemoryWorkBackend::new()),
             "sqlite" => sqlite_work(path)?,

@@ -28,7 +28,9 @@ pub enum DistributedError {
     #[error("backend storage error: {0}")]
     Storage(String),
     /// The database was written by a newer release of this crate (its schema is unknown).
-    #[error("database schema `{component}` is version {found}; this release supports up to {supported}")]
+    #[error(
+        "database schema `{component}` is version {found}; this release supports up to {supported}"
+    )]
     SchemaTooNew {
         /// The table group (`worker_registry`, `work_pool`).
         component: String,

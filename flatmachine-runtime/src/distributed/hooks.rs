@@ -373,7 +373,9 @@ impl DistributedWorkerHooks {
         self.registration
             .update_status(worker_id, worker_status::LOST)
             .await?;
-        Ok(Some(self.work.pool(pool_id).release_by_worker(worker_id).await?))
+        Ok(Some(
+            self.work.pool(pool_id).release_by_worker(worker_id).await?,
+        ))
     }
 
     /// `reap_worker`: marks `worker` lost and releases its jobs.
@@ -385,7 +387,10 @@ impl DistributedWorkerHooks {
         }
         .map(str::to_string)
         .ok_or_else(|| invalid("worker is required for reap_worker"))?;
-        let released = self.reap(&pool_id(ctx), &worker_id, None).await?.unwrap_or(0);
+        let released = self
+            .reap(&pool_id(ctx), &worker_id, None)
+            .await?
+            .unwrap_or(0);
         ctx.insert("reaped_worker_id".into(), Value::String(worker_id));
         ctx.insert("jobs_released".into(), json!(released));
         Ok(())
@@ -453,9 +458,7 @@ impl DistributedWorkerHooks {
         let mut spawned = Vec::new();
         if n > 0 {
             let spawner = self.spawner.as_ref().ok_or_else(|| {
-                invalid(
-                    "spawn_workers needs a WorkerSpawner: DistributedWorkerHooks::spawner(...)",
-                )
+                invalid("spawn_workers needs a WorkerSpawner: DistributedWorkerHooks::spawner(...)")
             })?;
             for _ in 0..n {
                 let uuid = uuid::Uuid::new_v4().simple().to_string();

@@ -33,7 +33,10 @@ impl RegistrationBackend for MemoryRegistrationBackend {
         let record = WorkerRecord::from_registration(&worker, now_iso());
         let mut guard = lock(&self.workers);
         let (map, order) = &mut *guard;
-        if map.insert(worker.worker_id.clone(), record.clone()).is_none() {
+        if map
+            .insert(worker.worker_id.clone(), record.clone())
+            .is_none()
+        {
             order.push(worker.worker_id);
         }
         Ok(record)
@@ -51,7 +54,10 @@ impl RegistrationBackend for MemoryRegistrationBackend {
             .ok_or_else(|| DistributedError::WorkerNotFound(worker_id.to_string()))?;
         record.last_heartbeat = now_iso();
         if let Some(metadata) = metadata {
-            record.metadata.get_or_insert_with(Default::default).extend(metadata);
+            record
+                .metadata
+                .get_or_insert_with(Default::default)
+                .extend(metadata);
         }
         Ok(())
     }
@@ -178,7 +184,11 @@ impl WorkPool for MemoryWorkPool {
         Ok(())
     }
 
-    async fn fail(&self, item_id: &str, error: Option<&str>) -> Result<JobStatus, DistributedError> {
+    async fn fail(
+        &self,
+        item_id: &str,
+        error: Option<&str>,
+    ) -> Result<JobStatus, DistributedError> {
         let mut state = lock(&self.state);
         let (seq, item) = claimed_mut(&mut state, item_id)?;
         let seq = *seq;

@@ -87,7 +87,9 @@ fn busy_handler(attempt: i32) -> bool {
             std::thread::yield_now();
         } else {
             let micros = (20u64 << (attempt - 4).min(6) as u64).min(1000);
-            std::thread::sleep(Duration::from_micros(micros + fastrand::u64(0..=micros / 2)));
+            std::thread::sleep(Duration::from_micros(
+                micros + fastrand::u64(0..=micros / 2),
+            ));
         }
         true
     })
@@ -312,7 +314,10 @@ impl SqliteRegistrationBackend {
     }
 
     /// [`SqliteRegistrationBackend::open`] with explicit connection settings.
-    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, DistributedError> {
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        options: SqliteOptions,
+    ) -> Result<Self, DistributedError> {
         let path = path.as_ref().to_path_buf();
         Ok(Self {
             db: Db::open(&path, options, registry_schema)?,
@@ -329,14 +334,18 @@ impl SqliteRegistrationBackend {
 const WORKER_COLUMNS: &str = "worker_id, status, last_heartbeat, host, pid, capabilities, \
      started_at, current_task_id, metadata, pool_id";
 
-fn row_to_worker(row: &rusqlite::Row<'_>) -> rusqlite::Result<(WorkerRecord, Option<String>, Option<String>)> {
+fn row_to_worker(
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(WorkerRecord, Option<String>, Option<String>)> {
     Ok((
         WorkerRecord {
             worker_id: row.get(0)?,
             status: row.get(1)?,
             last_heartbeat: row.get(2)?,
             host: row.get(3)?,
-            pid: row.get::<_, Option<i64>>(4)?.and_then(|p| u32::try_from(p).ok()),
+            pid: row
+                .get::<_, Option<i64>>(4)?
+                .and_then(|p| u32::try_from(p).ok()),
             capabilities: None,
             started_at: row.get(6)?,
             current_task_id: row.get(7)?,
@@ -445,7 +454,9 @@ impl RegistrationBackend for SqliteRegistrationBackend {
             .call(move |conn| {
                 immediate(conn, |tx| {
                     let changed = tx
-                        .prepare_cached("UPDATE worker_registry SET status = ?1 WHERE worker_id = ?2")?
+                        .prepare_cached(
+                            "UPDATE worker_registry SET status = ?1 WHERE worker_id = ?2",
+                        )?
                         .execute(params![status, id])?;
                     if changed == 0 {
                         return Err(DistributedError::WorkerNotFound(id.clone()));
@@ -527,7 +538,10 @@ impl SqliteWorkBackend {
     }
 
     /// [`SqliteWorkBackend::open`] with explicit connection settings.
-    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, DistributedError> {
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        options: SqliteOptions,
+    ) -> Result<Self, DistributedError> {
         let path = path.as_ref().to_path_buf();
         Ok(Self {
             db: Db::open(&path, options, work_schema)?,
@@ -602,8 +616,18 @@ fn raw_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawItem> {
 }
 
 fn finish_item(raw: RawItem) -> Result<WorkItem, DistributedError> {
-    let (id, data, claimed_by, claimed_at, attempts, max_retries, status, created_at, result, error) =
-        raw;
+    let (
+        id,
+        data,
+        claimed_by,
+        claimed_at,
+        attempts,
+        max_retries,
+        status,
+        created_at,
+        result,
+        error,
+    ) = raw;
     Ok(WorkItem {
         data: parse_json(&data)?,
         claimed_by,
@@ -621,11 +645,7 @@ fn finish_item(raw: RawItem) -> Result<WorkItem, DistributedError> {
 }
 
 /// Why a claimed-only update touched no row.
-fn not_claimed(
-    tx: &rusqlite::Transaction<'_>,
-    pool: &str,
-    id: &str,
-) -> DistributedError {
+fn not_claimed(tx: &rusqlite::Transaction<'_>, pool: &str, id: &str) -> DistributedError {
     let status: Result<Option<String>, _> = tx
         .prepare_cached("SELECT status FROM work_pool WHERE item_id = ?1 AND pool_name = ?2")
         .and_then(|mut s| s.query_row(params![id, pool], |r| r.get(0)).optional());
@@ -694,8 +714,7 @@ impl WorkPool for SqliteWorkPool {
 
     async fn push(&self, data: Value, options: PushOptions) -> Result<String, DistributedError> {
         let mut ids = self.push_many(vec![data], options).await?;
-        ids.pop()
-            .ok_or_else(|| storage("push inserted no row"))
+        ids.pop().ok_or_else(|| storage("push inserted no row"))
     }
 
     async fn push_many(
@@ -745,7 +764,8 @@ impl WorkPool for SqliteWorkPool {
     }
 
     async fn complete(&self, item_id: &str, result: Option<Value>) -> Result<(), DistributedError> {
-        self.complete_many(vec![(item_id.to_string(), result)]).await
+        self.complete_many(vec![(item_id.to_string(), result)])
+            .await
     }
 
     async fn complete_many(
@@ -777,7 +797,11 @@ impl WorkPool for SqliteWorkPool {
             .await
     }
 
-    async fn fail(&self, item_id: &str, error: Option<&str>) -> Result<JobStatus, DistributedError> {
+    async fn fail(
+        &self,
+        item_id: &str,
+        error: Option<&str>,
+    ) -> Result<JobStatus, DistributedError> {
         let (pool, id, error) = (
             self.name.clone(),
             item_id.to_string(),

@@ -177,7 +177,8 @@ pub trait WorkPool: Send + Sync {
 
     /// Marks a claimed job failed: back to `pending` for another attempt, or `poisoned` when its
     /// attempts reached `max_retries`. Returns the new status.
-    async fn fail(&self, item_id: &str, error: Option<&str>) -> Result<JobStatus, DistributedError>;
+    async fn fail(&self, item_id: &str, error: Option<&str>)
+    -> Result<JobStatus, DistributedError>;
 
     /// Pending (claimable) jobs.
     async fn size(&self) -> Result<u64, DistributedError>;
