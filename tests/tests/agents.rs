@@ -356,7 +356,7 @@ async fn typed_outputs_read_agent_results() {
     let typed: ReviewerOutput = result.parse().unwrap();
     assert_eq!(typed.confidence, 0.75);
     assert_eq!(
-        serde_json::to_value(&typed.verdict).unwrap(),
+        serde_json::to_value(typed.verdict).unwrap(),
         json!("approve")
     );
     // The request is inspectable before anything is sent.
