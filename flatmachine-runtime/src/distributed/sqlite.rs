@@ -11,7 +11,9 @@
 //! * One connection per backend instance; rusqlite is synchronous, so each call runs on tokio's
 //!   blocking pool, statements come from the connection's prepared-statement cache.
 //! * Tables keep the reference's names and columns (`worker_registry`, `work_pool`) plus a few
-//!   new columns, added in place to a file the reference created. `flatmachine_schema` records
+//!   new columns, added in place to a file the reference created. The reference's single-column
+//!   `pool_name` and `status` indexes are not created (the `(pool_name, status)` index covers
+//!   them, and each index costs every status change an extra write). `flatmachine_schema` records
 //!   a version per table group so a later release can migrate; a file from a newer release is
 //!   refused ([`DistributedError::SchemaTooNew`]).
 
@@ -142,6 +144,8 @@ impl Db {
         } else {
             "PRAGMA synchronous=NORMAL;"
         })?;
+        // 16 MiB page cache: the job table's id index is random-access (UUIDs).
+        conn.execute_batch("PRAGMA cache_size=-16384; PRAGMA temp_store=MEMORY;")?;
         conn.set_prepared_statement_cache_capacity(64);
         schema(&mut conn)?;
         Ok(Self {
@@ -279,8 +283,6 @@ fn work_schema(conn: &mut Connection) -> Result<(), DistributedError> {
                 result TEXT,
                 completed_at TEXT
             );
-            CREATE INDEX IF NOT EXISTS idx_work_pool_name ON work_pool(pool_name);
-            CREATE INDEX IF NOT EXISTS idx_work_status ON work_pool(status);
             CREATE INDEX IF NOT EXISTS idx_work_claimed_by ON work_pool(claimed_by);
             CREATE INDEX IF NOT EXISTS idx_work_pool_status ON work_pool(pool_name, status);",
         )?;
