@@ -222,22 +222,23 @@ async fn checker_loop(dir: &Path, db: &Path, jobs: usize, max_workers: u64) -> R
             .output;
         spawned_total += out["spawned_ids"].as_array().map_or(0, |a| a.len() as u64);
 
-        // Kill one worker while it holds a job (once).
-        if killed.is_none() {
+        // Kill one worker while it holds a job (once): kill a running worker, then look at what
+        // it held when it died; if nothing (it was between jobs), try another next cycle.
+        if killed.is_none()
+            && let Some((w, _)) = spawner.children().into_iter().next()
+            && spawner.kill(&w)
+        {
             let sqlite = SqliteWorkBackend::open(db)?;
-            let running: HashMap<String, u32> = spawner.children().into_iter().collect();
             let held = sqlite.sqlite_pool(POOL).all().await?.into_iter().find(|j| {
                 j.status == flatmachine_runtime::distributed::JobStatus::Claimed
-                    && j.claimed_by
-                        .as_ref()
-                        .is_some_and(|w| running.contains_key(w))
+                    && j.claimed_by.as_deref() == Some(w.as_str())
             });
-            if let Some(job) = held {
-                let w = job.claimed_by.unwrap_or_default();
-                if spawner.kill(&w) {
+            match held {
+                Some(job) => {
                     println!("SIGKILLed worker {w} while it held job {}", job.id);
                     killed = Some((w, job.id));
                 }
+                None => println!("SIGKILLed worker {w} between jobs; trying another"),
             }
         }
 
@@ -336,7 +337,7 @@ async fn report(
     println!("workers:     {spawned} spawned, {reaped} reaped");
     println!("recovery:    {recovered}");
     println!("elapsed:     {:.2}s", elapsed.as_secs_f64());
-    if lost != 0 || duplicated != 0 || killed.is_none() {
+    if lost != 0 || duplicated != 0 || killed.is_none() || reaped == 0 {
         return Err(format!("report check failed: lost {lost}, duplicated {duplicated}").into());
     }
     Ok(())
