@@ -62,6 +62,16 @@ fn module_names(project: &Project) -> Vec<String> {
     out
 }
 
+/// Backend names the runtime provides, per kind (mirrors `BackendsSpec::AVAILABLE` in
+/// flatmachine-runtime).
+const BACKENDS: &[(&str, &[&str])] = &[
+    ("persistence", &["memory", "local"]),
+    ("locking", &["none", "local"]),
+    ("results", &["memory"]),
+    ("registration", &["memory", "sqlite"]),
+    ("work", &["memory", "sqlite"]),
+];
+
 struct Cx<'a> {
     project: &'a Project,
     unit: &'a MachineUnit,
@@ -93,6 +103,37 @@ impl Cx<'_> {
         let span = self.project.key_span(self.origin(), rel);
         self.diags.push(Diagnostic::warning(msg, Some(span)));
         self.last()
+    }
+
+    /// `settings.backends`: every name must be one the runtime provides.
+    fn backends(&mut self, b: &crate::model::BackendConfig) {
+        let chosen = [
+            ("persistence", &b.persistence),
+            ("locking", &b.locking),
+            ("results", &b.results),
+            ("registration", &b.registration),
+            ("work", &b.work),
+        ];
+        for (kind, name) in chosen {
+            let Some(name) = name else { continue };
+            let available = BACKENDS
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, v)| *v)
+                .unwrap_or(&[]);
+            if !available.contains(&name.as_str()) {
+                let rel = [k("data"), k("settings"), k("backends"), k(kind)];
+                let d = self.err(format!("unknown {kind} backend `{name}`"), &rel);
+                d.label = Some(format!("available: {}", available.join(", ")));
+                d.help.extend(did_you_mean(name, available.iter().copied()));
+            }
+        }
+        if let Some(path) = &b.sqlite_path
+            && path.trim().is_empty()
+        {
+            let rel = [k("data"), k("settings"), k("backends"), k("sqlite_path")];
+            self.err("`sqlite_path` is empty", &rel);
+        }
     }
 
     fn last(&mut self) -> &mut Diagnostic {
@@ -198,6 +239,11 @@ impl Cx<'_> {
 
         self.graph_checks(&states, initial);
         let agent_list = self.agents();
+        let backends = data
+            .settings
+            .as_ref()
+            .and_then(|s| s.backends.clone())
+            .inspect(|b| self.backends(b));
 
         let children = data
             .machines
@@ -231,6 +277,7 @@ impl Cx<'_> {
             max_concurrency: data.settings.as_ref().and_then(|s| s.max_concurrency),
             persistence: data.persistence.clone(),
             hooks: data.hooks.as_ref().map(|h| (h.class.clone(), hooks_args)),
+            backends,
             children,
             agents: agent_list,
             actions,

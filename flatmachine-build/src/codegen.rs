@@ -255,6 +255,20 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
         let args = opt_template(args.as_ref(), rt, &mut slots);
         quote!(#rt::machine::HooksSpec { class: #class, args: #args })
     }));
+    let backends = opt(m.backends.as_ref().map(|b| {
+        let f = |v: &Option<String>| opt(v.as_ref().map(|s| quote!(#s)));
+        let (p, l, r, g, w, q) = (
+            f(&b.persistence),
+            f(&b.locking),
+            f(&b.results),
+            f(&b.registration),
+            f(&b.work),
+            f(&b.sqlite_path),
+        );
+        quote!(#rt::machine::BackendsSpec {
+            persistence: #p, locking: #l, results: #r, registration: #g, work: #w, sqlite_path: #q,
+        })
+    }));
     let AgentItems {
         statics: agent_statics,
         specs: agents,
@@ -367,6 +381,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
             max_concurrency: #max_concurrency,
             persistence: #persistence,
             hooks: #hooks,
+            backends: #backends,
             agents: &[#(#agents),*],
             machines: &[#(#machines),*],
             actions: &[#(#actions),*],

@@ -111,6 +111,8 @@ pub struct MachineIr {
     pub persistence: Option<PersistenceConfig>,
     /// `hooks.class` and checked `hooks.args`.
     pub hooks: Option<(String, Option<TemplateIr>)>,
+    /// `settings.backends`, checked against the runtime's backends.
+    pub backends: Option<crate::model::BackendConfig>,
     /// Child machines: name → module name of the compiled child (None when it failed to load).
     pub children: Vec<(String, Option<String>)>,
     /// Agents, in `agents:` order.

@@ -8,6 +8,7 @@ pub mod cel;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod context;
+pub mod distributed;
 pub mod engine;
 pub mod error;
 pub mod expr;
@@ -24,7 +25,7 @@ pub use engine::{
     RunResult,
 };
 pub use error::{StateError, error_type};
-pub use machine::{MachineDef, MachineSpec, StateSpec};
+pub use machine::{BackendsSpec, MachineDef, MachineSpec, StateSpec};
 
 #[cfg(feature = "macros")]
 pub use flatmachine_macros::flatmachine;

@@ -32,6 +32,8 @@ pub struct MachineSpec {
     pub persistence: Option<PersistenceSpec>,
     /// `hooks: {class, args}`.
     pub hooks: Option<HooksSpec>,
+    /// `settings.backends` (checked by the compiler against the backends this runtime has).
+    pub backends: Option<BackendsSpec>,
     /// Agents by name.
     pub agents: &'static [AgentSpec],
     /// Child machines by name (`None` when the compiler could not load the child).
@@ -168,6 +170,35 @@ pub struct PersistenceSpec {
     pub backend: &'static str,
     /// `checkpoint_on` (absent = every event).
     pub checkpoint_on: Option<&'static [&'static str]>,
+}
+
+/// `settings.backends` of a machine (the spec's `BackendConfig`): which implementation each
+/// kind of backend uses. `None` fields take the default (`memory`, locking `none`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendsSpec {
+    /// Checkpoint storage: `memory` or `local`.
+    pub persistence: Option<&'static str>,
+    /// Execution locking: `none` or `local`.
+    pub locking: Option<&'static str>,
+    /// Inter-machine results: `memory`.
+    pub results: Option<&'static str>,
+    /// Worker registration: `memory` or `sqlite`.
+    pub registration: Option<&'static str>,
+    /// Work pools: `memory` or `sqlite`.
+    pub work: Option<&'static str>,
+    /// The SQLite file registration and work share (default `workers.sqlite`).
+    pub sqlite_path: Option<&'static str>,
+}
+
+impl BackendsSpec {
+    /// The backend names this runtime provides, per kind (what the compiler accepts).
+    pub const AVAILABLE: &'static [(&'static str, &'static [&'static str])] = &[
+        ("persistence", &["memory", "local"]),
+        ("locking", &["none", "local"]),
+        ("results", &["memory"]),
+        ("registration", &["memory", "sqlite"]),
+        ("work", &["memory", "sqlite"]),
+    ];
 }
 
 /// `hooks:` of a machine.

@@ -140,9 +140,35 @@ pub struct MachineSettings {
     /// What to do when parallel execution is unavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallel_fallback: Option<ParallelFallback>,
+    /// Backend selection (the spec's `BackendConfig`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<BackendConfig>,
     /// Any other settings.
     #[serde(flatten)]
     pub extra: JsonMap,
+}
+
+/// `settings.backends`: which implementation each kind of backend uses.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct BackendConfig {
+    /// Checkpoint storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<String>,
+    /// Execution locking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locking: Option<String>,
+    /// Inter-machine results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<String>,
+    /// Worker registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<String>,
+    /// Work pools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work: Option<String>,
+    /// The SQLite file registration and work share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlite_path: Option<String>,
 }
 
 /// `settings.parallel_fallback`.

@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/bad_backend.yml");
+
+fn main() {}
