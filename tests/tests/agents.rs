@@ -423,3 +423,78 @@ async fn checkpoints_carry_agent_totals_and_no_keys() {
     let text = serde_json::to_string(&snap).unwrap();
     assert!(!text.contains("sk-secret"), "a key reached a checkpoint");
 }
+
+/// The subprocess adapter's failures are clear state errors, routed by `on_error`.
+#[tokio::test]
+async fn subprocess_adapter_failures_route_by_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "not_json",
+            "#!/bin/sh\ncat >/dev/null\necho 'hello, not json'\n",
+            "AgentError",
+            "did not print a JSON object",
+        ),
+        (
+            "exit_code",
+            "#!/bin/sh\ncat >/dev/null\necho 'disk on fire' >&2\nexit 3\n",
+            "AgentError",
+            "disk on fire",
+        ),
+        (
+            "slow",
+            "#!/bin/sh\ncat >/dev/null\nsleep 5\necho '{}'\n",
+            "TimeoutError",
+            "was killed",
+        ),
+        (
+            "typed_error",
+            "#!/bin/sh\ncat >/dev/null\necho '{\"error\": {\"type\": \"RateLimitError\", \"message\": \"slow down\"}}'\n",
+            "RateLimitError",
+            "slow down",
+        ),
+        (
+            "not_object",
+            "#!/bin/sh\ncat >/dev/null\necho '[1, 2]'\n",
+            "AgentError",
+            "not an object",
+        ),
+    ];
+    for (name, body, error_type, needle) in cases {
+        let script = dir.path().join(format!("{name}.sh"));
+        std::fs::write(&script, body).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let machine = Machine::of::<agent_features::Machine>()
+            .agent("reviewer", |_input: Value, _ctx| async move {
+                Ok(AgentOutput::new(
+                    json!({"verdict": "approve", "confidence": 1}),
+                ))
+            })
+            .agent("echo", |_input: Value, _ctx| async move {
+                Ok(AgentOutput::new(json!({"echo": "x"})))
+            })
+            .agent_adapter(Arc::new(
+                SubprocessAdapter::new("external")
+                    .with_command([script.display().to_string()])
+                    .with_timeout(std::time::Duration::from_millis(500)),
+            ))
+            .llm_backend(Arc::new(ScriptedBackend::always(
+                "{\"verdict\": \"approve\", \"confidence\": 1}",
+            )))
+            .no_persistence()
+            .build()
+            .unwrap();
+        let r = machine
+            .run(json!({"doc": "d", "reviewer": "Ada", "extras": true}))
+            .await
+            .unwrap();
+        assert_eq!(r.final_state, "failed", "{name}: {:?}", r.output);
+        assert_eq!(r.output["error_type"], error_type, "{name}: {:?}", r.output);
+        let msg = r.output["error"].as_str().unwrap();
+        assert!(msg.contains(needle), "{name}: {msg}");
+    }
+}
