@@ -2,6 +2,8 @@
 //! answering each request with a test-supplied function: the real providers' wire formats over
 //! a real socket, with no network and no key.
 
+use async_trait::async_trait;
+use flatmachine_runtime::agents::{LlmBackend, LlmError, LlmRequest, LlmResponse, ProviderRouter};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -199,4 +201,41 @@ async fn serve(
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// Sends every request to `base`, as a profile's `base_url` would, through `inner`.
+pub struct AtBase {
+    inner: Arc<dyn LlmBackend>,
+    base: String,
+}
+
+impl AtBase {
+    /// Wraps `inner` so every request goes to `base`.
+    pub fn new(inner: Arc<dyn LlmBackend>, base: impl Into<String>) -> Self {
+        Self {
+            inner,
+            base: base.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl LlmBackend for AtBase {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+        let mut r = request.clone();
+        r.base_url = Some(self.base.clone());
+        self.inner.complete(&r).await
+    }
+}
+
+/// The built-in providers (`ProviderRouter`) with every request sent to this server's
+/// OpenAI-style base.
+pub fn providers_at(server: &LoopbackLlm) -> Arc<dyn LlmBackend> {
+    Arc::new(AtBase::new(
+        Arc::new(ProviderRouter::new()),
+        server.openai_base(),
+    ))
 }

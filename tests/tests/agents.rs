@@ -8,7 +8,7 @@ use flatmachine_runtime::agents::{
 };
 use flatmachine_runtime::{AgentOutput, Machine, StateError, Value, flatmachine};
 use flatmachine_tests::loopback_llm::{
-    LoopbackLlm, Received, anthropic_reply, error_reply, openai_reply,
+    AtBase, LoopbackLlm, Received, anthropic_reply, error_reply, openai_reply, providers_at,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -19,31 +19,6 @@ flatmachine!(
     allow_warnings
 );
 flatmachine!("machines/agents/agent_features.yml");
-
-/// Sends every request to `base`, as a profile's `base_url` would.
-struct AtBase {
-    inner: Arc<dyn LlmBackend>,
-    base: String,
-}
-
-#[async_trait]
-impl LlmBackend for AtBase {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
-        let mut r = request.clone();
-        r.base_url = Some(self.base.clone());
-        self.inner.complete(&r).await
-    }
-}
-
-fn openai_at(server: &LoopbackLlm) -> Arc<dyn LlmBackend> {
-    Arc::new(AtBase {
-        inner: Arc::new(ProviderRouter::new()),
-        base: server.openai_base(),
-    })
-}
 
 /// The corpus's writer/critic loop, unchanged: four agents, retry execution, structured
 /// extraction, a conditional loop; the critic scores 6 then 9.
@@ -79,7 +54,7 @@ async fn corpus_writer_critic_runs_against_the_loopback_server() {
     })
     .await;
     let machine = Machine::of::<writer_critic_loop::Machine>()
-        .llm_backend(openai_at(&server))
+        .llm_backend(providers_at(&server))
         .no_persistence()
         .build()
         .unwrap();
@@ -139,10 +114,10 @@ async fn prompts_parameters_and_schema_errors_on_the_wire() {
         }
     })
     .await;
-    let backend: Arc<dyn LlmBackend> = Arc::new(AtBase {
-        inner: Arc::new(ProviderRouter::new()),
-        base: server.anthropic_base(),
-    });
+    let backend: Arc<dyn LlmBackend> = Arc::new(AtBase::new(
+        Arc::new(ProviderRouter::new()),
+        server.anthropic_base(),
+    ));
     // The OpenAI-style agent's base needs `/v1`; the Anthropic one appends `/v1/messages` itself.
     struct Split {
         openai: Arc<dyn LlmBackend>,
@@ -163,7 +138,7 @@ async fn prompts_parameters_and_schema_errors_on_the_wire() {
     }
     let machine = Machine::of::<agent_features::Machine>()
         .llm_backend(Arc::new(Split {
-            openai: openai_at(&server),
+            openai: providers_at(&server),
             anthropic: backend,
         }))
         .no_persistence()
@@ -227,7 +202,7 @@ async fn prompts_parameters_and_schema_errors_on_the_wire() {
 async fn provider_errors_route_by_litellm_type_name() {
     let server = LoopbackLlm::start(|_| error_reply(401, "Incorrect API key provided")).await;
     let machine = Machine::of::<agent_features::Machine>()
-        .llm_backend(openai_at(&server))
+        .llm_backend(providers_at(&server))
         .no_persistence()
         .build()
         .unwrap();
@@ -400,7 +375,7 @@ async fn checkpoints_carry_agent_totals_and_no_keys() {
     let store = flatmachine_runtime::persistence::CheckpointStore::memory();
     let machine = Machine::of::<agent_features::Machine>()
         .llm_backend(Arc::new(WithKey {
-            inner: openai_at(&server),
+            inner: providers_at(&server),
             var: key_var,
         }))
         .persistence(store.clone())

@@ -2,10 +2,8 @@
 //! with `mdap_voting` (regex parsing, schema validation, voting on noisy replies) and the
 //! character-card chat (actions around an agent, free-text output).
 
-use async_trait::async_trait;
-use flatmachine_runtime::agents::{LlmBackend, LlmError, LlmRequest, LlmResponse, ProviderRouter};
 use flatmachine_runtime::{Context, Machine, Value, flatmachine};
-use flatmachine_tests::loopback_llm::{LoopbackLlm, Received, openai_reply};
+use flatmachine_tests::loopback_llm::{LoopbackLlm, Received, openai_reply, providers_at};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -24,24 +22,6 @@ flatmachine!(
     "../../shared/conformance/corpus/error_handling/config/machine.yml",
     allow_warnings
 );
-
-/// Sends every request to the loopback server, as a profile's `base_url` would.
-struct AtBase {
-    inner: ProviderRouter,
-    base: String,
-}
-
-#[async_trait]
-impl LlmBackend for AtBase {
-    fn name(&self) -> &str {
-        "loopback"
-    }
-    async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
-        let mut r = request.clone();
-        r.base_url = Some(self.base.clone());
-        self.inner.complete(&r).await
-    }
-}
 
 type Pegs = Vec<Vec<u64>>;
 
@@ -100,10 +80,7 @@ async fn corpus_mdap_hanoi_votes_its_way_to_the_goal() {
     })
     .await;
     let machine = Machine::of::<mdap_hanoi::Machine>()
-        .llm_backend(Arc::new(AtBase {
-            inner: ProviderRouter::new(),
-            base: server.openai_base(),
-        }))
+        .llm_backend(providers_at(&server))
         .no_persistence()
         .build()
         .unwrap();
@@ -154,10 +131,7 @@ async fn corpus_character_card_chats_until_quit() {
     .await;
     let inputs = Arc::new(std::sync::Mutex::new(vec!["/quit", "Hello there"]));
     let machine = Machine::of::<character_card_chat::Machine>()
-        .llm_backend(Arc::new(AtBase {
-            inner: ProviderRouter::new(),
-            base: server.openai_base(),
-        }))
+        .llm_backend(providers_at(&server))
         .action_mut("load_card", |ctx: &mut Context, _call| {
             ctx.insert("card_name".into(), json!("Mira"));
             ctx.insert("card_description".into(), json!("A lighthouse keeper."));
@@ -218,10 +192,7 @@ async fn corpus_error_handling_routes_a_missing_agent_file() {
     })
     .await;
     let machine = Machine::of::<error_handling_demo::Machine>()
-        .llm_backend(Arc::new(AtBase {
-            inner: ProviderRouter::new(),
-            base: server.openai_base(),
-        }))
+        .llm_backend(providers_at(&server))
         .no_persistence()
         .build()
         .unwrap();
