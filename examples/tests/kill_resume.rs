@@ -1,7 +1,6 @@
 //! The order-approval example: a process killed in the middle of a run, resumed from its disk
 //! checkpoints, finishes with the output of an uninterrupted run.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use flatmachine_examples::order_machine;
@@ -9,41 +8,13 @@ use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_order_approval");
 
-/// A fresh directory below the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "flatmachine-kill-resume-{tag}-{}-{nanos:x}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn order_input() -> serde_json::Value {
     json!({"order_id": "A-1001", "amount": 1250})
 }
 
 #[test]
 fn the_example_binary_crashes_resumes_and_approves() {
-    let dir = TempDir::new("bin");
+    let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .env("FLATMACHINE_EXAMPLE_DIR", dir.path())
         .output()
@@ -71,7 +42,7 @@ fn the_example_binary_crashes_resumes_and_approves() {
 
 #[tokio::test]
 async fn a_killed_run_resumes_in_process_with_the_uninterrupted_output() {
-    let dir = TempDir::new("direct");
+    let dir = tempfile::tempdir().unwrap();
     let id = "order-killed";
     let status = Command::new(BIN)
         .args(["--crash", id])
@@ -95,7 +66,7 @@ async fn a_killed_run_resumes_in_process_with_the_uninterrupted_output() {
         .await
         .unwrap();
 
-    let fresh_dir = TempDir::new("fresh");
+    let fresh_dir = tempfile::tempdir().unwrap();
     let fresh = order_machine(false, fresh_dir.path())
         .build()
         .unwrap()
@@ -128,7 +99,7 @@ async fn a_killed_run_resumes_in_process_with_the_uninterrupted_output() {
 /// with the process, and the run resumes from the last checkpoint to the uninterrupted output.
 #[tokio::test]
 async fn a_sigkilled_process_resumes_to_the_uninterrupted_output() {
-    let dir = TempDir::new("sigkill");
+    let dir = tempfile::tempdir().unwrap();
     let id = "order-sigkilled";
     let mut child = Command::new(BIN)
         .args(["--hang", id])
@@ -158,7 +129,7 @@ async fn a_sigkilled_process_resumes_to_the_uninterrupted_output() {
 
     let machine = order_machine(false, dir.path()).build().unwrap();
     let resumed = machine.resume(id).await.expect("resume after SIGKILL");
-    let fresh_dir = TempDir::new("sigkill-fresh");
+    let fresh_dir = tempfile::tempdir().unwrap();
     let fresh = order_machine(false, fresh_dir.path())
         .build()
         .unwrap()

@@ -2,36 +2,13 @@
 //! starting the child, or after starting it, resumes in a new process and every launched child
 //! runs exactly once (one `start` and one `end` in `runs.log`, with the recorded id).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flatmachine_runtime::persistence::MachineSnapshot;
 
 const BIN: &str = env!("CARGO_BIN_EXE_launch_crash");
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "flatmachine-launch-{tag}-{}-{nanos:x}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Starts `launch_crash run <id> --hang-at <point>`, waits for its marker file, SIGKILLs it.
 fn run_and_kill(dir: &Path, id: &str, point: &str) {
@@ -90,46 +67,46 @@ fn runs(dir: &Path) -> Vec<String> {
 
 #[test]
 fn killed_between_recording_and_starting_the_child_runs_once_after_resume() {
-    let dir = TempDir::new("recorded");
-    run_and_kill(&dir.0, "parent-recorded", "recorded");
-    let snap = latest(&dir.0, "parent-recorded");
+    let dir = tempfile::tempdir().unwrap();
+    run_and_kill(dir.path(), "parent-recorded", "recorded");
+    let snap = latest(dir.path(), "parent-recorded");
     let intents = snap.pending_launches.expect("the launch is in the outbox");
     assert_eq!(intents.len(), 1);
     assert!(!intents[0].launched);
     let child = intents[0].execution_id.clone();
-    assert!(runs(&dir.0).is_empty(), "the child had not started");
+    assert!(runs(dir.path()).is_empty(), "the child had not started");
 
-    let out = resume(&dir.0, "parent-recorded");
+    let out = resume(dir.path(), "parent-recorded");
     assert!(out.contains(r#"{"launched":"report"}"#), "{out}");
     assert!(out.contains(&format!("launched {child} ")), "{out}");
     assert_eq!(
-        runs(&dir.0),
+        runs(dir.path()),
         [format!("start {child}"), format!("end {child}")]
     );
 
     // Resuming the finished parent again starts nothing.
-    resume(&dir.0, "parent-recorded");
-    assert_eq!(runs(&dir.0).len(), 2);
+    resume(dir.path(), "parent-recorded");
+    assert_eq!(runs(dir.path()).len(), 2);
 }
 
 #[test]
 fn killed_after_starting_the_child_resumes_it_instead_of_starting_another() {
-    let dir = TempDir::new("started");
-    run_and_kill(&dir.0, "parent-started", "started");
-    let snap = latest(&dir.0, "parent-started");
+    let dir = tempfile::tempdir().unwrap();
+    run_and_kill(dir.path(), "parent-started", "started");
+    let snap = latest(dir.path(), "parent-started");
     let intents = snap.pending_launches.expect("the launch is still pending");
     assert!(intents[0].launched);
     let child = intents[0].execution_id.clone();
-    assert_eq!(runs(&dir.0), [format!("start {child}")]);
+    assert_eq!(runs(dir.path()), [format!("start {child}")]);
 
-    let out = resume(&dir.0, "parent-started");
+    let out = resume(dir.path(), "parent-started");
     assert!(out.contains(&format!("launched {child} ")), "{out}");
     // The child was resumed from its checkpoint: no second start.
     assert_eq!(
-        runs(&dir.0),
+        runs(dir.path()),
         [format!("start {child}"), format!("end {child}")]
     );
-    let child_end = latest(&dir.0, &child);
+    let child_end = latest(dir.path(), &child);
     assert_eq!(child_end.event.as_deref(), Some("machine_end"));
     assert_eq!(
         child_end.parent_execution_id.as_deref(),

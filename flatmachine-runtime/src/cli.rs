@@ -2,9 +2,10 @@
 //! reference's `python -m flatmachines.run` (feature `cli`).
 //!
 //! ```no_run
-//! # fn builder() -> flatmachine_runtime::MachineBuilder { unimplemented!() }
-//! fn main() -> std::process::ExitCode {
-//!     flatmachine_runtime::cli::main(builder())
+//! // In the app's `main`, with the builder of its root machine
+//! // (`Machine::of::<my_machine::Machine>().action_mut(..)`):
+//! fn app_main(builder: flatmachine_runtime::MachineBuilder) -> std::process::ExitCode {
+//!     flatmachine_runtime::cli::main(builder)
 //! }
 //! ```
 //!
