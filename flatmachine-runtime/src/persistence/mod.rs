@@ -155,6 +155,37 @@ pub trait PersistenceBackend: Send + Sync {
         self.save(key, &snapshot).await
     }
 
+    /// Stores the checkpoint `snapshot` under `key` and points the execution's `latest` text
+    /// (`latest_key`) at it. Backends that can do both in one atomic operation (a transaction,
+    /// MULTI/EXEC) override this. The default saves the snapshot, then the pointer: a crash in
+    /// between leaves the previous pointer, which still names a complete checkpoint.
+    async fn save_checkpoint(
+        &self,
+        key: &str,
+        latest_key: &str,
+        snapshot: Arc<MachineSnapshot>,
+    ) -> Result<(), PersistenceError> {
+        self.save_shared(key, snapshot).await?;
+        self.save_text(latest_key, key).await
+    }
+
+    /// Deletes all but the newest `keep` checkpoints of `execution_id` (ordered by step, then
+    /// event in run order), never the checkpoint `saved` (the one `latest` names). Backends that
+    /// can prune where the data lives (a server-side script, one `DELETE`) override this; the
+    /// default lists the execution's keys and deletes the excess one by one.
+    async fn prune_checkpoints(
+        &self,
+        execution_id: &str,
+        saved: &str,
+        keep: usize,
+    ) -> Result<(), PersistenceError> {
+        let keys = self.list(&format!("{execution_id}/")).await?;
+        for key in store::keys_to_prune(&keys, saved, keep) {
+            self.delete(key).await?;
+        }
+        Ok(())
+    }
+
     /// Loads the snapshot under `key`; `Ok(None)` if there is none, [`PersistenceError::Corrupt`]
     /// if what is stored is not a snapshot.
     async fn load(&self, key: &str) -> Result<Option<MachineSnapshot>, PersistenceError>;

@@ -112,12 +112,13 @@ impl CheckpointStore {
             .as_deref()
             .unwrap_or(checkpoint_event::UNKNOWN);
         let key = snapshot_key(&execution_id, snapshot.step, event);
-        self.backend.save_shared(&key, snapshot).await?;
         self.backend
-            .save_text(&latest_key(&execution_id), &key)
+            .save_checkpoint(&key, &latest_key(&execution_id), snapshot)
             .await?;
         if let Some(keep) = self.keep_last {
-            self.prune(&execution_id, &key, keep).await?;
+            self.backend
+                .prune_checkpoints(&execution_id, &key, keep)
+                .await?;
         }
         Ok(key)
     }
@@ -293,33 +294,29 @@ impl CheckpointStore {
         }
         Ok(())
     }
+}
 
-    async fn prune(
-        &self,
-        execution_id: &str,
-        saved: &str,
-        keep: usize,
-    ) -> Result<(), PersistenceError> {
-        let keys = self.checkpoint_keys(execution_id).await?;
-        if keys.len() <= keep {
-            return Ok(());
-        }
-        let mut ordered: Vec<(u64, u8, &str)> = keys
-            .iter()
-            .filter_map(|key| {
-                let (_, step, event) = parse_snapshot_key(key)?;
-                Some((step, event_rank(event), key.as_str()))
-            })
-            .collect();
-        ordered.sort_unstable();
-        let excess = ordered.len().saturating_sub(keep);
-        for &(_, _, key) in &ordered[..excess] {
-            if key != saved {
-                self.backend.delete(key).await?;
-            }
-        }
-        Ok(())
+/// The checkpoint keys among `keys` (an execution's keys, any order; other keys such as
+/// `latest` are ignored) that pruning to the newest `keep` deletes: the oldest by step, then
+/// event in run order, never `saved`.
+pub(crate) fn keys_to_prune<'a>(keys: &'a [String], saved: &str, keep: usize) -> Vec<&'a str> {
+    let mut ordered: Vec<(u64, u8, &str)> = keys
+        .iter()
+        .filter_map(|key| {
+            let (_, step, event) = parse_snapshot_key(key)?;
+            Some((step, event_rank(event), key.as_str()))
+        })
+        .collect();
+    if ordered.len() <= keep {
+        return Vec::new();
     }
+    ordered.sort_unstable();
+    let excess = ordered.len() - keep;
+    ordered[..excess]
+        .iter()
+        .map(|&(_, _, key)| key)
+        .filter(|key| *key != saved)
+        .collect()
 }
 
 /// Position of an event within one step, in run order.
