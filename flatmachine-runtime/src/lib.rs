@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod expr;
 pub mod hooks;
+pub mod inspect;
 pub mod lock;
 pub mod machine;
 pub mod persistence;

@@ -1,4 +1,7 @@
-//! The `flatmachine` command: check, expand, graph and schema.
+//! The `flatmachine` command: check, expand, graph and schema for machine YAML; inspect for
+//! the checkpoints a run left behind.
+
+mod inspect;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use flatmachine_build::graph::GraphFormat;
@@ -11,7 +14,7 @@ use std::process::ExitCode;
 #[command(
     name = "flatmachine",
     version,
-    about = "Check, expand and draw FlatMachines YAML"
+    about = "Check, expand and draw FlatMachines YAML; inspect checkpoints"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -47,6 +50,20 @@ enum Command {
         /// Which format.
         #[arg(value_enum, default_value_t = Kind::Machine)]
         kind: Kind,
+    },
+    /// Print an execution's history from its checkpoints (without an id: list the executions).
+    ///
+    /// Reads the reference's layout (`DIR/{id}/step_*.json` + `DIR/{id}/latest`), so it works
+    /// on checkpoints written by the Python `flatmachines` package as well.
+    Inspect {
+        /// The execution id.
+        execution_id: Option<String>,
+        /// The checkpoint directory.
+        #[arg(long, default_value = ".checkpoints")]
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -132,5 +149,19 @@ fn main() -> ExitCode {
             ));
             ExitCode::SUCCESS
         }
+        Command::Inspect {
+            execution_id,
+            dir,
+            json,
+        } => match inspect::run(&dir, execution_id.as_deref(), json) {
+            Ok(text) => {
+                emit(&text);
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
