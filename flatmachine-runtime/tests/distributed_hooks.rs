@@ -42,14 +42,8 @@ async fn pool_state_claim_complete_and_fail() {
     let hooks = DistributedWorkerHooks::new(backends.clone());
     let pool = backends.work.pool("jobs");
     // A claim counts an attempt; failing at `max_retries` attempts poisons.
-    let retry_once = PushOptions {
-        max_retries: 2,
-        ..Default::default()
-    };
-    let first = pool
-        .push(json!({"n": 1}), retry_once.clone())
-        .await
-        .unwrap();
+    let retry_once = PushOptions { max_retries: 2 };
+    let first = pool.push(json!({"n": 1}), retry_once).await.unwrap();
     pool.push(json!({"n": 2}), retry_once).await.unwrap();
 
     let mut c = ctx(json!({"pool_id": "jobs", "worker_id": "w1"}));
