@@ -16,6 +16,8 @@ pub mod hooks;
 pub mod lock;
 pub mod machine;
 pub mod persistence;
+#[cfg(feature = "redis")]
+pub mod redis_backends;
 pub mod results;
 pub mod template;
 

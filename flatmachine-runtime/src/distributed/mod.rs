@@ -37,6 +37,8 @@ pub use registration::{
 pub use spawn::{CommandSpawner, SpawnRequest, WorkerSpawner};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteRegistrationBackend, SqliteWorkBackend, SqliteWorkPool};
+#[cfg(feature = "redis")]
+pub use crate::redis_backends::{RedisRegistrationBackend, RedisWorkBackend, RedisWorkPool};
 pub use time::now_iso;
 pub use work::{
     DEFAULT_MAX_RETRIES, JobStatus, PoolStats, PushOptions, WorkBackend, WorkItem, WorkPool,
