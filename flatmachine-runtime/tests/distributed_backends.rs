@@ -461,8 +461,7 @@ mod redis {
     #[tokio::test]
     async fn redis_registration() {
         let server = RedisServer::start();
-        registration_suite(Arc::new(RedisRegistrationBackend::new(conn(&server, "t"))))
-            .await;
+        registration_suite(Arc::new(RedisRegistrationBackend::new(conn(&server, "t")))).await;
         // A new connection sees the same data; another prefix sees nothing.
         let again = RedisRegistrationBackend::new(conn(&server, "t"));
         assert_eq!(again.list(&WorkerFilter::all()).await.unwrap().len(), 3);
@@ -506,7 +505,10 @@ mod redis {
         assert!(p.get(&id).await.unwrap().is_none());
         let j = q.claim("worker:with:colons").await.unwrap().unwrap();
         assert_eq!(q.release_by_worker("worker:with:colons").await.unwrap(), 1);
-        assert_eq!(q.get(&j.id).await.unwrap().unwrap().status, JobStatus::Pending);
+        assert_eq!(
+            q.get(&j.id).await.unwrap().unwrap().status,
+            JobStatus::Pending
+        );
         assert!(matches!(
             q.complete("job:../x", None).await,
             Err(DistributedError::JobNotFound(_))

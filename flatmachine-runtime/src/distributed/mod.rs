@@ -26,6 +26,8 @@ mod sqlite;
 mod time;
 mod work;
 
+#[cfg(feature = "redis")]
+pub use crate::redis_backends::{RedisRegistrationBackend, RedisWorkBackend, RedisWorkPool};
 pub use config::{Backends, BackendsError, DEFAULT_SQLITE_PATH};
 pub use error::{DISTRIBUTED_ERROR_TYPE, DistributedError};
 pub use hooks::{BUILTIN_ACTIONS, DistributedWorkerHooks, JobAction};
@@ -37,8 +39,6 @@ pub use registration::{
 pub use spawn::{CommandSpawner, SpawnRequest, WorkerSpawner};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteRegistrationBackend, SqliteWorkBackend, SqliteWorkPool};
-#[cfg(feature = "redis")]
-pub use crate::redis_backends::{RedisRegistrationBackend, RedisWorkBackend, RedisWorkPool};
 pub use time::now_iso;
 pub use work::{
     DEFAULT_MAX_RETRIES, JobStatus, PoolStats, PushOptions, WorkBackend, WorkItem, WorkPool,

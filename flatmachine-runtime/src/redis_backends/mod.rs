@@ -102,8 +102,7 @@ impl RedisConnection {
     /// under `FLATMACHINE_REDIS_PREFIX` (default `flatmachine`).
     pub fn from_env() -> Result<Self, RedisSetupError> {
         let url = std::env::var(REDIS_URL_ENV).unwrap_or_else(|_| DEFAULT_REDIS_URL.to_owned());
-        let prefix =
-            std::env::var(REDIS_PREFIX_ENV).unwrap_or_else(|_| DEFAULT_PREFIX.to_owned());
+        let prefix = std::env::var(REDIS_PREFIX_ENV).unwrap_or_else(|_| DEFAULT_PREFIX.to_owned());
         Self::open(&url, &prefix)
     }
 

@@ -92,7 +92,8 @@ impl RedisRegistrationBackend {
             .arg(field)
             .arg(value);
         for (k, v) in metadata.iter().flatten() {
-            let text = serde_json::to_string(v).map_err(|e| DistributedError::Data(e.to_string()))?;
+            let text =
+                serde_json::to_string(v).map_err(|e| DistributedError::Data(e.to_string()))?;
             inv.arg(k).arg(text);
         }
         let mut conn = self.conn.manager().await?;
