@@ -311,12 +311,12 @@ async fn backends_from_spec() {
         .await
         .unwrap();
     let bad = flatmachine_runtime::BackendsSpec {
-        work: Some("redis"),
+        work: Some("mongodb"),
         ..Default::default()
     };
     let err = Backends::from_spec(&bad).unwrap_err().to_string();
     assert!(
-        err.contains("redis") && err.contains("memory, sqlite"),
+        err.contains("mongodb") && err.contains("memory, sqlite, redis"),
         "{err}"
     );
 }

@@ -26,6 +26,7 @@ use redis_server::RedisServer;
 use serde_json::json;
 
 flatmachine_runtime::flatmachine!("tests/machines/resumable.yml");
+flatmachine_runtime::flatmachine!("tests/machines/redis_backed.yml");
 
 fn conn(server: &RedisServer, prefix: &str) -> RedisConnection {
     RedisConnection::open(&server.url(), prefix).unwrap()
@@ -468,4 +469,43 @@ async fn blocking_reads_wake_on_the_write_and_time_out() {
     assert!(matches!(err, ResultError::Timeout { .. }), "{err}");
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(3));
+}
+
+/// `settings.backends` / `persistence: {backend: redis}` select the Redis backends, on the
+/// server `FLATMACHINE_REDIS_URL` names (the only test of this binary that reads it).
+#[tokio::test]
+async fn yaml_selects_redis_for_every_role() {
+    let server = RedisServer::start();
+    // SAFETY: no other test of this binary reads or writes the environment.
+    unsafe {
+        std::env::set_var("FLATMACHINE_REDIS_URL", server.url());
+        std::env::set_var("FLATMACHINE_REDIS_PREFIX", "yaml");
+    }
+    let m = Machine::of::<redis_backed::Machine>()
+        .action_mut("first", |ctx, _| {
+            Box::pin(async move {
+                push_trail(ctx, "first");
+                Ok(())
+            })
+        })
+        .build()
+        .unwrap();
+    let out = m.run_with_id("yaml-1", json!({})).await.unwrap();
+    assert_eq!(out.output["trail"], json!(["first"]));
+    // The checkpoints and the lock's fencing counter are in Redis under the prefix.
+    let store = CheckpointStore::new(Arc::new(RedisPersistence::new(conn(&server, "yaml"))));
+    let latest = store.load_latest("yaml-1").await.unwrap().unwrap();
+    assert_eq!(latest.event.as_deref(), Some("machine_end"));
+    assert_eq!(latest.fencing_token, Some(1));
+
+    let b = flatmachine_runtime::distributed::Backends::for_machine(&redis_backed::SPEC).unwrap();
+    let id = b
+        .work
+        .pool("p")
+        .push(json!(1), Default::default())
+        .await
+        .unwrap();
+    use flatmachine_runtime::distributed::WorkBackend;
+    let direct = flatmachine_runtime::distributed::RedisWorkBackend::new(conn(&server, "yaml"));
+    assert!(direct.pool("p").get(&id).await.unwrap().is_some());
 }

@@ -125,8 +125,8 @@ impl RedisConnection {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Duration::from_secs(5))
                     .set_response_timeout(Duration::from_secs(30))
-                    .set_number_of_retries(8)
-                    .set_max_delay(2_000);
+                    .set_number_of_retries(5)
+                    .set_max_delay(1_000);
                 ConnectionManager::new_with_config(self.inner.client.clone(), config).await
             })
             .await?;
@@ -136,6 +136,52 @@ impl RedisConnection {
     /// `{prefix}:{rest}`.
     pub(crate) fn key(&self, rest: &str) -> String {
         format!("{}:{rest}", self.inner.prefix)
+    }
+}
+
+/// What a machine's YAML asks of Redis, for the builder: checkpoints + lock for
+/// `persistence: {backend: redis}` (or `settings.backends.persistence: redis` without a
+/// `persistence:` section), a lock for `settings.backends.locking: redis`, results for
+/// `settings.backends.results: redis`. All on [`RedisConnection::from_env`].
+pub(crate) struct ChosenByYaml {
+    /// The checkpoint store.
+    pub store: Option<crate::persistence::CheckpointStore>,
+    /// The execution lock.
+    pub lock: Option<Arc<dyn crate::lock::ExecutionLock>>,
+    /// The result backend.
+    pub results: Option<Arc<dyn crate::results::ResultBackend>>,
+}
+
+impl ChosenByYaml {
+    pub(crate) fn for_spec(spec: &crate::MachineSpec) -> Result<Self, RedisSetupError> {
+        let settings = spec.backends.unwrap_or_default();
+        let persistence = match &spec.persistence {
+            Some(p) => p.enabled && p.backend == "redis",
+            None => settings.persistence == Some("redis"),
+        };
+        let lock = persistence || settings.locking == Some("redis");
+        let results = settings.results == Some("redis");
+        if !(persistence || lock || results) {
+            return Ok(Self {
+                store: None,
+                lock: None,
+                results: None,
+            });
+        }
+        let conn = RedisConnection::from_env()?;
+        Ok(Self {
+            store: persistence.then(|| {
+                crate::persistence::CheckpointStore::new(Arc::new(RedisPersistence::new(
+                    conn.clone(),
+                )))
+            }),
+            lock: lock.then(|| {
+                Arc::new(RedisLock::new(conn.clone())) as Arc<dyn crate::lock::ExecutionLock>
+            }),
+            results: results.then(|| {
+                Arc::new(RedisResults::new(conn)) as Arc<dyn crate::results::ResultBackend>
+            }),
+        })
     }
 }
 
