@@ -17,6 +17,8 @@ pub mod inspect;
 pub mod lock;
 pub mod machine;
 pub mod persistence;
+#[cfg(feature = "redis")]
+pub mod redis_backends;
 pub mod results;
 pub mod template;
 

@@ -346,6 +346,8 @@ struct Run {
     step_context: Option<Context>,
     /// Set when the error being returned is an unhandled action.
     unhandled_action: Option<&'static str>,
+    /// The execution lock's fencing token, written into every checkpoint.
+    fencing_token: Option<u64>,
 }
 
 impl Run {
@@ -368,6 +370,7 @@ impl Run {
             launch_origin: None,
             step_context: None,
             unhandled_action: None,
+            fencing_token: None,
         }
     }
 
@@ -556,6 +559,7 @@ impl Machine {
             self.hooks_for_resume(execution_id, snap.parent_execution_id.clone())?,
             None,
         );
+        run.fencing_token = _guard.fencing_token();
         run.step = snap.step;
         run.api_calls = snap.total_api_calls.unwrap_or(0);
         run.cost = snap.total_cost.unwrap_or(0.0);
@@ -694,6 +698,7 @@ impl Machine {
         };
         let hooks = self.build_hooks(&input, &execution_id, parent.clone(), false)?;
         let mut run = Run::new(execution_id, parent, hooks, max_steps);
+        run.fencing_token = _guard.fencing_token();
         let empty = Context::new();
         let mut context = match &spec.context {
             Some(tv) => match template::render(tv, &Scope::new(&empty).with_input(&input)) {
@@ -752,6 +757,7 @@ impl Machine {
         snap.total_api_calls = Some(run.api_calls);
         snap.total_cost = Some(run.cost);
         snap.parent_execution_id = run.parent_execution_id.clone();
+        snap.fencing_token = run.fencing_token;
         let launches = &self.inner.launches;
         run.pending_launches
             .retain(|intent| !launches.is_done(&intent.execution_id));

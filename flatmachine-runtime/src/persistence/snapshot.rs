@@ -62,6 +62,11 @@ pub struct MachineSnapshot {
     /// are none (the reference writes `null`, never `[]`).
     #[serde(default)]
     pub pending_launches: Option<Vec<LaunchIntent>>,
+    /// The fencing token of the execution lock held when the snapshot was made (locks that
+    /// issue them: `RedisLock`). Not written when `None`, so snapshots stay byte-identical to
+    /// the reference's; a store that checks it refuses snapshots older than the newest token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing_token: Option<u64>,
 }
 
 impl MachineSnapshot {
@@ -89,6 +94,7 @@ impl MachineSnapshot {
             total_cost: None,
             parent_execution_id: None,
             pending_launches: None,
+            fencing_token: None,
         }
     }
 
