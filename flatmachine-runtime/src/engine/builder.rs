@@ -378,6 +378,8 @@ impl MachineBuilder {
             max_steps: self.max_steps,
             max_agent_calls: self.max_agent_calls,
             ignore_unhandled_actions: self.ignore_unhandled_actions,
+            children: std::sync::Mutex::default(),
+            state_actions: std::sync::OnceLock::new(),
         }))
     }
 }
