@@ -351,7 +351,8 @@ impl WorkPool for RedisWorkPool {
             .key(self.worker_key(worker_id))
             .arg(worker_id)
             .arg(now_iso())
-            .arg(limit)
+            // `ZPOPMIN` takes a 64-bit count, Lua numbers are doubles: stay well inside both.
+            .arg(limit.min(i32::MAX as usize))
             .invoke_async(&mut conn)
             .await?;
         rows.into_iter()
