@@ -142,7 +142,11 @@ fn foreach_1000(persist: bool) {
     assert_eq!(result.output, json!({"count": 1000}));
     println!(
         "foreach_1000 ({}): {:.2} ms, heap peak {:.1} MiB, peak RSS {:.1} MiB",
-        if persist { "memory checkpoints" } else { "checkpoints off" },
+        if persist {
+            "memory checkpoints"
+        } else {
+            "checkpoints off"
+        },
         elapsed.as_secs_f64() * 1e3,
         PEAK.load(Ordering::Relaxed) as f64 / MIB,
         peak_rss_kib() as f64 / 1024.0
@@ -189,13 +193,14 @@ fn double(ctx: &mut Context) -> Result<(), StateError> {
 fn cpu_scenarios() {
     let rt = runtime();
     let inc = |b: flatmachine_runtime::MachineBuilder| {
-        b.max_steps(100_000).action_mut("inc", |ctx: &mut Context, _| {
-            Box::pin(async move {
-                let i = ctx.get("i").and_then(Value::as_i64).unwrap_or(0);
-                ctx.insert("i".into(), json!(i + 1));
-                Ok::<(), StateError>(())
+        b.max_steps(100_000)
+            .action_mut("inc", |ctx: &mut Context, _| {
+                Box::pin(async move {
+                    let i = ctx.get("i").and_then(Value::as_i64).unwrap_or(0);
+                    ctx.insert("i".into(), json!(i + 1));
+                    Ok::<(), StateError>(())
+                })
             })
-        })
     };
     let input = json!({"n": 1000, "label": "bench"});
     let off = inc(Machine::of::<bench_loop::Machine>())

@@ -156,7 +156,8 @@ fn checkpoint_save(c: &mut Criterion) {
 }
 
 static T_PATH: TemplateSlot = TemplateSlot::new("{{ input.item }}");
-static T_MIXED: TemplateSlot = TemplateSlot::new("Hello {{ context.user.name }}, step {{ context.i }} of {{ context.n }}");
+static T_MIXED: TemplateSlot =
+    TemplateSlot::new("Hello {{ context.user.name }}, step {{ context.i }} of {{ context.n }}");
 static T_BARE: TemplateSlot = TemplateSlot::new("context.user.name");
 static F: [TemplateSlot; 20] = [
     TemplateSlot::new("{{ context.i }}"),
@@ -295,5 +296,12 @@ fn children(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, step, checkpoint_save, templates, condition, children);
+criterion_group!(
+    benches,
+    step,
+    checkpoint_save,
+    templates,
+    condition,
+    children
+);
 criterion_main!(benches);

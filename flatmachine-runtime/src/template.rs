@@ -692,7 +692,11 @@ impl Scope {
             Some(var) => InputRef::Json(&var.json),
         };
         ScopeRef {
-            context: root.context.json.as_object().unwrap_or_else(|| empty_context()),
+            context: root
+                .context
+                .json
+                .as_object()
+                .unwrap_or_else(|| empty_context()),
             input,
             output: root.output.as_ref().map(|v| &v.json),
             item: root.item.as_ref().map(|(name, v)| (&**name, &v.json)),
@@ -958,9 +962,7 @@ fn eval(compiled: &Compiled<'_>, src: &str, scope: &ScopeRef<'_>) -> Result<Json
             Some(json) => Ok(json),
             None => eval_expression(expr, src, *line_offset, scope),
         },
-        Compiled::Single { expr, line_offset } => {
-            eval_expression(expr, src, *line_offset, scope)
-        }
+        Compiled::Single { expr, line_offset } => eval_expression(expr, src, *line_offset, scope),
         Compiled::PathText { pieces, tmpl } => {
             let text = match write_path_text(pieces, scope) {
                 Some(text) => text,

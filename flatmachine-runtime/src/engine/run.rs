@@ -720,17 +720,19 @@ impl Machine {
         let mut run = Run::new(writer, parent, hooks, max_steps);
         let empty = Context::new();
         let mut context = match &spec.context {
-            Some(tv) => match template::render_with(tv, &ScopeRef::new(&empty).with_input(&input)) {
-                Ok(Value::Object(m)) => m,
-                Ok(_) => Context::new(),
-                Err(e) => {
-                    return Err(RunError::Template {
-                        machine: spec.name.to_string(),
-                        execution_id: run.execution_id.clone(),
-                        error: e.into(),
-                    });
+            Some(tv) => {
+                match template::render_with(tv, &ScopeRef::new(&empty).with_input(&input)) {
+                    Ok(Value::Object(m)) => m,
+                    Ok(_) => Context::new(),
+                    Err(e) => {
+                        return Err(RunError::Template {
+                            machine: spec.name.to_string(),
+                            execution_id: run.execution_id.clone(),
+                            error: e.into(),
+                        });
+                    }
                 }
-            },
+            }
             None => Context::new(),
         };
         let initial_name = spec.states[spec.initial].name;
@@ -1122,7 +1124,7 @@ impl Machine {
             run.api_calls += result.api_calls;
             run.cost += result.cost;
             run.usage += result.usage;
-            let out = result.output_payload();
+            let out = result.into_output_payload();
             self.output_to_context(state, context, &out)?;
             output = Some(out);
         }

@@ -178,8 +178,12 @@ pub trait PersistenceBackend: Send + Sync {
     /// snapshot and calls [`save_checkpoint`](Self::save_checkpoint).
     async fn save_encoded(&self, checkpoint: EncodedCheckpoint) -> Result<(), PersistenceError> {
         let snapshot = checkpoint.to_snapshot()?;
-        self.save_checkpoint(checkpoint.key(), checkpoint.latest_key(), Arc::new(snapshot))
-            .await
+        self.save_checkpoint(
+            checkpoint.key(),
+            checkpoint.latest_key(),
+            Arc::new(snapshot),
+        )
+        .await
     }
 
     /// [`save_encoded`](Self::save_encoded) done on the spot, for backends whose save is a

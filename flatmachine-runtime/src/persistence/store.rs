@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{
-    EncodedCheckpoint, LocalFileBackend, MachineSnapshot, MemoryBackend, PersistenceBackend, PersistenceError,
-    checkpoint_event, validate_execution_id, validate_key,
+    EncodedCheckpoint, LocalFileBackend, MachineSnapshot, MemoryBackend, PersistenceBackend,
+    PersistenceError, checkpoint_event, validate_execution_id, validate_key,
 };
 
 /// The key of one checkpoint: `{execution_id}/step_{step:06}_{event}.json` (reference layout).
@@ -127,7 +127,10 @@ impl CheckpointStore {
     /// (what the execution loop calls): like [`save`](Self::save), without building or
     /// copying a [`MachineSnapshot`], and done on the spot when the backend can
     /// ([`PersistenceBackend::save_encoded_now`]).
-    pub async fn save_encoded(&self, checkpoint: EncodedCheckpoint) -> Result<(), PersistenceError> {
+    pub async fn save_encoded(
+        &self,
+        checkpoint: EncodedCheckpoint,
+    ) -> Result<(), PersistenceError> {
         let pruning = self
             .keep_last
             .map(|keep| (keep, checkpoint.key_shared().clone()));

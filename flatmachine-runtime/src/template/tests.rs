@@ -514,7 +514,10 @@ fn classification() {
         classify(env, "{{ input.item.id }}"),
         Compiled::Path { .. }
     ));
-    assert!(matches!(classify(env, "{{ true }}"), Compiled::Single { .. }));
+    assert!(matches!(
+        classify(env, "{{ true }}"),
+        Compiled::Single { .. }
+    ));
     assert!(matches!(
         classify(env, "{{ a[0] }}"),
         Compiled::Single { .. }
@@ -523,10 +526,7 @@ fn classification() {
         classify(env, "x {{ a.b }} y {{ c }}"),
         Compiled::PathText { .. }
     ));
-    assert!(matches!(
-        classify(env, "x {{ a.b }}\n"),
-        Compiled::Text(_)
-    ));
+    assert!(matches!(classify(env, "x {{ a.b }}\n"), Compiled::Text(_)));
     assert!(matches!(classify(env, "x {{- a }}"), Compiled::Text(_)));
     assert!(matches!(
         classify(env, " {{ a | b(1) }}\n"),
@@ -536,7 +536,10 @@ fn classification() {
         classify(env, "{{ a }}{{ b }}"),
         Compiled::PathText { .. }
     ));
-    assert!(matches!(classify(env, "{{ a }} x"), Compiled::PathText { .. }));
+    assert!(matches!(
+        classify(env, "{{ a }} x"),
+        Compiled::PathText { .. }
+    ));
     assert!(matches!(classify(env, "{{ a + 1 }} x"), Compiled::Text(_)));
     assert!(matches!(
         classify(env, "{% if a %}{{ a }}{% endif %}"),
