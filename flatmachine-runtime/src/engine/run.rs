@@ -1130,7 +1130,7 @@ impl Machine {
             run.api_calls += result.api_calls;
             run.cost += result.cost;
             run.usage += result.usage;
-            let out = result.output_payload();
+            let out = result.into_output_payload();
             self.output_to_context(state, context, &out)?;
             output = Some(out);
         }

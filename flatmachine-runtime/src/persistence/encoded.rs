@@ -262,12 +262,35 @@ impl std::fmt::Debug for IsoTimestamp {
 }
 
 impl IsoTimestamp {
-    /// Now.
+    /// Now. The date and time of day are formatted once per second (per thread); only the
+    /// microseconds are written per call.
     pub(crate) fn now() -> Self {
+        thread_local! {
+            static LAST_SECOND: std::cell::Cell<Option<(u64, IsoTimestamp)>> =
+                const { std::cell::Cell::new(None) };
+        }
         let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        Self::from_parts(since_epoch.as_secs(), since_epoch.subsec_micros())
+        let (secs, micros) = (since_epoch.as_secs(), since_epoch.subsec_micros());
+        let mut out = match LAST_SECOND.get() {
+            Some((last, whole)) if last == secs => whole,
+            _ => {
+                let whole = Self::from_parts(secs, 0);
+                LAST_SECOND.set(Some((secs, whole)));
+                whole
+            }
+        };
+        if micros != 0 {
+            // `whole` ends in "+00:00": put the fraction before it.
+            out.len -= 6;
+            out.byte(b'.');
+            out.digits(u64::from(micros), 6);
+            for b in b"+00:00" {
+                out.byte(*b);
+            }
+        }
+        out
     }
 
     /// A timestamp read back from a snapshot (kept as is, cut at 40 bytes).

@@ -252,6 +252,16 @@ impl serde_json::ser::Formatter for PythonFormatter {
     }
 
     fn write_f64<W: ?Sized + io::Write>(&mut self, w: &mut W, value: f64) -> io::Result<()> {
+        // Where Python writes positional notation, Rust's `Display` gives the same shortest
+        // round-trip digits; Python adds `.0` to integral values.
+        let magnitude = value.abs();
+        if value.is_finite() && (magnitude == 0.0 || (1e-4..1e16).contains(&magnitude)) {
+            return if value.fract() == 0.0 {
+                write!(w, "{value:.1}")
+            } else {
+                write!(w, "{value}")
+            };
+        }
         w.write_all(python_float_repr(value).as_bytes())
     }
 
@@ -330,6 +340,36 @@ mod tests {
         ];
         for (value, expected) in cases {
             assert_eq!(python_float_repr(value), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn float_writer_matches_repr() {
+        for value in [
+            0.0,
+            -0.0,
+            0.1,
+            1.0,
+            100.0,
+            2.5,
+            1e15,
+            9_999_999_999_999_998.0,
+            1e16,
+            0.0001,
+            0.00011,
+            1e-05,
+            -1.25e-7,
+            123456789012345.6,
+            0.30000000000000004,
+            -7.0,
+            1.5e300,
+        ] {
+            let written = to_python_json(&value).unwrap();
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                python_float_repr(value),
+                "{value:?}"
+            );
         }
     }
 
