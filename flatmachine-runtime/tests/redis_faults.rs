@@ -272,8 +272,7 @@ async fn eight_processes_survive_a_redis_sigkill_and_restart() {
             // before the kill.
             for (t, _) in &a[..a.len() - 1] {
                 assert!(
-                    *t <= killed_at + restarted_after
-                        && killed_at.saturating_sub(*t) <= WINDOW_MS,
+                    *t <= killed_at + restarted_after && killed_at.saturating_sub(*t) <= WINDOW_MS,
                     "job {} completed twice, the first {} ms before the kill",
                     item.id,
                     killed_at.saturating_sub(*t)
