@@ -3,7 +3,7 @@
 //! `acquire` runs one script: `SET F:lock:{id} <random token> NX PX <lease>` and, when that
 //! succeeds, `INCR F:lock-fence:{id}` — the fencing token, which only grows. The guard carries
 //! the token ([`LockGuard::fencing_token`]); the engine writes it into every checkpoint, and
-//! [`RedisPersistence`](super::RedisPersistence) refuses a checkpoint whose token is older than
+//! [`RedisPersistence`] refuses a checkpoint whose token is older than
 //! the newest one issued. While the guard lives a task renews the lease (`PEXPIRE` if the key
 //! still holds this token) every `renew_every`; dropping the guard stops it and deletes the key
 //! only if it still holds this token (compare-and-delete).

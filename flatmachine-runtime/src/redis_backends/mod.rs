@@ -19,11 +19,11 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
-mod lock;
-mod persistence;
-mod registration;
-mod results;
-mod work;
+pub mod lock;
+pub mod persistence;
+pub mod registration;
+pub mod results;
+pub mod work;
 
 pub use lock::{RedisLock, RedisLockOptions};
 pub use persistence::{FencingError, RedisPersistence};

@@ -1,6 +1,6 @@
 //! Work pools in Redis.
 //!
-//! Keys of pool `P` (prefix `F`; names are escaped with [`seg`]):
+//! Keys of pool `P` (prefix `F`; in names, `%` and `:` are percent-encoded):
 //!
 //! | key | type | holds |
 //! |---|---|---|
