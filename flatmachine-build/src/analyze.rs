@@ -65,7 +65,7 @@ fn module_names(project: &Project) -> Vec<String> {
 /// Backend names the runtime provides, per kind (mirrors `BackendsSpec::AVAILABLE` in
 /// flatmachine-runtime).
 const BACKENDS: &[(&str, &[&str])] = &[
-    ("persistence", &["memory", "local"]),
+    ("persistence", &["memory", "local", "sqlite"]),
     ("locking", &["none", "local"]),
     ("results", &["memory"]),
     ("registration", &["memory", "sqlite"]),

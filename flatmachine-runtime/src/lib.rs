@@ -17,6 +17,8 @@ pub mod lock;
 pub mod machine;
 pub mod persistence;
 pub mod results;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 pub mod template;
 
 pub use context::{Context, Value};

@@ -176,7 +176,7 @@ pub struct PersistenceSpec {
 /// kind of backend uses. `None` fields take the default (`memory`, locking `none`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BackendsSpec {
-    /// Checkpoint storage: `memory` or `local`.
+    /// Checkpoint storage: `memory`, `local` or `sqlite`.
     pub persistence: Option<&'static str>,
     /// Execution locking: `none` or `local`.
     pub locking: Option<&'static str>,
@@ -193,7 +193,7 @@ pub struct BackendsSpec {
 impl BackendsSpec {
     /// The backend names this runtime provides, per kind (what the compiler accepts).
     pub const AVAILABLE: &'static [(&'static str, &'static [&'static str])] = &[
-        ("persistence", &["memory", "local"]),
+        ("persistence", &["memory", "local", "sqlite"]),
         ("locking", &["none", "local"]),
         ("results", &["memory"]),
         ("registration", &["memory", "sqlite"]),

@@ -23,6 +23,11 @@
 //!   snapshot structs themselves (no JSON), behind `Arc`s.
 //! * [`LocalFileBackend`] — files below a directory, written atomically (temporary file
 //!   `.<name>.tmp`, fsync, rename, fsync of the directory; fsync can be turned off).
+//! * `SqlitePersistence` (cargo feature `sqlite`) — one SQLite file, one transaction per
+//!   checkpoint (snapshot and `latest` pointer together), the same snapshot JSON.
+//!
+//! [`copy_executions`] copies executions between any two stores byte for byte (file layout
+//! ⇄ SQLite).
 //!
 //! Keys are checked by [`validate_key`]: `..`, absolute paths, backslashes, NUL and segments
 //! starting with `.` are rejected, so no key (and no execution id) reaches outside the storage.
@@ -35,16 +40,24 @@ use async_trait::async_trait;
 
 use crate::StateError;
 
+mod convert;
 mod crc32;
 mod key;
 mod local;
 mod memory;
 pub mod snapshot;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod store;
 
+pub use convert::{CopyReport, copy_executions};
 pub use key::{InvalidKey, MAX_EXECUTION_ID_LEN, validate_execution_id, validate_key};
 pub use local::LocalFileBackend;
 pub use memory::MemoryBackend;
+#[cfg(feature = "sqlite")]
+pub use crate::sqlite::SqliteOptions;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqlitePersistence;
 pub use snapshot::{LaunchIntent, MachineSnapshot, utc_now_isoformat};
 pub use store::{CheckpointStore, latest_key, parse_snapshot_key, snapshot_key};
 
