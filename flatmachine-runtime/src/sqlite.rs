@@ -195,6 +195,19 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Runs `f` with the connection on the calling thread (for statements that do not wait on
+    /// the disk).
+    pub(crate) fn run_inline<T, E>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, E>,
+    ) -> Result<T, E> {
+        BUSY.with(|b| b.set((self.busy_timeout, None)));
+        let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+}
+
 /// `BEGIN IMMEDIATE` … `COMMIT` around `f` (rolled back when `f` fails).
 pub(crate) fn immediate<T, E: From<rusqlite::Error>>(
     conn: &mut Connection,

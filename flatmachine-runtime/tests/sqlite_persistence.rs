@@ -21,8 +21,8 @@ fn snap(id: &str, step: u64, event: &str) -> MachineSnapshot {
     context.insert("n".into(), json!(step));
     context.insert("text".into(), json!("naïve ☃ \"quoted\""));
     context.insert("f".into(), json!(1e-5));
-    let mut s = MachineSnapshot::new(id, "m", "1.0.0", format!("s{step}"), context, step)
-        .with_event(event);
+    let mut s =
+        MachineSnapshot::new(id, "m", "1.0.0", format!("s{step}"), context, step).with_event(event);
     s.total_api_calls = Some(step);
     s.total_cost = Some(0.5);
     s
@@ -62,7 +62,10 @@ async fn a_checkpoint_stores_the_reference_bytes_and_the_pointer_together() {
     let stored = store.backend().load_text(&key).await.unwrap().unwrap();
     let on_disk = std::fs::read_to_string(dir.path().join("files").join(&key)).unwrap();
     assert_eq!(stored, on_disk);
-    assert!(stored.contains(r#""text": "na\u00efve \u2603 \"quoted\"""#), "{stored}");
+    assert!(
+        stored.contains(r#""text": "na\u00efve \u2603 \"quoted\"""#),
+        "{stored}"
+    );
     assert_eq!(
         store
             .backend()
@@ -85,7 +88,8 @@ async fn a_checkpoint_stores_the_reference_bytes_and_the_pointer_together() {
 #[tokio::test]
 async fn keys_and_listing_follow_the_other_backends() {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite: Arc<dyn PersistenceBackend> = Arc::new(SqlitePersistence::open(db(dir.path())).unwrap());
+    let sqlite: Arc<dyn PersistenceBackend> =
+        Arc::new(SqlitePersistence::open(db(dir.path())).unwrap());
     let memory: Arc<dyn PersistenceBackend> = Arc::new(MemoryBackend::new());
     for backend in [&sqlite, &memory] {
         for id in ["a", "ab", "b"] {
@@ -96,7 +100,16 @@ async fn keys_and_listing_follow_the_other_backends() {
         }
         backend.save_text("a/notes/x", "text").await.unwrap();
     }
-    for prefix in ["", "a", "a/", "a/step_", "ab/", "b/step_000001", "c/", "a/notes/"] {
+    for prefix in [
+        "",
+        "a",
+        "a/",
+        "a/step_",
+        "ab/",
+        "b/step_000001",
+        "c/",
+        "a/notes/",
+    ] {
         assert_eq!(
             sqlite.list(prefix).await.unwrap(),
             memory.list(prefix).await.unwrap(),
@@ -105,7 +118,10 @@ async fn keys_and_listing_follow_the_other_backends() {
     }
     for bad in ["../x", "/abs", "a/../b", "a//b", ".hidden", "a\\b", ""] {
         let err = sqlite.save_text(bad, "x").await.unwrap_err();
-        assert!(matches!(err, PersistenceError::InvalidKey(_)), "{bad}: {err}");
+        assert!(
+            matches!(err, PersistenceError::InvalidKey(_)),
+            "{bad}: {err}"
+        );
         assert!(matches!(
             sqlite.load_text(bad).await.unwrap_err(),
             PersistenceError::InvalidKey(_)
@@ -146,7 +162,13 @@ async fn pruning_keeps_what_the_memory_store_keeps() {
         assert_eq!(kept.len(), keep);
         assert!(kept.contains(&format!("{id}/step_000004_machine_end.json")));
         assert_eq!(
-            sqlite.load_latest(&id).await.unwrap().unwrap().event.as_deref(),
+            sqlite
+                .load_latest(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .event
+                .as_deref(),
             Some("machine_end")
         );
     }
@@ -195,7 +217,11 @@ fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
             if path.is_dir() {
                 stack.push(path);
             } else if !path.to_string_lossy().ends_with(".crc32") {
-                let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 out.insert(rel, std::fs::read(&path).unwrap());
             }
         }
@@ -250,10 +276,17 @@ async fn our_checkpoints_convert_from_sqlite_to_files_and_back() {
     assert_eq!(report.executions, only);
     assert_eq!(report.checkpoints, 11);
     // Canonical snapshots are saved as snapshots: the file store writes their checksums.
-    assert!(files_dir.join("two/step_000001_execute.json.crc32").is_file());
+    assert!(
+        files_dir
+            .join("two/step_000001_execute.json.crc32")
+            .is_file()
+    );
     for key in sqlite.checkpoint_keys("two").await.unwrap() {
         let in_db = sqlite.backend().load_text(&key).await.unwrap().unwrap();
-        assert_eq!(std::fs::read_to_string(files_dir.join(&key)).unwrap(), in_db);
+        assert_eq!(
+            std::fs::read_to_string(files_dir.join(&key)).unwrap(),
+            in_db
+        );
     }
     assert_eq!(
         std::fs::read_to_string(files_dir.join("two/latest")).unwrap(),
@@ -284,7 +317,10 @@ async fn a_snapshot_of_another_execution_stops_the_copy() {
         .unwrap();
     let files = CheckpointStore::local(dir.path().join("files"));
     let err = copy_executions(&sqlite, &files, None).await.unwrap_err();
-    assert!(err.to_string().contains("belongs to execution `other`"), "{err}");
+    assert!(
+        err.to_string().contains("belongs to execution `other`"),
+        "{err}"
+    );
 }
 
 fn resumable_sqlite(dir: &Path, fail: Arc<AtomicBool>) -> Machine {
@@ -326,12 +362,19 @@ async fn backend_sqlite_in_yaml_checkpoints_and_resumes() {
     let err = machine.run_with_id("sq-1", json!({})).await.unwrap_err();
     assert!(matches!(err, RunError::State { .. }), "{err}");
     let path = dir.path().join(".checkpoints/checkpoints.sqlite");
-    assert!(path.is_file(), "the default database is in the checkpoint dir");
+    assert!(
+        path.is_file(),
+        "the default database is in the checkpoint dir"
+    );
     // No file per snapshot.
     assert!(!dir.path().join(".checkpoints/sq-1").exists());
     let store = CheckpointStore::sqlite(&path).unwrap();
     assert_eq!(
-        store.latest_checkpoint_key("sq-1").await.unwrap().as_deref(),
+        store
+            .latest_checkpoint_key("sq-1")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("sq-1/step_000002_execute.json")
     );
 
@@ -339,16 +382,29 @@ async fn backend_sqlite_in_yaml_checkpoints_and_resumes() {
     let resumed = machine.resume("sq-1").await.unwrap();
     assert_eq!(resumed.output, json!({"trail": ["first", "flaky"]}));
     // A new machine (another process would be the same) finds the finished run.
-    let again = resumable_sqlite(dir.path(), fail).resume("sq-1").await.unwrap();
+    let again = resumable_sqlite(dir.path(), fail)
+        .resume("sq-1")
+        .await
+        .unwrap();
     assert_eq!(again.output, resumed.output);
     // Every checkpoint, then `latest` at machine_end.
     assert_eq!(
-        store.latest_checkpoint_key("sq-1").await.unwrap().as_deref(),
+        store
+            .latest_checkpoint_key("sq-1")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("sq-1/step_000003_machine_end.json")
     );
     let keys = store.checkpoint_keys("sq-1").await.unwrap();
-    assert!(keys.contains(&"sq-1/step_000002_state_exit.json".to_string()), "{keys:?}");
-    assert!(keys.contains(&"sq-1/step_000000_machine_start.json".to_string()), "{keys:?}");
+    assert!(
+        keys.contains(&"sq-1/step_000002_state_exit.json".to_string()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"sq-1/step_000000_machine_start.json".to_string()),
+        "{keys:?}"
+    );
     let local = LocalFileBackend::new(dir.path().join("unused"));
     assert!(local.list("").await.unwrap().is_empty());
 }

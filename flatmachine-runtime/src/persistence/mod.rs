@@ -50,15 +50,15 @@ pub mod snapshot;
 mod sqlite;
 mod store;
 
+#[cfg(feature = "sqlite")]
+pub use crate::sqlite::SqliteOptions;
 pub use convert::{CopyReport, copy_executions};
 pub use key::{InvalidKey, MAX_EXECUTION_ID_LEN, validate_execution_id, validate_key};
 pub use local::LocalFileBackend;
 pub use memory::MemoryBackend;
-#[cfg(feature = "sqlite")]
-pub use crate::sqlite::SqliteOptions;
+pub use snapshot::{LaunchIntent, MachineSnapshot, utc_now_isoformat};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqlitePersistence;
-pub use snapshot::{LaunchIntent, MachineSnapshot, utc_now_isoformat};
 pub use store::{CheckpointStore, latest_key, parse_snapshot_key, snapshot_key};
 
 /// Checkpoint event names, written to [`MachineSnapshot::event`] and into snapshot keys.
