@@ -94,3 +94,54 @@ fn the_subprocess_invoker_runs_the_child_in_another_process() {
         });
     assert!(lineage, "the child's checkpoints name its parent");
 }
+
+#[test]
+fn inspect_prints_the_history_from_the_configured_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = fm(
+        dir.path(),
+        false,
+        &["run", "--input", r#"{"job": "b"}"#, "-e", "cli-inspect"],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    let table = fm(dir.path(), false, &["inspect", "cli-inspect"]);
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.starts_with("execution cli-inspect  machine launcher"),
+        "{table}"
+    );
+    assert!(table.contains("machine_end"), "{table}");
+    assert!(table.contains("launch worker ("), "{table}");
+
+    let json = fm(dir.path(), false, &["inspect", "cli-inspect", "--json"]);
+    let history: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let checkpoints = history["checkpoints"].as_array().unwrap();
+    assert_eq!(checkpoints.first().unwrap()["event"], "machine_start");
+    assert_eq!(checkpoints.last().unwrap()["event"], "machine_end");
+    let child = checkpoints
+        .iter()
+        .find_map(|c| c["pending_launches"].as_array().and_then(|l| l.first()))
+        .expect("the launch is in the outbox")["execution_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Without an id: every execution in the store, the launched child included.
+    let list = fm(dir.path(), false, &["inspect"]);
+    let list = String::from_utf8(list.stdout).unwrap();
+    assert!(list.contains("cli-inspect  launcher"), "{list}");
+    assert!(list.contains(&format!("{child}  worker")), "{list}");
+    let child_history = fm(dir.path(), false, &["inspect", &child, "--json"]);
+    let child_history: serde_json::Value = serde_json::from_slice(&child_history.stdout).unwrap();
+    assert_eq!(child_history["parent_execution_id"], "cli-inspect");
+}

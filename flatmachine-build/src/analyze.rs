@@ -65,11 +65,11 @@ fn module_names(project: &Project) -> Vec<String> {
 /// Backend names the runtime provides, per kind (mirrors `BackendsSpec::AVAILABLE` in
 /// flatmachine-runtime).
 const BACKENDS: &[(&str, &[&str])] = &[
-    ("persistence", &["memory", "local", "sqlite"]),
-    ("locking", &["none", "local"]),
-    ("results", &["memory"]),
-    ("registration", &["memory", "sqlite"]),
-    ("work", &["memory", "sqlite"]),
+    ("persistence", &["memory", "local", "sqlite", "redis"]),
+    ("locking", &["none", "local", "redis"]),
+    ("results", &["memory", "redis"]),
+    ("registration", &["memory", "sqlite", "redis"]),
+    ("work", &["memory", "sqlite", "redis"]),
 ];
 
 struct Cx<'a> {

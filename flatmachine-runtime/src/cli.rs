@@ -12,6 +12,7 @@
 //! ```text
 //! app run [--input JSON|@file] [--execution-id ID] [--parent-id ID] [--machine CHILD] [--max-steps N]
 //! app resume ID [--machine CHILD]
+//! app inspect [ID] [--json]
 //! ```
 //!
 //! The contract (what [`SubprocessInvoker`] relies on): the run's output is printed to stdout
@@ -19,7 +20,9 @@
 //! 1 (2 for a usage error). One line of statistics (`{"execution_id", "final_state", "steps",
 //! "total_api_calls", "total_cost"}`) goes to stderr after a successful run. `--machine CHILD`
 //! runs the child machine named `CHILD` (searched breadth-first through the tree of
-//! `machines:`) with the root's configuration instead of the root machine.
+//! `machines:`) with the root's configuration instead of the root machine. `inspect` prints an
+//! execution's history (or, without an id, the executions) from the checkpoint store the
+//! machine is configured with — whatever its backend — see [`crate::inspect`].
 
 use std::process::{ExitCode, Stdio};
 
@@ -64,6 +67,22 @@ enum Command {
         #[arg(long, short = 'm')]
         machine: Option<String>,
     },
+    /// Print an execution's history from its checkpoints (without an id: list executions).
+    Inspect {
+        /// The execution id.
+        id: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What a command produced.
+enum Outcome {
+    /// A run or resume finished.
+    Ran(Box<RunResult>),
+    /// Text to print as it is.
+    Text(String),
 }
 
 /// Parses the process arguments and runs the command on a new tokio runtime; see the
@@ -100,7 +119,11 @@ where
         }
     };
     match runtime.block_on(execute(builder, cli.command)) {
-        Ok(result) => {
+        Ok(Outcome::Text(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Ran(result)) => {
             match serde_json::to_string_pretty(&result.output) {
                 Ok(text) => println!("{text}"),
                 Err(e) => {
@@ -127,7 +150,7 @@ where
     }
 }
 
-async fn execute(builder: MachineBuilder, command: Command) -> Result<RunResult, String> {
+async fn execute(builder: MachineBuilder, command: Command) -> Result<Outcome, String> {
     let root = builder.build().map_err(|e| e.to_string())?;
     let pick = |name: &Option<String>| -> Result<Machine, String> {
         match name {
@@ -167,8 +190,24 @@ async fn execute(builder: MachineBuilder, command: Command) -> Result<RunResult,
             join(&machine).await;
             result
         }
+        Command::Inspect { id, json } => return inspect(&root, id.as_deref(), json).await,
     };
-    result.map_err(|e| e.to_string())
+    result
+        .map(|r| Outcome::Ran(Box::new(r)))
+        .map_err(|e| e.to_string())
+}
+
+async fn inspect(root: &Machine, id: Option<&str>, json: bool) -> Result<Outcome, String> {
+    let store = root.store().ok_or_else(|| {
+        format!(
+            "machine `{}` runs without checkpoints: nothing to inspect",
+            root.spec().name
+        )
+    })?;
+    crate::inspect::report(store, id, json)
+        .await
+        .map(Outcome::Text)
+        .map_err(|e| e.to_string())
 }
 
 /// Launched children finish before the process exits.

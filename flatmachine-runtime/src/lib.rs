@@ -13,9 +13,12 @@ pub mod engine;
 pub mod error;
 pub mod expr;
 pub mod hooks;
+pub mod inspect;
 pub mod lock;
 pub mod machine;
 pub mod persistence;
+#[cfg(feature = "redis")]
+pub mod redis_backends;
 pub mod results;
 #[cfg(feature = "sqlite")]
 mod sqlite;

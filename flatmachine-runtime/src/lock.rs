@@ -66,6 +66,7 @@ impl From<LockError> for StateError {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
     execution_id: String,
+    fencing_token: Option<u64>,
     release: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
@@ -78,6 +79,7 @@ impl LockGuard {
     ) -> Self {
         Self {
             execution_id: execution_id.into(),
+            fencing_token: None,
             release: Some(Box::new(release)),
         }
     }
@@ -86,6 +88,7 @@ impl LockGuard {
     pub fn unguarded(execution_id: impl Into<String>) -> Self {
         Self {
             execution_id: execution_id.into(),
+            fencing_token: None,
             release: None,
         }
     }
@@ -93,6 +96,19 @@ impl LockGuard {
     /// The locked execution id.
     pub fn execution_id(&self) -> &str {
         &self.execution_id
+    }
+
+    /// Attaches a fencing token: a number that grows with every acquire of this execution's
+    /// lock, written into checkpoints so a store can refuse writes from a holder whose lock
+    /// expired (see `RedisLock`).
+    pub fn with_fencing_token(mut self, token: u64) -> Self {
+        self.fencing_token = Some(token);
+        self
+    }
+
+    /// The fencing token of this hold, if the lock issues them.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.fencing_token
     }
 
     /// Releases the lock now (same as dropping the guard).

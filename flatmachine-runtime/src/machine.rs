@@ -176,28 +176,29 @@ pub struct PersistenceSpec {
 /// kind of backend uses. `None` fields take the default (`memory`, locking `none`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BackendsSpec {
-    /// Checkpoint storage: `memory`, `local` or `sqlite`.
+    /// Checkpoint storage: `memory`, `local`, `sqlite` or `redis`.
     pub persistence: Option<&'static str>,
-    /// Execution locking: `none` or `local`.
+    /// Execution locking: `none`, `local` or `redis`.
     pub locking: Option<&'static str>,
-    /// Inter-machine results: `memory`.
+    /// Inter-machine results: `memory` or `redis`.
     pub results: Option<&'static str>,
-    /// Worker registration: `memory` or `sqlite`.
+    /// Worker registration: `memory`, `sqlite` or `redis`.
     pub registration: Option<&'static str>,
-    /// Work pools: `memory` or `sqlite`.
+    /// Work pools: `memory`, `sqlite` or `redis`.
     pub work: Option<&'static str>,
     /// The SQLite file registration and work share (default `workers.sqlite`).
     pub sqlite_path: Option<&'static str>,
 }
 
 impl BackendsSpec {
-    /// The backend names this runtime provides, per kind (what the compiler accepts).
+    /// The backend names this runtime provides, per kind (what the compiler accepts; `sqlite`
+    /// and `redis` need the cargo features of the same names at run time).
     pub const AVAILABLE: &'static [(&'static str, &'static [&'static str])] = &[
-        ("persistence", &["memory", "local", "sqlite"]),
-        ("locking", &["none", "local"]),
-        ("results", &["memory"]),
-        ("registration", &["memory", "sqlite"]),
-        ("work", &["memory", "sqlite"]),
+        ("persistence", &["memory", "local", "sqlite", "redis"]),
+        ("locking", &["none", "local", "redis"]),
+        ("results", &["memory", "redis"]),
+        ("registration", &["memory", "sqlite", "redis"]),
+        ("work", &["memory", "sqlite", "redis"]),
     ];
 }
 

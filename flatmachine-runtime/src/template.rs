@@ -299,11 +299,27 @@ enum Compiled<'a> {
     Literal,
     /// `context.a.b` style path (the trimmed source).
     BarePath(&'a str),
+    /// Exactly one `{{ expr }}` whose expression is a plain path (`input.item`, `output`):
+    /// looked up on the JSON directly when every step is an object field; otherwise (a
+    /// missing value in the middle, a list, a string) `expr` is evaluated as for `Single`.
+    Path {
+        /// The path's names (at least one).
+        parts: Vec<&'a str>,
+        expr: Expression<'a, 'a>,
+        line_offset: usize,
+    },
     /// Exactly one `{{ expr }}`.
     Single {
         expr: Expression<'a, 'a>,
         /// Lines before the expression in the template (for error lines).
         line_offset: usize,
+    },
+    /// Text and `{{ plain.path }}` expressions only (`Hello {{ context.name }}!`): written
+    /// straight from the JSON when every value read is a string or an integer; otherwise
+    /// rendered by minijinja as for `Text`. Then parsed as JSON if possible.
+    PathText {
+        pieces: Vec<Piece<'a>>,
+        tmpl: Template<'a, 'a>,
     },
     /// Anything else: rendered to text, then parsed as JSON if possible.
     Text(Template<'a, 'a>),
@@ -330,6 +346,30 @@ fn is_bare_path(s: &str) -> bool {
         count += 1;
     }
     count > 0
+}
+
+/// `name(.name)*` with Jinja identifiers, the first not a constant (`true`, `none`, ...):
+/// an expression that only reads a variable and its fields.
+fn plain_path(s: &str) -> Option<Vec<&str>> {
+    let parts: Vec<&str> = s.split('.').collect();
+    let first = parts.first()?;
+    if matches!(
+        *first,
+        "true" | "false" | "none" | "True" | "False" | "None"
+    ) {
+        return None;
+    }
+    for part in &parts {
+        let mut bytes = part.bytes();
+        match bytes.next() {
+            Some(b) if b.is_ascii_alphabetic() || b == b'_' => {}
+            _ => return None,
+        }
+        if !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return None;
+        }
+    }
+    Some(parts)
 }
 
 fn is_json_ws(s: &str) -> bool {
@@ -360,17 +400,79 @@ fn classify<'a>(env: &'a Environment<'a>, src: &'a str) -> Compiled<'a> {
             let delimited = ["{{", "{{-", "{{+"].iter().any(|d| before.ends_with(d))
                 && ["}}", "-}}", "+}}"].iter().any(|d| after.starts_with(d));
             if let (true, Ok(expr)) = (delimited, env.compile_expression(expr_src)) {
-                return Compiled::Single {
-                    expr,
-                    line_offset: usize::from(span.start_line).saturating_sub(1),
-                };
+                let line_offset = usize::from(span.start_line).saturating_sub(1);
+                if let Some(parts) = plain_path(expr_src.trim()) {
+                    return Compiled::Path {
+                        parts,
+                        expr,
+                        line_offset,
+                    };
+                }
+                return Compiled::Single { expr, line_offset };
             }
         }
     }
     match env.template_from_str(src) {
-        Ok(tmpl) => Compiled::Text(tmpl),
+        Ok(tmpl) => match path_text(src) {
+            Some(pieces) => Compiled::PathText { pieces, tmpl },
+            None => Compiled::Text(tmpl),
+        },
         Err(err) => Compiled::Invalid(CompileError::from_mj(&err, 0)),
     }
+}
+
+/// A piece of a [`Compiled::PathText`] template.
+enum Piece<'a> {
+    Raw(&'a str),
+    Path(Vec<&'a str>),
+}
+
+/// Splits a template made only of text and `{{ plain.path }}` expressions; `None` for any
+/// other (blocks, comments, whitespace control, a trailing newline minijinja would trim,
+/// expressions that are not plain paths).
+fn path_text(src: &str) -> Option<Vec<Piece<'_>>> {
+    if ["{%", "{#", "{{-", "-}}", "{{+", "+}}"]
+        .iter()
+        .any(|marker| src.contains(marker))
+        || src.ends_with(['\n', '\r'])
+    {
+        return None;
+    }
+    let mut pieces = Vec::new();
+    let mut rest = src;
+    while let Some(open) = rest.find("{{") {
+        if open > 0 {
+            pieces.push(Piece::Raw(&rest[..open]));
+        }
+        let after = &rest[open + 2..];
+        let close = after.find("}}")?;
+        pieces.push(Piece::Path(plain_path(after[..close].trim())?));
+        rest = &after[close + 2..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Raw(rest));
+    }
+    Some(pieces)
+}
+
+/// Writes a [`Compiled::PathText`] template from the JSON; `None` when a value is not a
+/// string or an integer (minijinja decides how those print) or a path is not plain.
+fn write_path_text(pieces: &[Piece<'_>], scope: &ScopeRef<'_>) -> Option<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for piece in pieces {
+        match piece {
+            Piece::Raw(text) => out.push_str(text),
+            Piece::Path(parts) => match resolve_plain_path(parts, scope)? {
+                JsonRef::Json(Json::String(text)) => out.push_str(text),
+                JsonRef::Json(Json::Number(n)) if !n.is_f64() => {
+                    let _ = write!(out, "{n}");
+                }
+                _ => return None,
+            },
+        }
+    }
+    Some(out)
 }
 
 /// The span of the expression when the template is exactly one `{{ expr }}` plus whitespace.
@@ -528,7 +630,8 @@ impl Object for Root {
 /// foreach item. Build it once per step and reuse it for all of the step's templates.
 ///
 /// Cloning is cheap (shared data), so a foreach can build one base scope and
-/// `clone().with_item(..)` it per item instead of copying the context again.
+/// `clone().with_item(..)` it per item instead of copying the context again. The execution
+/// loop uses [`ScopeRef`] instead, which borrows the variables and copies nothing.
 #[derive(Debug, Clone)]
 pub struct Scope {
     root: Arc<Root>,
@@ -580,17 +683,200 @@ impl Scope {
         self
     }
 
-    fn root_value(&self) -> MjValue {
-        MjValue::from_dyn_object(self.root.clone())
+    /// The same variables, borrowed (with the converted values this scope already holds).
+    pub fn as_ref(&self) -> ScopeRef<'_> {
+        let root = &self.root;
+        let input = match &root.input {
+            None => InputRef::None,
+            Some(var) if Arc::ptr_eq(var, &root.context) => InputRef::Context,
+            Some(var) => InputRef::Json(&var.json),
+        };
+        ScopeRef {
+            context: root
+                .context
+                .json
+                .as_object()
+                .unwrap_or_else(|| empty_context()),
+            input,
+            output: root.output.as_ref().map(|v| &v.json),
+            item: root.item.as_ref().map(|(name, v)| (&**name, &v.json)),
+            vars: Vars {
+                context: OnceLock::from(Arc::clone(&root.context)),
+                input: root.input.clone().map(OnceLock::from).unwrap_or_default(),
+                output: root.output.clone().map(OnceLock::from).unwrap_or_default(),
+                item: root
+                    .item
+                    .as_ref()
+                    .map(|(_, v)| OnceLock::from(Arc::clone(v)))
+                    .unwrap_or_default(),
+                root: OnceLock::from(Arc::clone(root)),
+            },
+        }
+    }
+}
+
+fn empty_context() -> &'static Context {
+    static EMPTY: OnceLock<Context> = OnceLock::new();
+    EMPTY.get_or_init(Context::new)
+}
+
+/// What `input` is bound to in a [`ScopeRef`].
+#[derive(Debug, Clone, Copy)]
+enum InputRef<'a> {
+    None,
+    /// The context itself (templates inside a state).
+    Context,
+    Json(&'a Json),
+}
+
+/// The minijinja side of a [`ScopeRef`]: each variable converted (copied) only when a
+/// template that needs minijinja reads it, then kept.
+#[derive(Debug, Clone, Default)]
+struct Vars {
+    context: OnceLock<Arc<Var>>,
+    input: OnceLock<Arc<Var>>,
+    output: OnceLock<Arc<Var>>,
+    item: OnceLock<Arc<Var>>,
+    root: OnceLock<Arc<Root>>,
+}
+
+/// A [`Scope`] that borrows its variables: nothing is copied to build it, and plain paths
+/// (`{{ input.item }}`, `context.a.b`) are read straight from the borrowed JSON. Only a
+/// template that needs minijinja (filters, operators, text with several parts) makes the
+/// copy a [`Scope`] makes up front, once per scope.
+#[derive(Debug, Clone)]
+pub struct ScopeRef<'a> {
+    context: &'a Context,
+    input: InputRef<'a>,
+    output: Option<&'a Json>,
+    item: Option<(&'a str, &'a Json)>,
+    vars: Vars,
+}
+
+impl<'a> ScopeRef<'a> {
+    /// A scope with `context` bound.
+    pub fn new(context: &'a Context) -> Self {
+        Self {
+            context,
+            input: InputRef::None,
+            output: None,
+            item: None,
+            vars: Vars::default(),
+        }
     }
 
-    /// The JSON of `context`, `input` or `output` (bare paths read these directly).
-    fn json_var(&self, name: &str) -> Option<&Json> {
+    /// The scope of templates inside a state: `context`, and `input` bound to the same
+    /// context (as the reference does).
+    pub fn for_state(context: &'a Context) -> Self {
+        Self {
+            input: InputRef::Context,
+            ..Self::new(context)
+        }
+    }
+
+    /// Binds `input`.
+    pub fn with_input(mut self, input: &'a Json) -> Self {
+        self.input = InputRef::Json(input);
+        self.vars.input = OnceLock::new();
+        self.vars.root = OnceLock::new();
+        self
+    }
+
+    /// Binds `output`.
+    pub fn with_output(mut self, output: &'a Json) -> Self {
+        self.output = Some(output);
+        self.vars.output = OnceLock::new();
+        self.vars.root = OnceLock::new();
+        self
+    }
+
+    /// Binds a foreach item under `name` (see [`Scope::with_item`]). The variables already
+    /// converted for minijinja are kept.
+    pub fn with_item(mut self, name: &'a str, item: &'a Json) -> Self {
+        self.item = Some((name, item));
+        self.vars.item = OnceLock::new();
+        self.vars.root = OnceLock::new();
+        self
+    }
+
+    fn context_var(&self) -> &Arc<Var> {
+        self.vars
+            .context
+            .get_or_init(|| Var::new(Json::Object(self.context.clone())))
+    }
+
+    /// The root object for minijinja (converting what was not converted yet).
+    fn root_value(&self) -> MjValue {
+        let root = self.vars.root.get_or_init(|| {
+            let context = Arc::clone(self.context_var());
+            let input = match self.input {
+                InputRef::None => None,
+                InputRef::Context => Some(Arc::clone(&context)),
+                InputRef::Json(json) => Some(Arc::clone(
+                    self.vars.input.get_or_init(|| Var::new(json.clone())),
+                )),
+            };
+            let output = self
+                .output
+                .map(|json| Arc::clone(self.vars.output.get_or_init(|| Var::new(json.clone()))));
+            let item = self.item.map(|(name, json)| {
+                (
+                    Arc::from(name),
+                    Arc::clone(self.vars.item.get_or_init(|| Var::new(json.clone()))),
+                )
+            });
+            Arc::new(Root {
+                context,
+                input,
+                output,
+                item,
+            })
+        });
+        MjValue::from_dyn_object(Arc::clone(root))
+    }
+
+    /// `context`, `input` or `output` (bare paths read these directly).
+    fn json_var(&self, name: &str) -> Option<JsonRef<'a>> {
         match name {
-            "context" => Some(&self.root.context.json),
-            "input" => self.root.input.as_ref().map(|v| &v.json),
-            "output" => self.root.output.as_ref().map(|v| &v.json),
+            "context" => Some(JsonRef::Map(self.context)),
+            "input" => match self.input {
+                InputRef::None => None,
+                InputRef::Context => Some(JsonRef::Map(self.context)),
+                InputRef::Json(json) => Some(JsonRef::Json(json)),
+            },
+            "output" => self.output.map(JsonRef::Json),
             _ => None,
+        }
+    }
+
+    /// A variable as a `{{ }}` template sees it: the foreach item shadows the others.
+    fn template_var(&self, name: &str) -> Option<JsonRef<'a>> {
+        match self.item {
+            Some((item, json)) if item == name => Some(JsonRef::Json(json)),
+            _ => self.json_var(name),
+        }
+    }
+}
+
+/// A borrowed variable: the context map itself, or a JSON value.
+#[derive(Clone, Copy)]
+enum JsonRef<'a> {
+    Map(&'a Context),
+    Json(&'a Json),
+}
+
+impl<'a> JsonRef<'a> {
+    fn object(self) -> Option<&'a Context> {
+        match self {
+            JsonRef::Map(map) => Some(map),
+            JsonRef::Json(json) => json.as_object(),
+        }
+    }
+
+    fn to_json(self) -> Json {
+        match self {
+            JsonRef::Map(map) => Json::Object(map.clone()),
+            JsonRef::Json(json) => json.clone(),
         }
     }
 }
@@ -601,22 +887,27 @@ impl Scope {
 
 /// Renders a whole config tree: every string at every depth, in lists and maps alike.
 pub fn render(value: &TemplateValue, scope: &Scope) -> Result<Json, TemplateError> {
+    render_with(value, &scope.as_ref())
+}
+
+/// [`render`] with a borrowed scope.
+pub fn render_with(value: &TemplateValue, scope: &ScopeRef<'_>) -> Result<Json, TemplateError> {
     Ok(match *value {
         TemplateValue::Null => Json::Null,
         TemplateValue::Bool(b) => Json::Bool(b),
         TemplateValue::Int(i) => Json::Number(i.into()),
         TemplateValue::Float(f) => Number::from_f64(f).map_or(Json::Null, Json::Number),
-        TemplateValue::Str(slot) => render_slot(slot, scope)?,
+        TemplateValue::Str(slot) => eval(slot.compiled(), slot.src, scope)?,
         TemplateValue::List(items) => Json::Array(
             items
                 .iter()
-                .map(|item| render(item, scope))
+                .map(|item| render_with(item, scope))
                 .collect::<Result<_, _>>()?,
         ),
         TemplateValue::Map(entries) => {
             let mut map = Map::with_capacity(entries.len());
             for (key, value) in entries {
-                map.insert((*key).to_owned(), render(value, scope)?);
+                map.insert((*key).to_owned(), render_with(value, scope)?);
             }
             Json::Object(map)
         }
@@ -625,24 +916,33 @@ pub fn render(value: &TemplateValue, scope: &Scope) -> Result<Json, TemplateErro
 
 /// Renders one template string (compiled on first use, then cached in the slot).
 pub fn render_slot(slot: &TemplateSlot, scope: &Scope) -> Result<Json, TemplateError> {
+    eval(slot.compiled(), slot.src, &scope.as_ref())
+}
+
+/// [`render_slot`] with a borrowed scope.
+pub fn render_slot_with(slot: &TemplateSlot, scope: &ScopeRef<'_>) -> Result<Json, TemplateError> {
     eval(slot.compiled(), slot.src, scope)
 }
 
 /// Renders a config only known at run time (e.g. hook arguments): same rules as [`render`],
 /// but each string is parsed on the fly (nothing is cached).
 pub fn render_dynamic(value: &Json, scope: &Scope) -> Result<Json, TemplateError> {
+    render_dynamic_with(value, &scope.as_ref())
+}
+
+fn render_dynamic_with(value: &Json, scope: &ScopeRef<'_>) -> Result<Json, TemplateError> {
     Ok(match value {
         Json::String(src) => eval(&classify(environment(), src), src, scope)?,
         Json::Array(items) => Json::Array(
             items
                 .iter()
-                .map(|item| render_dynamic(item, scope))
+                .map(|item| render_dynamic_with(item, scope))
                 .collect::<Result<_, _>>()?,
         ),
         Json::Object(entries) => {
             let mut map = Map::with_capacity(entries.len());
             for (key, value) in entries {
-                map.insert(key.clone(), render_dynamic(value, scope)?);
+                map.insert(key.clone(), render_dynamic_with(value, scope)?);
             }
             Json::Object(map)
         }
@@ -650,15 +950,27 @@ pub fn render_dynamic(value: &Json, scope: &Scope) -> Result<Json, TemplateError
     })
 }
 
-fn eval(compiled: &Compiled<'_>, src: &str, scope: &Scope) -> Result<Json, TemplateError> {
+fn eval(compiled: &Compiled<'_>, src: &str, scope: &ScopeRef<'_>) -> Result<Json, TemplateError> {
     match compiled {
         Compiled::Literal => Ok(Json::String(src.to_owned())),
         Compiled::BarePath(path) => Ok(lookup_path(path, scope)),
-        Compiled::Single { expr, line_offset } => {
-            let value = expr
-                .eval(scope.root_value())
-                .map_err(|err| mj_error(src, &err, *line_offset))?;
-            mj_to_json(&value).map_err(|err| mj_error(src, &err, *line_offset))
+        Compiled::Path {
+            parts,
+            expr,
+            line_offset,
+        } => match lookup_plain_path(parts, scope) {
+            Some(json) => Ok(json),
+            None => eval_expression(expr, src, *line_offset, scope),
+        },
+        Compiled::Single { expr, line_offset } => eval_expression(expr, src, *line_offset, scope),
+        Compiled::PathText { pieces, tmpl } => {
+            let text = match write_path_text(pieces, scope) {
+                Some(text) => text,
+                None => tmpl
+                    .render(scope.root_value())
+                    .map_err(|err| mj_error(src, &err, 0))?,
+            };
+            Ok(parse_rendered(text))
         }
         Compiled::Text(tmpl) => {
             let text = tmpl
@@ -670,19 +982,57 @@ fn eval(compiled: &Compiled<'_>, src: &str, scope: &Scope) -> Result<Json, Templ
     }
 }
 
+fn eval_expression(
+    expr: &Expression<'_, '_>,
+    src: &str,
+    line_offset: usize,
+    scope: &ScopeRef<'_>,
+) -> Result<Json, TemplateError> {
+    let value = expr
+        .eval(scope.root_value())
+        .map_err(|err| mj_error(src, &err, line_offset))?;
+    mj_to_json(&value).map_err(|err| mj_error(src, &err, line_offset))
+}
+
+/// A `{{ a.b.c }}` path read on the JSON, giving what minijinja would: `None` when minijinja
+/// must decide (an unknown variable, a step through something that is not an object, a
+/// missing value before the last step, which is an error).
+fn lookup_plain_path(parts: &[&str], scope: &ScopeRef<'_>) -> Option<Json> {
+    let (first, rest) = parts.split_first()?;
+    let mut current = scope.template_var(first)?;
+    for (i, part) in rest.iter().enumerate() {
+        match current.object()?.get(*part) {
+            Some(next) => current = JsonRef::Json(next),
+            // Undefined as the result is `null`; reading through it is an error.
+            None => return (i + 1 == rest.len()).then_some(Json::Null),
+        }
+    }
+    Some(current.to_json())
+}
+
+/// The value a plain path names, when it exists and every step is an object field.
+fn resolve_plain_path<'a>(parts: &[&str], scope: &ScopeRef<'a>) -> Option<JsonRef<'a>> {
+    let (first, rest) = parts.split_first()?;
+    let mut current = scope.template_var(first)?;
+    for part in rest {
+        current = JsonRef::Json(current.object()?.get(*part)?);
+    }
+    Some(current)
+}
+
 /// Bare path lookup on the JSON itself: walks objects, anything else (or missing) is `null`.
-fn lookup_path(path: &str, scope: &Scope) -> Json {
+fn lookup_path(path: &str, scope: &ScopeRef<'_>) -> Json {
     let mut parts = path.split('.');
     let Some(mut current) = parts.next().and_then(|name| scope.json_var(name)) else {
         return Json::Null;
     };
     for part in parts {
-        match current.as_object().and_then(|map| map.get(part)) {
-            Some(next) => current = next,
+        match current.object().and_then(|map| map.get(part)) {
+            Some(next) => current = JsonRef::Json(next),
             None => return Json::Null,
         }
     }
-    current.clone()
+    current.to_json()
 }
 
 /// Rendered text: JSON if it parses (as the reference does), else the string.

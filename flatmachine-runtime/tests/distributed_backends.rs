@@ -1,5 +1,7 @@
-//! Registration and work backends: the same behaviour suite over the memory backends and (with
-//! the `sqlite` feature) the SQLite ones, plus in-process concurrent claim races.
+//! Registration and work backends: one behaviour suite (`registration_suite`, `work_suite`,
+//! `claim_race`) run over the memory backends, the SQLite ones (feature `sqlite`) and the Redis
+//! ones (feature `redis`, each test on its own real `redis-server`), plus in-process
+//! concurrent claim races.
 
 use flatmachine_runtime::distributed::*;
 use serde_json::json;
@@ -309,12 +311,12 @@ async fn backends_from_spec() {
         .await
         .unwrap();
     let bad = flatmachine_runtime::BackendsSpec {
-        work: Some("redis"),
+        work: Some("mongodb"),
         ..Default::default()
     };
     let err = Backends::from_spec(&bad).unwrap_err().to_string();
     assert!(
-        err.contains("redis") && err.contains("memory, sqlite"),
+        err.contains("mongodb") && err.contains("memory, sqlite, redis"),
         "{err}"
     );
 }
@@ -439,5 +441,97 @@ mod sqlite {
             stale[0].capabilities.as_deref(),
             Some(&["gpu".to_string()][..])
         );
+    }
+}
+
+#[cfg(feature = "redis")]
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+#[cfg(feature = "redis")]
+mod redis {
+    use super::redis_server::RedisServer;
+    use super::*;
+    use flatmachine_runtime::redis_backends::RedisConnection;
+
+    fn conn(server: &RedisServer, prefix: &str) -> RedisConnection {
+        RedisConnection::open(&server.url(), prefix).unwrap()
+    }
+
+    #[tokio::test]
+    async fn redis_registration() {
+        let server = RedisServer::start();
+        registration_suite(Arc::new(RedisRegistrationBackend::new(conn(&server, "t")))).await;
+        // A new connection sees the same data; another prefix sees nothing.
+        let again = RedisRegistrationBackend::new(conn(&server, "t"));
+        assert_eq!(again.list(&WorkerFilter::all()).await.unwrap().len(), 3);
+        let other = RedisRegistrationBackend::new(conn(&server, "other-app"));
+        assert!(other.list(&WorkerFilter::all()).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn redis_work() {
+        let server = RedisServer::start();
+        work_suite(Arc::new(RedisWorkBackend::new(conn(&server, "t")))).await;
+        let again = RedisWorkBackend::new(conn(&server, "t"));
+        assert_eq!(again.pool("jobs").stats().await.unwrap().done, 3);
+        assert_eq!(again.redis_pool("jobs").all().await.unwrap().len(), 7);
+        let other = RedisWorkBackend::new(conn(&server, "other-app"));
+        assert_eq!(other.pool("jobs").stats().await.unwrap().total(), 0);
+    }
+
+    #[tokio::test]
+    async fn redis_complete_many_is_atomic_and_names_are_escaped() {
+        let server = RedisServer::start();
+        let w = RedisWorkBackend::new(conn(&server, "t"));
+        let p = w.pool("p");
+        p.push_many(vec![json!(1), json!(2)], PushOptions::default())
+            .await
+            .unwrap();
+        let got = p.claim_many("w", 2).await.unwrap();
+        let err = p
+            .complete_many(vec![
+                (got[0].id.clone(), None),
+                ("missing".to_string(), None),
+            ])
+            .await;
+        assert!(matches!(err, Err(DistributedError::JobNotFound(_))));
+        assert_eq!(p.stats().await.unwrap().claimed, 2, "nothing completed");
+        // Pool, worker and job names with `:` and `%` stay inside their own keys.
+        let q = w.pool("p:job:x%3A");
+        let id = q.push(json!("q"), PushOptions::default()).await.unwrap();
+        assert_eq!(q.size().await.unwrap(), 1);
+        assert_eq!(p.size().await.unwrap(), 0);
+        assert!(p.get(&id).await.unwrap().is_none());
+        let j = q.claim("worker:with:colons").await.unwrap().unwrap();
+        assert_eq!(q.release_by_worker("worker:with:colons").await.unwrap(), 1);
+        assert_eq!(
+            q.get(&j.id).await.unwrap().unwrap().status,
+            JobStatus::Pending
+        );
+        assert!(matches!(
+            q.complete("job:../x", None).await,
+            Err(DistributedError::JobNotFound(_))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn redis_concurrent_claims_across_connections() {
+        let server = RedisServer::start();
+        // Four connections racing on one server.
+        let pools: Vec<Arc<dyn WorkPool>> = (0..4)
+            .map(|_| RedisWorkBackend::new(conn(&server, "race")).pool("race"))
+            .collect();
+        claim_race(pools).await;
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_a_storage_error() {
+        let server = RedisServer::start();
+        let url = server.url();
+        drop(server);
+        let p = RedisWorkBackend::open(&url, "t").unwrap().pool("p");
+        let err = p.size().await.unwrap_err();
+        assert!(matches!(err, DistributedError::Storage(_)), "{err}");
     }
 }

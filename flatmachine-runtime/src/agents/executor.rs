@@ -56,6 +56,20 @@ impl AgentResult {
         Value::Object(m)
     }
 
+    /// [`output_payload`](Self::output_payload), taking the output instead of copying it.
+    pub fn into_output_payload(self) -> Value {
+        match self.output {
+            Some(o) => o,
+            None => {
+                let mut m = Context::new();
+                if let Some(c) = self.content {
+                    m.insert("content".into(), Value::String(c));
+                }
+                Value::Object(m)
+            }
+        }
+    }
+
     /// The payload read as a typed value, e.g. the serde struct the compiler generates for an
     /// agent's `output` schema (`my_machine::agents::CriticOutput`).
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {

@@ -1,4 +1,8 @@
 //! [`Backends`]: the registration and work backends a machine's `settings.backends` selects.
+//!
+//! `redis` (feature `redis`) connects to the server named by the `FLATMACHINE_REDIS_URL`
+//! environment variable (default `redis://127.0.0.1:6379`; the spec has no URL field), keys
+//! under `FLATMACHINE_REDIS_PREFIX` (default `flatmachine`).
 
 use std::sync::Arc;
 
@@ -31,6 +35,15 @@ pub enum BackendsError {
         /// `registration` or `work`.
         kind: &'static str,
     },
+    /// `redis` was chosen but the runtime was built without the `redis` feature.
+    #[error("{kind} backend `redis` needs the `redis` feature of flatmachine-runtime")]
+    RedisDisabled {
+        /// `registration` or `work`.
+        kind: &'static str,
+    },
+    /// The Redis URL or key prefix from the environment cannot be used.
+    #[error("redis backend: {0}")]
+    RedisSetup(String),
     /// The SQLite file could not be opened.
     #[error(transparent)]
     Open(#[from] super::DistributedError),
@@ -69,6 +82,15 @@ impl Backends {
         })
     }
 
+    /// Redis backends on `conn`'s server and prefix (feature `redis`).
+    #[cfg(feature = "redis")]
+    pub fn redis(conn: crate::redis_backends::RedisConnection) -> Self {
+        Self {
+            registration: Arc::new(super::RedisRegistrationBackend::new(conn.clone())),
+            work: Arc::new(super::RedisWorkBackend::new(conn)),
+        }
+    }
+
     /// The backends `machine`'s `settings.backends` names (memory when absent). A relative
     /// `sqlite_path` is relative to the working directory, as in the reference.
     pub fn for_machine(machine: &MachineSpec) -> Result<Self, BackendsError> {
@@ -82,11 +104,13 @@ impl Backends {
         {
             "memory" => Arc::new(MemoryRegistrationBackend::new()),
             "sqlite" => sqlite_registration(path)?,
+            "redis" => redis_backends("registration")?.registration,
             other => return Err(unknown("registration", other)),
         };
         let work: Arc<dyn WorkBackend> = match spec.work.unwrap_or("memory") {
             "memory" => Arc::new(MemoryWorkBackend::new()),
             "sqlite" => sqlite_work(path)?,
+            "redis" => redis_backends("work")?.work,
             other => return Err(unknown("work", other)),
         };
         Ok(Self { registration, work })
@@ -126,4 +150,16 @@ fn sqlite_work(path: &str) -> Result<Arc<dyn WorkBackend>, BackendsError> {
 #[cfg(not(feature = "sqlite"))]
 fn sqlite_work(_path: &str) -> Result<Arc<dyn WorkBackend>, BackendsError> {
     Err(BackendsError::SqliteDisabled { kind: "work" })
+}
+
+#[cfg(feature = "redis")]
+fn redis_backends(_kind: &'static str) -> Result<Backends, BackendsError> {
+    let conn = crate::redis_backends::RedisConnection::from_env()
+        .map_err(|e| BackendsError::RedisSetup(e.to_string()))?;
+    Ok(Backends::redis(conn))
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_backends(kind: &'static str) -> Result<Backends, BackendsError> {
+    Err(BackendsError::RedisDisabled { kind })
 }

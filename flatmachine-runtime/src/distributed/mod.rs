@@ -26,6 +26,8 @@ mod sqlite;
 mod time;
 mod work;
 
+#[cfg(feature = "redis")]
+pub use crate::redis_backends::{RedisRegistrationBackend, RedisWorkBackend, RedisWorkPool};
 pub use config::{Backends, BackendsError, DEFAULT_SQLITE_PATH};
 pub use error::{DISTRIBUTED_ERROR_TYPE, DistributedError};
 pub use hooks::{BUILTIN_ACTIONS, DistributedWorkerHooks, JobAction};

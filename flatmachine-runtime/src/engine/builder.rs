@@ -33,7 +33,7 @@ pub enum BuildError {
     },
     /// The YAML names a persistence backend this runtime does not have.
     #[error(
-        "machine `{machine}`: persistence backend `{backend}` is not available (use `memory`, `local` or `sqlite` (cargo feature `sqlite`), or pass a store to the builder)"
+        "machine `{machine}`: persistence backend `{backend}` is not available (use `memory`, `local`, `sqlite` (cargo feature `sqlite`) or `redis` (cargo feature `redis`), or pass a store to the builder)"
     )]
     UnknownBackend {
         /// The machine.
@@ -41,14 +41,13 @@ pub enum BuildError {
         /// The backend name.
         backend: String,
     },
-    /// The checkpoint store the YAML names could not be opened (e.g. the SQLite file of
-    /// `backend: sqlite`).
-    #[error("machine `{machine}`: could not open its checkpoint store: {reason}")]
-    Store {
+    /// A backend the YAML names could not be set up.
+    #[error("machine `{machine}`: {message}")]
+    Backend {
         /// The machine.
         machine: String,
-        /// Why.
-        reason: String,
+        /// What went wrong.
+        message: String,
     },
 }
 
@@ -298,6 +297,10 @@ impl MachineBuilder {
 
     /// Check the configuration and build the machine.
     pub fn build(self) -> Result<Machine, BuildError> {
+        self.with_redis_from_yaml()?.build_checked()
+    }
+
+    fn build_checked(self) -> Result<Machine, BuildError> {
         let spec = self.spec;
         // Hooks given in Rust replace the root machine's YAML class; children still resolve
         // theirs through the registry, so check those either way.
@@ -341,9 +344,9 @@ impl MachineBuilder {
                     Some(path) => PathBuf::from(path),
                     None => self.checkpoint_dir.join("checkpoints.sqlite"),
                 };
-                let store = CheckpointStore::sqlite(&path).map_err(|e| BuildError::Store {
+                let store = CheckpointStore::sqlite(&path).map_err(|e| BuildError::Backend {
                     machine: spec.name.to_string(),
-                    reason: e.to_string(),
+                    message: format!("could not open its checkpoint store: {e}"),
                 })?;
                 (
                     Some(store.with_keep_last(self.keep_last)),
@@ -393,7 +396,49 @@ impl MachineBuilder {
             max_steps: self.max_steps,
             max_agent_calls: self.max_agent_calls,
             ignore_unhandled_actions: self.ignore_unhandled_actions,
+            children: std::sync::Mutex::default(),
+            state_actions: std::sync::OnceLock::new(),
         }))
+    }
+}
+
+impl MachineBuilder {
+    /// Redis checkpoints, lock and results where the YAML asks for them and the builder was
+    /// not given others (feature `redis`; see `docs/many-hosts.md`).
+    #[cfg(feature = "redis")]
+    fn with_redis_from_yaml(mut self) -> Result<Self, BuildError> {
+        let chosen = crate::redis_backends::ChosenByYaml::for_spec(self.spec).map_err(|e| {
+            BuildError::Backend {
+                machine: self.spec.name.to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        if self.store.is_none() && chosen.store.is_some() {
+            self.store = Some(chosen.store);
+        }
+        self.lock = self.lock.or(chosen.lock);
+        self.results = self.results.or(chosen.results);
+        Ok(self)
+    }
+
+    /// Without the `redis` feature a YAML naming Redis is refused.
+    #[cfg(not(feature = "redis"))]
+    fn with_redis_from_yaml(self) -> Result<Self, BuildError> {
+        let settings = self.spec.backends.unwrap_or_default();
+        let named = [settings.persistence, settings.locking, settings.results]
+            .contains(&Some("redis"))
+            || self
+                .spec
+                .persistence
+                .as_ref()
+                .is_some_and(|p| p.enabled && p.backend == "redis");
+        if named {
+            return Err(BuildError::Backend {
+                machine: self.spec.name.to_string(),
+                message: "`redis` needs the `redis` feature of flatmachine-runtime".to_string(),
+            });
+        }
+        Ok(self)
     }
 }
 

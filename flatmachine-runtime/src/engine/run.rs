@@ -11,11 +11,13 @@ use crate::error::error_type;
 use crate::hooks::{HooksFor, HooksRegistry, MachineHooks, NoopHooks};
 use crate::lock::{ExecutionLock, LockError};
 use crate::machine::{MachineDef, MachineSpec, StateSpec};
+use crate::persistence::encoded::SnapshotParts;
 use crate::persistence::{
-    CheckpointStore, LaunchIntent, MachineSnapshot, PersistenceError, checkpoint_event,
+    CheckpointStore, CheckpointWriter, LaunchIntent, MachineSnapshot, PersistenceError,
+    checkpoint_event,
 };
 use crate::results::{DEFAULT_PATH, ResultBackend, make_uri};
-use crate::template::{self, Scope, TemplateValue};
+use crate::template::{self, ScopeRef, TemplateValue};
 use crate::{Context, StateError, Value};
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -208,6 +210,10 @@ pub(crate) struct Inner {
     pub results: Arc<dyn ResultBackend>,
     pub launches: Arc<Launches>,
     pub invoker: Arc<dyn MachineInvoker>,
+    /// Child machines configured so far (built on first use, then shared by every run).
+    pub children: std::sync::Mutex<Vec<(&'static str, Machine)>>,
+    /// The named action handler of each state (by state index), looked up once.
+    pub state_actions: std::sync::OnceLock<Box<[Option<ActionFn>]>>,
 }
 
 /// Children started with `launch:` by a machine and its children, until joined.
@@ -337,6 +343,11 @@ struct Run {
     cost: f64,
     usage: Usage,
     hooks: Arc<dyn MachineHooks>,
+    /// Whether `hooks` are the machine's own (`false` for the no-op default: the loop skips
+    /// the calls).
+    hooks_active: bool,
+    /// Encodes this execution's checkpoints (the execution id checked once).
+    writer: CheckpointWriter,
     /// The outbox: launch intents not known to have finished.
     pending_launches: Vec<LaunchIntent>,
     /// After a resume: (state, step) whose launch ids the first executed state re-derives, so
@@ -346,28 +357,34 @@ struct Run {
     step_context: Option<Context>,
     /// Set when the error being returned is an unhandled action.
     unhandled_action: Option<&'static str>,
+    /// The execution lock's fencing token, written into every checkpoint.
+    fencing_token: Option<u64>,
 }
 
 impl Run {
     fn new(
-        execution_id: String,
+        writer: CheckpointWriter,
         parent: Option<String>,
-        hooks: Arc<dyn MachineHooks>,
+        hooks: Option<Arc<dyn MachineHooks>>,
         max_steps: Option<u64>,
     ) -> Self {
+        let hooks_active = hooks.is_some();
         Run {
             max_steps,
-            execution_id,
+            execution_id: writer.execution_id().to_owned(),
             parent_execution_id: parent,
             step: 0,
             api_calls: 0,
             cost: 0.0,
             usage: Usage::default(),
-            hooks,
+            hooks: hooks.unwrap_or_else(noop_hooks),
+            hooks_active,
+            writer,
             pending_launches: Vec::new(),
             launch_origin: None,
             step_context: None,
             unhandled_action: None,
+            fencing_token: None,
         }
     }
 
@@ -376,6 +393,12 @@ impl Run {
         self.cost += child.total_cost;
         self.usage += child.usage;
     }
+}
+
+/// The shared no-op hooks of runs whose machine has none (their calls are skipped).
+fn noop_hooks() -> Arc<dyn MachineHooks> {
+    static NOOP: std::sync::OnceLock<Arc<dyn MachineHooks>> = std::sync::OnceLock::new();
+    NOOP.get_or_init(|| Arc::new(NoopHooks)).clone()
 }
 
 /// Executors built so far, by machine and agent name (shared by a machine and its children).
@@ -536,7 +559,7 @@ impl Machine {
             .store
             .as_ref()
             .ok_or_else(|| RunError::UnknownExecution(execution_id.to_string()))?;
-        crate::persistence::validate_execution_id(execution_id).map_err(PersistenceError::from)?;
+        let writer = CheckpointWriter::new(execution_id)?;
         let _guard = self.inner.lock.acquire(execution_id).await?;
         store.clean_execution(execution_id).await?;
         let (key, snap) = store
@@ -551,11 +574,12 @@ impl Machine {
             })
         };
         let mut run = Run::new(
-            execution_id.to_string(),
+            writer,
             snap.parent_execution_id.clone(),
             self.hooks_for_resume(execution_id, snap.parent_execution_id.clone())?,
             None,
         );
+        run.fencing_token = _guard.fencing_token();
         run.step = snap.step;
         run.api_calls = snap.total_api_calls.unwrap_or(0);
         run.cost = snap.total_cost.unwrap_or(0.0);
@@ -591,14 +615,16 @@ impl Machine {
         if event == checkpoint_event::MACHINE_START {
             // The reference writes `"start"` as the state of `machine_start` whatever the
             // initial state is called; the run always begins at the initial state.
-            run.hooks
-                .on_machine_start(&mut context)
-                .await
-                .map_err(|e| RunError::Hook {
-                    machine: spec.name.to_string(),
-                    execution_id: execution_id.to_string(),
-                    message: e.to_string(),
-                })?;
+            if run.hooks_active {
+                run.hooks
+                    .on_machine_start(&mut context)
+                    .await
+                    .map_err(|e| RunError::Hook {
+                        machine: spec.name.to_string(),
+                        execution_id: execution_id.to_string(),
+                        message: e.to_string(),
+                    })?;
+            }
             return self
                 .run_loop(&mut run, context, spec.initial, Entry::Enter)
                 .await;
@@ -631,7 +657,7 @@ impl Machine {
         &self,
         execution_id: &str,
         parent: Option<String>,
-    ) -> Result<Arc<dyn MachineHooks>, RunError> {
+    ) -> Result<Option<Arc<dyn MachineHooks>>, RunError> {
         self.build_hooks(&Value::Object(Context::new()), execution_id, parent, true)
     }
 
@@ -641,13 +667,14 @@ impl Machine {
         execution_id: &str,
         parent: Option<String>,
         resuming: bool,
-    ) -> Result<Arc<dyn MachineHooks>, RunError> {
+    ) -> Result<Option<Arc<dyn MachineHooks>>, RunError> {
         let spec = self.inner.spec;
         if let Some(h) = &self.inner.hooks {
-            return Ok(h.clone());
+            return Ok(Some(h.clone()));
         }
         let Some(hs) = &spec.hooks else {
-            return Ok(Arc::new(NoopHooks));
+            // No hooks: the loop skips the hook calls.
+            return Ok(None);
         };
         let hook_error = |message: String| RunError::Hook {
             machine: spec.name.to_string(),
@@ -655,9 +682,9 @@ impl Machine {
             message,
         };
         let empty = Context::new();
-        let scope = Scope::new(&empty).with_input(input);
+        let scope = ScopeRef::new(&empty).with_input(input);
         let args = match &hs.args {
-            Some(a) => template::render(a, &scope)
+            Some(a) => template::render_with(a, &scope)
                 .map_err(|e| hook_error(format!("rendering hooks args: {e}")))?,
             None => Value::Object(Context::new()),
         };
@@ -672,6 +699,7 @@ impl Machine {
         self.inner
             .registry
             .build_for(hs.class, &target, &args)
+            .map(Some)
             .map_err(|e| hook_error(e.to_string()))
     }
 
@@ -683,7 +711,7 @@ impl Machine {
         max_steps: Option<u64>,
     ) -> Result<RunResult, RunError> {
         let spec = self.inner.spec;
-        crate::persistence::validate_execution_id(&execution_id).map_err(PersistenceError::from)?;
+        let writer = CheckpointWriter::new(&execution_id)?;
         let _guard = self.inner.lock.acquire(&execution_id).await?;
         if let Some(store) = &self.inner.store {
             store.clean_execution(&execution_id).await?;
@@ -693,26 +721,31 @@ impl Machine {
             v => v,
         };
         let hooks = self.build_hooks(&input, &execution_id, parent.clone(), false)?;
-        let mut run = Run::new(execution_id, parent, hooks, max_steps);
+        let mut run = Run::new(writer, parent, hooks, max_steps);
+        run.fencing_token = _guard.fencing_token();
         let empty = Context::new();
         let mut context = match &spec.context {
-            Some(tv) => match template::render(tv, &Scope::new(&empty).with_input(&input)) {
-                Ok(Value::Object(m)) => m,
-                Ok(_) => Context::new(),
-                Err(e) => {
-                    return Err(RunError::Template {
-                        machine: spec.name.to_string(),
-                        execution_id: run.execution_id.clone(),
-                        error: e.into(),
-                    });
+            Some(tv) => {
+                match template::render_with(tv, &ScopeRef::new(&empty).with_input(&input)) {
+                    Ok(Value::Object(m)) => m,
+                    Ok(_) => Context::new(),
+                    Err(e) => {
+                        return Err(RunError::Template {
+                            machine: spec.name.to_string(),
+                            execution_id: run.execution_id.clone(),
+                            error: e.into(),
+                        });
+                    }
                 }
-            },
+            }
             None => Context::new(),
         };
         let initial_name = spec.states[spec.initial].name;
         self.checkpoint(&mut run, "machine_start", initial_name, &context, None)
             .await?;
-        if let Err(e) = run.hooks.on_machine_start(&mut context).await {
+        if run.hooks_active
+            && let Err(e) = run.hooks.on_machine_start(&mut context).await
+        {
             return Err(self.hook_error(&run, e));
         }
         self.run_loop(&mut run, context, spec.initial, Entry::Enter)
@@ -727,44 +760,50 @@ impl Machine {
         }
     }
 
-    fn snapshot(
+    /// Writes one checkpoint of `run` (serialized once, straight from the borrowed context).
+    async fn write_checkpoint(
         &self,
+        store: &CheckpointStore,
         run: &mut Run,
-        event: &str,
+        event: &'static str,
         state: &str,
-        context: Context,
+        context: &Context,
         output: Option<&Value>,
-    ) -> MachineSnapshot {
+    ) -> Result<(), PersistenceError> {
         let spec = self.inner.spec;
-        let mut snap = MachineSnapshot::new(
-            &run.execution_id,
-            spec.name,
-            spec.spec_version,
-            state,
-            context,
-            run.step,
-        )
-        .with_event(event);
-        snap.output = output.map(|o| match o {
-            Value::Object(m) => m.clone(),
-            _ => Context::new(),
-        });
-        snap.total_api_calls = Some(run.api_calls);
-        snap.total_cost = Some(run.cost);
-        snap.parent_execution_id = run.parent_execution_id.clone();
-        let launches = &self.inner.launches;
-        run.pending_launches
-            .retain(|intent| !launches.is_done(&intent.execution_id));
         if !run.pending_launches.is_empty() {
-            snap.pending_launches = Some(run.pending_launches.clone());
+            let launches = &self.inner.launches;
+            run.pending_launches
+                .retain(|intent| !launches.is_done(&intent.execution_id));
         }
-        snap
+        let empty = Context::new();
+        let encoded = run.writer.encode(SnapshotParts {
+            execution_id: "",
+            machine_name: spec.name,
+            spec_version: spec.spec_version,
+            current_state: state,
+            context,
+            step: run.step,
+            created_at: "",
+            event: Some(event),
+            output: output.map(|o| match o {
+                Value::Object(m) => m,
+                _ => &empty,
+            }),
+            total_api_calls: Some(run.api_calls),
+            total_cost: Some(run.cost),
+            parent_execution_id: run.parent_execution_id.as_deref(),
+            pending_launches: (!run.pending_launches.is_empty())
+                .then_some(run.pending_launches.as_slice()),
+            fencing_token: run.fencing_token,
+        })?;
+        store.save_encoded(encoded).await
     }
 
     async fn checkpoint(
         &self,
         run: &mut Run,
-        event: &str,
+        event: &'static str,
         state: &str,
         context: &Context,
         output: Option<&Value>,
@@ -777,8 +816,8 @@ impl Machine {
         {
             return Ok(());
         }
-        let snap = self.snapshot(run, event, state, context.clone(), output);
-        store.save(snap).await?;
+        self.write_checkpoint(store, run, event, state, context, output)
+            .await?;
         Ok(())
     }
 
@@ -789,9 +828,20 @@ impl Machine {
         let Some(store) = &self.inner.store else {
             return Ok(());
         };
-        let context = run.step_context.clone().unwrap_or_default();
-        let snap = self.snapshot(run, checkpoint_event::EXECUTE, state.name, context, None);
-        store.save(snap).await?;
+        let saved = run.step_context.take();
+        let empty = Context::new();
+        let written = self
+            .write_checkpoint(
+                store,
+                run,
+                checkpoint_event::EXECUTE,
+                state.name,
+                saved.as_ref().unwrap_or(&empty),
+                None,
+            )
+            .await;
+        run.step_context = saved;
+        written?;
         Ok(())
     }
 
@@ -803,7 +853,6 @@ impl Machine {
         entry: Entry,
     ) -> Result<RunResult, RunError> {
         let spec = self.inner.spec;
-        let machine = spec.name.to_string();
         let max_steps = run
             .max_steps
             .or(self.inner.max_steps)
@@ -824,7 +873,7 @@ impl Machine {
             if phase == 0 {
                 if run.step >= max_steps {
                     return Err(RunError::MaxSteps {
-                        machine,
+                        machine: spec.name.to_string(),
                         execution_id: run.execution_id.clone(),
                         limit: max_steps,
                         next: state.name.to_string(),
@@ -834,7 +883,7 @@ impl Machine {
                     && run.api_calls >= limit
                 {
                     return Err(RunError::MaxAgentCalls {
-                        machine,
+                        machine: spec.name.to_string(),
                         execution_id: run.execution_id.clone(),
                         limit,
                         state: state.name.to_string(),
@@ -845,7 +894,9 @@ impl Machine {
                     .await?;
             }
             if phase <= 1 {
-                if let Err(e) = run.hooks.on_state_enter(state.name, &mut context).await {
+                if run.hooks_active
+                    && let Err(e) = run.hooks.on_state_enter(state.name, &mut context).await
+                {
                     current = self
                         .route_error(run, current, e.into(), &mut context)
                         .await?;
@@ -907,10 +958,11 @@ impl Machine {
                     output
                 }
             };
-            if let Err(e) = run
-                .hooks
-                .on_state_exit(state.name, &mut context, &mut output)
-                .await
+            if run.hooks_active
+                && let Err(e) = run
+                    .hooks
+                    .on_state_exit(state.name, &mut context, &mut output)
+                    .await
             {
                 current = self
                     .route_error(run, current, e.into(), &mut context)
@@ -921,7 +973,9 @@ impl Machine {
                 let mut final_output = output.unwrap_or_else(|| Value::Object(Context::new()));
                 self.checkpoint(run, "machine_end", "end", &context, Some(&final_output))
                     .await?;
-                if let Err(e) = run.hooks.on_machine_end(&context, &mut final_output).await {
+                if run.hooks_active
+                    && let Err(e) = run.hooks.on_machine_end(&context, &mut final_output).await
+                {
                     return Err(self.hook_error(run, e));
                 }
                 return Ok(RunResult {
@@ -939,7 +993,7 @@ impl Machine {
                 Ok(Some(n)) => n,
                 Ok(None) => {
                     return Err(RunError::NoTransition {
-                        machine,
+                        machine: spec.name.to_string(),
                         execution_id: run.execution_id.clone(),
                         state: state.name.to_string(),
                     });
@@ -951,11 +1005,12 @@ impl Machine {
                     continue;
                 }
             };
-            let target = match run
-                .hooks
-                .on_transition(state.name, spec.states[next].name, &mut context)
-                .await
-            {
+            if !run.hooks_active {
+                current = next;
+                continue;
+            }
+            let to = spec.states[next].name;
+            let target = match run.hooks.on_transition(state.name, to, &mut context).await {
                 Ok(t) => t,
                 Err(e) => {
                     current = self
@@ -964,14 +1019,19 @@ impl Machine {
                     continue;
                 }
             };
-            current = match spec.state(&target) {
-                Some((i, _)) => i,
-                None => {
-                    return Err(RunError::UnknownState {
-                        machine,
-                        execution_id: run.execution_id.clone(),
-                        state: target,
-                    });
+            // Most hooks keep the target: no lookup by name then.
+            current = if target == to {
+                next
+            } else {
+                match spec.state(&target) {
+                    Some((i, _)) => i,
+                    None => {
+                        return Err(RunError::UnknownState {
+                            machine: spec.name.to_string(),
+                            execution_id: run.execution_id.clone(),
+                            state: target,
+                        });
+                    }
                 }
             };
         }
@@ -1003,11 +1063,14 @@ impl Machine {
             tracing::warn!(machine = spec.name, execution_id = %run.execution_id, state = st.name, error = %error, to = spec.states[*to].name, "state failed; recovering via on_error");
             return Ok(*to);
         }
-        let hook = run
-            .hooks
-            .on_error(st.name, &error, context)
-            .await
-            .map_err(|e| self.hook_error(run, e))?;
+        let hook = if run.hooks_active {
+            run.hooks
+                .on_error(st.name, &error, context)
+                .await
+                .map_err(|e| self.hook_error(run, e))?
+        } else {
+            None
+        };
         match hook {
             Some(target) => match spec.state(&target) {
                 Some((i, _)) => Ok(i),
@@ -1044,7 +1107,7 @@ impl Machine {
         let state = &self.inner.spec.states[index];
         let mut output = None;
         if let Some(action) = state.action {
-            self.run_action(run, state, action, context).await?;
+            self.run_action(run, index, action, context).await?;
         }
         if !state.launch.is_empty() {
             self.launch(run, index, context).await?;
@@ -1067,14 +1130,14 @@ impl Machine {
             run.api_calls += result.api_calls;
             run.cost += result.cost;
             run.usage += result.usage;
-            let out = result.output_payload();
+            let out = result.into_output_payload();
             self.output_to_context(state, context, &out)?;
             output = Some(out);
         }
         if state.is_final
             && let Some(tv) = &state.output
         {
-            let out = template::render(tv, &Scope::new(context))?;
+            let out = template::render_with(tv, &ScopeRef::new(context))?;
             output = Some(out);
         }
         Ok(output)
@@ -1130,10 +1193,11 @@ impl Machine {
     async fn run_action(
         &self,
         run: &mut Run,
-        state: &'static StateSpec,
+        index: usize,
         action: &'static str,
         context: &mut Context,
     ) -> Result<(), StateError> {
+        let state = &self.inner.spec.states[index];
         let call = ActionCall {
             action,
             machine: self.inner.spec.name,
@@ -1142,10 +1206,10 @@ impl Machine {
             parent_execution_id: run.parent_execution_id.clone(),
             step: run.step,
         };
-        let hooks = run.hooks.clone();
+        let hooks = run.hooks_active.then(|| run.hooks.clone());
         let handled = call
             .clone()
-            .scope(self.dispatch_action(hooks.as_ref(), &call, context))
+            .scope(self.dispatch_action(index, hooks.as_deref(), &call, context))
             .await;
         let result = match handled {
             Ok(true) => Ok(()),
@@ -1164,23 +1228,44 @@ impl Machine {
             }
             Err(e) => Err(e),
         };
-        hooks
-            .on_action_done(&call, context, result.as_ref().err())
-            .await;
+        if let Some(hooks) = hooks {
+            hooks
+                .on_action_done(&call, context, result.as_ref().err())
+                .await;
+        }
         result
+    }
+
+    /// The named handler of the action of state `index` (the map is read once per machine).
+    fn state_action(&self, index: usize) -> Option<&ActionFn> {
+        self.inner
+            .state_actions
+            .get_or_init(|| {
+                self.inner
+                    .spec
+                    .states
+                    .iter()
+                    .map(|s| s.action.and_then(|a| self.inner.actions.get(a).cloned()))
+                    .collect()
+            })
+            .get(index)?
+            .as_ref()
     }
 
     async fn dispatch_action(
         &self,
-        hooks: &dyn MachineHooks,
+        state: usize,
+        hooks: Option<&dyn MachineHooks>,
         call: &ActionCall,
         context: &mut Context,
     ) -> Result<bool, StateError> {
-        if let Some(f) = self.inner.actions.get(call.action) {
+        if let Some(f) = self.state_action(state) {
             f(context, call).await?;
             return Ok(true);
         }
-        if hooks.on_action(call.action, context).await?.is_handled() {
+        if let Some(hooks) = hooks
+            && hooks.on_action(call.action, context).await?.is_handled()
+        {
             return Ok(true);
         }
         if let Some(f) = &self.inner.fallback {
@@ -1195,7 +1280,7 @@ impl Machine {
         context: &Context,
     ) -> Result<Value, StateError> {
         match &state.input {
-            Some(tv) => Ok(template::render(tv, &Scope::for_state(context))?),
+            Some(tv) => Ok(template::render_with(tv, &ScopeRef::for_state(context))?),
             None => Ok(Value::Object(Context::new())),
         }
     }
@@ -1209,11 +1294,16 @@ impl Machine {
         let Some(TemplateValue::Map(entries)) = &state.output_to_context else {
             return Ok(());
         };
-        // The scope holds its own copy, so updates below do not affect later templates.
-        let scope = Scope::for_state(context).with_output(output);
+        // Every value is rendered before the context changes, so updates do not affect
+        // later templates.
+        let scope = ScopeRef::for_state(context).with_output(output);
+        let mut values = Vec::with_capacity(entries.len());
         for (key, tv) in entries.iter() {
-            let v = template::render(tv, &scope)?;
-            context.insert((*key).to_string(), v);
+            values.push((*key, template::render_with(tv, &scope)?));
+        }
+        drop(scope);
+        for (key, value) in values {
+            context.insert(key.to_string(), value);
         }
         Ok(())
     }
@@ -1222,6 +1312,29 @@ impl Machine {
     /// into this machine's store (unless its own YAML says `persistence: {enabled: false}`),
     /// with its own `checkpoint_on` if it has one.
     fn child(&self, name: &str) -> Result<Machine, StateError> {
+        let mut children = self
+            .inner
+            .children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((_, machine)) = children.iter().find(|(n, _)| *n == name) {
+            return Ok(machine.clone());
+        }
+        let machine = self.new_child(name)?;
+        if let Some(key) = self
+            .inner
+            .spec
+            .machines
+            .iter()
+            .map(|(n, _)| *n)
+            .find(|n| *n == name)
+        {
+            children.push((key, machine.clone()));
+        }
+        Ok(machine)
+    }
+
+    fn new_child(&self, name: &str) -> Result<Machine, StateError> {
         let spec = self.inner.spec;
         let child = spec.child(name).ok_or_else(|| {
             StateError::new(
@@ -1259,6 +1372,8 @@ impl Machine {
             results: self.inner.results.clone(),
             launches: self.inner.launches.clone(),
             invoker: self.inner.invoker.clone(),
+            children: std::sync::Mutex::default(),
+            state_actions: std::sync::OnceLock::new(),
         }))
     }
 
@@ -1273,7 +1388,7 @@ impl Machine {
         let request = InvokeRequest {
             parent: self.clone(),
             machine: name,
-            execution_id: uuid::Uuid::new_v4().to_string(),
+            execution_id: child_execution_id(),
             parent_execution_id: Some(run.execution_id.clone()),
             input,
             resume: false,
@@ -1332,10 +1447,10 @@ impl Machine {
         state: &'static StateSpec,
         context: &mut Context,
     ) -> Result<Value, StateError> {
-        let base = Scope::for_state(context);
+        let base = ScopeRef::for_state(context);
         let cap = self.concurrency();
         if let Some(fe) = &state.foreach {
-            let items = match template::render(fe, &base)? {
+            let items = match template::render_with(fe, &base)? {
                 Value::Array(items) => items,
                 other => {
                     return Err(StateError::new(
@@ -1353,11 +1468,11 @@ impl Machine {
             for item in &items {
                 let scope = base.clone().with_item(state.foreach_as, item);
                 let input = match &state.input {
-                    Some(tv) => template::render(tv, &scope)?,
+                    Some(tv) => template::render_with(tv, &scope)?,
                     None => Value::Object(Context::new()),
                 };
                 if let Some(k) = &state.key {
-                    let key = match template::render(k, &scope)? {
+                    let key = match template::render_with(k, &scope)? {
                         Value::String(s) => s,
                         other => other.to_string(),
                     };
@@ -1405,7 +1520,7 @@ impl Machine {
             return Ok(Value::Array(entries));
         }
         let shared_input = match &state.input {
-            Some(tv) => template::render(tv, &base)?,
+            Some(tv) => template::render_with(tv, &base)?,
             None => Value::Object(Context::new()),
         };
         if !state.machine_list {
@@ -1417,7 +1532,7 @@ impl Machine {
         let mut futures = Vec::new();
         for call in state.machine {
             let input = match &call.input {
-                Some(tv) => template::render(tv, &base)?,
+                Some(tv) => template::render_with(tv, &base)?,
                 None => shared_input.clone(),
             };
             futures.push(self.run_child(run, call.name, input));
@@ -1457,7 +1572,7 @@ impl Machine {
     ) -> Result<(), StateError> {
         let state = &self.inner.spec.states[index];
         let input = match &state.launch_input {
-            Some(tv) => template::render(tv, &Scope::for_state(context))?,
+            Some(tv) => template::render_with(tv, &ScopeRef::for_state(context))?,
             None => Value::Object(Context::new()),
         };
         let input_map = match &input {
@@ -1623,6 +1738,34 @@ impl Machine {
         }
         origin
     }
+}
+
+/// A new execution id for a child run (`machine:`, `foreach`): a UUID (v4 layout) made from a
+/// per-process random seed (one `getrandom`) and a counter, so a foreach over 1,000 items
+/// makes no system call per child. Unique within the process (the counter goes through a
+/// bijection), and across processes as far as the 128-bit random seeds differ.
+fn child_execution_id() -> String {
+    static SEED: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let (a, b) = *SEED.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair());
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&splitmix64(a.wrapping_add(n)).to_be_bytes());
+    bytes[8..].copy_from_slice(&splitmix64(b ^ n.rotate_left(32)).to_be_bytes());
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .encode_lower(&mut text)
+        .to_owned()
+}
+
+/// SplitMix64's finalizer: a bijection on `u64` that spreads every input bit.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The execution id of the `position`-th child launched by `state` at `step` of `parent`:

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 
 use super::crc32::crc32;
-use super::{MachineSnapshot, PersistenceBackend, PersistenceError, validate_key};
+use super::{
+    EncodedCheckpoint, MachineSnapshot, PersistenceBackend, PersistenceError, validate_key,
+};
 
 /// File-based checkpoint storage (the reference's `LocalFileBackend`): key `a/b.json` is the
 /// file `<root>/a/b.json`.
@@ -34,6 +36,16 @@ use super::{MachineSnapshot, PersistenceBackend, PersistenceError, validate_key}
 /// reference, or by a process killed between the two writes) loads unchecked, as does one
 /// whose checksum file has another `created_at` (the snapshot was rewritten by a writer that
 /// keeps no checksums). This detects damaged and hand-edited files, not deliberate forgery.
+///
+/// # A checkpoint
+///
+/// [`save_checkpoint`](PersistenceBackend::save_checkpoint) and
+/// [`save_encoded`](PersistenceBackend::save_encoded) write a checkpoint in one hand-off to
+/// the blocking pool: the snapshot (temporary file, fsync, rename), its checksum file (the
+/// same, then one fsync of the directory for both renames), then the `latest` pointer (the
+/// same, then the directory again). With fsync on that is 5 fsyncs per checkpoint, the least
+/// that keeps `latest` from ever naming a checkpoint a power loss could take away. Missing
+/// directories are noticed when creating a file fails, not by a `stat` before every write.
 ///
 /// Reading a file that is not a valid snapshot reports [`PersistenceError::Corrupt`] with the
 /// file's path and leaves the file untouched.
@@ -106,6 +118,31 @@ impl LocalFileBackend {
         blocking(move || {
             write_atomic(&root, &path, &bytes, fsync, false)?;
             write_atomic(&root, &sum_path, &sum, fsync, fsync)
+        })
+        .await
+    }
+
+    /// Writes a checkpoint (snapshot, checksum, `latest` pointer) in one blocking hand-off.
+    /// The keys must be valid.
+    async fn write_checkpoint(
+        &self,
+        key: &str,
+        latest_key: &str,
+        json: impl AsRef<[u8]> + Send + 'static,
+        created_at: impl AsRef<str> + Send + 'static,
+    ) -> Result<(), PersistenceError> {
+        let path = self.root.join(key);
+        let sum_path = self.root.join(checksum_key(key));
+        let latest_path = self.root.join(latest_key);
+        let pointer = key.to_owned();
+        let root = self.root.clone();
+        let fsync = self.fsync;
+        blocking(move || {
+            let json = json.as_ref();
+            let sum = checksum_record(json, created_at.as_ref());
+            write_atomic(&root, &path, json, fsync, false)?;
+            write_atomic(&root, &sum_path, &sum, fsync, fsync)?;
+            write_atomic(&root, &latest_path, pointer.as_bytes(), fsync, fsync)
         })
         .await
     }
@@ -190,6 +227,37 @@ impl PersistenceBackend for LocalFileBackend {
                 source,
             })?;
         self.write_snapshot(key, bytes, &snapshot.created_at).await
+    }
+
+    async fn save_checkpoint(
+        &self,
+        key: &str,
+        latest_key: &str,
+        snapshot: std::sync::Arc<MachineSnapshot>,
+    ) -> Result<(), PersistenceError> {
+        validate_key(key)?;
+        validate_key(latest_key)?;
+        let bytes = snapshot
+            .to_json_vec()
+            .map_err(|source| PersistenceError::Serialize {
+                key: key.to_owned(),
+                source,
+            })?;
+        let created_at = snapshot.created_at.clone();
+        self.write_checkpoint(key, latest_key, bytes, created_at)
+            .await
+    }
+
+    async fn save_encoded(&self, checkpoint: EncodedCheckpoint) -> Result<(), PersistenceError> {
+        // The keys of an `EncodedCheckpoint` were validated when its writer was made.
+        let created_at = checkpoint.created_at().to_owned();
+        self.write_checkpoint(
+            checkpoint.key(),
+            checkpoint.latest_key(),
+            checkpoint.json_shared().clone(),
+            created_at,
+        )
+        .await
     }
 
     async fn load(&self, key: &str) -> Result<Option<MachineSnapshot>, PersistenceError> {
@@ -423,7 +491,6 @@ fn write_atomic(
     sync_parent: bool,
 ) -> Result<(), PersistenceError> {
     let parent = path.parent().unwrap_or(root);
-    ensure_dir(parent, fsync)?;
     let name = path
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
@@ -434,8 +501,23 @@ fn write_atomic(
         let path = path.to_owned();
         move |source| PersistenceError::Io { op, path, source }
     };
+    // The directory exists but for the first write of an execution: create it when the
+    // file cannot be created, rather than checking before every write.
+    let mut file = match File::create(&temp) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            ensure_dir(parent, fsync)?;
+            File::create(&temp).map_err(io_error("create", &temp))?
+        }
+        Err(source) => {
+            return Err(PersistenceError::Io {
+                op: "create",
+                path: temp,
+                source,
+            });
+        }
+    };
     let result = (|| {
-        let mut file = File::create(&temp).map_err(io_error("create", &temp))?;
         file.write_all(bytes).map_err(io_error("write", &temp))?;
         if fsync {
             file.sync_all().map_err(io_error("fsync", &temp))?;

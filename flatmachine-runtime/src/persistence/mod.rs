@@ -19,8 +19,8 @@
 //!
 //! # Backends
 //!
-//! * [`MemoryBackend`] — the default when a machine has no `persistence` section; keeps the
-//!   snapshot structs themselves (no JSON), behind `Arc`s.
+//! * [`MemoryBackend`] — the default when a machine has no `persistence` section; keeps each
+//!   snapshot as its JSON bytes (the compact form, written once).
 //! * [`LocalFileBackend`] — files below a directory, written atomically (temporary file
 //!   `.<name>.tmp`, fsync, rename, fsync of the directory; fsync can be turned off).
 //! * `SqlitePersistence` (cargo feature `sqlite`) — one SQLite file, one transaction per
@@ -42,6 +42,7 @@ use crate::StateError;
 
 mod convert;
 mod crc32;
+pub(crate) mod encoded;
 mod key;
 mod local;
 mod memory;
@@ -53,6 +54,7 @@ mod store;
 #[cfg(feature = "sqlite")]
 pub use crate::sqlite::SqliteOptions;
 pub use convert::{CopyReport, copy_executions};
+pub use encoded::{CheckpointWriter, EncodedCheckpoint};
 pub use key::{InvalidKey, MAX_EXECUTION_ID_LEN, validate_execution_id, validate_key};
 pub use local::LocalFileBackend;
 pub use memory::MemoryBackend;
@@ -180,6 +182,33 @@ pub trait PersistenceBackend: Send + Sync {
     ) -> Result<(), PersistenceError> {
         self.save_shared(key, snapshot).await?;
         self.save_text(latest_key, key).await
+    }
+
+    /// Stores a checkpoint the execution loop serialized once ([`EncodedCheckpoint`]): the
+    /// snapshot under [`EncodedCheckpoint::key`] and the `latest` pointer, with the guarantees
+    /// of [`save_checkpoint`](Self::save_checkpoint). Backends that store bytes override this
+    /// to keep [`EncodedCheckpoint::json`] as is; the default parses the JSON back into a
+    /// snapshot and calls [`save_checkpoint`](Self::save_checkpoint).
+    async fn save_encoded(&self, checkpoint: EncodedCheckpoint) -> Result<(), PersistenceError> {
+        let snapshot = checkpoint.to_snapshot()?;
+        self.save_checkpoint(
+            checkpoint.key(),
+            checkpoint.latest_key(),
+            Arc::new(snapshot),
+        )
+        .await
+    }
+
+    /// [`save_encoded`](Self::save_encoded) done on the spot, for backends whose save is a
+    /// quick in-memory operation (no I/O, no waiting): `Some(result)` when it was done,
+    /// `None` (the default) to have [`save_encoded`](Self::save_encoded) awaited instead.
+    /// Spares the execution loop an async call per checkpoint.
+    fn save_encoded_now(
+        &self,
+        checkpoint: &EncodedCheckpoint,
+    ) -> Option<Result<(), PersistenceError>> {
+        let _ = checkpoint;
+        None
     }
 
     /// Deletes all but the newest `keep` checkpoints of `execution_id` (ordered by step, then

@@ -11,7 +11,6 @@
 //! Reading is lenient: optional fields may be missing or `null`, unknown fields are ignored.
 
 use std::io;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -62,6 +61,11 @@ pub struct MachineSnapshot {
     /// are none (the reference writes `null`, never `[]`).
     #[serde(default)]
     pub pending_launches: Option<Vec<LaunchIntent>>,
+    /// The fencing token of the execution lock held when the snapshot was made (locks that
+    /// issue them: `RedisLock`). Not written when `None`, so snapshots stay byte-identical to
+    /// the reference's; a store that checks it refuses snapshots older than the newest token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing_token: Option<u64>,
 }
 
 impl MachineSnapshot {
@@ -89,6 +93,7 @@ impl MachineSnapshot {
             total_cost: None,
             parent_execution_id: None,
             pending_launches: None,
+            fencing_token: None,
         }
     }
 
@@ -155,28 +160,19 @@ fn created_at_or_now<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Strin
 /// The current UTC time as Python's `datetime.now(timezone.utc).isoformat()` writes it:
 /// `YYYY-MM-DDTHH:MM:SS.ffffff+00:00`, without the fraction when the microseconds are 0.
 pub fn utc_now_isoformat() -> String {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    format_isoformat(since_epoch.as_secs(), since_epoch.subsec_micros())
+    super::encoded::IsoTimestamp::now().as_str().to_owned()
 }
 
 /// Formats seconds + microseconds since the Unix epoch (UTC) like Python's `isoformat()`.
+#[cfg(test)]
 fn format_isoformat(secs: u64, micros: u32) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (hour, minute, second) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    let (year, month, day) = civil_from_days(days);
-    let fraction = if micros == 0 {
-        String::new()
-    } else {
-        format!(".{micros:06}")
-    };
-    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{fraction}+00:00")
+    super::encoded::IsoTimestamp::from_parts(secs, micros)
+        .as_str()
+        .to_owned()
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z % 146_097;
@@ -194,9 +190,17 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 /// not JSON).
 pub fn to_python_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
     let mut out = Vec::with_capacity(256);
-    let mut serializer = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
-    value.serialize(&mut serializer)?;
+    write_python_json(&mut out, value)?;
     Ok(out)
+}
+
+/// [`to_python_json`] appending to `out`.
+pub(crate) fn write_python_json<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), serde_json::Error> {
+    let mut serializer = serde_json::Serializer::with_formatter(out, PythonFormatter);
+    value.serialize(&mut serializer)
 }
 
 /// `serde_json` formatter reproducing Python's `json.dumps` defaults.
@@ -230,6 +234,9 @@ impl serde_json::ser::Formatter for PythonFormatter {
     ) -> io::Result<()> {
         // serde_json has already escaped `"`, `\` and control characters; Python's
         // `ensure_ascii` also escapes DEL and everything outside ASCII (as UTF-16 units).
+        if fragment.is_ascii() && !fragment.as_bytes().contains(&0x7f) {
+            return w.write_all(fragment.as_bytes());
+        }
         let mut start = 0;
         for (i, c) in fragment.char_indices() {
             if c == '\x7f' || !c.is_ascii() {
@@ -245,6 +252,16 @@ impl serde_json::ser::Formatter for PythonFormatter {
     }
 
     fn write_f64<W: ?Sized + io::Write>(&mut self, w: &mut W, value: f64) -> io::Result<()> {
+        // Where Python writes positional notation, Rust's `Display` gives the same shortest
+        // round-trip digits; Python adds `.0` to integral values.
+        let magnitude = value.abs();
+        if value.is_finite() && (magnitude == 0.0 || (1e-4..1e16).contains(&magnitude)) {
+            return if value.fract() == 0.0 {
+                write!(w, "{value:.1}")
+            } else {
+                write!(w, "{value}")
+            };
+        }
         w.write_all(python_float_repr(value).as_bytes())
     }
 
@@ -323,6 +340,36 @@ mod tests {
         ];
         for (value, expected) in cases {
             assert_eq!(python_float_repr(value), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn float_writer_matches_repr() {
+        for value in [
+            0.0,
+            -0.0,
+            0.1,
+            1.0,
+            100.0,
+            2.5,
+            1e15,
+            9_999_999_999_999_998.0,
+            1e16,
+            0.0001,
+            0.00011,
+            1e-05,
+            -1.25e-7,
+            123456789012345.6,
+            0.30000000000000004,
+            -7.0,
+            1.5e300,
+        ] {
+            let written = to_python_json(&value).unwrap();
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                python_float_repr(value),
+                "{value:?}"
+            );
         }
     }
 

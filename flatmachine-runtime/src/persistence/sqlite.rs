@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
 use super::{
-    CheckpointStore, MachineSnapshot, PersistenceBackend, PersistenceError, checkpoint_event,
-    parse_snapshot_key, validate_execution_id, validate_key,
+    CheckpointStore, EncodedCheckpoint, MachineSnapshot, PersistenceBackend, PersistenceError,
+    checkpoint_event, parse_snapshot_key, validate_execution_id, validate_key,
 };
 use crate::sqlite::{Db, SqliteError, SqliteOptions, check_version, immediate};
 
@@ -19,8 +19,10 @@ const CHECKPOINT_SCHEMA: i64 = 1;
 /// [`LocalFileBackend`](super::LocalFileBackend) writes (the reference's format), one
 /// transaction per checkpoint.
 ///
-/// * **Atomic checkpoints**: [`save_checkpoint`](PersistenceBackend::save_checkpoint) writes
-///   the snapshot and the execution's `latest` pointer in one `BEGIN IMMEDIATE` transaction, so
+/// * **Atomic checkpoints**: [`save_encoded`](PersistenceBackend::save_encoded) (what the
+///   execution loop calls, with the JSON it serialized once) and
+///   [`save_checkpoint`](PersistenceBackend::save_checkpoint) write the snapshot and the
+///   execution's `latest` pointer in one `BEGIN IMMEDIATE` transaction, so
 ///   no crash can leave one without the other. Pruning
 ///   ([`prune_checkpoints`](PersistenceBackend::prune_checkpoints)) is one `DELETE`.
 /// * **Durability** ([`SqliteOptions::synchronous_full`]): WAL journal with
@@ -252,6 +254,19 @@ impl PersistenceBackend for SqlitePersistence {
         self.put(vec![
             (key.to_owned(), bytes),
             (latest_key.to_owned(), key.as_bytes().to_vec()),
+        ])
+        .await
+    }
+
+    /// The execution loop's checkpoint: its JSON stored as is, with the pointer, in one
+    /// transaction.
+    async fn save_encoded(&self, checkpoint: EncodedCheckpoint) -> Result<(), PersistenceError> {
+        self.put(vec![
+            (checkpoint.key().to_owned(), checkpoint.json().to_vec()),
+            (
+                checkpoint.latest_key().to_owned(),
+                checkpoint.key().as_bytes().to_vec(),
+            ),
         ])
         .await
     }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{
-    LocalFileBackend, MachineSnapshot, MemoryBackend, PersistenceBackend, PersistenceError,
-    checkpoint_event, validate_execution_id, validate_key,
+    EncodedCheckpoint, LocalFileBackend, MachineSnapshot, MemoryBackend, PersistenceBackend,
+    PersistenceError, checkpoint_event, validate_execution_id, validate_key,
 };
 
 /// The key of one checkpoint: `{execution_id}/step_{step:06}_{event}.json` (reference layout).
@@ -121,6 +121,30 @@ impl CheckpointStore {
                 .await?;
         }
         Ok(key)
+    }
+
+    /// Saves a checkpoint serialized once by a [`CheckpointWriter`](super::CheckpointWriter)
+    /// (what the execution loop calls): like [`save`](Self::save), without building or
+    /// copying a [`MachineSnapshot`], and done on the spot when the backend can
+    /// ([`PersistenceBackend::save_encoded_now`]).
+    pub async fn save_encoded(
+        &self,
+        checkpoint: EncodedCheckpoint,
+    ) -> Result<(), PersistenceError> {
+        let pruning = self
+            .keep_last
+            .map(|keep| (keep, checkpoint.key_shared().clone()));
+        match self.backend.save_encoded_now(&checkpoint) {
+            Some(result) => result?,
+            None => self.backend.save_encoded(checkpoint).await?,
+        }
+        if let Some((keep, key)) = pruning {
+            let execution_id = &key[..key.rfind('/').unwrap_or(0)];
+            self.backend
+                .prune_checkpoints(execution_id, &key, keep)
+                .await?;
+        }
+        Ok(())
     }
 
     /// The key `latest` points to for this execution, `None` if it has no checkpoint.

@@ -509,13 +509,38 @@ fn slots_are_usable_across_threads() {
 #[test]
 fn classification() {
     let env = environment();
-    assert!(matches!(classify(env, "{{ a }}"), Compiled::Single { .. }));
+    assert!(matches!(classify(env, "{{ a }}"), Compiled::Path { .. }));
+    assert!(matches!(
+        classify(env, "{{ input.item.id }}"),
+        Compiled::Path { .. }
+    ));
+    assert!(matches!(
+        classify(env, "{{ true }}"),
+        Compiled::Single { .. }
+    ));
+    assert!(matches!(
+        classify(env, "{{ a[0] }}"),
+        Compiled::Single { .. }
+    ));
+    assert!(matches!(
+        classify(env, "x {{ a.b }} y {{ c }}"),
+        Compiled::PathText { .. }
+    ));
+    assert!(matches!(classify(env, "x {{ a.b }}\n"), Compiled::Text(_)));
+    assert!(matches!(classify(env, "x {{- a }}"), Compiled::Text(_)));
     assert!(matches!(
         classify(env, " {{ a | b(1) }}\n"),
         Compiled::Single { .. }
     ));
-    assert!(matches!(classify(env, "{{ a }}{{ b }}"), Compiled::Text(_)));
-    assert!(matches!(classify(env, "{{ a }} x"), Compiled::Text(_)));
+    assert!(matches!(
+        classify(env, "{{ a }}{{ b }}"),
+        Compiled::PathText { .. }
+    ));
+    assert!(matches!(
+        classify(env, "{{ a }} x"),
+        Compiled::PathText { .. }
+    ));
+    assert!(matches!(classify(env, "{{ a + 1 }} x"), Compiled::Text(_)));
     assert!(matches!(
         classify(env, "{% if a %}{{ a }}{% endif %}"),
         Compiled::Text(_)
@@ -534,4 +559,71 @@ fn classification() {
     assert!(!is_bare_path("output.a-b"));
     assert!(!is_bare_path("outputs.a"));
     assert!(!is_bare_path("output..a"));
+}
+
+#[test]
+fn fast_paths_agree_with_minijinja() {
+    let env = environment();
+    let context = ctx(json!({
+        "s": "text", "i": 7, "neg": -3, "u": 18446744073709551615u64, "f": 1.5, "f1": 2.0,
+        "b": true, "n": null, "l": [1, "a", {"x": 1}], "uni": "é ☃",
+        "o": {"a": {"b": "deep"}, "e": {}}
+    }));
+    let item = json!({"id": 3, "name": "it"});
+    let output = json!({"x": 1, "list": [1, 2]});
+    let scope = ScopeRef::for_state(&context)
+        .with_output(&output)
+        .with_item("item", &item);
+    let plain_item = json!(5);
+    let shadow = ScopeRef::new(&context).with_item("context", &plain_item);
+    let sources = [
+        "{{ context.s }}",
+        "{{ context.i }}",
+        "{{ context.u }}",
+        "{{ context.f }}",
+        "{{ context.l }}",
+        "{{ context.o }}",
+        "{{ context }}",
+        "{{ input.o.a.b }}",
+        "{{ context.missing }}",
+        "{{ context.missing.deeper }}",
+        "{{ context.s.x }}",
+        "{{ context.l.x }}",
+        "{{ context.n.x }}",
+        "{{ item }}",
+        "{{ item.id }}",
+        "{{ output }}",
+        "{{ output.list }}",
+        "{{ nope }}",
+        "{{ nope.x }}",
+        "a {{ context.s }} b {{ context.i }}",
+        "{{ context.neg }} {{ context.u }}",
+        "{{ context.f }} x",
+        "{{ context.f1 }} x",
+        "{{ context.b }}!",
+        "{{ context.n }}-",
+        "{{ context.missing }}.",
+        "{{ context.l }} z",
+        "{{ context.o.e }} z",
+        "{{ context.uni }} {{ item.name }}",
+        "{{ context.i }}{{ context.i }}",
+        "\"{{ context.s }}\"",
+    ];
+    for (scope, name) in [(&scope, "state"), (&shadow, "shadowed")] {
+        for src in sources {
+            let compiled = classify(env, src);
+            let fast = eval(&compiled, src, scope);
+            let slow = match &compiled {
+                Compiled::Path {
+                    expr, line_offset, ..
+                } => eval_expression(expr, src, *line_offset, scope),
+                Compiled::PathText { tmpl, .. } => tmpl
+                    .render(scope.root_value())
+                    .map(parse_rendered)
+                    .map_err(|e| mj_error(src, &e, 0)),
+                other => eval(other, src, scope),
+            };
+            assert_eq!(fast, slow, "{src} ({name} scope)");
+        }
+    }
 }

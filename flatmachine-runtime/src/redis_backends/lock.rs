@@ -1,0 +1,188 @@
+//! Execution locks in Redis: leases with renewal, owner-only release and fencing tokens.
+//!
+//! `acquire` runs one script: `SET F:lock:{id} <random token> NX PX <lease>` and, when that
+//! succeeds, `INCR F:lock-fence:{id}` — the fencing token, which only grows. The guard carries
+//! the token ([`LockGuard::fencing_token`]); the engine writes it into every checkpoint, and
+//! [`RedisPersistence`](super::RedisPersistence) refuses a checkpoint whose token is older than
+//! the newest one issued. While the guard lives a task renews the lease (`PEXPIRE` if the key
+//! still holds this token) every `renew_every`; dropping the guard stops it and deletes the key
+//! only if it still holds this token (compare-and-delete).
+//!
+//! A lease can still expire under a live runner (a process paused longer than the lease, a
+//! network partition): another runner may then acquire the lock. Fencing is what keeps the
+//! first runner from overwriting the second one's checkpoints when it wakes.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::Script;
+
+use super::{RedisConnection, RedisPersistence, RedisSetupError};
+use crate::lock::{ExecutionLock, LockError, LockGuard};
+use crate::persistence::validate_execution_id;
+
+/// KEYS = lock key, fence counter; ARGV = token, lease ms. The new fencing token, or 0 if held.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return 0
+",
+    )
+});
+
+/// KEYS = lock key; ARGV = token, lease ms. 1 if renewed, 0 if the lock is not ours any more.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+",
+    )
+});
+
+/// KEYS = lock key; ARGV = token. Deletes the key only if it holds the token.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+",
+    )
+});
+
+/// Lease settings of a [`RedisLock`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisLockOptions {
+    /// How long the lock lives without renewal (default 30 s).
+    pub lease: Duration,
+    /// How often a held lock is renewed (default 10 s, a third of the lease). `None` disables
+    /// renewal: the lock then expires `lease` after the acquire whatever the holder does (what a
+    /// holder paused for longer than the lease experiences; useful to test fencing).
+    pub renew_every: Option<Duration>,
+}
+
+impl Default for RedisLockOptions {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            renew_every: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Execution locks on a Redis server (see the [module docs](self)).
+#[derive(Debug, Clone)]
+pub struct RedisLock {
+    conn: RedisConnection,
+    options: RedisLockOptions,
+}
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> LockError {
+    LockError::Other(Box::new(e))
+}
+
+impl RedisLock {
+    /// Locks on `conn`'s server with the default lease (30 s, renewed every 10 s).
+    pub fn new(conn: RedisConnection) -> Self {
+        Self::with_options(conn, RedisLockOptions::default())
+    }
+
+    /// Locks on `conn`'s server with these lease settings (a zero lease counts as 1 ms).
+    pub fn with_options(conn: RedisConnection, options: RedisLockOptions) -> Self {
+        Self { conn, options }
+    }
+
+    /// Locks on the server at `url`, keys under `prefix`, default lease.
+    pub fn open(url: &str, prefix: &str) -> Result<Self, RedisSetupError> {
+        Ok(Self::new(RedisConnection::open(url, prefix)?))
+    }
+
+    fn lock_key(&self, execution_id: &str) -> String {
+        self.conn.key(&format!("lock:{execution_id}"))
+    }
+
+    fn lease_ms(&self) -> u64 {
+        u64::try_from(self.options.lease.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+}
+
+#[async_trait]
+impl ExecutionLock for RedisLock {
+    async fn acquire(&self, execution_id: &str) -> Result<LockGuard, LockError> {
+        validate_execution_id(execution_id)?;
+        let key = self.lock_key(execution_id);
+        let token = uuid::Uuid::new_v4().to_string();
+        let lease = self.lease_ms();
+        let mut conn = self.conn.manager().await.map_err(other)?;
+        let fence: u64 = ACQUIRE
+            .key(&key)
+            .key(RedisPersistence::lock_fence_key(&self.conn, execution_id))
+            .arg(&token)
+            .arg(lease)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(other)?;
+        if fence == 0 {
+            return Err(LockError::Held {
+                execution_id: execution_id.to_owned(),
+            });
+        }
+        let renewal = self.options.renew_every.map(|every| {
+            let (mut conn, key, token, id) = (
+                conn.clone(),
+                key.clone(),
+                token.clone(),
+                execution_id.to_owned(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let renewed: Result<i64, _> = RENEW
+                        .key(&key)
+                        .arg(&token)
+                        .arg(lease)
+                        .invoke_async(&mut conn)
+                        .await;
+                    match renewed {
+                        Ok(1) => {}
+                        Ok(_) => {
+                            tracing::warn!(
+                                execution_id = %id,
+                                "the Redis lock lease expired and is held by another runner; its checkpoints will be refused"
+                            );
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(execution_id = %id, error = %e, "could not renew the Redis lock lease; retrying");
+                        }
+                    }
+                }
+            })
+        });
+        let guard = LockGuard::new(execution_id, move || {
+            if let Some(task) = renewal {
+                task.abort();
+            }
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let released: Result<i64, _> =
+                        RELEASE.key(&key).arg(&token).invoke_async(&mut conn).await;
+                    if let Err(e) = released {
+                        tracing::warn!(error = %e, "could not release a Redis lock; it expires with its lease");
+                    }
+                });
+            }
+        });
+        Ok(guard.with_fencing_token(fence))
+    }
+}

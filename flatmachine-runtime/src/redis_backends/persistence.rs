@@ -1,0 +1,320 @@
+//! Checkpoints in Redis, in the reference's key layout.
+//!
+//! A checkpoint key `K` (`{execution_id}/step_{step:06}_{event}.json`, or
+//! `{execution_id}/latest`) is stored as the string `F:cp:K` (prefix `F`) holding exactly the
+//! bytes [`LocalFileBackend`](crate::persistence::LocalFileBackend) writes to its file. Besides:
+//!
+//! * `F:cp-index` — sorted set of every stored key (all scores 0, so `list(prefix)` is a
+//!   lexicographic range);
+//! * `F:cp-exec:{execution_id}` — sorted set of the execution's checkpoint keys scored by step
+//!   and event in run order, so pruning runs on the server;
+//! * `F:cp-fence:{execution_id}` — the newest fencing token a checkpoint of the execution
+//!   carried; `F:lock-fence:{execution_id}` is the counter [`RedisLock`](super::RedisLock)
+//!   increments on every acquire.
+//!
+//! A save is one Lua script: snapshot + `latest` pointer + indexes together, after the fencing
+//! check — a snapshot whose [`fencing_token`](MachineSnapshot::fencing_token) is older than the
+//! newest token issued or recorded for its execution is refused with [`FencingError`], so a
+//! runner whose lock lease expired cannot overwrite the checkpoints of the runner that took over.
+
+use std::sync::{Arc, LazyLock};
+
+use async_trait::async_trait;
+use redis::Script;
+
+use super::{RedisConnection, RedisSetupError};
+use crate::persistence::{
+    MachineSnapshot, PersistenceBackend, PersistenceError, checkpoint_event, parse_snapshot_key,
+    validate_execution_id, validate_key,
+};
+
+/// A checkpoint refused because its fencing token is older than the execution's newest one:
+/// the lock this runner held expired and another runner acquired it since.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "checkpoint `{key}` refused: it carries fencing token {token}, but the lock of execution `{execution_id}` has since issued token {newest} (this runner's lease expired and another runner took over; its checkpoints are kept)"
+)]
+pub struct FencingError {
+    /// The execution.
+    pub execution_id: String,
+    /// The key the refused checkpoint was to be saved under.
+    pub key: String,
+    /// The token the refused snapshot carried.
+    pub token: u64,
+    /// The newest token issued (or recorded) for the execution.
+    pub newest: u64,
+}
+
+/// KEYS = data key, index, exec zset (or ''), latest data key (or ''), lock counter, fence
+/// record. ARGV = key, bytes, score (or ''), latest key (or ''), token (or '').
+/// `{0}` saved; `{1, newest}` refused by the fencing check.
+static SAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[5] ~= '' then
+  local token = tonumber(ARGV[5])
+  local issued = tonumber(redis.call('GET', KEYS[5]) or '0')
+  local recorded = tonumber(redis.call('GET', KEYS[6]) or '0')
+  local newest = math.max(issued, recorded)
+  if token < newest then return {'1', tostring(newest)} end
+  if token > recorded then redis.call('SET', KEYS[6], ARGV[5]) end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1]) end
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[4], ARGV[1])
+  redis.call('ZADD', KEYS[2], 0, ARGV[4])
+end
+return {'0'}
+",
+    )
+});
+
+/// KEYS = exec zset, index; ARGV = data key prefix (`F:cp:`), keep, saved key.
+static PRUNE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[2])
+if excess <= 0 then return 0 end
+local n = 0
+for _, key in ipairs(redis.call('ZRANGE', KEYS[1], 0, excess - 1)) do
+  if key ~= ARGV[3] then
+    redis.call('DEL', ARGV[1] .. key)
+    redis.call('ZREM', KEYS[1], key)
+    redis.call('ZREM', KEYS[2], key)
+    n = n + 1
+  end
+end
+return n
+",
+    )
+});
+
+/// Checkpoint storage on a Redis server (see the [module docs](self)).
+#[derive(Debug, Clone)]
+pub struct RedisPersistence {
+    conn: RedisConnection,
+}
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> PersistenceError {
+    PersistenceError::Other(Box::new(e))
+}
+
+/// Position of an event within one step, in run order (as the checkpoint store orders them).
+fn event_rank(event: &str) -> u64 {
+    match event {
+        checkpoint_event::MACHINE_START => 0,
+        checkpoint_event::STATE_ENTER => 1,
+        checkpoint_event::EXECUTE => 2,
+        checkpoint_event::STATE_EXIT => 4,
+        checkpoint_event::MACHINE_END => 5,
+        _ => 3,
+    }
+}
+
+impl RedisPersistence {
+    /// Checkpoints on `conn`'s server, under its prefix.
+    pub fn new(conn: RedisConnection) -> Self {
+        Self { conn }
+    }
+
+    /// Checkpoints on the server at `url`, keys under `prefix`.
+    pub fn open(url: &str, prefix: &str) -> Result<Self, RedisSetupError> {
+        Ok(Self::new(RedisConnection::open(url, prefix)?))
+    }
+
+    fn data_key(&self, key: &str) -> String {
+        self.conn.key(&format!("cp:{key}"))
+    }
+
+    fn index_key(&self) -> String {
+        self.conn.key("cp-index")
+    }
+
+    fn exec_key(&self, execution_id: &str) -> String {
+        self.conn.key(&format!("cp-exec:{execution_id}"))
+    }
+
+    /// The counter [`RedisLock`](super::RedisLock) increments for each acquire of `execution_id`.
+    pub(crate) fn lock_fence_key(conn: &RedisConnection, execution_id: &str) -> String {
+        conn.key(&format!("lock-fence:{execution_id}"))
+    }
+
+    async fn store(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        latest: Option<&str>,
+        token: Option<u64>,
+    ) -> Result<(), PersistenceError> {
+        validate_key(key)?;
+        if let Some(latest) = latest {
+            validate_key(latest)?;
+        }
+        let parsed = parse_snapshot_key(key);
+        let execution_id = parsed
+            .map(|(id, _, _)| id)
+            .or_else(|| key.split_once('/').map(|(id, _)| id))
+            .unwrap_or(key);
+        let (exec, score) = match parsed {
+            Some((id, step, event)) => (
+                self.exec_key(id),
+                (step.saturating_mul(8) + event_rank(event)).to_string(),
+            ),
+            None => (String::new(), String::new()),
+        };
+        let mut conn = self.conn.manager().await.map_err(other)?;
+        let reply: Vec<String> = SAVE
+            .key(self.data_key(key))
+            .key(self.index_key())
+            .key(exec)
+            .key(latest.map(|l| self.data_key(l)).unwrap_or_default())
+            .key(Self::lock_fence_key(&self.conn, execution_id))
+            .key(self.conn.key(&format!("cp-fence:{execution_id}")))
+            .arg(key)
+            .arg(bytes)
+            .arg(score)
+            .arg(latest.unwrap_or(""))
+            .arg(token.map(|t| t.to_string()).unwrap_or_default())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(other)?;
+        match reply.as_slice() {
+            [ok] if ok == "0" => Ok(()),
+            [refused, newest] if refused == "1" => Err(other(FencingError {
+                execution_id: execution_id.to_owned(),
+                key: key.to_owned(),
+                token: token.unwrap_or_default(),
+                newest: newest.parse().unwrap_or_default(),
+            })),
+            _ => Err(PersistenceError::Other(
+                format!("unexpected reply to a checkpoint save: {reply:?}").into(),
+            )),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PersistenceError> {
+        validate_key(key)?;
+        let mut conn = self.conn.manager().await.map_err(other)?;
+        redis::cmd("GET")
+            .arg(self.data_key(key))
+            .query_async(&mut conn)
+            .await
+            .map_err(other)
+    }
+}
+
+fn serialize(key: &str, snapshot: &MachineSnapshot) -> Result<Vec<u8>, PersistenceError> {
+    snapshot
+        .to_json_vec()
+        .map_err(|source| PersistenceError::Serialize {
+            key: key.to_owned(),
+            source,
+        })
+}
+
+#[async_trait]
+impl PersistenceBackend for RedisPersistence {
+    async fn save(&self, key: &str, snapshot: &MachineSnapshot) -> Result<(), PersistenceError> {
+        self.store(key, serialize(key, snapshot)?, None, snapshot.fencing_token)
+            .await
+    }
+
+    async fn save_checkpoint(
+        &self,
+        key: &str,
+        latest_key: &str,
+        snapshot: Arc<MachineSnapshot>,
+    ) -> Result<(), PersistenceError> {
+        self.store(
+            key,
+            serialize(key, &snapshot)?,
+            Some(latest_key),
+            snapshot.fencing_token,
+        )
+        .await
+    }
+
+    async fn prune_checkpoints(
+        &self,
+        execution_id: &str,
+        saved: &str,
+        keep: usize,
+    ) -> Result<(), PersistenceError> {
+        validate_execution_id(execution_id)?;
+        let mut conn = self.conn.manager().await.map_err(other)?;
+        let _: i64 = PRUNE
+            .key(self.exec_key(execution_id))
+            .key(self.index_key())
+            .arg(self.conn.key("cp:"))
+            .arg(keep)
+            .arg(saved)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(other)?;
+        Ok(())
+    }
+
+    async fn load(&self, key: &str) -> Result<Option<MachineSnapshot>, PersistenceError> {
+        let Some(bytes) = self.get(key).await? else {
+            return Ok(None);
+        };
+        MachineSnapshot::from_json_slice(&bytes)
+            .map(Some)
+            .map_err(|e| PersistenceError::Corrupt {
+                key: key.to_owned(),
+                path: None,
+                reason: e.to_string(),
+            })
+    }
+
+    async fn save_text(&self, key: &str, text: &str) -> Result<(), PersistenceError> {
+        self.store(key, text.as_bytes().to_vec(), None, None).await
+    }
+
+    async fn load_text(&self, key: &str) -> Result<Option<String>, PersistenceError> {
+        let Some(bytes) = self.get(key).await? else {
+            return Ok(None);
+        };
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| PersistenceError::Corrupt {
+                key: key.to_owned(),
+                path: None,
+                reason: "not UTF-8".to_owned(),
+            })
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), PersistenceError> {
+        validate_key(key)?;
+        let mut conn = self.conn.manager().await.map_err(other)?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("DEL")
+            .arg(self.data_key(key))
+            .cmd("ZREM")
+            .arg(self.index_key())
+            .arg(key);
+        if let Some((id, _, _)) = parse_snapshot_key(key) {
+            pipe.cmd("ZREM").arg(self.exec_key(id)).arg(key);
+        }
+        pipe.query_async::<()>(&mut conn).await.map_err(other)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, PersistenceError> {
+        let mut conn = self.conn.manager().await.map_err(other)?;
+        let mut min = b"[".to_vec();
+        min.extend_from_slice(prefix.as_bytes());
+        let mut max = min.clone();
+        max.push(0xff);
+        let keys: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(self.index_key())
+            .arg(min)
+            .arg(max)
+            .query_async(&mut conn)
+            .await
+            .map_err(other)?;
+        Ok(keys)
+    }
+}
