@@ -94,16 +94,35 @@ pub struct KillPoint {
 /// context, actions that fold each step into `acc`. With `kill`, the process SIGKILLs itself
 /// right after writing that checkpoint.
 pub fn long_run_machine(dir: &std::path::Path, kill: Option<KillPoint>) -> MachineBuilder {
-    use flatmachine_runtime::persistence::{CheckpointStore, LocalFileBackend};
-    let backend = LocalFileBackend::new(dir.join(".checkpoints")).with_fsync(false);
-    let backend: std::sync::Arc<dyn flatmachine_runtime::persistence::PersistenceBackend> =
-        match kill {
-            Some(point) => std::sync::Arc::new(killing::KillingBackend {
-                inner: backend,
-                point,
-            }),
-            None => std::sync::Arc::new(backend),
-        };
+    long_run_machine_on(dir, kill, false)
+}
+
+/// [`long_run_machine`] with its checkpoints in `<dir>/.checkpoints/checkpoints.sqlite`
+/// (`SqlitePersistence`, `synchronous=NORMAL`) when `sqlite` is set, else in files.
+pub fn long_run_machine_on(
+    dir: &std::path::Path,
+    kill: Option<KillPoint>,
+    sqlite: bool,
+) -> MachineBuilder {
+    use flatmachine_runtime::persistence::{
+        CheckpointStore, LocalFileBackend, PersistenceBackend, SqlitePersistence,
+    };
+    use std::sync::Arc;
+    let backend: Arc<dyn PersistenceBackend> = if sqlite {
+        Arc::new(
+            SqlitePersistence::open(dir.join(".checkpoints").join("checkpoints.sqlite"))
+                .expect("open the checkpoint database"),
+        )
+    } else {
+        Arc::new(LocalFileBackend::new(dir.join(".checkpoints")).with_fsync(false))
+    };
+    let backend: Arc<dyn PersistenceBackend> = match kill {
+        Some(point) => Arc::new(killing::KillingBackend {
+            inner: backend,
+            point,
+        }),
+        None => backend,
+    };
     Machine::of::<long_run::Machine>()
         .persistence(CheckpointStore::new(backend))
         .lock_dir(dir.join(".locks"))
@@ -138,9 +157,10 @@ fn fold(ctx: &mut Context, x: i64) {
 mod killing {
     use flatmachine_runtime::hooks::{HookError, MachineHooks};
     use flatmachine_runtime::persistence::{
-        LocalFileBackend, MachineSnapshot, PersistenceBackend, PersistenceError, snapshot_key,
+        MachineSnapshot, PersistenceBackend, PersistenceError, snapshot_key,
     };
     use flatmachine_runtime::{Context, Value};
+    use std::sync::Arc;
 
     use super::KillPoint;
 
@@ -191,10 +211,10 @@ mod killing {
         }
     }
 
-    /// A file backend that SIGKILLs its process once the checkpoint of its [`KillPoint`] is
+    /// A backend that SIGKILLs its process once the checkpoint of its [`KillPoint`] is
     /// written (before or after the `latest` pointer names it).
     pub(super) struct KillingBackend {
-        pub(super) inner: LocalFileBackend,
+        pub(super) inner: Arc<dyn PersistenceBackend>,
         pub(super) point: KillPoint,
     }
 
@@ -224,6 +244,29 @@ mod killing {
         ) -> Result<(), PersistenceError> {
             self.inner.save(key, snapshot).await?;
             if self.point.before_latest && key == self.target(&snapshot.execution_id) {
+                die();
+            }
+            Ok(())
+        }
+
+        /// After the snapshot (`before_latest`): the snapshot and the pointer one by one
+        /// through this wrapper, so the kill falls between them. After the pointer: the inner
+        /// backend's own checkpoint write (one transaction on SQLite), then the kill.
+        async fn save_checkpoint(
+            &self,
+            key: &str,
+            latest_key: &str,
+            snapshot: Arc<MachineSnapshot>,
+        ) -> Result<(), PersistenceError> {
+            if self.point.before_latest {
+                self.save(key, &snapshot).await?;
+                return self.save_text(latest_key, key).await;
+            }
+            let target = self.target(&snapshot.execution_id);
+            self.inner
+                .save_checkpoint(key, latest_key, snapshot)
+                .await?;
+            if key == target {
                 die();
             }
             Ok(())

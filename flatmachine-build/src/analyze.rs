@@ -65,7 +65,7 @@ fn module_names(project: &Project) -> Vec<String> {
 /// Backend names the runtime provides, per kind (mirrors `BackendsSpec::AVAILABLE` in
 /// flatmachine-runtime).
 const BACKENDS: &[(&str, &[&str])] = &[
-    ("persistence", &["memory", "local", "redis"]),
+    ("persistence", &["memory", "local", "sqlite", "redis"]),
     ("locking", &["none", "local", "redis"]),
     ("results", &["memory", "redis"]),
     ("registration", &["memory", "sqlite", "redis"]),

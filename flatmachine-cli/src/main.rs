@@ -1,6 +1,7 @@
 //! The `flatmachine` command: check, expand, graph and schema for machine YAML; inspect for
 //! the checkpoints a run left behind.
 
+mod convert;
 mod inspect;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 #[command(
     name = "flatmachine",
     version,
-    about = "Check, expand and draw FlatMachines YAML; inspect checkpoints"
+    about = "Check, expand and draw FlatMachines YAML; inspect and convert checkpoints"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -58,12 +59,27 @@ enum Command {
     Inspect {
         /// The execution id.
         execution_id: Option<String>,
-        /// The checkpoint directory.
+        /// The checkpoint store: a directory, or `sqlite:PATH` for a SQLite database
+        /// (`persistence: {backend: sqlite}`).
         #[arg(long, default_value = ".checkpoints")]
-        dir: PathBuf,
+        dir: String,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Copy executions between checkpoint stores, byte for byte: the reference's file layout
+    /// (a directory) and SQLite (`sqlite:PATH`), either way.
+    ///
+    /// Example: `flatmachine convert --from .checkpoints --to sqlite:.checkpoints/checkpoints.sqlite`.
+    Convert {
+        /// The store to read: a directory or `sqlite:PATH`.
+        #[arg(long)]
+        from: String,
+        /// The store to write (created if needed): a directory or `sqlite:PATH`.
+        #[arg(long)]
+        to: String,
+        /// Only these executions (default: every execution in --from).
+        execution_ids: Vec<String>,
     },
 }
 
@@ -154,6 +170,20 @@ fn main() -> ExitCode {
             dir,
             json,
         } => match inspect::run(&dir, execution_id.as_deref(), json) {
+            Ok(text) => {
+                emit(&text);
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Convert {
+            from,
+            to,
+            execution_ids,
+        } => match convert::run(&from, &to, &execution_ids) {
             Ok(text) => {
                 emit(&text);
                 ExitCode::SUCCESS

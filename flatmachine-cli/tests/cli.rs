@@ -311,3 +311,67 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+// ---- convert --------------------------------------------------------------------------------
+
+fn convert(from: &str, to: &str) -> (i32, String, String) {
+    run(Command::new(env!("CARGO_BIN_EXE_flatmachine"))
+        .args(["convert", "--from", from, "--to", to]))
+}
+
+/// Every file below `root` (checksum files aside), as relative path → bytes.
+fn files(root: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if !path.to_string_lossy().ends_with(".crc32") {
+                let bytes = std::fs::read(&path).unwrap();
+                out.insert(path.strip_prefix(root).unwrap().to_path_buf(), bytes);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn convert_moves_python_checkpoints_to_sqlite_and_back_and_inspect_reads_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = python_checkpoints();
+    let db = tmp.path().join("cp.sqlite");
+    let sqlite = format!("sqlite:{}", db.display());
+    let (code, stdout, stderr) = convert(source.to_str().unwrap(), &sqlite);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("copied "), "{stdout}");
+    assert!(db.is_file());
+
+    // inspect gives the same report from SQLite as from the files.
+    let (code, from_files, stderr) = inspect(&["python-demo", "--json"], &source);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, from_db, stderr) = run(Command::new(env!("CARGO_BIN_EXE_flatmachine")).args([
+        "inspect",
+        "python-demo",
+        "--json",
+        "--dir",
+        &sqlite,
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(from_db, from_files);
+
+    // Back to the reference layout: the same files, byte for byte.
+    let back = tmp.path().join("back");
+    let (code, _, stderr) = convert(&sqlite, back.to_str().unwrap());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(files(&back), files(&source));
+
+    // Errors: a missing source, the same store twice.
+    let (code, _, stderr) = convert("sqlite:/no/such.sqlite", back.to_str().unwrap());
+    assert_eq!(code, 1);
+    assert!(stderr.contains("/no/such.sqlite not found"), "{stderr}");
+    let (code, _, stderr) = convert(&sqlite, &sqlite);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("same store"), "{stderr}");
+}

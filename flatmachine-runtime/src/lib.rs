@@ -20,6 +20,8 @@ pub mod persistence;
 #[cfg(feature = "redis")]
 pub mod redis_backends;
 pub mod results;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 pub mod template;
 
 pub use context::{Context, Value};

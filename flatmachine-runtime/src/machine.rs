@@ -176,7 +176,7 @@ pub struct PersistenceSpec {
 /// kind of backend uses. `None` fields take the default (`memory`, locking `none`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BackendsSpec {
-    /// Checkpoint storage: `memory`, `local` or `redis`.
+    /// Checkpoint storage: `memory`, `local`, `sqlite` or `redis`.
     pub persistence: Option<&'static str>,
     /// Execution locking: `none`, `local` or `redis`.
     pub locking: Option<&'static str>,
@@ -194,7 +194,7 @@ impl BackendsSpec {
     /// The backend names this runtime provides, per kind (what the compiler accepts; `sqlite`
     /// and `redis` need the cargo features of the same names at run time).
     pub const AVAILABLE: &'static [(&'static str, &'static [&'static str])] = &[
-        ("persistence", &["memory", "local", "redis"]),
+        ("persistence", &["memory", "local", "sqlite", "redis"]),
         ("locking", &["none", "local", "redis"]),
         ("results", &["memory", "redis"]),
         ("registration", &["memory", "sqlite", "redis"]),

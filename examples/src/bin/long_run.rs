@@ -6,8 +6,10 @@
 //!
 //! Runs `long_run` with input `{"n": n}`, checkpoints below `<dir>`; with a kill point the
 //! process SIGKILLs itself right after writing that checkpoint. Prints the result as JSON.
+//! With `FLATMACHINE_STORE=sqlite` the checkpoints go to `<dir>/.checkpoints/checkpoints.sqlite`
+//! instead of files.
 
-use flatmachine_examples::{KillPoint, long_run_machine};
+use flatmachine_examples::{KillPoint, long_run_machine_on};
 use serde_json::json;
 
 #[tokio::main]
@@ -27,7 +29,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }),
         _ => return Err(usage.into()),
     };
-    let machine = long_run_machine(&dir, kill).build()?;
+    let sqlite = std::env::var("FLATMACHINE_STORE").is_ok_and(|s| s == "sqlite");
+    let machine = long_run_machine_on(&dir, kill, sqlite).build()?;
     let result = machine.run_with_id(id, json!({ "n": n })).await?;
     println!(
         "{}",

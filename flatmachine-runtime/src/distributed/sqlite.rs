@@ -16,14 +16,15 @@
 //!   them, and each index costs every status change an extra write). `flatmachine_schema` records
 //!   a version per table group so a later release can migrate; a file from a newer release is
 //!   refused ([`DistributedError::SchemaTooNew`]).
+//!
+//! The connection handling (WAL, `synchronous`, busy handler, schema versions) is shared with
+//! the SQLite checkpoint store, in `crate::sqlite`.
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use std::cell::Cell;
+use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use super::registration::{RegistrationBackend, WorkerFilter, WorkerRecord, WorkerRegistration};
 use super::work::{JobStatus, PoolStats, PushOptions, WorkBackend, WorkItem, WorkPool};
@@ -35,24 +36,8 @@ const REGISTRY_SCHEMA: i64 = 1;
 /// Schema version of `work_pool` this release writes.
 const WORK_SCHEMA: i64 = 1;
 
-/// Connection settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SqliteOptions {
-    /// How long a statement waits for another connection's write lock before failing
-    /// (default 30 s).
-    pub busy_timeout: Duration,
-    /// `PRAGMA synchronous=FULL` instead of `NORMAL` (survives power loss, slower).
-    pub synchronous_full: bool,
-}
-
-impl Default for SqliteOptions {
-    fn default() -> Self {
-        Self {
-            busy_timeout: Duration::from_secs(30),
-            synchronous_full: false,
-        }
-    }
-}
+pub use crate::sqlite::SqliteOptions;
+use crate::sqlite::{Db, SqliteError, check_version, immediate};
 
 fn storage(e: impl std::fmt::Display) -> DistributedError {
     DistributedError::Storage(e.to_string())
@@ -64,164 +49,31 @@ impl From<rusqlite::Error> for DistributedError {
     }
 }
 
-thread_local! {
-    /// The busy timeout of the call running on this thread, and when its current wait began.
-    static BUSY: Cell<(Duration, Option<Instant>)> = const { Cell::new((Duration::from_secs(30), None)) };
-}
-
-/// Busy handler: spin briefly, then sleep in growing steps (≤ 1 ms, so a queue of writers keeps
-/// moving) until the call's timeout. SQLite's default handler sleeps in steps up to 100 ms.
-fn busy_handler(attempt: i32) -> bool {
-    BUSY.with(|b| {
-        let (limit, start) = b.get();
-        let start = match (attempt, start) {
-            (0, _) | (_, None) => {
-                let now = Instant::now();
-                b.set((limit, Some(now)));
-                now
-            }
-            (_, Some(s)) => s,
-        };
-        if start.elapsed() > limit {
-            return false;
+impl From<SqliteError> for DistributedError {
+    fn from(e: SqliteError) -> Self {
+        match e {
+            SqliteError::SchemaTooNew {
+                component,
+                found,
+                supported,
+            } => DistributedError::SchemaTooNew {
+                component,
+                found,
+                supported,
+            },
+            other => storage(other),
         }
-        if attempt < 4 {
-            std::thread::yield_now();
-        } else {
-            let micros = (20u64 << (attempt - 4).min(6) as u64).min(1000);
-            std::thread::sleep(Duration::from_micros(
-                micros + fastrand::u64(0..=micros / 2),
-            ));
-        }
-        true
-    })
-}
-
-/// One connection, used from tokio's blocking pool.
-#[derive(Clone)]
-struct Db {
-    conn: Arc<Mutex<Connection>>,
-    busy_timeout: Duration,
-}
-
-impl std::fmt::Debug for Db {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").finish_non_exhaustive()
     }
 }
 
 impl Db {
-    fn open(
-        path: &Path,
-        options: SqliteOptions,
-        schema: fn(&mut Connection) -> Result<(), DistributedError>,
-    ) -> Result<Self, DistributedError> {
-        if let Some(parent) = path.parent()
-            && !parent.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent).map_err(storage)?;
-        }
-        let mut conn = Connection::open(path)?;
-        conn.busy_handler(Some(busy_handler))?;
-        BUSY.with(|b| b.set((options.busy_timeout, None)));
-        // Switching to WAL needs a moment without other connections mid-transaction; retry.
-        let mut tries = 0;
-        loop {
-            let mode: Result<String, _> =
-                conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0));
-            match mode {
-                Ok(_) => break,
-                Err(e) if tries < 200 => {
-                    tries += 1;
-                    tracing::debug!(error = %e, "journal_mode=WAL busy; retrying");
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        conn.execute_batch(if options.synchronous_full {
-            "PRAGMA synchronous=FULL;"
-        } else {
-            "PRAGMA synchronous=NORMAL;"
-        })?;
-        // 16 MiB page cache: the job table's id index is random-access (UUIDs).
-        conn.execute_batch("PRAGMA cache_size=-16384; PRAGMA temp_store=MEMORY;")?;
-        conn.set_prepared_statement_cache_capacity(64);
-        schema(&mut conn)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            busy_timeout: options.busy_timeout,
-        })
-    }
-
-    /// Runs `f` with the connection on the blocking pool (inline when there is no tokio runtime).
+    /// [`Db::run`] with the distributed backends' error type.
     async fn call<T, F>(&self, f: F) -> Result<T, DistributedError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, DistributedError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        let timeout = self.busy_timeout;
-        let job = move || {
-            BUSY.with(|b| b.set((timeout, None)));
-            let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut guard)
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => handle
-                .spawn_blocking(job)
-                .await
-                .map_err(|e| storage(format!("sqlite task failed: {e}")))?,
-            Err(_) => job(),
-        }
-    }
-}
-
-/// `BEGIN IMMEDIATE` … `COMMIT` around `f` (rolled back when `f` fails).
-fn immediate<T>(
-    conn: &mut Connection,
-    f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, DistributedError>,
-) -> Result<T, DistributedError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let value = f(&tx)?;
-    tx.commit()?;
-    Ok(value)
-}
-
-/// Checks (and records) the schema version of `component`.
-fn check_version(
-    tx: &rusqlite::Transaction<'_>,
-    component: &str,
-    supported: i64,
-) -> Result<(), DistributedError> {
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS flatmachine_schema (
-            component TEXT PRIMARY KEY,
-            version INTEGER NOT NULL
-        );",
-    )?;
-    let found: Option<i64> = tx
-        .query_row(
-            "SELECT version FROM flatmachine_schema WHERE component = ?1",
-            params![component],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match found {
-        Some(v) if v > supported => Err(DistributedError::SchemaTooNew {
-            component: component.to_string(),
-            found: v,
-            supported,
-        }),
-        // Version 1 is the first; later releases migrate `Some(older)` here.
-        _ => {
-            tx.execute(
-                "INSERT INTO flatmachine_schema (component, version) VALUES (?1, ?2)
-                 ON CONFLICT(component) DO UPDATE SET version = excluded.version",
-                params![component, supported],
-            )?;
-            Ok(())
-        }
+        self.run(f).await
     }
 }
 
@@ -701,7 +553,7 @@ impl SqliteWorkPool {
                     ))
                 })?
                 .collect::<Result<Vec<(i64, RawItem)>, _>>()?;
-            Ok(rows)
+            Ok::<_, DistributedError>(rows)
         })?;
         rows.sort_by_key(|(rowid, _)| *rowid);
         rows.into_iter().map(|(_, raw)| finish_item(raw)).collect()

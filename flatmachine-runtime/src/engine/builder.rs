@@ -33,7 +33,7 @@ pub enum BuildError {
     },
     /// The YAML names a persistence backend this runtime does not have.
     #[error(
-        "machine `{machine}`: persistence backend `{backend}` is not available (use `memory` or `local`, or pass a store to the builder)"
+        "machine `{machine}`: persistence backend `{backend}` is not available (use `memory`, `local`, `sqlite` (cargo feature `sqlite`) or `redis` (cargo feature `redis`), or pass a store to the builder)"
     )]
     UnknownBackend {
         /// The machine.
@@ -248,7 +248,9 @@ impl MachineBuilder {
         self
     }
 
-    /// Directory for `persistence: {backend: local}` (default `.checkpoints`).
+    /// Directory for `persistence: {backend: local}` (default `.checkpoints`); with
+    /// `backend: sqlite` the database is `checkpoints.sqlite` in it, unless
+    /// `settings.backends.sqlite_path` names a file.
     pub fn checkpoint_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.checkpoint_dir = dir.into();
         self
@@ -336,6 +338,22 @@ impl MachineBuilder {
                 self.lock
                     .unwrap_or_else(|| Arc::new(LocalFileLock::new(self.lock_dir.clone()))),
             ),
+            #[cfg(feature = "sqlite")]
+            (None, Some(p)) if p.backend == "sqlite" => {
+                let path = match spec.backends.and_then(|b| b.sqlite_path) {
+                    Some(path) => PathBuf::from(path),
+                    None => self.checkpoint_dir.join("checkpoints.sqlite"),
+                };
+                let store = CheckpointStore::sqlite(&path).map_err(|e| BuildError::Backend {
+                    machine: spec.name.to_string(),
+                    message: format!("could not open its checkpoint store: {e}"),
+                })?;
+                (
+                    Some(store.with_keep_last(self.keep_last)),
+                    self.lock
+                        .unwrap_or_else(|| Arc::new(LocalFileLock::new(self.lock_dir.clone()))),
+                )
+            }
             (None, Some(p)) if p.backend == "memory" => (
                 Some(CheckpointStore::memory().with_keep_last(self.keep_last)),
                 self.lock.unwrap_or_else(|| Arc::new(NoOpLock)),

@@ -23,6 +23,11 @@
 //!   snapshot as its JSON bytes (the compact form, written once).
 //! * [`LocalFileBackend`] — files below a directory, written atomically (temporary file
 //!   `.<name>.tmp`, fsync, rename, fsync of the directory; fsync can be turned off).
+//! * `SqlitePersistence` (cargo feature `sqlite`) — one SQLite file, one transaction per
+//!   checkpoint (snapshot and `latest` pointer together), the same snapshot JSON.
+//!
+//! [`copy_executions`] copies executions between any two stores byte for byte (file layout
+//! ⇄ SQLite).
 //!
 //! Keys are checked by [`validate_key`]: `..`, absolute paths, backslashes, NUL and segments
 //! starting with `.` are rejected, so no key (and no execution id) reaches outside the storage.
@@ -35,19 +40,27 @@ use async_trait::async_trait;
 
 use crate::StateError;
 
+mod convert;
 mod crc32;
 pub(crate) mod encoded;
 mod key;
 mod local;
 mod memory;
 pub mod snapshot;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod store;
 
+#[cfg(feature = "sqlite")]
+pub use crate::sqlite::SqliteOptions;
+pub use convert::{CopyReport, copy_executions};
 pub use encoded::{CheckpointWriter, EncodedCheckpoint};
 pub use key::{InvalidKey, MAX_EXECUTION_ID_LEN, validate_execution_id, validate_key};
 pub use local::LocalFileBackend;
 pub use memory::MemoryBackend;
 pub use snapshot::{LaunchIntent, MachineSnapshot, utc_now_isoformat};
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqlitePersistence;
 pub use store::{CheckpointStore, latest_key, parse_snapshot_key, snapshot_key};
 
 /// Checkpoint event names, written to [`MachineSnapshot::event`] and into snapshot keys.

@@ -1,0 +1,123 @@
+//! The Rust half of `bench/run`: runs one scenario on machines compiled by `flatmachine!` from
+//! `bench/machines/*.yml` (the same files `bench/python/bench.py` gives the reference) and
+//! prints `{"elapsed_s": …, "steps": …, "output": …}` as one JSON line.
+//!
+//! ```text
+//! flatmachine-bench <scenario> <workdir> <n>
+//! ```
+//!
+//! Scenarios: `loop-off`, `loop-memory`, `loop-local`, `loop-local-fsync`, `loop-sqlite`,
+//! `loop-sqlite-full`, `templates20`, `foreach`, `parallel`. Files (checkpoints, locks) go
+//! below `<workdir>`. The time covers the run only (building the machine included), not
+//! process start-up.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use flatmachine_runtime::persistence::{CheckpointStore, LocalFileBackend, SqliteOptions};
+use flatmachine_runtime::{AgentOutput, Context, Machine, MachineBuilder, Value};
+use serde_json::json;
+
+mod off {
+    flatmachine_runtime::flatmachine!("machines/loop_off.yml");
+}
+mod memory {
+    flatmachine_runtime::flatmachine!("machines/loop_memory.yml");
+}
+mod local {
+    flatmachine_runtime::flatmachine!("machines/loop_local.yml");
+}
+mod sqlite {
+    flatmachine_runtime::flatmachine!("machines/loop_sqlite.yml");
+}
+flatmachine_runtime::flatmachine!("machines/templates20.yml");
+flatmachine_runtime::flatmachine!("machines/foreach.yml");
+flatmachine_runtime::flatmachine!("machines/parallel.yml");
+
+fn int(ctx: &Context, key: &str) -> i64 {
+    ctx.get(key).and_then(Value::as_i64).unwrap_or(0)
+}
+
+/// The loop's action (`tick` in `bench/python/bench.py` does the same): `i += 1`,
+/// `acc = (acc * 31 + i) mod 1_000_003`.
+fn with_tick(builder: MachineBuilder) -> MachineBuilder {
+    builder.action_mut("tick", |ctx, _call| {
+        let i = int(ctx, "i") + 1;
+        let acc = (int(ctx, "acc") * 31 + i) % 1_000_003;
+        ctx.insert("i".into(), i.into());
+        ctx.insert("acc".into(), acc.into());
+        Box::pin(async { Ok(()) })
+    })
+}
+
+fn builder(scenario: &str, dir: &Path) -> Result<MachineBuilder, String> {
+    let locks = dir.join(".locks");
+    let checkpoints = dir.join(".checkpoints");
+    let local_store = |fsync: bool| {
+        CheckpointStore::new(Arc::new(
+            LocalFileBackend::new(&checkpoints).with_fsync(fsync),
+        ))
+    };
+    Ok(match scenario {
+        "loop-off" => with_tick(Machine::of::<off::bench_loop::Machine>()),
+        "loop-memory" => with_tick(Machine::of::<memory::bench_loop::Machine>()),
+        "loop-local" => with_tick(Machine::of::<local::bench_loop::Machine>())
+            .persistence(local_store(false))
+            .lock_dir(locks),
+        "loop-local-fsync" => with_tick(Machine::of::<local::bench_loop::Machine>())
+            .persistence(local_store(true))
+            .lock_dir(locks),
+        // `backend: sqlite` from the YAML: `<checkpoint_dir>/checkpoints.sqlite`, NORMAL.
+        "loop-sqlite" => with_tick(Machine::of::<sqlite::bench_loop::Machine>())
+            .checkpoint_dir(&checkpoints)
+            .lock_dir(locks),
+        "loop-sqlite-full" => {
+            let options = SqliteOptions {
+                synchronous_full: true,
+                ..SqliteOptions::default()
+            };
+            let store =
+                CheckpointStore::sqlite_with(checkpoints.join("checkpoints.sqlite"), options)
+                    .map_err(|e| e.to_string())?;
+            with_tick(Machine::of::<sqlite::bench_loop::Machine>())
+                .persistence(store)
+                .lock_dir(locks)
+        }
+        // The agent echoes its input (`EchoExecutor` in bench.py).
+        "templates20" => {
+            Machine::of::<bench_templates::Machine>().agent("echo", |input, _ctx| async move {
+                Ok(AgentOutput::new(input))
+            })
+        }
+        "foreach" => Machine::of::<bench_foreach::Machine>(),
+        "parallel" => Machine::of::<bench_parallel::Machine>(),
+        other => return Err(format!("unknown scenario `{other}`")),
+    })
+}
+
+fn input(scenario: &str, n: u64) -> Value {
+    match scenario {
+        "foreach" => json!({ "numbers": (0..n).collect::<Vec<_>>() }),
+        _ => json!({ "n": n }),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [scenario, dir, n] = &args[..] else {
+        return Err("usage: flatmachine-bench <scenario> <workdir> <n>".into());
+    };
+    let n: u64 = n.parse()?;
+    let dir = Path::new(dir);
+    let started = Instant::now();
+    let machine = builder(scenario, dir)?.build()?;
+    let result = machine.run(input(scenario, n)).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({"elapsed_s": elapsed, "steps": result.steps, "output": result.output})
+    );
+    Ok(())
+}
