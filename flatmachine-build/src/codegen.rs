@@ -1,5 +1,11 @@
-//! Lowered machines → Rust tokens: one module per machine holding its `State` enum, the compiled
-//! transition function, the embedded templates and a static `MachineSpec` for the runtime.
+//! Lowered machines → Rust tokens: one module per machine holding its `State` enum, the embedded
+//! templates, one small function per distinct condition and a static `MachineSpec` for the runtime.
+//!
+//! The generated code is kept lean (it is compiled in every build of the user's crate): what is
+//! the same for every state lives in the runtime (`StateSpec::DEFAULT`, `StateSpec::next`, which
+//! walks the transition table, `flatmachine_runtime::generated`), so a state costs its enum
+//! variant, its name, the fields it sets and its conditions. `tests/generated_size.rs` holds a
+//! 50-state chain to at most 40 lines per state.
 
 use crate::ir::{Condition, MachineIr, StateIr, TemplateIr};
 use proc_macro2::{Ident, TokenStream};
@@ -160,8 +166,6 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
             d
         })
         .collect();
-    let indexes: Vec<proc_macro2::Literal> =
-        (0..n).map(proc_macro2::Literal::usize_unsuffixed).collect();
     let n_lit = proc_macro2::Literal::usize_unsuffixed(n);
     let initial = &variants[m.initial];
     let initial_index = proc_macro2::Literal::usize_unsuffixed(m.initial);
@@ -171,109 +175,76 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
         .filter(|s| s.is_final)
         .map(|s| &variants[s.index])
         .collect();
+    let is_final = if finals.is_empty() {
+        quote!(false)
+    } else {
+        quote!(matches!(self, #(State::#finals)|*))
+    };
     let name = &m.name;
     let source = &m.source;
     let spec_version = &m.spec_version;
 
-    // Transition function: one arm per state, each condition compiled to Rust.
-    let ctx = format_ident!("context");
-    let arms: Vec<TokenStream> = m
-        .states
-        .iter()
-        .map(|s| {
-            let v = &variants[s.index];
-            if s.is_final {
-                return quote!(State::#v => Ok(None),);
-            }
-            let mut body = Vec::new();
-            let mut terminated = false;
-            for t in &s.transitions {
-                let to = &variants[t.to];
-                match &t.condition {
-                    None => {
-                        body.push(quote!(return Ok(Some(State::#to));));
-                        terminated = true;
-                        break;
-                    }
-                    Some((_, Some(Condition::Simple(expr)))) => {
-                        let cond = crate::expr::condition_tokens(expr, rt, &ctx);
-                        body.push(quote! {
-                            if #cond? {
-                                return Ok(Some(State::#to));
-                            }
-                        });
-                    }
-                    Some((src, Some(Condition::Cel(cel)))) => {
-                        let slot = slots.cel_slot(src, cel.fields.as_deref());
-                        body.push(quote! {
-                            if #slot.eval(#ctx)? {
-                                return Ok(Some(State::#to));
-                            }
-                        });
-                    }
-                    Some((src, None)) => {
-                        // Not reached: a condition with an error stops the build before codegen.
-                        let message = format!("invalid condition `{src}`");
-                        body.push(quote!(return Err(#rt::expr::ExprError::new(#message));));
-                        terminated = true;
-                        break;
-                    }
-                }
-            }
-            if !terminated {
-                body.push(quote!(Ok(None)));
-            }
-            quote!(State::#v => { #(#body)* })
-        })
-        .collect();
-    let uses_ctx = m
-        .states
-        .iter()
-        .any(|s| s.transitions.iter().any(|t| t.condition.is_some()));
-    let ctx_param = if uses_ctx {
-        quote!(#ctx)
-    } else {
-        quote!(_context)
-    };
-
-    // State specs.
+    // Conditions: each simple one becomes a small function (one per distinct source), each CEL
+    // one a `static CelProgram`; the transition table in `SPEC` refers to them and the runtime
+    // walks it (`StateSpec::next`).
+    let mut conditions = Conditions::default();
     let state_specs: Vec<TokenStream> = m
         .states
         .iter()
-        .map(|s| state_spec(s, rt, &mut slots))
+        .map(|s| state_spec(s, rt, &mut slots, &mut conditions))
         .collect();
-    let context = opt_template(m.context.as_ref(), rt, &mut slots);
-    let max_steps = opt(m.max_steps.map(|v| quote!(#v)));
-    let max_concurrency = opt(m.max_concurrency.map(|v| quote!(#v)));
-    let persistence = opt(m.persistence.as_ref().map(|p| {
-        let enabled = p.enabled;
-        let backend = &p.backend;
-        let on = opt(p.checkpoint_on.as_ref().map(|v| quote!(&[#(#v),*])));
-        quote!(#rt::machine::PersistenceSpec { enabled: #enabled, backend: #backend, checkpoint_on: #on })
-    }));
-    let hooks = opt(m.hooks.as_ref().map(|(class, args)| {
-        let args = opt_template(args.as_ref(), rt, &mut slots);
-        quote!(#rt::machine::HooksSpec { class: #class, args: #args })
-    }));
-    let backends = opt(m.backends.as_ref().map(|b| {
-        let f = |v: &Option<String>| opt(v.as_ref().map(|s| quote!(#s)));
-        let (p, l, r, g, w, q) = (
-            f(&b.persistence),
-            f(&b.locking),
-            f(&b.results),
-            f(&b.registration),
-            f(&b.work),
-            f(&b.sqlite_path),
-        );
-        quote!(#rt::machine::BackendsSpec {
-            persistence: #p, locking: #l, results: #r, registration: #g, work: #w, sqlite_path: #q,
+    let condition_fns = &conditions.fns;
+    let optional = |field: &str, value: Option<TokenStream>| {
+        value.map(|v| {
+            let field = format_ident!("{}", field);
+            quote!(#field: Some(#v),)
         })
-    }));
+    };
+    let context = optional(
+        "context",
+        m.context.as_ref().map(|t| template_value(&t.0, &mut slots)),
+    );
+    let max_steps = optional("max_steps", m.max_steps.map(|v| quote!(#v)));
+    let max_concurrency = optional("max_concurrency", m.max_concurrency.map(|v| quote!(#v)));
+    let persistence = optional(
+        "persistence",
+        m.persistence.as_ref().map(|p| {
+            let enabled = p.enabled;
+            let backend = &p.backend;
+            let on = opt(p.checkpoint_on.as_ref().map(|v| quote!(&[#(#v),*])));
+            quote!(#rt::machine::PersistenceSpec { enabled: #enabled, backend: #backend, checkpoint_on: #on })
+        }),
+    );
+    let hooks = optional(
+        "hooks",
+        m.hooks.as_ref().map(|(class, args)| {
+            let args = opt(args.as_ref().map(|t| template_value(&t.0, &mut slots)));
+            quote!(#rt::machine::HooksSpec { class: #class, args: #args })
+        }),
+    );
+    let backends = optional(
+        "backends",
+        m.backends.as_ref().map(|b| {
+            let f = |v: &Option<String>| opt(v.as_ref().map(|s| quote!(#s)));
+            let (p, l, r, g, w, q) = (
+                f(&b.persistence),
+                f(&b.locking),
+                f(&b.results),
+                f(&b.registration),
+                f(&b.work),
+                f(&b.sqlite_path),
+            );
+            quote!(#rt::machine::BackendsSpec {
+                persistence: #p, locking: #l, results: #r, registration: #g, work: #w, sqlite_path: #q,
+            })
+        }),
+    );
     let AgentItems {
         statics: agent_statics,
         specs: agents,
         outputs: agent_outputs,
     } = agent_items(m, rt);
+    let agents = (!agents.is_empty()).then(|| quote!(agents: &[#(#agents),*],));
     let machines: Vec<TokenStream> = m
         .children
         .iter()
@@ -285,12 +256,18 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
             None => quote!((#cname, None)),
         })
         .collect();
+    let machines = (!machines.is_empty()).then(|| quote!(machines: &[#(#machines),*],));
     let actions: Vec<&String> = m.actions.iter().collect();
-    let cel = m.engine == crate::model::ExpressionEngine::Cel;
+    let actions = (!actions.is_empty()).then(|| quote!(actions: &[#(#actions),*],));
+    let cel = (m.engine == crate::model::ExpressionEngine::Cel).then(|| quote!(cel: true,));
     let slot_statics = slots.statics(rt);
     let typed_actions = actions_items(m, irs, rt);
 
     quote! {
+        use #rt::expr;
+        use #rt::machine::{MachineSpec, StateSpec, TransitionSpec};
+        use #rt::template::{TemplateSlot, TemplateValue};
+
         /// The machine's name (`data.name`).
         pub const NAME: &str = #name;
 
@@ -299,6 +276,9 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
         pub enum State {
             #(#[doc = #variant_docs] #variants,)*
         }
+
+        /// The states' names in the YAML, in file order.
+        const NAMES: [&str; #n_lit] = [#(#names),*];
 
         impl State {
             /// Every state, in file order.
@@ -310,9 +290,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
 
             /// The state's name in the YAML.
             pub const fn name(self) -> &'static str {
-                match self {
-                    #(State::#variants => #names,)*
-                }
+                NAMES[self as usize]
             }
 
             /// Position in the file (and in `MachineSpec::states`).
@@ -322,15 +300,12 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
 
             /// The state at a position.
             pub const fn from_index(index: usize) -> Option<State> {
-                match index {
-                    #(#indexes => Some(State::#variants),)*
-                    _ => None,
-                }
+                if index < #n_lit { Some(State::ALL[index]) } else { None }
             }
 
             /// Whether runs end here.
             pub const fn is_final(self) -> bool {
-                matches!(self, #(State::#finals)|*)
+                #is_final
             }
         }
 
@@ -344,49 +319,45 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
             type Err = #rt::machine::UnknownState;
 
             fn from_str(name: &str) -> ::core::result::Result<Self, Self::Err> {
-                match name {
-                    #(#names => Ok(State::#variants),)*
-                    other => Err(#rt::machine::UnknownState { name: other.to_string(), machine: NAME }),
-                }
+                #rt::generated::state_index(&NAMES, name, NAME).map(|i| State::ALL[i])
             }
         }
 
-        /// The next state after `state`, or `None` when no transition matches (or it is final).
-        pub fn transition(state: State, #ctx_param: &#rt::Context) -> ::core::result::Result<Option<State>, #rt::expr::ExprError> {
-            match state {
-                #(#arms)*
-            }
+        /// The next state after `state`: the first transition whose condition holds, or `None`
+        /// when none does (or the state is final).
+        pub fn transition(state: State, context: &#rt::Context) -> expr::Result<Option<State>> {
+            Ok(transition_by_index(state.index(), context)?.and_then(State::from_index))
         }
 
-        fn transition_by_index(index: usize, context: &#rt::Context) -> ::core::result::Result<Option<usize>, #rt::expr::ExprError> {
-            match State::from_index(index) {
-                Some(state) => transition(state, context).map(|next| next.map(State::index)),
-                None => Ok(None),
-            }
+        fn transition_by_index(index: usize, context: &#rt::Context) -> expr::Result<Option<usize>> {
+            #rt::generated::transition(SPEC.states, index, context)
         }
+
+        #(#condition_fns)*
 
         #slot_statics
 
         #(#agent_statics)*
 
         /// The machine's static description, executed by the runtime.
-        pub static SPEC: #rt::machine::MachineSpec = #rt::machine::MachineSpec {
+        pub static SPEC: MachineSpec = MachineSpec {
             name: NAME,
             spec_version: #spec_version,
             source: #source,
             states: &[#(#state_specs),*],
             initial: #initial_index,
-            context: #context,
-            max_steps: #max_steps,
-            max_concurrency: #max_concurrency,
-            persistence: #persistence,
-            hooks: #hooks,
-            backends: #backends,
-            agents: &[#(#agents),*],
-            machines: &[#(#machines),*],
-            actions: &[#(#actions),*],
-            cel: #cel,
+            #context
+            #max_steps
+            #max_concurrency
+            #persistence
+            #hooks
+            #backends
+            #agents
+            #machines
+            #actions
+            #cel
             transition: transition_by_index,
+            ..MachineSpec::DEFAULT
         };
 
         /// Marker type for this machine.
@@ -396,7 +367,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
         impl #rt::machine::MachineDef for Machine {
             type State = State;
 
-            fn spec() -> &'static #rt::machine::MachineSpec {
+            fn spec() -> &'static MachineSpec {
                 &SPEC
             }
 
@@ -408,6 +379,62 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
         #typed_actions
 
         #agent_outputs
+    }
+}
+
+/// The compiled conditions of one machine: a function per distinct simple-language condition,
+/// CEL programs as template-like statics.
+#[derive(Default)]
+struct Conditions {
+    fns: Vec<TokenStream>,
+    /// Source → function name.
+    index: std::collections::HashMap<String, Ident>,
+}
+
+impl Conditions {
+    /// The `TransitionSpec` for one transition.
+    fn transition(&mut self, t: &crate::ir::TransitionIr, slots: &mut Slots) -> TokenStream {
+        let to = proc_macro2::Literal::usize_unsuffixed(t.to);
+        match &t.condition {
+            None => quote!(TransitionSpec::always(#to)),
+            Some((src, Some(Condition::Cel(cel)))) => {
+                let slot = slots.cel_slot(src, cel.fields.as_deref());
+                quote!(TransitionSpec::cel(#src, &#slot, #to))
+            }
+            Some((src, cond)) => {
+                let f = self.function(src, cond.as_ref());
+                quote!(TransitionSpec::when(#src, #f, #to))
+            }
+        }
+    }
+
+    /// The function evaluating a simple-language condition.
+    fn function(&mut self, src: &str, cond: Option<&Condition>) -> Ident {
+        if let Some(f) = self.index.get(src) {
+            return f.clone();
+        }
+        let f = format_ident!("cond_{}", self.fns.len());
+        let ctx = format_ident!("context");
+        let (body, uses_ctx) = match cond {
+            Some(Condition::Simple(expr)) => {
+                crate::expr::condition_fn_body(expr, &quote!(expr), &ctx)
+            }
+            // Not reached: a condition with an error stops the build before codegen.
+            _ => {
+                let message = format!("invalid condition `{src}`");
+                (quote!(Err(expr::ExprError::new(#message))), false)
+            }
+        };
+        let param = if uses_ctx { quote!(#ctx) } else { quote!(_) };
+        let doc = format!(" `{src}`");
+        self.fns.push(quote! {
+            #[doc = #doc]
+            fn #f(#param: &expr::Context) -> expr::Result<bool> {
+                #body
+            }
+        });
+        self.index.insert(src.to_string(), f.clone());
+        f
     }
 }
 
@@ -887,10 +914,6 @@ fn opt(t: Option<TokenStream>) -> TokenStream {
     }
 }
 
-fn opt_template(t: Option<&TemplateIr>, rt: &TokenStream, slots: &mut Slots) -> TokenStream {
-    opt(t.map(|t| template_value(&t.0, rt, slots)))
-}
-
 /// Template strings become named statics (`T0`, `T1`, ...) holding a lazily parsed slot.
 #[derive(Default)]
 struct Slots {
@@ -930,7 +953,7 @@ impl Slots {
     fn statics(&self, rt: &TokenStream) -> TokenStream {
         let items = self.sources.iter().enumerate().map(|(i, src)| {
             let id = format_ident!("T{}", i);
-            quote!(static #id: #rt::template::TemplateSlot = #rt::template::TemplateSlot::new(#src);)
+            quote!(static #id: TemplateSlot = TemplateSlot::new(#src);)
         });
         let cel = self.cel.iter().enumerate().map(|(i, (src, fields))| {
             let id = format_ident!("C{}", i);
@@ -944,138 +967,152 @@ impl Slots {
     }
 }
 
-fn template_value(v: &Value, rt: &TokenStream, slots: &mut Slots) -> TokenStream {
-    let tv = quote!(#rt::template::TemplateValue);
+/// A `TemplateValue` tree (generated modules import `TemplateValue`).
+fn template_value(v: &Value, slots: &mut Slots) -> TokenStream {
     match v {
-        Value::Null => quote!(#tv::Null),
-        Value::Bool(b) => quote!(#tv::Bool(#b)),
+        Value::Null => quote!(TemplateValue::Null),
+        Value::Bool(b) => quote!(TemplateValue::Bool(#b)),
         Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) => quote!(#tv::Int(#i)),
+            (Some(i), _) => quote!(TemplateValue::Int(#i)),
             (None, Some(f)) => {
                 let lit = proc_macro2::Literal::f64_suffixed(f);
-                quote!(#tv::Float(#lit))
+                quote!(TemplateValue::Float(#lit))
             }
-            _ => quote!(#tv::Null),
+            _ => quote!(TemplateValue::Null),
         },
         Value::String(s) => {
             let id = slots.slot(s);
-            quote!(#tv::Str(&#id))
+            quote!(TemplateValue::Str(&#id))
         }
         Value::Array(items) => {
-            let items: Vec<TokenStream> =
-                items.iter().map(|i| template_value(i, rt, slots)).collect();
-            quote!(#tv::List(&[#(#items),*]))
+            let items: Vec<TokenStream> = items.iter().map(|i| template_value(i, slots)).collect();
+            quote!(TemplateValue::List(&[#(#items),*]))
         }
         Value::Object(map) => {
             let entries: Vec<TokenStream> = map
                 .iter()
                 .map(|(k, v)| {
-                    let v = template_value(v, rt, slots);
+                    let v = template_value(v, slots);
                     quote!((#k, #v))
                 })
                 .collect();
-            quote!(#tv::Map(&[#(#entries),*]))
+            quote!(TemplateValue::Map(&[#(#entries),*]))
         }
     }
 }
 
-fn state_spec(s: &StateIr, rt: &TokenStream, slots: &mut Slots) -> TokenStream {
+/// One `StateSpec` literal: the fields that differ from `StateSpec::DEFAULT`, then
+/// `..StateSpec::DEFAULT`.
+fn state_spec(
+    s: &StateIr,
+    rt: &TokenStream,
+    slots: &mut Slots,
+    conditions: &mut Conditions,
+) -> TokenStream {
     let d = &s.def;
     let name = &s.name;
-    let is_final = s.is_final;
-    let action = opt(d.action.as_ref().map(|a| quote!(#a)));
-    let agent = opt(d.agent.as_ref().map(|a| quote!(#a)));
-    let machine_list = matches!(d.machine, Some(crate::model::MachineField::Many(_)));
-    let calls: Vec<TokenStream> = match &d.machine {
-        None => vec![],
+    // Templates are numbered in this order (child inputs, foreach, key, launch_input, input,
+    // output_to_context, output); the fields are listed in the struct's order.
+    let calls = match &d.machine {
+        None => None,
         Some(crate::model::MachineField::One(n)) => {
-            vec![quote!(#rt::machine::ChildCall { name: #n, input: None })]
+            Some(quote!(machine: &[#rt::machine::ChildCall { name: #n, input: None }],))
         }
-        Some(crate::model::MachineField::Many(items)) => items
-            .iter()
-            .map(|i| {
-                let n = i.name();
-                let input = match i {
-                    crate::model::MachineListItem::WithInput(mi) => opt(mi
-                        .input
-                        .as_ref()
-                        .map(|inp| template_value(&Value::Object(inp.clone()), rt, slots))),
-                    crate::model::MachineListItem::Name(_) => quote!(None),
-                };
-                quote!(#rt::machine::ChildCall { name: #n, input: #input })
-            })
-            .collect(),
+        Some(crate::model::MachineField::Many(items)) => {
+            let calls: Vec<TokenStream> = items
+                .iter()
+                .map(|i| {
+                    let n = i.name();
+                    let input = match i {
+                        crate::model::MachineListItem::WithInput(mi) => opt(mi
+                            .input
+                            .as_ref()
+                            .map(|inp| template_value(&Value::Object(inp.clone()), slots))),
+                        crate::model::MachineListItem::Name(_) => quote!(None),
+                    };
+                    quote!(#rt::machine::ChildCall { name: #n, input: #input })
+                })
+                .collect();
+            Some(quote!(machine: &[#(#calls),*], machine_list: true,))
+        }
     };
-    let foreach = opt_template(s.foreach.as_ref(), rt, slots);
-    let foreach_as = d.as_.clone().unwrap_or_else(|| "item".to_string());
-    let key = opt_template(s.key.as_ref(), rt, slots);
-    let mode_any = d.mode == Some(crate::model::Mode::Any);
-    let timeout = opt(d.timeout.map(|t| {
+    let mut template = |field: &str, t: Option<&TemplateIr>| {
+        t.map(|t| {
+            let field = format_ident!("{}", field);
+            let v = template_value(&t.0, slots);
+            quote!(#field: Some(#v),)
+        })
+    };
+    let foreach = template("foreach", s.foreach.as_ref());
+    let key = template("key", s.key.as_ref());
+    let launch_input = template("launch_input", s.launch_input.as_ref());
+    let input = template("input", s.input.as_ref());
+    let output_to_context = template("output_to_context", s.output_to_context.as_ref());
+    let output = template("output", s.output.as_ref());
+
+    let mut fields: Vec<TokenStream> = vec![quote!(name: #name,)];
+    if s.is_final {
+        fields.push(quote!(is_final: true,));
+    }
+    if let Some(a) = &d.action {
+        fields.push(quote!(action: Some(#a),));
+    }
+    if let Some(a) = &d.agent {
+        fields.push(quote!(agent: Some(#a),));
+    }
+    fields.extend(calls);
+    fields.extend(foreach);
+    if let Some(a) = d.as_.as_deref().filter(|a| *a != "item") {
+        fields.push(quote!(foreach_as: #a,));
+    }
+    fields.extend(key);
+    if d.mode == Some(crate::model::Mode::Any) {
+        fields.push(quote!(mode_any: true,));
+    }
+    if let Some(t) = d.timeout {
         let lit = proc_macro2::Literal::f64_suffixed(t);
-        quote!(#lit)
-    }));
+        fields.push(quote!(timeout: Some(#lit),));
+    }
     let launch: Vec<&str> = d.launch.as_ref().map(|l| l.names()).unwrap_or_default();
-    let launch_input = opt_template(s.launch_input.as_ref(), rt, slots);
-    let input = opt_template(s.input.as_ref(), rt, slots);
-    let output_to_context = opt_template(s.output_to_context.as_ref(), rt, slots);
-    let output = opt_template(s.output.as_ref(), rt, slots);
-    let on_error: Vec<TokenStream> = s
-        .on_error
-        .iter()
-        .map(|(t, i)| {
+    if !launch.is_empty() {
+        fields.push(quote!(launch: &[#(#launch),*],));
+    }
+    fields.extend([launch_input, input, output_to_context, output].into_iter().flatten());
+    if !s.on_error.is_empty() {
+        let on_error = s.on_error.iter().map(|(t, i)| {
             let i = proc_macro2::Literal::usize_unsuffixed(*i);
             quote!((#t, #i))
-        })
-        .collect();
-    let execution = opt(d.execution.as_ref().map(|e| {
+        });
+        fields.push(quote!(on_error: &[#(#on_error),*],));
+    }
+    if let Some(e) = &d.execution {
         let kind = e.kind.as_str();
         let backoffs = opt(e.backoffs.as_ref().map(|b| {
-            let b: Vec<proc_macro2::Literal> = b.iter().map(|b| proc_macro2::Literal::f64_suffixed(*b)).collect();
+            let b: Vec<proc_macro2::Literal> = b
+                .iter()
+                .map(|b| proc_macro2::Literal::f64_suffixed(*b))
+                .collect();
             quote!(&[#(#b),*])
         }));
-        let jitter = opt(e.jitter.map(|j| {
-            let l = proc_macro2::Literal::f64_suffixed(j);
-            quote!(#l)
-        }));
+        let jitter = opt(e.jitter.map(f64_lit));
         let n_samples = opt(e.n_samples.map(|v| quote!(#v)));
         let k_margin = opt(e.k_margin.map(|v| quote!(#v)));
         let max_candidates = opt(e.max_candidates.map(|v| quote!(#v)));
         let retry_on_empty = e.retry_on_empty.unwrap_or(false);
         let max_response_tokens = opt(e.max_response_tokens.map(|v| quote!(#v)));
-        quote!(#rt::machine::ExecutionSpec { kind: #kind, backoffs: #backoffs, jitter: #jitter, n_samples: #n_samples, k_margin: #k_margin, max_candidates: #max_candidates, retry_on_empty: #retry_on_empty, max_response_tokens: #max_response_tokens })
-    }));
-    let tool_loop = d.tool_loop.unwrap_or(false);
-    let transitions: Vec<TokenStream> = s
-        .transitions
-        .iter()
-        .map(|t| {
-            let to = proc_macro2::Literal::usize_unsuffixed(t.to);
-            let cond = opt(t.condition.as_ref().map(|(src, _)| quote!(#src)));
-            quote!(#rt::machine::TransitionSpec { condition: #cond, to: #to })
-        })
-        .collect();
+        fields.push(quote!(execution: Some(#rt::machine::ExecutionSpec { kind: #kind, backoffs: #backoffs, jitter: #jitter, n_samples: #n_samples, k_margin: #k_margin, max_candidates: #max_candidates, retry_on_empty: #retry_on_empty, max_response_tokens: #max_response_tokens }),));
+    }
+    if d.tool_loop == Some(true) {
+        fields.push(quote!(tool_loop: true,));
+    }
+    if !s.transitions.is_empty() {
+        let transitions = s.transitions.iter().map(|t| conditions.transition(t, slots));
+        fields.push(quote!(transitions: &[#(#transitions),*],));
+    }
     quote! {
-        #rt::machine::StateSpec {
-            name: #name,
-            is_final: #is_final,
-            action: #action,
-            agent: #agent,
-            machine: &[#(#calls),*],
-            machine_list: #machine_list,
-            foreach: #foreach,
-            foreach_as: #foreach_as,
-            key: #key,
-            mode_any: #mode_any,
-            timeout: #timeout,
-            launch: &[#(#launch),*],
-            launch_input: #launch_input,
-            input: #input,
-            output_to_context: #output_to_context,
-            output: #output,
-            on_error: &[#(#on_error),*],
-            execution: #execution,
-            tool_loop: #tool_loop,
-            transitions: &[#(#transitions),*],
+        StateSpec {
+            #(#fields)*
+            ..StateSpec::DEFAULT
         }
     }
 }

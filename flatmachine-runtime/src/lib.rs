@@ -12,6 +12,8 @@ pub mod distributed;
 pub mod engine;
 pub mod error;
 pub mod expr;
+#[doc(hidden)]
+pub mod generated;
 pub mod hooks;
 pub mod lock;
 pub mod machine;

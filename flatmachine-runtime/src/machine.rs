@@ -4,6 +4,7 @@
 //! one compiled function, the transition function, with every condition compiled to Rust. All
 //! behaviour lives in this crate. See `docs/architecture.md`.
 
+use crate::cel::CelProgram;
 use crate::context::Context;
 use crate::expr::ExprError;
 use crate::template::TemplateValue;
@@ -49,6 +50,27 @@ pub struct MachineSpec {
 }
 
 impl MachineSpec {
+    /// A machine with no states and nothing set. Generated code lists the fields a machine sets
+    /// and takes the rest from here (`..MachineSpec::DEFAULT`).
+    pub const DEFAULT: MachineSpec = MachineSpec {
+        name: "",
+        spec_version: "",
+        source: "",
+        states: &[],
+        initial: 0,
+        context: None,
+        max_steps: None,
+        max_concurrency: None,
+        persistence: None,
+        hooks: None,
+        backends: None,
+        agents: &[],
+        machines: &[],
+        actions: &[],
+        cel: false,
+        transition: crate::generated::no_transition,
+    };
+
     /// The state with this YAML name.
     pub fn state(&self, name: &str) -> Option<(usize, &'static StateSpec)> {
         self.states.iter().enumerate().find(|(_, s)| s.name == name)
@@ -117,9 +139,49 @@ pub struct StateSpec {
     pub execution: Option<ExecutionSpec>,
     /// `tool_loop: true`.
     pub tool_loop: bool,
-    /// Transitions in order (the compiled `transition` function is what runs; this is for
-    /// introspection, graphs and CEL).
+    /// Transitions in order, with their compiled conditions (see [`StateSpec::next`]).
     pub transitions: &'static [TransitionSpec],
+}
+
+impl StateSpec {
+    /// A state with only a name: not final, no work, no transitions. Generated code lists the
+    /// fields a state sets and takes the rest from here (`..StateSpec::DEFAULT`).
+    pub const DEFAULT: StateSpec = StateSpec {
+        name: "",
+        is_final: false,
+        action: None,
+        agent: None,
+        machine: &[],
+        machine_list: false,
+        foreach: None,
+        foreach_as: "item",
+        key: None,
+        mode_any: false,
+        timeout: None,
+        launch: &[],
+        launch_input: None,
+        input: None,
+        output_to_context: None,
+        output: None,
+        on_error: &[],
+        execution: None,
+        tool_loop: false,
+        transitions: &[],
+    };
+
+    /// The state after this one: the target of the first transition whose condition holds
+    /// (conditions are evaluated in order), or `None` when none holds or the state is final.
+    pub fn next(&self, context: &Context) -> Result<Option<usize>, ExprError> {
+        if self.is_final {
+            return Ok(None);
+        }
+        for t in self.transitions {
+            if t.guard.eval(t.condition, context)? {
+                return Ok(Some(t.to));
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// A child machine call with optional per-child input.
@@ -138,6 +200,66 @@ pub struct TransitionSpec {
     pub condition: Option<&'static str>,
     /// Target state index.
     pub to: usize,
+    /// How the condition is evaluated.
+    pub guard: Guard,
+}
+
+impl TransitionSpec {
+    /// An unconditional transition to state `to`.
+    pub const fn always(to: usize) -> Self {
+        Self {
+            condition: None,
+            to,
+            guard: Guard::Always,
+        }
+    }
+
+    /// A transition to `to` taken when the compiled simple-language condition `test` (whose
+    /// source is `condition`) is true.
+    pub const fn when(condition: &'static str, test: ConditionFn, to: usize) -> Self {
+        Self {
+            condition: Some(condition),
+            to,
+            guard: Guard::Compiled(test),
+        }
+    }
+
+    /// A transition to `to` taken when the CEL condition `program` is true.
+    pub const fn cel(condition: &'static str, program: &'static CelProgram, to: usize) -> Self {
+        Self {
+            condition: Some(condition),
+            to,
+            guard: Guard::Cel(program),
+        }
+    }
+}
+
+/// A simple-language condition compiled to Rust: the context → its truthiness.
+pub type ConditionFn = fn(&Context) -> Result<bool, ExprError>;
+
+/// How a transition's condition is evaluated.
+#[derive(Debug, Clone, Copy)]
+pub enum Guard {
+    /// No condition: the transition is always taken.
+    Always,
+    /// A simple-language condition compiled to Rust by the compiler. An error it returns is
+    /// reported as `in expression `<condition>`: ...`.
+    Compiled(ConditionFn),
+    /// A CEL condition, parsed once and evaluated at run time.
+    Cel(&'static CelProgram),
+}
+
+impl Guard {
+    /// Evaluates the guard against the context; `source` is the condition text (for errors).
+    pub fn eval(&self, source: Option<&str>, context: &Context) -> Result<bool, ExprError> {
+        match self {
+            Guard::Always => Ok(true),
+            Guard::Compiled(test) => {
+                test(context).map_err(|e| e.in_expression(source.unwrap_or_default()))
+            }
+            Guard::Cel(program) => program.eval(context),
+        }
+    }
 }
 
 /// `execution:` of a state.

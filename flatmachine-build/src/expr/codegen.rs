@@ -11,13 +11,13 @@ use quote::{format_ident, quote};
 
 use super::{BinaryOp, CompareOp, Expr, Literal, Node, NodeKind};
 
-/// Rust tokens for an expression of type `Result<bool, #rt::expr::ExprError>` that evaluates
+/// Rust tokens for an expression of type `Result<bool, #ex::ExprError>` that evaluates
 /// the condition's truthiness against `#ctx: &#rt::Context`. An error names the condition
 /// (`in expression `...`: ...`).
 ///
 /// `rt` is the path of the runtime crate (normally `::flatmachine_runtime`). The output is meant
 /// to be pretty-printed into user-visible code: context lookups borrow (no cloning), `and`/`or`
-/// short-circuit, and infallible conditions are a plain `#rt::expr::ok(...)`.
+/// short-circuit, and infallible conditions are a plain `#ex::ok(...)`.
 pub fn condition_tokens(expr: &Expr, rt: &TokenStream, ctx: &Ident) -> TokenStream {
     let ctx_name = ctx.to_string();
     let fn_name = if ctx_name == "condition" {
@@ -30,8 +30,9 @@ pub fn condition_tokens(expr: &Expr, rt: &TokenStream, ctx: &Ident) -> TokenStre
     } else {
         "v"
     };
+    let ex = quote!(#rt::expr);
     let mut generator = Generator {
-        rt,
+        ex: &ex,
         ctx,
         fallible: false,
         uses_ctx: false,
@@ -57,6 +58,36 @@ pub fn condition_tokens(expr: &Expr, rt: &TokenStream, ctx: &Ident) -> TokenStre
     // A run-time error names the condition it came from.
     let src = expr.source();
     quote!(#tokens.map_err(|e| e.in_expression(#src)))
+}
+
+/// The body of a function `fn(#ctx: &#ex::Context) -> #ex::Result<bool>` that evaluates the
+/// condition's truthiness, where `ex` is the path of the runtime's `expr` module (generated
+/// machines import it as `expr`). Unlike [`condition_tokens`] the errors do not name the
+/// condition: the runtime adds that (`machine::Guard::eval`). Also returns whether the body
+/// reads `#ctx` (when it does not, the parameter should be named `_`).
+pub fn condition_fn_body(expr: &Expr, ex: &TokenStream, ctx: &Ident) -> (TokenStream, bool) {
+    let mut generator = Generator {
+        ex,
+        ctx,
+        fallible: false,
+        uses_ctx: false,
+        next_var: 0,
+        var_prefix: if ctx.to_string().starts_with('v') {
+            "operand"
+        } else {
+            "v"
+        },
+    };
+    let code = generator.bool_expr(expr.root());
+    let body = match code.result {
+        // A lone ordering comparison is already a `Result<bool>`.
+        Some((call, _)) => call,
+        None => {
+            let tokens = code.tokens;
+            quote!(Ok(#tokens))
+        }
+    };
+    (body, generator.uses_ctx)
 }
 
 /// The runtime function for an ordering operator (`None` for `==` / `!=`, which cannot fail).
@@ -125,7 +156,8 @@ enum Prec {
 }
 
 struct Generator<'a> {
-    rt: &'a TokenStream,
+    /// Path of the runtime's `expr` module.
+    ex: &'a TokenStream,
     ctx: &'a Ident,
     /// Whether any generated step uses `?`.
     fallible: bool,
@@ -145,13 +177,13 @@ impl Generator<'_> {
     /// The final expression: `body` is a `bool` (or, if `is_result`, already a `Result<bool>`);
     /// when the code uses `?` it goes in a local function that returns the `Result`.
     fn wrap(&self, fn_name: &str, body: TokenStream, is_result: bool) -> TokenStream {
-        let (rt, ctx) = (self.rt, self.ctx);
+        let (ex, ctx) = (self.ex, self.ctx);
         let result = if is_result {
             body
         } else if self.fallible {
             quote!(Ok(#body))
         } else {
-            quote!(#rt::expr::ok(#body))
+            quote!(#ex::ok(#body))
         };
         if !self.fallible {
             return result;
@@ -164,7 +196,7 @@ impl Generator<'_> {
         };
         quote! {
             {
-                fn #fn_ident(#param: &#rt::expr::Context) -> #rt::expr::Result<bool> {
+                fn #fn_ident(#param: &#ex::Context) -> #ex::Result<bool> {
                     #result
                 }
                 #fn_ident(#ctx)
@@ -183,7 +215,7 @@ impl Generator<'_> {
 
     /// A Rust `bool` expression for the node's truthiness.
     fn bool_expr(&mut self, node: &Node) -> BoolCode {
-        let rt = self.rt;
+        let ex = self.ex;
         match &node.kind {
             NodeKind::Literal(lit) => BoolCode::constant(match lit {
                 Literal::Null => false,
@@ -213,7 +245,7 @@ impl Generator<'_> {
                         let ((lhs, rhs), operands_fallible) =
                             self.tracking(|g| (g.value_expr(first), g.value_expr(rhs)));
                         self.fallible = true;
-                        let call = quote!(#rt::expr::#func(&#lhs, &#rhs));
+                        let call = quote!(#ex::#func(&#lhs, &#rhs));
                         return BoolCode {
                             result: Some((call.clone(), operands_fallible)),
                             ..BoolCode::atom(quote!(#call?), true)
@@ -225,7 +257,7 @@ impl Generator<'_> {
             }
             _ => {
                 let (value, fallible) = self.tracking(|g| g.value_expr(node));
-                BoolCode::atom(quote!(#rt::expr::truthy(&#value)), fallible)
+                BoolCode::atom(quote!(#ex::truthy(&#value)), fallible)
             }
         }
     }
@@ -293,14 +325,14 @@ impl Generator<'_> {
 
     /// A single comparison between two already-generated operands.
     fn compare_op(&mut self, op: CompareOp, lhs: &TokenStream, rhs: &TokenStream) -> TokenStream {
-        let rt = self.rt;
+        let ex = self.ex;
         match op {
-            CompareOp::Eq => quote!(#rt::expr::eq(&#lhs, &#rhs)),
-            CompareOp::Ne => quote!(#rt::expr::ne(&#lhs, &#rhs)),
+            CompareOp::Eq => quote!(#ex::eq(&#lhs, &#rhs)),
+            CompareOp::Ne => quote!(#ex::ne(&#lhs, &#rhs)),
             CompareOp::Lt | CompareOp::Le | CompareOp::Gt | CompareOp::Ge => {
                 self.fallible = true;
                 let func = ordering_fn(op);
-                quote!(#rt::expr::#func(&#lhs, &#rhs)?)
+                quote!(#ex::#func(&#lhs, &#rhs)?)
             }
         }
     }
@@ -352,39 +384,39 @@ impl Generator<'_> {
 
     /// A Rust expression of type `Val<'_>` for the node's value.
     fn value_expr(&mut self, node: &Node) -> TokenStream {
-        let rt = self.rt;
+        let ex = self.ex;
         let ctx = self.ctx;
         if let Some(path) = attribute_path(node) {
             // `context` and `context.a.b`: borrow straight from the context.
             self.uses_ctx = true;
             if path.is_empty() {
-                return quote!(#rt::expr::context(#ctx));
+                return quote!(#ex::context(#ctx));
             }
-            return quote!(#rt::expr::path(#ctx, &[#(#path),*]));
+            return quote!(#ex::path(#ctx, &[#(#path),*]));
         }
         match &node.kind {
-            NodeKind::Literal(lit) => literal_tokens(rt, lit),
-            NodeKind::Context => quote!(#rt::expr::context(#ctx)),
+            NodeKind::Literal(lit) => literal_tokens(ex, lit),
+            NodeKind::Context => quote!(#ex::context(#ctx)),
             NodeKind::Field { base, name, .. } => {
                 let base = self.value_expr(base);
-                quote!(#rt::expr::field(#base, #name))
+                quote!(#ex::field(#base, #name))
             }
             NodeKind::Index { base, index } => {
                 self.fallible = true;
                 if base.kind == NodeKind::Context {
                     self.uses_ctx = true;
                     let index = self.value_expr(index);
-                    quote!(#rt::expr::context_index(#ctx, &#index)?)
+                    quote!(#ex::context_index(#ctx, &#index)?)
                 } else {
                     let base = self.value_expr(base);
                     let index = self.value_expr(index);
-                    quote!(#rt::expr::index(#base, &#index)?)
+                    quote!(#ex::index(#base, &#index)?)
                 }
             }
             NodeKind::Neg(operand) => {
                 self.fallible = true;
                 let operand = self.value_expr(operand);
-                quote!(#rt::expr::neg(&#operand)?)
+                quote!(#ex::neg(&#operand)?)
             }
             NodeKind::Binary { op, lhs, rhs } => {
                 self.fallible = true;
@@ -396,11 +428,11 @@ impl Generator<'_> {
                 };
                 let lhs = self.value_expr(lhs);
                 let rhs = self.value_expr(rhs);
-                quote!(#rt::expr::#func(&#lhs, &#rhs)?)
+                quote!(#ex::#func(&#lhs, &#rhs)?)
             }
             NodeKind::Not(_) | NodeKind::Compare { .. } | NodeKind::And(_) | NodeKind::Or(_) => {
                 let tokens = self.bool_expr(node).tokens;
-                quote!(#rt::expr::boolean(#tokens))
+                quote!(#ex::boolean(#tokens))
             }
         }
     }
@@ -419,10 +451,10 @@ fn attribute_path(node: &Node) -> Option<Vec<&str>> {
     }
 }
 
-fn literal_tokens(rt: &TokenStream, lit: &Literal) -> TokenStream {
+fn literal_tokens(ex: &TokenStream, lit: &Literal) -> TokenStream {
     match lit {
-        Literal::Null => quote!(#rt::expr::null()),
-        Literal::Bool(b) => quote!(#rt::expr::boolean(#b)),
+        Literal::Null => quote!(#ex::null()),
+        Literal::Bool(b) => quote!(#ex::boolean(#b)),
         Literal::Int(i) => {
             let value = if *i == i64::MIN {
                 quote!(i64::MIN)
@@ -433,7 +465,7 @@ fn literal_tokens(rt: &TokenStream, lit: &Literal) -> TokenStream {
                 let magnitude = LitToken::u64_unsuffixed(i.unsigned_abs());
                 quote!(#magnitude)
             };
-            quote!(#rt::expr::int(#value))
+            quote!(#ex::int(#value))
         }
         Literal::Float(f) => {
             // `{:?}` always prints a valid Rust float literal for a finite f64 (`1.0`, `1e300`).
@@ -443,11 +475,11 @@ fn literal_tokens(rt: &TokenStream, lit: &Literal) -> TokenStream {
             } else {
                 quote!(#magnitude)
             };
-            quote!(#rt::expr::float(#value))
+            quote!(#ex::float(#value))
         }
         Literal::Str(s) => {
             let lit = LitToken::string(s);
-            quote!(#rt::expr::string(#lit))
+            quote!(#ex::string(#lit))
         }
     }
 }

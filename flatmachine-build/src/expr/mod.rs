@@ -31,7 +31,7 @@ mod tests;
 
 use std::fmt;
 
-pub use codegen::condition_tokens;
+pub use codegen::{condition_fn_body, condition_tokens};
 
 /// Deepest nesting of parentheses, operators and subscripts an expression may have.
 pub const MAX_DEPTH: usize = 100;
