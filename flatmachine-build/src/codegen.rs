@@ -1077,7 +1077,11 @@ fn state_spec(
     if !launch.is_empty() {
         fields.push(quote!(launch: &[#(#launch),*],));
     }
-    fields.extend([launch_input, input, output_to_context, output].into_iter().flatten());
+    fields.extend(
+        [launch_input, input, output_to_context, output]
+            .into_iter()
+            .flatten(),
+    );
     if !s.on_error.is_empty() {
         let on_error = s.on_error.iter().map(|(t, i)| {
             let i = proc_macro2::Literal::usize_unsuffixed(*i);
@@ -1106,7 +1110,10 @@ fn state_spec(
         fields.push(quote!(tool_loop: true,));
     }
     if !s.transitions.is_empty() {
-        let transitions = s.transitions.iter().map(|t| conditions.transition(t, slots));
+        let transitions = s
+            .transitions
+            .iter()
+            .map(|t| conditions.transition(t, slots));
         fields.push(quote!(transitions: &[#(#transitions),*],));
     }
     quote! {

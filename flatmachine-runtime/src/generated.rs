@@ -96,7 +96,8 @@ mod tests {
     fn a_failing_condition_is_named_in_the_error() {
         let err = transition(&STATES, 0, &context("text".into())).unwrap_err();
         assert!(
-            err.message().starts_with("in expression `context.x > 10`: "),
+            err.message()
+                .starts_with("in expression `context.x > 10`: "),
             "{err}"
         );
     }
