@@ -93,7 +93,7 @@ impl SourceFile {
     }
 
     /// Byte offset of a character index (saphyr reports positions in characters). Constant
-    /// time: at most [`CHAR_STRIDE`] characters are walked.
+    /// time: at most `CHAR_STRIDE` characters are walked.
     pub fn byte_of_char(&self, char_index: usize) -> usize {
         if self.char_marks.is_empty() {
             return char_index.min(self.text.len());

@@ -243,7 +243,7 @@ pub enum Guard {
     /// No condition: the transition is always taken.
     Always,
     /// A simple-language condition compiled to Rust by the compiler. An error it returns is
-    /// reported as `in expression `<condition>`: ...`.
+    /// reported as ``in expression `<condition>`: ...``.
     Compiled(ConditionFn),
     /// A CEL condition, parsed once and evaluated at run time.
     Cel(&'static CelProgram),
