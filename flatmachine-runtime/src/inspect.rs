@@ -25,7 +25,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::persistence::{
-    CheckpointStore, LaunchIntent, MachineSnapshot, PersistenceError, parse_snapshot_key,
+    CheckpointStore, LaunchIntent, MachineSnapshot, PersistenceError, checkpoint_event,
+    parse_snapshot_key,
 };
 use crate::{Context, Value};
 
@@ -143,7 +144,7 @@ impl ExecutionHistory {
             .into_iter()
             .filter_map(|key| {
                 let (_, step, event) = parse_snapshot_key(&key)?;
-                Some((step, event_order(event), key))
+                Some((step, checkpoint_event::rank(event), key))
             })
             .collect();
         keys.sort_unstable();
@@ -409,19 +410,6 @@ fn recorded_error(context: &Context) -> Option<RecordedError> {
             other => other.to_string(),
         },
     })
-}
-
-/// Run order of the events within one step (unknown events between `execute` and
-/// `state_exit`), as the store orders them.
-fn event_order(event: &str) -> u8 {
-    match event {
-        "machine_start" => 0,
-        "state_enter" => 1,
-        "execute" => 2,
-        "state_exit" => 4,
-        "machine_end" => 5,
-        _ => 3,
-    }
 }
 
 const MAX_VALUE_CHARS: usize = 40;

@@ -220,12 +220,7 @@ impl LocalFileBackend {
 impl PersistenceBackend for LocalFileBackend {
     async fn save(&self, key: &str, snapshot: &MachineSnapshot) -> Result<(), PersistenceError> {
         validate_key(key)?;
-        let bytes = snapshot
-            .to_json_vec()
-            .map_err(|source| PersistenceError::Serialize {
-                key: key.to_owned(),
-                source,
-            })?;
+        let bytes = snapshot.to_json_for(key)?;
         self.write_snapshot(key, bytes, &snapshot.created_at).await
     }
 
@@ -237,12 +232,7 @@ impl PersistenceBackend for LocalFileBackend {
     ) -> Result<(), PersistenceError> {
         validate_key(key)?;
         validate_key(latest_key)?;
-        let bytes = snapshot
-            .to_json_vec()
-            .map_err(|source| PersistenceError::Serialize {
-                key: key.to_owned(),
-                source,
-            })?;
+        let bytes = snapshot.to_json_for(key)?;
         let created_at = snapshot.created_at.clone();
         self.write_checkpoint(key, latest_key, bytes, created_at)
             .await

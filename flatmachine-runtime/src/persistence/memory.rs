@@ -101,12 +101,7 @@ impl MemoryBackend {
     }
 
     fn encode(key: &str, snapshot: &MachineSnapshot) -> Result<Entry, PersistenceError> {
-        let json = snapshot
-            .to_json_vec()
-            .map_err(|source| PersistenceError::Serialize {
-                key: key.to_owned(),
-                source,
-            })?;
+        let json = snapshot.to_json_for(key)?;
         Ok(Entry::Snapshot(Arc::from(json)))
     }
 }

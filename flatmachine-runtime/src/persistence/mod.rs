@@ -79,6 +79,20 @@ pub mod checkpoint_event {
     pub const UNKNOWN: &str = "unknown";
     /// The default `checkpoint_on` set: every event above except [`UNKNOWN`], in run order.
     pub const ALL: [&str; 5] = [MACHINE_START, STATE_ENTER, EXECUTE, STATE_EXIT, MACHINE_END];
+
+    /// Position of an event within one step, in run order (`machine_start` 0, `state_enter`
+    /// 1, `execute` 2, any other event 3, `state_exit` 4, `machine_end` 5): how every store
+    /// orders, prunes and resumes the checkpoints of one step.
+    pub fn rank(event: &str) -> u8 {
+        match event {
+            MACHINE_START => 0,
+            STATE_ENTER => 1,
+            EXECUTE => 2,
+            STATE_EXIT => 4,
+            MACHINE_END => 5,
+            _ => 3,
+        }
+    }
 }
 
 /// The `error_type` given to a [`PersistenceError`] converted into a [`StateError`].

@@ -108,6 +108,16 @@ impl MachineSnapshot {
         to_python_json(self)
     }
 
+    /// [`to_json_vec`](Self::to_json_vec) for a backend storing the snapshot under `key`; a
+    /// failure is a [`PersistenceError::Serialize`](super::PersistenceError::Serialize) naming it.
+    pub fn to_json_for(&self, key: &str) -> Result<Vec<u8>, super::PersistenceError> {
+        self.to_json_vec()
+            .map_err(|source| super::PersistenceError::Serialize {
+                key: key.to_owned(),
+                source,
+            })
+    }
+
     /// Parses a snapshot (leniently: missing or `null` optional fields are accepted).
     pub fn from_json_slice(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)

@@ -206,39 +206,17 @@ fn row_meta(key: &str) -> (String, Option<i64>, Option<i64>) {
         Some((id, step, event)) if id == execution_id => (
             execution_id.to_owned(),
             i64::try_from(step).ok(),
-            Some(event_rank(event)),
+            Some(i64::from(checkpoint_event::rank(event))),
         ),
         _ => (execution_id.to_owned(), None, None),
     }
-}
-
-/// Position of an event within one step, in run order (the order
-/// [`CheckpointStore`] prunes and resumes by).
-fn event_rank(event: &str) -> i64 {
-    match event {
-        checkpoint_event::MACHINE_START => 0,
-        checkpoint_event::STATE_ENTER => 1,
-        checkpoint_event::EXECUTE => 2,
-        checkpoint_event::STATE_EXIT => 4,
-        checkpoint_event::MACHINE_END => 5,
-        _ => 3,
-    }
-}
-
-fn serialize(key: &str, snapshot: &MachineSnapshot) -> Result<Vec<u8>, PersistenceError> {
-    snapshot
-        .to_json_vec()
-        .map_err(|source| PersistenceError::Serialize {
-            key: key.to_owned(),
-            source,
-        })
 }
 
 #[async_trait]
 impl PersistenceBackend for SqlitePersistence {
     async fn save(&self, key: &str, snapshot: &MachineSnapshot) -> Result<(), PersistenceError> {
         validate_key(key)?;
-        let bytes = serialize(key, snapshot)?;
+        let bytes = snapshot.to_json_for(key)?;
         self.put(vec![(key.to_owned(), bytes)]).await
     }
 
@@ -250,7 +228,7 @@ impl PersistenceBackend for SqlitePersistence {
     ) -> Result<(), PersistenceError> {
         validate_key(key)?;
         validate_key(latest_key)?;
-        let bytes = serialize(key, &snapshot)?;
+        let bytes = snapshot.to_json_for(key)?;
         self.put(vec![
             (key.to_owned(), bytes),
             (latest_key.to_owned(), key.as_bytes().to_vec()),

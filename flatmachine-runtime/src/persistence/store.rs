@@ -244,7 +244,7 @@ impl CheckpointStore {
             .into_iter()
             .filter_map(|key| {
                 let (_, step, event) = parse_snapshot_key(&key)?;
-                Some((step, event_rank(event), key.clone()))
+                Some((step, checkpoint_event::rank(event), key.clone()))
             })
             .collect();
         ordered.sort_unstable();
@@ -328,7 +328,7 @@ pub(crate) fn keys_to_prune<'a>(keys: &'a [String], saved: &str, keep: usize) ->
         .iter()
         .filter_map(|key| {
             let (_, step, event) = parse_snapshot_key(key)?;
-            Some((step, event_rank(event), key.as_str()))
+            Some((step, checkpoint_event::rank(event), key.as_str()))
         })
         .collect();
     if ordered.len() <= keep {
@@ -341,16 +341,4 @@ pub(crate) fn keys_to_prune<'a>(keys: &'a [String], saved: &str, keep: usize) ->
         .map(|&(_, _, key)| key)
         .filter(|key| *key != saved)
         .collect()
-}
-
-/// Position of an event within one step, in run order.
-fn event_rank(event: &str) -> u8 {
-    match event {
-        checkpoint_event::MACHINE_START => 0,
-        checkpoint_event::STATE_ENTER => 1,
-        checkpoint_event::EXECUTE => 2,
-        checkpoint_event::STATE_EXIT => 4,
-        checkpoint_event::MACHINE_END => 5,
-        _ => 3,
-    }
 }

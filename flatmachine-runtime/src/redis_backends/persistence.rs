@@ -101,18 +101,6 @@ fn other(e: impl std::error::Error + Send + Sync + 'static) -> PersistenceError 
     PersistenceError::Other(Box::new(e))
 }
 
-/// Position of an event within one step, in run order (as the checkpoint store orders them).
-fn event_rank(event: &str) -> u64 {
-    match event {
-        checkpoint_event::MACHINE_START => 0,
-        checkpoint_event::STATE_ENTER => 1,
-        checkpoint_event::EXECUTE => 2,
-        checkpoint_event::STATE_EXIT => 4,
-        checkpoint_event::MACHINE_END => 5,
-        _ => 3,
-    }
-}
-
 impl RedisPersistence {
     /// Checkpoints on `conn`'s server, under its prefix.
     pub fn new(conn: RedisConnection) -> Self {
@@ -160,7 +148,7 @@ impl RedisPersistence {
         let (exec, score) = match parsed {
             Some((id, step, event)) => (
                 self.exec_key(id),
-                (step.saturating_mul(8) + event_rank(event)).to_string(),
+                (step.saturating_mul(8) + u64::from(checkpoint_event::rank(event))).to_string(),
             ),
             None => (String::new(), String::new()),
         };
@@ -205,20 +193,16 @@ impl RedisPersistence {
     }
 }
 
-fn serialize(key: &str, snapshot: &MachineSnapshot) -> Result<Vec<u8>, PersistenceError> {
-    snapshot
-        .to_json_vec()
-        .map_err(|source| PersistenceError::Serialize {
-            key: key.to_owned(),
-            source,
-        })
-}
-
 #[async_trait]
 impl PersistenceBackend for RedisPersistence {
     async fn save(&self, key: &str, snapshot: &MachineSnapshot) -> Result<(), PersistenceError> {
-        self.store(key, serialize(key, snapshot)?, None, snapshot.fencing_token)
-            .await
+        self.store(
+            key,
+            snapshot.to_json_for(key)?,
+            None,
+            snapshot.fencing_token,
+        )
+        .await
     }
 
     async fn save_checkpoint(
@@ -229,7 +213,7 @@ impl PersistenceBackend for RedisPersistence {
     ) -> Result<(), PersistenceError> {
         self.store(
             key,
-            serialize(key, &snapshot)?,
+            snapshot.to_json_for(key)?,
             Some(latest_key),
             snapshot.fencing_token,
         )
