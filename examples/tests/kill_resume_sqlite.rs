@@ -15,26 +15,11 @@ use flatmachine_examples::{CHECKPOINT_EVENTS, long_run_machine_on};
 use flatmachine_runtime::persistence::CheckpointStore;
 use serde_json::{Value, json};
 
+mod support;
+
+use support::{Rng, env_u64};
+
 const BIN: &str = env!("CARGO_BIN_EXE_long_run");
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// xorshift64*: reproducible random steps from a printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
-}
 
 fn long_run(args: &[String]) -> Command {
     let mut cmd = Command::new(BIN);
