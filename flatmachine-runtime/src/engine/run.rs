@@ -760,13 +760,14 @@ impl Machine {
         }
     }
 
-    /// Writes one checkpoint of `run` (serialized once, straight from the borrowed context).
+    /// Writes one checkpoint of `run`: serialized once, straight from the borrowed context, or
+    /// as a record sharing the context for a store in memory ([`CheckpointStore::write`]).
     async fn write_checkpoint(
         &self,
         store: &CheckpointStore,
         run: &mut Run,
         event: &'static str,
-        state: &str,
+        state: &'static str,
         context: &Context,
         output: Option<&Value>,
     ) -> Result<(), PersistenceError> {
@@ -777,7 +778,7 @@ impl Machine {
                 .retain(|intent| !launches.is_done(&intent.execution_id));
         }
         let empty = Context::new();
-        let encoded = run.writer.encode(SnapshotParts {
+        let parts = SnapshotParts {
             execution_id: "",
             machine_name: spec.name,
             spec_version: spec.spec_version,
@@ -796,15 +797,15 @@ impl Machine {
             pending_launches: (!run.pending_launches.is_empty())
                 .then_some(run.pending_launches.as_slice()),
             fencing_token: run.fencing_token,
-        })?;
-        store.save_encoded(encoded).await
+        };
+        store.write(&mut run.writer, parts).await
     }
 
     async fn checkpoint(
         &self,
         run: &mut Run,
         event: &'static str,
-        state: &str,
+        state: &'static str,
         context: &Context,
         output: Option<&Value>,
     ) -> Result<(), RunError> {

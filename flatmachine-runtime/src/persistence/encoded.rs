@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::record::{CheckpointRecord, RecordCache};
 use super::snapshot::to_python_json;
 use super::{
     LaunchIntent, MachineSnapshot, PersistenceError, checkpoint_event, validate_execution_id,
@@ -125,9 +126,9 @@ fn static_event(event: &str) -> &'static str {
 #[derive(Serialize)]
 pub(crate) struct SnapshotParts<'a> {
     pub execution_id: &'a str,
-    pub machine_name: &'a str,
-    pub spec_version: &'a str,
-    pub current_state: &'a str,
+    pub machine_name: &'static str,
+    pub spec_version: &'static str,
+    pub current_state: &'static str,
     pub context: &'a Context,
     pub step: u64,
     pub created_at: &'a str,
@@ -151,6 +152,8 @@ pub struct CheckpointWriter {
     latest_key: Arc<str>,
     /// The size of the last snapshot, to allocate the next one's buffer at once.
     size_hint: usize,
+    /// The parts the last record shared (see [`record`](Self::record)).
+    records: RecordCache,
 }
 
 impl CheckpointWriter {
@@ -168,6 +171,7 @@ impl CheckpointWriter {
             execution_id_len: execution_id.len(),
             latest_key: Arc::from(latest),
             size_hint: 256,
+            records: RecordCache::default(),
         })
     }
 
@@ -224,6 +228,29 @@ impl CheckpointWriter {
             json: Arc::from(json),
         })
     }
+
+    /// One checkpoint as a [`CheckpointRecord`], stamped now: the context (and output)
+    /// serialized only when they changed since the previous record, and shared otherwise.
+    /// `parts.execution_id` and `parts.created_at` are replaced by the writer's.
+    pub(crate) fn record(
+        &mut self,
+        parts: SnapshotParts<'_>,
+    ) -> Result<CheckpointRecord, PersistenceError> {
+        let parts = SnapshotParts {
+            execution_id: &self.prefix[..self.execution_id_len],
+            ..parts
+        };
+        self.records
+            .record(&parts, IsoTimestamp::now_parts())
+            .map_err(|source| PersistenceError::Serialize {
+                key: super::snapshot_key(
+                    parts.execution_id,
+                    parts.step,
+                    static_event(parts.event.unwrap_or(checkpoint_event::UNKNOWN)),
+                ),
+                source,
+            })
+    }
 }
 
 /// Appends `n` in decimal, zero-padded to `width` digits.
@@ -265,14 +292,11 @@ impl IsoTimestamp {
     /// Now. The date and time of day are formatted once per second (per thread); only the
     /// microseconds are written per call.
     pub(crate) fn now() -> Self {
+        let (secs, micros) = Self::now_parts();
         thread_local! {
             static LAST_SECOND: std::cell::Cell<Option<(u64, IsoTimestamp)>> =
                 const { std::cell::Cell::new(None) };
         }
-        let since_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let (secs, micros) = (since_epoch.as_secs(), since_epoch.subsec_micros());
         let mut out = match LAST_SECOND.get() {
             Some((last, whole)) if last == secs => whole,
             _ => {
@@ -291,6 +315,14 @@ impl IsoTimestamp {
             }
         }
         out
+    }
+
+    /// Now, as seconds and microseconds since the Unix epoch (UTC).
+    pub(crate) fn now_parts() -> (u64, u32) {
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        (since_epoch.as_secs(), since_epoch.subsec_micros())
     }
 
     /// A timestamp read back from a snapshot (kept as is, cut at 40 bytes).
@@ -384,34 +416,45 @@ mod tests {
         output.insert("x".into(), json!("y"));
         let launches = vec![LaunchIntent::new("c1", "child", ctx.clone())];
         let mut writer = CheckpointWriter::new("exec-1").unwrap();
-        for (out, parent, pending, fence) in [
-            (None, None, None, None),
+        for (out, parent, pending, fence, totals) in [
+            (None, None, None, None, (None, None)),
             (
                 Some(&output),
                 Some("p-1"),
                 Some(launches.as_slice()),
                 Some(3),
+                (Some(2), Some(0.5)),
             ),
+            (Some(&output), None, None, None, (Some(0), Some(-0.0))),
         ] {
-            let encoded = writer
-                .encode(SnapshotParts {
-                    execution_id: "",
-                    machine_name: "m",
-                    spec_version: "1.0.0",
-                    current_state: "work",
-                    context: &ctx,
-                    step: 12,
-                    created_at: "",
-                    event: Some("execute"),
-                    output: out,
-                    total_api_calls: Some(2),
-                    total_cost: Some(0.5),
-                    parent_execution_id: parent,
-                    pending_launches: pending,
-                    fencing_token: fence,
-                })
-                .unwrap();
+            let parts = || SnapshotParts {
+                execution_id: "",
+                machine_name: "m",
+                spec_version: "1.0.0",
+                current_state: "work",
+                context: &ctx,
+                step: 12,
+                created_at: "",
+                event: Some("execute"),
+                output: out,
+                total_api_calls: totals.0,
+                total_cost: totals.1,
+                parent_execution_id: parent,
+                pending_launches: pending,
+                fencing_token: fence,
+            };
+            let encoded = writer.encode(parts()).unwrap();
             let snap = encoded.to_snapshot().unwrap();
+            // A record writes the same bytes (its own timestamp), read back the same.
+            let record = writer.record(parts()).unwrap();
+            let stamped = MachineSnapshot {
+                created_at: record.created_at(),
+                ..snap.clone()
+            };
+            assert_eq!(record.to_json().unwrap(), stamped.to_json_vec().unwrap());
+            assert_eq!(record.to_snapshot().unwrap(), stamped);
+            assert_eq!(record.key(), encoded.key());
+            assert_eq!(record.encode().unwrap().json(), record.to_json().unwrap());
             assert_eq!(snap.fencing_token, fence);
             assert_eq!(snap.to_json_vec().unwrap(), encoded.json());
             assert_eq!(snap.created_at, encoded.created_at());

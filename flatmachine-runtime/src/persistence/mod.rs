@@ -19,8 +19,9 @@
 //!
 //! # Backends
 //!
-//! * [`MemoryBackend`] — the default when a machine has no `persistence` section; keeps each
-//!   snapshot as its JSON bytes (the compact form, written once).
+//! * [`MemoryBackend`] — the default when a machine has no `persistence` section; keeps the
+//!   loop's checkpoints as [`CheckpointRecord`]s (compact parts, the context's JSON shared
+//!   while it does not change), serialized to the same bytes when read.
 //! * [`LocalFileBackend`] — files below a directory, written atomically (temporary file
 //!   `.<name>.tmp`, fsync, rename, fsync of the directory; fsync can be turned off).
 //! * `SqlitePersistence` (cargo feature `sqlite`) — one SQLite file, one transaction per
@@ -46,6 +47,7 @@ pub(crate) mod encoded;
 mod key;
 mod local;
 mod memory;
+mod record;
 pub mod snapshot;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -58,6 +60,7 @@ pub use encoded::{CheckpointWriter, EncodedCheckpoint};
 pub use key::{InvalidKey, MAX_EXECUTION_ID_LEN, validate_execution_id, validate_key};
 pub use local::LocalFileBackend;
 pub use memory::MemoryBackend;
+pub use record::CheckpointRecord;
 pub use snapshot::{LaunchIntent, MachineSnapshot, utc_now_isoformat};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqlitePersistence;
@@ -223,6 +226,28 @@ pub trait PersistenceBackend: Send + Sync {
     ) -> Option<Result<(), PersistenceError>> {
         let _ = checkpoint;
         None
+    }
+
+    /// Whether this backend keeps checkpoints in this process and takes them as
+    /// [`CheckpointRecord`]s: their parts, the context shared between records, serialized
+    /// only when read. The execution loop then calls [`save_record_now`](Self::save_record_now)
+    /// instead of serializing each checkpoint. `false` by default.
+    fn keeps_records(&self) -> bool {
+        false
+    }
+
+    /// Stores a checkpoint record (the snapshot and the `latest` pointer, with the guarantees
+    /// of [`save_checkpoint`](Self::save_checkpoint)) on the spot. Only called when
+    /// [`keeps_records`](Self::keeps_records) is `true`; a backend saying so must override
+    /// this (the default reports an error).
+    fn save_record_now(&self, record: CheckpointRecord) -> Result<(), PersistenceError> {
+        Err(PersistenceError::Other(
+            format!(
+                "this backend says it keeps records but cannot save checkpoint `{}`",
+                record.key()
+            )
+            .into(),
+        ))
     }
 
     /// Deletes all but the newest `keep` checkpoints of `execution_id` (ordered by step, then

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::encoded::SnapshotParts;
 use super::{
-    EncodedCheckpoint, LocalFileBackend, MachineSnapshot, MemoryBackend, PersistenceBackend,
-    PersistenceError, checkpoint_event, validate_execution_id, validate_key,
+    CheckpointWriter, EncodedCheckpoint, LocalFileBackend, MachineSnapshot, MemoryBackend,
+    PersistenceBackend, PersistenceError, checkpoint_event, validate_execution_id, validate_key,
 };
 
 /// The key of one checkpoint: `{execution_id}/step_{step:06}_{event}.json` (reference layout).
@@ -142,6 +143,30 @@ impl CheckpointStore {
             let execution_id = &key[..key.rfind('/').unwrap_or(0)];
             self.backend
                 .prune_checkpoints(execution_id, &key, keep)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Saves one checkpoint of the execution `writer` writes (what the execution loop calls):
+    /// as a [`CheckpointRecord`] when the backend [keeps records](PersistenceBackend::keeps_records)
+    /// (nothing serialized), else serialized once ([`save_encoded`](Self::save_encoded)).
+    pub(crate) async fn write(
+        &self,
+        writer: &mut CheckpointWriter,
+        parts: SnapshotParts<'_>,
+    ) -> Result<(), PersistenceError> {
+        if !self.backend.keeps_records() {
+            return self.save_encoded(writer.encode(parts)?).await;
+        }
+        let record = writer.record(parts)?;
+        let pruning = self
+            .keep_last
+            .map(|keep| (keep, record.key(), Arc::clone(record.execution_id_shared())));
+        self.backend.save_record_now(record)?;
+        if let Some((keep, key, execution_id)) = pruning {
+            self.backend
+                .prune_checkpoints(&execution_id, &key, keep)
                 .await?;
         }
         Ok(())
