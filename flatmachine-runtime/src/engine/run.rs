@@ -389,9 +389,30 @@ impl Run {
     }
 
     fn add_child_totals(&mut self, child: &RunResult) {
-        self.api_calls += child.total_api_calls;
-        self.cost += child.total_cost;
+        self.add_totals(ChildTotals::of(child));
+    }
+
+    fn add_totals(&mut self, child: ChildTotals) {
+        self.api_calls += child.api_calls;
+        self.cost += child.cost;
         self.usage += child.usage;
+    }
+}
+
+/// What a child run adds to its parent's totals.
+struct ChildTotals {
+    api_calls: u64,
+    cost: f64,
+    usage: Usage,
+}
+
+impl ChildTotals {
+    fn of(child: &RunResult) -> Self {
+        Self {
+            api_calls: child.total_api_calls,
+            cost: child.total_cost,
+            usage: child.usage,
+        }
     }
 }
 
@@ -1481,11 +1502,11 @@ impl Machine {
                 }
                 inputs.push(input);
             }
-            let futures: Vec<_> = inputs
-                .into_iter()
-                .map(|input| self.run_child(run, name, input))
-                .collect();
             if state.mode_any {
+                let futures: Vec<_> = inputs
+                    .into_iter()
+                    .map(|input| self.run_child(run, name, input))
+                    .collect();
                 // The first child to finish wins; the others are cancelled (dropped).
                 let Some((i, first)) = first_to_finish(futures, cap).await else {
                     return Ok(if state.key.is_some() {
@@ -1505,16 +1526,22 @@ impl Machine {
                     _ => Value::Array(vec![entry]),
                 });
             }
-            let results: Vec<_> = futures::stream::iter(futures).buffered(cap).collect().await;
-            let entries: Vec<Value> = results
-                .into_iter()
-                .map(|r| {
-                    if let Ok(r) = &r {
-                        run.add_child_totals(r);
-                    }
-                    child_entry(r)
-                })
-                .collect();
+            // A child starts when a slot frees up (at most `cap` started at a time), and its
+            // result is cut down to its entry as it arrives: a foreach over many items holds
+            // the pending inputs and the entries, not every child's whole `RunResult`.
+            let results: Vec<(Option<ChildTotals>, Value)> = futures::stream::iter(inputs)
+                .map(|input| self.run_child(run, name, input))
+                .buffered(cap)
+                .map(|r| (r.as_ref().ok().map(ChildTotals::of), child_entry(r)))
+                .collect()
+                .await;
+            let mut entries = Vec::with_capacity(results.len());
+            for (totals, entry) in results {
+                if let Some(totals) = totals {
+                    run.add_totals(totals);
+                }
+                entries.push(entry);
+            }
             if state.key.is_some() {
                 return Ok(Value::Object(keys.into_iter().zip(entries).collect()));
             }
