@@ -48,7 +48,32 @@ type Position = (u64, u8);
 struct Execution {
     /// Sorted by position (run order), so the loop's saves are pushes.
     checkpoints: Vec<(Position, Entry)>,
-    latest: Option<Entry>,
+    latest: Latest,
+}
+
+/// An execution's `latest` pointer.
+#[derive(Debug, Default)]
+enum Latest {
+    #[default]
+    None,
+    /// Names the checkpoint at this position (what the loop writes): the text is its key.
+    At(Position),
+    /// Anything else saved under the key.
+    Other(Box<Entry>),
+}
+
+impl Latest {
+    fn is_some(&self) -> bool {
+        !matches!(self, Latest::None)
+    }
+
+    fn entry(&self) -> Option<Entry> {
+        match self {
+            Latest::None => None,
+            Latest::At((step, event)) => Some(Entry::Pointer(*step, *event)),
+            Latest::Other(entry) => Some((**entry).clone()),
+        }
+    }
 }
 
 impl Execution {
@@ -133,7 +158,7 @@ impl Entries {
     fn get(&self, key: &str) -> Option<Entry> {
         match slot(key) {
             Slot::Checkpoint(id, at) => self.executions.get(id)?.get(at).cloned(),
-            Slot::Latest(id) => self.executions.get(id)?.latest.clone(),
+            Slot::Latest(id) => self.executions.get(id)?.latest.entry(),
             Slot::Other => self.other.get(key).cloned(),
         }
     }
@@ -145,7 +170,7 @@ impl Entries {
     fn set(&mut self, key: &str, entry: Entry) {
         match slot(key) {
             Slot::Checkpoint(id, at) => self.execution(id).set(at, entry),
-            Slot::Latest(id) => self.execution(id).latest = Some(entry),
+            Slot::Latest(id) => self.execution(id).latest = Latest::Other(Box::new(entry)),
             Slot::Other => {
                 self.other.insert(Box::from(key), entry);
             }
@@ -167,7 +192,7 @@ impl Entries {
             },
             Slot::Latest(id) => match self.executions.get_mut(id) {
                 Some(execution) => {
-                    execution.latest = None;
+                    execution.latest = Latest::None;
                     (id, execution)
                 }
                 None => return,
@@ -366,7 +391,7 @@ impl PersistenceBackend for MemoryBackend {
             None => entries.executions.entry(Arc::clone(id)).or_default(),
         };
         execution.set(at, Entry::Record(record));
-        execution.latest = Some(Entry::Pointer(at.0, at.1));
+        execution.latest = Latest::At(at);
         Ok(())
     }
 
