@@ -359,6 +359,8 @@ struct Run {
     unhandled_action: Option<&'static str>,
     /// The execution lock's fencing token, written into every checkpoint.
     fencing_token: Option<u64>,
+    /// The [`ActionCall`] of the last action, reused (updated in place) by the next one.
+    action_call: Option<Arc<ActionCall>>,
 }
 
 impl Run {
@@ -385,6 +387,7 @@ impl Run {
             step_context: None,
             unhandled_action: None,
             fencing_token: None,
+            action_call: None,
         }
     }
 
@@ -1198,19 +1201,30 @@ impl Machine {
         context: &mut Context,
     ) -> Result<(), StateError> {
         let state = &self.inner.spec.states[index];
-        let call = ActionCall {
-            action,
-            machine: self.inner.spec.name,
-            state: state.name,
-            execution_id: run.execution_id.clone(),
-            parent_execution_id: run.parent_execution_id.clone(),
-            step: run.step,
+        // The run's call, updated in place (no handler keeps the `Arc`: `current()` copies).
+        let mut call = match run.action_call.take() {
+            Some(call) => call,
+            None => Arc::new(ActionCall {
+                action,
+                machine: self.inner.spec.name,
+                state: state.name,
+                execution_id: run.execution_id.clone(),
+                parent_execution_id: run.parent_execution_id.clone(),
+                step: run.step,
+            }),
         };
+        {
+            let c = Arc::make_mut(&mut call);
+            c.action = action;
+            c.state = state.name;
+            c.step = run.step;
+        }
         let hooks = run.hooks_active.then(|| run.hooks.clone());
-        let handled = call
-            .clone()
-            .scope(self.dispatch_action(index, hooks.as_deref(), &call, context))
-            .await;
+        let handled = ActionCall::scope(
+            call.clone(),
+            self.dispatch_action(index, hooks.as_deref(), &call, context),
+        )
+        .await;
         let result = match handled {
             Ok(true) => Ok(()),
             Ok(false) if self.inner.ignore_unhandled_actions => {
@@ -1233,6 +1247,7 @@ impl Machine {
                 .on_action_done(&call, context, result.as_ref().err())
                 .await;
         }
+        run.action_call = Some(call);
         result
     }
 
