@@ -744,8 +744,10 @@ impl Machine {
             None => Context::new(),
         };
         let initial_name = spec.states[spec.initial].name;
-        self.checkpoint(&mut run, "machine_start", initial_name, &context, None)
-            .await?;
+        if self.checkpoints("machine_start") {
+            self.checkpoint(&mut run, "machine_start", initial_name, &context, None)
+                .await?;
+        }
         if run.hooks_active
             && let Err(e) = run.hooks.on_machine_start(&mut context).await
         {
@@ -803,6 +805,19 @@ impl Machine {
         store.save_encoded(encoded).await
     }
 
+    /// Whether `event` gets a checkpoint: there is a store and `checkpoint_on` (if set) lists
+    /// it. The run loop asks before calling [`checkpoint`](Self::checkpoint), so a run without
+    /// checkpoints builds and polls no checkpoint future.
+    #[inline]
+    fn checkpoints(&self, event: &str) -> bool {
+        self.inner.store.is_some()
+            && self
+                .inner
+                .checkpoint_on
+                .as_ref()
+                .is_none_or(|on| on.iter().any(|e| e == event))
+    }
+
     async fn checkpoint(
         &self,
         run: &mut Run,
@@ -814,9 +829,7 @@ impl Machine {
         let Some(store) = &self.inner.store else {
             return Ok(());
         };
-        if let Some(on) = &self.inner.checkpoint_on
-            && !on.iter().any(|e| e == event)
-        {
+        if !self.checkpoints(event) {
             return Ok(());
         }
         self.write_checkpoint(store, run, event, state, context, output)
@@ -893,8 +906,10 @@ impl Machine {
                     });
                 }
                 run.step += 1;
-                self.checkpoint(run, "state_enter", state.name, &context, None)
-                    .await?;
+                if self.checkpoints("state_enter") {
+                    self.checkpoint(run, "state_enter", state.name, &context, None)
+                        .await?;
+                }
             }
             if phase <= 1 {
                 if run.hooks_active
@@ -905,8 +920,10 @@ impl Machine {
                         .await?;
                     continue;
                 }
-                self.checkpoint(run, "execute", state.name, &context, None)
-                    .await?;
+                if self.checkpoints("execute") {
+                    self.checkpoint(run, "execute", state.name, &context, None)
+                        .await?;
+                }
             }
             let mut output = match resumed_output {
                 Some(output) => output,
@@ -946,18 +963,20 @@ impl Machine {
                             continue;
                         }
                     };
-                    self.checkpoint(
-                        run,
-                        "state_exit",
-                        state.name,
-                        &context,
-                        if state.is_final {
-                            output.as_ref()
-                        } else {
-                            None
-                        },
-                    )
-                    .await?;
+                    if self.checkpoints("state_exit") {
+                        self.checkpoint(
+                            run,
+                            "state_exit",
+                            state.name,
+                            &context,
+                            if state.is_final {
+                                output.as_ref()
+                            } else {
+                                None
+                            },
+                        )
+                        .await?;
+                    }
                     output
                 }
             };
@@ -974,8 +993,10 @@ impl Machine {
             }
             if state.is_final {
                 let mut final_output = output.unwrap_or_else(|| Value::Object(Context::new()));
-                self.checkpoint(run, "machine_end", "end", &context, Some(&final_output))
-                    .await?;
+                if self.checkpoints("machine_end") {
+                    self.checkpoint(run, "machine_end", "end", &context, Some(&final_output))
+                        .await?;
+                }
                 if run.hooks_active
                     && let Err(e) = run.hooks.on_machine_end(&context, &mut final_output).await
                 {
