@@ -69,8 +69,11 @@ impl ActionCall {
     }
 
     /// Runs `fut` with `call` as [`ActionCall::current`].
-    pub(crate) async fn scope<F: std::future::Future>(call: Arc<ActionCall>, fut: F) -> F::Output {
-        CURRENT_ACTION.scope(call, fut).await
+    pub(crate) fn scope<F: std::future::Future>(
+        call: Arc<ActionCall>,
+        fut: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        CURRENT_ACTION.scope(call, fut)
     }
 }
 

@@ -952,7 +952,14 @@ impl Machine {
                                 )),
                             }
                         }
-                        None => self.execute_state(run, current, &mut context).await,
+                        None => match action_only(state) {
+                            // Most states only run an action: no `execute_state` future.
+                            Some(action) => self
+                                .run_action(run, current, action, &mut context)
+                                .await
+                                .map(|()| None),
+                            None => self.execute_state(run, current, &mut context).await,
+                        },
                     };
                     run.launch_origin = None;
                     run.step_context = None;
@@ -1241,11 +1248,19 @@ impl Machine {
             c.step = run.step;
         }
         let hooks = run.hooks_active.then(|| run.hooks.clone());
-        let handled = ActionCall::scope(
-            call.clone(),
-            self.dispatch_action(index, hooks.as_deref(), &call, context),
-        )
-        .await;
+        let handled = match self.state_action(index) {
+            // A named handler (the usual case): its future runs in the scope directly.
+            Some(f) => ActionCall::scope(call.clone(), f(context, &call))
+                .await
+                .map(|()| true),
+            None => {
+                ActionCall::scope(
+                    call.clone(),
+                    self.dispatch_action(hooks.as_deref(), &call, context),
+                )
+                .await
+            }
+        };
         let result = match handled {
             Ok(true) => Ok(()),
             Ok(false) if self.inner.ignore_unhandled_actions => {
@@ -1288,17 +1303,13 @@ impl Machine {
             .as_ref()
     }
 
+    /// An action without a named handler: the hooks' `on_action`, then the fallback.
     async fn dispatch_action(
         &self,
-        state: usize,
         hooks: Option<&dyn MachineHooks>,
         call: &ActionCall,
         context: &mut Context,
     ) -> Result<bool, StateError> {
-        if let Some(f) = self.state_action(state) {
-            f(context, call).await?;
-            return Ok(true);
-        }
         if let Some(hooks) = hooks
             && hooks.on_action(call.action, context).await?.is_handled()
         {
@@ -1780,6 +1791,16 @@ impl Machine {
 /// per-process random seed (one `getrandom`) and a counter, so a foreach over 1,000 items
 /// makes no system call per child. Unique within the process (the counter goes through a
 /// bijection), and across processes as far as the 128-bit random seeds differ.
+/// The action of a state whose only work is that action (what [`Machine::execute_state`] would
+/// do for it is just [`Machine::run_action`]).
+fn action_only(state: &StateSpec) -> Option<&'static str> {
+    let only = state.launch.is_empty()
+        && state.machine.is_empty()
+        && state.agent.is_none()
+        && !(state.is_final && state.output.is_some());
+    if only { state.action } else { None }
+}
+
 fn child_execution_id() -> String {
     static SEED: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
