@@ -436,7 +436,11 @@ fn classify<'a>(env: &'a Environment<'a>, src: &'a str) -> Compiled<'a> {
 fn fast_path(src: &str) -> Option<Compiled<'_>> {
     let inner = src.strip_prefix("{{")?.strip_suffix("}}")?;
     let path = inner.trim_matches(' ');
-    if path.is_empty() || !path.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') {
+    if path.is_empty()
+        || !path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    {
         return None;
     }
     let parts = plain_path(path)?;
