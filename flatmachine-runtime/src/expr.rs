@@ -141,6 +141,21 @@ pub fn context(ctx: &Context) -> Val<'static> {
     Cow::Owned(Value::Object(ctx.clone()))
 }
 
+/// Maps with at most this many entries are searched in order rather than hashed.
+const SCAN_MAX: usize = 8;
+
+/// `map.get(key)`, comparing the keys of a small map in order instead of hashing `key`
+/// (the map's SipHash costs more than a few string comparisons). Same result either way:
+/// keys are unique.
+#[inline]
+fn lookup<'a>(map: &'a Context, key: &str) -> Option<&'a Value> {
+    if map.len() <= SCAN_MAX {
+        map.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+    } else {
+        map.get(key)
+    }
+}
+
 /// `context.a.b.c`: follows attribute accesses from the context, borrowing the result.
 ///
 /// Each step behaves like [`field`]: a missing field, or a field of a non-object, is `null`.
@@ -148,10 +163,10 @@ pub fn path<'a>(ctx: &'a Context, segments: &[&str]) -> Val<'a> {
     let Some((first, rest)) = segments.split_first() else {
         return null();
     };
-    let mut value = ctx.get(*first).unwrap_or(&NULL);
+    let mut value = lookup(ctx, first).unwrap_or(&NULL);
     for segment in rest {
         value = match value {
-            Value::Object(map) => map.get(*segment).unwrap_or(&NULL),
+            Value::Object(map) => lookup(map, segment).unwrap_or(&NULL),
             _ => &NULL,
         };
     }
@@ -162,7 +177,7 @@ pub fn path<'a>(ctx: &'a Context, segments: &[&str]) -> Val<'a> {
 /// an object (the reference uses `getattr(value, name, None)`).
 pub fn field<'a>(base: Val<'a>, name: &str) -> Val<'a> {
     match base {
-        Cow::Borrowed(Value::Object(map)) => Cow::Borrowed(map.get(name).unwrap_or(&NULL)),
+        Cow::Borrowed(Value::Object(map)) => Cow::Borrowed(lookup(map, name).unwrap_or(&NULL)),
         Cow::Owned(Value::Object(mut map)) => Cow::Owned(map.remove(name).unwrap_or(Value::Null)),
         _ => null(),
     }
@@ -171,8 +186,7 @@ pub fn field<'a>(base: Val<'a>, name: &str) -> Val<'a> {
 /// `context[key]`: like [`index`] on the context object (a missing key is an error).
 pub fn context_index<'a>(ctx: &'a Context, key: &impl Borrow<Value>) -> Result<Val<'a>> {
     match key.borrow() {
-        Value::String(key) => ctx
-            .get(key)
+        Value::String(key) => lookup(ctx, key)
             .map(Cow::Borrowed)
             .ok_or_else(|| missing_key(key)),
         other => Err(ExprError::new(format!(
@@ -195,8 +209,7 @@ fn missing_key(key: &str) -> ExprError {
 /// * anything else is an error.
 pub fn index<'a>(base: Val<'a>, index: &impl Borrow<Value>) -> Result<Val<'a>> {
     match (base, index.borrow()) {
-        (Cow::Borrowed(Value::Object(map)), Value::String(key)) => map
-            .get(key)
+        (Cow::Borrowed(Value::Object(map)), Value::String(key)) => lookup(map, key)
             .map(Cow::Borrowed)
             .ok_or_else(|| missing_key(key)),
         (Cow::Owned(Value::Object(mut map)), Value::String(key)) => map

@@ -103,7 +103,7 @@ impl TemplateSlot {
         self.compiled.get_or_init(|| {
             #[cfg(test)]
             tests::count_compile();
-            classify(environment(), self.src)
+            fast_path(self.src).unwrap_or_else(|| classify(environment(), self.src))
         })
     }
 }
@@ -308,6 +308,13 @@ enum Compiled<'a> {
         expr: Expression<'a, 'a>,
         line_offset: usize,
     },
+    /// `{{ plain.path }}` recognised without minijinja (see [`fast_path`]): looked up on the
+    /// JSON as for `Path`; when that fails, the template is classified by minijinja (once)
+    /// and evaluated as that.
+    FastPath {
+        parts: Vec<&'a str>,
+        slow: OnceLock<Box<Compiled<'a>>>,
+    },
     /// Exactly one `{{ expr }}`.
     Single {
         expr: Expression<'a, 'a>,
@@ -419,6 +426,31 @@ fn classify<'a>(env: &'a Environment<'a>, src: &'a str) -> Compiled<'a> {
         },
         Err(err) => Compiled::Invalid(CompileError::from_mj(&err, 0)),
     }
+}
+
+/// `{{ name.name }}` (one line, spaces only inside the braces, nothing outside them, names
+/// that are plain Jinja identifiers and do not start with an operator word): a
+/// [`Compiled::FastPath`], which needs neither the minijinja environment nor its parser while
+/// the path resolves (minijinja would classify it as a `Path` with the same parts). `None` for
+/// anything else.
+fn fast_path(src: &str) -> Option<Compiled<'_>> {
+    let inner = src.strip_prefix("{{")?.strip_suffix("}}")?;
+    let path = inner.trim_matches(' ');
+    if path.is_empty()
+        || !path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    {
+        return None;
+    }
+    let parts = plain_path(path)?;
+    if matches!(parts[0], "not" | "and" | "or" | "in" | "is" | "if" | "else") {
+        return None;
+    }
+    Some(Compiled::FastPath {
+        parts,
+        slow: OnceLock::new(),
+    })
 }
 
 /// A piece of a [`Compiled::PathText`] template.
@@ -950,7 +982,11 @@ fn render_dynamic_with(value: &Json, scope: &ScopeRef<'_>) -> Result<Json, Templ
     })
 }
 
-fn eval(compiled: &Compiled<'_>, src: &str, scope: &ScopeRef<'_>) -> Result<Json, TemplateError> {
+fn eval<'a>(
+    compiled: &Compiled<'a>,
+    src: &'a str,
+    scope: &ScopeRef<'_>,
+) -> Result<Json, TemplateError> {
     match compiled {
         Compiled::Literal => Ok(Json::String(src.to_owned())),
         Compiled::BarePath(path) => Ok(lookup_path(path, scope)),
@@ -961,6 +997,14 @@ fn eval(compiled: &Compiled<'_>, src: &str, scope: &ScopeRef<'_>) -> Result<Json
         } => match lookup_plain_path(parts, scope) {
             Some(json) => Ok(json),
             None => eval_expression(expr, src, *line_offset, scope),
+        },
+        Compiled::FastPath { parts, slow } => match lookup_plain_path(parts, scope) {
+            Some(json) => Ok(json),
+            None => eval(
+                slow.get_or_init(|| Box::new(classify(environment(), src))),
+                src,
+                scope,
+            ),
         },
         Compiled::Single { expr, line_offset } => eval_expression(expr, src, *line_offset, scope),
         Compiled::PathText { pieces, tmpl } => {

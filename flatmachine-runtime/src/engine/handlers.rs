@@ -57,19 +57,23 @@ pub struct ActionCall {
 }
 
 tokio::task_local! {
-    static CURRENT_ACTION: ActionCall;
+    // Shared with the run, which reuses one call for all its actions (no copy per action).
+    static CURRENT_ACTION: Arc<ActionCall>;
 }
 
 impl ActionCall {
     /// The action being run by the current task, if any: set while an action handler (closure,
     /// typed `Actions` method, `on_action` hook, fallback) runs.
     pub fn current() -> Option<ActionCall> {
-        CURRENT_ACTION.try_with(Clone::clone).ok()
+        CURRENT_ACTION.try_with(|call| ActionCall::clone(call)).ok()
     }
 
-    /// Runs `fut` with `self` as [`ActionCall::current`].
-    pub(crate) async fn scope<F: std::future::Future>(self, fut: F) -> F::Output {
-        CURRENT_ACTION.scope(self, fut).await
+    /// Runs `fut` with `call` as [`ActionCall::current`].
+    pub(crate) fn scope<F: std::future::Future>(
+        call: Arc<ActionCall>,
+        fut: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        CURRENT_ACTION.scope(call, fut)
     }
 }
 

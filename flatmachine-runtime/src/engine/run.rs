@@ -359,6 +359,8 @@ struct Run {
     unhandled_action: Option<&'static str>,
     /// The execution lock's fencing token, written into every checkpoint.
     fencing_token: Option<u64>,
+    /// The [`ActionCall`] of the last action, reused (updated in place) by the next one.
+    action_call: Option<Arc<ActionCall>>,
 }
 
 impl Run {
@@ -385,6 +387,7 @@ impl Run {
             step_context: None,
             unhandled_action: None,
             fencing_token: None,
+            action_call: None,
         }
     }
 
@@ -762,8 +765,10 @@ impl Machine {
             None => Context::new(),
         };
         let initial_name = spec.states[spec.initial].name;
-        self.checkpoint(&mut run, "machine_start", initial_name, &context, None)
-            .await?;
+        if self.checkpoints("machine_start") {
+            self.checkpoint(&mut run, "machine_start", initial_name, &context, None)
+                .await?;
+        }
         if run.hooks_active
             && let Err(e) = run.hooks.on_machine_start(&mut context).await
         {
@@ -822,6 +827,19 @@ impl Machine {
         store.write(&mut run.writer, parts).await
     }
 
+    /// Whether `event` gets a checkpoint: there is a store and `checkpoint_on` (if set) lists
+    /// it. The run loop asks before calling [`checkpoint`](Self::checkpoint), so a run without
+    /// checkpoints builds and polls no checkpoint future.
+    #[inline]
+    fn checkpoints(&self, event: &str) -> bool {
+        self.inner.store.is_some()
+            && self
+                .inner
+                .checkpoint_on
+                .as_ref()
+                .is_none_or(|on| on.iter().any(|e| e == event))
+    }
+
     async fn checkpoint(
         &self,
         run: &mut Run,
@@ -833,9 +851,7 @@ impl Machine {
         let Some(store) = &self.inner.store else {
             return Ok(());
         };
-        if let Some(on) = &self.inner.checkpoint_on
-            && !on.iter().any(|e| e == event)
-        {
+        if !self.checkpoints(event) {
             return Ok(());
         }
         self.write_checkpoint(store, run, event, state, context, output)
@@ -912,8 +928,10 @@ impl Machine {
                     });
                 }
                 run.step += 1;
-                self.checkpoint(run, "state_enter", state.name, &context, None)
-                    .await?;
+                if self.checkpoints("state_enter") {
+                    self.checkpoint(run, "state_enter", state.name, &context, None)
+                        .await?;
+                }
             }
             if phase <= 1 {
                 if run.hooks_active
@@ -924,8 +942,10 @@ impl Machine {
                         .await?;
                     continue;
                 }
-                self.checkpoint(run, "execute", state.name, &context, None)
-                    .await?;
+                if self.checkpoints("execute") {
+                    self.checkpoint(run, "execute", state.name, &context, None)
+                        .await?;
+                }
             }
             let mut output = match resumed_output {
                 Some(output) => output,
@@ -954,7 +974,14 @@ impl Machine {
                                 )),
                             }
                         }
-                        None => self.execute_state(run, current, &mut context).await,
+                        None => match action_only(state) {
+                            // Most states only run an action: no `execute_state` future.
+                            Some(action) => self
+                                .run_action(run, current, action, &mut context)
+                                .await
+                                .map(|()| None),
+                            None => self.execute_state(run, current, &mut context).await,
+                        },
                     };
                     run.launch_origin = None;
                     run.step_context = None;
@@ -965,18 +992,20 @@ impl Machine {
                             continue;
                         }
                     };
-                    self.checkpoint(
-                        run,
-                        "state_exit",
-                        state.name,
-                        &context,
-                        if state.is_final {
-                            output.as_ref()
-                        } else {
-                            None
-                        },
-                    )
-                    .await?;
+                    if self.checkpoints("state_exit") {
+                        self.checkpoint(
+                            run,
+                            "state_exit",
+                            state.name,
+                            &context,
+                            if state.is_final {
+                                output.as_ref()
+                            } else {
+                                None
+                            },
+                        )
+                        .await?;
+                    }
                     output
                 }
             };
@@ -993,8 +1022,10 @@ impl Machine {
             }
             if state.is_final {
                 let mut final_output = output.unwrap_or_else(|| Value::Object(Context::new()));
-                self.checkpoint(run, "machine_end", "end", &context, Some(&final_output))
-                    .await?;
+                if self.checkpoints("machine_end") {
+                    self.checkpoint(run, "machine_end", "end", &context, Some(&final_output))
+                        .await?;
+                }
                 if run.hooks_active
                     && let Err(e) = run.hooks.on_machine_end(&context, &mut final_output).await
                 {
@@ -1220,19 +1251,38 @@ impl Machine {
         context: &mut Context,
     ) -> Result<(), StateError> {
         let state = &self.inner.spec.states[index];
-        let call = ActionCall {
-            action,
-            machine: self.inner.spec.name,
-            state: state.name,
-            execution_id: run.execution_id.clone(),
-            parent_execution_id: run.parent_execution_id.clone(),
-            step: run.step,
+        // The run's call, updated in place (no handler keeps the `Arc`: `current()` copies).
+        let mut call = match run.action_call.take() {
+            Some(call) => call,
+            None => Arc::new(ActionCall {
+                action,
+                machine: self.inner.spec.name,
+                state: state.name,
+                execution_id: run.execution_id.clone(),
+                parent_execution_id: run.parent_execution_id.clone(),
+                step: run.step,
+            }),
         };
+        {
+            let c = Arc::make_mut(&mut call);
+            c.action = action;
+            c.state = state.name;
+            c.step = run.step;
+        }
         let hooks = run.hooks_active.then(|| run.hooks.clone());
-        let handled = call
-            .clone()
-            .scope(self.dispatch_action(index, hooks.as_deref(), &call, context))
-            .await;
+        let handled = match self.state_action(index) {
+            // A named handler (the usual case): its future runs in the scope directly.
+            Some(f) => ActionCall::scope(call.clone(), f(context, &call))
+                .await
+                .map(|()| true),
+            None => {
+                ActionCall::scope(
+                    call.clone(),
+                    self.dispatch_action(hooks.as_deref(), &call, context),
+                )
+                .await
+            }
+        };
         let result = match handled {
             Ok(true) => Ok(()),
             Ok(false) if self.inner.ignore_unhandled_actions => {
@@ -1255,6 +1305,7 @@ impl Machine {
                 .on_action_done(&call, context, result.as_ref().err())
                 .await;
         }
+        run.action_call = Some(call);
         result
     }
 
@@ -1274,17 +1325,13 @@ impl Machine {
             .as_ref()
     }
 
+    /// An action without a named handler: the hooks' `on_action`, then the fallback.
     async fn dispatch_action(
         &self,
-        state: usize,
         hooks: Option<&dyn MachineHooks>,
         call: &ActionCall,
         context: &mut Context,
     ) -> Result<bool, StateError> {
-        if let Some(f) = self.state_action(state) {
-            f(context, call).await?;
-            return Ok(true);
-        }
         if let Some(hooks) = hooks
             && hooks.on_action(call.action, context).await?.is_handled()
         {
@@ -1772,6 +1819,16 @@ impl Machine {
 /// per-process random seed (one `getrandom`) and a counter, so a foreach over 1,000 items
 /// makes no system call per child. Unique within the process (the counter goes through a
 /// bijection), and across processes as far as the 128-bit random seeds differ.
+/// The action of a state whose only work is that action (what [`Machine::execute_state`] would
+/// do for it is just [`Machine::run_action`]).
+fn action_only(state: &StateSpec) -> Option<&'static str> {
+    let only = state.launch.is_empty()
+        && state.machine.is_empty()
+        && state.agent.is_none()
+        && !(state.is_final && state.output.is_some());
+    if only { state.action } else { None }
+}
+
 fn child_execution_id() -> String {
     static SEED: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

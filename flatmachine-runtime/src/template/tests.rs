@@ -627,3 +627,51 @@ fn fast_paths_agree_with_minijinja() {
         }
     }
 }
+
+/// Slots skip minijinja for `{{ plain.path }}` (`fast_path`): same values and errors as the
+/// minijinja classification, found or not (a missing field, a list, a string on the way).
+#[test]
+fn fast_path_matches_minijinja() {
+    let env = environment();
+    let scope = scope();
+    let scope = scope.as_ref();
+    for src in [
+        "{{ context.name }}",
+        "{{context.a.b.c}}",
+        "{{  context.a.b  }}",
+        "{{ context.missing }}",
+        "{{ context.missing.x }}",
+        "{{ context.items }}",
+        "{{ context.items.x }}",
+        "{{ context.name.x }}",
+        "{{ context.a.b.c.d }}",
+        "{{ input.n }}",
+        "{{ input }}",
+        "{{ nothing }}",
+        "{{ loop }}",
+        "{{ context }}",
+    ] {
+        let fast = fast_path(src).unwrap_or_else(|| panic!("{src:?}: no fast path"));
+        let fast = eval(&fast, src, &scope).map_err(|e| e.to_string());
+        let slow = eval(&classify(env, src), src, &scope).map_err(|e| e.to_string());
+        assert_eq!(fast, slow, "{src:?}");
+    }
+    for src in [
+        " {{ a }}",
+        "{{ a }} ",
+        "{{ a }}\n",
+        "{{\ta }}",
+        "{{- a }}",
+        "{{ a -}}",
+        "{{ a + 1 }}",
+        "{{ a[0] }}",
+        "{{ not.a }}",
+        "{{ true }}",
+        "{{ a.0 }}",
+        "{{ a }}{{ b }}",
+        "{{ }}",
+        "{{ a. }}",
+    ] {
+        assert!(fast_path(src).is_none(), "{src:?}");
+    }
+}
