@@ -1815,10 +1815,6 @@ impl Machine {
     }
 }
 
-/// A new execution id for a child run (`machine:`, `foreach`): a UUID (v4 layout) made from a
-/// per-process random seed (one `getrandom`) and a counter, so a foreach over 1,000 items
-/// makes no system call per child. Unique within the process (the counter goes through a
-/// bijection), and across processes as far as the 128-bit random seeds differ.
 /// The action of a state whose only work is that action (what [`Machine::execute_state`] would
 /// do for it is just [`Machine::run_action`]).
 fn action_only(state: &StateSpec) -> Option<&'static str> {
@@ -1829,6 +1825,10 @@ fn action_only(state: &StateSpec) -> Option<&'static str> {
     if only { state.action } else { None }
 }
 
+/// A new execution id for a child run (`machine:`, `foreach`): a UUID (v4 layout) made from a
+/// per-process random seed (one `getrandom`) and a counter, so a foreach over 1,000 items
+/// makes no system call per child. Unique within the process (the counter goes through a
+/// bijection), and across processes as far as the 128-bit random seeds differ.
 fn child_execution_id() -> String {
     static SEED: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
