@@ -35,18 +35,29 @@ flatmachine_runtime::flatmachine!("machines/templates20.yml");
 flatmachine_runtime::flatmachine!("machines/foreach.yml");
 flatmachine_runtime::flatmachine!("machines/parallel.yml");
 
-fn int(ctx: &Context, key: &str) -> i64 {
-    ctx.get(key).and_then(Value::as_i64).unwrap_or(0)
+/// Sets the integer under `key` to `f(old)` in place (`old` = 0 when missing); returns it.
+fn update(ctx: &mut Context, key: &str, f: impl FnOnce(i64) -> i64) -> i64 {
+    match ctx.get_mut(key) {
+        Some(slot) => {
+            let n = f(slot.as_i64().unwrap_or(0));
+            *slot = n.into();
+            n
+        }
+        None => {
+            let n = f(0);
+            ctx.insert(key.to_owned(), n.into());
+            n
+        }
+    }
 }
 
 /// The loop's action (`tick` in `bench/python/bench.py` does the same): `i += 1`,
-/// `acc = (acc * 31 + i) mod 1_000_003`.
+/// `acc = (acc * 31 + i) mod 1_000_003`. Each entry is read and rewritten in place, as Rust code
+/// does it (the Python side reads and assigns the dict items, as Python code does it).
 fn with_tick(builder: MachineBuilder) -> MachineBuilder {
     builder.action_mut("tick", |ctx, _call| {
-        let i = int(ctx, "i") + 1;
-        let acc = (int(ctx, "acc") * 31 + i) % 1_000_003;
-        ctx.insert("i".into(), i.into());
-        ctx.insert("acc".into(), acc.into());
+        let i = update(ctx, "i", |i| i + 1);
+        update(ctx, "acc", |acc| (acc * 31 + i) % 1_000_003);
         Box::pin(async { Ok(()) })
     })
 }
