@@ -132,24 +132,16 @@ async fn changes_equal_under_eq_are_still_written() {
         let start = json.find("\"context\": ").unwrap() + 11;
         json[start..start + json[start..].find('}').unwrap() + 1].to_owned()
     };
-    assert_eq!(context("000002_execute"), r#"{"i": 0, "a": 1, "z": 0.0}"#);
-    assert_eq!(
-        context("000002_state_exit"),
-        r#"{"i": 0, "a": 1, "z": -0.0}"#
-    );
-    assert_eq!(
-        context("000003_state_exit"),
-        r#"{"i": 1, "a": 1, "z": -0.0}"#
-    );
-    assert_eq!(context("000004_execute"), r#"{"i": 1, "a": 1, "z": -0.0}"#);
-    assert_eq!(
-        context("000004_state_exit"),
-        r#"{"i": 1, "z": -0.0, "a": 1}"#
-    );
-    assert_eq!(
-        context("000005_state_exit"),
-        r#"{"i": 1, "z": 0.0, "a": 1}"#
-    );
+    for (checkpoint, expected) in [
+        ("000002_execute", r#"{"i": 0, "a": 1, "z": 0.0}"#),
+        ("000002_state_exit", r#"{"i": 0, "a": 1, "z": -0.0}"#),
+        ("000003_state_exit", r#"{"i": 1, "a": 1, "z": -0.0}"#),
+        ("000004_execute", r#"{"i": 1, "a": 1, "z": -0.0}"#),
+        ("000004_state_exit", r#"{"i": 1, "z": -0.0, "a": 1}"#),
+        ("000005_state_exit", r#"{"i": 1, "z": 0.0, "a": 1}"#),
+    ] {
+        assert_eq!(context(checkpoint), expected, "{checkpoint}");
+    }
 }
 
 #[tokio::test]
