@@ -240,15 +240,14 @@ impl Entries {
 
 impl Entry {
     /// The entry as snapshot JSON bytes (records are serialized now).
-    fn json(&self, key: &str, id: Option<&str>) -> Result<Arc<[u8]>, PersistenceError> {
+    fn json(&self, key: &str) -> Result<Arc<[u8]>, PersistenceError> {
         Ok(match self {
             Entry::Json(json) => Arc::clone(json),
             Entry::Record(record) => Arc::from(record.to_json()?),
             Entry::Text(text) => Arc::from(text.as_bytes()),
-            Entry::Pointer(step, event) => Arc::from(
-                Entries::pointer_text(id.unwrap_or_else(|| key_execution(key)), (*step, *event))
-                    .into_bytes(),
-            ),
+            Entry::Pointer(step, event) => {
+                Arc::from(Entries::pointer_text(key_execution(key), (*step, *event)).into_bytes())
+            }
         })
     }
 
@@ -261,7 +260,7 @@ impl Entry {
             }
             // The writer escapes everything outside ASCII, so this is always UTF-8.
             Entry::Json(_) | Entry::Record(_) => {
-                String::from_utf8_lossy(&self.json(key, None)?).into_owned()
+                String::from_utf8_lossy(&self.json(key)?).into_owned()
             }
         })
     }
@@ -300,7 +299,7 @@ impl MemoryBackend {
     pub fn get_json(&self, key: &str) -> Option<Arc<[u8]>> {
         let entry = self.entries().get(key)?;
         match entry {
-            Entry::Json(_) | Entry::Record(_) => entry.json(key, None).ok(),
+            Entry::Json(_) | Entry::Record(_) => entry.json(key).ok(),
             Entry::Text(_) | Entry::Pointer(..) => None,
         }
     }
@@ -399,7 +398,7 @@ impl PersistenceBackend for MemoryBackend {
         let Some(entry) = self.get(key)? else {
             return Ok(None);
         };
-        let bytes = entry.json(key, None)?;
+        let bytes = entry.json(key)?;
         MachineSnapshot::from_json_slice(&bytes)
             .map(Some)
             .map_err(|error| PersistenceError::Corrupt {
