@@ -454,7 +454,6 @@ mod tests {
             assert_eq!(record.to_json().unwrap(), stamped.to_json_vec().unwrap());
             assert_eq!(record.to_snapshot().unwrap(), stamped);
             assert_eq!(record.key(), encoded.key());
-            assert_eq!(record.encode().unwrap().json(), record.to_json().unwrap());
             assert_eq!(snap.fencing_token, fence);
             assert_eq!(snap.to_json_vec().unwrap(), encoded.json());
             assert_eq!(snap.created_at, encoded.created_at());

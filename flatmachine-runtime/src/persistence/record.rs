@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde_json::{Number, Value};
 
-use super::encoded::{EncodedCheckpoint, IsoTimestamp, SnapshotParts};
+use super::encoded::{IsoTimestamp, SnapshotParts};
 use super::snapshot::write_python_json;
 use super::{
     LaunchIntent, MachineSnapshot, PersistenceError, checkpoint_event, latest_key, snapshot_key,
@@ -37,7 +37,8 @@ pub(crate) const EVENTS_BY_RANK: [&str; 6] = [
 
 /// A checkpoint in compact parts (the context as shared JSON), made by the execution loop for
 /// a backend that [keeps records](super::PersistenceBackend::keeps_records).
-/// [`to_json`](Self::to_json) writes exactly the bytes an [`EncodedCheckpoint`] of the same
+/// [`to_json`](Self::to_json) writes exactly the bytes an
+/// [`EncodedCheckpoint`](super::EncodedCheckpoint) of the same
 /// checkpoint holds. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct CheckpointRecord {
@@ -186,11 +187,6 @@ impl CheckpointRecord {
             path: None,
             reason: format!("not a snapshot: {error}"),
         })
-    }
-
-    /// The checkpoint serialized, for a backend that stores bytes.
-    pub fn encode(&self) -> Result<EncodedCheckpoint, PersistenceError> {
-        EncodedCheckpoint::from_snapshot(&self.to_snapshot()?)
     }
 }
 
