@@ -2,7 +2,7 @@
 
 use super::handlers::{ActionCall, ActionFn, AgentFn, AgentOutput, FallbackActionFn};
 use super::invoker::{InProcessInvoker, MachineInvoker};
-use super::run::{Inner, Machine};
+use super::machine::{Inner, Machine};
 use crate::agents::{AgentAdapter, AgentAdapterRegistry, LlmBackend};
 use crate::hooks::{ActionOutcome, HooksRegistry, MachineHooks};
 use crate::lock::{ExecutionLock, LocalFileLock, NoOpLock};

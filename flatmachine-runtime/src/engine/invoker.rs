@@ -1,7 +1,8 @@
 //! [`MachineInvoker`]: how a parent machine runs its children (`machine:`, `foreach`,
 //! `launch:`). The default, [`InProcessInvoker`], runs them as tasks in this process.
 
-use super::run::{Machine, RunResult};
+use super::machine::Machine;
+use super::result::RunResult;
 use crate::{StateError, Value};
 use async_trait::async_trait;
 

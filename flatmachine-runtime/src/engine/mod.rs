@@ -7,15 +7,23 @@
 //! the loop. A state error sets `context.last_error` / `last_error_type` and routes by `on_error`,
 //! then by the `on_error` hook, else the run fails with a [`RunError`] naming the state.
 
+mod actions;
 mod builder;
+mod children;
 mod handlers;
 mod invoker;
-mod run;
+mod launches;
+mod machine;
+mod result;
+mod resume;
+mod step;
 
 pub use builder::{BuildError, MachineBuilder};
 pub use handlers::{ActionCall, ActionFn, AgentFn, AgentOutput, FallbackActionFn};
 pub use invoker::{InProcessInvoker, InvokeRequest, MachineInvoker};
-pub use run::{LaunchOutcome, Machine, RunError, RunOptions, RunResult};
+pub use launches::LaunchOutcome;
+pub use machine::Machine;
+pub use result::{RunError, RunOptions, RunResult};
 
 /// Default `max_steps` when neither the machine nor the caller sets one (the reference's).
 pub const DEFAULT_MAX_STEPS: u64 = 1000;

@@ -1,0 +1,271 @@
+//! A configured machine: its shared parts, starting a run, building its hooks.
+
+use super::builder::MachineBuilder;
+use super::handlers::{ActionFn, AgentFn, FallbackActionFn};
+use super::invoker::MachineInvoker;
+use super::launches::Launches;
+use super::result::{RunError, RunOptions, RunResult};
+use super::step::{Entry, Run};
+use crate::agents::{AgentAdapterRegistry, AgentExecutor, LlmBackend};
+use crate::hooks::{HooksFor, HooksRegistry, MachineHooks, NoopHooks};
+use crate::lock::ExecutionLock;
+use crate::machine::{MachineDef, MachineSpec};
+use crate::persistence::{CheckpointStore, CheckpointWriter};
+use crate::results::ResultBackend;
+use crate::template::{self, ScopeRef};
+use crate::{Context, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub(crate) struct Inner {
+    pub spec: &'static MachineSpec,
+    pub hooks: Option<Arc<dyn MachineHooks>>,
+    pub registry: Arc<HooksRegistry>,
+    pub actions: Arc<HashMap<String, ActionFn>>,
+    pub fallback: Option<FallbackActionFn>,
+    pub agents: Arc<HashMap<String, AgentFn>>,
+    pub adapters: Arc<AgentAdapterRegistry>,
+    pub llm: Arc<dyn LlmBackend>,
+    pub executors: Arc<ExecutorCache>,
+    pub store: Option<CheckpointStore>,
+    pub lock: Arc<dyn ExecutionLock>,
+    pub checkpoint_on: Option<Vec<String>>,
+    pub max_steps: Option<u64>,
+    pub max_agent_calls: Option<u64>,
+    pub max_concurrency: Option<usize>,
+    pub ignore_unhandled_actions: bool,
+    pub results: Arc<dyn ResultBackend>,
+    pub launches: Arc<Launches>,
+    pub invoker: Arc<dyn MachineInvoker>,
+    /// Child machines configured so far (built on first use, then shared by every run).
+    pub children: std::sync::Mutex<Vec<(&'static str, Machine)>>,
+    /// The named action handler of each state (by state index), looked up once.
+    pub state_actions: std::sync::OnceLock<Box<[Option<ActionFn>]>>,
+}
+
+/// A compiled machine, configured and ready to run (cheap to clone).
+#[derive(Clone)]
+pub struct Machine {
+    pub(super) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("spec", &self.inner.spec.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The shared no-op hooks of runs whose machine has none (their calls are skipped).
+pub(super) fn noop_hooks() -> Arc<dyn MachineHooks> {
+    static NOOP: std::sync::OnceLock<Arc<dyn MachineHooks>> = std::sync::OnceLock::new();
+    NOOP.get_or_init(|| Arc::new(NoopHooks)).clone()
+}
+
+/// Executors built so far, by machine and agent name (shared by a machine and its children).
+pub(crate) type ExecutorCache =
+    std::sync::Mutex<HashMap<(usize, &'static str), Arc<dyn AgentExecutor>>>;
+
+impl Machine {
+    /// Configure a machine from its compiled description.
+    pub fn builder(spec: &'static MachineSpec) -> MachineBuilder {
+        MachineBuilder::new(spec)
+    }
+
+    /// Configure a machine from its generated marker type (`my_machine::Machine`).
+    pub fn of<M: MachineDef>() -> MachineBuilder {
+        MachineBuilder::new(M::spec())
+    }
+
+    pub(crate) fn from_inner(inner: Inner) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The compiled description.
+    pub fn spec(&self) -> &'static MachineSpec {
+        self.inner.spec
+    }
+
+    /// The checkpoint store in use, if any.
+    pub fn store(&self) -> Option<&CheckpointStore> {
+        self.inner.store.as_ref()
+    }
+
+    /// The result backend children write their results to (`flatagents://{id}/result`).
+    pub fn result_backend(&self) -> &Arc<dyn ResultBackend> {
+        &self.inner.results
+    }
+
+    /// Run with a new execution id.
+    pub async fn run(&self, input: Value) -> Result<RunResult, RunError> {
+        self.run_with_id(uuid::Uuid::new_v4().to_string(), input)
+            .await
+    }
+
+    /// Run with a given execution id (it must be a plain name: no `/`, no `..`).
+    pub async fn run_with_id(
+        &self,
+        execution_id: impl Into<String>,
+        input: Value,
+    ) -> Result<RunResult, RunError> {
+        self.start(execution_id.into(), None, input, None).await
+    }
+
+    /// Run with per-run options (execution id, parent execution id, `max_steps`).
+    pub async fn run_with(&self, input: Value, options: RunOptions) -> Result<RunResult, RunError> {
+        let id = options
+            .execution_id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        self.start(id, options.parent_execution_id, input, options.max_steps)
+            .await
+    }
+
+    /// Blocking convenience for callers without an async runtime (the reference's `execute_sync`).
+    ///
+    /// Runs the machine on a new current-thread runtime, then waits for every child it
+    /// started with `launch:` ([`join_launched`](Self::join_launched)) before returning, since
+    /// the runtime (and with it any task still running) ends with this call — as the
+    /// reference's `execute()` awaits its launched tasks. Called from inside an async runtime
+    /// (where blocking on one would panic), the run goes to a helper thread and the calling
+    /// thread blocks until it ends: prefer `run(input).await` there.
+    pub fn run_blocking(&self, input: Value) -> Result<RunResult, RunError> {
+        let block = move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| RunError::Hook {
+                    machine: self.inner.spec.name.to_string(),
+                    execution_id: String::new(),
+                    message: format!("cannot start a tokio runtime: {e}"),
+                })?;
+            rt.block_on(async {
+                let result = self.run(input).await;
+                for launched in self.join_launched().await {
+                    if let Err(e) = launched.result {
+                        tracing::error!(machine = %launched.machine, execution_id = %launched.execution_id, error = %e, "launched machine failed");
+                    }
+                }
+                result
+            })
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return block();
+        }
+        std::thread::scope(|s| match s.spawn(block).join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        })
+    }
+
+    pub(super) fn hooks_for_resume(
+        &self,
+        execution_id: &str,
+        parent: Option<String>,
+    ) -> Result<Option<Arc<dyn MachineHooks>>, RunError> {
+        self.build_hooks(&Value::Object(Context::new()), execution_id, parent, true)
+    }
+
+    pub(super) fn build_hooks(
+        &self,
+        input: &Value,
+        execution_id: &str,
+        parent: Option<String>,
+        resuming: bool,
+    ) -> Result<Option<Arc<dyn MachineHooks>>, RunError> {
+        let spec = self.inner.spec;
+        if let Some(h) = &self.inner.hooks {
+            return Ok(Some(h.clone()));
+        }
+        let Some(hs) = &spec.hooks else {
+            // No hooks: the loop skips the hook calls.
+            return Ok(None);
+        };
+        let hook_error = |message: String| RunError::Hook {
+            machine: spec.name.to_string(),
+            execution_id: execution_id.to_string(),
+            message,
+        };
+        let empty = Context::new();
+        let scope = ScopeRef::new(&empty).with_input(input);
+        let args = match &hs.args {
+            Some(a) => template::render_with(a, &scope)
+                .map_err(|e| hook_error(format!("rendering hooks args: {e}")))?,
+            None => Value::Object(Context::new()),
+        };
+        let args = match args {
+            Value::Object(m) => m,
+            _ => Context::new(),
+        };
+        let mut target = HooksFor::new(spec.name, execution_id);
+        target.source = spec.source;
+        target.parent_execution_id = parent;
+        target.resuming = resuming;
+        self.inner
+            .registry
+            .build_for(hs.class, &target, &args)
+            .map(Some)
+            .map_err(|e| hook_error(e.to_string()))
+    }
+
+    pub(super) async fn start(
+        &self,
+        execution_id: String,
+        parent: Option<String>,
+        input: Value,
+        max_steps: Option<u64>,
+    ) -> Result<RunResult, RunError> {
+        let spec = self.inner.spec;
+        let writer = CheckpointWriter::new(&execution_id)?;
+        let _guard = self.inner.lock.acquire(&execution_id).await?;
+        if let Some(store) = &self.inner.store {
+            store.clean_execution(&execution_id).await?;
+        }
+        let input = match input {
+            Value::Null => Value::Object(Context::new()),
+            v => v,
+        };
+        let hooks = self.build_hooks(&input, &execution_id, parent.clone(), false)?;
+        let mut run = Run::new(writer, parent, hooks, max_steps);
+        run.fencing_token = _guard.fencing_token();
+        let empty = Context::new();
+        let mut context = match &spec.context {
+            Some(tv) => {
+                match template::render_with(tv, &ScopeRef::new(&empty).with_input(&input)) {
+                    Ok(Value::Object(m)) => m,
+                    Ok(_) => Context::new(),
+                    Err(e) => {
+                        return Err(RunError::Template {
+                            machine: spec.name.to_string(),
+                            execution_id: run.execution_id.clone(),
+                            error: e.into(),
+                        });
+                    }
+                }
+            }
+            None => Context::new(),
+        };
+        let initial_name = spec.states[spec.initial].name;
+        if self.checkpoints("machine_start") {
+            self.checkpoint(&mut run, "machine_start", initial_name, &context, None)
+                .await?;
+        }
+        if run.hooks_active
+            && let Err(e) = run.hooks.on_machine_start(&mut context).await
+        {
+            return Err(self.hook_error(&run, e));
+        }
+        self.run_loop(&mut run, context, spec.initial, Entry::Enter)
+            .await
+    }
+
+    pub(super) fn hook_error(&self, run: &Run, e: impl std::fmt::Display) -> RunError {
+        RunError::Hook {
+            machine: self.inner.spec.name.to_string(),
+            execution_id: run.execution_id.clone(),
+            message: e.to_string(),
+        }
+    }
+}

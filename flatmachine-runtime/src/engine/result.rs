@@ -1,0 +1,210 @@
+//! What a run gives back: its result, its error, and per-run options.
+
+use crate::agents::Usage;
+use crate::error::error_type;
+use crate::lock::LockError;
+use crate::persistence::PersistenceError;
+use crate::{Context, StateError, Value};
+
+/// What a finished run returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunResult {
+    /// The final output (`{}` when the final state has no `output`).
+    pub output: Value,
+    /// The run's execution id.
+    pub execution_id: String,
+    /// The final state's name.
+    pub final_state: String,
+    /// State visits, the final state included.
+    pub steps: u64,
+    /// Agent calls made, those of child machines (`machine:` / `foreach`) included.
+    pub total_api_calls: u64,
+    /// Agent cost, child machines included.
+    pub total_cost: f64,
+    /// Tokens used by agent calls in this run, child machines included (not restored by
+    /// `resume`: checkpoints hold only `total_api_calls` and `total_cost`, as the
+    /// reference's do).
+    pub usage: Usage,
+    /// The context at the end.
+    pub context: Context,
+}
+
+/// Why a run did not finish. Every variant about one execution names it (`execution_id`;
+/// [`RunError::execution_id`] reads it from any variant that has one).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A state failed and neither `on_error` nor the `on_error` hook recovered.
+    #[error("machine `{machine}` (execution {execution_id}): state `{state}` failed: {error}")]
+    State {
+        /// The machine.
+        machine: String,
+        /// The execution.
+        execution_id: String,
+        /// The state.
+        state: String,
+        /// The error.
+        error: StateError,
+    },
+    /// An `action:` no handler accepted (no named handler, no hook's `on_action`, no fallback),
+    /// and the state's `on_error` did not route its `UnhandledActionError`.
+    #[error(
+        "machine `{machine}` (execution {execution_id}): no handler for action `{action}` in state `{state}`: register one with `MachineBuilder::action_mut` or `fallback_action`, or handle it in `MachineHooks::on_action`"
+    )]
+    UnhandledAction {
+        /// The machine.
+        machine: String,
+        /// The execution.
+        execution_id: String,
+        /// The state.
+        state: String,
+        /// The action name.
+        action: String,
+    },
+    /// `max_steps` was reached before a final state.
+    #[error(
+        "machine `{machine}` (execution {execution_id}): reached max_steps ({limit}) before a final state (next state: `{next}`)"
+    )]
+    MaxSteps {
+        /// The machine.
+        machine: String,
+        /// The execution.
+        execution_id: String,
+        /// The limit.
+        limit: u64,
+        /// The state that would have run next.
+        next: String,
+    },
+    /// `max_agent_calls` was reached.
+    #[error(
+        "machine `{machine}` (execution {execution_id}): reached max_agent_calls ({limit}) in state `{state}`"
+    )]
+    MaxAgentCalls {
+        /// The machine.
+        machine: String,
+        /// The execution.
+        execution_id: String,
+        /// The limit.
+        limit: u64,
+        /// The state the run was in.
+        state: String,
+    },
+    /// A non-final state had no transition whose condition held.
+    #[error(
+        "machine `{machine}` (execution {execution_id}): no transition of state `{state}` matched, and it is not final"
+    )]
+    NoTransition {
+        /// The machine.
+        machine: String,
+        /// The execution.
+        execution_id: String,
+        /// The state.
+        state: String,
+    },
+    /// A hook redirected to, or a checkpoint named, a state the machine does not have.
+    #[error("machine `{machine}` (execution {execution_id}): unknown state `{state}`")]
+    UnknownState {
+        /// The machine.
+        machine: String,
+        /// The execution.
+        execution_id: String,
+        /// The name.
+        state: String,
+    },
+    /// `resume` was given an execution id with no checkpoint.
+    #[error("no checkpoint for execution `{0}`")]
+    UnknownExecution(String),
+    /// Checkpoint storage failed (a corrupt snapshot names its file).
+    #[error(transparent)]
+    Persistence(#[from] PersistenceError),
+    /// The execution is locked by another runner.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// A hook failed outside a state (`on_machine_start`, `on_machine_end`, building hooks).
+    #[error("machine `{machine}` (execution {execution_id}): hook failed: {message}")]
+    Hook {
+        /// The machine.
+        machine: String,
+        /// The execution.
+        execution_id: String,
+        /// What failed.
+        message: String,
+    },
+    /// The initial context or final output could not be rendered.
+    #[error("machine `{machine}` (execution {execution_id}): {error}")]
+    Template {
+        /// The machine.
+        machine: String,
+        /// The execution.
+        execution_id: String,
+        /// The error.
+        error: StateError,
+    },
+}
+
+impl RunError {
+    /// The error as a state error (for a parent machine routing a child's failure).
+    pub fn to_state_error(&self) -> StateError {
+        match self {
+            RunError::State { error, .. } => error.clone(),
+            RunError::UnhandledAction { .. } => {
+                StateError::new(error_type::UNHANDLED_ACTION, self.to_string())
+            }
+            RunError::Lock(e) => StateError::new(crate::lock::LOCK_ERROR_TYPE, e.to_string()),
+            other => StateError::new(error_type::MACHINE, other.to_string()),
+        }
+    }
+
+    /// The execution that failed, when the error is about one (every variant but
+    /// `Persistence` and `Lock`, whose messages name the key or execution themselves).
+    pub fn execution_id(&self) -> Option<&str> {
+        match self {
+            RunError::State { execution_id, .. }
+            | RunError::UnhandledAction { execution_id, .. }
+            | RunError::MaxSteps { execution_id, .. }
+            | RunError::MaxAgentCalls { execution_id, .. }
+            | RunError::NoTransition { execution_id, .. }
+            | RunError::UnknownState { execution_id, .. }
+            | RunError::Hook { execution_id, .. }
+            | RunError::Template { execution_id, .. } => Some(execution_id),
+            RunError::UnknownExecution(id) => Some(id),
+            RunError::Persistence(_) | RunError::Lock(_) => None,
+        }
+    }
+}
+
+/// Per-run settings for [`Machine::run_with`].
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// The execution id (default: a new UUID v4). A plain name: no `/`, no `..`.
+    pub execution_id: Option<String>,
+    /// The execution that started this one (written as `parent_execution_id` in checkpoints).
+    pub parent_execution_id: Option<String>,
+    /// Most state visits in this run (overrides the builder's and `settings.max_steps`).
+    pub max_steps: Option<u64>,
+}
+
+impl RunOptions {
+    /// Defaults: a new execution id, the machine's `max_steps`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Use this execution id.
+    pub fn execution_id(mut self, id: impl Into<String>) -> Self {
+        self.execution_id = Some(id.into());
+        self
+    }
+
+    /// Record this parent execution id (lineage) in the run's checkpoints.
+    pub fn parent_execution_id(mut self, id: impl Into<String>) -> Self {
+        self.parent_execution_id = Some(id.into());
+        self
+    }
+
+    /// Limit this run to `n` state visits.
+    pub fn max_steps(mut self, n: u64) -> Self {
+        self.max_steps = Some(n);
+        self
+    }
+}

@@ -1,0 +1,591 @@
+//! The execution loop: one state after another, errors routed, checkpoints written.
+
+use super::DEFAULT_MAX_STEPS;
+use super::handlers::ActionCall;
+use super::machine::Machine;
+use super::machine::noop_hooks;
+use super::result::{RunError, RunResult};
+use crate::agents::{AdapterEnv, AgentExecutor, ClosureExecutor, Usage};
+use crate::error::error_type;
+use crate::hooks::MachineHooks;
+use crate::machine::{MachineSpec, StateSpec};
+use crate::persistence::encoded::SnapshotParts;
+use crate::persistence::{CheckpointStore, CheckpointWriter, LaunchIntent, PersistenceError};
+use crate::template::{self, ScopeRef, TemplateValue};
+use crate::{Context, StateError, Value};
+use std::sync::Arc;
+
+/// Where `Machine::run_loop` starts its first state: from the top, or (resuming) just after
+/// one of the state's checkpoints.
+pub(super) enum Entry {
+    /// From the top: limits are checked, a step is counted, `state_enter` is written.
+    Enter,
+    /// After `state_enter` (the step is already counted): `on_state_enter` onward.
+    AfterEnter,
+    /// After `execute`: the state's work onward.
+    AfterExecute,
+    /// After `state_exit` (the work is done; the final state's output, if any):
+    /// `on_state_exit` onward.
+    AfterExit(Option<Value>),
+}
+
+pub(super) struct Run {
+    pub(super) max_steps: Option<u64>,
+    pub(super) execution_id: String,
+    pub(super) parent_execution_id: Option<String>,
+    pub(super) step: u64,
+    pub(super) api_calls: u64,
+    pub(super) cost: f64,
+    pub(super) usage: Usage,
+    pub(super) hooks: Arc<dyn MachineHooks>,
+    /// Whether `hooks` are the machine's own (`false` for the no-op default: the loop skips
+    /// the calls).
+    pub(super) hooks_active: bool,
+    /// Encodes this execution's checkpoints (the execution id checked once).
+    pub(super) writer: CheckpointWriter,
+    /// The outbox: launch intents not known to have finished.
+    pub(super) pending_launches: Vec<LaunchIntent>,
+    /// After a resume: (state, step) whose launch ids the first executed state re-derives, so
+    /// launches recorded before the crash are not started twice.
+    pub(super) launch_origin: Option<(usize, u64)>,
+    /// The context at this step's `execute` checkpoint (kept only for states that launch).
+    pub(super) step_context: Option<Context>,
+    /// Set when the error being returned is an unhandled action.
+    pub(super) unhandled_action: Option<&'static str>,
+    /// The execution lock's fencing token, written into every checkpoint.
+    pub(super) fencing_token: Option<u64>,
+    /// The [`ActionCall`] of the last action, reused (updated in place) by the next one.
+    pub(super) action_call: Option<Arc<ActionCall>>,
+}
+
+impl Run {
+    pub(super) fn new(
+        writer: CheckpointWriter,
+        parent: Option<String>,
+        hooks: Option<Arc<dyn MachineHooks>>,
+        max_steps: Option<u64>,
+    ) -> Self {
+        let hooks_active = hooks.is_some();
+        Run {
+            max_steps,
+            execution_id: writer.execution_id().to_owned(),
+            parent_execution_id: parent,
+            step: 0,
+            api_calls: 0,
+            cost: 0.0,
+            usage: Usage::default(),
+            hooks: hooks.unwrap_or_else(noop_hooks),
+            hooks_active,
+            writer,
+            pending_launches: Vec::new(),
+            launch_origin: None,
+            step_context: None,
+            unhandled_action: None,
+            fencing_token: None,
+            action_call: None,
+        }
+    }
+
+    pub(super) fn add_child_totals(&mut self, child: &RunResult) {
+        self.add_totals(ChildTotals::of(child));
+    }
+
+    pub(super) fn add_totals(&mut self, child: ChildTotals) {
+        self.api_calls += child.api_calls;
+        self.cost += child.cost;
+        self.usage += child.usage;
+    }
+}
+
+/// What a child run adds to its parent's totals.
+pub(super) struct ChildTotals {
+    pub(super) api_calls: u64,
+    pub(super) cost: f64,
+    pub(super) usage: Usage,
+}
+
+impl ChildTotals {
+    pub(super) fn of(child: &RunResult) -> Self {
+        Self {
+            api_calls: child.total_api_calls,
+            cost: child.total_cost,
+            usage: child.usage,
+        }
+    }
+}
+
+/// The action of a state whose only work is that action (what [`Machine::execute_state`] would
+/// do for it is just [`Machine::run_action`]).
+pub(super) fn action_only(state: &StateSpec) -> Option<&'static str> {
+    let only = state.launch.is_empty()
+        && state.machine.is_empty()
+        && state.agent.is_none()
+        && !(state.is_final && state.output.is_some());
+    if only { state.action } else { None }
+}
+
+impl Machine {
+    /// Writes one checkpoint of `run`: serialized once, straight from the borrowed context, or
+    /// as a record sharing the context for a store in memory ([`CheckpointStore::write`]).
+    pub(super) async fn write_checkpoint(
+        &self,
+        store: &CheckpointStore,
+        run: &mut Run,
+        event: &'static str,
+        state: &'static str,
+        context: &Context,
+        output: Option<&Value>,
+    ) -> Result<(), PersistenceError> {
+        let spec = self.inner.spec;
+        if !run.pending_launches.is_empty() {
+            let launches = &self.inner.launches;
+            run.pending_launches
+                .retain(|intent| !launches.is_done(&intent.execution_id));
+        }
+        let empty = Context::new();
+        let parts = SnapshotParts {
+            execution_id: "",
+            machine_name: spec.name,
+            spec_version: spec.spec_version,
+            current_state: state,
+            context,
+            step: run.step,
+            created_at: "",
+            event: Some(event),
+            output: output.map(|o| match o {
+                Value::Object(m) => m,
+                _ => &empty,
+            }),
+            total_api_calls: Some(run.api_calls),
+            total_cost: Some(run.cost),
+            parent_execution_id: run.parent_execution_id.as_deref(),
+            pending_launches: (!run.pending_launches.is_empty())
+                .then_some(run.pending_launches.as_slice()),
+            fencing_token: run.fencing_token,
+        };
+        store.write(&mut run.writer, parts).await
+    }
+
+    /// Whether `event` gets a checkpoint: there is a store and `checkpoint_on` (if set) lists
+    /// it. The run loop asks before calling [`checkpoint`](Self::checkpoint), so a run without
+    /// checkpoints builds and polls no checkpoint future.
+    #[inline]
+    pub(super) fn checkpoints(&self, event: &str) -> bool {
+        self.inner.store.is_some()
+            && self
+                .inner
+                .checkpoint_on
+                .as_ref()
+                .is_none_or(|on| on.iter().any(|e| e == event))
+    }
+
+    pub(super) async fn checkpoint(
+        &self,
+        run: &mut Run,
+        event: &'static str,
+        state: &'static str,
+        context: &Context,
+        output: Option<&Value>,
+    ) -> Result<(), RunError> {
+        let Some(store) = &self.inner.store else {
+            return Ok(());
+        };
+        if !self.checkpoints(event) {
+            return Ok(());
+        }
+        self.write_checkpoint(store, run, event, state, context, output)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn run_loop(
+        &self,
+        run: &mut Run,
+        mut context: Context,
+        start: usize,
+        entry: Entry,
+    ) -> Result<RunResult, RunError> {
+        let spec = self.inner.spec;
+        let max_steps = run
+            .max_steps
+            .or(self.inner.max_steps)
+            .or(spec.max_steps)
+            .unwrap_or(DEFAULT_MAX_STEPS);
+        let mut current = start;
+        let mut entry = entry;
+        loop {
+            // A resumed run starts part-way through its first state; every later state (and
+            // every error route) starts from the top.
+            let (phase, resumed_output) = match std::mem::replace(&mut entry, Entry::Enter) {
+                Entry::Enter => (0, None),
+                Entry::AfterEnter => (1, None),
+                Entry::AfterExecute => (2, None),
+                Entry::AfterExit(output) => (3, Some(output)),
+            };
+            let state = &spec.states[current];
+            if phase == 0 {
+                if run.step >= max_steps {
+                    return Err(RunError::MaxSteps {
+                        machine: spec.name.to_string(),
+                        execution_id: run.execution_id.clone(),
+                        limit: max_steps,
+                        next: state.name.to_string(),
+                    });
+                }
+                if let Some(limit) = self.inner.max_agent_calls
+                    && run.api_calls >= limit
+                {
+                    return Err(RunError::MaxAgentCalls {
+                        machine: spec.name.to_string(),
+                        execution_id: run.execution_id.clone(),
+                        limit,
+                        state: state.name.to_string(),
+                    });
+                }
+                run.step += 1;
+                if self.checkpoints("state_enter") {
+                    self.checkpoint(run, "state_enter", state.name, &context, None)
+                        .await?;
+                }
+            }
+            if phase <= 1 {
+                if run.hooks_active
+                    && let Err(e) = run.hooks.on_state_enter(state.name, &mut context).await
+                {
+                    current = self
+                        .route_error(run, current, e.into(), &mut context)
+                        .await?;
+                    continue;
+                }
+                if self.checkpoints("execute") {
+                    self.checkpoint(run, "execute", state.name, &context, None)
+                        .await?;
+                }
+            }
+            let mut output = match resumed_output {
+                Some(output) => output,
+                None => {
+                    // The launch outbox rewrites this step's `execute` checkpoint with the
+                    // context the step started from.
+                    run.step_context = (!state.launch.is_empty()).then(|| context.clone());
+                    let executed = match state.timeout.filter(|t| *t > 0.0) {
+                        Some(secs) => {
+                            // On timeout the state's work is dropped and the context is left
+                            // as it was before the state ran.
+                            let mut work_ctx = context.clone();
+                            match tokio::time::timeout(
+                                std::time::Duration::from_secs_f64(secs),
+                                self.execute_state(run, current, &mut work_ctx),
+                            )
+                            .await
+                            {
+                                Ok(r) => {
+                                    context = work_ctx;
+                                    r
+                                }
+                                Err(_) => Err(StateError::new(
+                                    error_type::TIMEOUT,
+                                    format!("state `{}` timed out after {secs}s", state.name),
+                                )),
+                            }
+                        }
+                        None => match action_only(state) {
+                            // Most states only run an action: no `execute_state` future.
+                            Some(action) => self
+                                .run_action(run, current, action, &mut context)
+                                .await
+                                .map(|()| None),
+                            None => self.execute_state(run, current, &mut context).await,
+                        },
+                    };
+                    run.launch_origin = None;
+                    run.step_context = None;
+                    let output = match executed {
+                        Ok(o) => o,
+                        Err(e) => {
+                            current = self.route_error(run, current, e, &mut context).await?;
+                            continue;
+                        }
+                    };
+                    if self.checkpoints("state_exit") {
+                        self.checkpoint(
+                            run,
+                            "state_exit",
+                            state.name,
+                            &context,
+                            if state.is_final {
+                                output.as_ref()
+                            } else {
+                                None
+                            },
+                        )
+                        .await?;
+                    }
+                    output
+                }
+            };
+            if run.hooks_active
+                && let Err(e) = run
+                    .hooks
+                    .on_state_exit(state.name, &mut context, &mut output)
+                    .await
+            {
+                current = self
+                    .route_error(run, current, e.into(), &mut context)
+                    .await?;
+                continue;
+            }
+            if state.is_final {
+                let mut final_output = output.unwrap_or_else(|| Value::Object(Context::new()));
+                if self.checkpoints("machine_end") {
+                    self.checkpoint(run, "machine_end", "end", &context, Some(&final_output))
+                        .await?;
+                }
+                if run.hooks_active
+                    && let Err(e) = run.hooks.on_machine_end(&context, &mut final_output).await
+                {
+                    return Err(self.hook_error(run, e));
+                }
+                return Ok(RunResult {
+                    output: final_output,
+                    execution_id: run.execution_id.clone(),
+                    final_state: state.name.to_string(),
+                    steps: run.step,
+                    total_api_calls: run.api_calls,
+                    total_cost: run.cost,
+                    usage: run.usage,
+                    context,
+                });
+            }
+            let next = match (spec.transition)(current, &context) {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    return Err(RunError::NoTransition {
+                        machine: spec.name.to_string(),
+                        execution_id: run.execution_id.clone(),
+                        state: state.name.to_string(),
+                    });
+                }
+                Err(e) => {
+                    current = self
+                        .route_error(run, current, StateError::from(e), &mut context)
+                        .await?;
+                    continue;
+                }
+            };
+            if !run.hooks_active {
+                current = next;
+                continue;
+            }
+            let to = spec.states[next].name;
+            let target = match run.hooks.on_transition(state.name, to, &mut context).await {
+                Ok(t) => t,
+                Err(e) => {
+                    current = self
+                        .route_error(run, current, e.into(), &mut context)
+                        .await?;
+                    continue;
+                }
+            };
+            // Most hooks keep the target: no lookup by name then.
+            current = if target == to {
+                next
+            } else {
+                match spec.state(&target) {
+                    Some((i, _)) => i,
+                    None => {
+                        return Err(RunError::UnknownState {
+                            machine: spec.name.to_string(),
+                            execution_id: run.execution_id.clone(),
+                            state: target,
+                        });
+                    }
+                }
+            };
+        }
+    }
+
+    /// Record the error in the context and find the recovery state: `on_error` (by type, then
+    /// `default`), then the `on_error` hook. `Ok(next)` to recover, `Err` to fail the run.
+    pub(super) async fn route_error(
+        &self,
+        run: &mut Run,
+        state: usize,
+        error: StateError,
+        context: &mut Context,
+    ) -> Result<usize, RunError> {
+        let spec = self.inner.spec;
+        let st = &spec.states[state];
+        let unhandled = run.unhandled_action.take();
+        context.insert("last_error".into(), Value::String(error.message.clone()));
+        context.insert(
+            "last_error_type".into(),
+            Value::String(error.error_type.clone()),
+        );
+        let by_type = st
+            .on_error
+            .iter()
+            .find(|(t, _)| *t == error.error_type)
+            .or_else(|| st.on_error.iter().find(|(t, _)| *t == "default"));
+        if let Some((_, to)) = by_type {
+            tracing::warn!(machine = spec.name, execution_id = %run.execution_id, state = st.name, error = %error, to = spec.states[*to].name, "state failed; recovering via on_error");
+            return Ok(*to);
+        }
+        let hook = if run.hooks_active {
+            run.hooks
+                .on_error(st.name, &error, context)
+                .await
+                .map_err(|e| self.hook_error(run, e))?
+        } else {
+            None
+        };
+        match hook {
+            Some(target) => match spec.state(&target) {
+                Some((i, _)) => Ok(i),
+                None => Err(RunError::UnknownState {
+                    machine: spec.name.to_string(),
+                    execution_id: run.execution_id.clone(),
+                    state: target,
+                }),
+            },
+            None => match unhandled {
+                Some(action) => Err(RunError::UnhandledAction {
+                    machine: spec.name.to_string(),
+                    execution_id: run.execution_id.clone(),
+                    state: st.name.to_string(),
+                    action: action.to_string(),
+                }),
+                None => Err(RunError::State {
+                    machine: spec.name.to_string(),
+                    execution_id: run.execution_id.clone(),
+                    state: st.name.to_string(),
+                    error,
+                }),
+            },
+        }
+    }
+
+    /// Run one state's work in the reference's order. Returns the state's output.
+    pub(super) async fn execute_state(
+        &self,
+        run: &mut Run,
+        index: usize,
+        context: &mut Context,
+    ) -> Result<Option<Value>, StateError> {
+        let state = &self.inner.spec.states[index];
+        let mut output = None;
+        if let Some(action) = state.action {
+            self.run_action(run, index, action, context).await?;
+        }
+        if !state.launch.is_empty() {
+            self.launch(run, index, context).await?;
+        }
+        if !state.machine.is_empty() {
+            let out = self.run_children(run, state, context).await?;
+            self.output_to_context(state, context, &out)?;
+            output = Some(out);
+        }
+        if let Some(agent) = state.agent {
+            let input = self.render_state_input(state, context)?;
+            let executor = self.executor(agent)?;
+            let result = crate::agents::execution::execute(
+                state.execution.as_ref(),
+                executor.as_ref(),
+                &input,
+                context,
+            )
+            .await?;
+            run.api_calls += result.api_calls;
+            run.cost += result.cost;
+            run.usage += result.usage;
+            let out = result.into_output_payload();
+            self.output_to_context(state, context, &out)?;
+            output = Some(out);
+        }
+        if state.is_final
+            && let Some(tv) = &state.output
+        {
+            let out = template::render_with(tv, &ScopeRef::new(context))?;
+            output = Some(out);
+        }
+        Ok(output)
+    }
+
+    /// The executor for `agent:` in this machine: a closure registered under that name, else
+    /// the adapter for the agent's type (built once, then cached).
+    pub(super) fn executor(&self, agent: &str) -> Result<Arc<dyn AgentExecutor>, StateError> {
+        if let Some(f) = self.inner.agents.get(agent) {
+            return Ok(Arc::new(ClosureExecutor::new(f.clone())));
+        }
+        let spec = self.inner.spec;
+        let decl = spec.agents.iter().find(|a| a.name == agent).ok_or_else(|| {
+            StateError::new(
+                error_type::AGENT,
+                format!(
+                    "machine `{}` declares no agent `{agent}`: register one with `MachineBuilder::agent`",
+                    spec.name
+                ),
+            )
+        })?;
+        let key = (spec as *const MachineSpec as usize, decl.name);
+        let mut cache = self
+            .inner
+            .executors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = cache.get(&key) {
+            return Ok(e.clone());
+        }
+        let adapter = self.inner.adapters.get(decl.kind).ok_or_else(|| {
+            StateError::new(
+                error_type::AGENT,
+                format!(
+                    "agent `{agent}` has type `{}`, which has no adapter; registered: {}",
+                    decl.kind,
+                    self.inner.adapters.names().join(", ")
+                ),
+            )
+        })?;
+        let env = AdapterEnv {
+            machine: spec,
+            llm: self.inner.llm.clone(),
+        };
+        let executor = adapter.create_executor(decl, &env)?;
+        cache.insert(key, executor.clone());
+        Ok(executor)
+    }
+
+    pub(super) fn render_state_input(
+        &self,
+        state: &StateSpec,
+        context: &Context,
+    ) -> Result<Value, StateError> {
+        match &state.input {
+            Some(tv) => Ok(template::render_with(tv, &ScopeRef::for_state(context))?),
+            None => Ok(Value::Object(Context::new())),
+        }
+    }
+
+    pub(super) fn output_to_context(
+        &self,
+        state: &StateSpec,
+        context: &mut Context,
+        output: &Value,
+    ) -> Result<(), StateError> {
+        let Some(TemplateValue::Map(entries)) = &state.output_to_context else {
+            return Ok(());
+        };
+        // Every value is rendered before the context changes, so updates do not affect
+        // later templates.
+        let scope = ScopeRef::for_state(context).with_output(output);
+        let mut values = Vec::with_capacity(entries.len());
+        for (key, tv) in entries.iter() {
+            values.push((*key, template::render_with(tv, &scope)?));
+        }
+        drop(scope);
+        for (key, value) in values {
+            context.insert(key.to_string(), value);
+        }
+        Ok(())
+    }
+}
