@@ -10,7 +10,7 @@
 //! ```
 //!
 //! ```text
-//! app run [--input JSON|@file] [--execution-id ID] [--parent-id ID] [--machine CHILD] [--max-steps N]
+//! app run [--input JSON|@file|-] [--execution-id ID] [--parent-id ID] [--machine CHILD] [--max-steps N]
 //! app resume ID [--machine CHILD]
 //! app inspect [ID] [--json]
 //! ```
@@ -24,12 +24,13 @@
 //! execution's history (or, without an id, the executions) from the checkpoint store the
 //! machine is configured with — whatever its backend — see [`crate::inspect`].
 
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 
 use async_trait::async_trait;
 use clap::{Parser, Subcommand};
 
 use crate::engine::{InvokeRequest, MachineInvoker};
+use crate::process::{CallError, CallLimits, ChildEnv, run_bounded};
 use crate::{Machine, MachineBuilder, RunOptions, RunResult, StateError, Value, error_type};
 
 #[derive(Debug, Parser)]
@@ -43,7 +44,8 @@ struct Cli {
 enum Command {
     /// Run the machine (or one of its child machines) with an input.
     Run {
-        /// The input: a JSON object, or `@path` to read it from a file.
+        /// The input: a JSON object, `@path` to read it from a file, or `-` to read it from
+        /// stdin.
         #[arg(long, short = 'i', default_value = "{}")]
         input: String,
         /// Use this execution id (default: a new UUID).
@@ -223,10 +225,17 @@ async fn join(machine: &Machine) {
 }
 
 fn read_input(arg: &str) -> Result<Value, String> {
-    let text = match arg.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the input file `{path}`: {e}"))?,
-        None => arg.to_string(),
+    let text = if arg == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| format!("cannot read the input from stdin: {e}"))?;
+        text
+    } else {
+        match arg.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the input file `{path}`: {e}"))?,
+            None => arg.to_string(),
+        }
     };
     let value: Value =
         serde_json::from_str(&text).map_err(|e| format!("the input is not valid JSON: {e}"))?;
@@ -261,7 +270,17 @@ fn find_child(root: &Machine, name: &str) -> Option<Machine> {
 
 /// Runs each child machine as a separate OS process through an application binary that calls
 /// [`main`] (`program run --machine <child> --execution-id <id> --parent-id <parent> --input
-/// <json>`, or `program resume <id> --machine <child>`), reading the output from its stdout.
+/// -`, the input written as JSON on the child's stdin, or `program resume <id> --machine
+/// <child>`), reading the output from its stdout.
+///
+/// The input travels on stdin, never on the command line: it has no size limit there and
+/// does not show in `ps` or `/proc/<pid>/cmdline`. Each call has its own limits, like a
+/// subprocess agent's (see `docs/security.md`): a timeout (default 1 hour,
+/// [`with_timeout`](Self::with_timeout); the process group is killed and the state fails
+/// with a `TimeoutError`), a cap on stdout (default 32 MiB,
+/// [`with_max_output`](Self::with_max_output)), and the child's process group killed when the
+/// call ends. The child inherits this process's environment (it is the same application,
+/// which needs the same keys); [`with_env`](Self::with_env) narrows it.
 ///
 /// The child process builds its machine from the same code, so it shares nothing in memory
 /// with the parent: give both the same on-disk checkpoint directory (`backend: local`) for
@@ -272,21 +291,48 @@ fn find_child(root: &Machine, name: &str) -> Option<Machine> {
 pub struct SubprocessInvoker {
     program: std::path::PathBuf,
     args: Vec<String>,
+    timeout: std::time::Duration,
+    max_output: usize,
+    env: ChildEnv,
 }
 
 impl SubprocessInvoker {
+    /// The default time a child machine may run: 1 hour.
+    pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
     /// Runs children with `program` (e.g. `std::env::current_exe()`), placing `args` before the
     /// CLI's own arguments.
     pub fn new(program: impl Into<std::path::PathBuf>) -> Self {
         Self {
             program: program.into(),
             args: Vec::new(),
+            timeout: Self::DEFAULT_TIMEOUT,
+            max_output: crate::process::DEFAULT_MAX_OUTPUT,
+            env: ChildEnv::inherit_all(),
         }
     }
 
     /// Arguments placed before the subcommand (for apps that dispatch on a first argument).
     pub fn with_args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
         self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Kills a child machine's process (group) after this long (default 1 hour).
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Most bytes a child may print on stdout (default 32 MiB).
+    pub fn with_max_output(mut self, bytes: usize) -> Self {
+        self.max_output = bytes;
+        self
+    }
+
+    /// The children's environment (default: this process's, [`ChildEnv::inherit_all`]).
+    pub fn with_env(mut self, env: ChildEnv) -> Self {
+        self.env = env;
         self
     }
 }
@@ -296,15 +342,16 @@ impl MachineInvoker for SubprocessInvoker {
     async fn invoke(&self, request: InvokeRequest) -> Result<RunResult, StateError> {
         let mut command = tokio::process::Command::new(&self.program);
         command.args(&self.args);
-        if request.resume {
+        let input = if request.resume {
             command.args([
                 "resume",
                 request.execution_id.as_str(),
                 "--machine",
                 request.machine,
             ]);
+            Vec::new()
         } else {
-            let input = serde_json::to_string(&request.input).map_err(|e| {
+            let input = serde_json::to_vec(&request.input).map_err(|e| {
                 StateError::new(error_type::MACHINE, format!("cannot encode the input: {e}"))
             })?;
             command.args([
@@ -314,19 +361,40 @@ impl MachineInvoker for SubprocessInvoker {
                 "--execution-id",
                 request.execution_id.as_str(),
                 "--input",
-                input.as_str(),
+                "-",
             ]);
             if let Some(parent) = &request.parent_execution_id {
                 command.args(["--parent-id", parent.as_str()]);
             }
-        }
-        command.stdin(Stdio::null()).kill_on_drop(true);
-        let out = command.output().await.map_err(|e| {
-            StateError::new(
-                error_type::MACHINE,
-                format!("cannot start `{}`: {e}", self.program.display()),
-            )
-        })?;
+            input
+        };
+        self.env.apply_tokio(&mut command);
+        let limits = CallLimits {
+            timeout: self.timeout,
+            max_output: self.max_output,
+        };
+        let out = match run_bounded(command, input, limits).await {
+            Ok(out) => out,
+            Err(CallError::Timeout(limit)) => {
+                return Err(StateError::new(
+                    error_type::TIMEOUT,
+                    format!(
+                        "child machine `{}` did not finish within {limit:?} and was killed",
+                        request.machine
+                    ),
+                ));
+            }
+            Err(error) => {
+                return Err(StateError::new(
+                    error_type::MACHINE,
+                    format!(
+                        "child machine `{}` (`{}`): {error}",
+                        request.machine,
+                        self.program.display()
+                    ),
+                ));
+            }
+        };
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let message = stderr
@@ -342,15 +410,20 @@ impl MachineInvoker for SubprocessInvoker {
                 ),
             ));
         }
-        let output: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-            StateError::new(
-                error_type::MACHINE,
-                format!(
-                    "child machine `{}` printed no JSON output: {e}",
-                    request.machine
-                ),
-            )
-        })?;
+        let output: Value = std::str::from_utf8(&out.stdout)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                crate::agents::output::parse_bounded(text).map_err(|e| e.to_string())
+            })
+            .map_err(|e| {
+                StateError::new(
+                    error_type::MACHINE,
+                    format!(
+                        "child machine `{}` printed no JSON output: {e}",
+                        request.machine
+                    ),
+                )
+            })?;
         Ok(RunResult {
             output,
             execution_id: request.execution_id,

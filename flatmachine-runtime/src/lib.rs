@@ -19,6 +19,7 @@ pub mod inspect;
 pub mod lock;
 pub mod machine;
 pub mod persistence;
+pub mod process;
 #[cfg(feature = "redis")]
 pub mod redis_backends;
 pub mod results;

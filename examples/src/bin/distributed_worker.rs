@@ -189,13 +189,18 @@ async fn checker_loop(dir: &Path, db: &Path, jobs: usize, max_workers: u64) -> R
     )
     .await?;
     let exe = std::env::current_exe()?;
-    let spawner = Arc::new(CommandSpawner::new(exe).args([
-        "worker".to_string(),
-        "--db".to_string(),
-        db.display().to_string(),
-        "--input".to_string(),
-        "{input}".to_string(),
-    ]));
+    // Workers get only PATH, HOME and the locale, plus what is passed here.
+    let spawner = Arc::new(
+        CommandSpawner::new(exe)
+            .args([
+                "worker".to_string(),
+                "--db".to_string(),
+                db.display().to_string(),
+                "--input".to_string(),
+                "{input}".to_string(),
+            ])
+            .pass_env("FM_JOB_MS"),
+    );
     let hooks = DistributedWorkerHooks::new(backends.clone()).spawner(spawner.clone());
     let mut registry = HooksRegistry::new();
     registry.register_instance("DistributedWorkerHooks", Arc::new(hooks));
