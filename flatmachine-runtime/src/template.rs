@@ -236,7 +236,7 @@ fn format_value(
 /// `fromjson`: parses a JSON string into a value; any other value passes through unchanged.
 fn fromjson(value: MjValue) -> Result<MjValue, minijinja::Error> {
     match value.as_str() {
-        Some(text) => match serde_json::from_str::<Json>(text) {
+        Some(text) => match crate::agents::output::parse_bounded(text) {
             Ok(json) => Ok(json_to_mj(&json)),
             Err(err) => Err(minijinja::Error::new(
                 minijinja::ErrorKind::InvalidOperation,
@@ -1095,7 +1095,9 @@ fn parse_rendered(text: String) -> Json {
     if !looks_like_json {
         return Json::String(text);
     }
-    match serde_json::from_str::<Json>(&text) {
+    // Text nesting deeper than values entering a run may stays text (it could not be
+    // checkpointed as a value).
+    match crate::agents::output::parse_bounded(&text) {
         Ok(Json::Number(n)) if n.is_f64() && !text.contains(['.', 'e', 'E']) => Json::String(text),
         Ok(json) => json,
         Err(_) => Json::String(text),

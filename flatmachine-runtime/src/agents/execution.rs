@@ -635,7 +635,7 @@ impl Voting {
                             )
                         })?
                 }
-                FieldType::Json => serde_json::from_str(text)
+                FieldType::Json => super::output::parse_bounded(text)
                     .map_err(|e| (RedFlag::FormatError, format!("`{name}` is not JSON: {e}")))?,
             };
             parsed.insert(name.clone(), value);

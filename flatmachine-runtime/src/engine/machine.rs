@@ -227,6 +227,19 @@ impl Machine {
             Value::Null => Value::Object(Context::new()),
             v => v,
         };
+        let limit = crate::agents::output::MAX_JSON_DEPTH;
+        if crate::agents::output::value_depth(&input, limit) > limit {
+            return Err(RunError::Template {
+                machine: spec.name.to_string(),
+                execution_id,
+                error: crate::StateError::new(
+                    "ValueError",
+                    format!(
+                        "the run's input nests arrays/objects more than {limit} levels deep (the limit for values entering a run)"
+                    ),
+                ),
+            });
+        }
         let hooks = self.build_hooks(&input, &execution_id, parent.clone(), false)?;
         let mut run = Run::new(writer, parent, hooks, max_steps);
         run.fencing_token = _guard.fencing_token();
