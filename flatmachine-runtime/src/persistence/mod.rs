@@ -59,6 +59,7 @@ pub use convert::{CopyReport, copy_executions};
 pub use encoded::{CheckpointWriter, EncodedCheckpoint};
 pub use key::{InvalidKey, MAX_EXECUTION_ID_LEN, validate_execution_id, validate_key};
 pub use local::LocalFileBackend;
+pub(crate) use local::create_private_dir_all;
 pub use memory::MemoryBackend;
 pub use record::CheckpointRecord;
 pub use snapshot::{LaunchIntent, MachineSnapshot, utc_now_isoformat};
