@@ -175,7 +175,10 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(message) => {
-                eprintln!("error: {message}");
+                eprintln!(
+                    "error: {}",
+                    flatmachine_runtime::inspect::escape_controls(&message)
+                );
                 ExitCode::FAILURE
             }
         },
@@ -189,7 +192,10 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(message) => {
-                eprintln!("error: {message}");
+                eprintln!(
+                    "error: {}",
+                    flatmachine_runtime::inspect::escape_controls(&message)
+                );
                 ExitCode::FAILURE
             }
         },
