@@ -747,6 +747,19 @@ impl Cx<'_> {
         scope: Option<&Scope>,
         agent_prompt: bool,
     ) {
+        if !agent_prompt {
+            // Machine templates whose text is JSON are parsed into values when rendered.
+            for problem in crate::templates::quoted_expressions_in_json(src) {
+                let span = self.template_span(origin, rel, problem.offset, problem.len);
+                let mut d = Diagnostic::warning(problem.message, Some(span));
+                d.help.extend(problem.help);
+                d.notes.push(
+                    "the rendered text is parsed as JSON; see docs/templates.md, \"Building JSON\""
+                        .into(),
+                );
+                self.diags.push(d);
+            }
+        }
         let problems = match scope {
             Some(scope) => crate::templates::check(src, &scope.names),
             None => crate::templates::check_syntax(src),
