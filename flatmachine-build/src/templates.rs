@@ -249,15 +249,27 @@ mod tests {
 
     #[test]
     fn quoted_expression_in_json_text_is_found() {
-        let src = r#"{"name": "{{ output.name }}", "n": {{ output.n }}, "ok": {{ output.ok | tojson }}}"#;
+        let src =
+            r#"{"name": "{{ output.name }}", "n": {{ output.n }}, "ok": {{ output.ok | tojson }}}"#;
         let p = quoted_expressions_in_json(src);
         assert_eq!(p.len(), 1, "{p:?}");
-        assert_eq!(&src[p[0].offset..p[0].offset + p[0].len], "{{ output.name }}");
-        assert!(p[0].help.as_deref().unwrap().contains("{{ output.name | tojson }}"));
+        assert_eq!(
+            &src[p[0].offset..p[0].offset + p[0].len],
+            "{{ output.name }}"
+        );
+        assert!(
+            p[0].help
+                .as_deref()
+                .unwrap()
+                .contains("{{ output.name | tojson }}")
+        );
         // Not JSON-looking, or already escaped: nothing to say.
         assert!(quoted_expressions_in_json(r#"Say "{{ input.x }}" please"#).is_empty());
         assert!(quoted_expressions_in_json(r#"{{ output.name }}"#).is_empty());
         assert!(quoted_expressions_in_json(r#"["{{ x | tojson }}"]"#).is_empty());
-        assert_eq!(quoted_expressions_in_json(r#"[{"a": "{{ x }}"}, "{{y}}"]"#).len(), 2);
+        assert_eq!(
+            quoted_expressions_in_json(r#"[{"a": "{{ x }}"}, "{{y}}"]"#).len(),
+            2
+        );
     }
 }

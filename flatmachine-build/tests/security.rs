@@ -38,7 +38,10 @@ fn quoted_expression_in_json_text_is_a_located_warning_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let (text, errors, warnings) = check(dir.path(), MACHINE);
     assert_eq!((errors, warnings), (0, 1), "{text}");
-    assert!(text.contains("warning: this template builds JSON text"), "{text}");
+    assert!(
+        text.contains("warning: this template builds JSON text"),
+        "{text}"
+    );
     // Line 12, on the `{{` of the quoted expression.
     assert!(text.contains("m.yml:12:28"), "{text}");
     assert!(text.contains("{{ output.name | tojson }}"), "{text}");
@@ -52,10 +55,7 @@ fn tojson_and_plain_text_templates_are_not_reported() {
         r#"'Dear "{{ output.name }}", welcome'"#,
         r#""{{ output.name }}""#,
     ] {
-        let yaml = MACHINE.replace(
-            r#"'{"name": "{{ output.name }}", "role": "guest"}'"#,
-            fixed,
-        );
+        let yaml = MACHINE.replace(r#"'{"name": "{{ output.name }}", "role": "guest"}'"#, fixed);
         let (text, errors, warnings) = check(dir.path(), &yaml);
         assert_eq!((errors, warnings), (0, 0), "{fixed}: {text}");
     }

@@ -412,9 +412,7 @@ impl MachineInvoker for SubprocessInvoker {
         }
         let output: Value = std::str::from_utf8(&out.stdout)
             .map_err(|e| e.to_string())
-            .and_then(|text| {
-                crate::agents::output::parse_bounded(text).map_err(|e| e.to_string())
-            })
+            .and_then(|text| crate::agents::output::parse_bounded(text).map_err(|e| e.to_string()))
             .map_err(|e| {
                 StateError::new(
                     error_type::MACHINE,

@@ -449,7 +449,8 @@ fn short(value: &Value) -> String {
 /// written as escapes (`\n`, `\u{1b}`), everything else as it is. What the table shows of
 /// checkpoint contents goes through this, since model replies and error texts end up there.
 pub fn escape_controls(text: &str) -> String {
-    let needs = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let needs =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
     if !text.chars().any(needs) {
         return text.to_owned();
     }

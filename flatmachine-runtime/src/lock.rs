@@ -215,13 +215,11 @@ fn lock_file(dir: &Path, path: &Path, execution_id: String) -> Result<LockGuard,
         options.mode(0o600);
         options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
     }
-    let file = options
-        .open(path)
-        .map_err(|source| LockError::Io {
-            op: "open",
-            path: path.to_owned(),
-            source,
-        })?;
+    let file = options.open(path).map_err(|source| LockError::Io {
+        op: "open",
+        path: path.to_owned(),
+        source,
+    })?;
     // Fully qualified: newer std has inherent `File::try_lock`/`unlock` with other signatures.
     match fs4::FileExt::try_lock(&file) {
         Ok(()) => Ok(LockGuard::new(execution_id, move || {

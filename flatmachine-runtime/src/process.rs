@@ -327,7 +327,10 @@ mod tests {
             ])
         );
         let all = ChildEnv::inherit_all().set("X", "3").resolve_from(parent);
-        assert!(all.contains(&(OsString::from("OPENAI_API_KEY"), OsString::from("sk-secret"))));
+        assert!(all.contains(&(
+            OsString::from("OPENAI_API_KEY"),
+            OsString::from("sk-secret")
+        )));
         assert!(all.contains(&(OsString::from("X"), OsString::from("3"))));
     }
 }

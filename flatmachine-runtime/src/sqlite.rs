@@ -113,10 +113,19 @@ fn open_connection(path: &Path, options: SqliteOptions) -> Result<Connection, Sq
     if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(parent).map_err(|source| SqliteError::CreateDir {
-            path: parent.to_owned(),
-            source,
+        crate::persistence::create_private_dir_all(parent).map_err(|source| {
+            SqliteError::CreateDir {
+                path: parent.to_owned(),
+                source,
+            }
         })?;
+    }
+    // A new database file is created owner-only (SQLite gives its -wal and -shm files the
+    // database file's mode); an existing one keeps its mode.
+    if let Err(error) = crate::persistence::create_private_file(path)
+        && error.kind() != std::io::ErrorKind::AlreadyExists
+    {
+        tracing::debug!(%error, path = %path.display(), "could not pre-create the database file");
     }
     let conn = Connection::open(path)?;
     conn.busy_handler(Some(busy_handler))?;

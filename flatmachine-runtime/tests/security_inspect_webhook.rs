@@ -54,7 +54,10 @@ async fn inspect_table_escapes_control_characters_from_checkpoints() {
             .chars()
             .filter(|c| c.is_control() && *c != '\n')
             .collect();
-        assert!(raw.is_empty(), "raw control characters {raw:?} in:\n{table}");
+        assert!(
+            raw.is_empty(),
+            "raw control characters {raw:?} in:\n{table}"
+        );
         assert!(table.contains("\\u{1b}"), "{table}");
     }
 }

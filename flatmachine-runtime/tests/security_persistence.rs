@@ -20,11 +20,7 @@ const LIMIT: usize = 64;
 /// `{"tree": [[…[]…]]}` nesting `depth` levels in all (the object counts as one).
 fn reply_of_depth(depth: usize) -> String {
     let arrays = depth - 1;
-    format!(
-        "{{\"tree\": {}{}}}",
-        "[".repeat(arrays),
-        "]".repeat(arrays)
-    )
+    format!("{{\"tree\": {}{}}}", "[".repeat(arrays), "]".repeat(arrays))
 }
 
 /// The `deep_reply` machine answering `reply`, checkpointing below `dir`; its `gate` action
@@ -60,7 +56,9 @@ async fn reply_nested_too_deep_for_a_checkpoint_is_refused_at_the_call() {
     let state_error = error.to_state_error();
     assert_eq!(state_error.error_type, "OutputParseError", "{error}");
     assert!(
-        state_error.message.contains(&format!("more than {LIMIT} levels")),
+        state_error
+            .message
+            .contains(&format!("more than {LIMIT} levels")),
         "{error}"
     );
     // Whatever the run left behind loads.
@@ -95,12 +93,17 @@ async fn deepest_accepted_reply_survives_checkpoint_and_resume() {
 async fn run_input_nested_too_deep_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let m = deep_reply_machine(dir.path(), "{}", Arc::new(AtomicBool::new(true)));
-    let input: Value =
-        serde_json::from_str(&format!("{{\"x\": {}{}}}", "[".repeat(120), "]".repeat(120)))
-            .unwrap();
+    let input: Value = serde_json::from_str(&format!(
+        "{{\"x\": {}{}}}",
+        "[".repeat(120),
+        "]".repeat(120)
+    ))
+    .unwrap();
     let error = m.run_with_id("input-1", input).await.unwrap_err();
     assert!(
-        error.to_string().contains(&format!("more than {LIMIT} levels")),
+        error
+            .to_string()
+            .contains(&format!("more than {LIMIT} levels")),
         "{error}"
     );
 }
@@ -132,7 +135,11 @@ async fn context_grown_too_deep_fails_the_write_not_the_resume() {
     assert!(error.to_string().contains("126 levels"), "{error}");
     let store = CheckpointStore::local(dir.path().join("checkpoints"));
     let latest = store.load_latest("grow-1").await.unwrap().unwrap();
-    assert!(latest.context["n"].as_u64().unwrap() > 100, "{:?}", latest.context["n"]);
+    assert!(
+        latest.context["n"].as_u64().unwrap() > 100,
+        "{:?}",
+        latest.context["n"]
+    );
 }
 
 /// Item 9: a `latest` pointer replaced by a symlink is not followed, and the file it points
@@ -222,4 +229,35 @@ async fn files_a_run_writes_are_private_to_their_owner() {
         }
     }
     assert!(seen >= 4, "only {seen} files");
+}
+
+/// Item 12: a SQLite checkpoint database the runtime creates is owner-only too, with its
+/// directory and WAL files.
+#[cfg(all(unix, feature = "sqlite"))]
+#[tokio::test]
+async fn sqlite_database_the_runtime_creates_is_private() {
+    use flatmachine_runtime::persistence::MachineSnapshot;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("db");
+    let store = CheckpointStore::sqlite(db_dir.join("checkpoints.sqlite")).unwrap();
+    let mut snapshot = MachineSnapshot::new(
+        "e-1",
+        "m",
+        "1.0.0",
+        "s",
+        flatmachine_runtime::Context::new(),
+        1,
+    );
+    snapshot.event = Some("execute".into());
+    store.save(snapshot).await.unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&db_dir), 0o700);
+    let mut files = 0;
+    for entry in std::fs::read_dir(&db_dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        files += 1;
+    }
+    assert!(files >= 2, "{files} files");
 }

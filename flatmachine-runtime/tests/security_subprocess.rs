@@ -264,10 +264,11 @@ async fn subprocess_agent_gets_only_the_listed_environment() {
     }
 
     // The opt-in: everything is inherited.
-    let all = machine(adapter(&agent).with_env(flatmachine_runtime::process::ChildEnv::inherit_all()))
-        .run(json!({"payload": "x"}))
-        .await
-        .unwrap();
+    let all =
+        machine(adapter(&agent).with_env(flatmachine_runtime::process::ChildEnv::inherit_all()))
+            .run(json!({"payload": "x"}))
+            .await
+            .unwrap();
     assert_eq!(all.output["reply"]["secret"], env!("CARGO_PKG_NAME"));
 }
 

@@ -13,12 +13,12 @@ use super::llm::{LlmBackend, Usage};
 use crate::engine::AgentFn;
 use crate::error::error_type;
 use crate::machine::{AgentSpec, MachineSpec};
+use crate::process::{CallError, CallLimits, ChildEnv, run_bounded};
 use crate::{Context, StateError, Value};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use crate::process::{CallError, CallLimits, ChildEnv, run_bounded};
 
 /// What an adapter may use to build an executor.
 pub struct AdapterEnv {
@@ -325,7 +325,9 @@ impl AgentExecutor for SubprocessExecutor {
             Err(CallError::Timeout(limit)) => {
                 return Err(StateError::new(
                     error_type::TIMEOUT,
-                    format!("agent `{name}`: `{program}` did not answer within {limit:?} and was killed"),
+                    format!(
+                        "agent `{name}`: `{program}` did not answer within {limit:?} and was killed"
+                    ),
                 ));
             }
             Err(error) => return Err(fail(format!("`{program}`: {error}"))),

@@ -90,7 +90,9 @@ pub enum BoundedJsonError {
     #[error(transparent)]
     Syntax(#[from] serde_json::Error),
     /// Valid or not, it nests too deeply to be kept in a run.
-    #[error("it nests arrays/objects more than {limit} levels deep (the limit for values entering a run)")]
+    #[error(
+        "it nests arrays/objects more than {limit} levels deep (the limit for values entering a run)"
+    )]
     TooDeep {
         /// [`MAX_JSON_DEPTH`].
         limit: usize,

@@ -174,7 +174,9 @@ impl CheckpointStore {
     /// A store reading an existing checkpoint database (see
     /// [`SqlitePersistence::open_read_only`]).
     pub fn sqlite_read_only(path: impl AsRef<Path>) -> Result<Self, PersistenceError> {
-        Ok(Self::new(Arc::new(SqlitePersistence::open_read_only(path)?)))
+        Ok(Self::new(Arc::new(SqlitePersistence::open_read_only(
+            path,
+        )?)))
     }
 
     /// A store on a [`SqlitePersistence`] at `path` with explicit settings
