@@ -253,10 +253,10 @@ impl AgentAdapter for SubprocessAdapter {
 /// `base` with what the agent's `config` adds: `env` (map), `pass_env` (list of names),
 /// `inherit_env` (bool).
 fn agent_env(agent: &AgentSpec, base: ChildEnv) -> Result<ChildEnv, StateError> {
-    let bad = |what: &str| {
+    let bad = |field: &str, must: &str| {
         StateError::new(
             error_type::AGENT,
-            format!("agent `{}`: `config.{what}`", agent.name),
+            format!("agent `{}`: `config.{field}` must be {must}", agent.name),
         )
     };
     let Some(Value::Object(config)) = agent.config.map(|c| c.value()) else {
@@ -265,7 +265,7 @@ fn agent_env(agent: &AgentSpec, base: ChildEnv) -> Result<ChildEnv, StateError> 
     let mut env = match config.get("inherit_env") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => base,
         Some(Value::Bool(true)) => base.inheriting_all(),
-        Some(_) => return Err(bad("inherit_env must be true or false")),
+        Some(_) => return Err(bad("inherit_env", "true or false")),
     };
     match config.get("pass_env") {
         None | Some(Value::Null) => {}
@@ -273,11 +273,11 @@ fn agent_env(agent: &AgentSpec, base: ChildEnv) -> Result<ChildEnv, StateError> 
             for name in names {
                 let name = name
                     .as_str()
-                    .ok_or_else(|| bad("pass_env must be a list of variable names"))?;
+                    .ok_or_else(|| bad("pass_env", "a list of variable names"))?;
                 env = env.pass(name);
             }
         }
-        Some(_) => return Err(bad("pass_env must be a list of variable names")),
+        Some(_) => return Err(bad("pass_env", "a list of variable names")),
     }
     match config.get("env") {
         None | Some(Value::Null) => {}
@@ -286,12 +286,12 @@ fn agent_env(agent: &AgentSpec, base: ChildEnv) -> Result<ChildEnv, StateError> 
                 let value = match value {
                     Value::String(s) => s.clone(),
                     Value::Number(_) | Value::Bool(_) => value.to_string(),
-                    _ => return Err(bad("env values must be strings")),
+                    _ => return Err(bad("env", "a map of variable names to strings")),
                 };
                 env = env.set(name, value);
             }
         }
-        Some(_) => return Err(bad("env must be a map of variable names to values")),
+        Some(_) => return Err(bad("env", "a map of variable names to strings")),
     }
     Ok(env)
 }
@@ -471,5 +471,51 @@ impl LlmBackend for MissingBackend {
                 request.provider.as_deref().unwrap_or("(none)")
             ),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::EmbeddedJson;
+
+    fn spec(config: &'static EmbeddedJson) -> AgentSpec {
+        AgentSpec {
+            name: "tool",
+            kind: "subprocess",
+            flatagent: None,
+            reference: Some("prog"),
+            config: Some(config),
+        }
+    }
+
+    #[test]
+    fn agent_config_lists_the_environment() {
+        static CONFIG: EmbeddedJson =
+            EmbeddedJson::new(r#"{"pass_env": ["A"], "env": {"B": "1", "C": 2}}"#);
+        let env = agent_env(&spec(&CONFIG), ChildEnv::new()).unwrap();
+        assert_eq!(env, ChildEnv::new().pass("A").set("B", "1").set("C", "2"));
+        static ALL: EmbeddedJson = EmbeddedJson::new(r#"{"inherit_env": true}"#);
+        assert!(
+            agent_env(&spec(&ALL), ChildEnv::new())
+                .unwrap()
+                .inherits_all()
+        );
+    }
+
+    #[test]
+    fn malformed_environment_config_is_a_clear_error() {
+        static BAD: [EmbeddedJson; 4] = [
+            EmbeddedJson::new(r#"{"inherit_env": "yes"}"#),
+            EmbeddedJson::new(r#"{"pass_env": "A"}"#),
+            EmbeddedJson::new(r#"{"pass_env": [1]}"#),
+            EmbeddedJson::new(r#"{"env": {"A": [1]}}"#),
+        ];
+        for config in &BAD {
+            let error = agent_env(&spec(config), ChildEnv::new()).unwrap_err();
+            assert_eq!(error.error_type, error_type::AGENT);
+            assert!(error.message.contains("`config."), "{}", error.message);
+            assert!(error.message.contains("must be"), "{}", error.message);
+        }
     }
 }
