@@ -146,7 +146,9 @@ where
             ExitCode::SUCCESS
         }
         Err(message) => {
-            eprintln!("error: {message}");
+            // Error texts can carry a model's or a program's output: no raw control characters
+            // on the terminal.
+            eprintln!("error: {}", crate::inspect::escape_controls(&message));
             ExitCode::FAILURE
         }
     }
