@@ -240,6 +240,8 @@ async fn run_retry(
                     format!("empty response from agent after {} attempt(s)", attempt + 1),
                 );
             }
+            // The run tree's budget refused the call: retrying cannot help.
+            Err(e) if e.error_type == crate::error::error_type::MAX_AGENT_CALLS => return Err(e),
             Err(e) => last_error = e,
         }
         tracing::warn!(
@@ -464,6 +466,11 @@ impl Voting {
         for _ in 0..self.max_candidates {
             let result = match executor.execute(input, context).await {
                 Ok(r) => r,
+                // The run tree's budget refused the call: no further sample can be taken.
+                Err(e) if e.error_type == crate::error::error_type::MAX_AGENT_CALLS => {
+                    last_error = Some(e);
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "voting sample failed");
                     failed += 1;
