@@ -441,7 +441,10 @@ impl MachineInvoker for SubprocessInvoker {
                 .and_then(|s| s.get("error_type"))
                 .and_then(Value::as_str)
             {
-                Some(t) if t == error_type::MAX_AGENT_CALLS => error_type::MAX_AGENT_CALLS,
+                Some(t) if t == error_type::MAX_AGENT_CALLS => {
+                    request.agent_calls.record_refusal();
+                    error_type::MAX_AGENT_CALLS
+                }
                 _ => error_type::MACHINE,
             };
             return Err(StateError::new(

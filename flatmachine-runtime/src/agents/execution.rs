@@ -284,6 +284,8 @@ async fn run_parallel(
                     metadata = result.metadata;
                 }
             }
+            // The run tree's budget refused a sample: the run fails on its limit.
+            Err(e) if e.error_type == crate::error::error_type::MAX_AGENT_CALLS => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "parallel sample failed");
                 failures.push(serde_json::json!({
@@ -466,10 +468,9 @@ impl Voting {
         for _ in 0..self.max_candidates {
             let result = match executor.execute(input, context).await {
                 Ok(r) => r,
-                // The run tree's budget refused the call: no further sample can be taken.
+                // The run tree's budget refused the call: the run fails on its limit.
                 Err(e) if e.error_type == crate::error::error_type::MAX_AGENT_CALLS => {
-                    last_error = Some(e);
-                    break;
+                    return Err(e);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "voting sample failed");

@@ -5,15 +5,17 @@ use crate::agents::{AgentExecutor, AgentResult, Usage};
 use crate::error::error_type;
 use crate::{Context, StateError, Value};
 use async_trait::async_trait;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The agent-call budget of one run tree (`max_agent_calls`): a run and every child it starts
 /// (`machine:`, `foreach:`, `launch:`, at any depth) draw from the same counter.
 ///
 /// Before every agent call the engine reserves one call ([`try_reserve`](Self::try_reserve));
-/// the reservation fails once `used() >= limit`, and the call is not made. Concurrent children
-/// reserve atomically, so a tree never starts more calls than the limit. After the call the
+/// the reservation fails once `used() >= limit`: the call is not made, and the run tree fails
+/// with `RunError::MaxAgentCalls` (a limit is not routed by `on_error`). A run that stays
+/// within the limit finishes, also when it used every call. Concurrent children reserve
+/// atomically, so a tree never starts more calls than the limit. After the call the
 /// reservation is settled to the number of calls the agent reports (an agent making several
 /// provider calls in one `execute` counts them all); a failed call keeps its one.
 ///
@@ -29,6 +31,7 @@ pub struct AgentCallBudget {
 struct BudgetCounter {
     limit: Option<u64>,
     used: AtomicU64,
+    refused: AtomicBool,
 }
 
 impl AgentCallBudget {
@@ -38,6 +41,7 @@ impl AgentCallBudget {
             inner: Arc::new(BudgetCounter {
                 limit,
                 used: AtomicU64::new(0),
+                refused: AtomicBool::new(false),
             }),
         }
     }
@@ -62,9 +66,10 @@ impl AgentCallBudget {
         self.remaining() == Some(0)
     }
 
-    /// Reserves one call; `false` (nothing reserved) when the budget is used up.
+    /// Reserves one call; `false` (nothing reserved, and the budget marked
+    /// [refused](Self::was_refused)) when the budget is used up.
     pub fn try_reserve(&self) -> bool {
-        match self.inner.limit {
+        let granted = match self.inner.limit {
             None => {
                 self.inner.used.fetch_add(1, Ordering::AcqRel);
                 true
@@ -76,7 +81,22 @@ impl AgentCallBudget {
                     (used < limit).then_some(used + 1)
                 })
                 .is_ok(),
+        };
+        if !granted {
+            self.record_refusal();
         }
+        granted
+    }
+
+    /// Whether a call of the tree was refused: the run tree is failing with
+    /// `MaxAgentCalls`, and `foreach` / `machine: [..]` states start no further child.
+    pub fn was_refused(&self) -> bool {
+        self.inner.refused.load(Ordering::Acquire)
+    }
+
+    /// Marks the budget refused: for a child that ran elsewhere and failed on the limit.
+    pub fn record_refusal(&self) {
+        self.inner.refused.store(true, Ordering::Release);
     }
 
     /// Counts `calls` made outside [`try_reserve`](Self::try_reserve): calls restored from
@@ -204,8 +224,10 @@ mod tests {
         budget.settle(2);
         assert_eq!(budget.used(), 2);
         assert!(budget.try_reserve());
+        assert!(!budget.was_refused());
         assert!(!budget.try_reserve());
         assert!(budget.is_exhausted());
+        assert!(budget.was_refused());
         budget.settle(0);
         assert_eq!(budget.remaining(), Some(1));
         let unlimited = AgentCallBudget::new(None);

@@ -285,10 +285,11 @@ impl MachineBuilder {
     }
 
     /// Most agent calls in one run tree: a run and every child it starts share one budget,
-    /// checked before every call (concurrent children reserve atomically). The call that
-    /// would pass it is not made and the run fails with `RunError::MaxAgentCalls`; a state
-    /// starting when the budget is used up fails the same way. `RunOptions::max_agent_calls`
-    /// overrides it per run. Default: unlimited.
+    /// checked before every call (concurrent children reserve atomically; see
+    /// [`AgentCallBudget`](super::AgentCallBudget)). The call that would pass it is not made
+    /// and the run fails with `RunError::MaxAgentCalls`; a run that needs no more calls than
+    /// the limit finishes. `RunOptions::max_agent_calls` overrides it per run. Default:
+    /// unlimited.
     pub fn max_agent_calls(mut self, n: u64) -> Self {
         self.max_agent_calls = Some(n);
         self

@@ -367,7 +367,7 @@ impl Machine {
                     (r.as_ref().ok().map(ChildTotals::of), child_entry(r))
                 }) as BoxFuture<'static, (Option<ChildTotals>, Value)>
             });
-            let (results, stopped) = run_capped(children, cap, || budget.is_exhausted()).await;
+            let (results, stopped) = run_capped(children, cap, || budget.was_refused()).await;
             let mut entries = Vec::with_capacity(results.len());
             for (totals, entry) in results {
                 if let Some(totals) = totals {
@@ -416,7 +416,7 @@ impl Machine {
             ));
         }
         let (results, stopped) =
-            run_capped(futures.into_iter(), cap, || budget.is_exhausted()).await;
+            run_capped(futures.into_iter(), cap, || budget.was_refused()).await;
         let mut out = Context::new();
         for (call, result) in state.machine.iter().zip(results) {
             if let Ok(r) = &result {
@@ -429,8 +429,8 @@ impl Machine {
     }
 }
 
-/// The run tree's budget ran out in a `foreach` / `machine: [..]` state: children were left
-/// unstarted, or one was refused a call. The state then fails with `MaxAgentCallsError`
+/// The run tree's budget refused a call during a `foreach` / `machine: [..]` state: children
+/// were left unstarted, or one of them was refused. The state then fails with `MaxAgentCallsError`
 /// (not routed: the run ends with `RunError::MaxAgentCalls`) instead of passing on a partial
 /// result.
 fn out_of_budget<'a>(

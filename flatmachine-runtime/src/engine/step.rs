@@ -280,9 +280,6 @@ impl Machine {
                         next: state.name.to_string(),
                     });
                 }
-                if run.budget.is_exhausted() {
-                    return Err(self.max_agent_calls_error(run, state.name));
-                }
                 run.step += 1;
                 if self.checkpoints("state_enter") {
                     self.checkpoint(run, "state_enter", state.name, context, None)
