@@ -489,3 +489,25 @@ fn stats_line(stderr: &str) -> Option<Value> {
         .filter(|l| l.starts_with('{'))
         .find_map(|l| serde_json::from_str::<Value>(l).ok().filter(Value::is_object))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_statistics_line_is_the_last_json_object_on_stderr() {
+        let stderr = "warning: something\n{\"execution_id\": \"a\", \"total_api_calls\": 1}\nerror: boom\n{\"execution_id\": \"b\", \"error_type\": \"MaxAgentCallsError\", \"total_api_calls\": 3}\n";
+        let stats = stats_line(stderr).unwrap();
+        assert_eq!(stats["execution_id"], "b");
+        assert_eq!(stats["total_api_calls"], 3);
+        assert!(stats_line("error: no stats\n{not json\n").is_none());
+    }
+
+    #[test]
+    fn a_failure_before_the_run_started_has_no_statistics() {
+        let early = RunFailure::early("x", crate::RunError::UnknownExecution("x".into()));
+        let failure = Failure::from(early);
+        assert!(failure.stats.is_none());
+        assert_eq!(failure.message, "no checkpoint for execution `x`");
+    }
+}

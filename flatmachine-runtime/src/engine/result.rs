@@ -276,7 +276,7 @@ pub struct RunFailure {
 
 impl RunFailure {
     /// A failure before the run had a context.
-    pub(super) fn early(execution_id: &str, error: RunError) -> Box<Self> {
+    pub(crate) fn early(execution_id: &str, error: RunError) -> Box<Self> {
         Box::new(Self {
             error,
             execution_id: execution_id.to_string(),
