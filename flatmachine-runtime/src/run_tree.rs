@@ -203,8 +203,12 @@ impl RunTree {
                 Fate::ResumeIt => format!(" — `{program} resume {}` continues it", run.execution_id),
                 Fate::WithParent => " — resumed with its parent".to_owned(),
                 Fate::Abandoned { parent } => format!(
-                    " — abandoned: its parent is {}, past the state that started it; nothing will resume it (`{program} resume {}` finishes it by hand)",
-                    printable(parent),
+                    " — abandoned: its parent {}; nothing will resume it (`{program} resume {}` finishes it by hand)",
+                    if parent == "finished" {
+                        "finished without it".to_owned()
+                    } else {
+                        format!("is {}, past the state that started it", printable(parent))
+                    },
                     run.execution_id
                 ),
                 Fate::Orphan => format!(
