@@ -45,7 +45,11 @@ impl Ops {
         {
             let _ = f.write_all(line.as_bytes());
         }
-        let wait = line.bytes().fold(7u64, |h, b| h.wrapping_mul(31) ^ u64::from(b)) % 12 + 3;
+        let wait = line
+            .bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31) ^ u64::from(b))
+            % 12
+            + 3;
         tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
     }
 }
@@ -82,9 +86,7 @@ pub fn ticket_batch_machine(
             SqlitePersistence::open(dir.join(".checkpoints").join("checkpoints.sqlite"))
                 .expect("open the checkpoint database"),
         ),
-        Store::Files => {
-            Arc::new(LocalFileBackend::new(dir.join(".checkpoints")).with_fsync(false))
-        }
+        Store::Files => Arc::new(LocalFileBackend::new(dir.join(".checkpoints")).with_fsync(false)),
     };
     let writes = Arc::new(AtomicU64::new(0));
     let backend = Arc::new(CountingBackend {

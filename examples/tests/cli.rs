@@ -200,16 +200,19 @@ fn resume_of_a_child_id_runs_it_as_that_child_or_names_the_machine() {
         stderr.contains("execution `stray` is a run of machine `triage` (a child of execution `batch-7`), not of `launcher`"),
         "{stderr}"
     );
-    assert!(
-        stderr.contains("app resume stray --machine"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("app resume stray --machine"), "{stderr}");
     assert!(!stderr.contains("corrupt"), "{stderr}");
 
     // The run tree shows the child under its parent, finished.
     let tree = fm(dir.path(), false, &["inspect", "--tree"]);
     let tree = String::from_utf8(tree.stdout).unwrap();
     assert!(tree.contains("cli-child  launcher  finished"), "{tree}");
-    assert!(tree.contains(&format!("  └ {child}  worker  finished")), "{tree}");
-    assert!(tree.contains("stray  triage  step 4 execute approve — orphan"), "{tree}");
+    assert!(
+        tree.contains(&format!("  └ {child}  worker  finished")),
+        "{tree}"
+    );
+    assert!(
+        tree.contains("stray  triage  step 4 execute approve — orphan"),
+        "{tree}"
+    );
 }

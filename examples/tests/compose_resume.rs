@@ -110,7 +110,7 @@ fn result_without_writes(mut result: Value) -> Value {
 
 #[tokio::test]
 async fn killed_compositions_resume_to_the_uninterrupted_result_rerunning_only_what_was_in_flight()
- {
+{
     let trials = env_u64("FLATMACHINE_KILL_TRIALS", 3);
     let seed = env_u64(
         "FLATMACHINE_KILL_SEED",
@@ -133,7 +133,10 @@ async fn killed_compositions_resume_to_the_uninterrupted_result_rerunning_only_w
         let whole = finish(command(&base_dir, store, "run", None)).expect("the run finishes");
         let writes = whole["checkpoint_writes"].as_u64().unwrap();
         let base = inspect(&base_dir, store, whole).await;
-        assert_eq!(base.executions, 15, "batch, 6 tickets, 6 approvals, summary, audit");
+        assert_eq!(
+            base.executions, 15,
+            "batch, 6 tickets, 6 approvals, summary, audit"
+        );
         assert!(base.ops.values().all(|n| *n >= 1));
 
         for trial in 0..trials * 2 {

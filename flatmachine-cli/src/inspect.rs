@@ -6,7 +6,12 @@ use flatmachine_runtime::run_tree::{self, RunTreeError};
 
 /// Runs the command on the store `dir` (a directory or `sqlite:PATH`); returns what to print
 /// on stdout, or the error message.
-pub fn run(dir: &str, execution_id: Option<&str>, json: bool, tree: bool) -> Result<String, String> {
+pub fn run(
+    dir: &str,
+    execution_id: Option<&str>,
+    json: bool,
+    tree: bool,
+) -> Result<String, String> {
     let store = crate::convert::open_store(dir, true).map_err(|e| format!("{e} (pass --dir)"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()

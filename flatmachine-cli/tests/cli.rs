@@ -240,7 +240,8 @@ fn inspect_tree_puts_a_launched_child_under_its_parent() {
         lines[1].starts_with("  └ 5b089af5-a941-4cd1-8d01-ccc59801c932  "),
         "{stdout}"
     );
-    let (code, stdout, stderr) = inspect(&["python-demo", "--tree", "--json"], &python_checkpoints());
+    let (code, stdout, stderr) =
+        inspect(&["python-demo", "--tree", "--json"], &python_checkpoints());
     assert_eq!(code, 0, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let runs = v["runs"].as_array().unwrap();
@@ -250,7 +251,10 @@ fn inspect_tree_puts_a_launched_child_under_its_parent() {
     assert_eq!(runs[0]["fate"]["kind"], "finished");
     let (code, _, stderr) = inspect(&["nope", "--tree"], &python_checkpoints());
     assert_eq!(code, 1);
-    assert!(stderr.contains("execution `nope` has no checkpoints"), "{stderr}");
+    assert!(
+        stderr.contains("execution `nope` has no checkpoints"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -487,7 +487,11 @@ fn stats_line(stderr: &str) -> Option<Value> {
         .lines()
         .rev()
         .filter(|l| l.starts_with('{'))
-        .find_map(|l| serde_json::from_str::<Value>(l).ok().filter(Value::is_object))
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(Value::is_object)
+        })
 }
 
 #[cfg(test)]

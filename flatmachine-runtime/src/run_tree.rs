@@ -200,7 +200,9 @@ impl RunTree {
             };
             let fate = match &run.fate {
                 Fate::Finished => String::new(),
-                Fate::ResumeIt => format!(" — `{program} resume {}` continues it", run.execution_id),
+                Fate::ResumeIt => {
+                    format!(" — `{program} resume {}` continues it", run.execution_id)
+                }
                 Fate::WithParent => " — resumed with its parent".to_owned(),
                 Fate::Abandoned { parent } => format!(
                     " — abandoned: its parent {}; nothing will resume it (`{program} resume {}` finishes it by hand)",
@@ -373,13 +375,22 @@ mod tests {
         }
         seen.insert("p".to_owned(), parent);
         seen.insert(live.clone(), snap(&live, Some("p"), 2, "execute", "work"));
-        seen.insert(left.clone(), snap(&left, Some("p"), 1, "state_enter", "work"));
+        seen.insert(
+            left.clone(),
+            snap(&left, Some("p"), 1, "state_enter", "work"),
+        );
         seen.insert(
             launched.to_owned(),
             snap(launched, Some("p"), 1, "execute", "work"),
         );
-        seen.insert("done".to_owned(), snap("done", Some("p"), 2, "machine_end", "end"));
-        seen.insert("lost".to_owned(), snap("lost", Some("gone"), 1, "execute", "x"));
+        seen.insert(
+            "done".to_owned(),
+            snap("done", Some("p"), 2, "machine_end", "end"),
+        );
+        seen.insert(
+            "lost".to_owned(),
+            snap("lost", Some("gone"), 1, "execute", "x"),
+        );
         // A parent cycle is still listed.
         seen.insert("c1".to_owned(), snap("c1", Some("c2"), 1, "execute", "x"));
         seen.insert("c2".to_owned(), snap("c2", Some("c1"), 1, "execute", "x"));
@@ -412,7 +423,10 @@ mod tests {
             .collect();
         assert_eq!(order, [("lost", 0), ("p", 0), ("c1", 0), ("c2", 1)]);
         let text = tree.render(Some("fm"));
-        assert!(text.contains(&format!("└ {left}  m  step 1 state_enter work — abandoned")), "{text}");
+        assert!(
+            text.contains(&format!("└ {left}  m  step 1 state_enter work — abandoned")),
+            "{text}"
+        );
         assert!(text.contains("`fm resume p` continues it"), "{text}");
         let sub = tree.subtree("p").unwrap();
         assert_eq!(sub.runs.len(), 5);

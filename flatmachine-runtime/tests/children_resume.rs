@@ -146,7 +146,10 @@ async fn child_ids_are_derived_from_the_parent_and_recorded_with_it() {
         assert!(children.values().all(|e| e == "machine_end"));
         seen.push(children.into_keys().collect::<Vec<_>>());
     }
-    assert_eq!(seen[0], seen[1], "the same parent id derives the same child ids");
+    assert_eq!(
+        seen[0], seen[1],
+        "the same parent id derives the same child ids"
+    );
 }
 
 #[tokio::test]
@@ -197,10 +200,7 @@ async fn a_resumed_foreach_reuses_finished_children_and_resumes_the_unfinished_o
         .collect();
     assert_eq!(fates.len(), 4);
     assert_eq!(fates.iter().filter(|f| ***f == Fate::Finished).count(), 3);
-    assert_eq!(
-        fates.iter().filter(|f| ***f == Fate::WithParent).count(),
-        1
-    );
+    assert_eq!(fates.iter().filter(|f| ***f == Fate::WithParent).count(), 1);
 
     // Second process: nothing hangs.
     let second = on_files(
@@ -292,7 +292,8 @@ async fn a_child_id_resumed_through_the_parent_machine_runs_as_that_child() {
     assert_eq!(counts.score(), [(1, 1), (2, 1)]);
 
     // An execution of a machine this one does not have is refused, naming it.
-    let mut stray = MachineSnapshot::new("stray-1", "stranger", "1.0.0", "start", Context::new(), 1);
+    let mut stray =
+        MachineSnapshot::new("stray-1", "stranger", "1.0.0", "start", Context::new(), 1);
     stray.event = Some("execute".into());
     stray.parent_execution_id = Some("elsewhere".into());
     store.save(stray).await.unwrap();
@@ -306,10 +307,7 @@ async fn a_child_id_resumed_through_the_parent_machine_runs_as_that_child() {
     assert!(text.contains("child of execution `elsewhere`"), "{text}");
     assert!(text.contains("resume it with"), "{text}");
     // Nothing was written for it.
-    assert_eq!(
-        store.load_latest("stray-1").await.unwrap().unwrap().step,
-        1
-    );
+    assert_eq!(store.load_latest("stray-1").await.unwrap().unwrap().step, 1);
 }
 
 /// Local files; hangs (until the task is aborted) right after the `latest` pointer of a
@@ -410,14 +408,24 @@ async fn mode_any_after_a_resume_takes_the_child_that_finished_before_the_crash(
     task.abort();
     let _ = task.await;
     assert_eq!(
-        store.load_latest("race-1").await.unwrap().unwrap().event.as_deref(),
+        store
+            .load_latest("race-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .event
+            .as_deref(),
         Some("execute"),
         "the parent was still in the race"
     );
 
     let result = race(false).resume("race-1").await.unwrap();
     assert_eq!(result.output, json!({"winner": {"fast": {"who": "fast"}}}));
-    assert_eq!(quick.load(Ordering::SeqCst), 1, "the winner did not run again");
+    assert_eq!(
+        quick.load(Ordering::SeqCst),
+        1,
+        "the winner did not run again"
+    );
 
     // The slow loser was cancelled twice and left behind: nothing will resume it.
     let tree = RunTree::load(&store).await.unwrap();
@@ -498,7 +506,9 @@ fn planned(count: usize, calls: Arc<AtomicUsize>) -> MachineBuilder {
         let calls = planner_calls.clone();
         async move {
             calls.fetch_add(1, Ordering::SeqCst);
-            Ok(AgentOutput::new(json!({"items": (0..count).collect::<Vec<_>>()})))
+            Ok(AgentOutput::new(
+                json!({"items": (0..count).collect::<Vec<_>>()}),
+            ))
         }
     })
     .agent("scorer", move |input: Value, _ctx: Context| {
@@ -532,7 +542,11 @@ async fn max_agent_calls_bounds_a_foreach_over_20000_model_supplied_items() {
         "{:?}",
         failure.error
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 5, "one plan and four children");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        5,
+        "one plan and four children"
+    );
     // The run's totals: the plan and the four children that finished.
     assert_eq!(failure.totals.api_calls, 5);
     let context = failure.context.expect("the run had a context");
@@ -584,7 +598,11 @@ async fn a_foreach_past_max_foreach_items_starts_no_child() {
             assert_eq!(state, "start");
             assert_eq!(error.error_type, "ForeachLimitError");
             assert!(error.message.contains("4 items"), "{}", error.message);
-            assert!(error.message.contains("max_foreach_items (3)"), "{}", error.message);
+            assert!(
+                error.message.contains("max_foreach_items (3)"),
+                "{}",
+                error.message
+            );
         }
         other => panic!("expected a state error, got {other:?}"),
     }

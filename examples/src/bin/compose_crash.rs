@@ -27,7 +27,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .position(|a| a == name)
             .and_then(|i| args.get(i + 1))
     };
-    let kill_after = option("--kill-after").map(|n| n.parse::<u64>()).transpose()?;
+    let kill_after = option("--kill-after")
+        .map(|n| n.parse::<u64>())
+        .transpose()?;
     let store = match option("--store").map(String::as_str) {
         None | Some("sqlite") => Store::Sqlite,
         Some("files") => Store::Files,

@@ -346,8 +346,12 @@ impl Machine {
                         Value::Array(Vec::new())
                     });
                 };
-                if let Ok(r) = &first {
-                    run.add_child_totals(r);
+                match &first {
+                    Ok(r) => run.add_child_totals(r),
+                    Err(e) if e.error_type == error_type::MAX_AGENT_CALLS => {
+                        return Err(e.clone());
+                    }
+                    Err(_) => {}
                 }
                 let entry = child_entry(first);
                 return Ok(match keys.get(i) {
@@ -407,8 +411,10 @@ impl Machine {
             let Some((i, first)) = first_to_finish(futures, cap).await else {
                 return Ok(Value::Object(Context::new()));
             };
-            if let Ok(r) = &first {
-                run.add_child_totals(r);
+            match &first {
+                Ok(r) => run.add_child_totals(r),
+                Err(e) if e.error_type == error_type::MAX_AGENT_CALLS => return Err(e.clone()),
+                Err(_) => {}
             }
             let name = state.machine[i].name.to_string();
             return Ok(Value::Object(
@@ -438,9 +444,9 @@ fn out_of_budget<'a>(
     stopped: bool,
     entries: impl IntoIterator<Item = &'a Value>,
 ) -> Result<(), StateError> {
-    let refused = entries.into_iter().any(|e| {
-        e.get("_error_type").and_then(Value::as_str) == Some(error_type::MAX_AGENT_CALLS)
-    });
+    let refused = entries
+        .into_iter()
+        .any(|e| e.get("_error_type").and_then(Value::as_str) == Some(error_type::MAX_AGENT_CALLS));
     if stopped || refused {
         return Err(Budgeted::refused(budget));
     }

@@ -1,10 +1,10 @@
 //! A configured machine: its shared parts, starting a run, building its hooks.
 
+use super::budget::{AgentCallBudget, RunTotals};
 use super::builder::MachineBuilder;
 use super::handlers::{ActionFn, AgentFn, FallbackActionFn};
 use super::invoker::MachineInvoker;
 use super::launches::Launches;
-use super::budget::{AgentCallBudget, RunTotals};
 use super::result::{RunError, RunFailure, RunOptions, RunResult};
 use super::step::{Entry, Run};
 use crate::agents::{AgentAdapterRegistry, AgentExecutor, LlmBackend};

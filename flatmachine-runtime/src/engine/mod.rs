@@ -20,12 +20,12 @@ mod resume;
 mod step;
 
 pub use budget::{AgentCallBudget, RunTotals};
-pub(crate) use children::child_id;
-pub(crate) use launches::launch_id;
 pub use builder::{BuildError, MachineBuilder};
+pub(crate) use children::child_id;
 pub use handlers::{ActionCall, ActionFn, AgentFn, AgentOutput, FallbackActionFn};
 pub use invoker::{InProcessInvoker, InvokeRequest, MachineInvoker};
 pub use launches::LaunchOutcome;
+pub(crate) use launches::launch_id;
 pub use machine::Machine;
 pub use result::{RunError, RunFailure, RunOptions, RunResult};
 

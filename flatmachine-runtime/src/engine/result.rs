@@ -194,7 +194,8 @@ impl RunError {
     }
 }
 
-/// Per-run settings for [`Machine::run_with`].
+/// Per-run settings for [`Machine::run_with`](super::Machine::run_with) and
+/// [`Machine::execute`](super::Machine::execute).
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct RunOptions {

@@ -22,7 +22,15 @@ impl Machine {
     ///
     /// Launches recorded in the checkpoint (`pending_launches`) whose child has no result yet
     /// are started again with the same execution id (a child with checkpoints of its own is
-    /// resumed instead), so every launched child runs once across a crash.
+    /// resumed instead), so every launched child runs once across a crash. The `machine:` /
+    /// `foreach:` children of a state run again are found by their derived ids: a finished
+    /// child returns its recorded result without running, an unfinished one is resumed from
+    /// its own checkpoints, and only children that never started start.
+    ///
+    /// An `execution_id` whose checkpoints name one of this machine's child machines is
+    /// resumed with that child; one naming a machine this one does not have is
+    /// [`RunError::OtherMachine`]. To pass limits again, or to get the context and totals of a
+    /// failure, use [`execute`](Self::execute) with [`RunOptions::resume_from`].
     pub async fn resume(&self, execution_id: &str) -> Result<RunResult, RunError> {
         self.execute(Value::Null, RunOptions::new().resume_from(execution_id))
             .await
@@ -66,9 +74,7 @@ impl Machine {
             // or one this machine does not have (said so, with how to resume it).
             drop(guard);
             return match self.find_in_tree(&snap.machine_name) {
-                Some(child) => {
-                    Box::pin(child.resume_run(execution_id, max_steps, budget)).await
-                }
+                Some(child) => Box::pin(child.resume_run(execution_id, max_steps, budget)).await,
                 None => Err(early(RunError::OtherMachine {
                     machine: spec.name.to_string(),
                     execution_id: execution_id.to_string(),

@@ -290,9 +290,7 @@ impl Machine {
                 if run.hooks_active
                     && let Err(e) = run.hooks.on_state_enter(state.name, context).await
                 {
-                    current = self
-                        .route_error(run, current, e.into(), context)
-                        .await?;
+                    current = self.route_error(run, current, e.into(), context).await?;
                     continue;
                 }
                 if self.checkpoints("execute") {
@@ -368,9 +366,7 @@ impl Machine {
                     .on_state_exit(state.name, context, &mut output)
                     .await
             {
-                current = self
-                    .route_error(run, current, e.into(), context)
-                    .await?;
+                current = self.route_error(run, current, e.into(), context).await?;
                 continue;
             }
             if state.is_final {
@@ -419,9 +415,7 @@ impl Machine {
             let target = match run.hooks.on_transition(state.name, to, context).await {
                 Ok(t) => t,
                 Err(e) => {
-                    current = self
-                        .route_error(run, current, e.into(), context)
-                        .await?;
+                    current = self.route_error(run, current, e.into(), context).await?;
                     continue;
                 }
             };
