@@ -66,6 +66,10 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Print run trees instead: each execution under the one that started it, where it
+        /// stands, and whether anything will resume it (abandoned and orphaned children).
+        #[arg(long)]
+        tree: bool,
     },
     /// Copy executions between checkpoint stores, byte for byte: the reference's file layout
     /// (a directory) and SQLite (`sqlite:PATH`), either way.
@@ -169,7 +173,8 @@ fn main() -> ExitCode {
             execution_id,
             dir,
             json,
-        } => match inspect::run(&dir, execution_id.as_deref(), json) {
+            tree,
+        } => match inspect::run(&dir, execution_id.as_deref(), json, tree) {
             Ok(text) => {
                 emit(&text);
                 ExitCode::SUCCESS

@@ -227,6 +227,37 @@ fn inspect_reads_a_python_written_execution_as_a_table() {
 }
 
 #[test]
+fn inspect_tree_puts_a_launched_child_under_its_parent() {
+    let (code, stdout, stderr) = inspect(&["--tree"], &python_checkpoints());
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("python-demo  inspect_demo  finished (step 4)"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("  └ 5b089af5-a941-4cd1-8d01-ccc59801c932  "),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) =
+        inspect(&["python-demo", "--tree", "--json"], &python_checkpoints());
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[1]["parent_execution_id"], "python-demo");
+    assert_eq!(runs[1]["depth"], 1);
+    assert_eq!(runs[0]["fate"]["kind"], "finished");
+    let (code, _, stderr) = inspect(&["nope", "--tree"], &python_checkpoints());
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("execution `nope` has no checkpoints"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn inspect_json_describes_every_checkpoint() {
     let (code, stdout, stderr) = inspect(&["python-demo", "--json"], &python_checkpoints());
     assert_eq!(code, 0, "{stderr}");

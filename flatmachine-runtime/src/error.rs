@@ -21,6 +21,11 @@ pub mod error_type {
     pub const MACHINE: &str = "MachineError";
     /// A hook failed.
     pub const HOOK: &str = "HookError";
+    /// The run tree's `max_agent_calls` budget refused an agent call. A limit, like
+    /// `max_steps`: `on_error` does not route it, the run fails with `RunError::MaxAgentCalls`.
+    pub const MAX_AGENT_CALLS: &str = "MaxAgentCallsError";
+    /// A `foreach:` yielded more items than `max_foreach_items` allows.
+    pub const FOREACH_LIMIT: &str = "ForeachLimitError";
 }
 
 /// An error raised while running one state. Routed by the state's `on_error`.

@@ -23,14 +23,15 @@ pub mod process;
 #[cfg(feature = "redis")]
 pub mod redis_backends;
 pub mod results;
+pub mod run_tree;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 pub mod template;
 
 pub use context::{Context, Value};
 pub use engine::{
-    ActionCall, AgentOutput, LaunchOutcome, Machine, MachineBuilder, RunError, RunOptions,
-    RunResult,
+    ActionCall, AgentCallBudget, AgentOutput, LaunchOutcome, Machine, MachineBuilder, RunError,
+    RunFailure, RunOptions, RunResult, RunTotals,
 };
 pub use error::{StateError, error_type};
 pub use machine::{BackendsSpec, MachineDef, MachineSpec, StateSpec};

@@ -240,6 +240,8 @@ async fn run_retry(
                     format!("empty response from agent after {} attempt(s)", attempt + 1),
                 );
             }
+            // The run tree's budget refused the call: retrying cannot help.
+            Err(e) if e.error_type == crate::error::error_type::MAX_AGENT_CALLS => return Err(e),
             Err(e) => last_error = e,
         }
         tracing::warn!(
@@ -282,6 +284,8 @@ async fn run_parallel(
                     metadata = result.metadata;
                 }
             }
+            // The run tree's budget refused a sample: the run fails on its limit.
+            Err(e) if e.error_type == crate::error::error_type::MAX_AGENT_CALLS => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "parallel sample failed");
                 failures.push(serde_json::json!({
@@ -464,6 +468,10 @@ impl Voting {
         for _ in 0..self.max_candidates {
             let result = match executor.execute(input, context).await {
                 Ok(r) => r,
+                // The run tree's budget refused the call: the run fails on its limit.
+                Err(e) if e.error_type == crate::error::error_type::MAX_AGENT_CALLS => {
+                    return Err(e);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "voting sample failed");
                     failed += 1;

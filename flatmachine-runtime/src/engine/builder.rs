@@ -68,6 +68,7 @@ pub struct MachineBuilder {
     lock: Option<Arc<dyn ExecutionLock>>,
     max_steps: Option<u64>,
     max_agent_calls: Option<u64>,
+    max_foreach_items: Option<usize>,
     ignore_unhandled_actions: bool,
     checkpoint_dir: PathBuf,
     lock_dir: PathBuf,
@@ -92,6 +93,7 @@ impl MachineBuilder {
             lock: None,
             max_steps: None,
             max_agent_calls: None,
+            max_foreach_items: None,
             ignore_unhandled_actions: false,
             checkpoint_dir: PathBuf::from(".checkpoints"),
             lock_dir: PathBuf::from(".locks"),
@@ -282,9 +284,23 @@ impl MachineBuilder {
         self
     }
 
-    /// Stop once this many agent calls were made.
+    /// Most agent calls in one run tree: a run and every child it starts share one budget,
+    /// checked before every call (concurrent children reserve atomically; see
+    /// [`AgentCallBudget`](super::AgentCallBudget)). The call that would pass it is not made
+    /// and the run fails with `RunError::MaxAgentCalls`; a run that needs no more calls than
+    /// the limit finishes. `RunOptions::max_agent_calls` overrides it per run. Default:
+    /// unlimited.
     pub fn max_agent_calls(mut self, n: u64) -> Self {
         self.max_agent_calls = Some(n);
+        self
+    }
+
+    /// Most items one `foreach:` may yield (default
+    /// [`DEFAULT_MAX_FOREACH_ITEMS`](super::DEFAULT_MAX_FOREACH_ITEMS)): past it the state
+    /// fails with a `ForeachLimitError` (routable by `on_error`) before any child starts.
+    /// Applies to child machines too.
+    pub fn max_foreach_items(mut self, n: usize) -> Self {
+        self.max_foreach_items = Some(n);
         self
     }
 
@@ -395,6 +411,7 @@ impl MachineBuilder {
             checkpoint_on,
             max_steps: self.max_steps,
             max_agent_calls: self.max_agent_calls,
+            max_foreach_items: self.max_foreach_items,
             ignore_unhandled_actions: self.ignore_unhandled_actions,
             children: std::sync::Mutex::default(),
             state_actions: std::sync::OnceLock::new(),
