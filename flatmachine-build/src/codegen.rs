@@ -610,6 +610,13 @@ fn agent_items(m: &MachineIr, rt: &TokenStream) -> AgentItems {
                 let (max_tokens, top_k, max_retries) =
                     (uu(md.max_tokens), uu(md.top_k), uu(md.max_retries));
                 let seed = opt(md.seed.map(|v| quote!(#v)));
+                let json_mode = opt(md.json_mode.as_deref().and_then(|m| match m {
+                    "json_schema" => Some(quote!(#rt::agents::JsonMode::JsonSchema)),
+                    "json_object" => Some(quote!(#rt::agents::JsonMode::JsonObject)),
+                    _ => None,
+                }));
+                let prompt_caching = md.prompt_caching;
+                let profile = s(&md.profile);
                 let output = opt(f.output.as_ref().map(|o| {
                     let fields = o.iter().map(|(n, d)| output_field(n, d, rt));
                     quote!(&[#(#fields),*])
@@ -641,6 +648,9 @@ fn agent_items(m: &MachineIr, rt: &TokenStream) -> AgentItems {
                             output_cost_per_token: #ocost,
                             timeout: #timeout,
                             max_retries: #max_retries,
+                            json_mode: #json_mode,
+                            prompt_caching: #prompt_caching,
+                            profile: #profile,
                             raw: &#raw_id,
                         },
                         output: #output,

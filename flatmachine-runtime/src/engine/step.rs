@@ -488,13 +488,26 @@ impl Machine {
         if let Some(agent) = state.agent {
             let input = self.render_state_input(state, context)?;
             let executor = self.executor(agent)?;
-            let result = crate::agents::execution::execute(
+            let call = crate::agents::AgentCall {
+                machine: self.inner.spec.name,
+                state: state.name,
+            };
+            let outcome = crate::agents::execution::execute(
                 state.execution.as_ref(),
                 executor.as_ref(),
+                &call,
                 &input,
                 context,
             )
-            .await?;
+            .await;
+            // Calls billed before the state failed (a reply that did not parse) still count.
+            let result = outcome.inspect_err(|e| {
+                if let Some(b) = e.billed {
+                    run.api_calls += b.api_calls;
+                    run.cost += b.cost;
+                    run.usage += b.usage;
+                }
+            })?;
             run.api_calls += result.api_calls;
             run.cost += result.cost;
             run.usage += result.usage;
