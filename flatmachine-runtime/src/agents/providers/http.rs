@@ -136,18 +136,12 @@ pub(crate) fn target(
     default: &'static str,
 ) -> Result<Target, LlmError> {
     let name = request.provider.as_deref().unwrap_or(default);
-    let known = flatmachine_providers::find(name);
-    if let Some(p) = known
-        && p.wire != wire
-    {
-        return Err(LlmError::new(
-            LlmErrorKind::Configuration,
-            format!(
-                "provider `{name}` speaks another API than this backend: send it through \
-                 `ProviderRouter`"
-            ),
-        ));
-    }
+    // A backend called directly speaks its own API: a provider of the other wire format gets
+    // this backend's own entry (`ProviderRouter` never sends one here).
+    let known = match flatmachine_providers::find(name) {
+        Some(p) if p.wire != wire => flatmachine_providers::find(default),
+        found => found,
+    };
     let label: &'static str = known.map_or(
         match wire {
             Wire::OpenAi => "openai-compatible",
