@@ -23,7 +23,7 @@ pub mod source;
 pub mod templates;
 pub mod yaml;
 
-pub use builder::Builder;
+pub use builder::{BuildReport, BuildWarning, Builder};
 pub use codegen::CodegenOptions;
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 
