@@ -37,6 +37,21 @@ pub fn analyze(project: &Project) -> (Vec<Option<MachineIr>>, Diagnostics) {
     (irs, diags)
 }
 
+/// Check and lower the single agent of a project made by [`crate::loader::load_agent_file`].
+pub fn analyze_agent(project: &Project) -> (Option<AgentIr>, Diagnostics) {
+    let mut diags = Diagnostics::new();
+    let Some(unit) = project.machines.first() else {
+        return (None, diags);
+    };
+    let mut cx = Cx {
+        project,
+        unit,
+        diags: &mut diags,
+    };
+    let agent = cx.agents().into_iter().next();
+    (agent, diags)
+}
+
 /// A unique snake_case module name for every machine.
 fn module_names(project: &Project) -> Vec<String> {
     let mut used = HashSet::new();

@@ -180,6 +180,49 @@ pub fn load_with_display(path: &Path, display: Option<String>) -> Project {
     loader.project
 }
 
+/// Load a flatagent file on its own (for `flatagent!`): the project has one machine unit with
+/// no config, whose single agent (named after the file) is the file, with the `profiles.yml`
+/// beside it.
+pub fn load_agent_file(path: &Path, display: Option<String>) -> Project {
+    let mut loader = Loader {
+        project: Project::default(),
+        machine_by_path: HashMap::new(),
+        profiles_by_dir: HashMap::new(),
+        profiles_by_path: HashMap::new(),
+        display_base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        root_display: display,
+    };
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let unit = match loader.read_file(path, None) {
+        Ok(file) => {
+            let origin = Origin { file, base: vec![] };
+            loader.project.machines.push(MachineUnit {
+                origin: origin.clone(),
+                dir: dir.clone(),
+                config: None,
+                agents: IndexMap::new(),
+                machines: IndexMap::new(),
+                profiles: None,
+            });
+            loader.agent_at(origin, dir.clone(), &dir, None)
+        }
+        Err(d) => {
+            loader.project.diagnostics.push(d);
+            return loader.project;
+        }
+    };
+    let key = Path::new(&file_name)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "agent".into());
+    loader.project.machines[0].agents.insert(key, unit);
+    loader.project
+}
+
 struct Loader {
     project: Project,
     machine_by_path: HashMap<PathBuf, MachineId>,
@@ -535,6 +578,18 @@ impl Loader {
                 }
             }
         };
+        self.agent_at(agent_origin, agent_dir, dir, machine_profiles)
+    }
+
+    /// A flatagent config at `agent_origin`: typed, with its profiles (its own folder's, else
+    /// the machine's) and its profile names checked.
+    fn agent_at(
+        &mut self,
+        agent_origin: Origin,
+        agent_dir: PathBuf,
+        dir: &Path,
+        machine_profiles: Option<Option<ProfilesId>>,
+    ) -> AgentUnit {
         if !self.check_spec(&agent_origin, "flatagent") {
             return AgentUnit::Missing;
         }
