@@ -1,7 +1,6 @@
 //! [`AnthropicBackend`]: the Anthropic Messages API (feature `anthropic`).
 
 use std::fmt;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use flatmachine_providers::Wire;
@@ -85,25 +84,7 @@ impl AnthropicBackend {
         }
     }
 
-    /// Sets the per-call timeout (each attempt; a request's `timeout` overrides it).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.transport.settings.timeout = timeout;
-        self
-    }
-
-    /// Sets the transport retries (a request's `max_retries` overrides it).
-    pub fn with_max_retries(mut self, max_retries: u32) -> Self {
-        self.transport.settings.max_retries = max_retries;
-        self
-    }
-
-    /// Sets the exponential backoff used when the provider sends no `retry-after`: the first
-    /// delay, doubled per attempt up to `max` (defaults 500 ms and 8 s).
-    pub fn with_retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.transport.settings.initial_backoff = initial;
-        self.transport.settings.max_backoff = max;
-        self
-    }
+    http::transport_settings!();
 
     /// The JSON body sent for `request`. The system prompt and every message's content go as
     /// lists of text blocks (`[{"type": "text", "text": …}]`), as LiteLLM sends them; with

@@ -44,6 +44,37 @@ const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// Statuses retried by the transport.
 const RETRY_STATUSES: [u16; 6] = [429, 500, 502, 503, 504, 529];
 
+/// The `with_timeout`, `with_max_retries` and `with_retry_backoff` builder methods of a backend
+/// holding a `transport: Transport` (written once for every built-in provider).
+macro_rules! transport_settings {
+    () => {
+        /// Sets the per-call timeout (each attempt; a request's `timeout` overrides it).
+        pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.transport.settings.timeout = timeout;
+            self
+        }
+
+        /// Sets the transport retries (a request's `max_retries` overrides it).
+        pub fn with_max_retries(mut self, max_retries: u32) -> Self {
+            self.transport.settings.max_retries = max_retries;
+            self
+        }
+
+        /// Sets the exponential backoff used when the provider sends no `retry-after`: the
+        /// first delay, doubled per attempt up to `max` (defaults 500 ms and 8 s).
+        pub fn with_retry_backoff(
+            mut self,
+            initial: std::time::Duration,
+            max: std::time::Duration,
+        ) -> Self {
+            self.transport.settings.initial_backoff = initial;
+            self.transport.settings.max_backoff = max;
+            self
+        }
+    };
+}
+pub(crate) use transport_settings;
+
 /// Timeout, retry and backoff settings of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Settings {
@@ -107,6 +138,7 @@ pub(crate) enum Auth {
     /// `Authorization: Bearer <key>` (OpenAI-compatible servers).
     Bearer,
     /// `x-api-key: <key>` (Anthropic).
+    #[cfg_attr(not(feature = "anthropic"), allow(dead_code))]
     XApiKey,
 }
 
