@@ -120,7 +120,9 @@ const UNRESOLVED: &[&str] = &[
 
 /// Non-1.0.0 keys the compiler knows as extensions (the runtime implements them), so they are
 /// not warned about although the MANIFEST lists them.
-const ACCEPTED_EXTENSIONS: &[&str] = &["retry_on_empty"];
+/// `profiles` (a machine's `profiles: ./profiles.yml`, in every upstream example) is accepted and
+/// used to find the file.
+const ACCEPTED_EXTENSIONS: &[&str] = &["retry_on_empty", "profiles"];
 
 /// `check()` a corpus file, shown by its corpus-relative path; a panic fails naming the file.
 fn check_rel(rel: &str) -> Checked {
@@ -424,32 +426,17 @@ fn every_profiles_file_loads() {
         let checked = catch_unwind(AssertUnwindSafe(|| flatmachine_build::check(&m, None)))
             .unwrap_or_else(|_| panic!("check() panicked on profiles {}", row.path));
         let rendered = checked.render(false);
-        // With a usable `default` (every corpus profiles file has one) the reference falls
-        // back to it, so the unknown name is a warning; without one it is an error.
+        // The reference falls back to a usable `default`; here an unknown name is always an
+        // error (a typo must not send prompts to another model).
         let probe: Vec<&Diagnostic> = checked
             .diagnostics
             .iter()
             .filter(|d| d.message.starts_with("unknown model profile `__probe__`"))
             .collect();
         assert_eq!(probe.len(), 1, "{}:\n{rendered}", row.path);
-        let has_default = checked.project.profiles[0]
-            .config
-            .as_ref()
-            .and_then(|c| c.data.default.as_ref())
-            .is_some_and(|d| {
-                checked.project.profiles[0]
-                    .config
-                    .as_ref()
-                    .is_some_and(|c| c.data.model_profiles.contains_key(d))
-            });
-        assert_eq!(probe[0].is_error(), !has_default, "{}", row.path);
+        assert!(probe[0].is_error(), "{}", row.path);
         let errors: Vec<&Diagnostic> = checked.diagnostics.errors().collect();
-        assert_eq!(
-            errors.len(),
-            usize::from(!has_default),
-            "{}:\n{rendered}",
-            row.path
-        );
+        assert_eq!(errors.len(), 1, "{}:\n{rendered}", row.path);
         let expected: Vec<String> = non_spec_fields(&row.notes)
             .iter()
             .map(|f| f.rsplit('.').next().unwrap().to_string())

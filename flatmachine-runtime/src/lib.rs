@@ -37,7 +37,7 @@ pub use error::{StateError, error_type};
 pub use machine::{BackendsSpec, MachineDef, MachineSpec, StateSpec};
 
 #[cfg(feature = "macros")]
-pub use flatmachine_macros::flatmachine;
+pub use flatmachine_macros::{flatagent, flatmachine};
 
 /// Crates generated code refers to (typed agent outputs derive serde traits through these, so
 /// applications need no direct dependency on them).

@@ -175,12 +175,8 @@ async fn prompts_parameters_and_schema_errors_on_the_wire() {
     assert_eq!(anthropic.header("anthropic-version"), Some("2023-06-01"));
     assert_eq!(anthropic.body["model"], "claude-sonnet-4-5");
     assert_eq!(anthropic.body["top_k"], 40);
-    assert!(
-        anthropic.body["system"]
-            .as_str()
-            .unwrap()
-            .contains("JSON object")
-    );
+    assert!(anthropic.system().contains("JSON object"));
+    assert_eq!(anthropic.body["system"][0]["type"], "text");
 
     // A reply that violates the schema (enum and type) is an error the machine routes.
     let bad = machine

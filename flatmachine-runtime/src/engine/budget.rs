@@ -1,7 +1,7 @@
 //! Limits and totals shared by a run tree: the `max_agent_calls` budget every agent call of a
 //! run and its children draws from, and the running totals hooks can read.
 
-use crate::agents::{AgentExecutor, AgentResult, Usage};
+use crate::agents::{AgentCall, AgentExecutor, AgentResult, Usage};
 use crate::error::error_type;
 use crate::{Context, StateError, Value};
 use async_trait::async_trait;
@@ -128,6 +128,28 @@ pub(crate) struct Budgeted<'a> {
 }
 
 impl Budgeted<'_> {
+    /// Reserves a call, makes it, and settles the reservation to the calls the agent reports
+    /// (or, for a failed call, the calls it was still billed for; a failure without billing
+    /// keeps the one reserved call).
+    async fn draw(
+        &self,
+        call: impl std::future::Future<Output = Result<AgentResult, StateError>>,
+    ) -> Result<AgentResult, StateError> {
+        if !self.budget.try_reserve() {
+            return Err(Self::refused(self.budget));
+        }
+        let result = call.await;
+        match &result {
+            Ok(r) => self.budget.settle(r.api_calls),
+            Err(e) => {
+                if let Some(b) = &e.billed {
+                    self.budget.settle(b.api_calls);
+                }
+            }
+        }
+        result
+    }
+
     /// The error of a call the budget refused.
     pub(crate) fn refused(budget: &AgentCallBudget) -> StateError {
         StateError::new(
@@ -143,14 +165,17 @@ impl Budgeted<'_> {
 #[async_trait]
 impl AgentExecutor for Budgeted<'_> {
     async fn execute(&self, input: &Value, context: &Context) -> Result<AgentResult, StateError> {
-        if !self.budget.try_reserve() {
-            return Err(Self::refused(self.budget));
-        }
-        let result = self.inner.execute(input, context).await;
-        if let Ok(r) = &result {
-            self.budget.settle(r.api_calls);
-        }
-        result
+        self.draw(self.inner.execute(input, context)).await
+    }
+
+    async fn execute_for(
+        &self,
+        call: &AgentCall<'_>,
+        input: &Value,
+        context: &Context,
+    ) -> Result<AgentResult, StateError> {
+        self.draw(self.inner.execute_for(call, input, context))
+            .await
     }
 
     fn metadata(&self) -> Option<&Value> {

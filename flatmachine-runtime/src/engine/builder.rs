@@ -64,6 +64,7 @@ pub struct MachineBuilder {
     agents: HashMap<String, AgentFn>,
     adapters: AgentAdapterRegistry,
     llm: Option<Arc<dyn LlmBackend>>,
+    endpoints: crate::agents::EndpointOverrides,
     store: Option<Option<CheckpointStore>>,
     lock: Option<Arc<dyn ExecutionLock>>,
     max_steps: Option<u64>,
@@ -89,6 +90,7 @@ impl MachineBuilder {
             agents: HashMap::new(),
             adapters: AgentAdapterRegistry::new(),
             llm: None,
+            endpoints: crate::agents::EndpointOverrides::new(),
             store: None,
             lock: None,
             max_steps: None,
@@ -225,6 +227,26 @@ impl MachineBuilder {
     /// [`ScriptedBackend`](crate::agents::ScriptedBackend) to run offline.
     pub fn llm_backend(mut self, backend: Arc<dyn LlmBackend>) -> Self {
         self.llm = Some(backend);
+        self
+    }
+
+    /// Sends every flatagent's calls to `base_url` (an OpenAI-compatible `.../v1` or an
+    /// Anthropic root, as the agent's provider speaks), whatever the profiles compiled in.
+    /// [`profile_base_url`](Self::profile_base_url) beats it; both beat the environment
+    /// (`$FLATMACHINE_BASE_URL`, `$FLATMACHINE_BASE_URL_<PROFILE>`). See
+    /// [`agents::endpoints`](crate::agents::endpoints) for the whole order.
+    pub fn base_url(mut self, base_url: impl Into<String>) -> Self {
+        self.endpoints = std::mem::take(&mut self.endpoints).global(base_url);
+        self
+    }
+
+    /// Sends the calls of flatagents using model profile `profile` to `base_url`.
+    pub fn profile_base_url(
+        mut self,
+        profile: impl Into<String>,
+        base_url: impl Into<String>,
+    ) -> Self {
+        self.endpoints = std::mem::take(&mut self.endpoints).profile(profile, base_url);
         self
     }
 
@@ -404,7 +426,9 @@ impl MachineBuilder {
             invoker: self.invoker.unwrap_or_else(|| Arc::new(InProcessInvoker)),
             agents: Arc::new(self.agents),
             adapters: Arc::new(self.adapters),
-            llm: self.llm.unwrap_or_else(crate::agents::default_backend),
+            llm: self
+                .endpoints
+                .wrap(self.llm.unwrap_or_else(crate::agents::default_backend)),
             executors: Arc::default(),
             store,
             lock,

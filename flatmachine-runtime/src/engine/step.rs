@@ -111,9 +111,15 @@ impl Run {
 
     /// Adds one agent execution's calls, cost and tokens.
     pub(super) fn add_agent(&mut self, result: &AgentResult) {
-        self.api_calls += result.api_calls;
-        self.cost += result.cost;
-        self.usage += result.usage;
+        self.add_billed(result.api_calls, result.cost, result.usage);
+    }
+
+    /// Adds calls, cost and tokens to the totals (an agent's, or those a failed call was
+    /// still billed for).
+    pub(super) fn add_billed(&mut self, api_calls: u64, cost: f64, usage: Usage) {
+        self.api_calls += api_calls;
+        self.cost += cost;
+        self.usage += usage;
         self.publish_totals();
     }
 
@@ -534,18 +540,29 @@ impl Machine {
         if let Some(agent) = state.agent {
             let input = self.render_state_input(state, context)?;
             let executor = self.executor(agent)?;
+            let call = crate::agents::AgentCall {
+                machine: self.inner.spec.name,
+                state: state.name,
+            };
             // Every call (each retry, sample or vote) first draws from the tree's budget.
             let budgeted = Budgeted {
                 inner: executor.as_ref(),
                 budget: &run.budget,
             };
-            let result = crate::agents::execution::execute(
+            let outcome = crate::agents::execution::execute(
                 state.execution.as_ref(),
                 &budgeted,
+                &call,
                 &input,
                 context,
             )
-            .await?;
+            .await;
+            // Calls billed before the state failed (a reply that did not parse) still count.
+            let result = outcome.inspect_err(|e| {
+                if let Some(b) = &e.billed {
+                    run.add_billed(b.api_calls, b.cost, b.usage);
+                }
+            })?;
             run.add_agent(&result);
             let out = result.into_output_payload();
             self.output_to_context(state, context, &out)?;
