@@ -238,8 +238,11 @@ fn normalize(p: &Path) -> PathBuf {
     for c in p.components() {
         match c {
             Component::CurDir => {}
+            // `a/..` cancels out; `..` after nothing (or after `..`) stays: `../../x`.
             Component::ParentDir => {
-                if !out.pop() {
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) {
+                    out.pop();
+                } else {
                     out.push("..");
                 }
             }
@@ -1055,4 +1058,24 @@ fn schema_diagnostics(err: &jsonschema::ValidationError<'_>) -> Vec<(Vec<PathSeg
         }
     };
     vec![(path, problem)]
+}
+
+#[cfg(test)]
+mod normalize_tests {
+    use super::normalize;
+    use std::path::Path;
+
+    #[test]
+    fn leading_parent_directories_stay() {
+        assert_eq!(
+            normalize(Path::new("../../x/y.yml")),
+            Path::new("../../x/y.yml")
+        );
+        assert_eq!(normalize(Path::new("a/../../b.yml")), Path::new("../b.yml"));
+        assert_eq!(
+            normalize(Path::new("./a/./b/../c.yml")),
+            Path::new("a/c.yml")
+        );
+        assert_eq!(normalize(Path::new("/r/a/../b.yml")), Path::new("/r/b.yml"));
+    }
 }

@@ -1,5 +1,5 @@
-//! The reference's distributed worker example, with its four machines compiled unchanged from
-//! the conformance corpus (`distributed_worker/config/`), on a SQLite work pool. Offline.
+//! The reference's distributed worker example on a SQLite work pool, offline. Its four machines
+//! are in `examples/machines/distributed/` (checker, worker, job, reaper).
 //!
 //! `cargo run -p flatmachine-examples --bin distributed_worker [-- --jobs 1000 --workers 4]`
 //!
@@ -28,14 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-flatmachine_runtime::flatmachine!(
-    "../../shared/conformance/corpus/distributed_worker/config/parallelization_checker.yml",
-    allow_warnings
-);
-flatmachine_runtime::flatmachine!(
-    "../../shared/conformance/corpus/distributed_worker/config/stale_worker_reaper.yml",
-    allow_warnings
-);
+flatmachine_runtime::flatmachine!("machines/distributed/parallelization_checker.yml");
+flatmachine_runtime::flatmachine!("machines/distributed/stale_worker_reaper.yml");
 
 use parallelization_checker::children::job_worker;
 
