@@ -352,6 +352,7 @@ impl MachineInvoker for SubprocessInvoker {
             )
         })?;
         Ok(RunResult {
+            status: crate::RunStatus::Finished,
             output,
             execution_id: request.execution_id,
             final_state: String::new(),

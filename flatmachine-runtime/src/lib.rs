@@ -22,14 +22,15 @@ pub mod persistence;
 #[cfg(feature = "redis")]
 pub mod redis_backends;
 pub mod results;
+pub mod signals;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 pub mod template;
 
 pub use context::{Context, Value};
 pub use engine::{
-    ActionCall, AgentOutput, LaunchOutcome, Machine, MachineBuilder, RunError, RunOptions,
-    RunResult,
+    ActionCall, AgentOutput, LaunchOutcome, Machine, MachineBuilder, ResumeOptions, RunError,
+    RunOptions, RunResult, RunStatus, Waiting,
 };
 pub use error::{StateError, error_type};
 pub use machine::{BackendsSpec, MachineDef, MachineSpec, StateSpec};

@@ -145,6 +145,8 @@ impl Machine {
             invoker: self.inner.invoker.clone(),
             children: std::sync::Mutex::default(),
             state_actions: std::sync::OnceLock::new(),
+            signals: self.inner.signals.clone(),
+            write_config_hash: self.inner.write_config_hash,
         }))
     }
 

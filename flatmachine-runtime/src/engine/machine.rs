@@ -12,6 +12,7 @@ use crate::lock::ExecutionLock;
 use crate::machine::{MachineDef, MachineSpec};
 use crate::persistence::{CheckpointStore, CheckpointWriter};
 use crate::results::ResultBackend;
+use crate::signals::SignalBackend;
 use crate::template::{self, ScopeRef};
 use crate::{Context, Value};
 use std::collections::HashMap;
@@ -41,6 +42,17 @@ pub(crate) struct Inner {
     pub children: std::sync::Mutex<Vec<(&'static str, Machine)>>,
     /// The named action handler of each state (by state index), looked up once.
     pub state_actions: std::sync::OnceLock<Box<[Option<ActionFn>]>>,
+    /// Signals for `wait_for` states (shared with children).
+    pub signals: Arc<dyn SignalBackend>,
+    /// Whether checkpoints carry the machine's fingerprint (`config_hash`).
+    pub write_config_hash: bool,
+}
+
+impl Inner {
+    /// The fingerprint written into this machine's checkpoints, if any.
+    pub(super) fn config_hash(&self) -> Option<&'static str> {
+        (self.write_config_hash && !self.spec.config_hash.is_empty()).then_some(self.spec.config_hash)
+    }
 }
 
 /// A compiled machine, configured and ready to run (cheap to clone).
@@ -97,6 +109,12 @@ impl Machine {
     /// The result backend children write their results to (`flatagents://{id}/result`).
     pub fn result_backend(&self) -> &Arc<dyn ResultBackend> {
         &self.inner.results
+    }
+
+    /// The signal backend of `wait_for` states (`settings.backends.signal`, or the one given
+    /// to [`MachineBuilder::signal_backend`]); send signals through it.
+    pub fn signal_backend(&self) -> &Arc<dyn SignalBackend> {
+        &self.inner.signals
     }
 
     /// Run with a new execution id.
@@ -230,6 +248,7 @@ impl Machine {
         let hooks = self.build_hooks(&input, &execution_id, parent.clone(), false)?;
         let mut run = Run::new(writer, parent, hooks, max_steps);
         run.fencing_token = _guard.fencing_token();
+        run.config_hash = self.inner.config_hash();
         let empty = Context::new();
         let mut context = match &spec.context {
             Some(tv) => {

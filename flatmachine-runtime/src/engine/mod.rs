@@ -17,13 +17,14 @@ mod machine;
 mod result;
 mod resume;
 mod step;
+mod wait;
 
 pub use builder::{BuildError, MachineBuilder};
 pub use handlers::{ActionCall, ActionFn, AgentFn, AgentOutput, FallbackActionFn};
 pub use invoker::{InProcessInvoker, InvokeRequest, MachineInvoker};
 pub use launches::LaunchOutcome;
 pub use machine::Machine;
-pub use result::{RunError, RunOptions, RunResult};
+pub use result::{ResumeOptions, RunError, RunOptions, RunResult, RunStatus, Waiting};
 
 /// Default `max_steps` when neither the machine nor the caller sets one (the reference's).
 pub const DEFAULT_MAX_STEPS: u64 = 1000;

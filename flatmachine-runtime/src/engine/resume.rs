@@ -1,10 +1,10 @@
 //! Continuing an execution from its latest checkpoint.
 
 use super::machine::Machine;
-use super::result::{RunError, RunResult};
+use super::result::{ResumeOptions, RunError, RunResult, RunStatus};
 use super::step::{Entry, Run};
 use crate::Value;
-use crate::persistence::{CheckpointWriter, PersistenceError, checkpoint_event};
+use crate::persistence::{CheckpointWriter, MachineSnapshot, PersistenceError, checkpoint_event};
 
 impl Machine {
     /// Continue an execution from its latest checkpoint, at exactly the point the checkpoint
@@ -19,10 +19,27 @@ impl Machine {
     ///
     /// Step numbers continue from the checkpoint's; none is spent twice.
     ///
+    /// * `waiting` — runs the `wait_for` state's work again: the signal delivered to it (or
+    ///   pending on its channel) is taken, else the run waits again (same step, same deadline).
+    ///
     /// Launches recorded in the checkpoint (`pending_launches`) whose child has no result yet
     /// are started again with the same execution id (a child with checkpoints of its own is
     /// resumed instead), so every launched child runs once across a crash.
+    ///
+    /// A checkpoint whose fingerprint (`config_hash`) differs from this build's is refused
+    /// with [`RunError::FingerprintMismatch`]; see [`resume_with`](Self::resume_with).
     pub async fn resume(&self, execution_id: &str) -> Result<RunResult, RunError> {
+        self.resume_with(execution_id, ResumeOptions::default())
+            .await
+    }
+
+    /// [`resume`](Self::resume) with options: `allow_fingerprint_change` continues a
+    /// checkpoint written by a build of another shape.
+    pub async fn resume_with(
+        &self,
+        execution_id: &str,
+        options: ResumeOptions,
+    ) -> Result<RunResult, RunError> {
         let spec = self.inner.spec;
         let store = self
             .inner
@@ -43,6 +60,9 @@ impl Machine {
                 reason,
             })
         };
+        if !options.allow_fingerprint_change {
+            self.check_fingerprint(&snap)?;
+        }
         let mut run = Run::new(
             writer,
             snap.parent_execution_id.clone(),
@@ -50,6 +70,8 @@ impl Machine {
             None,
         );
         run.fencing_token = _guard.fencing_token();
+        run.config_hash = self.inner.config_hash();
+        run.forked_from = snap.forked_from.clone();
         run.step = snap.step;
         run.api_calls = snap.total_api_calls.unwrap_or(0);
         run.cost = snap.total_cost.unwrap_or(0.0);
@@ -71,6 +93,7 @@ impl Machine {
                 }
             };
             return Ok(RunResult {
+                status: RunStatus::Finished,
                 output: Value::Object(snap.output.clone().unwrap_or_default()),
                 execution_id: run.execution_id,
                 final_state,
@@ -108,6 +131,13 @@ impl Machine {
         let entry = match event {
             checkpoint_event::STATE_ENTER => Entry::AfterEnter,
             checkpoint_event::EXECUTE => Entry::AfterExecute,
+            checkpoint_event::WAITING if spec.states[state].wait_for.is_some() => {
+                run.wait_deadline = snap
+                    .wait_deadline
+                    .as_deref()
+                    .and_then(crate::signals::millis_from_iso);
+                Entry::AfterExecute
+            }
             checkpoint_event::STATE_EXIT => Entry::AfterExit(
                 snap.output
                     .filter(|_| spec.states[state].is_final)
@@ -121,5 +151,34 @@ impl Machine {
             }
         };
         self.run_loop(&mut run, context, state, entry).await
+    }
+
+    /// Refuses a checkpoint written by a build of another shape. A checkpoint without a
+    /// fingerprint (the reference 1.0.0, or a build that does not write it) and one holding
+    /// a hash of another kind (the reference 4.2.1's SHA-256 of its config text) are not
+    /// comparable and load as they are.
+    pub(super) fn check_fingerprint(&self, snap: &MachineSnapshot) -> Result<(), RunError> {
+        let ours = self.inner.spec.config_hash;
+        let Some(theirs) = snap.config_hash.as_deref() else {
+            return Ok(());
+        };
+        if ours.is_empty() || !comparable(ours, theirs) || ours == theirs {
+            return Ok(());
+        }
+        Err(RunError::FingerprintMismatch {
+            machine: self.inner.spec.name.to_string(),
+            execution_id: snap.execution_id.clone(),
+            checkpoint_hash: theirs.to_string(),
+            machine_hash: ours.to_string(),
+        })
+    }
+}
+
+/// Whether two fingerprints are of the same kind (`scheme:` prefix), so comparing means
+/// something.
+fn comparable(ours: &str, theirs: &str) -> bool {
+    match (ours.split_once(':'), theirs.split_once(':')) {
+        (Some((a, _)), Some((b, _))) => a == b,
+        _ => false,
     }
 }
