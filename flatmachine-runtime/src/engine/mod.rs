@@ -10,6 +10,7 @@
 mod actions;
 mod builder;
 mod children;
+mod fork;
 mod handlers;
 mod invoker;
 mod launches;
@@ -20,6 +21,7 @@ mod step;
 mod wait;
 
 pub use builder::{BuildError, MachineBuilder};
+pub use fork::{Fork, ForkError, ForkOptions, fork_execution};
 pub use handlers::{ActionCall, ActionFn, AgentFn, AgentOutput, FallbackActionFn};
 pub use invoker::{InProcessInvoker, InvokeRequest, MachineInvoker};
 pub use launches::LaunchOutcome;

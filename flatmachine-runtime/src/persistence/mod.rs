@@ -47,7 +47,7 @@ pub(crate) mod encoded;
 mod key;
 mod local;
 mod memory;
-mod record;
+pub(crate) mod record;
 pub mod snapshot;
 #[cfg(feature = "sqlite")]
 mod sqlite;
