@@ -7,6 +7,8 @@ pub mod agents;
 pub mod cel;
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "cli")]
+mod cli_signals;
 pub mod context;
 pub mod distributed;
 pub mod engine;

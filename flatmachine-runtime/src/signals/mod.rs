@@ -42,6 +42,7 @@ use crate::Value;
 
 mod clock;
 mod dispatch;
+mod listing;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -50,6 +51,7 @@ mod sqlite;
 
 pub use clock::{iso_from_millis, millis_from_iso, now_millis};
 pub use dispatch::{DispatchOptions, DispatchReport, Dispatched, Dispatcher};
+pub use listing::{ListError, WaitingRun, render_waiting, waiting_runs};
 pub use memory::MemorySignalBackend;
 #[cfg(feature = "redis")]
 pub use redis::RedisSignalBackend;
