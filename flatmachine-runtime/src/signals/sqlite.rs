@@ -141,12 +141,17 @@ fn finish_signal(
     })
 }
 
-/// Takes the oldest live signal of `channel` inside `tx`.
+/// Takes the oldest live signal of `channel` inside `tx` (dropping the channel's expired
+/// ones, as the other backends do on the way).
 fn take(
     tx: &rusqlite::Transaction<'_>,
     channel: &str,
     now: u64,
 ) -> Result<Option<Signal>, SignalError> {
+    tx.prepare_cached(
+        "DELETE FROM signals WHERE channel = ?1 AND expires_ms IS NOT NULL AND expires_ms <= ?2",
+    )?
+    .execute(params![channel, now as i64])?;
     let row = tx
         .prepare_cached(&format!(
             "DELETE FROM signals WHERE rowid = (
