@@ -311,8 +311,7 @@ async fn execute(builder: MachineBuilder, command: Command) -> Result<Outcome, S
             poll_ms,
             allow_fingerprint_change,
         } => {
-            let text =
-                cli_signals::dispatch(&root, once, poll_ms, allow_fingerprint_change).await;
+            let text = cli_signals::dispatch(&root, once, poll_ms, allow_fingerprint_change).await;
             join(&root).await;
             return text.map(Outcome::Text);
         }
@@ -519,7 +518,10 @@ impl MachineInvoker for SubprocessInvoker {
         let status = match waiting {
             Some(stats) => crate::RunStatus::Waiting(crate::Waiting {
                 channel: stats["channel"].as_str().unwrap_or_default().to_string(),
-                state: stats["final_state"].as_str().unwrap_or_default().to_string(),
+                state: stats["final_state"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
                 deadline: None,
             }),
             None => crate::RunStatus::Finished,

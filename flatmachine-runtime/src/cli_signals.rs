@@ -134,8 +134,12 @@ pub(crate) async fn dispatch(
         .allow_fingerprint_change(allow_fingerprint_change);
     let dispatcher = Dispatcher::with_options(machine, options);
     if once {
-        let report = dispatcher.dispatch_once().await.map_err(|e| e.to_string())?;
-        let text = serde_json::to_string_pretty(&report_json(&report)).map_err(|e| e.to_string())?;
+        let report = dispatcher
+            .dispatch_once()
+            .await
+            .map_err(|e| e.to_string())?;
+        let text =
+            serde_json::to_string_pretty(&report_json(&report)).map_err(|e| e.to_string())?;
         return Ok(format!("{text}\n"));
     }
     eprintln!(

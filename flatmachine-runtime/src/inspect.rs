@@ -25,8 +25,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::persistence::{
-    CheckpointStore, ForkOrigin, LaunchIntent, MachineSnapshot, PersistenceError,
-    checkpoint_event, parse_snapshot_key,
+    CheckpointStore, ForkOrigin, LaunchIntent, MachineSnapshot, PersistenceError, checkpoint_event,
+    parse_snapshot_key,
 };
 use crate::{Context, Value};
 

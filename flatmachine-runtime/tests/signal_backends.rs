@@ -103,7 +103,11 @@ async fn contract(b: Arc<dyn SignalBackend>) {
     assert!(b.claim("b1", "d2", Duration::from_secs(60)).await.unwrap());
     assert!(b.claim("b2", "d1", Duration::ZERO).await.unwrap());
     assert!(b.claim("b2", "d2", Duration::from_secs(60)).await.unwrap());
-    assert!(!b.claim("nobody", "d1", Duration::from_secs(60)).await.unwrap());
+    assert!(
+        !b.claim("nobody", "d1", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
     let claimed = b
         .waiters(Some("c/all"))
         .await
@@ -114,7 +118,12 @@ async fn contract(b: Arc<dyn SignalBackend>) {
     assert_eq!(claimed.claim.unwrap().0, "d2");
 
     // A new registration of an execution replaces its old one (and its channel).
-    assert!(b.wait(&request("b3", "c/other", 5)).await.unwrap().is_none());
+    assert!(
+        b.wait(&request("b3", "c/other", 5))
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(b.waiters(Some("c/all")).await.unwrap().len(), 2);
     assert_eq!(b.waiters(Some("c/other")).await.unwrap().len(), 1);
     b.forget("b3").await.unwrap();
@@ -141,12 +150,20 @@ async fn contract(b: Arc<dyn SignalBackend>) {
     assert!(b.consume("c/order").await.unwrap().is_none());
 
     // Retention: an expired signal is never delivered and is purged.
-    b.send("c/ttl", json!("old"), SendOptions::ttl(Duration::from_millis(30)))
-        .await
-        .unwrap();
-    b.send("c/ttl2", json!("old"), SendOptions::ttl(Duration::from_millis(30)))
-        .await
-        .unwrap();
+    b.send(
+        "c/ttl",
+        json!("old"),
+        SendOptions::ttl(Duration::from_millis(30)),
+    )
+    .await
+    .unwrap();
+    b.send(
+        "c/ttl2",
+        json!("old"),
+        SendOptions::ttl(Duration::from_millis(30)),
+    )
+    .await
+    .unwrap();
     b.send("c/forever", json!("kept"), SendOptions::keep_until_taken())
         .await
         .unwrap();
@@ -155,7 +172,10 @@ async fn contract(b: Arc<dyn SignalBackend>) {
     assert_eq!(b.channels().await.unwrap(), vec!["c/forever"]);
     assert!(b.wait(&request("t1", "c/ttl", 1)).await.unwrap().is_none());
     assert_eq!(b.purge_expired().await.unwrap(), 1);
-    assert_eq!(b.consume("c/forever").await.unwrap().unwrap().data, json!("kept"));
+    assert_eq!(
+        b.consume("c/forever").await.unwrap().unwrap().data,
+        json!("kept")
+    );
     b.forget("t1").await.unwrap();
 
     // Numbers keep every digit; bad input is refused, nothing stored.
@@ -242,7 +262,10 @@ async fn signals_the_reference_wrote_are_taken() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!(serde_json::from_str::<Value>(&data).unwrap(), json!({"k": 1}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap(),
+        json!({"k": 1})
+    );
     assert!(at.ends_with("+00:00"), "{at}");
 }
 
@@ -291,7 +314,9 @@ impl Shared {
                         .create(true)
                         .append(true)
                         .open(notes)
-                        .map_err(|e| flatmachine_runtime::StateError::new("IoError", e.to_string()))?;
+                        .map_err(|e| {
+                            flatmachine_runtime::StateError::new("IoError", e.to_string())
+                        })?;
                     f.write_all(line.as_bytes())
                         .map_err(|e| flatmachine_runtime::StateError::new("IoError", e.to_string()))
                 })
@@ -350,7 +375,10 @@ async fn child_process() {
             let signals = machine.signal_backend().clone();
             let deadline = std::time::Instant::now() + Duration::from_secs(120);
             while !signals.waiters(None).await.unwrap().is_empty() {
-                assert!(std::time::Instant::now() < deadline, "dispatching took too long");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "dispatching took too long"
+                );
                 dispatcher.dispatch_once().await.unwrap();
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -474,18 +502,35 @@ async fn dispatchers_in_three_processes_consume_each_signal_once() {
 async fn a_deadline_survives_a_real_restart() {
     let dir = tempfile::tempdir().unwrap();
     let shared = Shared::new(dir.path());
-    assert!(child("child_process", "timed", dir.path()).wait().unwrap().success());
+    assert!(
+        child("child_process", "timed", dir.path())
+            .wait()
+            .unwrap()
+            .success()
+    );
     let machine = shared.timed_machine();
-    let parked = machine.store().unwrap().load_latest("tm").await.unwrap().unwrap();
+    let parked = machine
+        .store()
+        .unwrap()
+        .load_latest("tm")
+        .await
+        .unwrap()
+        .unwrap();
     let deadline = parked.wait_deadline.clone().unwrap();
     // Resumed before the deadline: it waits again, with the same deadline.
     let again = machine.resume("tm").await.unwrap();
-    assert_eq!(again.waiting().unwrap().deadline.as_deref(), Some(deadline.as_str()));
+    assert_eq!(
+        again.waiting().unwrap().deadline.as_deref(),
+        Some(deadline.as_str())
+    );
     let dispatcher = Dispatcher::new(&machine);
     let mut finished = None;
     let start = std::time::Instant::now();
     while finished.is_none() {
-        assert!(start.elapsed() < Duration::from_secs(30), "the deadline never fired");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the deadline never fired"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         let report = dispatcher.dispatch_once().await.unwrap();
         finished = report.resumed().next().cloned();
@@ -526,7 +571,14 @@ async fn sqlite_a_thousand_waiting_runs_are_resumed_by_one_dispatcher() {
     let report = Dispatcher::new(&machine).dispatch_once().await.unwrap();
     assert_eq!(report.delivered, 1000);
     assert_eq!(report.resumed().filter(|r| r.is_finished()).count(), 1000);
-    assert!(machine.signal_backend().waiters(None).await.unwrap().is_empty());
+    assert!(
+        machine
+            .signal_backend()
+            .waiters(None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -543,10 +595,15 @@ async fn redis_dispatchers_on_separate_connections_consume_each_signal_once() {
         Machine::of::<race::Machine>()
             .persistence(store.clone())
             .signal_backend(Arc::new(RedisSignalBackend::new(conn.clone())))
-            .lock(Arc::new(flatmachine_runtime::redis_backends::RedisLock::new(conn)))
+            .lock(Arc::new(
+                flatmachine_runtime::redis_backends::RedisLock::new(conn),
+            ))
             .action_mut("note", move |ctx, call| {
                 let got = ctx.get("got").cloned().unwrap_or(Value::Null);
-                notes.lock().unwrap().push((call.execution_id.to_string(), got));
+                notes
+                    .lock()
+                    .unwrap()
+                    .push((call.execution_id.to_string(), got));
                 Box::pin(async { Ok(()) })
             })
             .build()
@@ -563,7 +620,11 @@ async fn redis_dispatchers_on_separate_connections_consume_each_signal_once() {
         assert!(r.is_waiting());
         for k in 0..2 {
             a.signal_backend()
-                .send(&format!("job/{i}"), json!(format!("{i}-{k}")), SendOptions::default())
+                .send(
+                    &format!("job/{i}"),
+                    json!(format!("{i}-{k}")),
+                    SendOptions::default(),
+                )
                 .await
                 .unwrap();
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use flatmachine_runtime::engine::{ForkOptions, fork_execution};
 use flatmachine_runtime::persistence::{CheckpointStore, checkpoint_event};
 use flatmachine_runtime::signals::{
-    DispatchOptions, Dispatcher, MemorySignalBackend, SIGNAL_TIMEOUT, SendOptions,
+    CHILD_WAITING, DispatchOptions, Dispatcher, MemorySignalBackend, SIGNAL_TIMEOUT, SendOptions,
     SignalBackend, waiting_runs,
 };
 use flatmachine_runtime::{Machine, ResumeOptions, RunError, RunStatus, Value};
@@ -20,6 +20,8 @@ flatmachine_runtime::flatmachine!("tests/machines/signals/timed.yml");
 flatmachine_runtime::flatmachine!("tests/machines/signals/timed_unrouted.yml");
 flatmachine_runtime::flatmachine!("tests/machines/signals/numbered.yml");
 flatmachine_runtime::flatmachine!("tests/machines/signals/steps.yml");
+flatmachine_runtime::flatmachine!("tests/machines/signals/waiting_child.yml");
+flatmachine_runtime::flatmachine!("tests/machines/signals/waiting_foreach.yml");
 
 /// `approval.yml` after an edit that changes its shape (same machine name).
 mod edited {
@@ -97,7 +99,14 @@ async fn a_run_waits_then_a_signal_resumes_it() {
     assert!(signals.waiters(None).await.unwrap().is_empty());
     assert_eq!(resumed[0].steps, 3);
     // A second round finds nothing.
-    assert!(dispatcher.dispatch_once().await.unwrap().outcomes.is_empty());
+    assert!(
+        dispatcher
+            .dispatch_once()
+            .await
+            .unwrap()
+            .outcomes
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -122,7 +131,10 @@ async fn a_signal_sent_before_anyone_waits_is_kept_and_taken_at_once() {
     assert!(signals.waiters(None).await.unwrap().is_empty());
     // The run never waited: no waiting checkpoint.
     let keys = store.checkpoint_keys("t-9").await.unwrap();
-    assert!(keys.iter().all(|k| !k.ends_with("_waiting.json")), "{keys:?}");
+    assert!(
+        keys.iter().all(|k| !k.ends_with("_waiting.json")),
+        "{keys:?}"
+    );
 }
 
 #[tokio::test]
@@ -148,7 +160,10 @@ async fn several_signals_in_a_row_are_taken_in_order_one_per_wait() {
         })
         .build()
         .unwrap();
-    let first = machine.run_with_id("c-1", json!({"id": "a"})).await.unwrap();
+    let first = machine
+        .run_with_id("c-1", json!({"id": "a"}))
+        .await
+        .unwrap();
     assert!(first.is_waiting());
     for n in 1..=4 {
         signals
@@ -357,12 +372,19 @@ async fn racing_dispatchers_resume_each_run_once() {
     let mut total = resumed.len();
     while total < 50 {
         let more = a.dispatch_once().await.unwrap();
-        assert!(!more.outcomes.is_empty(), "{total} of 50 resumed, and no progress");
+        assert!(
+            !more.outcomes.is_empty(),
+            "{total} of 50 resumed, and no progress"
+        );
         total += more.resumed().count();
     }
     assert_eq!(total, 50);
     for i in 0..50 {
-        let latest = store.load_latest(&format!("race-{i}")).await.unwrap().unwrap();
+        let latest = store
+            .load_latest(&format!("race-{i}"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(latest.event.as_deref(), Some(checkpoint_event::MACHINE_END));
         assert_eq!(latest.output.unwrap()["by"], json!(i));
     }
@@ -430,7 +452,10 @@ async fn a_deadline_passes_on_tokios_clock_and_on_error_routes_the_timeout() {
     assert_eq!(after.event.as_deref(), Some(checkpoint_event::MACHINE_END));
     assert_eq!(
         after.output.unwrap(),
-        json!({"error": SIGNAL_TIMEOUT}).as_object().unwrap().clone()
+        json!({"error": SIGNAL_TIMEOUT})
+            .as_object()
+            .unwrap()
+            .clone()
     );
     assert_eq!(after.context["last_error_type"], json!(SIGNAL_TIMEOUT));
     stop.send(()).unwrap();
@@ -453,14 +478,20 @@ async fn a_signal_before_the_deadline_wins_and_an_unrouted_timeout_fails_the_run
         .await
         .unwrap();
     let report = Dispatcher::new(&machine).dispatch_once().await.unwrap();
-    assert_eq!(report.resumed().next().unwrap().output, json!({"got": "tock"}));
+    assert_eq!(
+        report.resumed().next().unwrap().output,
+        json!({"got": "tock"})
+    );
 
     let unrouted = Machine::of::<timed_unrouted::Machine>()
         .persistence(store.clone())
         .signal_backend(signals.clone())
         .build()
         .unwrap();
-    unrouted.run_with_id("tm-3", json!({"id": 3})).await.unwrap();
+    unrouted
+        .run_with_id("tm-3", json!({"id": 3}))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(61)).await;
     let report = Dispatcher::new(&unrouted).dispatch_once().await.unwrap();
     let (id, error) = report.failures().next().expect("the timeout fails the run");
@@ -484,10 +515,16 @@ async fn a_build_of_another_shape_is_refused_unless_opted_in() {
         .signal_backend(signals.clone())
         .build()
         .unwrap();
-    assert_ne!(approval::SPEC.config_hash, edited::approval::SPEC.config_hash);
+    assert_ne!(
+        approval::SPEC.config_hash,
+        edited::approval::SPEC.config_hash
+    );
     let err = v2.resume("f-1").await.unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, RunError::FingerprintMismatch { .. }), "{text}");
+    assert!(
+        matches!(err, RunError::FingerprintMismatch { .. }),
+        "{text}"
+    );
     assert!(text.contains(approval::SPEC.config_hash), "{text}");
     assert!(text.contains(edited::approval::SPEC.config_hash), "{text}");
     assert_eq!(err.execution_id(), Some("f-1"));
@@ -583,7 +620,10 @@ async fn a_waiting_checkpoint_written_by_the_reference_is_found_and_resumed() {
     let report = dispatcher.dispatch_once().await.unwrap();
     let done: Vec<_> = report.resumed().collect();
     assert_eq!(done.len(), 1);
-    assert_eq!(done[0].output, json!({"decision": "approve", "by": "python"}));
+    assert_eq!(
+        done[0].output,
+        json!({"decision": "approve", "by": "python"})
+    );
 }
 
 #[tokio::test]
@@ -699,7 +739,10 @@ async fn a_fork_starts_from_any_step_with_edits_and_records_its_origin() {
     assert_eq!(history.forked_from.as_ref().unwrap().step, 3);
     // The source is untouched.
     let src = store.load_latest("src").await.unwrap().unwrap();
-    assert_eq!(src.output.unwrap()["trail"], json!(["onex1", "twox1", "threex1"]));
+    assert_eq!(
+        src.output.unwrap()["trail"],
+        json!(["onex1", "twox1", "threex1"])
+    );
 
     // Fork from step 2 (entering `two`, before its launch): the fork launches a child of its
     // own (a new execution id), which is a new launch, not a duplicate.
@@ -717,7 +760,12 @@ async fn a_fork_starts_from_any_step_with_edits_and_records_its_origin() {
     assert_eq!(side_runs.load(Ordering::SeqCst), 2);
 
     // Bad requests are clear errors.
-    assert!(machine.fork("src", ForkOptions::new().step(99)).await.is_err());
+    assert!(
+        machine
+            .fork("src", ForkOptions::new().step(99))
+            .await
+            .is_err()
+    );
     assert!(
         machine
             .fork("src", ForkOptions::new().execution_id("fork-3"))
@@ -765,4 +813,83 @@ async fn a_fork_of_a_waiting_run_waits_on_its_own_channel() {
         forked.status,
         RunStatus::Waiting(ref w) if w.state == "wait_decision"
     ));
+}
+
+#[tokio::test]
+async fn a_child_that_waits_fails_its_parents_state_and_stays_resumable_on_its_own() {
+    let (store, signals) = memory();
+    let parent = Machine::of::<waiting_child::Machine>()
+        .persistence(store.clone())
+        .signal_backend(signals.clone())
+        .build()
+        .unwrap();
+    let result = parent
+        .run_with_id("p-1", json!({"ticket": 7}))
+        .await
+        .unwrap();
+    // The parent does not go on with a made-up child result: `ChildWaiting`, routed.
+    assert!(result.is_finished());
+    assert_eq!(result.final_state, "blocked");
+    assert_eq!(result.output["error_type"], json!(CHILD_WAITING));
+    let message = result.output["error"].as_str().unwrap();
+    assert!(message.contains("approval/7"), "{message}");
+    assert!(result.context.get("child").is_none());
+
+    // The child is parked on its own channel, with the parent recorded.
+    let waiters = signals.waiters(Some("approval/7")).await.unwrap();
+    assert_eq!(waiters.len(), 1);
+    let child_id = waiters[0].execution_id.clone();
+    assert_ne!(child_id, "p-1");
+    let snap = store.load_latest(&child_id).await.unwrap().unwrap();
+    assert_eq!(snap.event.as_deref(), Some(checkpoint_event::WAITING));
+    assert_eq!(snap.parent_execution_id.as_deref(), Some("p-1"));
+
+    // A dispatcher built on the parent finds the child machine and resumes it.
+    signals
+        .send(
+            "approval/7",
+            json!({"decision": "approve", "by": "li"}),
+            SendOptions::default(),
+        )
+        .await
+        .unwrap();
+    let report = Dispatcher::new(&parent).dispatch_once().await.unwrap();
+    let resumed: Vec<_> = report.resumed().collect();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0].execution_id, child_id);
+    assert_eq!(resumed[0].final_state, "approved");
+}
+
+#[tokio::test]
+async fn a_foreach_whose_items_wait_fails_instead_of_recording_them() {
+    let (store, signals) = memory();
+    // One item's signal is already there, the other's is not.
+    signals
+        .send(
+            "approval/a",
+            json!({"decision": "approve", "by": "ana"}),
+            SendOptions::default(),
+        )
+        .await
+        .unwrap();
+    let parent = Machine::of::<waiting_foreach::Machine>()
+        .persistence(store.clone())
+        .signal_backend(signals.clone())
+        .build()
+        .unwrap();
+    let error = parent
+        .run_with_id("fe-1", json!({"tickets": ["a", "b"]}))
+        .await
+        .unwrap_err();
+    match error {
+        RunError::State { state, error, .. } => {
+            assert_eq!(state, "start");
+            assert_eq!(error.error_type, CHILD_WAITING, "{}", error.message);
+            assert!(error.message.contains("approval/b"), "{}", error.message);
+        }
+        other => panic!("expected a state error, got {other}"),
+    }
+    // The item with a signal took it; the other waits.
+    assert!(signals.peek("approval/a").await.unwrap().is_empty());
+    assert_eq!(signals.waiters(Some("approval/b")).await.unwrap().len(), 1);
 }

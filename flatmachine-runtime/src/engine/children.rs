@@ -63,6 +63,28 @@ pub(super) fn tag<T: Send + 'static>(
     Box::pin(async move { (i, f.await) })
 }
 
+/// The error of a state whose child `name` (execution `child_id`) parked in a `wait_for` state.
+fn child_waiting_error(name: &str, child_id: &str, waiting: &super::result::Waiting) -> StateError {
+    StateError::new(
+        crate::signals::CHILD_WAITING,
+        format!(
+            "child machine `{name}` (execution {child_id}) is waiting for a signal on `{}` in state `{}`; a parent does not go on without its child's result. The child can be signalled and resumed on its own; to wait inside a composition, put the `wait_for` in the parent or `launch:` the child",
+            waiting.channel, waiting.state
+        ),
+    )
+}
+
+/// The first [`CHILD_WAITING`](crate::signals::CHILD_WAITING) error among a state's child
+/// results: such a state fails rather than record a waiting child as an entry.
+fn first_waiting<'a>(
+    results: impl IntoIterator<Item = &'a Result<RunResult, StateError>>,
+) -> Option<StateError> {
+    results.into_iter().find_map(|r| match r {
+        Err(e) if e.error_type == crate::signals::CHILD_WAITING => Some(e.clone()),
+        _ => None,
+    })
+}
+
 /// A child's result as an entry of a parallel/foreach result: its output, or `{_error, _error_type}`.
 pub(super) fn child_entry(r: Result<RunResult, StateError>) -> Value {
     match r {
@@ -151,7 +173,9 @@ impl Machine {
     }
 
     /// Runs the child `name` to completion through the invoker (a new execution id, this run
-    /// as its parent).
+    /// as its parent). A child that parks in a `wait_for` state is a
+    /// [`CHILD_WAITING`](crate::signals::CHILD_WAITING) error, never a result: the parent
+    /// must not go on as if the child had produced something.
     pub(super) fn run_child(
         &self,
         run: &Run,
@@ -167,7 +191,14 @@ impl Machine {
             resume: false,
         };
         let invoker = self.inner.invoker.clone();
-        Box::pin(async move { invoker.invoke(request).await })
+        let child_id = request.execution_id.clone();
+        Box::pin(async move {
+            let result = invoker.invoke(request).await?;
+            match result.waiting() {
+                Some(w) => Err(child_waiting_error(name, &child_id, w)),
+                None => Ok(result),
+            }
+        })
     }
 
     /// Starts (or, for `resume`, continues) a child run inside this process: what
@@ -266,6 +297,9 @@ impl Machine {
                         Value::Array(Vec::new())
                     });
                 };
+                if let Some(e) = first_waiting([&first]) {
+                    return Err(e);
+                }
                 if let Ok(r) = &first {
                     run.add_child_totals(r);
                 }
@@ -280,14 +314,19 @@ impl Machine {
             // A child starts when a slot frees up (at most `cap` started at a time), and its
             // result is cut down to its entry as it arrives: a foreach over many items holds
             // the pending inputs and the entries, not every child's whole `RunResult`.
-            let results: Vec<(Option<ChildTotals>, Value)> = futures::stream::iter(inputs)
-                .map(|input| self.run_child(run, name, input))
-                .buffered(cap)
-                .map(|r| (r.as_ref().ok().map(ChildTotals::of), child_entry(r)))
-                .collect()
-                .await;
+            let results: Vec<Result<(Option<ChildTotals>, Value), StateError>> =
+                futures::stream::iter(inputs)
+                    .map(|input| self.run_child(run, name, input))
+                    .buffered(cap)
+                    .map(|r| match first_waiting([&r]) {
+                        Some(e) => Err(e),
+                        None => Ok((r.as_ref().ok().map(ChildTotals::of), child_entry(r))),
+                    })
+                    .collect()
+                    .await;
             let mut entries = Vec::with_capacity(results.len());
-            for (totals, entry) in results {
+            for item in results {
+                let (totals, entry) = item?;
                 if let Some(totals) = totals {
                     run.add_totals(totals);
                 }
@@ -322,6 +361,9 @@ impl Machine {
             let Some((i, first)) = first_to_finish(futures, cap).await else {
                 return Ok(Value::Object(Context::new()));
             };
+            if let Some(e) = first_waiting([&first]) {
+                return Err(e);
+            }
             if let Ok(r) = &first {
                 run.add_child_totals(r);
             }
@@ -331,6 +373,9 @@ impl Machine {
             ));
         }
         let results: Vec<_> = futures::stream::iter(futures).buffered(cap).collect().await;
+        if let Some(e) = first_waiting(&results) {
+            return Err(e);
+        }
         let mut out = Context::new();
         for (call, result) in state.machine.iter().zip(results) {
             if let Ok(r) = &result {

@@ -126,7 +126,9 @@ impl From<ForkError> for RunError {
         match e {
             ForkError::Persistence(p) => RunError::Persistence(p),
             ForkError::Refused(e) => *e,
-            ForkError::NoCheckpoint { execution_id, .. } => RunError::UnknownExecution(execution_id),
+            ForkError::NoCheckpoint { execution_id, .. } => {
+                RunError::UnknownExecution(execution_id)
+            }
             other => RunError::Persistence(PersistenceError::Other(Box::new(other))),
         }
     }

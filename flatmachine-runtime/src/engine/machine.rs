@@ -51,7 +51,8 @@ pub(crate) struct Inner {
 impl Inner {
     /// The fingerprint written into this machine's checkpoints, if any.
     pub(super) fn config_hash(&self) -> Option<&'static str> {
-        (self.write_config_hash && !self.spec.config_hash.is_empty()).then_some(self.spec.config_hash)
+        (self.write_config_hash && !self.spec.config_hash.is_empty())
+            .then_some(self.spec.config_hash)
     }
 }
 

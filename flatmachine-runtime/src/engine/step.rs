@@ -316,34 +316,34 @@ impl Machine {
                         }
                     } else {
                         match state.timeout.filter(|t| *t > 0.0) {
-                        Some(secs) => {
-                            // On timeout the state's work is dropped and the context is left
-                            // as it was before the state ran.
-                            let mut work_ctx = context.clone();
-                            match tokio::time::timeout(
-                                std::time::Duration::from_secs_f64(secs),
-                                self.execute_state(run, current, &mut work_ctx),
-                            )
-                            .await
-                            {
-                                Ok(r) => {
-                                    context = work_ctx;
-                                    r
-                                }
-                                Err(_) => Err(StateError::new(
-                                    error_type::TIMEOUT,
-                                    format!("state `{}` timed out after {secs}s", state.name),
-                                )),
-                            }
-                        }
-                        None => match action_only(state) {
-                            // Most states only run an action: no `execute_state` future.
-                            Some(action) => self
-                                .run_action(run, current, action, &mut context)
+                            Some(secs) => {
+                                // On timeout the state's work is dropped and the context is left
+                                // as it was before the state ran.
+                                let mut work_ctx = context.clone();
+                                match tokio::time::timeout(
+                                    std::time::Duration::from_secs_f64(secs),
+                                    self.execute_state(run, current, &mut work_ctx),
+                                )
                                 .await
-                                .map(|()| None),
-                            None => self.execute_state(run, current, &mut context).await,
-                        },
+                                {
+                                    Ok(r) => {
+                                        context = work_ctx;
+                                        r
+                                    }
+                                    Err(_) => Err(StateError::new(
+                                        error_type::TIMEOUT,
+                                        format!("state `{}` timed out after {secs}s", state.name),
+                                    )),
+                                }
+                            }
+                            None => match action_only(state) {
+                                // Most states only run an action: no `execute_state` future.
+                                Some(action) => self
+                                    .run_action(run, current, action, &mut context)
+                                    .await
+                                    .map(|()| None),
+                                None => self.execute_state(run, current, &mut context).await,
+                            },
                         }
                     };
                     run.launch_origin = None;

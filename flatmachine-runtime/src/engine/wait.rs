@@ -18,7 +18,9 @@ use super::machine::Machine;
 use super::result::{RunError, RunResult, RunStatus, Waiting};
 use super::step::Run;
 use crate::persistence::checkpoint_event;
-use crate::signals::{self, SIGNAL_ERROR, SIGNAL_TIMEOUT, WaitRequest, iso_from_millis, now_millis};
+use crate::signals::{
+    self, SIGNAL_ERROR, SIGNAL_TIMEOUT, WaitRequest, iso_from_millis, now_millis,
+};
 use crate::template::{self, ScopeRef};
 use crate::{Context, StateError, Value};
 
@@ -53,8 +55,9 @@ fn channel_text(value: Value, state: &str) -> Result<String, StateError> {
             ));
         }
     };
-    signals::validate_channel(&text)
-        .map_err(|e| StateError::new(SIGNAL_ERROR, format!("`wait_for` of state `{state}`: {e}")))?;
+    signals::validate_channel(&text).map_err(|e| {
+        StateError::new(SIGNAL_ERROR, format!("`wait_for` of state `{state}`: {e}"))
+    })?;
     Ok(text)
 }
 

@@ -60,13 +60,23 @@ pub fn millis_from_iso(text: &str) -> Option<u64> {
             .then(|| s.parse().ok())
             .flatten()
     };
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':'
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
     {
         return None;
     }
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let mut rest = &text[19..];
@@ -112,8 +122,17 @@ mod tests {
             millis_from_iso("2026-11-24T19:15:37.123456+00:00"),
             Some(1_795_547_737_123)
         );
-        assert_eq!(millis_from_iso("2026-11-24T19:15:37Z"), Some(1_795_547_737_000));
-        for bad in ["", "2026-11-24", "2026-13-24T19:15:37Z", "2026-11-24T19:15:37+02:00", "x026-11-24T19:15:37Z"] {
+        assert_eq!(
+            millis_from_iso("2026-11-24T19:15:37Z"),
+            Some(1_795_547_737_000)
+        );
+        for bad in [
+            "",
+            "2026-11-24",
+            "2026-13-24T19:15:37Z",
+            "2026-11-24T19:15:37+02:00",
+            "x026-11-24T19:15:37Z",
+        ] {
             assert_eq!(millis_from_iso(bad), None, "{bad}");
         }
     }

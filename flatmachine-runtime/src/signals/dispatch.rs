@@ -285,7 +285,11 @@ impl Dispatcher {
     /// run is not parked yet.
     async fn dispatch_one(&self, w: Waiter, machine: Machine) -> Option<Dispatched> {
         let id = w.execution_id.clone();
-        match self.signals.claim(&id, &self.owner, self.options.lease).await {
+        match self
+            .signals
+            .claim(&id, &self.owner, self.options.lease)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => return None,
             Err(e) => {
@@ -440,7 +444,10 @@ impl Dispatcher {
         let mut shutdown = std::pin::pin!(shutdown);
         match self.recover().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(registered = n, "registered waiting runs found in checkpoints"),
+            Ok(n) => tracing::info!(
+                registered = n,
+                "registered waiting runs found in checkpoints"
+            ),
             Err(e) => tracing::warn!(error = %e, "could not look for waiting runs in checkpoints"),
         }
         loop {
@@ -452,7 +459,11 @@ impl Dispatcher {
                         pause = pause.min(until);
                     }
                     if !report.outcomes.is_empty() {
-                        tracing::info!(runs = report.outcomes.len(), delivered = report.delivered, "dispatch round");
+                        tracing::info!(
+                            runs = report.outcomes.len(),
+                            delivered = report.delivered,
+                            "dispatch round"
+                        );
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "dispatch round failed"),

@@ -115,7 +115,15 @@ pub fn render_waiting(runs: &[WaitingRun]) -> String {
     if runs.is_empty() {
         return "(no run waits for a signal)\n".to_owned();
     }
-    let header = ["EXECUTION", "MACHINE", "STATE", "STEP", "CHANNEL", "DEADLINE", "SIGNAL"];
+    let header = [
+        "EXECUTION",
+        "MACHINE",
+        "STATE",
+        "STEP",
+        "CHANNEL",
+        "DEADLINE",
+        "SIGNAL",
+    ];
     let rows: Vec<[String; 7]> = runs
         .iter()
         .map(|r| {

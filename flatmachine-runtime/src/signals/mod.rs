@@ -71,6 +71,11 @@ pub const MAX_SIGNAL_DATA_LEN: usize = 1 << 20;
 /// with no signal (routed by `on_error`).
 pub const SIGNAL_TIMEOUT: &str = "SignalTimeout";
 
+/// The `error_type` of the state error a `machine:` or `foreach` state raises when a child run
+/// parks in a `wait_for` state instead of finishing (routed by `on_error`). The child stays
+/// waiting and can be signalled and resumed on its own; see `docs/signals.md`.
+pub const CHILD_WAITING: &str = "ChildWaiting";
+
 /// The `error_type` of a signal backend failure raised in a `wait_for` state.
 pub const SIGNAL_ERROR: &str = "SignalError";
 

@@ -204,7 +204,14 @@ fn parse_signal(json: &str) -> Result<Signal, SignalError> {
 /// Splits a list entry into (expiry, signal JSON).
 fn split_entry(entry: &str) -> Option<(Option<u64>, &str)> {
     let (exp, json) = entry.split_once('|')?;
-    Some((if exp.is_empty() { None } else { exp.parse().ok() }, json))
+    Some((
+        if exp.is_empty() {
+            None
+        } else {
+            exp.parse().ok()
+        },
+        json,
+    ))
 }
 
 impl RedisSignalBackend {
@@ -246,7 +253,10 @@ impl RedisSignalBackend {
             .collect()
     }
 
-    fn waiter_from(id: String, fields: HashMap<String, String>) -> Result<Option<Waiter>, SignalError> {
+    fn waiter_from(
+        id: String,
+        fields: HashMap<String, String>,
+    ) -> Result<Option<Waiter>, SignalError> {
         let Some(channel) = fields.get("channel").cloned() else {
             return Ok(None);
         };
@@ -288,7 +298,8 @@ impl SignalBackend for RedisSignalBackend {
             data,
             created_at: iso_from_millis(now_millis()),
         };
-        let json = serde_json::to_string(&signal).map_err(|e| SignalError::InvalidData(e.to_string()))?;
+        let json =
+            serde_json::to_string(&signal).map_err(|e| SignalError::InvalidData(e.to_string()))?;
         let expires = options
             .ttl
             .map(|t| millis_after(t).to_string())
@@ -328,7 +339,10 @@ impl SignalBackend for RedisSignalBackend {
     async fn wait(&self, request: &WaitRequest<'_>) -> Result<Option<Signal>, SignalError> {
         validate_channel(request.channel)?;
         let step = request.step.to_string();
-        let deadline = request.deadline_ms.map(|d| d.to_string()).unwrap_or_default();
+        let deadline = request
+            .deadline_ms
+            .map(|d| d.to_string())
+            .unwrap_or_default();
         let now = now_millis().to_string();
         let json: Option<String> = self
             .invoke(
@@ -372,7 +386,8 @@ impl SignalBackend for RedisSignalBackend {
         }
         let mut pipe = redis::pipe();
         for id in &ids {
-            pipe.cmd("HGETALL").arg(format!("{}w:{}", self.base, seg(id)));
+            pipe.cmd("HGETALL")
+                .arg(format!("{}w:{}", self.base, seg(id)));
         }
         let all: Vec<HashMap<String, String>> =
             pipe.query_async(&mut conn).await.map_err(storage)?;

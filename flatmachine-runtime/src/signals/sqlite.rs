@@ -430,8 +430,10 @@ impl SignalBackend for SqliteSignalBackend {
         let id = execution_id.to_owned();
         self.call(move |conn| {
             immediate(conn, |tx| {
-                tx.prepare_cached("DELETE FROM flatmachine_signal_waiters WHERE execution_id = ?1")?
-                    .execute(params![id])?;
+                tx.prepare_cached(
+                    "DELETE FROM flatmachine_signal_waiters WHERE execution_id = ?1",
+                )?
+                .execute(params![id])?;
                 Ok(())
             })
         })
@@ -443,7 +445,9 @@ impl SignalBackend for SqliteSignalBackend {
         self.call(move |conn| {
             immediate(conn, |tx| {
                 let n = tx
-                    .prepare_cached("DELETE FROM signals WHERE expires_ms IS NOT NULL AND expires_ms <= ?1")?
+                    .prepare_cached(
+                        "DELETE FROM signals WHERE expires_ms IS NOT NULL AND expires_ms <= ?1",
+                    )?
                     .execute(params![now as i64])?;
                 Ok(n as u64)
             })
