@@ -43,7 +43,10 @@ fn a_post_is_drafted_waits_for_people_and_is_revised_then_published() {
     // Waiting is no failure: `null` on stdout, what it waits for on stderr.
     assert_eq!(stdout_json(&run), Value::Null);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(stderr.contains("waits for a signal on `review/launch-42`"), "{stderr}");
+    assert!(
+        stderr.contains("waits for a signal on `review/launch-42`"),
+        "{stderr}"
+    );
     assert!(stderr.contains(r#""status":"waiting""#), "{stderr}");
 
     let waiting = String::from_utf8_lossy(&app(d, &["waiting"]).stdout).into_owned();
@@ -93,7 +96,11 @@ fn a_post_is_drafted_waits_for_people_and_is_revised_then_published() {
     // The history shows the fingerprint and both waits.
     let history = String::from_utf8_lossy(&app(d, &["inspect", "post-1"]).stdout).into_owned();
     assert!(history.contains("shape fm-shape1:"), "{history}");
-    assert_eq!(history.matches("waiting on review/launch-42").count(), 2, "{history}");
+    assert_eq!(
+        history.matches("waiting on review/launch-42").count(),
+        2,
+        "{history}"
+    );
 
     // A fork from the first draft, for another post: it drafts and waits on its own channel.
     let fork = app(
@@ -111,6 +118,9 @@ fn a_post_is_drafted_waits_for_people_and_is_revised_then_published() {
     );
     assert_eq!(stdout_json(&fork), Value::Null);
     let stderr = String::from_utf8_lossy(&fork.stderr);
-    assert!(stderr.contains("forked execution post-2 from post-1 at step 1"), "{stderr}");
+    assert!(
+        stderr.contains("forked execution post-2 from post-1 at step 1"),
+        "{stderr}"
+    );
     assert!(stderr.contains("review/launch-43"), "{stderr}");
 }

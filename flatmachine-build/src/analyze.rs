@@ -611,7 +611,13 @@ impl Cx<'_> {
     /// A `wait_for` state only waits: the signal's data is its output. Work of another kind
     /// in the same state would run in an order no reader could guess (the reference skips it
     /// silently), and a final state would end the run before the signal could matter.
-    fn check_wait_state(&mut self, name: &str, def: &StateDefinition, is_final: bool, rel: &[PathSeg]) {
+    fn check_wait_state(
+        &mut self,
+        name: &str,
+        def: &StateDefinition,
+        is_final: bool,
+        rel: &[PathSeg],
+    ) {
         let at = |key: &str| -> Vec<PathSeg> {
             let mut p = rel.to_vec();
             p.push(k(key));
@@ -647,7 +653,10 @@ impl Cx<'_> {
         if let Some(t) = def.timeout
             && !(t.is_finite() && t >= 0.0)
         {
-            self.err(format!("`timeout` of state `{name}` must be a number of seconds, 0 or more"), &at("timeout"));
+            self.err(
+                format!("`timeout` of state `{name}` must be a number of seconds, 0 or more"),
+                &at("timeout"),
+            );
         }
     }
 

@@ -56,7 +56,12 @@ pub fn shape(m: &MachineIr) -> Value {
             let transitions: Vec<Value> = s
                 .transitions
                 .iter()
-                .map(|t| json!([t.condition.as_ref().map(|(src, _)| src.trim()), state_name(t.to)]))
+                .map(|t| {
+                    json!([
+                        t.condition.as_ref().map(|(src, _)| src.trim()),
+                        state_name(t.to)
+                    ])
+                })
                 .collect();
             json!({
                 "name": s.name,
