@@ -14,19 +14,25 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flatmachine_runtime::engine::{ForkOptions, fork_execution};
 use flatmachine_runtime::persistence::{CheckpointStore, checkpoint_event};
 use flatmachine_runtime::redis_backends::RedisConnection;
 use flatmachine_runtime::signals::{
     Dispatcher, MemorySignalBackend, RedisSignalBackend, SendOptions, SignalBackend, SignalError,
     SqliteSignalBackend, WaitRequest,
 };
-use flatmachine_runtime::{Machine, Value};
+use flatmachine_runtime::{Machine, ResumeOptions, RunError, Value};
 use redis_server::RedisServer;
 use serde_json::json;
 
 flatmachine_runtime::flatmachine!("tests/machines/signals/approval.yml");
 flatmachine_runtime::flatmachine!("tests/machines/signals/race.yml");
 flatmachine_runtime::flatmachine!("tests/machines/signals/timed_short.yml");
+
+/// `approval.yml` after an edit that changes its shape (same machine name).
+mod edited {
+    flatmachine_runtime::flatmachine!("tests/machines/signals/approval_v2.yml");
+}
 
 const CHILD: &str = "FM_SIGNALS_CHILD";
 
@@ -654,4 +660,173 @@ async fn redis_dispatchers_on_separate_connections_consume_each_signal_once() {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].data, json!(format!("{i}-1")));
     }
+}
+
+/// Fingerprint checks and forks on shared storage: a build of another shape is refused (resume,
+/// dispatch, fork) naming both hashes; a fork from a waiting run records its origin, waits on
+/// its own channel and gets none of the source's signal; opting in lets the new build go on.
+async fn fork_and_fingerprint(store: CheckpointStore, signals: Arc<dyn SignalBackend>) {
+    let v1 = Machine::of::<approval::Machine>()
+        .persistence(store.clone())
+        .signal_backend(signals.clone())
+        .lock(Arc::new(flatmachine_runtime::lock::NoOpLock))
+        .build()
+        .unwrap();
+    let v2 = Machine::of::<edited::approval::Machine>()
+        .persistence(store.clone())
+        .signal_backend(signals.clone())
+        .lock(Arc::new(flatmachine_runtime::lock::NoOpLock))
+        .build()
+        .unwrap();
+    assert!(
+        v1.run_with_id("fp-1", json!({"ticket": "one"}))
+            .await
+            .unwrap()
+            .is_waiting()
+    );
+    let latest = store.load_latest("fp-1").await.unwrap().unwrap();
+    assert_eq!(
+        latest.config_hash.as_deref(),
+        Some(approval::SPEC.config_hash)
+    );
+
+    let err = v2.resume("fp-1").await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, RunError::FingerprintMismatch { .. }),
+        "{text}"
+    );
+    assert!(text.contains(approval::SPEC.config_hash), "{text}");
+    assert!(text.contains(edited::approval::SPEC.config_hash), "{text}");
+    assert!(matches!(
+        v2.fork("fp-1", ForkOptions::new()).await.unwrap_err(),
+        RunError::FingerprintMismatch { .. }
+    ));
+
+    let fork = fork_execution(
+        &store,
+        "fp-1",
+        &ForkOptions::new()
+            .set("ticket", json!("two"))
+            .execution_id("fp-fork"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fork.from.execution_id, "fp-1");
+    let forked = v1.resume("fp-fork").await.unwrap();
+    assert_eq!(forked.waiting().unwrap().channel, "approval/two");
+    let snap = store.load_latest("fp-fork").await.unwrap().unwrap();
+    let origin = snap.forked_from.expect("the fork records its origin");
+    assert_eq!(
+        (origin.execution_id.as_str(), origin.step),
+        ("fp-1", fork.from.step)
+    );
+    assert_eq!(snap.parent_execution_id, None);
+
+    // The source's signal wakes the source only.
+    signals
+        .send(
+            "approval/one",
+            json!({"decision": "approve", "by": "src"}),
+            SendOptions::default(),
+        )
+        .await
+        .unwrap();
+    let report = Dispatcher::new(&v1).dispatch_once().await.unwrap();
+    let ids: Vec<&str> = report.resumed().map(|r| r.execution_id.as_str()).collect();
+    assert_eq!(ids, vec!["fp-1"]);
+    assert_eq!(signals.waiters(None).await.unwrap().len(), 1);
+
+    // The fork's signal, through v2's dispatcher: refused, then taken once opted in.
+    signals
+        .send(
+            "approval/two",
+            json!({"decision": "approve", "by": "v2"}),
+            SendOptions::default(),
+        )
+        .await
+        .unwrap();
+    let refused = Dispatcher::new(&v2).dispatch_once().await.unwrap();
+    assert!(matches!(
+        refused.failures().next().unwrap().1,
+        RunError::FingerprintMismatch { .. }
+    ));
+    let done = v2
+        .resume_with(
+            "fp-fork",
+            ResumeOptions::new().allow_fingerprint_change(true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.output, json!({"decision": "approve", "by": "v2"}));
+    let latest = store.load_latest("fp-fork").await.unwrap().unwrap();
+    assert_eq!(
+        latest.config_hash.as_deref(),
+        Some(edited::approval::SPEC.config_hash)
+    );
+}
+
+#[tokio::test]
+async fn sqlite_forks_and_fingerprint_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared::new(dir.path());
+    fork_and_fingerprint(shared.store(), shared.signals()).await;
+}
+
+#[tokio::test]
+async fn redis_forks_and_fingerprint_checks() {
+    let server = RedisServer::start();
+    let conn = RedisConnection::open(&server.url(), "sigfork").unwrap();
+    let store = CheckpointStore::new(Arc::new(
+        flatmachine_runtime::redis_backends::RedisPersistence::new(conn.clone()),
+    ));
+    fork_and_fingerprint(store, Arc::new(RedisSignalBackend::new(conn))).await;
+}
+
+#[tokio::test]
+async fn redis_a_thousand_waiting_runs_are_resumed_by_one_dispatcher() {
+    let server = RedisServer::start();
+    let conn = RedisConnection::open(&server.url(), "sig1000").unwrap();
+    let store = CheckpointStore::new(Arc::new(
+        flatmachine_runtime::redis_backends::RedisPersistence::new(conn.clone()),
+    ));
+    let machine = Machine::of::<approval::Machine>()
+        .persistence(store)
+        .signal_backend(Arc::new(RedisSignalBackend::new(conn)))
+        .lock(Arc::new(flatmachine_runtime::lock::NoOpLock))
+        .build()
+        .unwrap();
+    for i in 0..1000 {
+        let r = machine
+            .run_with_id(format!("k-{i}"), json!({"ticket": i}))
+            .await
+            .unwrap();
+        assert!(r.is_waiting());
+        machine
+            .signal_backend()
+            .send(
+                &format!("approval/{i}"),
+                json!({"decision": "approve", "by": i}),
+                SendOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let report = Dispatcher::new(&machine).dispatch_once().await.unwrap();
+    assert_eq!(report.delivered, 1000);
+    let finished: Vec<_> = report.resumed().filter(|r| r.is_finished()).collect();
+    assert_eq!(finished.len(), 1000);
+    assert!(
+        finished
+            .iter()
+            .all(|r| r.output["decision"] == json!("approve"))
+    );
+    assert!(
+        machine
+            .signal_backend()
+            .waiters(None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
