@@ -1,7 +1,8 @@
 //! The signal backends against one contract (memory, SQLite, Redis on a real server), and what
 //! only shared storage can show: runs parked by one process and resumed by another, deadlines
-//! across a real restart, dispatchers racing across processes (SQLite) and connections
-//! (Redis), and signals the reference wrote into its `signals` table.
+//! across a real restart (both on SQLite and on Redis), dispatchers racing across processes
+//! (SQLite) and connections (Redis), forks and fingerprint checks on both stores, 1,000 runs
+//! resumed by one dispatcher, and signals the reference wrote into its `signals` table.
 //!
 //! Child processes are this test binary run again on one test (`--exact`) with
 //! `FM_SIGNALS_CHILD` set: the `child_*` tests do nothing without it.
@@ -275,16 +276,32 @@ async fn signals_the_reference_wrote_are_taken() {
     assert!(at.ends_with("+00:00"), "{at}");
 }
 
-/// Paths of one shared setup: SQLite checkpoints, signals and locks in `dir`.
+/// One shared setup: checkpoints and signals in SQLite in `dir`, or on the Redis server at
+/// `redis` (keys under one prefix); locks and notes in `dir`.
 struct Shared {
     dir: PathBuf,
+    redis: Option<String>,
 }
 
 impl Shared {
     fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_path_buf(),
+            redis: None,
         }
+    }
+
+    fn redis(dir: &Path, url: &str) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            redis: Some(url.to_string()),
+        }
+    }
+
+    fn redis_conn(&self) -> Option<RedisConnection> {
+        self.redis
+            .as_deref()
+            .map(|url| RedisConnection::open(url, "sigproc").unwrap())
     }
 
     fn db(&self) -> PathBuf {
@@ -292,11 +309,19 @@ impl Shared {
     }
 
     fn store(&self) -> CheckpointStore {
-        CheckpointStore::sqlite(self.db()).unwrap()
+        match self.redis_conn() {
+            Some(conn) => CheckpointStore::new(Arc::new(
+                flatmachine_runtime::redis_backends::RedisPersistence::new(conn),
+            )),
+            None => CheckpointStore::sqlite(self.db()).unwrap(),
+        }
     }
 
     fn signals(&self) -> Arc<dyn SignalBackend> {
-        Arc::new(SqliteSignalBackend::open(self.db()).unwrap())
+        match self.redis_conn() {
+            Some(conn) => Arc::new(RedisSignalBackend::new(conn)),
+            None => Arc::new(SqliteSignalBackend::open(self.db()).unwrap()),
+        }
     }
 
     /// The race machine: `note` appends `execution_id got pid` to `notes.txt`.
@@ -341,20 +366,28 @@ impl Shared {
     }
 }
 
-/// Runs `test` of this binary in a child process with `FM_SIGNALS_CHILD=role` and `dir`.
-fn child(test: &str, role: &str, dir: &Path) -> std::process::Child {
-    Command::new(std::env::current_exe().unwrap())
+/// Runs `test` of this binary in a child process with `FM_SIGNALS_CHILD=role` on `shared`.
+fn child(test: &str, role: &str, shared: &Shared) -> std::process::Child {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD, role)
-        .env("FM_SIGNALS_DIR", dir)
-        .spawn()
-        .unwrap()
+        .env("FM_SIGNALS_DIR", &shared.dir);
+    match &shared.redis {
+        Some(url) => command.env("FM_SIGNALS_REDIS", url),
+        None => command.env_remove("FM_SIGNALS_REDIS"),
+    };
+    command.spawn().unwrap()
 }
 
 fn child_env() -> Option<(String, Shared)> {
     let role = std::env::var(CHILD).ok()?;
     let dir = std::env::var("FM_SIGNALS_DIR").ok()?;
-    Some((role, Shared::new(Path::new(&dir))))
+    let shared = match std::env::var("FM_SIGNALS_REDIS") {
+        Ok(url) => Shared::redis(Path::new(&dir), &url),
+        Err(_) => Shared::new(Path::new(&dir)),
+    };
+    Some((role, shared))
 }
 
 /// Child process: `park` runs `p-0`…`p-9` until they wait, then exits; `dispatch` runs
@@ -404,8 +437,18 @@ async fn child_process() {
 #[tokio::test]
 async fn runs_parked_by_one_process_are_resumed_by_another() {
     let dir = tempfile::tempdir().unwrap();
-    let shared = Shared::new(dir.path());
-    let status = child("child_process", "park", dir.path()).wait().unwrap();
+    parked_then_resumed_by_another_process(Shared::new(dir.path())).await;
+}
+
+#[tokio::test]
+async fn redis_runs_parked_by_one_process_are_resumed_by_another() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    parked_then_resumed_by_another_process(Shared::redis(dir.path(), &server.url())).await;
+}
+
+async fn parked_then_resumed_by_another_process(shared: Shared) {
+    let status = child("child_process", "park", &shared).wait().unwrap();
     assert!(status.success());
     // The parking process is gone; this one sees ten waiting runs and resumes them.
     let machine = shared.race_machine();
@@ -426,7 +469,7 @@ async fn runs_parked_by_one_process_are_resumed_by_another() {
     }
     let report = Dispatcher::new(&machine).dispatch_once().await.unwrap();
     assert_eq!(report.resumed().filter(|r| r.is_finished()).count(), 10);
-    let notes = std::fs::read_to_string(dir.path().join("notes.txt")).unwrap();
+    let notes = std::fs::read_to_string(shared.dir.join("notes.txt")).unwrap();
     assert_eq!(notes.lines().count(), 10);
 }
 
@@ -457,7 +500,7 @@ async fn dispatchers_in_three_processes_consume_each_signal_once() {
         }
     }
     let children: Vec<_> = (0..3)
-        .map(|_| child("child_process", "dispatch", dir.path()))
+        .map(|_| child("child_process", "dispatch", &shared))
         .collect();
     for mut c in children {
         assert!(c.wait().unwrap().success());
@@ -507,9 +550,21 @@ async fn dispatchers_in_three_processes_consume_each_signal_once() {
 #[tokio::test]
 async fn a_deadline_survives_a_real_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let shared = Shared::new(dir.path());
+    deadline_across_a_restart(Shared::new(dir.path())).await;
+}
+
+#[tokio::test]
+async fn redis_a_deadline_survives_a_real_restart() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    deadline_across_a_restart(Shared::redis(dir.path(), &server.url())).await;
+}
+
+/// A run parks with a deadline in a process that then exits; this process resumes it before
+/// the deadline (it waits again, same deadline) and dispatches until the deadline routes it.
+async fn deadline_across_a_restart(shared: Shared) {
     assert!(
-        child("child_process", "timed", dir.path())
+        child("child_process", "timed", &shared)
             .wait()
             .unwrap()
             .success()
