@@ -169,11 +169,14 @@ pub async fn fork_execution(
     fork_with(store, source, options, None).await
 }
 
+/// A check of the source checkpoint before forking it: the fingerprint it gets, or a refusal.
+type SnapshotCheck<'a> = &'a (dyn Fn(&MachineSnapshot) -> Result<Option<String>, RunError> + Sync);
+
 async fn fork_with(
     store: &CheckpointStore,
     source: &str,
     options: &ForkOptions,
-    check: Option<&(dyn Fn(&MachineSnapshot) -> Result<Option<String>, RunError> + Sync)>,
+    check: Option<SnapshotCheck<'_>>,
 ) -> Result<Fork, ForkError> {
     validate_execution_id(source).map_err(PersistenceError::from)?;
     let mut keys: Vec<(u64, u8, String)> = store
