@@ -85,6 +85,7 @@ const BACKENDS: &[(&str, &[&str])] = &[
     ("results", &["memory", "redis"]),
     ("registration", &["memory", "sqlite", "redis"]),
     ("work", &["memory", "sqlite", "redis"]),
+    ("signal", &["memory", "sqlite", "redis"]),
 ];
 
 struct Cx<'a> {
@@ -114,6 +115,12 @@ impl Cx<'_> {
         self.last()
     }
 
+    fn err_key(&mut self, msg: impl Into<String>, rel: &[PathSeg]) -> &mut Diagnostic {
+        let span = self.project.key_span(self.origin(), rel);
+        self.diags.push(Diagnostic::error(msg, Some(span)));
+        self.last()
+    }
+
     fn warn_key(&mut self, msg: impl Into<String>, rel: &[PathSeg]) -> &mut Diagnostic {
         let span = self.project.key_span(self.origin(), rel);
         self.diags.push(Diagnostic::warning(msg, Some(span)));
@@ -128,6 +135,7 @@ impl Cx<'_> {
             ("results", &b.results),
             ("registration", &b.registration),
             ("work", &b.work),
+            ("signal", &b.signal),
         ];
         for (kind, name) in chosen {
             let Some(name) = name else { continue };
@@ -276,7 +284,7 @@ impl Cx<'_> {
                 )
             })
             .collect();
-        Some(MachineIr {
+        let mut ir = MachineIr {
             id,
             module: module_names[id].clone(),
             name: data
@@ -297,7 +305,10 @@ impl Cx<'_> {
             agents: agent_list,
             actions,
             engine,
-        })
+            config_hash: String::new(),
+        };
+        ir.config_hash = crate::fingerprint::shape_hash(&ir);
+        Some(ir)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -360,6 +371,9 @@ impl Cx<'_> {
                     self.undeclared_machine(name, "launches", n, &p, machines);
                 }
             }
+        }
+        if def.wait_for.is_some() {
+            self.check_wait_state(name, def, is_final, &at(&[]));
         }
         if def.foreach.is_some() && def.machine.is_none() {
             self.err(
@@ -484,6 +498,10 @@ impl Cx<'_> {
             .key
             .as_ref()
             .map(|f| self.template_str(&at(&[k("key")]), f, &item_scope));
+        let wait_for = def
+            .wait_for
+            .as_ref()
+            .map(|f| self.template_str(&at(&[k("wait_for")]), f, &base_scope));
         if let Some(crate::model::MachineField::Many(items)) = &def.machine {
             for (j, item) in items.iter().enumerate() {
                 if let crate::model::MachineListItem::WithInput(mi) = item
@@ -599,8 +617,61 @@ impl Cx<'_> {
             launch_input,
             foreach,
             key,
+            wait_for,
             on_error,
             transitions,
+        }
+    }
+
+    /// A `wait_for` state only waits: the signal's data is its output. Work of another kind
+    /// in the same state would run in an order no reader could guess (the reference skips it
+    /// silently), and a final state would end the run before the signal could matter.
+    fn check_wait_state(
+        &mut self,
+        name: &str,
+        def: &StateDefinition,
+        is_final: bool,
+        rel: &[PathSeg],
+    ) {
+        let at = |key: &str| -> Vec<PathSeg> {
+            let mut p = rel.to_vec();
+            p.push(k(key));
+            p
+        };
+        let other_work = [
+            ("agent", def.agent.is_some()),
+            ("action", def.action.is_some()),
+            ("machine", def.machine.is_some()),
+            ("foreach", def.foreach.is_some()),
+            ("launch", def.launch.is_some()),
+        ];
+        for (key, present) in other_work {
+            if present {
+                self.err_key(
+                    format!("state `{name}` waits for a signal (`wait_for`) and also has `{key}`"),
+                    &at(key),
+                )
+                .help
+                .push(format!(
+                    "a `wait_for` state only waits; move `{key}` to a state before or after it"
+                ));
+            }
+        }
+        if is_final {
+            self.err_key(
+                format!("final state `{name}` cannot wait for a signal: the run ends there"),
+                &at("wait_for"),
+            )
+            .help
+            .push("wait in a state before the final one, and go on to it with a transition".into());
+        }
+        if let Some(t) = def.timeout
+            && !(t.is_finite() && t >= 0.0)
+        {
+            self.err(
+                format!("`timeout` of state `{name}` must be a number of seconds, 0 or more"),
+                &at("timeout"),
+            );
         }
     }
 

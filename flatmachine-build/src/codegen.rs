@@ -183,6 +183,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
     let name = &m.name;
     let source = &m.source;
     let spec_version = &m.spec_version;
+    let config_hash = &m.config_hash;
 
     // Conditions: each simple one becomes a small function (one per distinct source), each CEL
     // one a `static CelProgram`; the transition table in `SPEC` refers to them and the runtime
@@ -226,16 +227,17 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
         "backends",
         m.backends.as_ref().map(|b| {
             let f = |v: &Option<String>| opt(v.as_ref().map(|s| quote!(#s)));
-            let (p, l, r, g, w, q) = (
+            let (p, l, r, g, w, s, q) = (
                 f(&b.persistence),
                 f(&b.locking),
                 f(&b.results),
                 f(&b.registration),
                 f(&b.work),
+                f(&b.signal),
                 f(&b.sqlite_path),
             );
             quote!(#rt::machine::BackendsSpec {
-                persistence: #p, locking: #l, results: #r, registration: #g, work: #w, sqlite_path: #q,
+                persistence: #p, locking: #l, results: #r, registration: #g, work: #w, signal: #s, sqlite_path: #q,
             })
         }),
     );
@@ -344,6 +346,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
             name: NAME,
             spec_version: #spec_version,
             source: #source,
+            config_hash: #config_hash,
             states: &[#(#state_specs),*],
             initial: #initial_index,
             #context
@@ -1174,6 +1177,7 @@ fn state_spec(
     let input = template("input", s.input.as_ref());
     let output_to_context = template("output_to_context", s.output_to_context.as_ref());
     let output = template("output", s.output.as_ref());
+    let wait_for = template("wait_for", s.wait_for.as_ref());
 
     let mut fields: Vec<TokenStream> = vec![quote!(name: #name,)];
     if s.is_final {
@@ -1203,7 +1207,7 @@ fn state_spec(
         fields.push(quote!(launch: &[#(#launch),*],));
     }
     fields.extend(
-        [launch_input, input, output_to_context, output]
+        [launch_input, input, output_to_context, output, wait_for]
             .into_iter()
             .flatten(),
     );

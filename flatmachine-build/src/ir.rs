@@ -78,6 +78,8 @@ pub struct StateIr {
     pub foreach: Option<TemplateIr>,
     /// Checked foreach `key` template.
     pub key: Option<TemplateIr>,
+    /// Checked `wait_for` channel template.
+    pub wait_for: Option<TemplateIr>,
     /// Error type name (`default` for the catch-all) → target state index.
     pub on_error: Vec<(String, usize)>,
     /// Transitions in order.
@@ -121,6 +123,9 @@ pub struct MachineIr {
     pub actions: BTreeSet<String>,
     /// Expression engine.
     pub engine: ExpressionEngine,
+    /// The fingerprint of the machine's shape (see `crate::fingerprint`), written into every
+    /// checkpoint as `config_hash`.
+    pub config_hash: String,
 }
 
 /// One entry of a machine's `agents:`.

@@ -340,6 +340,10 @@ impl Loader {
         match result {
             Ok(v) => {
                 for p in unknown {
+                    // Keys of later specs get their own diagnostic (`later_keys::check`).
+                    if what == "machine" && crate::later_keys::later_key(&p).is_some() {
+                        continue;
+                    }
                     let key = match p.last() {
                         Some(PathSeg::Key(k)) => k.clone(),
                         _ => continue,
@@ -405,6 +409,7 @@ impl Loader {
             return id;
         }
         let config: Option<MachineWrapper> = self.typed(&origin, SchemaKind::Machine, "machine");
+        crate::later_keys::check(&mut self.project, &origin);
         let mut agents = IndexMap::new();
         let mut machines = IndexMap::new();
         // `profiles: ./profiles.yml` (upstream machines all say it) names the machine's

@@ -421,3 +421,147 @@ fn convert_moves_python_checkpoints_to_sqlite_and_back_and_inspect_reads_both() 
     assert_eq!(code, 1);
     assert!(stderr.contains("same store"), "{stderr}");
 }
+
+// ---- signal send, waiting, fork ------------------------------------------------------------
+
+/// A run the Python reference 4.2.1 parked in `wait_decision` on `approval/py`, saved into a
+/// SQLite checkpoint file at `db`.
+fn park_a_reference_run(db: &Path) {
+    let text = r#"{"execution_id": "py-wait", "machine_name": "approval", "spec_version": "4.2.1", "current_state": "wait_decision", "context": {"ticket": "py", "machine": {"execution_id": "py-wait", "step": 2}}, "step": 2, "created_at": "2026-11-24T19:15:37.123456+00:00", "event": "waiting", "output": null, "total_api_calls": 0, "total_cost": 0.0, "parent_execution_id": null, "pending_launches": null, "waiting_channel": "approval/py", "tool_loop_state": null}"#;
+    let snap = flatmachine_runtime::persistence::MachineSnapshot::from_json_slice(text.as_bytes())
+        .unwrap();
+    let store = flatmachine_runtime::persistence::CheckpointStore::sqlite(db).unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(store.save(snap))
+        .unwrap();
+}
+
+fn flatmachine_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    run(Command::new(env!("CARGO_BIN_EXE_flatmachine"))
+        .args(args)
+        .current_dir(dir))
+}
+
+#[test]
+fn signal_send_waiting_and_fork_work_on_a_sqlite_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    park_a_reference_run(&d.join("app.sqlite"));
+
+    // `waiting` lists the run from its checkpoint; the signal store does not know it yet.
+    let (code, out, err) = flatmachine_in(
+        d,
+        &[
+            "waiting",
+            "--dir",
+            "sqlite:app.sqlite",
+            "--signals",
+            "sqlite:app.sqlite",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let runs: serde_json::Value = serde_json::from_str(&out).expect("waiting --json is JSON");
+    let text = runs.to_string();
+    assert!(
+        text.contains("py-wait") && text.contains("approval/py"),
+        "{text}"
+    );
+
+    // `signal send` stores a signal (data inline or from a file) in order.
+    let (code, out, err) = flatmachine_in(
+        d,
+        &[
+            "signal",
+            "send",
+            "approval/py",
+            "--signals",
+            "sqlite:app.sqlite",
+            "--data",
+            r#"{"decision": "approve", "by": "cli"}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let sent: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(sent["channel"], "approval/py");
+    std::fs::write(d.join("second.json"), r#"{"decision": "reject"}"#).unwrap();
+    let (code, _, err) = flatmachine_in(
+        d,
+        &[
+            "signal",
+            "send",
+            "approval/py",
+            "--signals",
+            "sqlite:app.sqlite",
+            "--data",
+            "@second.json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let signals =
+        flatmachine_runtime::signals::SqliteSignalBackend::open(d.join("app.sqlite")).unwrap();
+    let pending = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(flatmachine_runtime::signals::SignalBackend::peek(
+            &signals,
+            "approval/py",
+        ))
+        .unwrap();
+    let data: Vec<_> = pending.iter().map(|s| s.data.clone()).collect();
+    assert_eq!(
+        data,
+        vec![
+            serde_json::json!({"decision": "approve", "by": "cli"}),
+            serde_json::json!({"decision": "reject"})
+        ]
+    );
+
+    // Bad input is refused with a reason, and nothing is stored.
+    let (code, _, err) = flatmachine_in(
+        d,
+        &[
+            "signal",
+            "send",
+            "approval/py",
+            "--signals",
+            "sqlite:app.sqlite",
+            "--data",
+            "{nope",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(!err.trim().is_empty());
+    let (code, _, err) =
+        flatmachine_in(d, &["signal", "send", "", "--signals", "sqlite:app.sqlite"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("empty"), "{err}");
+
+    // `fork` makes a new execution from the waiting checkpoint, with an edited context.
+    let (code, _, err) = flatmachine_in(
+        d,
+        &[
+            "fork",
+            "py-wait",
+            "--dir",
+            "sqlite:app.sqlite",
+            "--set",
+            r#"ticket="two""#,
+            "--id",
+            "py-fork",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let store =
+        flatmachine_runtime::persistence::CheckpointStore::sqlite(d.join("app.sqlite")).unwrap();
+    let fork = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(store.load_latest("py-fork"))
+        .unwrap()
+        .expect("the fork is stored");
+    assert_eq!(fork.context["ticket"], serde_json::json!("two"));
+    assert_eq!(fork.event.as_deref(), Some("execute"));
+    assert_eq!(fork.waiting_channel, None);
+    let origin = fork.forked_from.expect("the fork records its origin");
+    assert_eq!((origin.execution_id.as_str(), origin.step), ("py-wait", 2));
+}

@@ -11,9 +11,21 @@
 //!
 //! ```text
 //! app run [--input JSON|@file|-] [--execution-id ID] [--parent-id ID] [--machine CHILD] [--max-steps N] [--max-agent-calls N]
-//! app resume ID [--machine CHILD] [--max-agent-calls N]
+//! app resume ID [--machine CHILD] [--max-agent-calls N] [--allow-fingerprint-change]
 //! app inspect [ID] [--json] [--tree]
+//! app signal send CHANNEL --data JSON|@file [--ttl SECONDS | --keep]
+//! app waiting [--json]
+//! app dispatch [--once] [--poll-ms N] [--allow-fingerprint-change]
+//! app fork ID [--step N] [--event EVENT] [--set KEY=JSON]... [--id NEW_ID] [--allow-fingerprint-change]
 //! ```
+//!
+//! A run that stops in a `wait_for` state is not a failure: it prints `null` on stdout, says
+//! on stderr what it waits for, and its statistics line has `"status": "waiting"` and the
+//! `channel` (exit status 0). `signal send` stores a signal on the machine's signal backend
+//! (`settings.backends.signal`); `dispatch --once` delivers signals and resumes the runs they
+//! wake (one round; without `--once` it keeps going until Ctrl-C); `waiting` lists the waiting
+//! runs; `fork` starts a new execution from a checkpoint of another one and runs it (see
+//! `docs/signals.md`).
 //!
 //! The contract (what [`SubprocessInvoker`] relies on): the run's output is printed to stdout
 //! as JSON and the exit status is 0; on failure the error goes to stderr as `error: ...` and
@@ -33,6 +45,7 @@ use std::process::ExitCode;
 use async_trait::async_trait;
 use clap::{Parser, Subcommand};
 
+use crate::cli_signals;
 use crate::engine::{InvokeRequest, MachineInvoker};
 use crate::process::{CallError, CallLimits, ChildEnv, run_bounded};
 use crate::{
@@ -81,6 +94,55 @@ enum Command {
         /// Most agent calls in the rest of the run tree, the calls recorded before included.
         #[arg(long)]
         max_agent_calls: Option<u64>,
+        /// Continue a checkpoint written by a build of another shape.
+        #[arg(long)]
+        allow_fingerprint_change: bool,
+    },
+    /// Signals for runs waiting in `wait_for` states.
+    Signal {
+        #[command(subcommand)]
+        command: SignalCommand,
+    },
+    /// List the runs waiting for a signal.
+    Waiting {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deliver signals to waiting runs and resume them (until Ctrl-C, or one round with --once).
+    Dispatch {
+        /// One round, then exit (prints what it did as JSON).
+        #[arg(long)]
+        once: bool,
+        /// Longest pause between rounds, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        poll_ms: u64,
+        /// Resume checkpoints written by a build of another shape.
+        #[arg(long)]
+        allow_fingerprint_change: bool,
+    },
+    /// Start a new execution from a checkpoint of another one, and run it.
+    Fork {
+        /// The execution to fork.
+        id: String,
+        /// Fork from this step (default: the latest checkpoint).
+        #[arg(long)]
+        step: Option<u64>,
+        /// Which checkpoint of the step (default: its first).
+        #[arg(long)]
+        event: Option<String>,
+        /// Change the fork's context: KEY=JSON (a dotted key reaches into maps); repeatable.
+        #[arg(long = "set", value_name = "KEY=JSON")]
+        set: Vec<String>,
+        /// The fork's execution id (default: a new UUID).
+        #[arg(long = "id")]
+        new_id: Option<String>,
+        /// Fork a checkpoint written by a build of another shape.
+        #[arg(long)]
+        allow_fingerprint_change: bool,
+        /// Only make the fork; do not run it.
+        #[arg(long)]
+        no_run: bool,
     },
     /// Print an execution's history from its checkpoints (without an id: list executions).
     Inspect {
@@ -93,6 +155,24 @@ enum Command {
         /// run stands and whether anything will resume it.
         #[arg(long)]
         tree: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SignalCommand {
+    /// Send a signal on CHANNEL (kept until a run takes it, or its time to live passes).
+    Send {
+        /// The channel (what a `wait_for` state renders, e.g. `approval/42`).
+        channel: String,
+        /// The signal's data: JSON, or `@path` to read it from a file.
+        #[arg(long, short = 'd', default_value = "null")]
+        data: String,
+        /// Drop the signal if no run took it within this many seconds (default: 7 days).
+        #[arg(long, conflicts_with = "keep")]
+        ttl: Option<f64>,
+        /// Keep the signal until a run takes it.
+        #[arg(long)]
+        keep: bool,
     },
 }
 
@@ -150,16 +230,29 @@ where
                     return ExitCode::FAILURE;
                 }
             }
-            eprintln!(
-                "{}",
-                serde_json::json!({
-                    "execution_id": result.execution_id,
-                    "final_state": result.final_state,
-                    "steps": result.steps,
-                    "total_api_calls": result.total_api_calls,
-                    "total_cost": result.total_cost,
-                })
-            );
+            let mut stats = serde_json::json!({
+                "execution_id": result.execution_id,
+                "final_state": result.final_state,
+                "steps": result.steps,
+                "total_api_calls": result.total_api_calls,
+                "total_cost": result.total_cost,
+            });
+            if let Some(w) = result.waiting() {
+                eprintln!(
+                    "waiting: execution {} waits for a signal on `{}` in state `{}`{}; send one with `signal send {} --data JSON`, then run `dispatch --once`",
+                    result.execution_id,
+                    w.channel,
+                    w.state,
+                    w.deadline
+                        .as_deref()
+                        .map(|d| format!(" until {d}"))
+                        .unwrap_or_default(),
+                    w.channel,
+                );
+                stats["status"] = "waiting".into();
+                stats["channel"] = w.channel.clone().into();
+            }
+            eprintln!("{stats}");
             ExitCode::SUCCESS
         }
         Err(failure) => {
@@ -253,9 +346,12 @@ async fn execute(builder: MachineBuilder, command: Command) -> Result<Outcome, F
             id,
             machine,
             max_agent_calls,
+            allow_fingerprint_change,
         } => {
             let machine = pick(&machine)?;
-            let mut options = RunOptions::new().resume_from(id);
+            let mut options = RunOptions::new()
+                .resume_from(id)
+                .allow_fingerprint_change(allow_fingerprint_change);
             if let Some(n) = max_agent_calls {
                 options = options.max_agent_calls(n);
             }
@@ -267,6 +363,67 @@ async fn execute(builder: MachineBuilder, command: Command) -> Result<Outcome, F
             return inspect(&root, id.as_deref(), json, tree)
                 .await
                 .map_err(Failure::from);
+        }
+        Command::Signal {
+            command:
+                SignalCommand::Send {
+                    channel,
+                    data,
+                    ttl,
+                    keep,
+                },
+        } => {
+            return cli_signals::send(&root, &channel, &data, ttl, keep)
+                .await
+                .map(Outcome::Text)
+                .map_err(Failure::from);
+        }
+        Command::Waiting { json } => {
+            return cli_signals::waiting(&root, json)
+                .await
+                .map(Outcome::Text)
+                .map_err(Failure::from);
+        }
+        Command::Dispatch {
+            once,
+            poll_ms,
+            allow_fingerprint_change,
+        } => {
+            let text = cli_signals::dispatch(&root, once, poll_ms, allow_fingerprint_change).await;
+            join(&root).await;
+            return text.map(Outcome::Text).map_err(Failure::from);
+        }
+        Command::Fork {
+            id,
+            step,
+            event,
+            set,
+            new_id,
+            allow_fingerprint_change,
+            no_run,
+        } => {
+            let options =
+                cli_signals::fork_options(step, event, &set, new_id, allow_fingerprint_change)?;
+            if no_run {
+                let fork = root.fork(&id, options).await.map_err(|e| e.to_string())?;
+                return Ok(Outcome::Text(format!(
+                    "{}\n",
+                    serde_json::json!({
+                        "execution_id": fork.execution_id,
+                        "forked_from": fork.from,
+                        "state": fork.state,
+                        "event": fork.event,
+                    })
+                )));
+            }
+            let ran = root.fork_and_run(&id, options).await;
+            join(&root).await;
+            let (fork, result) = ran.map_err(|e| e.to_string())?;
+            eprintln!(
+                "forked execution {} from {} at step {}",
+                fork.execution_id, fork.from.execution_id, fork.from.step
+            );
+            Ok(result)
         }
     };
     result
@@ -540,7 +697,27 @@ impl MachineInvoker for SubprocessInvoker {
                     ),
                 )
             })?;
+        // A child that waits for a signal says so in its statistics line (stderr).
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let waiting = stderr
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+            .find(|v| v.get("execution_id").is_some())
+            .filter(|v| v.get("status").and_then(Value::as_str) == Some("waiting"));
+        let status = match waiting {
+            Some(stats) => crate::RunStatus::Waiting(crate::Waiting {
+                channel: stats["channel"].as_str().unwrap_or_default().to_string(),
+                state: stats["final_state"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                deadline: None,
+            }),
+            None => crate::RunStatus::Finished,
+        };
         Ok(RunResult {
+            status,
             output,
             execution_id: request.execution_id,
             final_state: String::new(),

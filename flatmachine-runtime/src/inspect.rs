@@ -25,7 +25,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::persistence::{
-    CheckpointStore, LaunchIntent, MachineSnapshot, PersistenceError, checkpoint_event,
+    CheckpointStore, ForkOrigin, LaunchIntent, MachineSnapshot, PersistenceError, checkpoint_event,
     parse_snapshot_key,
 };
 use crate::{Context, Value};
@@ -39,6 +39,10 @@ pub struct ExecutionHistory {
     pub machine_name: String,
     /// The execution that launched or invoked this one, if recorded.
     pub parent_execution_id: Option<String>,
+    /// The machine's fingerprint (`config_hash`) in the newest readable checkpoint.
+    pub config_hash: Option<String>,
+    /// The execution and step this one was forked from, if it is a fork.
+    pub forked_from: Option<ForkOrigin>,
     /// The key the `latest` pointer names (`None` without a pointer).
     pub latest: Option<String>,
     /// Every checkpoint, in run order (step, then event order within a step).
@@ -70,6 +74,10 @@ pub struct CheckpointRecord {
     pub total_cost: Option<f64>,
     /// The output, on the final checkpoints.
     pub output: Option<Context>,
+    /// The channel the run waits on, on a `waiting` checkpoint.
+    pub waiting_channel: Option<String>,
+    /// When that wait gives up, if it has a `timeout`.
+    pub wait_deadline: Option<String>,
     /// Why the checkpoint could not be read, when it could not.
     pub unreadable: Option<String>,
 }
@@ -153,6 +161,8 @@ impl ExecutionHistory {
             execution_id: execution_id.to_owned(),
             machine_name: String::new(),
             parent_execution_id: None,
+            config_hash: None,
+            forked_from: None,
             latest,
             checkpoints: Vec::with_capacity(keys.len()),
         };
@@ -196,9 +206,15 @@ impl ExecutionHistory {
                 total_api_calls: snapshot.total_api_calls,
                 total_cost: snapshot.total_cost,
                 output: snapshot.output.clone(),
+                waiting_channel: snapshot.waiting_channel.clone(),
+                wait_deadline: snapshot.wait_deadline.clone(),
                 unreadable: None,
             });
             history.machine_name.clone_from(&snapshot.machine_name);
+            history.config_hash.clone_from(&snapshot.config_hash);
+            if snapshot.forked_from.is_some() {
+                history.forked_from.clone_from(&snapshot.forked_from);
+            }
             if snapshot.parent_execution_id.is_some() {
                 history
                     .parent_execution_id
@@ -222,6 +238,16 @@ impl ExecutionHistory {
             self.checkpoints.len(),
             escape_controls(self.latest.as_deref().unwrap_or("-")),
         );
+        if let Some(hash) = &self.config_hash {
+            let _ = writeln!(out, "shape {hash}");
+        }
+        if let Some(origin) = &self.forked_from {
+            let _ = writeln!(
+                out,
+                "forked from execution {} at step {}",
+                origin.execution_id, origin.step
+            );
+        }
         let rows: Vec<[String; 5]> = self
             .checkpoints
             .iter()
@@ -252,6 +278,12 @@ impl ExecutionHistory {
             push_row(&mut out, row, &widths);
             if let Some(reason) = &record.unreadable {
                 let _ = writeln!(out, "      unreadable: {}", escape_controls(reason));
+            }
+            if let Some(channel) = &record.waiting_channel {
+                let _ = match &record.wait_deadline {
+                    Some(deadline) => writeln!(out, "      waiting on {channel} until {deadline}"),
+                    None => writeln!(out, "      waiting on {channel}"),
+                };
             }
             // The outbox is carried by every later checkpoint: show it where it changes.
             let launches = record.pending_launches.as_slice();
@@ -304,6 +336,8 @@ impl CheckpointRecord {
             total_api_calls: None,
             total_cost: None,
             output: None,
+            waiting_channel: None,
+            wait_deadline: None,
             unreadable: Some(reason),
         }
     }

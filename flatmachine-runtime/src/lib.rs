@@ -7,6 +7,8 @@ pub mod agents;
 pub mod cel;
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "cli")]
+mod cli_signals;
 pub mod context;
 pub mod distributed;
 pub mod engine;
@@ -24,14 +26,15 @@ pub mod process;
 pub mod redis_backends;
 pub mod results;
 pub mod run_tree;
+pub mod signals;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 pub mod template;
 
 pub use context::{Context, Value};
 pub use engine::{
-    ActionCall, AgentCallBudget, AgentOutput, LaunchOutcome, Machine, MachineBuilder, RunError,
-    RunFailure, RunOptions, RunResult, RunTotals,
+    ActionCall, AgentCallBudget, AgentOutput, LaunchOutcome, Machine, MachineBuilder,
+    ResumeOptions, RunError, RunFailure, RunOptions, RunResult, RunStatus, RunTotals, Waiting,
 };
 pub use error::{StateError, error_type};
 pub use machine::{BackendsSpec, MachineDef, MachineSpec, StateSpec};

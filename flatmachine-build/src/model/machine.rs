@@ -170,7 +170,10 @@ pub struct BackendConfig {
     /// Work pools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub work: Option<String>,
-    /// The SQLite file registration and work share.
+    /// Signals for `wait_for` states (FlatMachines 4.2.1 key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// The SQLite file registration, work and signals share.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sqlite_path: Option<String>,
 }
@@ -245,6 +248,11 @@ pub struct StateDefinition {
     /// Input for launched machines (templates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch_input: Option<JsonMap>,
+    /// Channel to wait on for an outside signal (a template over the context): the run
+    /// checkpoints and stops until a signal arrives there; the signal's data is the state's
+    /// output. `timeout` is then the most seconds to wait (FlatMachines 4.2.1 key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<String>,
 }
 
 /// `type: initial | final`.

@@ -9,6 +9,7 @@ use crate::lock::{ExecutionLock, LocalFileLock, NoOpLock};
 use crate::machine::MachineSpec;
 use crate::persistence::CheckpointStore;
 use crate::results::{InMemoryResultBackend, ResultBackend};
+use crate::signals::SignalBackend;
 use crate::{Context, StateError, Value};
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -74,6 +75,8 @@ pub struct MachineBuilder {
     checkpoint_dir: PathBuf,
     lock_dir: PathBuf,
     keep_last: Option<usize>,
+    signals: Option<Arc<dyn SignalBackend>>,
+    write_config_hash: bool,
 }
 
 impl MachineBuilder {
@@ -100,6 +103,8 @@ impl MachineBuilder {
             checkpoint_dir: PathBuf::from(".checkpoints"),
             lock_dir: PathBuf::from(".locks"),
             keep_last: None,
+            signals: None,
+            write_config_hash: true,
         }
     }
 
@@ -326,6 +331,24 @@ impl MachineBuilder {
         self
     }
 
+    /// Where `wait_for` states find their signals and register as waiters (overrides
+    /// `settings.backends.signal`; default: what the YAML names, else one
+    /// [`MemorySignalBackend`](crate::signals::MemorySignalBackend) per built machine, shared
+    /// with its children).
+    pub fn signal_backend(mut self, backend: Arc<dyn SignalBackend>) -> Self {
+        self.signals = Some(backend);
+        self
+    }
+
+    /// Whether checkpoints carry the machine's fingerprint, `config_hash` (default `true`).
+    /// Without it they are byte-identical to the reference 1.0.0's (whose loader refuses
+    /// fields it does not know), but `resume` cannot tell a checkpoint of another build's
+    /// shape from one of this build's. See `docs/signals.md`.
+    pub fn write_config_hash(mut self, yes: bool) -> Self {
+        self.write_config_hash = yes;
+        self
+    }
+
     /// Treat an `action:` no handler accepts as a no-op (the reference's behaviour) instead of an
     /// `UnhandledActionError`.
     pub fn ignore_unhandled_actions(mut self, yes: bool) -> Self {
@@ -407,6 +430,13 @@ impl MachineBuilder {
                 self.lock.unwrap_or_else(|| Arc::new(NoOpLock)),
             ),
         };
+        let signals = match self.signals {
+            Some(s) => s,
+            None => crate::signals::for_machine(spec).map_err(|e| BuildError::Backend {
+                machine: spec.name.to_string(),
+                message: format!("could not open its signal backend: {e}"),
+            })?,
+        };
         let checkpoint_on = spec
             .persistence
             .as_ref()
@@ -439,6 +469,8 @@ impl MachineBuilder {
             ignore_unhandled_actions: self.ignore_unhandled_actions,
             children: std::sync::Mutex::default(),
             state_actions: std::sync::OnceLock::new(),
+            signals,
+            write_config_hash: self.write_config_hash,
         }))
     }
 }

@@ -84,6 +84,28 @@ pub(super) fn tag<T: Send + 'static>(
     Box::pin(async move { (i, f.await) })
 }
 
+/// The error of a state whose child `name` (execution `child_id`) parked in a `wait_for` state.
+fn child_waiting_error(name: &str, child_id: &str, waiting: &super::result::Waiting) -> StateError {
+    StateError::new(
+        crate::signals::CHILD_WAITING,
+        format!(
+            "child machine `{name}` (execution {child_id}) is waiting for a signal on `{}` in state `{}`; a parent does not go on without its child's result. The child can be signalled and resumed on its own; to wait inside a composition, put the `wait_for` in the parent or `launch:` the child",
+            waiting.channel, waiting.state
+        ),
+    )
+}
+
+/// The first [`CHILD_WAITING`](crate::signals::CHILD_WAITING) error among a state's child
+/// results: such a state fails rather than record a waiting child as an entry.
+fn first_waiting<'a>(
+    results: impl IntoIterator<Item = &'a Result<RunResult, StateError>>,
+) -> Option<StateError> {
+    results.into_iter().find_map(|r| match r {
+        Err(e) if e.error_type == crate::signals::CHILD_WAITING => Some(e.clone()),
+        _ => None,
+    })
+}
+
 /// A child's result as an entry of a parallel/foreach result: its output, or `{_error, _error_type}`.
 pub(super) fn child_entry(r: Result<RunResult, StateError>) -> Value {
     match r {
@@ -169,13 +191,18 @@ impl Machine {
             invoker: self.inner.invoker.clone(),
             children: std::sync::Mutex::default(),
             state_actions: std::sync::OnceLock::new(),
+            signals: self.inner.signals.clone(),
+            write_config_hash: self.inner.write_config_hash,
         }))
     }
 
     /// Runs the child `name` to completion through the invoker, as the `position`-th child of
     /// the state `state` at this run's step (a derived execution id, this run as its parent,
     /// the run tree's budget). When this run is a resume, a child that already has
-    /// checkpoints continues from them (a finished one returns its recorded result).
+    /// checkpoints continues from them (a finished one returns its recorded result). A child
+    /// that parks in a `wait_for` state is a [`CHILD_WAITING`](crate::signals::CHILD_WAITING)
+    /// error, never a result: the parent must not go on as if the child had produced
+    /// something.
     pub(super) fn run_child(
         &self,
         run: &Run,
@@ -194,7 +221,14 @@ impl Machine {
             agent_calls: run.budget.clone(),
         };
         let invoker = self.inner.invoker.clone();
-        Box::pin(async move { invoker.invoke(request).await })
+        let child_id = request.execution_id.clone();
+        Box::pin(async move {
+            let result = invoker.invoke(request).await?;
+            match result.waiting() {
+                Some(w) => Err(child_waiting_error(name, &child_id, w)),
+                None => Ok(result),
+            }
+        })
     }
 
     /// Starts (or, for `resume`, continues) a child run inside this process: what
@@ -217,7 +251,7 @@ impl Machine {
                 .is_some()
         {
             return child
-                .resume_run(&request.execution_id, None, request.agent_calls)
+                .resume_run(&request.execution_id, None, request.agent_calls, false)
                 .await
                 .map_err(|f| f.error);
         }
@@ -346,6 +380,9 @@ impl Machine {
                         Value::Array(Vec::new())
                     });
                 };
+                if let Some(e) = first_waiting([&first]) {
+                    return Err(e);
+                }
                 match &first {
                     Ok(r) => run.add_child_totals(r),
                     Err(e) if e.error_type == error_type::MAX_AGENT_CALLS => {
@@ -364,16 +401,21 @@ impl Machine {
             // A child starts as soon as a slot frees up (at most `cap` run at a time), and
             // its result is cut down to its entry as it arrives: a foreach over many items
             // holds the pending inputs and the entries, not every child's whole `RunResult`.
+            type Entry = Result<(Option<ChildTotals>, Value), StateError>;
             let children = inputs.into_iter().enumerate().map(|(i, input)| {
                 let child = self.run_child(run, state.name, i, name, input);
                 Box::pin(async move {
                     let r = child.await;
-                    (r.as_ref().ok().map(ChildTotals::of), child_entry(r))
-                }) as BoxFuture<'static, (Option<ChildTotals>, Value)>
+                    match first_waiting([&r]) {
+                        Some(e) => Err(e),
+                        None => Ok((r.as_ref().ok().map(ChildTotals::of), child_entry(r))),
+                    }
+                }) as BoxFuture<'static, Entry>
             });
             let (results, stopped) = run_capped(children, cap, || budget.was_refused()).await;
             let mut entries = Vec::with_capacity(results.len());
-            for (totals, entry) in results {
+            for item in results {
+                let (totals, entry) = item?;
                 if let Some(totals) = totals {
                     run.add_totals(totals);
                 }
@@ -411,6 +453,9 @@ impl Machine {
             let Some((i, first)) = first_to_finish(futures, cap).await else {
                 return Ok(Value::Object(Context::new()));
             };
+            if let Some(e) = first_waiting([&first]) {
+                return Err(e);
+            }
             match &first {
                 Ok(r) => run.add_child_totals(r),
                 Err(e) if e.error_type == error_type::MAX_AGENT_CALLS => return Err(e.clone()),
@@ -423,6 +468,9 @@ impl Machine {
         }
         let (results, stopped) =
             run_capped(futures.into_iter(), cap, || budget.was_refused()).await;
+        if let Some(e) = first_waiting(&results) {
+            return Err(e);
+        }
         let mut out = Context::new();
         for (call, result) in state.machine.iter().zip(results) {
             if let Ok(r) = &result {

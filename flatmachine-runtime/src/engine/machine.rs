@@ -13,6 +13,7 @@ use crate::lock::ExecutionLock;
 use crate::machine::{MachineDef, MachineSpec};
 use crate::persistence::{CheckpointStore, CheckpointWriter};
 use crate::results::ResultBackend;
+use crate::signals::SignalBackend;
 use crate::template::{self, ScopeRef};
 use crate::{Context, Value};
 use std::collections::HashMap;
@@ -43,6 +44,18 @@ pub(crate) struct Inner {
     pub children: std::sync::Mutex<Vec<(&'static str, Machine)>>,
     /// The named action handler of each state (by state index), looked up once.
     pub state_actions: std::sync::OnceLock<Box<[Option<ActionFn>]>>,
+    /// Signals for `wait_for` states (shared with children).
+    pub signals: Arc<dyn SignalBackend>,
+    /// Whether checkpoints carry the machine's fingerprint (`config_hash`).
+    pub write_config_hash: bool,
+}
+
+impl Inner {
+    /// The fingerprint written into this machine's checkpoints, if any.
+    pub(super) fn config_hash(&self) -> Option<&'static str> {
+        (self.write_config_hash && !self.spec.config_hash.is_empty())
+            .then_some(self.spec.config_hash)
+    }
 }
 
 /// A compiled machine, configured and ready to run (cheap to clone).
@@ -101,6 +114,12 @@ impl Machine {
         &self.inner.results
     }
 
+    /// The signal backend of `wait_for` states (`settings.backends.signal`, or the one given
+    /// to [`MachineBuilder::signal_backend`]); send signals through it.
+    pub fn signal_backend(&self) -> &Arc<dyn SignalBackend> {
+        &self.inner.signals
+    }
+
     /// Run with a new execution id.
     pub async fn run(&self, input: Value) -> Result<RunResult, RunError> {
         self.run_with(input, RunOptions::new()).await
@@ -134,7 +153,14 @@ impl Machine {
         let budget = AgentCallBudget::new(options.max_agent_calls.or(self.inner.max_agent_calls));
         if options.resume {
             let id = options.execution_id.unwrap_or_default();
-            return self.resume_run(&id, options.max_steps, budget).await;
+            return self
+                .resume_run(
+                    &id,
+                    options.max_steps,
+                    budget,
+                    options.allow_fingerprint_change,
+                )
+                .await;
         }
         let id = options
             .execution_id
@@ -282,6 +308,7 @@ impl Machine {
             .map_err(early)?;
         let mut run = Run::new(writer, parent, hooks, max_steps, budget);
         run.fencing_token = guard.fencing_token();
+        run.config_hash = self.inner.config_hash();
         let empty = Context::new();
         let mut context = match &spec.context {
             Some(tv) => {

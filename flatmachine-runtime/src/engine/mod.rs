@@ -11,6 +11,7 @@ mod actions;
 mod budget;
 mod builder;
 mod children;
+mod fork;
 mod handlers;
 mod invoker;
 mod launches;
@@ -18,16 +19,20 @@ mod machine;
 mod result;
 mod resume;
 mod step;
+mod wait;
 
 pub use budget::{AgentCallBudget, RunTotals};
 pub use builder::{BuildError, MachineBuilder};
 pub(crate) use children::child_id;
+pub use fork::{Fork, ForkError, ForkOptions, fork_execution};
 pub use handlers::{ActionCall, ActionFn, AgentFn, AgentOutput, FallbackActionFn};
 pub use invoker::{InProcessInvoker, InvokeRequest, MachineInvoker};
 pub use launches::LaunchOutcome;
 pub(crate) use launches::launch_id;
 pub use machine::Machine;
-pub use result::{RunError, RunFailure, RunOptions, RunResult};
+pub use result::{
+    ResumeOptions, RunError, RunFailure, RunOptions, RunResult, RunStatus, Waiting,
+};
 
 /// Default `max_steps` when neither the machine nor the caller sets one (the reference's).
 pub const DEFAULT_MAX_STEPS: u64 = 1000;

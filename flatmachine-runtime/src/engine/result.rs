@@ -7,14 +7,18 @@ use crate::lock::LockError;
 use crate::persistence::PersistenceError;
 use crate::{Context, StateError, Value};
 
-/// What a finished run returns.
+/// What a run that stopped without an error returns: it finished, or it waits for a signal
+/// (see [`RunStatus`]; waiting is not an error).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunResult {
-    /// The final output (`{}` when the final state has no `output`).
+    /// Whether the run finished or waits for a signal.
+    pub status: RunStatus,
+    /// The final output (`{}` when the final state has no `output`); `null` while the run
+    /// waits.
     pub output: Value,
     /// The run's execution id.
     pub execution_id: String,
-    /// The final state's name.
+    /// The state the run stopped in: the final state, or the `wait_for` state it waits in.
     pub final_state: String,
     /// State visits, the final state included.
     pub steps: u64,
@@ -28,6 +32,49 @@ pub struct RunResult {
     pub usage: Usage,
     /// The context at the end.
     pub context: Context,
+}
+
+impl RunResult {
+    /// Whether the run reached a final state.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status, RunStatus::Finished)
+    }
+
+    /// Whether the run waits for a signal.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self.status, RunStatus::Waiting(_))
+    }
+
+    /// What the run waits for, if it waits.
+    pub fn waiting(&self) -> Option<&Waiting> {
+        match &self.status {
+            RunStatus::Waiting(w) => Some(w),
+            RunStatus::Finished => None,
+        }
+    }
+}
+
+/// How a run that returned without an error stopped.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RunStatus {
+    /// It reached a final state; `output` is the final output.
+    Finished,
+    /// It reached a `wait_for` state and no signal was there: it is checkpointed (`waiting`)
+    /// and nothing runs for it. Send a signal on the channel, then dispatch it
+    /// ([`Dispatcher`](crate::signals::Dispatcher)) or [`resume`](super::Machine::resume) it.
+    Waiting(Waiting),
+}
+
+/// Where a waiting run waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// The channel (the state's `wait_for`, rendered).
+    pub channel: String,
+    /// The `wait_for` state.
+    pub state: String,
+    /// When it gives up (`timeout`), UTC `isoformat()` text.
+    pub deadline: Option<String>,
 }
 
 /// Why a run did not finish. Every variant about one execution names it (`execution_id`;
@@ -130,6 +177,22 @@ pub enum RunError {
     /// `resume` was given an execution id with no checkpoint.
     #[error("no checkpoint for execution `{0}`")]
     UnknownExecution(String),
+    /// The checkpoint was written by a build of this machine with another shape (states,
+    /// transitions, actions or agent outputs changed): resuming, signalling or forking it
+    /// needs [`ResumeOptions::allow_fingerprint_change`].
+    #[error(
+        "execution `{execution_id}` of machine `{machine}` was checkpointed by a build with shape {checkpoint_hash}, but this build's shape is {machine_hash}: its states, transitions, actions or agent outputs changed since. Use the build that wrote it, or opt in to continuing with this one (`ResumeOptions::allow_fingerprint_change`, `--allow-fingerprint-change`)"
+    )]
+    FingerprintMismatch {
+        /// The machine.
+        machine: String,
+        /// The execution.
+        execution_id: String,
+        /// The `config_hash` of the checkpoint.
+        checkpoint_hash: String,
+        /// This build's `config_hash`.
+        machine_hash: String,
+    },
     /// Checkpoint storage failed (a corrupt snapshot names its file).
     #[error(transparent)]
     Persistence(#[from] PersistenceError),
@@ -187,7 +250,8 @@ impl RunError {
             | RunError::UnknownState { execution_id, .. }
             | RunError::Hook { execution_id, .. }
             | RunError::Template { execution_id, .. }
-            | RunError::OtherMachine { execution_id, .. } => Some(execution_id),
+            | RunError::OtherMachine { execution_id, .. }
+            | RunError::FingerprintMismatch { execution_id, .. } => Some(execution_id),
             RunError::UnknownExecution(id) => Some(id),
             RunError::Persistence(_) | RunError::Lock(_) => None,
         }
@@ -211,6 +275,9 @@ pub struct RunOptions {
     /// Continue `execution_id` from its latest checkpoint instead of starting it
     /// ([`Machine::execute`](super::Machine::execute) then ignores the input).
     pub resume: bool,
+    /// Resuming: continue a checkpoint written by a build of another shape (its
+    /// `config_hash` differs from this build's) instead of refusing it.
+    pub allow_fingerprint_change: bool,
 }
 
 impl RunOptions {
@@ -251,6 +318,13 @@ impl RunOptions {
         self.resume = true;
         self
     }
+
+    /// Resuming, accept a checkpoint written by a build of another shape (see
+    /// [`ResumeOptions`]).
+    pub fn allow_fingerprint_change(mut self, yes: bool) -> Self {
+        self.allow_fingerprint_change = yes;
+        self
+    }
 }
 
 /// A run that did not finish, with what it left: the error, and — when the run got as far as
@@ -285,5 +359,28 @@ impl RunFailure {
             totals: RunTotals::default(),
             steps: 0,
         })
+    }
+}
+
+/// Per-call settings for [`Machine::resume_with`](super::Machine::resume_with) (and the
+/// dispatcher and forks, which resume too).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResumeOptions {
+    /// Continue a checkpoint written by a build of another shape (its `config_hash` differs
+    /// from this build's); later checkpoints carry this build's fingerprint.
+    pub allow_fingerprint_change: bool,
+}
+
+impl ResumeOptions {
+    /// Defaults: a checkpoint of another shape is refused.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Accept a checkpoint written by a build of another shape.
+    pub fn allow_fingerprint_change(mut self, yes: bool) -> Self {
+        self.allow_fingerprint_change = yes;
+        self
     }
 }

@@ -2,10 +2,10 @@
 
 use super::budget::{AgentCallBudget, RunTotals};
 use super::machine::Machine;
-use super::result::{RunError, RunFailure, RunOptions, RunResult};
+use super::result::{ResumeOptions, RunError, RunFailure, RunOptions, RunResult, RunStatus};
 use super::step::{Entry, Run};
 use crate::Value;
-use crate::persistence::{CheckpointWriter, PersistenceError, checkpoint_event};
+use crate::persistence::{CheckpointWriter, MachineSnapshot, PersistenceError, checkpoint_event};
 
 impl Machine {
     /// Continue an execution from its latest checkpoint, at exactly the point the checkpoint
@@ -20,6 +20,9 @@ impl Machine {
     ///
     /// Step numbers continue from the checkpoint's; none is spent twice.
     ///
+    /// * `waiting` — runs the `wait_for` state's work again: the signal delivered to it (or
+    ///   pending on its channel) is taken, else the run waits again (same step, same deadline).
+    ///
     /// Launches recorded in the checkpoint (`pending_launches`) whose child has no result yet
     /// are started again with the same execution id (a child with checkpoints of its own is
     /// resumed instead), so every launched child runs once across a crash. The `machine:` /
@@ -29,10 +32,26 @@ impl Machine {
     ///
     /// An `execution_id` whose checkpoints name one of this machine's child machines is
     /// resumed with that child; one naming a machine this one does not have is
-    /// [`RunError::OtherMachine`]. To pass limits again, or to get the context and totals of a
-    /// failure, use [`execute`](Self::execute) with [`RunOptions::resume_from`].
+    /// [`RunError::OtherMachine`]. A checkpoint whose fingerprint (`config_hash`) differs from
+    /// this build's is refused with [`RunError::FingerprintMismatch`]; see
+    /// [`resume_with`](Self::resume_with). To pass limits again, or to get the context and
+    /// totals of a failure, use [`execute`](Self::execute) with [`RunOptions::resume_from`].
     pub async fn resume(&self, execution_id: &str) -> Result<RunResult, RunError> {
-        self.execute(Value::Null, RunOptions::new().resume_from(execution_id))
+        self.resume_with(execution_id, ResumeOptions::default())
+            .await
+    }
+
+    /// [`resume`](Self::resume) with options: `allow_fingerprint_change` continues a
+    /// checkpoint written by a build of another shape.
+    pub async fn resume_with(
+        &self,
+        execution_id: &str,
+        options: ResumeOptions,
+    ) -> Result<RunResult, RunError> {
+        let options = RunOptions::new()
+            .resume_from(execution_id)
+            .allow_fingerprint_change(options.allow_fingerprint_change);
+        self.execute(Value::Null, options)
             .await
             .map_err(|f| f.error)
     }
@@ -45,6 +64,7 @@ impl Machine {
         execution_id: &str,
         max_steps: Option<u64>,
         budget: AgentCallBudget,
+        allow_fingerprint_change: bool,
     ) -> Result<RunResult, Box<RunFailure>> {
         let early = |e: RunError| RunFailure::early(execution_id, e);
         let spec = self.inner.spec;
@@ -74,7 +94,15 @@ impl Machine {
             // or one this machine does not have (said so, with how to resume it).
             drop(guard);
             return match self.find_in_tree(&snap.machine_name) {
-                Some(child) => Box::pin(child.resume_run(execution_id, max_steps, budget)).await,
+                Some(child) => {
+                    Box::pin(child.resume_run(
+                        execution_id,
+                        max_steps,
+                        budget,
+                        allow_fingerprint_change,
+                    ))
+                    .await
+                }
                 None => Err(early(RunError::OtherMachine {
                     machine: spec.name.to_string(),
                     execution_id: execution_id.to_string(),
@@ -90,6 +118,9 @@ impl Machine {
                 reason,
             }))
         };
+        if !allow_fingerprint_change {
+            self.check_fingerprint(&snap).map_err(early)?;
+        }
         let hooks = self
             .hooks_for_resume(execution_id, snap.parent_execution_id.clone())
             .map_err(early)?;
@@ -102,6 +133,8 @@ impl Machine {
         );
         run.fencing_token = guard.fencing_token();
         run.resumed = true;
+        run.config_hash = self.inner.config_hash();
+        run.forked_from = snap.forked_from.clone();
         run.step = snap.step;
         run.api_calls = snap.total_api_calls.unwrap_or(0);
         run.cost = snap.total_cost.unwrap_or(0.0);
@@ -126,6 +159,7 @@ impl Machine {
                 }
             };
             return Ok(RunResult {
+                status: RunStatus::Finished,
                 output: Value::Object(snap.output.clone().unwrap_or_default()),
                 execution_id: run.execution_id,
                 final_state,
@@ -151,6 +185,13 @@ impl Machine {
             let entry = match event {
                 checkpoint_event::STATE_ENTER => Entry::AfterEnter,
                 checkpoint_event::EXECUTE => Entry::AfterExecute,
+                checkpoint_event::WAITING if spec.states[state].wait_for.is_some() => {
+                    run.wait_deadline = snap
+                        .wait_deadline
+                        .as_deref()
+                        .and_then(crate::signals::millis_from_iso);
+                    Entry::AfterExecute
+                }
                 checkpoint_event::STATE_EXIT => Entry::AfterExit(
                     snap.output
                         .filter(|_| spec.states[state].is_final)
@@ -183,5 +224,34 @@ impl Machine {
         .await;
         drop(guard);
         ran.map_err(|error| run.failure(error, context))
+    }
+
+    /// Refuses a checkpoint written by a build of another shape. A checkpoint without a
+    /// fingerprint (the reference 1.0.0, or a build that does not write it) and one holding
+    /// a hash of another kind (the reference 4.2.1's SHA-256 of its config text) are not
+    /// comparable and load as they are.
+    pub(super) fn check_fingerprint(&self, snap: &MachineSnapshot) -> Result<(), RunError> {
+        let ours = self.inner.spec.config_hash;
+        let Some(theirs) = snap.config_hash.as_deref() else {
+            return Ok(());
+        };
+        if ours.is_empty() || !comparable(ours, theirs) || ours == theirs {
+            return Ok(());
+        }
+        Err(RunError::FingerprintMismatch {
+            machine: self.inner.spec.name.to_string(),
+            execution_id: snap.execution_id.clone(),
+            checkpoint_hash: theirs.to_string(),
+            machine_hash: ours.to_string(),
+        })
+    }
+}
+
+/// Whether two fingerprints are of the same kind (`scheme:` prefix), so comparing means
+/// something.
+fn comparable(ours: &str, theirs: &str) -> bool {
+    match (ours.split_once(':'), theirs.split_once(':')) {
+        (Some((a, _)), Some((b, _))) => a == b,
+        _ => false,
     }
 }

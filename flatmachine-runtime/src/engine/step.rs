@@ -5,13 +5,16 @@ use super::budget::{AgentCallBudget, Budgeted, LiveTotals, RunTotals};
 use super::handlers::ActionCall;
 use super::machine::Machine;
 use super::machine::noop_hooks;
-use super::result::{RunError, RunFailure, RunResult};
+use super::result::{RunError, RunFailure, RunResult, RunStatus};
+use super::wait::WaitOutcome;
 use crate::agents::{AdapterEnv, AgentExecutor, AgentResult, ClosureExecutor, Usage};
 use crate::error::error_type;
 use crate::hooks::MachineHooks;
 use crate::machine::{MachineSpec, StateSpec};
 use crate::persistence::encoded::SnapshotParts;
-use crate::persistence::{CheckpointStore, CheckpointWriter, LaunchIntent, PersistenceError};
+use crate::persistence::{
+    CheckpointStore, CheckpointWriter, ForkOrigin, LaunchIntent, PersistenceError,
+};
 use crate::template::{self, ScopeRef, TemplateValue};
 use crate::{Context, StateError, Value};
 use std::sync::Arc;
@@ -64,6 +67,14 @@ pub(super) struct Run {
     pub(super) resumed: bool,
     /// The totals [`RunTotals::current`] reads, updated whenever they change.
     pub(super) live: Arc<LiveTotals>,
+    /// The machine's fingerprint written into checkpoints (`None`: not written).
+    pub(super) config_hash: Option<&'static str>,
+    /// Where a forked run came from (written into every checkpoint).
+    pub(super) forked_from: Option<ForkOrigin>,
+    /// The deadline of the `wait_for` state a resumed run waits in (from its checkpoint).
+    pub(super) wait_deadline: Option<u64>,
+    /// The step whose `wait_for` signal is consumed once the state's exit is recorded.
+    pub(super) signal_ack: Option<u64>,
 }
 
 impl Run {
@@ -95,6 +106,10 @@ impl Run {
             budget,
             resumed: false,
             live: Arc::default(),
+            config_hash: None,
+            forked_from: None,
+            wait_deadline: None,
+            signal_ack: None,
         }
     }
 
@@ -188,6 +203,23 @@ impl Machine {
         context: &Context,
         output: Option<&Value>,
     ) -> Result<(), PersistenceError> {
+        self.write_checkpoint_with(store, run, event, state, context, output, None)
+            .await
+    }
+
+    /// [`write_checkpoint`](Self::write_checkpoint), with the channel and deadline of a
+    /// `waiting` checkpoint.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn write_checkpoint_with(
+        &self,
+        store: &CheckpointStore,
+        run: &mut Run,
+        event: &'static str,
+        state: &'static str,
+        context: &Context,
+        output: Option<&Value>,
+        waiting: Option<(&str, Option<&str>)>,
+    ) -> Result<(), PersistenceError> {
         let spec = self.inner.spec;
         if !run.pending_launches.is_empty() {
             let launches = &self.inner.launches;
@@ -213,6 +245,10 @@ impl Machine {
             parent_execution_id: run.parent_execution_id.as_deref(),
             pending_launches: (!run.pending_launches.is_empty())
                 .then_some(run.pending_launches.as_slice()),
+            waiting_channel: waiting.map(|(channel, _)| channel),
+            config_hash: run.config_hash,
+            wait_deadline: waiting.and_then(|(_, deadline)| deadline),
+            forked_from: run.forked_from.as_ref(),
             fencing_token: run.fencing_token,
         };
         store.write(&mut run.writer, parts).await
@@ -310,35 +346,47 @@ impl Machine {
                     // The launch outbox rewrites this step's `execute` checkpoint with the
                     // context the step started from.
                     run.step_context = (!state.launch.is_empty()).then(|| context.clone());
-                    let executed = match state.timeout.filter(|t| *t > 0.0) {
-                        Some(secs) => {
-                            // On timeout the state's work is dropped and the context is left
-                            // as it was before the state ran.
-                            let mut work_ctx = context.clone();
-                            match tokio::time::timeout(
-                                std::time::Duration::from_secs_f64(secs),
-                                self.execute_state(run, current, &mut work_ctx),
-                            )
-                            .await
-                            {
-                                Ok(r) => {
-                                    *context = work_ctx;
-                                    r
-                                }
-                                Err(_) => Err(StateError::new(
-                                    error_type::TIMEOUT,
-                                    format!("state `{}` timed out after {secs}s", state.name),
-                                )),
+                    let executed = if state.wait_for.is_some() {
+                        // A `wait_for` state takes a signal or parks the run (its `timeout` is
+                        // a durable deadline, not a bound on work: see `wait.rs`).
+                        match self.wait_for_signal(run, current, context).await {
+                            Ok(WaitOutcome::Received(output)) => Ok(Some(output)),
+                            Ok(WaitOutcome::Park(parked)) => {
+                                return self.park(run, current, context.clone(), parked).await;
                             }
+                            Err(e) => Err(e),
                         }
-                        None => match action_only(state) {
-                            // Most states only run an action: no `execute_state` future.
-                            Some(action) => self
-                                .run_action(run, current, action, context)
+                    } else {
+                        match state.timeout.filter(|t| *t > 0.0) {
+                            Some(secs) => {
+                                // On timeout the state's work is dropped and the context is left
+                                // as it was before the state ran.
+                                let mut work_ctx = context.clone();
+                                match tokio::time::timeout(
+                                    std::time::Duration::from_secs_f64(secs),
+                                    self.execute_state(run, current, &mut work_ctx),
+                                )
                                 .await
-                                .map(|()| None),
-                            None => self.execute_state(run, current, context).await,
-                        },
+                                {
+                                    Ok(r) => {
+                                        *context = work_ctx;
+                                        r
+                                    }
+                                    Err(_) => Err(StateError::new(
+                                        error_type::TIMEOUT,
+                                        format!("state `{}` timed out after {secs}s", state.name),
+                                    )),
+                                }
+                            }
+                            None => match action_only(state) {
+                                // Most states only run an action: no `execute_state` future.
+                                Some(action) => self
+                                    .run_action(run, current, action, context)
+                                    .await
+                                    .map(|()| None),
+                                None => self.execute_state(run, current, context).await,
+                            },
+                        }
                     };
                     run.launch_origin = None;
                     run.step_context = None;
@@ -362,6 +410,9 @@ impl Machine {
                             },
                         )
                         .await?;
+                    }
+                    if run.signal_ack.is_some() {
+                        self.ack_signal(run).await;
                     }
                     output
                 }
@@ -387,6 +438,7 @@ impl Machine {
                     return Err(self.hook_error(run, e));
                 }
                 return Ok(RunResult {
+                    status: RunStatus::Finished,
                     output: final_output,
                     execution_id: run.execution_id.clone(),
                     final_state: state.name.to_string(),

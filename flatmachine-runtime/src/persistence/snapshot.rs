@@ -61,6 +61,22 @@ pub struct MachineSnapshot {
     /// are none (the reference writes `null`, never `[]`).
     #[serde(default)]
     pub pending_launches: Option<Vec<LaunchIntent>>,
+    /// The channel the run waits on: set on the `waiting` checkpoint of a `wait_for` state
+    /// (the reference 4.2.1's field). Not written when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_channel: Option<String>,
+    /// The fingerprint of the machine's shape (`fm-shape1:…`; the reference 4.2.1 writes the
+    /// SHA-256 of its config text under the same name): a resume, signal or fork with a build
+    /// of another shape is refused unless the caller opts in. Not written when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// When a waiting run gives up (`timeout` of its `wait_for` state), UTC, `isoformat()`
+    /// style; on `waiting` checkpoints only. Not written when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_deadline: Option<String>,
+    /// The execution and step this run was forked from. Not written when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<ForkOrigin>,
     /// The fencing token of the execution lock held when the snapshot was made (locks that
     /// issue them: `RedisLock`). Not written when `None`, so snapshots stay byte-identical to
     /// the reference's; a store that checks it refuses snapshots older than the newest token.
@@ -93,6 +109,10 @@ impl MachineSnapshot {
             total_cost: None,
             parent_execution_id: None,
             pending_launches: None,
+            waiting_channel: None,
+            config_hash: None,
+            wait_deadline: None,
+            forked_from: None,
             fencing_token: None,
         }
     }
@@ -122,6 +142,16 @@ impl MachineSnapshot {
     pub fn from_json_slice(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
+}
+
+/// Where a forked execution came from: the execution and the step of the checkpoint it was
+/// copied from (written into every checkpoint of the fork).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkOrigin {
+    /// The execution forked.
+    pub execution_id: String,
+    /// The step of the checkpoint the fork started from.
+    pub step: u64,
 }
 
 /// A child launch recorded in a snapshot before it happens (the reference's `LaunchIntent`).
