@@ -14,6 +14,7 @@ mod handlers;
 mod invoker;
 mod launches;
 mod machine;
+mod required;
 mod result;
 mod resume;
 mod step;
@@ -23,6 +24,7 @@ pub use handlers::{ActionCall, ActionFn, AgentFn, AgentOutput, FallbackActionFn}
 pub use invoker::{InProcessInvoker, InvokeRequest, MachineInvoker};
 pub use launches::LaunchOutcome;
 pub use machine::Machine;
+pub use required::{HandlerKind, MissingHandler};
 pub use result::{RunError, RunOptions, RunResult};
 
 /// Default `max_steps` when neither the machine nor the caller sets one (the reference's).
