@@ -8,6 +8,7 @@ pub mod cel;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod context;
+pub mod cost;
 pub mod distributed;
 pub mod engine;
 pub mod error;

@@ -195,7 +195,7 @@ impl Totals {
     fn add(&mut self, result: &AgentResult) {
         self.usage += result.usage;
         self.api_calls += result.api_calls;
-        self.cost += result.cost;
+        self.cost = crate::cost::add(self.cost, result.cost);
     }
 
     fn apply(&self, result: &mut AgentResult) {

@@ -92,7 +92,7 @@ impl Run {
 
     pub(super) fn add_totals(&mut self, child: ChildTotals) {
         self.api_calls += child.api_calls;
-        self.cost += child.cost;
+        self.cost = crate::cost::add(self.cost, child.cost);
         self.usage += child.usage;
     }
 }
@@ -496,7 +496,7 @@ impl Machine {
             )
             .await?;
             run.api_calls += result.api_calls;
-            run.cost += result.cost;
+            run.cost = crate::cost::add(run.cost, result.cost);
             run.usage += result.usage;
             let out = result.into_output_payload();
             self.output_to_context(state, context, &out)?;
