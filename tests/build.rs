@@ -12,7 +12,6 @@ const CORPUS_MACHINES: &[&str] = &[
     "writer_critic/config/machine.yml",
     "mdap/config/machine.yml",
     "character_card/config/machine.yml",
-    "error_handling/config/machine.yml",
 ];
 
 fn main() {

@@ -22,7 +22,8 @@ fn corpus(rel: &str) -> Option<PathBuf> {
     if dir.is_none() {
         eprintln!("note: FLATMACHINE_CONFORMANCE_DIR is not set; skipping corpus machine {rel}");
     }
-    repo("").map(|root| root.join(dir?).join("corpus").join(rel))
+    let dir = dir?;
+    repo("").map(|root| root.join(dir).join("corpus").join(rel))
 }
 
 fn bench(c: &mut Criterion) {

@@ -222,80 +222,15 @@ pub struct OutputRead {
 /// `is not defined`), reads it through `| default`, or tests its truth (`{% if output.x %}`,
 /// `output.x or ...`); `output.<name>(...)` is a method call.
 pub fn output_reads(src: &str) -> Vec<OutputRead> {
-    use minijinja::machinery::{Token, tokenize};
-    if !crate::templates::is_template(src) {
-        return Vec::new();
-    }
-    let mut tokens = Vec::new();
-    for t in tokenize(src, false, Default::default()) {
-        match t {
-            Ok(t) => tokens.push(t),
-            Err(_) => return Vec::new(),
-        }
-    }
-    let ident = |i: usize| match tokens.get(i) {
-        Some((Token::Ident(s), _)) => Some(*s),
-        _ => None,
-    };
-    let rebinds = (0..tokens.len())
-        .any(|i| matches!(ident(i), Some("set" | "for")) && ident(i + 1) == Some("output"));
-    if rebinds {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    let mut guarded = std::collections::HashSet::new();
-    for i in 0..tokens.len() {
-        if ident(i) != Some("output") || (i > 0 && matches!(tokens[i - 1].0, Token::Dot)) {
-            continue;
-        }
-        let (field, span, next) = match (tokens.get(i + 1), tokens.get(i + 2), tokens.get(i + 3)) {
-            (Some((Token::Dot, _)), Some((Token::Ident(f), span)), _) => {
-                (f.to_string(), span, i + 3)
-            }
-            (
-                Some((Token::BracketOpen, _)),
-                Some((Token::Str(f), span)),
-                Some((Token::BracketClose, _)),
-            ) => (f.to_string(), span, i + 4),
-            (
-                Some((Token::BracketOpen, _)),
-                Some((Token::String(f), span)),
-                Some((Token::BracketClose, _)),
-            ) => (f.to_string(), span, i + 4),
-            _ => continue,
-        };
-        let after = |j: usize| tokens.get(next + j).map(|(t, _)| t);
-        if matches!(after(0), Some(Token::ParenOpen)) {
-            continue;
-        }
-        let tested = matches!(after(0), Some(Token::Ident("is")))
-            && matches!(
-                (after(1), after(2)),
-                (Some(Token::Ident("defined" | "undefined" | "none")), _)
-                    | (
-                        Some(Token::Ident("not")),
-                        Some(Token::Ident("defined" | "undefined" | "none"))
-                    )
-            );
-        let defaulted = matches!(after(0), Some(Token::Pipe))
-            && matches!(after(1), Some(Token::Ident("default" | "d")));
-        // A truth test (`{% if output.x %}`, `output.x or ...`) handles a missing field too.
-        let before = if i > 0 { ident(i - 1) } else { None };
-        let truth = matches!(before, Some("if" | "elif" | "and" | "or" | "not"))
-            || matches!(after(0), Some(Token::Ident("or" | "and")));
-        if tested || defaulted || truth {
-            guarded.insert(field);
-            continue;
-        }
-        let (start, end) = (span.start_offset as usize, span.end_offset as usize);
-        out.push(OutputRead {
-            field,
-            offset: start,
-            len: end.saturating_sub(start).max(1),
-        });
-    }
-    out.retain(|r| !guarded.contains(&r.field));
-    out
+    crate::reads::field_reads(src, "output")
+        .into_iter()
+        .filter(|r| !r.guarded)
+        .map(|r| OutputRead {
+            field: r.field,
+            offset: r.offset,
+            len: r.len,
+        })
+        .collect()
 }
 
 #[cfg(test)]

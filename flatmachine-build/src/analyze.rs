@@ -262,6 +262,11 @@ impl Cx<'_> {
 
         self.graph_checks(&states, initial);
         let agent_list = self.agents();
+        // Context keys read but never set, values a key never has, agent inputs not passed.
+        self.diags
+            .extend(crate::dataflow::check(self.project, self.unit, &states));
+        self.diags
+            .extend(crate::dataflow::agent_inputs(self.project, self.unit));
         let backends = data
             .settings
             .as_ref()
@@ -582,7 +587,11 @@ impl Cx<'_> {
             let mut to_rel = trel.clone();
             to_rel.push(k("to"));
             if let Some(to) = self.target(name, &t.to, &to_rel, index, state_names, "transition") {
-                transitions.push(TransitionIr { to, condition });
+                transitions.push(TransitionIr {
+                    to,
+                    position: j,
+                    condition,
+                });
             }
         }
         if !is_final
@@ -888,33 +897,21 @@ impl Cx<'_> {
         self.diags.extend(found);
     }
 
-    /// A missing agent file is an error, unless every state that calls the agent routes its
-    /// errors with `on_error`: such a machine expects the agent to fail (the corpus's
-    /// `error_handling` demo does this on purpose), so it is a warning and the agent fails at
-    /// run time with the reference's `FileNotFoundError`.
+    /// A missing agent file is an error, also when the states that call the agent route their
+    /// errors with `on_error`: every run would take that route (the reference fails at run time
+    /// with `FileNotFoundError`), which is never what the file name was written for.
     fn missing_agent_file(&mut self, key: &str, diagnostic: &Diagnostic) {
-        let states: Vec<bool> = self
-            .unit
-            .config
-            .as_ref()
-            .map(|cfg| {
-                cfg.data
-                    .states
-                    .values()
-                    .filter(|s| s.agent.as_deref() == Some(key))
-                    .map(|s| s.on_error.is_some())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let routed = self.unit.config.as_ref().is_some_and(|cfg| {
+            cfg.data
+                .states
+                .values()
+                .any(|s| s.agent.as_deref() == Some(key) && s.on_error.is_some())
+        });
         let mut d = diagnostic.clone();
-        if !states.is_empty() && states.iter().all(|routed| *routed) {
-            d.severity = crate::diagnostic::Severity::Warning;
-            d.help.push(format!(
-                "every state calling agent `{key}` routes errors with `on_error`, so this compiles: the agent fails at run time with `FileNotFoundError`"
-            ));
-        } else {
-            d.help.push(format!(
-                "if the file is missing on purpose, route errors with `on_error` in every state that calls agent `{key}`"
+        d.severity = crate::diagnostic::Severity::Error;
+        if routed {
+            d.notes.push(format!(
+                "every call of agent `{key}` would fail; `on_error` does not make a missing file optional"
             ));
         }
         self.diags.push(d);

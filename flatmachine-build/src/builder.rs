@@ -65,7 +65,10 @@ pub struct BuildReport {
 }
 
 /// Compilation failed: the rendered diagnostics of every failing machine.
-#[derive(Debug)]
+///
+/// Both `Display` and `Debug` print the diagnostics as rustc does (real newlines, once), so a
+/// build script can simply return it: `fn main() -> Result<(), Box<dyn Error>>` prints
+/// `Error: ` and then the diagnostics.
 pub struct BuildError {
     /// Rendered diagnostics of every failure (rustc format), one after the other.
     pub rendered: String,
@@ -108,6 +111,14 @@ impl fmt::Display for BuildError {
             "flatmachine: could not compile machines\n\n{}",
             self.rendered
         )
+    }
+}
+
+impl fmt::Debug for BuildError {
+    /// The same text as `Display`: `main` returning `Err` prints the `Debug` form, and escaped
+    /// newlines would make the diagnostics unreadable.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 

@@ -40,6 +40,8 @@ pub struct TemplateIr(pub serde_json::Value);
 pub struct TransitionIr {
     /// Target state index.
     pub to: usize,
+    /// Position in the state's `transitions` list (where its condition is in the YAML).
+    pub position: usize,
     /// Source text and parsed condition (`None` when it has an error, reported already).
     pub condition: Option<(String, Option<Condition>)>,
 }

@@ -93,8 +93,8 @@ pub enum AgentUnit {
     },
     /// The reference could not be loaded (the error is in the diagnostics).
     Missing,
-    /// The agent file does not exist. Whether that is an error depends on the states that call
-    /// the agent (the analysis decides: see `analyze`), so the diagnostic waits here.
+    /// The agent file does not exist. The analysis reports the diagnostic (always an error)
+    /// with what it knows about the states that call the agent.
     NotFound {
         /// The path as written in `agents:`.
         path: String,

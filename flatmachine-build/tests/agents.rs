@@ -19,10 +19,10 @@ fn check(files: &[(&str, &str)]) -> (tempfile::TempDir, Checked) {
 }
 
 /// A machine with one agent `a` (a path or an inline config, as YAML text), called by `start`
-/// with these extra state lines.
+/// with the input `x` (what the test agents' prompts read) and these extra state lines.
 fn machine(agent: &str, state: &str) -> String {
     format!(
-        "spec: flatmachine\nspec_version: \"1.0.0\"\ndata:\n  name: m\n  agents:\n    a: {agent}\n  states:\n    start:\n      type: initial\n      agent: a\n{state}      transitions:\n        - to: done\n    done:\n      type: final\n"
+        "spec: flatmachine\nspec_version: \"1.0.0\"\ndata:\n  name: m\n  agents:\n    a: {agent}\n  states:\n    start:\n      type: initial\n      agent: a\n      input: {{ x: 1 }}\n{state}      transitions:\n        - to: done\n    done:\n      type: final\n"
     )
 }
 
@@ -389,7 +389,7 @@ fn output_reads_match_what_the_agent_returns() {
     let e = only(&c, "the output of agent `a` has no field `scroe`");
     assert!(e.is_error());
     assert_eq!(e.help, ["did you mean `score`?"]);
-    assert_eq!(c.db().location(e.span.unwrap()), "m.yml:12:23");
+    assert_eq!(c.db().location(e.span.unwrap()), "m.yml:13:23");
     let (_d, c) = check(&[
         (
             "m.yml",

@@ -55,6 +55,30 @@ fn every_failing_machine_is_reported() {
     assert!(out.join("good.rs").exists());
 }
 
+/// A build script's `main` returning the error prints its `Debug` form: the diagnostics as
+/// rustc prints them (real newlines, each diagnostic once), not an escaped struct dump.
+#[test]
+fn debug_prints_the_diagnostics_as_rustc_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(&bad, machine("bad_one", "nowhere_one")).unwrap();
+    let err = Builder::new()
+        .machines([&bad])
+        .out_dir(dir.path())
+        .cargo_output(false)
+        .compile()
+        .unwrap_err();
+    let debug = format!("{err:?}");
+    assert_eq!(debug, err.to_string());
+    assert!(!debug.contains("BuildError {"), "{debug}");
+    assert!(!debug.contains("\\n"), "{debug}");
+    assert!(debug.contains("\n") && debug.contains("--> "), "{debug}");
+    assert_eq!(
+        debug.matches("nowhere_one").count(),
+        err.rendered.matches("nowhere_one").count()
+    );
+}
+
 #[test]
 fn silencing_warnings_keeps_rerun_if_changed() {
     let dir = tempfile::tempdir().unwrap();

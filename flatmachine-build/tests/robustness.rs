@@ -65,6 +65,8 @@ fn seed_of(name: &str, family: u64) -> u64 {
 
 // ---- the seed files, copied ------------------------------------------------------------------
 
+// Shared with the other test binaries; this one uses only part of it.
+#[allow(dead_code)]
 #[path = "support/conformance.rs"]
 mod conformance;
 

@@ -40,7 +40,7 @@ enum Command {
         /// Machine file.
         file: PathBuf,
     },
-    /// Draw states and transitions.
+    /// Draw states (with what each does) and transitions; child machines as subgraphs.
     Graph {
         /// Machine file.
         file: PathBuf,
@@ -62,9 +62,10 @@ enum Command {
         /// The execution id.
         execution_id: Option<String>,
         /// The checkpoint store: a directory, or `sqlite:PATH` for a SQLite database
-        /// (`persistence: {backend: sqlite}`).
-        #[arg(long, default_value = ".checkpoints")]
-        dir: String,
+        /// (`persistence: {backend: sqlite}`). Default: where a run keeps them,
+        /// `.checkpoints/` and `.checkpoints/checkpoints.sqlite`, whichever exist.
+        #[arg(long)]
+        dir: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -213,13 +214,14 @@ fn main() -> ExitCode {
         }
         Command::Graph { file, format } => {
             let checked = flatmachine_build::check(&file, None);
-            match checked.irs.first().and_then(Option::as_ref) {
-                Some(ir) if !checked.has_errors() => {
+            let irs: Option<Vec<_>> = checked.irs.iter().cloned().collect();
+            match irs {
+                Some(irs) if !irs.is_empty() && !checked.has_errors() => {
                     let fmt = match format {
                         Format::Mermaid => GraphFormat::Mermaid,
                         Format::Dot => GraphFormat::Dot,
                     };
-                    emit(&flatmachine_build::graph::render(ir, fmt));
+                    emit(&flatmachine_build::graph::render_all(&irs, fmt));
                     ExitCode::SUCCESS
                 }
                 _ => {
@@ -245,9 +247,10 @@ fn main() -> ExitCode {
             dir,
             json,
             tree,
-        } => match inspect::run(&dir, execution_id.as_deref(), json, tree) {
-            Ok(text) => {
-                emit(&text);
+        } => match inspect::run(dir.as_deref(), execution_id.as_deref(), json, tree) {
+            Ok(out) => {
+                eprint!("{}", out.notes);
+                emit(&out.stdout);
                 ExitCode::SUCCESS
             }
             Err(message) => {

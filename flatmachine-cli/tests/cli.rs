@@ -124,6 +124,23 @@ fn cli_graph_dot_dashes_error_routes() {
     );
     assert!(stdout.contains("s9 [label=\"done\", shape=doublecircle];"));
     assert!(stdout.contains("s2 -> s7 [label=\"context.job == None\"];"));
+    // State kinds, and the child machine as a cluster linked from the state that runs it.
+    assert!(
+        stdout.contains("s1 [label=\"register_worker\\naction: register_worker\", shape=box];"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("s3 [label=\"process_job\\nmachine: echo_processor\", shape=box3d];"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("subgraph cluster_m1 {\n        label=\"machine: echo_processor\";"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("s3 -> m1_s0 [label=\"runs\", style=dotted, arrowhead=empty];"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -564,4 +581,65 @@ fn signal_send_waiting_and_fork_work_on_a_sqlite_file() {
     assert_eq!(fork.waiting_channel, None);
     let origin = fork.forked_from.expect("the fork records its origin");
     assert_eq!((origin.execution_id.as_str(), origin.step), ("py-wait", 2));
+}
+
+/// `inspect` in a directory, without `--dir`.
+fn inspect_here(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    run(Command::new(env!("CARGO_BIN_EXE_flatmachine"))
+        .current_dir(cwd)
+        .arg("inspect")
+        .args(args))
+}
+
+#[test]
+fn inspect_without_dir_finds_the_stores_a_run_uses_or_says_where_it_looked() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Nothing there: an error naming both places.
+    let (code, stdout, stderr) = inspect_here(&[], tmp.path());
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stderr.contains("no checkpoint store here"), "{stderr}");
+    assert!(
+        stderr.contains(".checkpoints/") && stderr.contains(".checkpoints/checkpoints.sqlite"),
+        "{stderr}"
+    );
+    // `backend: sqlite` keeps `.checkpoints/checkpoints.sqlite`: found and read.
+    let db = tmp.path().join(".checkpoints/checkpoints.sqlite");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    let (code, _, stderr) = convert(
+        python_checkpoints().to_str().unwrap(),
+        &format!("sqlite:{}", db.display()),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = inspect_here(&[], tmp.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("python-demo  inspect_demo"), "{stdout}");
+    assert!(
+        stderr.contains("executions from sqlite:.checkpoints/checkpoints.sqlite"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(".checkpoints: no executions"), "{stderr}");
+    let (code, stdout, stderr) = inspect_here(&["python-demo"], tmp.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("execution python-demo"), "{stdout}");
+    // With files in `.checkpoints/` too, both are listed under their names; JSON is one object.
+    copy_dir(&python_checkpoints(), &tmp.path().join(".checkpoints"));
+    let (code, stdout, stderr) = inspect_here(&[], tmp.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("== .checkpoints\n"), "{stdout}");
+    assert!(
+        stdout.contains("== sqlite:.checkpoints/checkpoints.sqlite\n"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = inspect_here(&["--json"], tmp.path());
+    assert_eq!(code, 0, "{stderr}");
+    let all: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(all[".checkpoints"].is_array(), "{stdout}");
+    assert!(
+        all["sqlite:.checkpoints/checkpoints.sqlite"].is_array(),
+        "{stdout}"
+    );
+    // An execution in neither store.
+    let (code, _, stderr) = inspect_here(&["nope"], tmp.path());
+    assert_eq!(code, 1);
+    assert!(stderr.contains("execution `nope` has no checkpoints in .checkpoints or sqlite:.checkpoints/checkpoints.sqlite"), "{stderr}");
 }

@@ -10,6 +10,7 @@ pub mod cli;
 #[cfg(feature = "cli")]
 mod cli_signals;
 pub mod context;
+pub mod cost;
 pub mod distributed;
 pub mod engine;
 pub mod error;

@@ -321,16 +321,23 @@ async fn command_spawner_starts_real_processes_with_the_cli_contract() {
 #[tokio::test]
 async fn user_actions_run_first_and_can_replace_a_builtin() {
     let hooks = DistributedWorkerHooks::new(Backends::memory())
-        .action("echo", |mut c: Context| async move {
-            c.insert("echoed".into(), json!(true));
-            Ok(c)
+        .action_mut("echo", |c| {
+            Box::pin(async move {
+                c.insert("echoed".into(), json!(true));
+                Ok(())
+            })
         })
-        .action("calculate_spawn", |mut c: Context| async move {
-            c.insert("workers_to_spawn".into(), json!(42));
-            Ok(c)
+        .action_mut("calculate_spawn", |c| {
+            Box::pin(async move {
+                c.insert("workers_to_spawn".into(), json!(42));
+                Ok(())
+            })
         })
-        .action("explode", |_c: Context| async move {
-            Err(StateError::new("JobError", "nope"))
+        .action_mut("explode", |c| {
+            Box::pin(async move {
+                c.insert("exploding".into(), json!(true));
+                Err(StateError::new("JobError", "nope"))
+            })
         });
     let mut c = Context::new();
     act(&hooks, "echo", &mut c).await;
@@ -343,4 +350,6 @@ async fn user_actions_run_first_and_can_replace_a_builtin() {
     );
     let message = act_err(&hooks, "explode", &mut c).await;
     assert!(message.contains("nope"), "{message}");
+    // What a failing action wrote stays, as for the builder's handlers.
+    assert_eq!(c["exploding"], json!(true));
 }

@@ -166,6 +166,18 @@ async fn example_writer_critic_loops_against_the_loopback_server() {
     );
 }
 
+/// `agent_features` for tests that stop before its `echo` and `external` states (`extras` off):
+/// those agents get closures that fail if a run reaches them (`build()` wants every agent
+/// served).
+fn agent_features_without_extras() -> flatmachine_runtime::MachineBuilder {
+    let unreached = |_input: Value, _ctx| async move {
+        Err::<AgentOutput, _>(StateError::new("TestError", "this test never reaches it"))
+    };
+    Machine::of::<agent_features::Machine>()
+        .agent("echo", unreached)
+        .agent("external", unreached)
+}
+
 /// Our own machine exercising prompt rendering, instruction suffix, every sampling parameter,
 /// a schema violation routed by `on_error`, and Anthropic's wire format.
 #[tokio::test]
@@ -208,7 +220,7 @@ async fn prompts_parameters_and_schema_errors_on_the_wire() {
             }
         }
     }
-    let machine = Machine::of::<agent_features::Machine>()
+    let machine = agent_features_without_extras()
         .llm_backend(Arc::new(Split {
             openai: providers_at(&server),
             anthropic: backend,
@@ -269,7 +281,7 @@ async fn prompts_parameters_and_schema_errors_on_the_wire() {
 #[tokio::test]
 async fn provider_errors_route_by_litellm_type_name() {
     let server = LoopbackLlm::start(|_| error_reply(401, "Incorrect API key provided")).await;
-    let machine = Machine::of::<agent_features::Machine>()
+    let machine = agent_features_without_extras()
         .llm_backend(providers_at(&server))
         .no_persistence()
         .build()
@@ -293,7 +305,7 @@ async fn scripted_backend_records_requests() {
             "{\"verdict\": \"approve\", \"confidence\": 1}",
         )),
     ]));
-    let machine = Machine::of::<agent_features::Machine>()
+    let machine = agent_features_without_extras()
         .llm_backend(backend.clone())
         .no_persistence()
         .build()
@@ -441,7 +453,7 @@ async fn checkpoints_carry_agent_totals_and_no_keys() {
         }
     }
     let store = flatmachine_runtime::persistence::CheckpointStore::memory();
-    let machine = Machine::of::<agent_features::Machine>()
+    let machine = agent_features_without_extras()
         .llm_backend(Arc::new(WithKey {
             inner: providers_at(&server),
             var: key_var,

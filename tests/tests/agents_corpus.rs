@@ -26,9 +26,6 @@ mod corpus {
 
     include!(concat!(env!("OUT_DIR"), "/corpus/mdap_hanoi.rs"));
     include!(concat!(env!("OUT_DIR"), "/corpus/character_card_chat.rs"));
-    // Names an agent file that does not exist, on purpose: every state calling it routes errors,
-    // so it compiles (with a warning) and fails at run time, as the demo intends.
-    include!(concat!(env!("OUT_DIR"), "/corpus/error_handling_demo.rs"));
 
     type Pegs = Vec<Vec<u64>>;
 
@@ -174,52 +171,5 @@ mod corpus {
             "Mira nods. (you said: User: Hello there)"
         );
         assert_eq!(server.received().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn corpus_error_handling_routes_a_missing_agent_file() {
-        let server = LoopbackLlm::start(|req: &Received| {
-            let system = req.system();
-            if system.starts_with("You summarize errors") {
-                assert!(
-                    req.message("user").contains("FileNotFoundError"),
-                    "{}",
-                    req.message("user")
-                );
-                openai_reply("The worker agent's configuration file was missing.", 40, 9)
-            } else if system.starts_with("Extract the error summary") {
-                openai_reply(
-                    "{\"summary\": \"The worker agent's configuration file was missing.\"}",
-                    30,
-                    12,
-                )
-            } else {
-                panic!("unexpected agent: {system}")
-            }
-        })
-        .await;
-        let machine = Machine::of::<error_handling_demo::Machine>()
-            .llm_backend(providers_at(&server))
-            .no_persistence()
-            .build()
-            .unwrap();
-        let result = machine
-            .run(json!({"task": "count the stars"}))
-            .await
-            .unwrap();
-        assert_eq!(result.final_state, "failed");
-        assert_eq!(result.output["success"], false);
-        assert_eq!(
-            result.output["summary"],
-            "The worker agent's configuration file was missing."
-        );
-        assert_eq!(result.output["error_type"], "FileNotFoundError");
-        assert!(
-            result.output["error"]
-                .as_str()
-                .unwrap()
-                .contains("nonexistent.yml")
-        );
-        assert_eq!(result.total_api_calls, 2);
     }
 }

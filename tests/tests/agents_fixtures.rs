@@ -31,7 +31,7 @@ async fn voting_steps_through_noisy_replies() {
             // Parsed, but fails validation (`minimum: 0` on the last step, wrong otherwise):
             // a wrong answer that must lose on margin.
             3 => format!("next = {}\ncheck = true", n + 5),
-            _ => format!("Sure.\nnext = {}\ncheck = {}", n - 1, n - 1 >= 0),
+            _ => format!("Sure.\nnext = {}\ncheck = {}", n - 1, n > 0),
         };
         openai_reply(&text, 40, 6)
     })

@@ -101,45 +101,47 @@ async fn worker(db: &Path, input: Value) -> Result<(), Error> {
     let (ev_ok, ev_fail) = (events.clone(), events);
     let hooks = DistributedWorkerHooks::new(backends.clone())
         // The echo_processor's job: wait, then fail 20 % of the time.
-        .action("echo_delay", move |mut ctx: Context| async move {
-            tokio::time::sleep(Duration::from_millis(job_ms)).await;
-            if fastrand_f64() < 0.2 {
-                return Err(StateError::new("EchoError", "injected failure"));
-            }
-            ctx.insert("processed".into(), json!(true));
-            Ok(ctx)
+        .action_mut("echo_delay", move |ctx| {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(job_ms)).await;
+                if fastrand_f64() < 0.2 {
+                    return Err(StateError::new("EchoError", "injected failure"));
+                }
+                ctx.insert("processed".into(), json!(true));
+                Ok(())
+            })
         })
         // The built-in complete_job / fail_job, plus an event line per call for the report.
-        .action("complete_job", {
+        .action_mut("complete_job", {
             let work = work.clone();
-            move |ctx: Context| {
+            move |ctx| {
                 let (work, events) = (work.clone(), ev_ok.clone());
-                async move {
+                Box::pin(async move {
                     let (pool, job, worker) = (
-                        text(&ctx, "pool_id"),
-                        text(&ctx, "job_id"),
-                        text(&ctx, "worker_id"),
+                        text(ctx, "pool_id"),
+                        text(ctx, "job_id"),
+                        text(ctx, "worker_id"),
                     );
                     let result = json!({"worker": worker, "output": ctx.get("result")});
                     work.pool(&pool).complete(&job, Some(result)).await?;
                     record(&events, &format!("completed {job} {worker}"))?;
-                    Ok(ctx)
-                }
+                    Ok(())
+                })
             }
         })
-        .action("fail_job", move |ctx: Context| {
+        .action_mut("fail_job", move |ctx| {
             let (work, events) = (work.clone(), ev_fail.clone());
-            async move {
+            Box::pin(async move {
                 let (pool, job, worker) = (
-                    text(&ctx, "pool_id"),
-                    text(&ctx, "job_id"),
-                    text(&ctx, "worker_id"),
+                    text(ctx, "pool_id"),
+                    text(ctx, "job_id"),
+                    text(ctx, "worker_id"),
                 );
                 let error = ctx.get("last_error").map(|e| e.to_string());
                 work.pool(&pool).fail(&job, error.as_deref()).await?;
                 record(&events, &format!("failed {job} {worker}"))?;
-                Ok(ctx)
-            }
+                Ok(())
+            })
         });
     let mut registry = HooksRegistry::new();
     registry.register_instance("DistributedWorkerHooks", Arc::new(hooks));

@@ -108,8 +108,8 @@ impl AgentAdapter for FlatAgentAdapter {
         env: &AdapterEnv,
     ) -> Result<Arc<dyn AgentExecutor>, StateError> {
         let config = agent.flatagent.ok_or_else(|| match agent.reference {
-            // The compiler let a missing file through because every state calling the agent
-            // routes errors; fail as the reference does when it cannot open the file.
+            // The compiler rejects a missing agent file; a spec written by hand may still name
+            // one. Fail as the reference does when it cannot open the file.
             Some(path) => StateError::new(
                 "FileNotFoundError",
                 format!(

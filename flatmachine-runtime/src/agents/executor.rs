@@ -21,7 +21,7 @@ impl std::ops::AddAssign for Billing {
     fn add_assign(&mut self, other: Billing) {
         self.api_calls += other.api_calls;
         self.usage += other.usage;
-        self.cost += other.cost;
+        self.cost = crate::cost::add(self.cost, other.cost);
     }
 }
 

@@ -223,10 +223,12 @@ impl AgentExecutor for FlatAgentExecutor {
 /// reference's flat estimate `(input × 0.001 + output × 0.002) / 1000`.
 pub fn cost(model: &ModelParams, usage: Usage) -> f64 {
     let (i, o) = (usage.input_tokens as f64, usage.output_tokens as f64);
-    match (model.input_cost_per_token, model.output_cost_per_token) {
-        (None, None) => (i * 0.001 + o * 0.002) / 1000.0,
-        (pi, po) => i * pi.unwrap_or(0.0) + o * po.unwrap_or(0.0),
-    }
+    crate::cost::rounded(
+        match (model.input_cost_per_token, model.output_cost_per_token) {
+            (None, None) => (i * 0.001 + o * 0.002) / 1000.0,
+            (pi, po) => i * pi.unwrap_or(0.0) + o * po.unwrap_or(0.0),
+        },
+    )
 }
 
 /// The `model` prompt variable: the resolved config with the computed fields filled in (the

@@ -15,9 +15,15 @@ use super::{Backends, DistributedError};
 use crate::hooks::{ActionOutcome, HookError, MachineHooks};
 use crate::{Context, StateError, Value};
 
-/// A user action added to [`DistributedWorkerHooks`]: takes the context, returns the new one.
+/// A user action added with the deprecated [`DistributedWorkerHooks::action`]: takes the
+/// context, returns the new one.
 pub type JobAction =
     Arc<dyn Fn(Context) -> BoxFuture<'static, Result<Context, StateError>> + Send + Sync>;
+
+/// A user action added to [`DistributedWorkerHooks`]: changes the context in place; what it
+/// wrote stays when it then fails (as for every action handler of `MachineBuilder`).
+pub type JobActionMut =
+    Arc<dyn for<'a> Fn(&'a mut Context) -> BoxFuture<'a, Result<(), StateError>> + Send + Sync>;
 
 /// Hooks whose `on_action` implements the distributed worker actions of the reference
 /// (`flatmachines` `DistributedWorkerHooks`), with the same names and context keys:
@@ -40,7 +46,7 @@ pub type JobAction =
 /// `pool_id` defaults to `"default"`. Numbers may be given as numeric strings (templates render
 /// `{{ input.max_workers | default(3) }}` as text).
 ///
-/// Add job-processing actions with [`DistributedWorkerHooks::action`] (they are tried first, so
+/// Add job-processing actions with [`DistributedWorkerHooks::action_mut`] (they are tried first, so
 /// one can also replace a built-in, e.g. a custom `calculate_spawn`), and register the hooks under
 /// the class name the YAML uses:
 ///
@@ -49,10 +55,10 @@ pub type JobAction =
 /// # use flatmachine_runtime::hooks::HooksRegistry;
 /// # use std::sync::Arc;
 /// let hooks = DistributedWorkerHooks::new(Backends::memory())
-///     .action("echo_delay", |mut ctx| async move {
+///     .action_mut("echo_delay", |ctx| Box::pin(async move {
 ///         ctx.insert("processed".into(), true.into());
-///         Ok(ctx)
-///     });
+///         Ok(())
+///     }));
 /// let mut registry = HooksRegistry::new();
 /// registry.register_instance("DistributedWorkerHooks", Arc::new(hooks));
 /// ```
@@ -61,7 +67,7 @@ pub struct DistributedWorkerHooks {
     work: Arc<dyn WorkBackend>,
     spawner: Option<Arc<dyn WorkerSpawner>>,
     heartbeat_interval: f64,
-    actions: HashMap<String, JobAction>,
+    actions: HashMap<String, JobActionMut>,
     fallback: Option<Arc<dyn MachineHooks>>,
 }
 
@@ -170,15 +176,39 @@ impl DistributedWorkerHooks {
         self
     }
 
-    /// Adds (or replaces) an action handled before the built-ins.
-    pub fn action<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
+    /// Adds (or replaces) an action handled before the built-ins. It changes the context in
+    /// place, and what it wrote stays when it then fails (the error route adds `last_error`),
+    /// as with `MachineBuilder::action_mut`.
+    pub fn action_mut<F>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: for<'a> Fn(&'a mut Context) -> BoxFuture<'a, Result<(), StateError>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.actions.insert(name.into(), Arc::new(f));
+        self
+    }
+
+    /// Adds (or replaces) an action that takes the context by value and returns the new one.
+    /// A failing closure has nothing to give back, so its changes are lost.
+    #[deprecated(
+        since = "0.1.0",
+        note = "a failing closure cannot hand its changes back; use `action_mut(name, |ctx| Box::pin(async move { .. }))`, whose changes stay on failure"
+    )]
+    pub fn action<F, Fut>(self, name: impl Into<String>, f: F) -> Self
     where
         F: Fn(Context) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Context, StateError>> + Send + 'static,
     {
-        self.actions
-            .insert(name.into(), Arc::new(move |ctx| Box::pin(f(ctx))));
-        self
+        let f = Arc::new(f);
+        self.action_mut(name, move |ctx| {
+            let f = f.clone();
+            Box::pin(async move {
+                *ctx = f(ctx.clone()).await?;
+                Ok(())
+            })
+        })
     }
 
     /// Hooks asked for every other event, and for actions neither the user actions nor the
@@ -544,8 +574,8 @@ impl MachineHooks for DistributedWorkerHooks {
         context: &mut Context,
     ) -> Result<ActionOutcome, HookError> {
         if let Some(f) = self.actions.get(action) {
-            // A failing action leaves the context as it was.
-            *context = f(context.clone()).await?;
+            // What a failing action wrote stays, as for the builder's handlers.
+            f(context).await?;
             return Ok(ActionOutcome::Handled);
         }
         // Built-ins write only after their backend call succeeded.
@@ -556,5 +586,48 @@ impl MachineHooks for DistributedWorkerHooks {
             Some(f) => f.on_action(action, context).await,
             None => Ok(ActionOutcome::NotHandled),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_place_actions_keep_their_writes_when_they_fail() {
+        let hooks = DistributedWorkerHooks::new(Backends::memory())
+            .action_mut("tag", |ctx| {
+                Box::pin(async move {
+                    ctx.insert("tagged".into(), true.into());
+                    Ok(())
+                })
+            })
+            .action_mut("half", |ctx| {
+                Box::pin(async move {
+                    ctx.insert("started".into(), true.into());
+                    Err(StateError::new("JobError", "stopped half way"))
+                })
+            });
+        let mut ctx = Context::new();
+        let outcome = hooks.on_action("tag", &mut ctx).await.unwrap();
+        assert_eq!(outcome, ActionOutcome::Handled);
+        assert_eq!(ctx.get("tagged"), Some(&Value::Bool(true)));
+        assert!(hooks.on_action("half", &mut ctx).await.is_err());
+        assert_eq!(ctx.get("started"), Some(&Value::Bool(true)));
+        let outcome = hooks.on_action("unknown_action", &mut ctx).await.unwrap();
+        assert_eq!(outcome, ActionOutcome::NotHandled);
+    }
+
+    #[tokio::test]
+    #[allow(deprecated)]
+    async fn by_value_actions_still_work() {
+        let hooks =
+            DistributedWorkerHooks::new(Backends::memory()).action("old", |mut ctx| async move {
+                ctx.insert("old".into(), 1.into());
+                Ok(ctx)
+            });
+        let mut ctx = Context::new();
+        hooks.on_action("old", &mut ctx).await.unwrap();
+        assert_eq!(ctx.get("old"), Some(&Value::from(1)));
     }
 }

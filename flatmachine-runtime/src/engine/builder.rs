@@ -42,6 +42,16 @@ pub enum BuildError {
         /// The backend name.
         backend: String,
     },
+    /// States use actions or agents that nothing was given to run (no named handler, no
+    /// fallback, no hooks; no closure or adapter for an agent).
+    #[error("{}", super::required::message(.machine, .missing))]
+    MissingHandlers {
+        /// The machine being built.
+        machine: String,
+        /// Every action and agent without a handler, in state order (children after their
+        /// parent).
+        missing: Vec<super::required::MissingHandler>,
+    },
     /// A backend the YAML names could not be set up.
     #[error("machine `{machine}`: {message}")]
     Backend {
@@ -356,7 +366,12 @@ impl MachineBuilder {
         self
     }
 
-    /// Check the configuration and build the machine.
+    /// Check the configuration and build the machine: the hooks classes the YAML names are
+    /// registered, the persistence backend exists, and every `action:` and `agent:` of the
+    /// machine and its children has something to run it (a named handler, the generated
+    /// `Actions` trait, a fallback, hooks, or [`ignore_unhandled_actions`](Self::ignore_unhandled_actions)
+    /// for actions; a flatagent config, a closure or a registered adapter for agents) —
+    /// otherwise [`BuildError::MissingHandlers`] lists what is missing.
     pub fn build(self) -> Result<Machine, BuildError> {
         self.with_redis_from_yaml()?.build_checked()
     }
@@ -366,6 +381,22 @@ impl MachineBuilder {
         // Hooks given in Rust replace the root machine's YAML class; children still resolve
         // theirs through the registry, so check those either way.
         check_hooks_classes(spec, &self.registry, self.hooks.is_some(), &mut Vec::new())?;
+        let missing = super::required::missing_handlers(
+            spec,
+            &super::required::Available {
+                actions: &self.actions,
+                agents: &self.agents,
+                adapters: &self.adapters,
+                catch_all_actions: self.fallback.is_some() || self.ignore_unhandled_actions,
+                root_hooks: self.hooks.is_some(),
+            },
+        );
+        if !missing.is_empty() {
+            return Err(BuildError::MissingHandlers {
+                machine: spec.name.to_string(),
+                missing,
+            });
+        }
         let (store, lock) = match (self.store, &spec.persistence) {
             (Some(store), _) => {
                 // A store on files gets the same file lock as `backend: local`; a store in

@@ -16,6 +16,7 @@ mod handlers;
 mod invoker;
 mod launches;
 mod machine;
+mod required;
 mod result;
 mod resume;
 mod step;
@@ -30,9 +31,8 @@ pub use invoker::{InProcessInvoker, InvokeRequest, MachineInvoker};
 pub use launches::LaunchOutcome;
 pub(crate) use launches::launch_id;
 pub use machine::Machine;
-pub use result::{
-    ResumeOptions, RunError, RunFailure, RunOptions, RunResult, RunStatus, Waiting,
-};
+pub use required::{HandlerKind, MissingHandler};
+pub use result::{ResumeOptions, RunError, RunFailure, RunOptions, RunResult, RunStatus, Waiting};
 
 /// Default `max_steps` when neither the machine nor the caller sets one (the reference's).
 pub const DEFAULT_MAX_STEPS: u64 = 1000;

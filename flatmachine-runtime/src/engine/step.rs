@@ -119,7 +119,7 @@ impl Run {
 
     pub(super) fn add_totals(&mut self, child: ChildTotals) {
         self.api_calls += child.api_calls;
-        self.cost += child.cost;
+        self.cost = crate::cost::add(self.cost, child.cost);
         self.usage += child.usage;
         self.publish_totals();
     }
@@ -133,7 +133,7 @@ impl Run {
     /// still billed for).
     pub(super) fn add_billed(&mut self, api_calls: u64, cost: f64, usage: Usage) {
         self.api_calls += api_calls;
-        self.cost += cost;
+        self.cost = crate::cost::add(self.cost, cost);
         self.usage += usage;
         self.publish_totals();
     }
