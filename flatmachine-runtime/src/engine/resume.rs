@@ -19,6 +19,10 @@ impl Machine {
     ///
     /// Step numbers continue from the checkpoint's; none is spent twice.
     ///
+    /// A distributed worker execution marked superseded (its claim on its job was taken back
+    /// and the job runs again elsewhere; see [`crate::distributed::superseded`]) is refused
+    /// with a [`SupersededError`](crate::distributed::SupersededError).
+    ///
     /// Launches recorded in the checkpoint (`pending_launches`) whose child has no result yet
     /// are started again with the same execution id (a child with checkpoints of its own is
     /// resumed instead), so every launched child runs once across a crash.
@@ -32,6 +36,8 @@ impl Machine {
         let writer = CheckpointWriter::new(execution_id)?;
         let _guard = self.inner.lock.acquire(execution_id).await?;
         store.clean_execution(execution_id).await?;
+        // A worker execution whose job was claimed again elsewhere must not run on.
+        crate::distributed::superseded::refuse_if_superseded(store, execution_id).await?;
         let (key, snap) = store
             .load_latest_entry(execution_id)
             .await?
