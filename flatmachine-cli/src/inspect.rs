@@ -3,11 +3,21 @@
 
 use flatmachine_runtime::inspect::{InspectError, report};
 
-/// Runs the command on the store `dir` (a directory or `sqlite:PATH`); returns what to print
-/// on stdout, or the error message.
-pub fn run(dir: &str, execution_id: Option<&str>, json: bool) -> Result<String, String> {
-    let store = crate::convert::open_store(dir, true).map_err(|e| format!("{e} (pass --dir)"))?;
+/// Runs the command on the store `dir` (a directory, `sqlite:PATH` or `redis://…` with its key
+/// `prefix`); returns what to print on stdout, or the error message.
+pub fn run(
+    dir: &str,
+    execution_id: Option<&str>,
+    json: bool,
+    prefix: Option<&str>,
+) -> Result<String, String> {
+    let store = if dir.starts_with("redis://") || dir.starts_with("rediss://") {
+        redis_store(dir, prefix)?
+    } else {
+        crate::convert::open_store(dir, true).map_err(|e| format!("{e} (pass --dir)"))?
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime
@@ -18,4 +28,12 @@ pub fn run(dir: &str, execution_id: Option<&str>, json: bool) -> Result<String, 
             }
             other => other.to_string(),
         })
+}
+
+/// The checkpoints of a Redis server (`RedisPersistence`), keys under `prefix`.
+fn redis_store(
+    url: &str,
+    prefix: Option<&str>,
+) -> Result<flatmachine_runtime::persistence::CheckpointStore, String> {
+    flatmachine_runtime::distributed::admin::open_checkpoints(url, prefix)
 }

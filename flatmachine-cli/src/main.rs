@@ -1,11 +1,14 @@
 //! The `flatmachine` command: check, expand, graph and schema for machine YAML; inspect for
-//! the checkpoints a run left behind.
+//! the checkpoints a run left behind; operator commands for distributed workers (`pool`,
+//! `workers`, `stats`, `prune`).
 
 mod convert;
 mod inspect;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use flatmachine_build::graph::GraphFormat;
+use flatmachine_runtime::distributed::admin::AdminTarget;
+use flatmachine_runtime::distributed::admin::command::AdminCommand;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,13 +62,17 @@ enum Command {
     Inspect {
         /// The execution id.
         execution_id: Option<String>,
-        /// The checkpoint store: a directory, or `sqlite:PATH` for a SQLite database
-        /// (`persistence: {backend: sqlite}`).
+        /// The checkpoint store: a directory, `sqlite:PATH` for a SQLite database
+        /// (`persistence: {backend: sqlite}`), or `redis://HOST:PORT/DB` for a Redis server
+        /// (`persistence: {backend: redis}`).
         #[arg(long, default_value = ".checkpoints")]
         dir: String,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// The Redis key prefix (default `FLATMACHINE_REDIS_PREFIX`, else `flatmachine`).
+        #[arg(long)]
+        prefix: Option<String>,
     },
     /// Copy executions between checkpoint stores, byte for byte: the reference's file layout
     /// (a directory) and SQLite (`sqlite:PATH`), either way.
@@ -81,6 +88,9 @@ enum Command {
         /// Only these executions (default: every execution in --from).
         execution_ids: Vec<String>,
     },
+    /// Operator commands for distributed workers: pools, workers, stats, retention.
+    #[command(flatten)]
+    Admin(AdminCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -169,7 +179,8 @@ fn main() -> ExitCode {
             execution_id,
             dir,
             json,
-        } => match inspect::run(&dir, execution_id.as_deref(), json) {
+            prefix,
+        } => match inspect::run(&dir, execution_id.as_deref(), json, prefix.as_deref()) {
             Ok(text) => {
                 emit(&text);
                 ExitCode::SUCCESS
@@ -193,5 +204,27 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Admin(command) => match admin(command) {
+            Ok(text) => {
+                emit(&text);
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// Runs an operator command on the store its `--store` names.
+fn admin(command: AdminCommand) -> Result<String, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(flatmachine_runtime::distributed::admin::command::run(
+        command,
+        &AdminTarget::default(),
+    ))
 }

@@ -13,6 +13,9 @@
 //! app run [--input JSON|@file] [--execution-id ID] [--parent-id ID] [--machine CHILD] [--max-steps N]
 //! app resume ID [--machine CHILD]
 //! app inspect [ID] [--json]
+//! app pool list | pool jobs POOL | pool requeue POOL … | pool drop-poisoned POOL …
+//! app workers list | workers remove …
+//! app stats | app prune
 //! ```
 //!
 //! The contract (what [`SubprocessInvoker`] relies on): the run's output is printed to stdout
@@ -22,7 +25,9 @@
 //! runs the child machine named `CHILD` (searched breadth-first through the tree of
 //! `machines:`) with the root's configuration instead of the root machine. `inspect` prints an
 //! execution's history (or, without an id, the executions) from the checkpoint store the
-//! machine is configured with — whatever its backend — see [`crate::inspect`].
+//! machine is configured with — whatever its backend — see [`crate::inspect`]. The operator
+//! commands (`pool`, `workers`, `stats`, `prune`) work on the pools, registry and checkpoints
+//! the machine's YAML names — see [`crate::distributed::admin::command`].
 
 use std::process::{ExitCode, Stdio};
 
@@ -75,6 +80,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Operator commands for distributed workers (pools, workers, stats, retention), on the
+    /// stores the machine's YAML names.
+    #[command(flatten)]
+    Admin(crate::distributed::admin::command::AdminCommand),
 }
 
 /// What a command produced.
@@ -191,6 +200,7 @@ async fn execute(builder: MachineBuilder, command: Command) -> Result<Outcome, S
             result
         }
         Command::Inspect { id, json } => return inspect(&root, id.as_deref(), json).await,
+        Command::Admin(command) => return admin(&root, command).await,
     };
     result
         .map(|r| Outcome::Ran(Box::new(r)))
@@ -208,6 +218,22 @@ async fn inspect(root: &Machine, id: Option<&str>, json: bool) -> Result<Outcome
         .await
         .map(Outcome::Text)
         .map_err(|e| e.to_string())
+}
+
+/// An operator command, on the stores of the machine's YAML (the worker machine's, when the
+/// root has one among its children) unless `--store` names others.
+async fn admin(
+    root: &Machine,
+    command: crate::distributed::admin::command::AdminCommand,
+) -> Result<Outcome, String> {
+    let spec = crate::distributed::worker_machine_of(root.spec());
+    let defaults = crate::distributed::admin::AdminTarget {
+        backends: crate::distributed::Backends::for_machine(spec).ok(),
+        checkpoints: root.store().cloned(),
+    };
+    crate::distributed::admin::command::run(command, &defaults)
+        .await
+        .map(Outcome::Text)
 }
 
 /// Launched children finish before the process exits.

@@ -179,6 +179,23 @@ async fn a_worker_whose_claim_moved_cannot_finish_and_is_superseded() {
         text.contains("superseded") && text.contains("worker `B`"),
         "{text}"
     );
+    // `inspect` shows it.
+    let history = flatmachine_runtime::inspect::ExecutionHistory::load(&store, "exec-a")
+        .await
+        .unwrap();
+    let table = history.render_table();
+    assert!(
+        table.contains("superseded: its claim on job") && table.contains("worker `B`"),
+        "{table}"
+    );
+    // Worker machines keep `execute` checkpoints only (no state_enter / state_exit).
+    assert!(
+        history
+            .checkpoints
+            .iter()
+            .all(|c| c.event == "execute" || c.event == "machine_end"),
+        "{table}"
+    );
 }
 
 /// A stuck job (its worker alive and heartbeating) is taken back by the reaper machine once

@@ -17,6 +17,7 @@
 //! strings, payloads JSON values, and a claim returns an owned [`WorkItem`], so a networked
 //! implementation (Redis) fits the same traits. See `docs/distributed.md`.
 
+pub mod admin;
 mod config;
 mod error;
 mod hooks;
@@ -38,6 +39,12 @@ pub use hooks::{
     BUILTIN_ACTIONS, DEFAULT_HEARTBEAT_INTERVAL, DistributedWorkerHooks, JobAction,
     is_worker_machine,
 };
+
+/// The worker machine in `spec`'s tree (itself, or the first child, breadth-first, whose states
+/// run `claim_job`), else `spec`.
+pub fn worker_machine_of(spec: &'static crate::MachineSpec) -> &'static crate::MachineSpec {
+    hooks::worker_machine(spec).unwrap_or(spec)
+}
 pub use memory::{MemoryRegistrationBackend, MemoryWorkBackend, MemoryWorkPool};
 pub use metrics::{METRICS_METADATA_KEY, MetricsSnapshot, WorkerMetrics, metrics};
 pub use registration::{
@@ -49,6 +56,17 @@ pub use spawn::{CommandSpawner, SpawnRequest, WorkerSpawner};
 pub use sqlite::{SqliteOptions, SqliteRegistrationBackend, SqliteWorkBackend, SqliteWorkPool};
 pub use superseded::{SupersededError, SupersededMark};
 pub use time::now_iso;
+
+/// The checkpoint events of a worker machine (one whose states run `claim_job`) when its YAML
+/// sets no `persistence.checkpoint_on`: each state's `execute` and `machine_end`, not the
+/// every-event default. What it gives up: a resume restarts the state it stopped in from its
+/// `execute` checkpoint (as with every event), but the `state_enter` / `state_exit` history
+/// between states is not kept — `inspect` shows one row per state. Child machines inherit it.
+pub const WORKER_CHECKPOINT_ON: &[&str] = &["execute", "machine_end"];
+
+/// How many checkpoints a finished worker execution keeps by default (its final one): see
+/// `CheckpointStore::with_keep_finished`.
+pub const WORKER_KEEP_FINISHED: usize = 1;
 pub use work::{
     Claim, ClaimRequest, ClaimToken, DEFAULT_JOB_LEASE, DEFAULT_MAX_RETRIES, JobStatus,
     PoolCounters, PoolStats, PushOptions, ReleasedJob, WorkBackend, WorkItem, WorkPool,
