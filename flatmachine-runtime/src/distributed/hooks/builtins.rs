@@ -253,12 +253,14 @@ impl DistributedWorkerHooks {
         let pool_id = pool_id(ctx);
         let claim = context_claim(ctx, "complete_job")?;
         let result = ctx.get("result").cloned();
+        // No longer checked by the heartbeat from here: its check could otherwise meet the
+        // job done by this very call and take the claim for lost.
+        if let Some(worker) = super::context_worker(ctx) {
+            self.live.release(&worker, &claim);
+        }
         match self.work.pool(&pool_id).complete(&claim, result).await {
             Ok(()) => {
                 metrics().completed();
-                if let Some(worker) = super::context_worker(ctx) {
-                    self.live.release(&worker, &claim);
-                }
                 Ok(())
             }
             Err(e) => {
@@ -278,6 +280,10 @@ impl DistributedWorkerHooks {
             Some(Value::String(s)) => Some(s.clone()),
             Some(other) => Some(other.to_string()),
         };
+        // As in `complete_job`: settled by this call, not by the heartbeat.
+        if let Some(worker) = super::context_worker(ctx) {
+            self.live.release(&worker, &claim);
+        }
         match self
             .work
             .pool(&pool_id)
@@ -286,9 +292,6 @@ impl DistributedWorkerHooks {
         {
             Ok(status) => {
                 metrics().failed();
-                if let Some(worker) = super::context_worker(ctx) {
-                    self.live.release(&worker, &claim);
-                }
                 ctx.insert("job_status".into(), json!(status.as_str()));
                 Ok(())
             }

@@ -231,6 +231,11 @@ async fn heartbeat_loop(
                 tracing::warn!(worker_id = %worker_id, job_id = %h.claim.job_id, error = %error, "could not check a claim");
                 continue;
             }
+            // Completed or failed by the worker while the check was on its way (`complete_job`
+            // forgets the claim before it settles it): not lost.
+            if !lock(&claims).iter().any(|c| c.claim == h.claim) {
+                continue;
+            }
             tracing::warn!(
                 worker_id = %worker_id,
                 job_id = %h.claim.job_id,
