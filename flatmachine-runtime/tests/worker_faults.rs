@@ -1,13 +1,13 @@
 //! The fault harness of machine-driven workers: real worker processes (this binary re-executed,
 //! `FM_WORKER_FAULT` set) run the worker machine (`tests/machines/distributed/fault_*_worker.yml`:
-//! heartbeat every 0.2 s, 2.5 s lease) against a real `redis-server` or a real SQLite file, each
+//! heartbeat every 0.2 s, 4 s lease) against a real `redis-server` or a real SQLite file, each
 //! job a 5–20 ms action that appends one side-effect line per execution to its worker's log. The
-//! test runs the reaper machine every 200 ms (stale after 2 s without a heartbeat) and, once a
+//! test runs the reaper machine every 200 ms (stale after 3 s without a heartbeat) and, once a
 //! third of the jobs are done, applies one fault to a fresh pool:
 //!
 //! * SIGKILL two of three workers (two new ones take their place);
 //! * SIGKILL `redis-server`, restart it 1 s later on the same port and AOF;
-//! * SIGSTOP a worker for 4 s (past its lease and its heartbeat threshold), then SIGCONT;
+//! * SIGSTOP a worker for 6 s (past its lease and its heartbeat threshold), then SIGCONT;
 //! * `CLIENT KILL TYPE normal` every connection, three times.
 //!
 //! Checks, per scenario: every job ends `done` (0 lost); each job's result was written by the
@@ -48,7 +48,7 @@ const POOL: &str = "faults";
 const JOBS: usize = 150;
 const WORKERS: usize = 3;
 /// Seconds without a heartbeat after which the reaper releases a worker's jobs.
-const STALE_SECONDS: u64 = 2;
+const STALE_SECONDS: u64 = 3;
 /// How long a Redis SIGKILL may have lost acknowledged writes (`appendfsync everysec`).
 const WINDOW_MS: u128 = 2_000;
 
@@ -353,7 +353,7 @@ async fn run_scenario(
             }
             assert!(!taken.is_empty(), "w0 never seen holding a job");
             in_flight.extend(s.claimed().await);
-            tokio::time::sleep(Duration::from_secs(4)).await;
+            tokio::time::sleep(Duration::from_secs(6)).await;
             s.signal("w0", "-CONT");
         }
         Fault::KillConnections => {
