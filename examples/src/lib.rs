@@ -2,6 +2,8 @@
 
 use flatmachine_runtime::{Context, Machine, MachineBuilder, StateError, Value};
 
+pub mod compose;
+
 flatmachine_runtime::flatmachine!("machines/order.yml");
 flatmachine_runtime::flatmachine!("machines/launcher.yml");
 flatmachine_runtime::flatmachine!("machines/review_pipeline.yml");

@@ -29,9 +29,12 @@ impl ProfileSet {
 pub struct Resolved {
     /// The merged config (custom keys included).
     pub merged: Map<String, Value>,
-    /// A profile the agent names is not in the profiles file (and no default stood in): the
-    /// loader reports it, so a missing `name` is not reported again.
+    /// A profile the agent names is not in the profiles file: the loader reports it (an
+    /// error), so a missing `name` is not reported again.
     pub profile_missing: bool,
+    /// The profile the agent names, else the `default` profile (when it exists): what
+    /// run-time endpoint overrides are keyed by.
+    pub profile: Option<String>,
 }
 
 /// Resolve an agent's `model:` (string, mapping, or anything else) the way the reference does:
@@ -57,10 +60,13 @@ pub fn resolve(model: &Value, profiles: Option<&ProfileSet>) -> Resolved {
         }
         return out;
     };
-    let mut had_default = false;
-    if let Some(d) = set.default.as_deref().and_then(|d| set.get(d)) {
+    if let Some((name, d)) = set
+        .default
+        .as_deref()
+        .and_then(|d| set.get(d).map(|p| (d, p)))
+    {
         out.merged.extend(d.clone());
-        had_default = true;
+        out.profile = Some(name.to_string());
     }
     let named = match model {
         Value::String(name) => Some(name.as_str()),
@@ -69,8 +75,10 @@ pub fn resolve(model: &Value, profiles: Option<&ProfileSet>) -> Resolved {
     };
     if let Some(name) = named {
         match set.get(name) {
-            Some(p) => out.merged.extend(p.clone()),
-            None if had_default => {}
+            Some(p) => {
+                out.merged.extend(p.clone());
+                out.profile = Some(name.to_string());
+            }
             None => out.profile_missing = true,
         }
     }
@@ -124,6 +132,12 @@ pub struct ModelIr {
     pub timeout: Option<f64>,
     /// `max_retries` (extension).
     pub max_retries: Option<u64>,
+    /// `json_mode` (extension): `json_schema` or `json_object`.
+    pub json_mode: Option<String>,
+    /// `prompt_caching` (extension).
+    pub prompt_caching: bool,
+    /// The profile the agent names, else the default profile.
+    pub profile: Option<String>,
     /// The `model` prompt variable: the merged config with the reference's computed keys
     /// (`name` with its provider prefix, `temperature` defaulting to 0.7, the sampling keys
     /// as null when unset).
@@ -153,6 +167,12 @@ impl ModelIr {
             output_cost_per_token: f("output_cost_per_token"),
             timeout: f("timeout"),
             max_retries: u("max_retries"),
+            json_mode: s("json_mode"),
+            prompt_caching: merged
+                .get("prompt_caching")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            profile: None,
             raw: Value::Null,
         };
         let qualified = match &m.provider {
@@ -317,15 +337,24 @@ mod tests {
         assert_eq!(r.merged["name"], "pinned");
         assert_eq!(r.merged["temperature"], 0.2);
         assert_eq!(r.merged["top_p"], 0.5);
-        // An unknown name with a default falls back to it.
+        assert_eq!(r.profile.as_deref(), Some("fast"));
+        // An unknown name is missing even with a default (the loader reports an error).
         let r = resolve(
             &json!("fsat"),
             Some(&set(
                 json!({"model_profiles": {"base": {"name": "b"}}, "default": "base"}),
             )),
         );
-        assert!(!r.profile_missing);
+        assert!(r.profile_missing);
+        // No model at all: the default profile.
+        let r = resolve(
+            &Value::Null,
+            Some(&set(
+                json!({"model_profiles": {"base": {"name": "b"}}, "default": "base"}),
+            )),
+        );
         assert_eq!(r.merged["name"], "b");
+        assert_eq!(r.profile.as_deref(), Some("base"));
         // Without a default it is missing.
         let r = resolve(
             &json!("fsat"),

@@ -37,6 +37,21 @@ pub fn analyze(project: &Project) -> (Vec<Option<MachineIr>>, Diagnostics) {
     (irs, diags)
 }
 
+/// Check and lower the single agent of a project made by [`crate::loader::load_agent_file`].
+pub fn analyze_agent(project: &Project) -> (Option<AgentIr>, Diagnostics) {
+    let mut diags = Diagnostics::new();
+    let Some(unit) = project.machines.first() else {
+        return (None, diags);
+    };
+    let mut cx = Cx {
+        project,
+        unit,
+        diags: &mut diags,
+    };
+    let agent = cx.agents().into_iter().next();
+    (agent, diags)
+}
+
 /// A unique snake_case module name for every machine.
 fn module_names(project: &Project) -> Vec<String> {
     let mut used = HashSet::new();
@@ -749,6 +764,19 @@ impl Cx<'_> {
         scope: Option<&Scope>,
         agent_prompt: bool,
     ) {
+        if !agent_prompt {
+            // Machine templates whose text is JSON are parsed into values when rendered.
+            for problem in crate::templates::quoted_expressions_in_json(src) {
+                let span = self.template_span(origin, rel, problem.offset, problem.len);
+                let mut d = Diagnostic::warning(problem.message, Some(span));
+                d.help.extend(problem.help);
+                d.notes.push(
+                    "the rendered text is parsed as JSON; see docs/templates.md, \"Building JSON\""
+                        .into(),
+                );
+                self.diags.push(d);
+            }
+        }
         let problems = match scope {
             Some(scope) => crate::templates::check(src, &scope.names),
             None => crate::templates::check_syntax(src),
@@ -876,7 +904,7 @@ impl Cx<'_> {
         let d = &cfg.data;
         let scope = Scope::new(PROMPT_SCOPE);
         let fields = [
-            ("system", Some(&d.system)),
+            ("system", d.system.as_ref()),
             ("user", Some(&d.user)),
             ("instruction_suffix", d.instruction_suffix.as_ref()),
         ];
@@ -914,21 +942,47 @@ impl Cx<'_> {
                     .map(str::to_string)
             })
             .unwrap_or_else(|| key.to_string());
-        let model = ModelIr::from_merged(&resolved.merged);
+        let mut model = ModelIr::from_merged(&resolved.merged);
         if model.is_none() && !resolved.profile_missing {
-            let span = self.project.span(origin, &model_rel);
-            let help = if set.is_some() {
-                "set `name:` under `model:`, or in the profile it uses (or the `default` profile)"
+            if d.model.is_none() {
+                // The reference uses the default profile for an agent without `model:`.
+                let (message, help) = match &set {
+                    None => (
+                        format!("agent `{name}` has no `model` and no `profiles.yml` applies"),
+                        "add `model:` (a profile name or `{name: ..., provider: ...}`), or put a `profiles.yml` with a `default` profile beside the agent or machine",
+                    ),
+                    Some(_) => (
+                        format!(
+                            "agent `{name}` has no `model` and its `profiles.yml` has no `default` profile"
+                        ),
+                        "add `model:` naming a profile, or set `default:` in the profiles file",
+                    ),
+                };
+                self.diags.push(
+                    Diagnostic::error(message, Some(self.project.key_span(origin, &[k("data")])))
+                        .with_help(help),
+                );
             } else {
-                "set `name:` under `model:`, or name a profile of a `profiles.yml` beside the agent or machine"
-            };
-            self.diags.push(
-                Diagnostic::error(
-                    format!("the model of agent `{name}` has no `name`"),
-                    Some(span),
-                )
-                .with_help(help),
-            );
+                let span = self.project.span(origin, &model_rel);
+                let help = if set.is_some() {
+                    "set `name:` under `model:`, or in the profile it uses (or the `default` profile)"
+                } else {
+                    "set `name:` under `model:`, or name a profile of a `profiles.yml` beside the agent or machine"
+                };
+                self.diags.push(
+                    Diagnostic::error(
+                        format!("the model of agent `{name}` has no `name`"),
+                        Some(span),
+                    )
+                    .with_help(help),
+                );
+            }
+        }
+        if let Some(m) = &mut model {
+            m.profile = resolved.profile.clone();
+            if !self.check_provider(origin, m, profiles) {
+                return None;
+            }
         }
         let model = model?;
         let metadata = cfg
@@ -939,12 +993,88 @@ impl Cx<'_> {
         Some(FlatAgentIr {
             name,
             source: self.project.db.file(origin.file).display.clone(),
-            system: Some(d.system.clone()),
+            system: d.system.clone(),
             user: d.user.clone(),
             instruction_suffix: d.instruction_suffix.clone(),
             model,
             output: d.output.clone().filter(|o| !o.is_empty()),
             metadata,
+        })
+    }
+
+    /// A model's provider must be one the runtime knows (the table LiteLLM's names come from),
+    /// unless the model names its own `base_url`: prompts never go to a vendor nobody chose.
+    fn check_provider(
+        &mut self,
+        origin: &Origin,
+        model: &ModelIr,
+        profiles: Option<ProfilesId>,
+    ) -> bool {
+        let (provider, from_name) = match &model.provider {
+            Some(p) => (p.clone(), false),
+            None => match model.name.split_once('/') {
+                Some((prefix, _)) => (prefix.to_string(), true),
+                None => return true,
+            },
+        };
+        if model
+            .base_url
+            .as_deref()
+            .is_some_and(|b| !b.trim().is_empty())
+            || flatmachine_providers::find(&provider).is_some()
+        {
+            return true;
+        }
+        // Point at where the provider was written: the agent's `model:`, else the profiles.
+        let key = if from_name { "name" } else { "provider" };
+        let inline = [k("data"), k("model"), k(key)];
+        let span = match self.project.node(origin, &inline) {
+            Some(node) => node.span,
+            None => self
+                .profile_key_span(profiles, model.profile.as_deref(), key)
+                .unwrap_or_else(|| self.project.span(origin, &[k("data"), k("model")])),
+        };
+        let known: Vec<&str> = flatmachine_providers::names().collect();
+        let message = if from_name {
+            format!(
+                "unknown provider `{provider}` (the prefix of the model name) and no `base_url`"
+            )
+        } else {
+            format!("unknown provider `{provider}` and no `base_url`")
+        };
+        self.diags.push(
+            Diagnostic::error(message, Some(span))
+                .with_help_opt(did_you_mean(&provider, known.iter().copied()))
+                .with_help(
+                    "give the model a `base_url` (an OpenAI-compatible server), or use a known provider",
+                )
+                .with_note(format!("known providers: {}", known.join(", "))),
+        );
+        false
+    }
+
+    /// The span of `key` in profile `profile` (or the `override` / `default` profile when the
+    /// key comes from there) of a profiles file.
+    fn profile_key_span(
+        &self,
+        profiles: Option<ProfilesId>,
+        profile: Option<&str>,
+        key: &str,
+    ) -> Option<crate::source::Span> {
+        let unit = self.project.profiles.get(profiles?)?;
+        let cfg = unit.config.as_ref()?;
+        let layers = [
+            cfg.data.override_.as_deref(),
+            profile,
+            cfg.data.default.as_deref(),
+        ];
+        layers.into_iter().flatten().find_map(|name| {
+            self.project
+                .node(
+                    &unit.origin,
+                    &[k("data"), k("model_profiles"), k(name), k(key)],
+                )
+                .map(|n| n.span)
         })
     }
 

@@ -42,6 +42,28 @@ pub struct BuiltMachine {
     pub warnings: Vec<String>,
 }
 
+/// One compiler warning, for a tool to show (whether or not cargo output is on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildWarning {
+    /// The machine file being compiled.
+    pub machine: PathBuf,
+    /// Where in the YAML (`file:line:col`), when the warning has a place.
+    pub location: Option<String>,
+    /// The one-line message.
+    pub message: String,
+    /// The whole warning in rustc's format (place, snippet, help and notes).
+    pub rendered: String,
+}
+
+/// What a build produced: the machines written and every warning of every machine.
+#[derive(Debug, Clone, Default)]
+pub struct BuildReport {
+    /// The machines compiled and written.
+    pub machines: Vec<BuiltMachine>,
+    /// Every warning, machine by machine, in order of place.
+    pub warnings: Vec<BuildWarning>,
+}
+
 /// Compilation failed: the rendered diagnostics of every failing machine.
 #[derive(Debug)]
 pub struct BuildError {
@@ -50,6 +72,9 @@ pub struct BuildError {
     /// Each failure on its own: the machine file (`None` for a problem with no single file,
     /// such as a missing `OUT_DIR`) and its rendered diagnostics.
     pub failures: Vec<(Option<PathBuf>, String)>,
+    /// What the build did produce: the machines that compiled and the warnings of all of them
+    /// (failed ones included).
+    pub report: BuildReport,
 }
 
 impl BuildError {
@@ -57,8 +82,23 @@ impl BuildError {
         Self {
             failures: vec![(None, rendered.clone())],
             rendered,
+            report: BuildReport::default(),
         }
     }
+}
+
+/// The warnings of a checked machine, one value each.
+fn warnings_of(machine: &Path, checked: &crate::Checked) -> Vec<BuildWarning> {
+    checked
+        .diagnostics
+        .warnings()
+        .map(|d| BuildWarning {
+            machine: machine.to_path_buf(),
+            location: d.span.map(|s| checked.db().location(s)),
+            message: d.message.clone(),
+            rendered: d.render(checked.db(), false),
+        })
+        .collect()
 }
 
 impl fmt::Display for BuildError {
@@ -137,7 +177,15 @@ impl Builder {
     /// errors of all of them are reported together. Two machines whose modules (output files)
     /// would have the same name are an error naming both files (nothing is overwritten).
     pub fn compile(&self) -> Result<Vec<BuiltMachine>, BuildError> {
-        self.compile_with(&mut |line| println!("{line}"))
+        self.compile_report().map(|report| report.machines)
+    }
+
+    /// [`compile`](Self::compile), returning a [`BuildReport`] with every warning as a value
+    /// as well (they are also printed as `cargo:warning` lines when cargo output is on; with
+    /// it off, the report is where tools find them). On failure the report is in
+    /// [`BuildError::report`].
+    pub fn compile_report(&self) -> Result<BuildReport, BuildError> {
+        self.compile_report_with(&mut |line| println!("{line}"))
     }
 
     /// [`compile`](Self::compile), handing each `cargo:` line to `emit` instead of printing
@@ -146,6 +194,14 @@ impl Builder {
         &self,
         emit: &mut dyn FnMut(String),
     ) -> Result<Vec<BuiltMachine>, BuildError> {
+        self.compile_report_with(emit).map(|report| report.machines)
+    }
+
+    /// [`compile_report`](Self::compile_report), handing each `cargo:` line to `emit`.
+    pub fn compile_report_with(
+        &self,
+        emit: &mut dyn FnMut(String),
+    ) -> Result<BuildReport, BuildError> {
         let out_dir = match &self.out_dir {
             Some(d) => d.clone(),
             None => std::env::var_os("OUT_DIR")
@@ -162,12 +218,14 @@ impl Builder {
         let warn = cargo && self.cargo_warnings.unwrap_or(true);
         let opts = self.codegen_options();
         let mut built: Vec<BuiltMachine> = Vec::new();
+        let mut all_warnings: Vec<BuildWarning> = Vec::new();
         let mut failures: Vec<(Option<PathBuf>, String)> = Vec::new();
         for path in &self.machines {
             match crate::compile(path, None, &opts) {
                 Ok(compiled) => {
                     let files_read = compiled.checked.files_read();
                     let warnings = compiled.warnings();
+                    all_warnings.extend(warnings_of(path, &compiled.checked));
                     if cargo {
                         for f in &files_read {
                             emit(format!("cargo:rerun-if-changed={}", f.display()));
@@ -211,6 +269,7 @@ impl Builder {
                     });
                 }
                 Err(checked) => {
+                    all_warnings.extend(warnings_of(path, &checked));
                     if cargo {
                         for f in checked.files_read() {
                             emit(format!("cargo:rerun-if-changed={}", f.display()));
@@ -223,12 +282,17 @@ impl Builder {
                 }
             }
         }
+        let report = BuildReport {
+            machines: built,
+            warnings: all_warnings,
+        };
         if failures.is_empty() {
-            Ok(built)
+            Ok(report)
         } else {
             Err(BuildError {
                 rendered: failures.iter().map(|(_, r)| r.as_str()).collect(),
                 failures,
+                report,
             })
         }
     }

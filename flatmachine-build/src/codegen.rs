@@ -542,6 +542,217 @@ fn actions_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream) -> TokenStr
     }
 }
 
+/// The statics of flatagent number `i` (key `key` in `agents:`): its prompts, metadata, raw
+/// model config and the `static AGENT_<i>: AgentConfig` itself, whose name is returned.
+fn flat_agent_statics(
+    i: usize,
+    key: &str,
+    f: &crate::ir::FlatAgentIr,
+    rt: &TokenStream,
+    statics: &mut Vec<TokenStream>,
+) -> Ident {
+    let id = format_ident!("AGENT_{}", i);
+    let prompt = |suffix: &str, src: &str, statics: &mut Vec<TokenStream>| {
+        let pid = format_ident!("AGENT_{}_{}", i, suffix);
+        statics.push(quote! {
+            static #pid: #rt::agents::Prompt = #rt::agents::Prompt::new(#src);
+        });
+        pid
+    };
+    let system = opt(f
+        .system
+        .as_deref()
+        .map(|src| prompt("SYSTEM", src, statics))
+        .map(|p| quote!(&#p)));
+    let user = prompt("USER", &f.user, statics);
+    let suffix = opt(f
+        .instruction_suffix
+        .as_deref()
+        .map(|src| prompt("SUFFIX", src, statics))
+        .map(|p| quote!(&#p)));
+    let meta_id = format_ident!("AGENT_{}_METADATA", i);
+    let raw_id = format_ident!("AGENT_{}_MODEL", i);
+    let meta = &f.metadata;
+    let raw = f.model.raw.to_string();
+    statics.push(quote! {
+        static #meta_id: #rt::agents::EmbeddedJson = #rt::agents::EmbeddedJson::new(#meta);
+        static #raw_id: #rt::agents::EmbeddedJson = #rt::agents::EmbeddedJson::new(#raw);
+    });
+    let md = &f.model;
+    let s = |v: &Option<String>| opt(v.as_ref().map(|v| quote!(#v)));
+    let fl = |v: Option<f64>| opt(v.map(f64_lit));
+    let uu = |v: Option<u64>| opt(v.map(|v| quote!(#v)));
+    let (provider, name, base_url, api_key_env) = (
+        s(&md.provider),
+        &md.name,
+        s(&md.base_url),
+        s(&md.api_key_env),
+    );
+    let (temperature, top_p, fp, pp) = (
+        fl(md.temperature),
+        fl(md.top_p),
+        fl(md.frequency_penalty),
+        fl(md.presence_penalty),
+    );
+    let (icost, ocost, timeout) = (
+        fl(md.input_cost_per_token),
+        fl(md.output_cost_per_token),
+        fl(md.timeout),
+    );
+    let (max_tokens, top_k, max_retries) = (uu(md.max_tokens), uu(md.top_k), uu(md.max_retries));
+    let seed = opt(md.seed.map(|v| quote!(#v)));
+    let json_mode = opt(md.json_mode.as_deref().and_then(|m| match m {
+        "json_schema" => Some(quote!(#rt::agents::JsonMode::JsonSchema)),
+        "json_object" => Some(quote!(#rt::agents::JsonMode::JsonObject)),
+        _ => None,
+    }));
+    let prompt_caching = md.prompt_caching;
+    let profile = s(&md.profile);
+    let output = opt(f.output.as_ref().map(|o| {
+        let fields = o.iter().map(|(n, d)| output_field(n, d, rt));
+        quote!(&[#(#fields),*])
+    }));
+    let agent_name = &f.name;
+    let source = &f.source;
+    let doc = format!(" Agent `{key}` (from `{source}`).");
+    statics.push(quote! {
+        #[doc = #doc]
+        static #id: #rt::agents::AgentConfig = #rt::agents::AgentConfig {
+            name: #agent_name,
+            source: #source,
+            system: #system,
+            user: &#user,
+            instruction_suffix: #suffix,
+            model: #rt::agents::ModelParams {
+                provider: #provider,
+                name: #name,
+                temperature: #temperature,
+                max_tokens: #max_tokens,
+                top_p: #top_p,
+                top_k: #top_k,
+                frequency_penalty: #fp,
+                presence_penalty: #pp,
+                seed: #seed,
+                base_url: #base_url,
+                api_key_env: #api_key_env,
+                input_cost_per_token: #icost,
+                output_cost_per_token: #ocost,
+                timeout: #timeout,
+                max_retries: #max_retries,
+                json_mode: #json_mode,
+                prompt_caching: #prompt_caching,
+                profile: #profile,
+                raw: &#raw_id,
+            },
+            output: #output,
+            metadata: &#meta_id,
+        };
+    });
+    id
+}
+
+/// The module `flatagent!` generates for one flatagent: its `AgentConfig`, the typed output
+/// (`Output`, when the agent has an `output` schema; else the reply text) and `Agent`, a
+/// callable handle on a backend.
+pub fn generate_agent(
+    module: &str,
+    f: &crate::ir::FlatAgentIr,
+    opts: &CodegenOptions,
+) -> TokenStream {
+    let rt = &opts.runtime_path;
+    let mut statics = Vec::new();
+    let id = flat_agent_statics(0, module, f, rt, &mut statics);
+    let mut outputs = OutputTypes::new(rt);
+    let (output_ty, read) = match &f.output {
+        Some(o) => {
+            outputs.agent(module, &f.source, &id, o);
+            let name = format_ident!("{}Output", crate::ir::variant_names(&[module]).remove(0));
+            (
+                quote!(agents::#name),
+                quote! {
+                    result.parse::<Output>().map_err(|e| {
+                        #rt::StateError::new(
+                            "OutputParseError",
+                            format!("agent `{}`: the output does not fit `Output`: {e}", CONFIG.name),
+                        )
+                    })
+                },
+            )
+        }
+        None => (
+            quote!(::std::string::String),
+            quote!(Ok(result.content.unwrap_or_default())),
+        ),
+    };
+    let outputs = outputs.finish();
+    let tracking = tracking_items(&opts.track_files);
+    let name = format_ident!("{}", module);
+    let doc = format!(
+        " Agent `{}` (from `{}`), compiled by `flatagent!`.",
+        f.name, f.source
+    );
+    quote! {
+        #[doc = #doc]
+        #[allow(clippy::all, dead_code)]
+        pub mod #name {
+            #(#tracking)*
+            #(#statics)*
+
+            /// The compiled agent: prompts, resolved model, output fields.
+            pub static CONFIG: &#rt::agents::AgentConfig = &#id;
+
+            #outputs
+
+            /// What a call returns: the typed structured output, or the reply text for an agent
+            /// without an `output` schema.
+            pub type Output = #output_ty;
+
+            /// The agent, callable from Rust on an LLM backend.
+            pub struct Agent {
+                executor: #rt::agents::FlatAgentExecutor,
+            }
+
+            impl Agent {
+                /// The agent on `backend` (a `ScriptedBackend`, a `ProviderRouter`, ...).
+                pub fn new(backend: ::std::sync::Arc<dyn #rt::agents::LlmBackend>) -> Self {
+                    Self {
+                        executor: #rt::agents::FlatAgentExecutor::new(&#id, backend),
+                    }
+                }
+
+                /// The agent on the built-in providers (keys and endpoints from the
+                /// environment, as in a machine).
+                pub fn from_env() -> Self {
+                    Self::new(#rt::agents::default_backend())
+                }
+
+                /// One call with `input` (the prompts' `input`): the typed output.
+                pub async fn call(
+                    &self,
+                    input: &#rt::Value,
+                ) -> ::core::result::Result<Output, #rt::StateError> {
+                    let result = self.call_result(input).await?;
+                    #read
+                }
+
+                /// One call with `input`: the whole result (output, text, usage, cost).
+                pub async fn call_result(
+                    &self,
+                    input: &#rt::Value,
+                ) -> ::core::result::Result<#rt::agents::AgentResult, #rt::StateError> {
+                    use #rt::agents::AgentExecutor as _;
+                    self.executor.execute(input, &#rt::Context::new()).await
+                }
+
+                /// The executor underneath (to build requests without sending them).
+                pub fn executor(&self) -> &#rt::agents::FlatAgentExecutor {
+                    &self.executor
+                }
+            }
+        }
+    }
+}
+
 /// What a machine's agents generate.
 struct AgentItems {
     /// `static AGENT_n: AgentConfig` and the statics it refers to.
@@ -566,94 +777,8 @@ fn agent_items(m: &MachineIr, rt: &TokenStream) -> AgentItems {
         let key = &agent.key;
         match &agent.kind {
             AgentKindIr::Flat(f) => {
-                let id = format_ident!("AGENT_{}", i);
-                let prompt = |suffix: &str, src: &str, statics: &mut Vec<TokenStream>| {
-                    let pid = format_ident!("AGENT_{}_{}", i, suffix);
-                    statics.push(quote! {
-                        static #pid: #rt::agents::Prompt = #rt::agents::Prompt::new(#src);
-                    });
-                    pid
-                };
-                let system = opt(f
-                    .system
-                    .as_deref()
-                    .map(|src| prompt("SYSTEM", src, &mut statics))
-                    .map(|p| quote!(&#p)));
-                let user = prompt("USER", &f.user, &mut statics);
-                let suffix = opt(f
-                    .instruction_suffix
-                    .as_deref()
-                    .map(|src| prompt("SUFFIX", src, &mut statics))
-                    .map(|p| quote!(&#p)));
-                let meta_id = format_ident!("AGENT_{}_METADATA", i);
-                let raw_id = format_ident!("AGENT_{}_MODEL", i);
-                let meta = &f.metadata;
-                let raw = f.model.raw.to_string();
-                statics.push(quote! {
-                    static #meta_id: #rt::agents::EmbeddedJson = #rt::agents::EmbeddedJson::new(#meta);
-                    static #raw_id: #rt::agents::EmbeddedJson = #rt::agents::EmbeddedJson::new(#raw);
-                });
-                let md = &f.model;
-                let s = |v: &Option<String>| opt(v.as_ref().map(|v| quote!(#v)));
-                let fl = |v: Option<f64>| opt(v.map(f64_lit));
-                let uu = |v: Option<u64>| opt(v.map(|v| quote!(#v)));
-                let (provider, name, base_url, api_key_env) = (
-                    s(&md.provider),
-                    &md.name,
-                    s(&md.base_url),
-                    s(&md.api_key_env),
-                );
-                let (temperature, top_p, fp, pp) = (
-                    fl(md.temperature),
-                    fl(md.top_p),
-                    fl(md.frequency_penalty),
-                    fl(md.presence_penalty),
-                );
-                let (icost, ocost, timeout) = (
-                    fl(md.input_cost_per_token),
-                    fl(md.output_cost_per_token),
-                    fl(md.timeout),
-                );
-                let (max_tokens, top_k, max_retries) =
-                    (uu(md.max_tokens), uu(md.top_k), uu(md.max_retries));
-                let seed = opt(md.seed.map(|v| quote!(#v)));
-                let output = opt(f.output.as_ref().map(|o| {
-                    let fields = o.iter().map(|(n, d)| output_field(n, d, rt));
-                    quote!(&[#(#fields),*])
-                }));
-                let agent_name = &f.name;
+                let id = flat_agent_statics(i, key, f, rt, &mut statics);
                 let source = &f.source;
-                let doc = format!(" Agent `{key}` (from `{source}`).");
-                statics.push(quote! {
-                    #[doc = #doc]
-                    static #id: #rt::agents::AgentConfig = #rt::agents::AgentConfig {
-                        name: #agent_name,
-                        source: #source,
-                        system: #system,
-                        user: &#user,
-                        instruction_suffix: #suffix,
-                        model: #rt::agents::ModelParams {
-                            provider: #provider,
-                            name: #name,
-                            temperature: #temperature,
-                            max_tokens: #max_tokens,
-                            top_p: #top_p,
-                            top_k: #top_k,
-                            frequency_penalty: #fp,
-                            presence_penalty: #pp,
-                            seed: #seed,
-                            base_url: #base_url,
-                            api_key_env: #api_key_env,
-                            input_cost_per_token: #icost,
-                            output_cost_per_token: #ocost,
-                            timeout: #timeout,
-                            max_retries: #max_retries,
-                            raw: &#raw_id,
-                        },
-                        output: #output,
-                        metadata: &#meta_id,
-                    };
-                });
                 specs.push(quote!(#rt::machine::AgentSpec { name: #key, kind: "flatagent", flatagent: Some(&#id), reference: None, config: None }));
                 if let Some(o) = &f.output {
                     outputs.agent(key, source, &id, o);

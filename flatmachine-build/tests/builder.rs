@@ -95,3 +95,62 @@ fn silencing_warnings_keeps_rerun_if_changed() {
         "{quiet:?}"
     );
 }
+
+/// Issue 18 #9: with cargo output off, warnings come back as values, located, on success and
+/// on failure (the warnings of machines that compiled are not lost with the error).
+#[test]
+fn warnings_come_back_in_a_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let warned = dir.path().join("warned.yml");
+    std::fs::write(
+        &warned,
+        "spec: flatmachine\nspec_version: \"1.0.0\"\ndata:\n  name: warned\n  colour: blue\n  states:\n    start:\n      type: initial\n      transitions:\n        - to: done\n    done:\n      type: final\n",
+    )
+    .unwrap();
+    let mut lines = Vec::new();
+    let report = Builder::new()
+        .machine(&warned)
+        .out_dir(&out)
+        .cargo_output(false)
+        .compile_report_with(&mut |l| lines.push(l))
+        .unwrap();
+    assert!(lines.is_empty(), "{lines:?}");
+    assert_eq!(report.machines.len(), 1);
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    let w = &report.warnings[0];
+    assert_eq!(w.message, "unknown key `colour` is ignored");
+    assert_eq!(w.machine, warned);
+    assert!(
+        w.location
+            .as_deref()
+            .is_some_and(|l| l.ends_with("warned.yml:5:3")),
+        "{:?}",
+        w.location
+    );
+    assert!(
+        w.rendered.starts_with("warning: unknown key `colour`"),
+        "{}",
+        w.rendered
+    );
+
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(&bad, machine("bad", "nowhere")).unwrap();
+    let err = Builder::new()
+        .machines([&warned, &bad])
+        .out_dir(&out)
+        .cargo_output(false)
+        .compile_report()
+        .unwrap_err();
+    assert_eq!(err.report.machines.len(), 1);
+    let of = |m: &std::path::Path| {
+        err.report
+            .warnings
+            .iter()
+            .filter(|w| w.machine == m)
+            .count()
+    };
+    assert_eq!(of(&warned), 1);
+    assert!(of(&bad) > 0, "the failed machine's warnings too");
+}

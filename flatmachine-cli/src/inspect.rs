@@ -1,7 +1,8 @@
-//! `flatmachine inspect`: an execution's history, or the list of executions, from a checkpoint
-//! directory.
+//! `flatmachine inspect`: an execution's history, or the list of executions, or run trees
+//! (`--tree`), from a checkpoint directory.
 
 use flatmachine_runtime::inspect::{InspectError, report};
+use flatmachine_runtime::run_tree::{self, RunTreeError};
 
 /// Runs the command on the store `dir` (a directory, `sqlite:PATH` or `redis://…` with its key
 /// `prefix`); returns what to print on stdout, or the error message.
@@ -9,6 +10,7 @@ pub fn run(
     dir: &str,
     execution_id: Option<&str>,
     json: bool,
+    tree: bool,
     prefix: Option<&str>,
 ) -> Result<String, String> {
     let store = if dir.starts_with("redis://") || dir.starts_with("rediss://") {
@@ -20,6 +22,16 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    if tree {
+        return runtime
+            .block_on(run_tree::report(&store, execution_id, json))
+            .map_err(|e| match e {
+                RunTreeError::NotFound(id) => {
+                    format!("execution `{id}` has no checkpoints in {dir}")
+                }
+                other => other.to_string(),
+            });
+    }
     runtime
         .block_on(report(&store, execution_id, json))
         .map_err(|e| match e {

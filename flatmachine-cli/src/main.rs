@@ -70,6 +70,10 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Print run trees instead: each execution under the one that started it, where it
+        /// stands, and whether anything will resume it (abandoned and orphaned children).
+        #[arg(long)]
+        tree: bool,
         /// The Redis key prefix (default `FLATMACHINE_REDIS_PREFIX`, else `flatmachine`).
         #[arg(long)]
         prefix: Option<String>,
@@ -179,14 +183,18 @@ fn main() -> ExitCode {
             execution_id,
             dir,
             json,
+            tree,
             prefix,
-        } => match inspect::run(&dir, execution_id.as_deref(), json, prefix.as_deref()) {
+        } => match inspect::run(&dir, execution_id.as_deref(), json, tree, prefix.as_deref()) {
             Ok(text) => {
                 emit(&text);
                 ExitCode::SUCCESS
             }
             Err(message) => {
-                eprintln!("error: {message}");
+                eprintln!(
+                    "error: {}",
+                    flatmachine_runtime::inspect::escape_controls(&message)
+                );
                 ExitCode::FAILURE
             }
         },
@@ -200,7 +208,10 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(message) => {
-                eprintln!("error: {message}");
+                eprintln!(
+                    "error: {}",
+                    flatmachine_runtime::inspect::escape_controls(&message)
+                );
                 ExitCode::FAILURE
             }
         },

@@ -1,24 +1,31 @@
-//! The `flatmachine` command line, run as a process on the conformance corpus and on
-//! checkpoint directories (written by this runtime and by the Python reference).
+//! The `flatmachine` command line, run as a process on the repository's example machines (and
+//! on the conformance corpus when `FLATMACHINE_CONFORMANCE_DIR` names it) and on checkpoint
+//! directories (written by this runtime and by the Python reference).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn corpus_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/corpus");
-    assert!(
-        dir.join("MANIFEST.tsv").is_file(),
-        "conformance corpus not found at {} (expected `shared/conformance/corpus/MANIFEST.tsv` \
-         beside the repository checkout)",
-        dir.display()
-    );
-    dir
+#[path = "../../flatmachine-build/tests/support/conformance.rs"]
+mod conformance;
+
+/// The example machines, where most CLI runs start.
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/machines")
 }
 
-/// Machines every tier of the checker accepts without a diagnostic.
-const STRICT: &[&str] = &[
+/// Example machines every tier of the checker accepts without a diagnostic.
+const CLEAN: &[&str] = &[
+    "distributed/echo_processor.yml",
+    "distributed/job_worker.yml",
+    "distributed/parallelization_checker.yml",
+    "distributed/stale_worker_reaper.yml",
+    "writer_critic/machine.yml",
+];
+
+/// Corpus machines every tier of the checker accepts without a diagnostic.
+const CORPUS_STRICT: &[&str] = &[
     "distributed_worker/config/echo_processor.yml",
-    "distributed_worker/config/job_worker.yml",
+    "distributed/job_worker.yml",
     "distributed_worker/config/parallelization_checker.yml",
     "distributed_worker/config/stale_worker_reaper.yml",
     "fixtures-helloworld/machine.yml",
@@ -28,7 +35,7 @@ const STRICT: &[&str] = &[
 
 fn cli() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_flatmachine"));
-    c.current_dir(corpus_dir());
+    c.current_dir(examples_dir());
     c
 }
 
@@ -41,15 +48,31 @@ fn run(cmd: &mut Command) -> (i32, String, String) {
     )
 }
 
-#[test]
-fn cli_check_strict_tier_succeeds() {
-    let (code, _, stderr) = run(cli().arg("check").arg("--color=false").args(STRICT));
+/// `check` over files with no diagnostic: exit 0 and a clean summary line per file.
+fn check_clean(dir: &Path, files: &[&str]) {
+    let (code, _, stderr) = run(Command::new(env!("CARGO_BIN_EXE_flatmachine"))
+        .current_dir(dir)
+        .arg("check")
+        .arg("--color=false")
+        .args(files));
     assert_eq!(code, 0, "{stderr}");
-    for rel in STRICT {
+    for rel in files {
         assert!(
             stderr.contains(&format!("{rel}: 0 error(s), 0 warning(s)")),
             "{stderr}"
         );
+    }
+}
+
+#[test]
+fn cli_check_clean_examples_succeeds() {
+    check_clean(&examples_dir(), CLEAN);
+}
+
+#[test]
+fn cli_check_corpus_strict_tier_succeeds() {
+    if let Some(corpus) = conformance::corpus_dir("cli::cli_check_corpus_strict_tier_succeeds") {
+        check_clean(&corpus, CORPUS_STRICT);
     }
 }
 
@@ -84,12 +107,8 @@ fn cli_check_fails_on_a_missing_file() {
 
 #[test]
 fn cli_graph_dot_dashes_error_routes() {
-    let (code, stdout, stderr) = run(cli().args([
-        "graph",
-        "--format",
-        "dot",
-        "distributed_worker/config/job_worker.yml",
-    ]));
+    let (code, stdout, stderr) =
+        run(cli().args(["graph", "--format", "dot", "distributed/job_worker.yml"]));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.starts_with("digraph \"job_worker\" {"), "{stdout}");
     assert!(stdout.trim_end().ends_with('}'), "{stdout}");
@@ -109,12 +128,8 @@ fn cli_graph_dot_dashes_error_routes() {
 
 #[test]
 fn cli_graph_mermaid_uses_dotted_error_routes() {
-    let (code, stdout, stderr) = run(cli().args([
-        "graph",
-        "--format",
-        "mermaid",
-        "distributed_worker/config/job_worker.yml",
-    ]));
+    let (code, stdout, stderr) =
+        run(cli().args(["graph", "--format", "mermaid", "distributed/job_worker.yml"]));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.starts_with("flowchart"), "{stdout}");
     let error_route: Vec<&str> = stdout.lines().filter(|l| l.contains("-.->")).collect();
@@ -133,7 +148,7 @@ fn cli_graph_fails_on_errors() {
         "graph",
         "--format",
         "dot",
-        "fixtures-human-in-the-loop/machine.yml",
+        "../../tests/ui/machines/two_initial_states.yml",
     ]));
     assert_eq!(code, 1);
     assert!(stdout.is_empty());
@@ -142,7 +157,7 @@ fn cli_graph_fails_on_errors() {
 
 #[test]
 fn cli_expand_prints_parsable_rust() {
-    for rel in STRICT {
+    for rel in CLEAN {
         let (code, stdout, stderr) = run(cli().args(["expand", rel]));
         assert_eq!(code, 0, "{rel}: {stderr}");
         let file = syn::parse_file(&stdout)
@@ -224,6 +239,37 @@ fn inspect_reads_a_python_written_execution_as_a_table() {
         "{stdout}"
     );
     assert!(stdout.contains("output {\"order\":\"A-17\",\"attempts\":1}"));
+}
+
+#[test]
+fn inspect_tree_puts_a_launched_child_under_its_parent() {
+    let (code, stdout, stderr) = inspect(&["--tree"], &python_checkpoints());
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("python-demo  inspect_demo  finished (step 4)"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("  └ 5b089af5-a941-4cd1-8d01-ccc59801c932  "),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) =
+        inspect(&["python-demo", "--tree", "--json"], &python_checkpoints());
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[1]["parent_execution_id"], "python-demo");
+    assert_eq!(runs[1]["depth"], 1);
+    assert_eq!(runs[0]["fate"]["kind"], "finished");
+    let (code, _, stderr) = inspect(&["nope", "--tree"], &python_checkpoints());
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("execution `nope` has no checkpoints"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -18,6 +18,24 @@ pub fn flatmachine(input: TokenStream) -> TokenStream {
     expand(&args.path, args.allow_warnings).into()
 }
 
+/// Compile a flatagent YAML file (`spec: flatagent`, with the `profiles.yml` beside it) into a
+/// Rust module named after the agent: `CONFIG`, the typed `Output` of its `output` schema (the
+/// reply text without one) and `Agent`, callable on any LLM backend:
+///
+/// ```ignore
+/// flatagent!("agents/critic.yml");
+/// let critic = critic::Agent::new(backend);
+/// let review: critic::Output = critic.call(&json!({"tagline": "…"})).await?;
+/// ```
+///
+/// The path is relative to `CARGO_MANIFEST_DIR`; YAML mistakes are compile errors naming
+/// `file:line:col`, as with `flatmachine!`.
+#[proc_macro]
+pub fn flatagent(input: TokenStream) -> TokenStream {
+    let lit = parse_macro_input!(input as LitStr);
+    expand_agent(&lit).into()
+}
+
 /// `"path.yml"` or `"path.yml", allow_warnings`.
 struct Args {
     path: LitStr,
@@ -40,6 +58,86 @@ impl syn::parse::Parse for Args {
             path,
             allow_warnings,
         })
+    }
+}
+
+/// The file `lit` names, relative to the crate root, or the compile error saying why not.
+fn resolve(lit: &LitStr) -> Result<(String, PathBuf), proc_macro2::TokenStream> {
+    let rel = lit.value();
+    if Path::new(&rel).is_absolute() {
+        return Err(syn::Error::new(
+            lit.span(),
+            "use a path relative to the crate root (CARGO_MANIFEST_DIR), not an absolute path",
+        )
+        .to_compile_error());
+    }
+    let Some(manifest) = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from) else {
+        return Err(syn::Error::new(
+            lit.span(),
+            "CARGO_MANIFEST_DIR is not set; build with cargo",
+        )
+        .to_compile_error());
+    };
+    let path = manifest.join(&rel);
+    if !path.is_file() {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "cannot read `{rel}`: file not found (the path is relative to the crate root, {})",
+                manifest.display()
+            ),
+        )
+        .to_compile_error());
+    }
+    Ok((rel, path))
+}
+
+/// Every error of a failed check as a compile error at the macro's argument, plus the
+/// tracking of the files read (so fixing them rebuilds).
+fn errors_of(
+    lit: &LitStr,
+    rel: &str,
+    checked: &flatmachine_build::Checked,
+) -> proc_macro2::TokenStream {
+    let db = checked.db();
+    let mut errors: Vec<proc_macro2::TokenStream> = checked
+        .diagnostics
+        .errors()
+        .map(|d| {
+            let text = d.render(db, false);
+            let text = text
+                .strip_prefix("error: ")
+                .unwrap_or(&text)
+                .trim_end()
+                .to_string();
+            syn::Error::new(lit.span(), text).to_compile_error()
+        })
+        .collect();
+    if errors.is_empty() {
+        errors.push(
+            syn::Error::new(lit.span(), format!("`{rel}` could not be compiled"))
+                .to_compile_error(),
+        );
+    }
+    let tracking = flatmachine_build::codegen::tracking_items(&checked.files_read());
+    quote! {
+        #(#tracking)*
+        #(#errors)*
+    }
+}
+
+fn expand_agent(lit: &LitStr) -> proc_macro2::TokenStream {
+    let (rel, path) = match resolve(lit) {
+        Ok(found) => found,
+        Err(e) => return e,
+    };
+    let opts = flatmachine_build::CodegenOptions {
+        track_files_read: true,
+        ..Default::default()
+    };
+    match flatmachine_build::compile_agent(&path, Some(rel.clone()), &opts) {
+        Ok(compiled) => compiled.tokens,
+        Err(checked) => errors_of(lit, &rel, &checked),
     }
 }
 

@@ -224,11 +224,11 @@ impl ExecutionHistory {
         let _ = writeln!(
             out,
             "execution {}  machine {}  parent {}  checkpoints {}  latest {}",
-            self.execution_id,
-            or_dash(&self.machine_name),
-            self.parent_execution_id.as_deref().unwrap_or("-"),
+            escape_controls(&self.execution_id),
+            escape_controls(or_dash(&self.machine_name)),
+            escape_controls(self.parent_execution_id.as_deref().unwrap_or("-")),
             self.checkpoints.len(),
-            self.latest.as_deref().unwrap_or("-"),
+            escape_controls(self.latest.as_deref().unwrap_or("-")),
         );
         let rows: Vec<[String; 5]> = self
             .checkpoints
@@ -244,6 +244,7 @@ impl ExecutionHistory {
                         .map(|e| format!("{}: {}", or_dash(&e.error_type), e.message))
                         .unwrap_or_default(),
                 ]
+                .map(|cell| escape_controls(&cell))
             })
             .collect();
         if let Some(mark) = &self.superseded {
@@ -261,7 +262,7 @@ impl ExecutionHistory {
         for (row, record) in rows.iter().zip(&self.checkpoints) {
             push_row(&mut out, row, &widths);
             if let Some(reason) = &record.unreadable {
-                let _ = writeln!(out, "      unreadable: {reason}");
+                let _ = writeln!(out, "      unreadable: {}", escape_controls(reason));
             }
             // The outbox is carried by every later checkpoint: show it where it changes.
             let launches = record.pending_launches.as_slice();
@@ -274,14 +275,14 @@ impl ExecutionHistory {
                 let _ = writeln!(
                     out,
                     "      launch {} ({}) {} input {}",
-                    intent.machine,
-                    intent.execution_id,
+                    escape_controls(&intent.machine),
+                    escape_controls(&intent.execution_id),
                     if intent.launched {
                         "started"
                     } else {
                         "not started"
                     },
-                    Value::Object(intent.input.clone()),
+                    escape_controls(&Value::Object(intent.input.clone()).to_string()),
                 );
             }
             push_output(&mut out, record);
@@ -292,7 +293,11 @@ impl ExecutionHistory {
 
 fn push_output(out: &mut String, record: &CheckpointRecord) {
     if let Some(output) = &record.output {
-        let _ = writeln!(out, "      output {}", Value::Object(output.clone()));
+        let _ = writeln!(
+            out,
+            "      output {}",
+            escape_controls(&Value::Object(output.clone()).to_string())
+        );
     }
 }
 
@@ -394,13 +399,15 @@ pub async fn report(
                     let _ = writeln!(
                         out,
                         "{}  {}  step {}  {}  {}",
-                        e.execution_id,
-                        e.machine_name.as_deref().unwrap_or("?"),
+                        escape_controls(&e.execution_id),
+                        escape_controls(e.machine_name.as_deref().unwrap_or("?")),
                         e.step.map_or_else(|| "?".to_owned(), |s| s.to_string()),
-                        e.event.as_deref().unwrap_or("?"),
-                        e.current_state
-                            .as_deref()
-                            .unwrap_or("(latest checkpoint unreadable)"),
+                        escape_controls(e.event.as_deref().unwrap_or("?")),
+                        escape_controls(
+                            e.current_state
+                                .as_deref()
+                                .unwrap_or("(latest checkpoint unreadable)")
+                        ),
                     );
                 }
                 return Ok(out);
@@ -451,6 +458,31 @@ fn short(value: &Value) -> String {
     format!("{cut}…")
 }
 
+/// `text` safe to print on a terminal: control characters (C0, DEL, C1: escape sequences,
+/// carriage returns, newlines that would break a row) and the bidirectional-text overrides are
+/// written as escapes (`\n`, `\u{1b}`), everything else as it is. What the table shows of
+/// checkpoint contents goes through this, since model replies and error texts end up there.
+pub fn escape_controls(text: &str) -> String {
+    let needs =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(needs) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn or_dash(text: &str) -> &str {
     if text.is_empty() { "-" } else { text }
 }
@@ -493,6 +525,15 @@ mod tests {
         assert_eq!(changes.removed, vec!["gone".to_owned()]);
         assert_eq!(describe_changes(&changes), "+new=[1] ~a=2 -gone");
         assert!(ContextChanges::between(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("plain ünïcode"), "plain ünïcode");
+        assert_eq!(
+            escape_controls("a\u{1b}[2Jb\r\nc\u{7f}\u{9b}\u{202e}"),
+            "a\\u{1b}[2Jb\\r\\nc\\u{7f}\\u{9b}\\u{202e}"
+        );
     }
 
     #[test]

@@ -19,23 +19,25 @@ pub mod inspect;
 pub mod lock;
 pub mod machine;
 pub mod persistence;
+pub mod process;
 #[cfg(feature = "redis")]
 pub mod redis_backends;
 pub mod results;
+pub mod run_tree;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 pub mod template;
 
 pub use context::{Context, Value};
 pub use engine::{
-    ActionCall, AgentOutput, LaunchOutcome, Machine, MachineBuilder, RunError, RunOptions,
-    RunResult,
+    ActionCall, AgentCallBudget, AgentOutput, LaunchOutcome, Machine, MachineBuilder, RunError,
+    RunFailure, RunOptions, RunResult, RunTotals,
 };
 pub use error::{StateError, error_type};
 pub use machine::{BackendsSpec, MachineDef, MachineSpec, StateSpec};
 
 #[cfg(feature = "macros")]
-pub use flatmachine_macros::flatmachine;
+pub use flatmachine_macros::{flatagent, flatmachine};
 
 /// Crates generated code refers to (typed agent outputs derive serde traits through these, so
 /// applications need no direct dependency on them).

@@ -1,5 +1,5 @@
-//! The reference's distributed worker example, with its four machines compiled unchanged from
-//! the conformance corpus (`distributed_worker/config/`), on a SQLite work pool. Offline.
+//! The reference's distributed worker example on a SQLite work pool, offline. Its four machines
+//! are in `examples/machines/distributed/` (checker, worker, job, reaper).
 //!
 //! `cargo run -p flatmachine-examples --bin distributed_worker [-- --jobs 1000 --workers 4]`
 //!
@@ -29,14 +29,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-flatmachine_runtime::flatmachine!(
-    "../../shared/conformance/corpus/distributed_worker/config/parallelization_checker.yml",
-    allow_warnings
-);
-flatmachine_runtime::flatmachine!(
-    "../../shared/conformance/corpus/distributed_worker/config/stale_worker_reaper.yml",
-    allow_warnings
-);
+flatmachine_runtime::flatmachine!("machines/distributed/parallelization_checker.yml");
+flatmachine_runtime::flatmachine!("machines/distributed/stale_worker_reaper.yml");
 
 use parallelization_checker::children::job_worker;
 
@@ -182,13 +176,18 @@ async fn checker_loop(dir: &Path, db: &Path, jobs: usize, max_workers: u64) -> R
     )
     .await?;
     let exe = std::env::current_exe()?;
-    let spawner = Arc::new(CommandSpawner::new(exe).args([
-        "worker".to_string(),
-        "--db".to_string(),
-        db.display().to_string(),
-        "--input".to_string(),
-        "{input}".to_string(),
-    ]));
+    // Workers get only PATH, HOME and the locale, plus what is passed here.
+    let spawner = Arc::new(
+        CommandSpawner::new(exe)
+            .args([
+                "worker".to_string(),
+                "--db".to_string(),
+                db.display().to_string(),
+                "--input".to_string(),
+                "{input}".to_string(),
+            ])
+            .pass_env("FM_JOB_MS"),
+    );
     let hooks = DistributedWorkerHooks::new(backends.clone()).spawner(spawner.clone());
     let mut registry = HooksRegistry::new();
     registry.register_instance("DistributedWorkerHooks", Arc::new(hooks));

@@ -48,6 +48,10 @@ pub struct MachineData {
     /// Hooks to load by class name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<HooksConfig>,
+    /// The `profiles.yml` of this machine's agents (relative to the machine file), as upstream
+    /// machines name it; without it, a `profiles.yml` beside the machine is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profiles: Option<String>,
 }
 
 /// Which expression language conditions use.

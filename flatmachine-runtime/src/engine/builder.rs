@@ -64,10 +64,12 @@ pub struct MachineBuilder {
     agents: HashMap<String, AgentFn>,
     adapters: AgentAdapterRegistry,
     llm: Option<Arc<dyn LlmBackend>>,
+    endpoints: crate::agents::EndpointOverrides,
     store: Option<Option<CheckpointStore>>,
     lock: Option<Arc<dyn ExecutionLock>>,
     max_steps: Option<u64>,
     max_agent_calls: Option<u64>,
+    max_foreach_items: Option<usize>,
     ignore_unhandled_actions: bool,
     checkpoint_dir: PathBuf,
     lock_dir: PathBuf,
@@ -90,10 +92,12 @@ impl MachineBuilder {
             agents: HashMap::new(),
             adapters: AgentAdapterRegistry::new(),
             llm: None,
+            endpoints: crate::agents::EndpointOverrides::new(),
             store: None,
             lock: None,
             max_steps: None,
             max_agent_calls: None,
+            max_foreach_items: None,
             ignore_unhandled_actions: false,
             checkpoint_dir: PathBuf::from(".checkpoints"),
             lock_dir: PathBuf::from(".locks"),
@@ -230,6 +234,26 @@ impl MachineBuilder {
         self
     }
 
+    /// Sends every flatagent's calls to `base_url` (an OpenAI-compatible `.../v1` or an
+    /// Anthropic root, as the agent's provider speaks), whatever the profiles compiled in.
+    /// [`profile_base_url`](Self::profile_base_url) beats it; both beat the environment
+    /// (`$FLATMACHINE_BASE_URL`, `$FLATMACHINE_BASE_URL_<PROFILE>`). See
+    /// [`agents::endpoints`](crate::agents::endpoints) for the whole order.
+    pub fn base_url(mut self, base_url: impl Into<String>) -> Self {
+        self.endpoints = std::mem::take(&mut self.endpoints).global(base_url);
+        self
+    }
+
+    /// Sends the calls of flatagents using model profile `profile` to `base_url`.
+    pub fn profile_base_url(
+        mut self,
+        profile: impl Into<String>,
+        base_url: impl Into<String>,
+    ) -> Self {
+        self.endpoints = std::mem::take(&mut self.endpoints).profile(profile, base_url);
+        self
+    }
+
     /// Adds an adapter for agents declared as `{type: <name>, ref, config}` (replaces one of the
     /// same type; `flatagent` and `subprocess` are built in).
     pub fn agent_adapter(mut self, adapter: Arc<dyn AgentAdapter>) -> Self {
@@ -306,9 +330,23 @@ impl MachineBuilder {
         self
     }
 
-    /// Stop once this many agent calls were made.
+    /// Most agent calls in one run tree: a run and every child it starts share one budget,
+    /// checked before every call (concurrent children reserve atomically; see
+    /// [`AgentCallBudget`](super::AgentCallBudget)). The call that would pass it is not made
+    /// and the run fails with `RunError::MaxAgentCalls`; a run that needs no more calls than
+    /// the limit finishes. `RunOptions::max_agent_calls` overrides it per run. Default:
+    /// unlimited.
     pub fn max_agent_calls(mut self, n: u64) -> Self {
         self.max_agent_calls = Some(n);
+        self
+    }
+
+    /// Most items one `foreach:` may yield (default
+    /// [`DEFAULT_MAX_FOREACH_ITEMS`](super::DEFAULT_MAX_FOREACH_ITEMS)): past it the state
+    /// fails with a `ForeachLimitError` (routable by `on_error`) before any child starts.
+    /// Applies to child machines too.
+    pub fn max_foreach_items(mut self, n: usize) -> Self {
+        self.max_foreach_items = Some(n);
         self
     }
 
@@ -431,13 +469,16 @@ impl MachineBuilder {
             invoker: self.invoker.unwrap_or_else(|| Arc::new(InProcessInvoker)),
             agents: Arc::new(self.agents),
             adapters: Arc::new(self.adapters),
-            llm: self.llm.unwrap_or_else(crate::agents::default_backend),
+            llm: self
+                .endpoints
+                .wrap(self.llm.unwrap_or_else(crate::agents::default_backend)),
             executors: Arc::default(),
             store,
             lock,
             checkpoint_on,
             max_steps: self.max_steps,
             max_agent_calls: self.max_agent_calls,
+            max_foreach_items: self.max_foreach_items,
             ignore_unhandled_actions: self.ignore_unhandled_actions,
             children: std::sync::Mutex::default(),
             state_actions: std::sync::OnceLock::new(),

@@ -1,5 +1,6 @@
 //! `launch:` children: the outbox, fire-and-forget tasks, joining them.
 
+use super::budget::AgentCallBudget;
 use super::invoker::InvokeRequest;
 use super::machine::Machine;
 use super::step::Run;
@@ -66,15 +67,21 @@ pub struct LaunchOutcome {
 
 /// The execution id of the `position`-th child launched by `state` at `step` of `parent`:
 /// a UUID (v4 layout) derived from those four, so a resumed parent finds the launches it
-/// recorded before a crash. FNV-1a over the parts, two independent 64-bit halves.
-pub(super) fn launch_id(parent: &str, step: u64, state: &str, position: usize) -> String {
-    let mut text = Vec::new();
-    for part in [
+/// recorded before a crash.
+pub(crate) fn launch_id(parent: &str, step: u64, state: &str, position: usize) -> String {
+    derive_id(&[
         parent.as_bytes(),
         &step.to_le_bytes(),
         state.as_bytes(),
         &(position as u64).to_le_bytes(),
-    ] {
+    ])
+}
+
+/// A UUID (v4 layout) derived from `parts` (each length-prefixed, so no two lists of parts
+/// collide by concatenation): FNV-1a over them, two independent 64-bit halves.
+pub(super) fn derive_id(parts: &[&[u8]]) -> String {
+    let mut text = Vec::new();
+    for part in parts {
         text.extend_from_slice(&(part.len() as u64).to_le_bytes());
         text.extend_from_slice(part);
     }
@@ -203,6 +210,7 @@ impl Machine {
                 input.clone(),
                 run.execution_id.clone(),
                 resume_child,
+                run.budget.clone(),
             );
             if let Some(intent) = run
                 .pending_launches
@@ -226,6 +234,7 @@ impl Machine {
         input: Value,
         parent: String,
         resume: bool,
+        budget: AgentCallBudget,
     ) {
         let Some(name) = self
             .inner
@@ -245,6 +254,7 @@ impl Machine {
             parent_execution_id: Some(parent),
             input,
             resume,
+            agent_calls: budget,
         };
         let invoker = self.inner.invoker.clone();
         let results = self.inner.results.clone();
@@ -289,6 +299,7 @@ impl Machine {
                 Value::Object(intent.input.clone()),
                 run.execution_id.clone(),
                 true,
+                run.budget.clone(),
             );
             intent.launched = true;
         }

@@ -1,5 +1,6 @@
 //! What a run gives back: its result, its error, and per-run options.
 
+use super::budget::RunTotals;
 use crate::agents::Usage;
 use crate::error::error_type;
 use crate::lock::LockError;
@@ -110,6 +111,22 @@ pub enum RunError {
         /// The name.
         state: String,
     },
+    /// `resume` was given the id of an execution another machine recorded, and that machine is
+    /// not this one nor one of its child machines (a child run is resumed with its own
+    /// machine when this machine has it).
+    #[error(
+        "execution `{execution_id}` is a run of machine `{recorded}`{}, not of `{machine}`, which has no child machine `{recorded}`: resume it with the program that runs `{recorded}` (an app built on `cli::main`: `app resume {execution_id} --machine <its name in machines:>`); its checkpoints are left as they are", .parent_execution_id.as_ref().map(|p| format!(" (a child of execution `{p}`)")).unwrap_or_default()
+    )]
+    OtherMachine {
+        /// This machine.
+        machine: String,
+        /// The execution.
+        execution_id: String,
+        /// The machine its checkpoints name.
+        recorded: String,
+        /// The execution that started it, if recorded.
+        parent_execution_id: Option<String>,
+    },
     /// `resume` was given an execution id with no checkpoint.
     #[error("no checkpoint for execution `{0}`")]
     UnknownExecution(String),
@@ -150,6 +167,10 @@ impl RunError {
                 StateError::new(error_type::UNHANDLED_ACTION, self.to_string())
             }
             RunError::Lock(e) => StateError::new(crate::lock::LOCK_ERROR_TYPE, e.to_string()),
+            // A limit of the whole run tree: the parent does not route it either.
+            RunError::MaxAgentCalls { .. } => {
+                StateError::new(error_type::MAX_AGENT_CALLS, self.to_string())
+            }
             other => StateError::new(error_type::MACHINE, other.to_string()),
         }
     }
@@ -165,14 +186,16 @@ impl RunError {
             | RunError::NoTransition { execution_id, .. }
             | RunError::UnknownState { execution_id, .. }
             | RunError::Hook { execution_id, .. }
-            | RunError::Template { execution_id, .. } => Some(execution_id),
+            | RunError::Template { execution_id, .. }
+            | RunError::OtherMachine { execution_id, .. } => Some(execution_id),
             RunError::UnknownExecution(id) => Some(id),
             RunError::Persistence(_) | RunError::Lock(_) => None,
         }
     }
 }
 
-/// Per-run settings for [`Machine::run_with`].
+/// Per-run settings for [`Machine::run_with`](super::Machine::run_with) and
+/// [`Machine::execute`](super::Machine::execute).
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct RunOptions {
@@ -182,6 +205,12 @@ pub struct RunOptions {
     pub parent_execution_id: Option<String>,
     /// Most state visits in this run (overrides the builder's and `settings.max_steps`).
     pub max_steps: Option<u64>,
+    /// Most agent calls in this run tree — this run and every child it starts (overrides
+    /// [`MachineBuilder::max_agent_calls`](super::MachineBuilder::max_agent_calls)).
+    pub max_agent_calls: Option<u64>,
+    /// Continue `execution_id` from its latest checkpoint instead of starting it
+    /// ([`Machine::execute`](super::Machine::execute) then ignores the input).
+    pub resume: bool,
 }
 
 impl RunOptions {
@@ -206,5 +235,55 @@ impl RunOptions {
     pub fn max_steps(mut self, n: u64) -> Self {
         self.max_steps = Some(n);
         self
+    }
+
+    /// Limit this run tree to `n` agent calls (the reference's `execute(max_agent_calls=)`).
+    pub fn max_agent_calls(mut self, n: u64) -> Self {
+        self.max_agent_calls = Some(n);
+        self
+    }
+
+    /// Resume execution `id` from its latest checkpoint (the reference's
+    /// `execute(resume_from=)`): sets [`execution_id`](Self::execution_id) and
+    /// [`resume`](Self::resume).
+    pub fn resume_from(mut self, id: impl Into<String>) -> Self {
+        self.execution_id = Some(id.into());
+        self.resume = true;
+        self
+    }
+}
+
+/// A run that did not finish, with what it left: the error, and — when the run got as far as
+/// having a context — the context at the failure (`last_error` / `last_error_type` set when a
+/// state failed), the totals and the steps taken. Returned by
+/// [`Machine::execute`](super::Machine::execute); `run*` and `resume` return only the
+/// [`error`](Self::error).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+#[non_exhaustive]
+pub struct RunFailure {
+    /// Why the run did not finish.
+    pub error: RunError,
+    /// The execution.
+    pub execution_id: String,
+    /// The context when the run stopped; `None` when it failed before having one (a held
+    /// lock, an invalid id, hooks that could not be built, an unreadable checkpoint).
+    pub context: Option<Context>,
+    /// Agent calls, cost and tokens up to the failure, finished children included.
+    pub totals: RunTotals,
+    /// State visits made (for a resume: counted from the start of the execution).
+    pub steps: u64,
+}
+
+impl RunFailure {
+    /// A failure before the run had a context.
+    pub(crate) fn early(execution_id: &str, error: RunError) -> Box<Self> {
+        Box::new(Self {
+            error,
+            execution_id: execution_id.to_string(),
+            context: None,
+            totals: RunTotals::default(),
+            steps: 0,
+        })
     }
 }

@@ -1,7 +1,8 @@
 //! Continuing an execution from its latest checkpoint.
 
+use super::budget::{AgentCallBudget, RunTotals};
 use super::machine::Machine;
-use super::result::{RunError, RunResult};
+use super::result::{RunError, RunFailure, RunOptions, RunResult};
 use super::step::{Entry, Run};
 use crate::Value;
 use crate::persistence::{CheckpointWriter, PersistenceError, checkpoint_event};
@@ -25,40 +26,96 @@ impl Machine {
     ///
     /// Launches recorded in the checkpoint (`pending_launches`) whose child has no result yet
     /// are started again with the same execution id (a child with checkpoints of its own is
-    /// resumed instead), so every launched child runs once across a crash.
+    /// resumed instead), so every launched child runs once across a crash. The `machine:` /
+    /// `foreach:` children of a state run again are found by their derived ids: a finished
+    /// child returns its recorded result without running, an unfinished one is resumed from
+    /// its own checkpoints, and only children that never started start.
+    ///
+    /// An `execution_id` whose checkpoints name one of this machine's child machines is
+    /// resumed with that child; one naming a machine this one does not have is
+    /// [`RunError::OtherMachine`]. To pass limits again, or to get the context and totals of a
+    /// failure, use [`execute`](Self::execute) with [`RunOptions::resume_from`].
     pub async fn resume(&self, execution_id: &str) -> Result<RunResult, RunError> {
+        self.execute(Value::Null, RunOptions::new().resume_from(execution_id))
+            .await
+            .map_err(|f| f.error)
+    }
+
+    /// [`resume`](Self::resume) with the run tree's `budget` and a `max_steps` for this run.
+    /// An execution recorded by a child machine of this one (its checkpoints name the child)
+    /// is resumed with that child machine.
+    pub(super) async fn resume_run(
+        &self,
+        execution_id: &str,
+        max_steps: Option<u64>,
+        budget: AgentCallBudget,
+    ) -> Result<RunResult, Box<RunFailure>> {
+        let early = |e: RunError| RunFailure::early(execution_id, e);
         let spec = self.inner.spec;
         let store = self
             .inner
             .store
             .as_ref()
-            .ok_or_else(|| RunError::UnknownExecution(execution_id.to_string()))?;
-        let writer = CheckpointWriter::new(execution_id)?;
-        let _guard = self.inner.lock.acquire(execution_id).await?;
-        store.clean_execution(execution_id).await?;
+            .ok_or_else(|| early(RunError::UnknownExecution(execution_id.to_string())))?;
+        let writer = CheckpointWriter::new(execution_id).map_err(|e| early(e.into()))?;
+        let guard = self
+            .inner
+            .lock
+            .acquire(execution_id)
+            .await
+            .map_err(|e| early(e.into()))?;
+        store
+            .clean_execution(execution_id)
+            .await
+            .map_err(|e| early(e.into()))?;
         // A worker execution whose job was claimed again elsewhere must not run on.
-        crate::distributed::superseded::refuse_if_superseded(store, execution_id).await?;
+        crate::distributed::superseded::refuse_if_superseded(store, execution_id)
+            .await
+            .map_err(|e| early(e.into()))?;
         let (key, snap) = store
             .load_latest_entry(execution_id)
-            .await?
-            .ok_or_else(|| RunError::UnknownExecution(execution_id.to_string()))?;
+            .await
+            .map_err(|e| early(e.into()))?
+            .ok_or_else(|| early(RunError::UnknownExecution(execution_id.to_string())))?;
+        if !snap.machine_name.is_empty() && snap.machine_name != spec.name {
+            // A run of another machine: one of this machine's children (resumed with it),
+            // or one this machine does not have (said so, with how to resume it).
+            drop(guard);
+            return match self.find_in_tree(&snap.machine_name) {
+                Some(child) => Box::pin(child.resume_run(execution_id, max_steps, budget)).await,
+                None => Err(early(RunError::OtherMachine {
+                    machine: spec.name.to_string(),
+                    execution_id: execution_id.to_string(),
+                    recorded: snap.machine_name.clone(),
+                    parent_execution_id: snap.parent_execution_id.clone(),
+                })),
+            };
+        }
         let corrupt = |reason: String| {
-            RunError::Persistence(PersistenceError::Corrupt {
+            early(RunError::Persistence(PersistenceError::Corrupt {
                 path: store.backend().file_path(&key),
                 key: key.clone(),
                 reason,
-            })
+            }))
         };
+        let hooks = self
+            .hooks_for_resume(execution_id, snap.parent_execution_id.clone())
+            .map_err(early)?;
         let mut run = Run::new(
             writer,
             snap.parent_execution_id.clone(),
-            self.hooks_for_resume(execution_id, snap.parent_execution_id.clone())?,
-            None,
+            hooks,
+            max_steps,
+            budget,
         );
-        run.fencing_token = _guard.fencing_token();
+        run.fencing_token = guard.fencing_token();
+        run.resumed = true;
         run.step = snap.step;
         run.api_calls = snap.total_api_calls.unwrap_or(0);
         run.cost = snap.total_cost.unwrap_or(0.0);
+        run.publish_totals();
+        // The calls recorded before the crash count against the tree's budget.
+        run.budget.record(run.api_calls);
         self.restore_launches(&mut run, &snap).await;
         let event = snap.event.as_deref().unwrap_or(checkpoint_event::UNKNOWN);
         if event == checkpoint_event::MACHINE_END {
@@ -88,44 +145,51 @@ impl Machine {
             });
         }
         let mut context = snap.context;
-        if event == checkpoint_event::MACHINE_START {
+        let (start, entry) = if event == checkpoint_event::MACHINE_START {
             // The reference writes `"start"` as the state of `machine_start` whatever the
             // initial state is called; the run always begins at the initial state.
-            if run.hooks_active {
-                run.hooks
-                    .on_machine_start(&mut context)
-                    .await
-                    .map_err(|e| RunError::Hook {
-                        machine: spec.name.to_string(),
-                        execution_id: execution_id.to_string(),
-                        message: e.to_string(),
-                    })?;
-            }
-            return self
-                .run_loop(&mut run, context, spec.initial, Entry::Enter)
-                .await;
-        }
-        let Some((state, _)) = spec.state(&snap.current_state) else {
-            return Err(corrupt(format!(
-                "it names state `{}`, which machine `{}` does not have",
-                snap.current_state, spec.name
-            )));
-        };
-        let entry = match event {
-            checkpoint_event::STATE_ENTER => Entry::AfterEnter,
-            checkpoint_event::EXECUTE => Entry::AfterExecute,
-            checkpoint_event::STATE_EXIT => Entry::AfterExit(
-                snap.output
-                    .filter(|_| spec.states[state].is_final)
-                    .map(Value::Object),
-            ),
-            other => {
+            (None, Entry::Enter)
+        } else {
+            let Some((state, _)) = spec.state(&snap.current_state) else {
                 return Err(corrupt(format!(
-                    "unknown checkpoint event `{other}` (expected one of {})",
-                    checkpoint_event::ALL.join(", ")
+                    "it names state `{}`, which machine `{}` does not have",
+                    snap.current_state, spec.name
                 )));
-            }
+            };
+            let entry = match event {
+                checkpoint_event::STATE_ENTER => Entry::AfterEnter,
+                checkpoint_event::EXECUTE => Entry::AfterExecute,
+                checkpoint_event::STATE_EXIT => Entry::AfterExit(
+                    snap.output
+                        .filter(|_| spec.states[state].is_final)
+                        .map(Value::Object),
+                ),
+                other => {
+                    return Err(corrupt(format!(
+                        "unknown checkpoint event `{other}` (expected one of {})",
+                        checkpoint_event::ALL.join(", ")
+                    )));
+                }
+            };
+            (Some(state), entry)
         };
-        self.run_loop(&mut run, context, state, entry).await
+        let live = run.live.clone();
+        let ran = RunTotals::scope(live, async {
+            let state = match start {
+                Some(state) => state,
+                None => {
+                    if run.hooks_active
+                        && let Err(e) = run.hooks.on_machine_start(&mut context).await
+                    {
+                        return Err(self.hook_error(&run, e));
+                    }
+                    spec.initial
+                }
+            };
+            self.run_loop(&mut run, &mut context, state, entry).await
+        })
+        .await;
+        drop(guard);
+        ran.map_err(|error| run.failure(error, context))
     }
 }

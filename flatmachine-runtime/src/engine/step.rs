@@ -1,11 +1,12 @@
 //! The execution loop: one state after another, errors routed, checkpoints written.
 
 use super::DEFAULT_MAX_STEPS;
+use super::budget::{AgentCallBudget, Budgeted, LiveTotals, RunTotals};
 use super::handlers::ActionCall;
 use super::machine::Machine;
 use super::machine::noop_hooks;
-use super::result::{RunError, RunResult};
-use crate::agents::{AdapterEnv, AgentExecutor, ClosureExecutor, Usage};
+use super::result::{RunError, RunFailure, RunResult};
+use crate::agents::{AdapterEnv, AgentExecutor, AgentResult, ClosureExecutor, Usage};
 use crate::error::error_type;
 use crate::hooks::MachineHooks;
 use crate::machine::{MachineSpec, StateSpec};
@@ -56,6 +57,13 @@ pub(super) struct Run {
     pub(super) fencing_token: Option<u64>,
     /// The [`ActionCall`] of the last action, reused (updated in place) by the next one.
     pub(super) action_call: Option<Arc<ActionCall>>,
+    /// The run tree's agent-call budget (shared with the parent for a child run).
+    pub(super) budget: AgentCallBudget,
+    /// Whether this run continues an execution (`resume`): its children then continue from
+    /// their own checkpoints, or return their recorded result, instead of starting again.
+    pub(super) resumed: bool,
+    /// The totals [`RunTotals::current`] reads, updated whenever they change.
+    pub(super) live: Arc<LiveTotals>,
 }
 
 impl Run {
@@ -64,6 +72,7 @@ impl Run {
         parent: Option<String>,
         hooks: Option<Arc<dyn MachineHooks>>,
         max_steps: Option<u64>,
+        budget: AgentCallBudget,
     ) -> Self {
         let hooks_active = hooks.is_some();
         Run {
@@ -83,6 +92,9 @@ impl Run {
             unhandled_action: None,
             fencing_token: None,
             action_call: None,
+            budget,
+            resumed: false,
+            live: Arc::default(),
         }
     }
 
@@ -94,6 +106,46 @@ impl Run {
         self.api_calls += child.api_calls;
         self.cost += child.cost;
         self.usage += child.usage;
+        self.publish_totals();
+    }
+
+    /// Adds one agent execution's calls, cost and tokens.
+    pub(super) fn add_agent(&mut self, result: &AgentResult) {
+        self.add_billed(result.api_calls, result.cost, result.usage);
+    }
+
+    /// Adds calls, cost and tokens to the totals (an agent's, or those a failed call was
+    /// still billed for).
+    pub(super) fn add_billed(&mut self, api_calls: u64, cost: f64, usage: Usage) {
+        self.api_calls += api_calls;
+        self.cost += cost;
+        self.usage += usage;
+        self.publish_totals();
+    }
+
+    /// The totals so far.
+    pub(super) fn totals(&self) -> RunTotals {
+        RunTotals {
+            api_calls: self.api_calls,
+            cost: self.cost,
+            usage: self.usage,
+        }
+    }
+
+    /// What the run leaves when it fails with `error`.
+    pub(super) fn failure(&self, error: RunError, context: Context) -> Box<RunFailure> {
+        Box::new(RunFailure {
+            error,
+            execution_id: self.execution_id.clone(),
+            context: Some(context),
+            totals: self.totals(),
+            steps: self.step,
+        })
+    }
+
+    /// Makes the totals visible to [`RunTotals::current`].
+    pub(super) fn publish_totals(&self) {
+        self.live.set(self.totals());
     }
 }
 
@@ -198,10 +250,12 @@ impl Machine {
         Ok(())
     }
 
+    /// Runs states from `start` until a final state; `context` is left as the run left it
+    /// (also on failure, for [`RunFailure`](super::RunFailure)).
     pub(super) async fn run_loop(
         &self,
         run: &mut Run,
-        mut context: Context,
+        context: &mut Context,
         start: usize,
         entry: Entry,
     ) -> Result<RunResult, RunError> {
@@ -232,33 +286,21 @@ impl Machine {
                         next: state.name.to_string(),
                     });
                 }
-                if let Some(limit) = self.inner.max_agent_calls
-                    && run.api_calls >= limit
-                {
-                    return Err(RunError::MaxAgentCalls {
-                        machine: spec.name.to_string(),
-                        execution_id: run.execution_id.clone(),
-                        limit,
-                        state: state.name.to_string(),
-                    });
-                }
                 run.step += 1;
                 if self.checkpoints("state_enter") {
-                    self.checkpoint(run, "state_enter", state.name, &context, None)
+                    self.checkpoint(run, "state_enter", state.name, context, None)
                         .await?;
                 }
             }
             if phase <= 1 {
                 if run.hooks_active
-                    && let Err(e) = run.hooks.on_state_enter(state.name, &mut context).await
+                    && let Err(e) = run.hooks.on_state_enter(state.name, context).await
                 {
-                    current = self
-                        .route_error(run, current, e.into(), &mut context)
-                        .await?;
+                    current = self.route_error(run, current, e.into(), context).await?;
                     continue;
                 }
                 if self.checkpoints("execute") {
-                    self.checkpoint(run, "execute", state.name, &context, None)
+                    self.checkpoint(run, "execute", state.name, context, None)
                         .await?;
                 }
             }
@@ -280,7 +322,7 @@ impl Machine {
                             .await
                             {
                                 Ok(r) => {
-                                    context = work_ctx;
+                                    *context = work_ctx;
                                     r
                                 }
                                 Err(_) => Err(StateError::new(
@@ -292,10 +334,10 @@ impl Machine {
                         None => match action_only(state) {
                             // Most states only run an action: no `execute_state` future.
                             Some(action) => self
-                                .run_action(run, current, action, &mut context)
+                                .run_action(run, current, action, context)
                                 .await
                                 .map(|()| None),
-                            None => self.execute_state(run, current, &mut context).await,
+                            None => self.execute_state(run, current, context).await,
                         },
                     };
                     run.launch_origin = None;
@@ -303,7 +345,7 @@ impl Machine {
                     let output = match executed {
                         Ok(o) => o,
                         Err(e) => {
-                            current = self.route_error(run, current, e, &mut context).await?;
+                            current = self.route_error(run, current, e, context).await?;
                             continue;
                         }
                     };
@@ -312,7 +354,7 @@ impl Machine {
                             run,
                             "state_exit",
                             state.name,
-                            &context,
+                            context,
                             if state.is_final {
                                 output.as_ref()
                             } else {
@@ -327,22 +369,20 @@ impl Machine {
             if run.hooks_active
                 && let Err(e) = run
                     .hooks
-                    .on_state_exit(state.name, &mut context, &mut output)
+                    .on_state_exit(state.name, context, &mut output)
                     .await
             {
-                current = self
-                    .route_error(run, current, e.into(), &mut context)
-                    .await?;
+                current = self.route_error(run, current, e.into(), context).await?;
                 continue;
             }
             if state.is_final {
                 let mut final_output = output.unwrap_or_else(|| Value::Object(Context::new()));
                 if self.checkpoints("machine_end") {
-                    self.checkpoint(run, "machine_end", "end", &context, Some(&final_output))
+                    self.checkpoint(run, "machine_end", "end", context, Some(&final_output))
                         .await?;
                 }
                 if run.hooks_active
-                    && let Err(e) = run.hooks.on_machine_end(&context, &mut final_output).await
+                    && let Err(e) = run.hooks.on_machine_end(context, &mut final_output).await
                 {
                     return Err(self.hook_error(run, e));
                 }
@@ -354,10 +394,10 @@ impl Machine {
                     total_api_calls: run.api_calls,
                     total_cost: run.cost,
                     usage: run.usage,
-                    context,
+                    context: std::mem::take(context),
                 });
             }
-            let next = match (spec.transition)(current, &context) {
+            let next = match (spec.transition)(current, context) {
                 Ok(Some(n)) => n,
                 Ok(None) => {
                     return Err(RunError::NoTransition {
@@ -368,7 +408,7 @@ impl Machine {
                 }
                 Err(e) => {
                     current = self
-                        .route_error(run, current, StateError::from(e), &mut context)
+                        .route_error(run, current, StateError::from(e), context)
                         .await?;
                     continue;
                 }
@@ -378,12 +418,10 @@ impl Machine {
                 continue;
             }
             let to = spec.states[next].name;
-            let target = match run.hooks.on_transition(state.name, to, &mut context).await {
+            let target = match run.hooks.on_transition(state.name, to, context).await {
                 Ok(t) => t,
                 Err(e) => {
-                    current = self
-                        .route_error(run, current, e.into(), &mut context)
-                        .await?;
+                    current = self.route_error(run, current, e.into(), context).await?;
                     continue;
                 }
             };
@@ -422,6 +460,10 @@ impl Machine {
             "last_error_type".into(),
             Value::String(error.error_type.clone()),
         );
+        if error.error_type == error_type::MAX_AGENT_CALLS {
+            // A limit of the run tree, like `max_steps`: not routed.
+            return Err(self.max_agent_calls_error(run, st.name));
+        }
         let by_type = st
             .on_error
             .iter()
@@ -465,6 +507,16 @@ impl Machine {
         }
     }
 
+    /// `RunError::MaxAgentCalls` for `state`.
+    pub(super) fn max_agent_calls_error(&self, run: &Run, state: &str) -> RunError {
+        RunError::MaxAgentCalls {
+            machine: self.inner.spec.name.to_string(),
+            execution_id: run.execution_id.clone(),
+            limit: run.budget.limit().unwrap_or(0),
+            state: state.to_string(),
+        }
+    }
+
     /// Run one state's work in the reference's order. Returns the state's output.
     pub(super) async fn execute_state(
         &self,
@@ -488,16 +540,30 @@ impl Machine {
         if let Some(agent) = state.agent {
             let input = self.render_state_input(state, context)?;
             let executor = self.executor(agent)?;
-            let result = crate::agents::execution::execute(
+            let call = crate::agents::AgentCall {
+                machine: self.inner.spec.name,
+                state: state.name,
+            };
+            // Every call (each retry, sample or vote) first draws from the tree's budget.
+            let budgeted = Budgeted {
+                inner: executor.as_ref(),
+                budget: &run.budget,
+            };
+            let outcome = crate::agents::execution::execute(
                 state.execution.as_ref(),
-                executor.as_ref(),
+                &budgeted,
+                &call,
                 &input,
                 context,
             )
-            .await?;
-            run.api_calls += result.api_calls;
-            run.cost += result.cost;
-            run.usage += result.usage;
+            .await;
+            // Calls billed before the state failed (a reply that did not parse) still count.
+            let result = outcome.inspect_err(|e| {
+                if let Some(b) = &e.billed {
+                    run.add_billed(b.api_calls, b.cost, b.usage);
+                }
+            })?;
+            run.add_agent(&result);
             let out = result.into_output_payload();
             self.output_to_context(state, context, &out)?;
             output = Some(out);

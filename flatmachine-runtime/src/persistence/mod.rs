@@ -59,6 +59,9 @@ pub use convert::{CopyReport, copy_executions};
 pub use encoded::{CheckpointWriter, EncodedCheckpoint};
 pub use key::{InvalidKey, MAX_EXECUTION_ID_LEN, validate_execution_id, validate_key};
 pub use local::LocalFileBackend;
+#[cfg(feature = "sqlite")]
+pub(crate) use local::create_private as create_private_file;
+pub(crate) use local::create_private_dir_all;
 pub use memory::MemoryBackend;
 pub use record::CheckpointRecord;
 pub use snapshot::{LaunchIntent, MachineSnapshot, utc_now_isoformat};

@@ -204,19 +204,62 @@ pub fn to_python_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde
     Ok(out)
 }
 
+/// Deepest nesting of arrays and objects the checkpoint writer accepts in one serialized part
+/// (a whole snapshot, or a context, output or outbox spliced into one): 126 levels. A snapshot
+/// therefore nests at most 127 levels, the most `serde_json` parses back, so every checkpoint
+/// written can be loaded; a deeper one is refused when written
+/// ([`PersistenceError::Serialize`](super::PersistenceError::Serialize) naming this limit)
+/// instead of leaving an execution that cannot resume. Values entering a run from outside are
+/// held to [`MAX_JSON_DEPTH`](crate::agents::output::MAX_JSON_DEPTH) (64), far below it.
+pub const MAX_WRITE_DEPTH: usize = 126;
+
 /// [`to_python_json`] appending to `out`.
 pub(crate) fn write_python_json<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
     value: &T,
 ) -> Result<(), serde_json::Error> {
-    let mut serializer = serde_json::Serializer::with_formatter(out, PythonFormatter);
+    let mut serializer = serde_json::Serializer::with_formatter(out, PythonFormatter::default());
     value.serialize(&mut serializer)
 }
 
-/// `serde_json` formatter reproducing Python's `json.dumps` defaults.
-struct PythonFormatter;
+/// `serde_json` formatter reproducing Python's `json.dumps` defaults, refusing nesting deeper
+/// than [`MAX_WRITE_DEPTH`].
+#[derive(Default)]
+struct PythonFormatter {
+    depth: usize,
+}
+
+impl PythonFormatter {
+    fn open<W: ?Sized + io::Write>(&mut self, w: &mut W, bracket: &[u8]) -> io::Result<()> {
+        self.depth += 1;
+        if self.depth > MAX_WRITE_DEPTH {
+            return Err(io::Error::other(format!(
+                "the value nests arrays/objects more than {MAX_WRITE_DEPTH} levels deep, more than a checkpoint can hold and load back"
+            )));
+        }
+        w.write_all(bracket)
+    }
+}
 
 impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.open(w, b"[")
+    }
+
+    fn end_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.depth -= 1;
+        w.write_all(b"]")
+    }
+
+    fn begin_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.open(w, b"{")
+    }
+
+    fn end_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.depth -= 1;
+        w.write_all(b"}")
+    }
+
     fn begin_array_value<W: ?Sized + io::Write>(
         &mut self,
         w: &mut W,
