@@ -303,6 +303,8 @@ impl Cx<'_> {
             context,
             max_steps: data.settings.as_ref().and_then(|s| s.max_steps),
             max_concurrency: data.settings.as_ref().and_then(|s| s.max_concurrency),
+            heartbeat_interval: data.settings.as_ref().and_then(|s| s.heartbeat_interval),
+            job_lease_seconds: data.settings.as_ref().and_then(|s| s.job_lease_seconds),
             persistence: data.persistence.clone(),
             hooks: data.hooks.as_ref().map(|h| (h.class.clone(), hooks_args)),
             backends,

@@ -207,6 +207,11 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
     );
     let max_steps = optional("max_steps", m.max_steps.map(|v| quote!(#v)));
     let max_concurrency = optional("max_concurrency", m.max_concurrency.map(|v| quote!(#v)));
+    let heartbeat_interval = optional(
+        "heartbeat_interval",
+        m.heartbeat_interval.map(|v| quote!(#v)),
+    );
+    let job_lease_seconds = optional("job_lease_seconds", m.job_lease_seconds.map(|v| quote!(#v)));
     let persistence = optional(
         "persistence",
         m.persistence.as_ref().map(|p| {
@@ -352,6 +357,8 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
             #context
             #max_steps
             #max_concurrency
+            #heartbeat_interval
+            #job_lease_seconds
             #persistence
             #hooks
             #backends

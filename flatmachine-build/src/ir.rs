@@ -111,6 +111,10 @@ pub struct MachineIr {
     pub max_steps: Option<u64>,
     /// `settings.max_concurrency`.
     pub max_concurrency: Option<u64>,
+    /// `settings.heartbeat_interval` (seconds).
+    pub heartbeat_interval: Option<f64>,
+    /// `settings.job_lease_seconds`.
+    pub job_lease_seconds: Option<f64>,
     /// `persistence`.
     pub persistence: Option<PersistenceConfig>,
     /// `hooks.class` and checked `hooks.args`.

@@ -25,21 +25,23 @@ pub struct Output {
     pub notes: String,
 }
 
-/// Runs the command on the store `dir` (a directory or `sqlite:PATH`), or on the default stores
+/// Runs the command on the store `dir` (a directory, `sqlite:PATH` or `redis://…` with its key
+/// `prefix`), or on the default stores
 /// when `dir` is `None`; returns what to print, or the error message.
 pub fn run(
     dir: Option<&str>,
     execution_id: Option<&str>,
     json: bool,
     tree: bool,
+    prefix: Option<&str>,
 ) -> Result<Output, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     if tree {
         let dir = dir.unwrap_or(DEFAULT_DIR);
-        let store =
-            crate::convert::open_store(dir, true).map_err(|e| format!("{e} (pass --dir)"))?;
+        let store = open(dir, prefix)?;
         let stdout = runtime
             .block_on(run_tree::report(&store, execution_id, json))
             .map_err(|e| match e {
@@ -56,7 +58,7 @@ pub fn run(
     let Some(dir) = dir else {
         return runtime.block_on(run_on_defaults(execution_id, json));
     };
-    let store = crate::convert::open_store(dir, true).map_err(|e| format!("{e} (pass --dir)"))?;
+    let store = open(dir, prefix)?;
     let stdout = runtime
         .block_on(report(&store, execution_id, json))
         .map_err(|e| describe(e, dir))?;
@@ -164,4 +166,21 @@ async fn run_on_defaults(execution_id: Option<&str>, json: bool) -> Result<Outpu
             Ok(out)
         }
     }
+}
+
+/// The checkpoints of a Redis server (`RedisPersistence`), keys under `prefix`.
+/// The store `dir` names: a directory, `sqlite:PATH`, or `redis://…` with its key `prefix`.
+fn open(dir: &str, prefix: Option<&str>) -> Result<CheckpointStore, String> {
+    if dir.starts_with("redis://") || dir.starts_with("rediss://") {
+        redis_store(dir, prefix)
+    } else {
+        crate::convert::open_store(dir, true).map_err(|e| format!("{e} (pass --dir)"))
+    }
+}
+
+fn redis_store(
+    url: &str,
+    prefix: Option<&str>,
+) -> Result<flatmachine_runtime::persistence::CheckpointStore, String> {
+    flatmachine_runtime::distributed::admin::open_checkpoints(url, prefix)
 }

@@ -1,6 +1,7 @@
 //! The `flatmachine` command: check, expand, graph and schema for machine YAML; inspect,
 //! convert and fork the checkpoints a run left behind; send signals to waiting runs and list
-//! them (dispatching and resuming need the application binary: `cli::main`).
+//! them (dispatching and resuming need the application binary: `cli::main`); operator commands
+//! for distributed workers (`pool`, `workers`, `stats`, `prune`).
 
 mod convert;
 mod inspect;
@@ -8,6 +9,8 @@ mod signals;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use flatmachine_build::graph::GraphFormat;
+use flatmachine_runtime::distributed::admin::AdminTarget;
+use flatmachine_runtime::distributed::admin::command::AdminCommand;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,8 +64,9 @@ enum Command {
     Inspect {
         /// The execution id.
         execution_id: Option<String>,
-        /// The checkpoint store: a directory, or `sqlite:PATH` for a SQLite database
-        /// (`persistence: {backend: sqlite}`). Default: where a run keeps them,
+        /// The checkpoint store: a directory, `sqlite:PATH` for a SQLite database
+        /// (`persistence: {backend: sqlite}`), or `redis://HOST:PORT/DB` for a Redis server
+        /// (`persistence: {backend: redis}`). Default: where a run keeps them,
         /// `.checkpoints/` and `.checkpoints/checkpoints.sqlite`, whichever exist.
         #[arg(long)]
         dir: Option<String>,
@@ -73,6 +77,9 @@ enum Command {
         /// stands, and whether anything will resume it (abandoned and orphaned children).
         #[arg(long)]
         tree: bool,
+        /// The Redis key prefix (default `FLATMACHINE_REDIS_PREFIX`, else `flatmachine`).
+        #[arg(long)]
+        prefix: Option<String>,
     },
     /// Copy executions between checkpoint stores, byte for byte: the reference's file layout
     /// (a directory) and SQLite (`sqlite:PATH`), either way.
@@ -129,6 +136,9 @@ enum Command {
         #[arg(long = "id")]
         new_id: Option<String>,
     },
+    /// Operator commands for distributed workers: pools, workers, stats, retention.
+    #[command(flatten)]
+    Admin(AdminCommand),
 }
 
 #[derive(Subcommand)]
@@ -247,7 +257,14 @@ fn main() -> ExitCode {
             dir,
             json,
             tree,
-        } => match inspect::run(dir.as_deref(), execution_id.as_deref(), json, tree) {
+            prefix,
+        } => match inspect::run(
+            dir.as_deref(),
+            execution_id.as_deref(),
+            json,
+            tree,
+            prefix.as_deref(),
+        ) {
             Ok(out) => {
                 eprint!("{}", out.notes);
                 emit(&out.stdout);
@@ -327,6 +344,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Admin(command) => match admin(command) {
+            Ok(text) => {
+                emit(&text);
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -342,4 +369,16 @@ fn finish(result: Result<String, String>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs an operator command on the store its `--store` names.
+fn admin(command: AdminCommand) -> Result<String, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(flatmachine_runtime::distributed::admin::command::run(
+        command,
+        &AdminTarget::default(),
+    ))
 }

@@ -17,6 +17,9 @@
 //! app waiting [--json]
 //! app dispatch [--once] [--poll-ms N] [--allow-fingerprint-change]
 //! app fork ID [--step N] [--event EVENT] [--set KEY=JSON]... [--id NEW_ID] [--allow-fingerprint-change]
+//! app pool list | pool jobs POOL | pool requeue POOL … | pool drop-poisoned POOL …
+//! app workers list | workers remove …
+//! app stats | app prune
 //! ```
 //!
 //! A run that stops in a `wait_for` state is not a failure: it prints `null` on stdout, says
@@ -38,7 +41,9 @@
 //! checkpoints name when the root or one of its children is that machine. `inspect` prints
 //! an execution's history (or, without an id, the executions) from the checkpoint store the
 //! machine is configured with — whatever its backend — see [`crate::inspect`]; `--tree`
-//! prints run trees instead (see [`crate::run_tree`]).
+//! prints run trees instead (see [`crate::run_tree`]). The operator commands (`pool`,
+//! `workers`, `stats`, `prune`) work on the pools, registry and checkpoints the machine's YAML
+//! names — see [`crate::distributed::admin::command`].
 
 use std::process::ExitCode;
 
@@ -156,6 +161,10 @@ enum Command {
         #[arg(long)]
         tree: bool,
     },
+    /// Operator commands for distributed workers (pools, workers, stats, retention), on the
+    /// stores the machine's YAML names.
+    #[command(flatten)]
+    Admin(crate::distributed::admin::command::AdminCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -425,6 +434,7 @@ async fn execute(builder: MachineBuilder, command: Command) -> Result<Outcome, F
             );
             Ok(result)
         }
+        Command::Admin(command) => return admin(&root, command).await.map_err(Failure::from),
     };
     result
         .map(|r| Outcome::Ran(Box::new(r)))
@@ -453,6 +463,22 @@ async fn inspect(
         .await
         .map(Outcome::Text)
         .map_err(|e| e.to_string())
+}
+
+/// An operator command, on the stores of the machine's YAML (the worker machine's, when the
+/// root has one among its children) unless `--store` names others.
+async fn admin(
+    root: &Machine,
+    command: crate::distributed::admin::command::AdminCommand,
+) -> Result<Outcome, String> {
+    let spec = crate::distributed::worker_machine_of(root.spec());
+    let defaults = crate::distributed::admin::AdminTarget {
+        backends: crate::distributed::Backends::for_machine(spec).ok(),
+        checkpoints: root.store().cloned(),
+    };
+    crate::distributed::admin::command::run(command, &defaults)
+        .await
+        .map(Outcome::Text)
 }
 
 /// Launched children finish before the process exits.

@@ -47,6 +47,10 @@ pub struct ExecutionHistory {
     pub latest: Option<String>,
     /// Every checkpoint, in run order (step, then event order within a step).
     pub checkpoints: Vec<CheckpointRecord>,
+    /// Set when the execution is a distributed worker run whose claim was taken back: it
+    /// cannot be resumed (see [`crate::distributed::superseded`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded: Option<crate::distributed::SupersededMark>,
 }
 
 /// One checkpoint as `inspect` describes it.
@@ -165,6 +169,10 @@ impl ExecutionHistory {
             forked_from: None,
             latest,
             checkpoints: Vec::with_capacity(keys.len()),
+            superseded: crate::distributed::superseded::superseded(store, execution_id)
+                .await
+                .ok()
+                .flatten(),
         };
         let empty = Context::new();
         let mut previous: Option<MachineSnapshot> = None;
@@ -265,6 +273,9 @@ impl ExecutionHistory {
                 .map(|cell| escape_controls(&cell))
             })
             .collect();
+        if let Some(mark) = &self.superseded {
+            let _ = writeln!(out, "superseded: {}", mark.describe());
+        }
         let header = ["STEP", "EVENT", "STATE", "CONTEXT CHANGES", "ERROR"];
         let mut widths = header.map(str::len);
         for row in &rows {
@@ -401,7 +412,10 @@ pub async fn report(
     let mut text = match execution_id {
         Some(id) => {
             let history = ExecutionHistory::load(store, id).await?;
-            if history.checkpoints.is_empty() && history.latest.is_none() {
+            if history.checkpoints.is_empty()
+                && history.latest.is_none()
+                && history.superseded.is_none()
+            {
                 return Err(InspectError::NotFound(id.to_owned()));
             }
             if !json {

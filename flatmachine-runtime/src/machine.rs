@@ -33,6 +33,10 @@ pub struct MachineSpec {
     /// `settings.max_concurrency`: most children a `foreach` / `machine: [..]` state runs at
     /// once (`None`: the runtime default, see `MachineBuilder::max_concurrency`).
     pub max_concurrency: Option<u64>,
+    /// `settings.heartbeat_interval`: seconds between a distributed worker's heartbeats.
+    pub heartbeat_interval: Option<f64>,
+    /// `settings.job_lease_seconds`: how long a job this worker machine claims stays claimed.
+    pub job_lease_seconds: Option<f64>,
     /// `persistence` as written.
     pub persistence: Option<PersistenceSpec>,
     /// `hooks: {class, args}`.
@@ -66,6 +70,8 @@ impl MachineSpec {
         context: None,
         max_steps: None,
         max_concurrency: None,
+        heartbeat_interval: None,
+        job_lease_seconds: None,
         persistence: None,
         hooks: None,
         backends: None,

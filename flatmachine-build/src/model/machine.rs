@@ -144,6 +144,16 @@ pub struct MachineSettings {
     /// What to do when parallel execution is unavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallel_fallback: Option<ParallelFallback>,
+    /// Seconds between a distributed worker's heartbeats (the reference's example key; read by
+    /// `DistributedWorkerHooks::for_machine`, default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.001))]
+    pub heartbeat_interval: Option<f64>,
+    /// Seconds a job claimed by this worker machine stays claimed before the reaper may take it
+    /// back, heartbeats or not (flatmachine extension; default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.001))]
+    pub job_lease_seconds: Option<f64>,
     /// Backend selection (the spec's `BackendConfig`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backends: Option<BackendConfig>,

@@ -87,6 +87,8 @@ pub struct MachineBuilder {
     keep_last: Option<usize>,
     signals: Option<Arc<dyn SignalBackend>>,
     write_config_hash: bool,
+    keep_finished: Option<Option<usize>>,
+    checkpoint_on: Option<Vec<String>>,
 }
 
 impl MachineBuilder {
@@ -115,6 +117,8 @@ impl MachineBuilder {
             keep_last: None,
             signals: None,
             write_config_hash: true,
+            keep_finished: None,
+            checkpoint_on: None,
         }
     }
 
@@ -307,6 +311,26 @@ impl MachineBuilder {
         self
     }
 
+    /// Retention of finished executions: when a run ends, delete all but its newest `n`
+    /// checkpoints (`None`: keep everything). Default: keep everything, except for worker
+    /// machines (a state runs `claim_job`), which keep 1 — see
+    /// [`CheckpointStore::with_keep_finished`].
+    pub fn keep_finished_checkpoints(mut self, n: Option<usize>) -> Self {
+        self.keep_finished = Some(n);
+        self
+    }
+
+    /// Checkpoint only at these events (overrides the YAML's `persistence.checkpoint_on` and
+    /// the worker-machine default); `checkpoint_event::ALL` for every event.
+    pub fn checkpoint_on<I, S>(mut self, events: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.checkpoint_on = Some(events.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// The execution lock (default: a [`LocalFileLock`] in [`lock_dir`](Self::lock_dir) when
     /// checkpoints go to files — `backend: local` or a file store passed to
     /// [`persistence`](Self::persistence) — else [`NoOpLock`]).
@@ -468,11 +492,30 @@ impl MachineBuilder {
                 message: format!("could not open its signal backend: {e}"),
             })?,
         };
-        let checkpoint_on = spec
-            .persistence
-            .as_ref()
-            .and_then(|p| p.checkpoint_on)
-            .map(|v| v.iter().map(|s| s.to_string()).collect());
+        // Worker machines checkpoint less and keep only their final checkpoint by default
+        // (see `distributed::WORKER_CHECKPOINT_ON`).
+        let worker = crate::distributed::is_worker_machine(spec);
+        let checkpoint_on = self.checkpoint_on.or_else(|| {
+            spec.persistence
+                .as_ref()
+                .and_then(|p| p.checkpoint_on)
+                .map(|v| v.iter().map(|s| s.to_string()).collect())
+                .or_else(|| {
+                    worker.then(|| {
+                        crate::distributed::WORKER_CHECKPOINT_ON
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect()
+                    })
+                })
+        });
+        let keep_finished = self
+            .keep_finished
+            .unwrap_or_else(|| worker.then_some(crate::distributed::WORKER_KEEP_FINISHED));
+        let store = store.map(|s| match (keep_finished, s.keep_finished()) {
+            (Some(n), None) => s.with_keep_finished(Some(n)),
+            _ => s,
+        });
         Ok(Machine::from_inner(Inner {
             spec,
             hooks: self.hooks,

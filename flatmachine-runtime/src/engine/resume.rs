@@ -23,6 +23,10 @@ impl Machine {
     /// * `waiting` — runs the `wait_for` state's work again: the signal delivered to it (or
     ///   pending on its channel) is taken, else the run waits again (same step, same deadline).
     ///
+    /// A distributed worker execution marked superseded (its claim on its job was taken back
+    /// and the job runs again elsewhere; see [`crate::distributed::superseded`]) is refused
+    /// with a [`SupersededError`](crate::distributed::SupersededError).
+    ///
     /// Launches recorded in the checkpoint (`pending_launches`) whose child has no result yet
     /// are started again with the same execution id (a child with checkpoints of its own is
     /// resumed instead), so every launched child runs once across a crash. The `machine:` /
@@ -82,6 +86,10 @@ impl Machine {
             .map_err(|e| early(e.into()))?;
         store
             .clean_execution(execution_id)
+            .await
+            .map_err(|e| early(e.into()))?;
+        // A worker execution whose job was claimed again elsewhere must not run on.
+        crate::distributed::superseded::refuse_if_superseded(store, execution_id)
             .await
             .map_err(|e| early(e.into()))?;
         let (key, snap) = store
