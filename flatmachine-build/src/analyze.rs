@@ -16,6 +16,8 @@ use crate::yaml::{Node, NodeKind, PathSeg};
 use indexmap::IndexMap;
 use std::collections::{BTreeSet, HashSet, VecDeque};
 
+mod typed_io;
+
 fn k(s: &str) -> PathSeg {
     PathSeg::Key(s.to_string())
 }
@@ -253,6 +255,7 @@ impl Cx<'_> {
         }
 
         self.graph_checks(&states, initial);
+        self.typed_io(data);
         let agent_list = self.agents();
         let backends = data
             .settings
@@ -297,6 +300,8 @@ impl Cx<'_> {
             agents: agent_list,
             actions,
             engine,
+            input: data.input.clone(),
+            output: data.output.clone(),
         })
     }
 

@@ -13,6 +13,8 @@ use quote::{format_ident, quote};
 use serde_json::Value;
 use std::path::PathBuf;
 
+mod typed_io;
+
 /// Options for one code generation.
 #[derive(Debug, Clone)]
 pub struct CodegenOptions {
@@ -262,6 +264,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
     let cel = (m.engine == crate::model::ExpressionEngine::Cel).then(|| quote!(cel: true,));
     let slot_statics = slots.statics(rt);
     let typed_actions = actions_items(m, irs, rt);
+    let typed_io = typed_io::io_items(m, rt);
 
     quote! {
         use #rt::expr;
@@ -377,6 +380,8 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
         }
 
         #typed_actions
+
+        #typed_io
 
         #agent_outputs
     }
@@ -766,6 +771,7 @@ fn agent_items(m: &MachineIr, rt: &TokenStream) -> AgentItems {
     let mut statics = Vec::new();
     let mut specs = Vec::new();
     let mut outputs = OutputTypes::new(rt);
+    let mut typed_agents = Vec::new();
     for (i, agent) in m.agents.iter().enumerate() {
         let key = &agent.key;
         match &agent.kind {
@@ -774,7 +780,7 @@ fn agent_items(m: &MachineIr, rt: &TokenStream) -> AgentItems {
                 let source = &f.source;
                 specs.push(quote!(#rt::machine::AgentSpec { name: #key, kind: "flatagent", flatagent: Some(&#id), reference: None, config: None }));
                 if let Some(o) = &f.output {
-                    outputs.agent(key, source, &id, o);
+                    typed_agents.push((key.as_str(), outputs.agent(key, source, &id, o)));
                 }
             }
             AgentKindIr::Adapter {
@@ -800,6 +806,7 @@ fn agent_items(m: &MachineIr, rt: &TokenStream) -> AgentItems {
             }
         }
     }
+    typed_io::any_output(m, &typed_agents, &mut outputs);
     AgentItems {
         statics,
         specs,
@@ -855,6 +862,9 @@ struct OutputTypes<'a> {
     rt: &'a TokenStream,
     used: std::collections::HashSet<String>,
     items: Vec<TokenStream>,
+    /// Read `str` fields also from numbers and booleans (a machine's rendered output: a
+    /// template whose text is JSON, such as `42`, renders to a number).
+    lenient_text: bool,
 }
 
 impl<'a> OutputTypes<'a> {
@@ -863,6 +873,7 @@ impl<'a> OutputTypes<'a> {
             rt,
             used: std::collections::HashSet::new(),
             items: Vec::new(),
+            lenient_text: false,
         }
     }
 
@@ -893,7 +904,7 @@ impl<'a> OutputTypes<'a> {
         source: &str,
         config: &Ident,
         fields: &indexmap::IndexMap<String, crate::model::OutputFieldDef>,
-    ) {
+    ) -> Ident {
         let rt = self.rt;
         let base = crate::ir::variant_names(&[key]).remove(0);
         let doc = format!(" The structured output of agent `{key}` (from `{source}`).");
@@ -909,6 +920,7 @@ impl<'a> OutputTypes<'a> {
                 }
             }
         });
+        name
     }
 
     /// A struct for an object's fields; nested types are named `<prefix><Field>`.
@@ -936,13 +948,18 @@ impl<'a> OutputTypes<'a> {
             let ident = format_ident!("{}", ident);
             let rename = (ident != field.as_str()).then(|| quote!(#[serde(rename = #field)]));
             let docs = def.description.iter().map(|d| format!(" {d}"));
-            let (ty, default) = if def.required == Some(false) {
+            let optional = def.required == Some(false);
+            let (ty, default) = if optional {
                 (
                     quote!(::core::option::Option<#ty>),
-                    quote!(#[serde(default)]),
+                    quote!(#[serde(default, skip_serializing_if = "Option::is_none")]),
                 )
             } else {
                 (ty, quote!())
+            };
+            let default = match self.lenient_text_reader(def, optional) {
+                Some(reader) => quote!(#default #[serde(deserialize_with = #reader)]),
+                None => default,
             };
             members.push(quote! {
                 #(#[doc = #docs])*

@@ -121,6 +121,10 @@ pub struct MachineIr {
     pub actions: BTreeSet<String>,
     /// Expression engine.
     pub engine: ExpressionEngine,
+    /// `data.input`: the declared machine input (docs/typed.md), checked against the templates.
+    pub input: Option<indexmap::IndexMap<String, crate::model::OutputFieldDef>>,
+    /// `data.output`: the declared machine output, checked against the final states.
+    pub output: Option<indexmap::IndexMap<String, crate::model::OutputFieldDef>>,
 }
 
 /// One entry of a machine's `agents:`.

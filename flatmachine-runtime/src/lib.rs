@@ -27,6 +27,7 @@ pub mod run_tree;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 pub mod template;
+pub mod typed;
 
 pub use context::{Context, Value};
 pub use engine::{
@@ -35,6 +36,7 @@ pub use engine::{
 };
 pub use error::{StateError, error_type};
 pub use machine::{BackendsSpec, MachineDef, MachineSpec, StateSpec};
+pub use typed::{TypedMachine, TypedMachineDef, TypedRun, TypedRunError};
 
 #[cfg(feature = "macros")]
 pub use flatmachine_macros::{flatagent, flatmachine};

@@ -1,0 +1,176 @@
+//! Checks of a machine's declared input and output (`data.input`, `data.output`, see
+//! docs/typed.md): every `input.<field>` a template over the machine input reads must be
+//! declared, and every final state's `output:` must set exactly the declared keys.
+
+use super::{Cx, collect_strings, k};
+use crate::diagnostic::{Diagnostic, did_you_mean};
+use crate::model::{MachineData, OutputFieldDef, OutputType, StateType};
+use crate::yaml::PathSeg;
+use indexmap::IndexMap;
+
+/// Methods a template may call on a mapping (`input.get('x')`), which are not fields.
+const MAPPING_METHODS: &[&str] = &["get", "items", "keys", "values"];
+
+impl Cx<'_> {
+    /// Check the machine's templates against `data.input` and its final states' outputs
+    /// against `data.output`, when declared.
+    pub(super) fn typed_io(&mut self, data: &MachineData) {
+        if let Some(fields) = &data.input {
+            self.input_reads(data, fields);
+        }
+        if let Some(fields) = &data.output {
+            self.final_outputs(data, fields);
+        }
+    }
+
+    /// `input.<field>` in the templates over the machine input: the initial `context` and
+    /// `hooks.args` (in a state, `input` is the context).
+    fn input_reads(&mut self, data: &MachineData, fields: &IndexMap<String, OutputFieldDef>) {
+        let mut strings = Vec::new();
+        if let Some(c) = &data.context {
+            collect_strings(
+                &[k("data"), k("context")],
+                &serde_json::Value::Object(c.clone()),
+                &mut strings,
+            );
+        }
+        if let Some(args) = data.hooks.as_ref().and_then(|h| h.args.as_ref()) {
+            collect_strings(
+                &[k("data"), k("hooks"), k("args")],
+                &serde_json::Value::Object(args.clone()),
+                &mut strings,
+            );
+        }
+        for (rel, src) in strings {
+            for path in crate::templates::attribute_reads(&src, "input") {
+                self.input_read(&rel, &src, &path, fields);
+            }
+        }
+    }
+
+    /// One read `input.a.b...` (`path` = `[a, b, ...]`): the first segment that the
+    /// declaration does not have is an error.
+    fn input_read(
+        &mut self,
+        rel: &[PathSeg],
+        src: &str,
+        path: &[String],
+        fields: &IndexMap<String, OutputFieldDef>,
+    ) {
+        let mut level = fields;
+        let mut dotted = "input".to_string();
+        for segment in path {
+            let Some(def) = level.get(segment) else {
+                if MAPPING_METHODS.contains(&segment.as_str()) {
+                    return;
+                }
+                let (offset, len) = segment_offset(src, &dotted, segment);
+                let span = self.template_span(&self.unit.origin.clone(), rel, offset, len);
+                let declared: Vec<&str> = level.keys().map(String::as_str).collect();
+                let where_ = if dotted == "input" {
+                    "the machine's declared input (`data.input`)".to_string()
+                } else {
+                    format!("`{dotted}` as declared in `data.input`")
+                };
+                let mut d = Diagnostic::error(
+                    format!("template reads `{dotted}.{segment}`, but {where_} has no field `{segment}`"),
+                    Some(span),
+                );
+                d.help
+                    .extend(did_you_mean(segment, declared.iter().copied()));
+                d.notes.push(if declared.is_empty() {
+                    "it declares no fields".to_string()
+                } else {
+                    format!("declared fields: `{}`", declared.join("`, `"))
+                });
+                self.diags.push(d);
+                return;
+            };
+            dotted = format!("{dotted}.{segment}");
+            match (&def.kind, &def.properties) {
+                (OutputType::Object, Some(props)) if !props.is_empty() => level = props,
+                // A scalar, list, JSON value or free-form object: what is read inside it is
+                // not declared.
+                _ => return,
+            }
+        }
+    }
+
+    /// Every final state's `output:` against `data.output`.
+    fn final_outputs(&mut self, data: &MachineData, fields: &IndexMap<String, OutputFieldDef>) {
+        let declared: Vec<&str> = fields.keys().map(String::as_str).collect();
+        for (name, def) in &data.states {
+            if def.kind != Some(StateType::Final) {
+                continue;
+            }
+            let state = [k("data"), k("states"), k(name)];
+            let set: Vec<&str> = def
+                .output
+                .iter()
+                .flat_map(|o| o.keys())
+                .map(String::as_str)
+                .collect();
+            for key in &set {
+                if fields.contains_key(*key) {
+                    continue;
+                }
+                let rel = [&state[..], &[k("output"), k(key)]].concat();
+                let d = self.err_key(
+                    format!("final state `{name}` outputs `{key}`, which `data.output` does not declare"),
+                    &rel,
+                );
+                d.help.extend(did_you_mean(key, declared.iter().copied()));
+                d.notes
+                    .push(format!("declared output fields: `{}`", declared.join("`, `")));
+            }
+            let missing: Vec<&str> = fields
+                .iter()
+                .filter(|(f, d)| d.required != Some(false) && !set.contains(&f.as_str()))
+                .map(|(f, _)| f.as_str())
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let rel = if def.output.is_some() {
+                [&state[..], &[k("output")]].concat()
+            } else {
+                state.to_vec()
+            };
+            let list = missing.join("`, `");
+            let d = self.err_key(
+                format!("final state `{name}` does not output `{list}`, which `data.output` requires"),
+                &rel,
+            );
+            d.help.push(format!(
+                "set {} in its `output:`, or mark {} `required: false` in `data.output`",
+                if missing.len() == 1 { "it" } else { "them" },
+                if missing.len() == 1 { "the field" } else { "the fields" },
+            ));
+        }
+    }
+
+    fn err_key(&mut self, msg: impl Into<String>, rel: &[PathSeg]) -> &mut Diagnostic {
+        let span = self.project.key_span(self.origin(), rel);
+        self.diags.push(Diagnostic::error(msg, Some(span)));
+        self.last()
+    }
+}
+
+/// Where `segment` of the read `<prefix>.<segment>` is in `src` (the whole template when the
+/// text cannot be found, e.g. written with spaces or brackets).
+fn segment_offset(src: &str, prefix: &str, segment: &str) -> (usize, usize) {
+    let needle = format!("{prefix}.{segment}");
+    let bytes = src.as_bytes();
+    let mut from = 0;
+    while let Some(pos) = src[from..].find(&needle) {
+        let start = from + pos;
+        let end = start + needle.len();
+        let before_ok = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_' || bytes[start - 1] == b'.');
+        let after_ok = end >= bytes.len() || !(bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_');
+        if before_ok && after_ok {
+            return (end - segment.len(), segment.len());
+        }
+        from = end;
+    }
+    (0, src.len())
+}
