@@ -30,6 +30,13 @@ pub struct CodegenOptions {
     pub warnings_as_deprecations: bool,
     /// Warning texts to surface that way (filled in by [`compile`](crate::compile)).
     pub warnings: Vec<String>,
+    /// The root machine's input as the user's own type (`flatmachine!("m.yml", input =
+    /// my::Ticket)`): `TypedMachineDef::Input` instead of the generated `Input`, with a
+    /// compile-time check that it has every field the templates read (docs/typed.md).
+    pub input_type: Option<TokenStream>,
+    /// The root machine's output as the user's own type (`output = my::Triaged`), checked to
+    /// have every key a final state outputs.
+    pub output_type: Option<TokenStream>,
 }
 
 impl Default for CodegenOptions {
@@ -40,6 +47,8 @@ impl Default for CodegenOptions {
             track_files: Vec::new(),
             warnings_as_deprecations: false,
             warnings: Vec::new(),
+            input_type: None,
+            output_type: None,
         }
     }
 }
@@ -50,12 +59,13 @@ pub fn generate(irs: &[MachineIr], opts: &CodegenOptions) -> TokenStream {
         return TokenStream::new();
     };
     let rt = &opts.runtime_path;
-    let root_items = machine_items(root, irs, rt, true);
+    let (user_types, user_io) = typed_io::user_types(root, opts);
+    let root_items = machine_items(root, irs, rt, true, &user_io);
     let children: Vec<TokenStream> = irs[1..]
         .iter()
         .map(|m| {
             let name = format_ident!("{}", m.module);
-            let items = machine_items(m, irs, rt, false);
+            let items = machine_items(m, irs, rt, false, &typed_io::UserIo::default());
             let doc = format!(" Machine `{}` (from `{}`).", m.name, m.source);
             quote! {
                 #[doc = #doc]
@@ -96,6 +106,8 @@ pub fn generate(irs: &[MachineIr], opts: &CodegenOptions) -> TokenStream {
         root.name, root.source
     );
     quote! {
+        #user_types
+
         #[doc = #doc]
         #[allow(clippy::all, clippy::pedantic, unused_imports, dead_code)]
         pub mod #name {
@@ -145,7 +157,13 @@ fn spec_path(
     }
 }
 
-fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bool) -> TokenStream {
+fn machine_items(
+    m: &MachineIr,
+    irs: &[MachineIr],
+    rt: &TokenStream,
+    is_root: bool,
+    user_io: &typed_io::UserIo,
+) -> TokenStream {
     let mut slots = Slots::default();
     let n = m.states.len();
     let variants: Vec<Ident> = m
@@ -264,7 +282,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
     let cel = (m.engine == crate::model::ExpressionEngine::Cel).then(|| quote!(cel: true,));
     let slot_statics = slots.statics(rt);
     let typed_actions = actions_items(m, irs, rt);
-    let typed_io = typed_io::io_items(m, rt);
+    let typed_io = typed_io::io_items(m, rt, user_io);
 
     quote! {
         use #rt::expr;

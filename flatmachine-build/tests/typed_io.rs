@@ -71,11 +71,11 @@ fn nested_reads_follow_declared_properties() {
 }
 
 #[test]
-fn declared_reads_mapping_methods_and_hooks_args_are_checked_too() {
-    // Declared fields, `input.get(...)` and a bare `input` are fine ...
+fn declared_reads_and_hooks_args_are_checked_too() {
+    // Declared fields and a bare `input` are fine ...
     let ok = machine(
         INPUT,
-        "  context:\n    who: \"{{ input.customer.name }}\"\n    p: \"{{ input.get('priority') }}\"\n    all: \"{{ input | tojson }}\"\n",
+        "  context:\n    who: \"{{ input.customer.name }}\"\n    p: \"{{ input.priority }}\"\n    all: \"{{ input | tojson }}\"\n",
         "",
         "",
     );

@@ -203,3 +203,59 @@ fn building_typed_with_another_machines_types_is_an_error() {
         "{err}"
     );
 }
+
+/// The user's own input type (the machine reads `input.order_id` and `input.amount`).
+#[derive(Debug, serde::Serialize)]
+pub struct Order {
+    order_id: String,
+    amount: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+/// The user's own output type (final states output `order_id`, `status` and `note`).
+#[derive(Debug, PartialEq, serde::Deserialize)]
+pub struct Outcome {
+    order_id: String,
+    status: String,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+flatmachine_runtime::flatmachine!("machines/typed_user.yml", input = Order, output = Outcome);
+
+#[tokio::test]
+async fn the_users_own_types_can_be_the_input_and_output() {
+    let machine = Machine::of::<typed_user::Machine>()
+        .no_persistence()
+        .build_typed::<typed_user::Machine>()
+        .unwrap();
+    let run = machine
+        .run(&Order {
+            order_id: "A-7".into(),
+            amount: 20.0,
+            note: Some("gift".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(run.final_state, typed_user::State::Accepted);
+    assert_eq!(
+        run.output,
+        Outcome {
+            order_id: "A-7".into(),
+            status: "accepted".into(),
+            note: Some("gift".into()),
+        }
+    );
+    let run = machine
+        .run(&Order {
+            order_id: "A-8".into(),
+            amount: 500.0,
+            note: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(run.final_state, typed_user::State::Review);
+    assert_eq!(run.output.status, "review");
+    assert_eq!(run.output.note, None);
+}

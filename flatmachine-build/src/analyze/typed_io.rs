@@ -8,9 +8,6 @@ use crate::model::{MachineData, OutputFieldDef, OutputType, StateType};
 use crate::yaml::PathSeg;
 use indexmap::IndexMap;
 
-/// Methods a template may call on a mapping (`input.get('x')`), which are not fields.
-const MAPPING_METHODS: &[&str] = &["get", "items", "keys", "values"];
-
 impl Cx<'_> {
     /// Check the machine's templates against `data.input` and its final states' outputs
     /// against `data.output`, when declared.
@@ -61,9 +58,6 @@ impl Cx<'_> {
         let mut dotted = "input".to_string();
         for segment in path {
             let Some(def) = level.get(segment) else {
-                if MAPPING_METHODS.contains(&segment.as_str()) {
-                    return;
-                }
                 let (offset, len) = segment_offset(src, &dotted, segment);
                 let span = self.template_span(&self.unit.origin.clone(), rel, offset, len);
                 let declared: Vec<&str> = level.keys().map(String::as_str).collect();

@@ -9,9 +9,62 @@ use indexmap::IndexMap;
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
 
+/// The root machine's `TypedMachineDef` types when the user names their own
+/// (`flatmachine!` arguments): paths, from inside the machine's module, to aliases that
+/// [`user_types`] puts beside it.
+#[derive(Debug, Default)]
+pub(super) struct UserIo {
+    /// `input = Type`.
+    pub input: Option<TokenStream>,
+    /// `output = Type`.
+    pub output: Option<TokenStream>,
+}
+
+/// For the root machine `m` and the user's own types in `opts`: the items to put beside the
+/// machine's module (an alias per type, written where the macro was called so that its path
+/// resolves as the user wrote it, and a never-called function that compiles only when the
+/// type has every field the machine reads or writes), and the paths to the aliases.
+pub(super) fn user_types(m: &MachineIr, opts: &super::CodegenOptions) -> (TokenStream, UserIo) {
+    let mut outside = Vec::new();
+    let mut side = |ty: Option<&TokenStream>, which: &str, fields: Vec<String>| {
+        let ty = ty?;
+        let alias = format_ident!("__flatmachine_{}_{}", m.module, which);
+        let check = format_ident!("__flatmachine_{}_{}_fields", m.module, which);
+        let doc = format!(" The `{which}` type of machine `{}` (a `flatmachine!` argument).", m.name);
+        // The field names take the span of the type, so rustc's "no field" error points at it.
+        let span = ty
+            .clone()
+            .into_iter()
+            .next()
+            .map(|t| t.span())
+            .unwrap_or_else(proc_macro2::Span::call_site);
+        let var = Ident::new(which, span);
+        let fields: Vec<Ident> = fields.iter().map(|f| Ident::new(f, span)).collect();
+        let check_doc = format!(
+            " Compile-time check: the `{which}` type has every field machine `{}` reads or writes (docs/typed.md).",
+            m.name
+        );
+        outside.push(quote! {
+            #[doc = #doc]
+            #[allow(non_camel_case_types)]
+            type #alias = #ty;
+
+            #[doc = #check_doc]
+            #[allow(dead_code, non_snake_case)]
+            fn #check(#var: &#alias) {
+                #(let _ = &#var.#fields;)*
+            }
+        });
+        Some(quote!(super::#alias))
+    };
+    let input = side(opts.input_type.as_ref(), "input", input_fields(m));
+    let output = side(opts.output_type.as_ref(), "output", output_keys(m));
+    (quote!(#(#outside)*), UserIo { input, output })
+}
+
 /// `Input` / `Output` structs (when declared) and `impl TypedMachineDef for Machine`; an
-/// undeclared side is `Value`.
-pub(super) fn io_items(m: &MachineIr, rt: &TokenStream) -> TokenStream {
+/// undeclared side is `Value`, a side the user names is their type.
+pub(super) fn io_items(m: &MachineIr, rt: &TokenStream, user: &UserIo) -> TokenStream {
     let mut types = OutputTypes::new(rt);
     let input = io_type(
         &mut types,
@@ -29,6 +82,8 @@ pub(super) fn io_items(m: &MachineIr, rt: &TokenStream) -> TokenStream {
         "What a run of this machine gives back",
     );
     let items = types.items;
+    let input = user.input.clone().unwrap_or(input);
+    let output = user.output.clone().unwrap_or(output);
     quote! {
         #(#items)*
 
@@ -36,6 +91,56 @@ pub(super) fn io_items(m: &MachineIr, rt: &TokenStream) -> TokenStream {
             type Input = #input;
             type Output = #output;
         }
+    }
+}
+
+/// The top-level fields of the machine input that the templates over it read (`context`,
+/// `hooks.args`), skipping names that are not Rust identifiers.
+fn input_fields(m: &MachineIr) -> Vec<String> {
+    let mut strings = Vec::new();
+    if let Some(c) = &m.context {
+        collect(&c.0, &mut strings);
+    }
+    if let Some((_, Some(args))) = &m.hooks {
+        collect(&args.0, &mut strings);
+    }
+    let mut fields: Vec<String> = strings
+        .iter()
+        .flat_map(|src| crate::templates::attribute_reads(src, "input"))
+        .filter_map(|path| path.into_iter().next())
+        .filter(|f| is_ident(f))
+        .collect();
+    fields.sort();
+    fields.dedup();
+    fields
+}
+
+/// Every key some final state outputs (those that are Rust identifiers).
+fn output_keys(m: &MachineIr) -> Vec<String> {
+    let mut keys: Vec<String> = m
+        .states
+        .iter()
+        .filter(|s| s.is_final)
+        .filter_map(|s| s.output.as_ref())
+        .filter_map(|o| o.0.as_object())
+        .flat_map(|o| o.keys().cloned())
+        .filter(|k| is_ident(k))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+fn is_ident(s: &str) -> bool {
+    syn::parse_str::<Ident>(s).is_ok()
+}
+
+fn collect(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(items) => items.iter().for_each(|i| collect(i, out)),
+        serde_json::Value::Object(map) => map.values().for_each(|i| collect(i, out)),
+        _ => {}
     }
 }
 
