@@ -18,11 +18,19 @@ fn the_typed_example_routes_and_answers_offline() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("Export to CSV? → answered automatically (state `answered`, priority 3, urgent: false)"),
+        stdout.contains(
+            "Export to CSV? → answered automatically (state `answered`, priority 3, urgent: false)"
+        ),
         "{stdout}"
     );
     assert!(stdout.contains("reply: Yes: open a report"), "{stdout}");
     // The hook read the classifier's output as the generated struct.
-    assert!(stderr.contains("classifier: Billing, urgent: true"), "{stderr}");
-    assert!(stderr.contains("classifier: Question, urgent: false"), "{stderr}");
+    assert!(
+        stderr.contains("classifier: Billing, urgent: true"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("classifier: Question, urgent: false"),
+        "{stderr}"
+    );
 }

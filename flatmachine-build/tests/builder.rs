@@ -192,5 +192,9 @@ fn typed_machine_uses_the_users_types() {
         .cargo_output(false)
         .compile()
         .unwrap_err();
-    assert!(err.rendered.contains("`not a type` (a type given to `typed_machine`"), "{err}");
+    assert!(
+        err.rendered
+            .contains("`not a type` (a type given to `typed_machine`"),
+        "{err}"
+    );
 }

@@ -118,11 +118,16 @@ fn a_final_output_key_not_declared_is_an_error() {
     let errors = errors(&checked);
     assert_eq!(errors.len(), 1, "{}", checked.render(false));
     assert!(
-        errors[0].contains("final state `done` outputs `categry`, which `data.output` does not declare"),
+        errors[0]
+            .contains("final state `done` outputs `categry`, which `data.output` does not declare"),
         "{}",
         errors[0]
     );
-    assert!(errors[0].contains("did you mean `category`?"), "{}", errors[0]);
+    assert!(
+        errors[0].contains("did you mean `category`?"),
+        "{}",
+        errors[0]
+    );
 }
 
 #[test]
@@ -133,7 +138,9 @@ fn a_required_output_missing_from_a_final_state_is_an_error() {
         let errors = errors(&checked);
         assert_eq!(errors.len(), 1, "{}", checked.render(false));
         assert!(
-            errors[0].contains("final state `done` does not output `category`, which `data.output` requires"),
+            errors[0].contains(
+                "final state `done` does not output `category`, which `data.output` requires"
+            ),
             "{}",
             errors[0]
         );
@@ -163,8 +170,9 @@ fn generated_code_has_the_typed_path() {
         ),
     )
     .unwrap();
-    let compiled = flatmachine_build::compile(&path, Some("m.yml".into()), &CodegenOptions::default())
-        .unwrap_or_else(|c| panic!("{}", c.render(false)));
+    let compiled =
+        flatmachine_build::compile(&path, Some("m.yml".into()), &CodegenOptions::default())
+            .unwrap_or_else(|c| panic!("{}", c.render(false)));
     let code = compiled.pretty();
     for expected in [
         "pub struct Input {",
@@ -187,10 +195,17 @@ fn an_undeclared_side_is_a_json_value() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.yml");
     std::fs::write(&path, machine("", "", "", "")).unwrap();
-    let compiled = flatmachine_build::compile(&path, Some("m.yml".into()), &CodegenOptions::default())
-        .unwrap_or_else(|c| panic!("{}", c.render(false)));
+    let compiled =
+        flatmachine_build::compile(&path, Some("m.yml".into()), &CodegenOptions::default())
+            .unwrap_or_else(|c| panic!("{}", c.render(false)));
     let code = compiled.pretty();
-    assert!(code.contains("type Input = ::flatmachine_runtime::Value;"), "{code}");
-    assert!(code.contains("type Output = ::flatmachine_runtime::Value;"), "{code}");
+    assert!(
+        code.contains("type Input = ::flatmachine_runtime::Value;"),
+        "{code}"
+    );
+    assert!(
+        code.contains("type Output = ::flatmachine_runtime::Value;"),
+        "{code}"
+    );
     assert!(!code.contains("pub struct Input"), "{code}");
 }

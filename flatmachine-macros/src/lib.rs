@@ -75,7 +75,10 @@ impl syn::parse::Parse for Args {
                 }
             };
             if slot.is_some() {
-                return Err(syn::Error::new(flag.span(), format!("`{flag}` is given twice")));
+                return Err(syn::Error::new(
+                    flag.span(),
+                    format!("`{flag}` is given twice"),
+                ));
             }
             input.parse::<syn::Token![=]>()?;
             *slot = Some(input.parse()?);

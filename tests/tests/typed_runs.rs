@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 flatmachine_runtime::flatmachine!("machines/typed_io/machine.yml");
 flatmachine_runtime::flatmachine!("machines/order.yml");
 
-use typed_io::agents::{AnyOutput, ClassifierOutput, ClassifierCategory};
+use typed_io::agents::{AnyOutput, ClassifierCategory, ClassifierOutput};
 use typed_io::{Input, InputCustomer, InputCustomerTier, OutputCategory, State};
 
 /// The classifier calls billing what mentions money, anything else a question; the drafter
@@ -82,7 +82,11 @@ async fn a_typed_run_takes_input_and_gives_output_and_final_state() {
         .unwrap();
 
     let run = machine
-        .run(&input("does it work offline?", InputCustomerTier::Pro, Some(1)))
+        .run(&input(
+            "does it work offline?",
+            InputCustomerTier::Pro,
+            Some(1),
+        ))
         .await
         .unwrap();
     assert_eq!(run.final_state, State::Answered);

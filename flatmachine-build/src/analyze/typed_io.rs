@@ -67,7 +67,9 @@ impl Cx<'_> {
                     format!("`{dotted}` as declared in `data.input`")
                 };
                 let mut d = Diagnostic::error(
-                    format!("template reads `{dotted}.{segment}`, but {where_} has no field `{segment}`"),
+                    format!(
+                        "template reads `{dotted}.{segment}`, but {where_} has no field `{segment}`"
+                    ),
                     Some(span),
                 );
                 d.help
@@ -110,12 +112,16 @@ impl Cx<'_> {
                 }
                 let rel = [&state[..], &[k("output"), k(key)]].concat();
                 let d = self.err_key(
-                    format!("final state `{name}` outputs `{key}`, which `data.output` does not declare"),
+                    format!(
+                        "final state `{name}` outputs `{key}`, which `data.output` does not declare"
+                    ),
                     &rel,
                 );
                 d.help.extend(did_you_mean(key, declared.iter().copied()));
-                d.notes
-                    .push(format!("declared output fields: `{}`", declared.join("`, `")));
+                d.notes.push(format!(
+                    "declared output fields: `{}`",
+                    declared.join("`, `")
+                ));
             }
             let missing: Vec<&str> = fields
                 .iter()
@@ -132,13 +138,19 @@ impl Cx<'_> {
             };
             let list = missing.join("`, `");
             let d = self.err_key(
-                format!("final state `{name}` does not output `{list}`, which `data.output` requires"),
+                format!(
+                    "final state `{name}` does not output `{list}`, which `data.output` requires"
+                ),
                 &rel,
             );
             d.help.push(format!(
                 "set {} in its `output:`, or mark {} `required: false` in `data.output`",
                 if missing.len() == 1 { "it" } else { "them" },
-                if missing.len() == 1 { "the field" } else { "the fields" },
+                if missing.len() == 1 {
+                    "the field"
+                } else {
+                    "the fields"
+                },
             ));
         }
     }
@@ -159,8 +171,12 @@ fn segment_offset(src: &str, prefix: &str, segment: &str) -> (usize, usize) {
     while let Some(pos) = src[from..].find(&needle) {
         let start = from + pos;
         let end = start + needle.len();
-        let before_ok = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_' || bytes[start - 1] == b'.');
-        let after_ok = end >= bytes.len() || !(bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_');
+        let before_ok = start == 0
+            || !(bytes[start - 1].is_ascii_alphanumeric()
+                || bytes[start - 1] == b'_'
+                || bytes[start - 1] == b'.');
+        let after_ok =
+            end >= bytes.len() || !(bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_');
         if before_ok && after_ok {
             return (end - segment.len(), segment.len());
         }

@@ -30,7 +30,10 @@ pub(super) fn user_types(m: &MachineIr, opts: &super::CodegenOptions) -> (TokenS
         let ty = ty?;
         let alias = format_ident!("__flatmachine_{}_{}", m.module, which);
         let check = format_ident!("__flatmachine_{}_{}_fields", m.module, which);
-        let doc = format!(" The `{which}` type of machine `{}` (a `flatmachine!` argument).", m.name);
+        let doc = format!(
+            " The `{which}` type of machine `{}` (a `flatmachine!` argument).",
+            m.name
+        );
         // The field names take the span of the type, so rustc's "no field" error points at it.
         let span = ty
             .clone()
@@ -234,9 +237,13 @@ pub(super) fn any_output(m: &MachineIr, agents: &[(&str, Ident)], types: &mut Ou
 impl OutputTypes<'_> {
     /// The `deserialize_with` path for a plain `str` field of a machine's output, when
     /// reading such fields leniently.
-    pub(super) fn lenient_text_reader(&self, def: &OutputFieldDef, optional: bool) -> Option<String> {
-        let plain_text = def.kind == OutputType::Str
-            && def.enum_values.as_ref().is_none_or(|e| e.is_empty());
+    pub(super) fn lenient_text_reader(
+        &self,
+        def: &OutputFieldDef,
+        optional: bool,
+    ) -> Option<String> {
+        let plain_text =
+            def.kind == OutputType::Str && def.enum_values.as_ref().is_none_or(|e| e.is_empty());
         if !(self.lenient_text && plain_text) {
             return None;
         }
