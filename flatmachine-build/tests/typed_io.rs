@@ -209,3 +209,46 @@ fn an_undeclared_side_is_a_json_value() {
     );
     assert!(!code.contains("pub struct Input"), "{code}");
 }
+
+/// A parent calling `child.yml` (which declares `order_id` and an optional `note`) from a
+/// `machine:` state with `input`, and launching it with `launch_input`.
+fn parent_and_child(input: &str, launch_input: &str) -> (tempfile::TempDir, Checked) {
+    let dir = tempfile::tempdir().unwrap();
+    let child = "spec: flatmachine\nspec_version: \"1.0.0\"\ndata:\n  name: child\n  input:\n    order_id:\n      type: str\n    note:\n      type: str\n      required: false\n  context:\n    id: \"{{ input.order_id }}\"\n  states:\n    start:\n      type: initial\n      transitions:\n        - to: done\n    done:\n      type: final\n";
+    std::fs::write(dir.path().join("child.yml"), child).unwrap();
+    let parent = format!(
+        "spec: flatmachine\nspec_version: \"1.0.0\"\ndata:\n  name: parent\n  machines:\n    child: ./child.yml\n  states:\n    start:\n      type: initial\n      machine: child\n{input}      transitions:\n        - to: go\n    go:\n      launch: child\n{launch_input}      transitions:\n        - to: done\n    done:\n      type: final\n"
+    );
+    std::fs::write(dir.path().join("m.yml"), parent).unwrap();
+    let checked = flatmachine_build::check(&dir.path().join("m.yml"), Some("m.yml".into()));
+    (dir, checked)
+}
+
+#[test]
+fn what_a_state_passes_to_a_child_is_checked_against_the_childs_input() {
+    let ok_input = "      input:\n        order_id: \"{{ context.id }}\"\n";
+    let ok_launch = "      launch_input:\n        order_id: x\n        note: y\n";
+    let (_dir, checked) = parent_and_child(ok_input, ok_launch);
+    assert!(errors(&checked).is_empty(), "{}", checked.render(false));
+
+    // A misspelt key (and so the required field missing) in `input`; nothing at all passed to
+    // the launched child.
+    let (_dir, checked) =
+        parent_and_child("      input:\n        order_di: \"{{ context.id }}\"\n", "");
+    let errors = errors(&checked);
+    assert_eq!(errors.len(), 3, "{}", checked.render(false));
+    let all = errors.join("\n");
+    assert!(
+        all.contains("state `start` passes `order_di` to machine `child`, whose declared input (`data.input` in child.yml) has no field `order_di`"),
+        "{all}"
+    );
+    assert!(all.contains("did you mean `order_id`?"), "{all}");
+    assert!(
+        all.contains("state `start` does not pass `order_id` to machine `child`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("state `go` does not pass `order_id` to machine `child`"),
+        "{all}"
+    );
+}

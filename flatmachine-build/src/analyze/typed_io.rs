@@ -18,6 +18,111 @@ impl Cx<'_> {
         if let Some(fields) = &data.output {
             self.final_outputs(data, fields);
         }
+        self.child_inputs(data);
+    }
+
+    /// What a state passes to a child machine (`machine:`, `foreach`, `launch:`) against the
+    /// child's `data.input`, when it declares one.
+    fn child_inputs(&mut self, data: &MachineData) {
+        use crate::model::{MachineField, MachineListItem};
+        for (name, def) in &data.states {
+            let state = [k("data"), k("states"), k(name)];
+            let with = |field: &str| [&state[..], &[k(field)]].concat();
+            let shared = def.input.as_ref().map(|i| (i, with("input")));
+            let mut calls: Vec<(
+                &str,
+                Option<(&crate::model::JsonMap, Vec<PathSeg>)>,
+                Vec<PathSeg>,
+            )> = Vec::new();
+            match &def.machine {
+                Some(MachineField::One(child)) => {
+                    calls.push((child, shared.clone(), with("machine")));
+                }
+                Some(MachineField::Many(items)) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let at = [&with("machine")[..], &[PathSeg::Index(i)]].concat();
+                        let input = match item {
+                            MachineListItem::WithInput(mi) => mi
+                                .input
+                                .as_ref()
+                                .map(|inp| (inp, [&at[..], &[k("input")]].concat())),
+                            MachineListItem::Name(_) => None,
+                        }
+                        .or_else(|| shared.clone());
+                        calls.push((item.name(), input, at));
+                    }
+                }
+                None => {}
+            }
+            for child in def.launch.as_ref().map(|l| l.names()).unwrap_or_default() {
+                let input = def.launch_input.as_ref().map(|i| (i, with("launch_input")));
+                calls.push((child, input, with("launch")));
+            }
+            for (child, input, at) in calls {
+                self.child_input(name, child, input, &at);
+            }
+        }
+    }
+
+    /// One call of machine `child` from state `state` with `input` (its keys and where they
+    /// are), or none (`at`: the `machine:` / `launch:` entry).
+    fn child_input(
+        &mut self,
+        state: &str,
+        child: &str,
+        input: Option<(&crate::model::JsonMap, Vec<PathSeg>)>,
+        at: &[PathSeg],
+    ) {
+        let Some(cid) = self.unit.machines.get(child).copied().flatten() else {
+            return;
+        };
+        let unit = &self.project.machines[cid];
+        let Some(fields) = unit.config.as_ref().and_then(|c| c.data.input.as_ref()) else {
+            return;
+        };
+        let file = self.project.db.file(unit.origin.file).display.clone();
+        let declared: Vec<&str> = fields.keys().map(String::as_str).collect();
+        let passed: Vec<&str> = input
+            .as_ref()
+            .map(|(m, _)| m.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        if let Some((_, rel)) = &input {
+            for key in &passed {
+                if fields.contains_key(*key) {
+                    continue;
+                }
+                let key_rel = [&rel[..], &[k(key)]].concat();
+                let d = self.err_key(
+                    format!("state `{state}` passes `{key}` to machine `{child}`, whose declared input (`data.input` in {file}) has no field `{key}`"),
+                    &key_rel,
+                );
+                d.help.extend(did_you_mean(key, declared.iter().copied()));
+                d.notes
+                    .push(format!("declared fields: `{}`", declared.join("`, `")));
+            }
+        }
+        let missing: Vec<&str> = fields
+            .iter()
+            .filter(|(f, d)| d.required != Some(false) && !passed.contains(&f.as_str()))
+            .map(|(f, _)| f.as_str())
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let rel = input
+            .as_ref()
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| at.to_vec());
+        let d = self.err_key(
+            format!(
+                "state `{state}` does not pass `{}` to machine `{child}`, whose declared input (`data.input` in {file}) requires it",
+                missing.join("`, `")
+            ),
+            &rel,
+        );
+        d.help.push(
+            "add it to the state's `input:` (or mark it `required: false` in the child)".into(),
+        );
     }
 
     /// `input.<field>` in the templates over the machine input: the initial `context` and
