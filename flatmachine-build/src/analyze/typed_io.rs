@@ -8,6 +8,14 @@ use crate::model::{MachineData, OutputFieldDef, OutputType, StateType};
 use crate::yaml::PathSeg;
 use indexmap::IndexMap;
 
+/// One call of a child machine: its name, the input mapping passed (and where it is), and
+/// where the call is written.
+type ChildCall<'a> = (
+    &'a str,
+    Option<(&'a crate::model::JsonMap, Vec<PathSeg>)>,
+    Vec<PathSeg>,
+);
+
 impl Cx<'_> {
     /// Check the machine's templates against `data.input` and its final states' outputs
     /// against `data.output`, when declared.
@@ -29,11 +37,7 @@ impl Cx<'_> {
             let state = [k("data"), k("states"), k(name)];
             let with = |field: &str| [&state[..], &[k(field)]].concat();
             let shared = def.input.as_ref().map(|i| (i, with("input")));
-            let mut calls: Vec<(
-                &str,
-                Option<(&crate::model::JsonMap, Vec<PathSeg>)>,
-                Vec<PathSeg>,
-            )> = Vec::new();
+            let mut calls: Vec<ChildCall<'_>> = Vec::new();
             match &def.machine {
                 Some(MachineField::One(child)) => {
                     calls.push((child, shared.clone(), with("machine")));
