@@ -263,6 +263,7 @@ fn machine_items(
         statics: agent_statics,
         specs: agents,
         outputs: agent_outputs,
+        any_output,
     } = agent_items(m, rt);
     let agents = (!agents.is_empty()).then(|| quote!(agents: &[#(#agents),*],));
     let machines: Vec<TokenStream> = m
@@ -282,7 +283,7 @@ fn machine_items(
     let cel = (m.engine == crate::model::ExpressionEngine::Cel).then(|| quote!(cel: true,));
     let slot_statics = slots.statics(rt);
     let typed_actions = actions_items(m, irs, rt);
-    let typed_io = typed_io::io_items(m, rt, user_io);
+    let typed_io = typed_io::io_items(m, rt, user_io, any_output.as_ref());
 
     quote! {
         use #rt::expr;
@@ -777,6 +778,8 @@ struct AgentItems {
     specs: Vec<TokenStream>,
     /// `pub mod agents` with a typed struct per structured output (empty when there is none).
     outputs: TokenStream,
+    /// The name of `agents::AnyOutput`, when an agent has an `output` schema.
+    any_output: Option<Ident>,
 }
 
 fn f64_lit(v: f64) -> TokenStream {
@@ -824,11 +827,12 @@ fn agent_items(m: &MachineIr, rt: &TokenStream) -> AgentItems {
             }
         }
     }
-    typed_io::any_output(m, &typed_agents, &mut outputs);
+    let any_output = typed_io::any_output(m, &typed_agents, &mut outputs);
     AgentItems {
         statics,
         specs,
         outputs: outputs.finish(),
+        any_output,
     }
 }
 

@@ -23,6 +23,7 @@ use crate::machine::MachineDef;
 use serde::Deserialize as _;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
 
 /// A generated machine with typed input and output (implemented by `flatmachine!` for every
 /// `Machine` marker it generates).
@@ -31,6 +32,40 @@ pub trait TypedMachineDef: MachineDef {
     type Input: serde::Serialize + Send + Sync;
     /// What a run gives back: the generated `Output` (from `data.output`), else [`Value`](crate::Value).
     type Output: serde::de::DeserializeOwned + fmt::Debug + Send;
+    /// The typed output of an agent state: the generated `agents::AnyOutput` when an agent
+    /// has an `output` schema, else [`Value`](crate::Value) (and none is ever read).
+    type AgentOutput: fmt::Debug + Send;
+
+    /// The typed output of the agent `state` calls (`None`: no agent with a schema).
+    fn agent_output(
+        state: &str,
+        output: &crate::Value,
+    ) -> Option<Result<Self::AgentOutput, serde_json::Error>>;
+}
+
+/// The agent outputs of the typed run in progress on this task: (machine, state, output).
+type Recorded = Arc<Mutex<Vec<(usize, &'static str, crate::Value)>>>;
+
+tokio::task_local! {
+    static AGENT_OUTPUTS: Recorded;
+}
+
+/// Called by the engine after each agent state: keeps the output when a typed run is in
+/// progress on this task (nothing otherwise).
+pub(crate) fn record_agent_output(
+    spec: &'static crate::MachineSpec,
+    state: &'static str,
+    output: &crate::Value,
+) {
+    let _ = AGENT_OUTPUTS.try_with(|recorded| {
+        if let Ok(mut r) = recorded.lock() {
+            r.push((
+                spec as *const crate::MachineSpec as usize,
+                state,
+                output.clone(),
+            ));
+        }
+    });
 }
 
 /// A configured machine whose runs take `M::Input` and give back `M::Output` and an
@@ -63,6 +98,9 @@ pub struct TypedRun<M: TypedMachineDef> {
     pub output: M::Output,
     /// The state the run ended in.
     pub final_state: M::State,
+    /// The typed output of every agent state this run executed (this machine's, not its
+    /// children's), in order. A resumed run has those from the resume on.
+    pub agent_outputs: Vec<(M::State, M::AgentOutput)>,
     /// Everything else the run returned: execution id, steps, calls, cost, tokens, the final
     /// context (and the output as JSON).
     pub result: RunResult,
@@ -73,6 +111,7 @@ impl<M: TypedMachineDef> fmt::Debug for TypedRun<M> {
         f.debug_struct("TypedRun")
             .field("output", &self.output)
             .field("final_state", &self.final_state)
+            .field("agent_outputs", &self.agent_outputs)
             .field("result", &self.result)
             .finish()
     }
@@ -94,6 +133,21 @@ pub enum TypedRunError {
     /// The run failed, as an untyped run would have.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// An agent's output, which passed its schema, could not be read as its generated type.
+    #[error(
+        "machine `{machine}` (execution {}): the output of agent state `{state}` does not fit its type: {error}",
+        .result.execution_id
+    )]
+    AgentOutput {
+        /// The machine.
+        machine: &'static str,
+        /// The state.
+        state: String,
+        /// What serde said.
+        error: serde_json::Error,
+        /// The run's untyped result.
+        result: Box<RunResult>,
+    },
     /// The run finished, but its output does not fit `M::Output` (a final state's template
     /// rendered a value of another type). The untyped result is kept.
     #[error(
@@ -146,20 +200,62 @@ impl<M: TypedMachineDef> TypedMachine<M> {
             machine: M::spec().name,
             error,
         })?;
-        let result = self.machine.run_with(input, options).await?;
-        Self::typed(result)
+        let recorded = Recorded::default();
+        let result = AGENT_OUTPUTS
+            .scope(recorded.clone(), self.machine.run_with(input, options))
+            .await?;
+        Self::typed_with(result, &recorded)
     }
 
     /// Resume `execution_id` from its latest checkpoint (a run of this machine; a child's
     /// execution ends in a state of the child, which is reported as
     /// [`RunError::UnknownState`]).
     pub async fn resume(&self, execution_id: &str) -> Result<TypedRun<M>, TypedRunError> {
-        let result = self.machine.resume(execution_id).await?;
-        Self::typed(result)
+        let recorded = Recorded::default();
+        let result = AGENT_OUTPUTS
+            .scope(recorded.clone(), self.machine.resume(execution_id))
+            .await?;
+        Self::typed_with(result, &recorded)
     }
 
-    /// Read an untyped result of this machine as a typed one.
+    /// Read an untyped result of this machine as a typed one (`agent_outputs` empty: they
+    /// are not part of a `RunResult`).
     pub fn typed(result: RunResult) -> Result<TypedRun<M>, TypedRunError> {
+        Self::typed_with(result, &Recorded::default())
+    }
+
+    fn typed_with(result: RunResult, recorded: &Recorded) -> Result<TypedRun<M>, TypedRunError> {
+        let this = M::spec() as *const crate::MachineSpec as usize;
+        let recorded = std::mem::take(&mut *recorded.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut agent_outputs = Vec::new();
+        for (machine, state, output) in recorded {
+            if machine != this {
+                continue;
+            }
+            let read = match M::agent_output(state, &output) {
+                None => continue,
+                Some(read) => read,
+            };
+            let index = M::spec().states.iter().position(|s| s.name == state);
+            match (read, index.and_then(M::state_at)) {
+                (Ok(typed), Some(s)) => agent_outputs.push((s, typed)),
+                (Ok(_), None) => {}
+                (Err(error), _) => {
+                    return Err(TypedRunError::AgentOutput {
+                        machine: M::spec().name,
+                        state: state.to_string(),
+                        error,
+                        result: Box::new(result),
+                    });
+                }
+            }
+        }
+        let mut run = Self::read(result)?;
+        run.agent_outputs = agent_outputs;
+        Ok(run)
+    }
+
+    fn read(result: RunResult) -> Result<TypedRun<M>, TypedRunError> {
         let spec = M::spec();
         let Some(final_state) = spec
             .states
@@ -177,6 +273,7 @@ impl<M: TypedMachineDef> TypedMachine<M> {
             Ok(output) => Ok(TypedRun {
                 output,
                 final_state,
+                agent_outputs: Vec::new(),
                 result,
             }),
             Err(error) => Err(TypedRunError::Output {

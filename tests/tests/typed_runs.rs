@@ -99,6 +99,17 @@ async fn a_typed_run_takes_input_and_gives_output_and_final_state() {
     assert_eq!(run.output.reply.as_deref(), Some("Yes, it works offline."));
     assert_eq!(run.result.total_api_calls, 2);
     assert_eq!(run.result.final_state, "answered");
+    // The typed results of the agent states (the drafter has no schema, so only the classifier).
+    assert_eq!(
+        run.agent_outputs,
+        vec![(
+            State::Classify,
+            AnyOutput::Classifier(ClassifierOutput {
+                category: ClassifierCategory::Question,
+                urgent: true
+            })
+        )]
+    );
 
     // An optional input field left out is absent (not `null`), so `default` applies.
     let run = machine
@@ -111,6 +122,16 @@ async fn a_typed_run_takes_input_and_gives_output_and_final_state() {
     assert_eq!(run.output.priority, 3);
     assert_eq!(run.output.ticket, "1003");
     assert_eq!(run.output.reply, None);
+    assert!(matches!(
+        run.agent_outputs.as_slice(),
+        [(
+            State::Classify,
+            AnyOutput::Classifier(ClassifierOutput {
+                category: ClassifierCategory::Billing,
+                urgent: false
+            })
+        )]
+    ));
 
     let seen = recorder.seen.lock().unwrap().clone();
     assert_eq!(

@@ -75,6 +75,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for ticket in &tickets {
         eprintln!("ticket: {}", ticket.subject);
         let run = triage.run(ticket).await?;
+        // The typed outputs of the agent states the run went through, in order.
+        for (state, output) in &run.agent_outputs {
+            eprintln!("  agent output of `{state}`: {output:?}");
+        }
         // `final_state` is the generated enum and `output` the generated struct: a `match`
         // over them is checked by rustc.
         let queue = match (run.final_state, run.output.category) {

@@ -67,7 +67,12 @@ pub(super) fn user_types(m: &MachineIr, opts: &super::CodegenOptions) -> (TokenS
 
 /// `Input` / `Output` structs (when declared) and `impl TypedMachineDef for Machine`; an
 /// undeclared side is `Value`, a side the user names is their type.
-pub(super) fn io_items(m: &MachineIr, rt: &TokenStream, user: &UserIo) -> TokenStream {
+pub(super) fn io_items(
+    m: &MachineIr,
+    rt: &TokenStream,
+    user: &UserIo,
+    any_output: Option<&Ident>,
+) -> TokenStream {
     let mut types = OutputTypes::new(rt);
     let input = io_type(
         &mut types,
@@ -85,6 +90,28 @@ pub(super) fn io_items(m: &MachineIr, rt: &TokenStream, user: &UserIo) -> TokenS
         "What a run of this machine gives back",
     );
     let items = types.items;
+    let agent_output = match any_output {
+        Some(any) => quote! {
+            type AgentOutput = agents::#any;
+
+            fn agent_output(
+                state: &str,
+                output: &#rt::Value,
+            ) -> ::core::option::Option<::core::result::Result<agents::#any, #rt::__private::serde_json::Error>> {
+                agents::#any::of_state(state, output)
+            }
+        },
+        None => quote! {
+            type AgentOutput = #rt::Value;
+
+            fn agent_output(
+                _state: &str,
+                _output: &#rt::Value,
+            ) -> ::core::option::Option<::core::result::Result<#rt::Value, #rt::__private::serde_json::Error>> {
+                None
+            }
+        },
+    };
     let input = user.input.clone().unwrap_or(input);
     let output = user.output.clone().unwrap_or(output);
     quote! {
@@ -93,6 +120,7 @@ pub(super) fn io_items(m: &MachineIr, rt: &TokenStream, user: &UserIo) -> TokenS
         impl #rt::typed::TypedMachineDef for Machine {
             type Input = #input;
             type Output = #output;
+            #agent_output
         }
     }
 }
@@ -168,9 +196,13 @@ fn io_type(
 
 /// `AnyOutput`: one variant per agent with an `output` schema, and `AnyOutput::of_state`,
 /// which reads the output of the agent a state calls. Nothing when no agent has a schema.
-pub(super) fn any_output(m: &MachineIr, agents: &[(&str, Ident)], types: &mut OutputTypes<'_>) {
+pub(super) fn any_output(
+    m: &MachineIr,
+    agents: &[(&str, Ident)],
+    types: &mut OutputTypes<'_>,
+) -> Option<Ident> {
     if agents.is_empty() {
-        return;
+        return None;
     }
     let rt = types.rt;
     let name = types.name("AnyOutput");
@@ -232,6 +264,7 @@ pub(super) fn any_output(m: &MachineIr, agents: &[(&str, Ident)], types: &mut Ou
             }
         }
     });
+    Some(name)
 }
 
 impl OutputTypes<'_> {
