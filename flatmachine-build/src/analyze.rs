@@ -16,6 +16,8 @@ use crate::yaml::{Node, NodeKind, PathSeg};
 use indexmap::IndexMap;
 use std::collections::{BTreeSet, HashSet, VecDeque};
 
+mod typed_io;
+
 fn k(s: &str) -> PathSeg {
     PathSeg::Key(s.to_string())
 }
@@ -261,6 +263,7 @@ impl Cx<'_> {
         }
 
         self.graph_checks(&states, initial);
+        self.typed_io(data);
         let agent_list = self.agents();
         // Context keys read but never set, values a key never has, agent inputs not passed.
         self.diags
@@ -313,6 +316,8 @@ impl Cx<'_> {
             actions,
             engine,
             config_hash: String::new(),
+            input: data.input.clone(),
+            output: data.output.clone(),
         };
         ir.config_hash = crate::fingerprint::shape_hash(&ir);
         Some(ir)

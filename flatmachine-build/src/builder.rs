@@ -25,6 +25,8 @@ pub struct Builder {
     runtime_path: Option<String>,
     cargo_output: Option<bool>,
     cargo_warnings: Option<bool>,
+    /// The user's own input / output types per machine file (typed runs, docs/typed.md).
+    io_types: Vec<(PathBuf, Option<String>, Option<String>)>,
 }
 
 /// What one machine compiled to.
@@ -136,6 +138,25 @@ impl Builder {
         self
     }
 
+    /// Add a machine file whose typed runs use your own serde types (paths as written where
+    /// the generated file is `include!`d; `None` keeps the generated type), like
+    /// `flatmachine!("m.yml", input = Order, output = Outcome)`: the types are checked by rustc
+    /// to have every `input.<field>` the templates read and every key a final state outputs.
+    pub fn typed_machine(
+        &mut self,
+        path: impl AsRef<Path>,
+        input: Option<&str>,
+        output: Option<&str>,
+    ) -> &mut Self {
+        let path = path.as_ref().to_path_buf();
+        self.io_types.push((
+            path.clone(),
+            input.map(str::to_string),
+            output.map(str::to_string),
+        ));
+        self.machine(path)
+    }
+
     /// Add several machine files.
     pub fn machines<P: AsRef<Path>>(&mut self, paths: impl IntoIterator<Item = P>) -> &mut Self {
         for p in paths {
@@ -170,6 +191,32 @@ impl Builder {
     pub fn cargo_warnings(&mut self, on: bool) -> &mut Self {
         self.cargo_warnings = Some(on);
         self
+    }
+
+    /// `opts` with the user's own types for `path`, if [`typed_machine`](Self::typed_machine)
+    /// named any; a type that is not Rust syntax is an error message.
+    fn io_options(&self, path: &Path, opts: &CodegenOptions) -> Result<CodegenOptions, String> {
+        let mut opts = opts.clone();
+        let Some((_, input, output)) = self.io_types.iter().find(|(p, _, _)| p == path) else {
+            return Ok(opts);
+        };
+        let parse = |ty: &Option<String>| -> Result<Option<TokenStream>, String> {
+            ty.as_deref()
+                .map(|t| {
+                    syn::parse_str::<syn::Type>(t)
+                        .map(|t| quote::quote!(#t))
+                        .map_err(|e| {
+                            format!(
+                                "error: `{t}` (a type given to `typed_machine` for {}) is not a Rust type: {e}\n\n",
+                                path.display()
+                            )
+                        })
+                })
+                .transpose()
+        };
+        opts.input_type = parse(input)?;
+        opts.output_type = parse(output)?;
+        Ok(opts)
     }
 
     /// The codegen options this builder uses.
@@ -232,6 +279,13 @@ impl Builder {
         let mut all_warnings: Vec<BuildWarning> = Vec::new();
         let mut failures: Vec<(Option<PathBuf>, String)> = Vec::new();
         for path in &self.machines {
+            let opts = match self.io_options(path, &opts) {
+                Ok(o) => o,
+                Err(message) => {
+                    failures.push((Some(path.clone()), message));
+                    continue;
+                }
+            };
             match crate::compile(path, None, &opts) {
                 Ok(compiled) => {
                     let files_read = compiled.checked.files_read();

@@ -13,6 +13,8 @@ use quote::{format_ident, quote};
 use serde_json::Value;
 use std::path::PathBuf;
 
+mod typed_io;
+
 /// Options for one code generation.
 #[derive(Debug, Clone)]
 pub struct CodegenOptions {
@@ -28,6 +30,13 @@ pub struct CodegenOptions {
     pub warnings_as_deprecations: bool,
     /// Warning texts to surface that way (filled in by [`compile`](crate::compile)).
     pub warnings: Vec<String>,
+    /// The root machine's input as the user's own type (`flatmachine!("m.yml", input =
+    /// my::Ticket)`): `TypedMachineDef::Input` instead of the generated `Input`, with a
+    /// compile-time check that it has every field the templates read (docs/typed.md).
+    pub input_type: Option<TokenStream>,
+    /// The root machine's output as the user's own type (`output = my::Triaged`), checked to
+    /// have every key a final state outputs.
+    pub output_type: Option<TokenStream>,
 }
 
 impl Default for CodegenOptions {
@@ -38,6 +47,8 @@ impl Default for CodegenOptions {
             track_files: Vec::new(),
             warnings_as_deprecations: false,
             warnings: Vec::new(),
+            input_type: None,
+            output_type: None,
         }
     }
 }
@@ -48,12 +59,13 @@ pub fn generate(irs: &[MachineIr], opts: &CodegenOptions) -> TokenStream {
         return TokenStream::new();
     };
     let rt = &opts.runtime_path;
-    let root_items = machine_items(root, irs, rt, true);
+    let (user_types, user_io) = typed_io::user_types(root, opts);
+    let root_items = machine_items(root, irs, rt, true, &user_io);
     let children: Vec<TokenStream> = irs[1..]
         .iter()
         .map(|m| {
             let name = format_ident!("{}", m.module);
-            let items = machine_items(m, irs, rt, false);
+            let items = machine_items(m, irs, rt, false, &typed_io::UserIo::default());
             let doc = format!(" Machine `{}` (from `{}`).", m.name, m.source);
             quote! {
                 #[doc = #doc]
@@ -94,6 +106,8 @@ pub fn generate(irs: &[MachineIr], opts: &CodegenOptions) -> TokenStream {
         root.name, root.source
     );
     quote! {
+        #user_types
+
         #[doc = #doc]
         #[allow(clippy::all, clippy::pedantic, unused_imports, dead_code)]
         pub mod #name {
@@ -143,7 +157,13 @@ fn spec_path(
     }
 }
 
-fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bool) -> TokenStream {
+fn machine_items(
+    m: &MachineIr,
+    irs: &[MachineIr],
+    rt: &TokenStream,
+    is_root: bool,
+    user_io: &typed_io::UserIo,
+) -> TokenStream {
     let mut slots = Slots::default();
     let n = m.states.len();
     let variants: Vec<Ident> = m
@@ -250,6 +270,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
         statics: agent_statics,
         specs: agents,
         outputs: agent_outputs,
+        any_output,
     } = agent_items(m, rt);
     let agents = (!agents.is_empty()).then(|| quote!(agents: &[#(#agents),*],));
     let machines: Vec<TokenStream> = m
@@ -269,6 +290,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
     let cel = (m.engine == crate::model::ExpressionEngine::Cel).then(|| quote!(cel: true,));
     let slot_statics = slots.statics(rt);
     let typed_actions = actions_items(m, irs, rt);
+    let typed_io = typed_io::io_items(m, rt, user_io, any_output.as_ref());
 
     quote! {
         use #rt::expr;
@@ -387,6 +409,8 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
         }
 
         #typed_actions
+
+        #typed_io
 
         #agent_outputs
     }
@@ -764,6 +788,8 @@ struct AgentItems {
     specs: Vec<TokenStream>,
     /// `pub mod agents` with a typed struct per structured output (empty when there is none).
     outputs: TokenStream,
+    /// The name of `agents::AnyOutput`, when an agent has an `output` schema.
+    any_output: Option<Ident>,
 }
 
 fn f64_lit(v: f64) -> TokenStream {
@@ -776,6 +802,7 @@ fn agent_items(m: &MachineIr, rt: &TokenStream) -> AgentItems {
     let mut statics = Vec::new();
     let mut specs = Vec::new();
     let mut outputs = OutputTypes::new(rt);
+    let mut typed_agents = Vec::new();
     for (i, agent) in m.agents.iter().enumerate() {
         let key = &agent.key;
         match &agent.kind {
@@ -784,7 +811,7 @@ fn agent_items(m: &MachineIr, rt: &TokenStream) -> AgentItems {
                 let source = &f.source;
                 specs.push(quote!(#rt::machine::AgentSpec { name: #key, kind: "flatagent", flatagent: Some(&#id), reference: None, config: None }));
                 if let Some(o) = &f.output {
-                    outputs.agent(key, source, &id, o);
+                    typed_agents.push((key.as_str(), outputs.agent(key, source, &id, o)));
                 }
             }
             AgentKindIr::Adapter {
@@ -810,10 +837,12 @@ fn agent_items(m: &MachineIr, rt: &TokenStream) -> AgentItems {
             }
         }
     }
+    let any_output = typed_io::any_output(m, &typed_agents, &mut outputs);
     AgentItems {
         statics,
         specs,
         outputs: outputs.finish(),
+        any_output,
     }
 }
 
@@ -865,6 +894,9 @@ struct OutputTypes<'a> {
     rt: &'a TokenStream,
     used: std::collections::HashSet<String>,
     items: Vec<TokenStream>,
+    /// Read `str` fields also from numbers and booleans (a machine's rendered output: a
+    /// template whose text is JSON, such as `42`, renders to a number).
+    lenient_text: bool,
 }
 
 impl<'a> OutputTypes<'a> {
@@ -873,6 +905,7 @@ impl<'a> OutputTypes<'a> {
             rt,
             used: std::collections::HashSet::new(),
             items: Vec::new(),
+            lenient_text: false,
         }
     }
 
@@ -903,7 +936,7 @@ impl<'a> OutputTypes<'a> {
         source: &str,
         config: &Ident,
         fields: &indexmap::IndexMap<String, crate::model::OutputFieldDef>,
-    ) {
+    ) -> Ident {
         let rt = self.rt;
         let base = crate::ir::variant_names(&[key]).remove(0);
         let doc = format!(" The structured output of agent `{key}` (from `{source}`).");
@@ -919,6 +952,7 @@ impl<'a> OutputTypes<'a> {
                 }
             }
         });
+        name
     }
 
     /// A struct for an object's fields; nested types are named `<prefix><Field>`.
@@ -946,13 +980,18 @@ impl<'a> OutputTypes<'a> {
             let ident = format_ident!("{}", ident);
             let rename = (ident != field.as_str()).then(|| quote!(#[serde(rename = #field)]));
             let docs = def.description.iter().map(|d| format!(" {d}"));
-            let (ty, default) = if def.required == Some(false) {
+            let optional = def.required == Some(false);
+            let (ty, default) = if optional {
                 (
                     quote!(::core::option::Option<#ty>),
-                    quote!(#[serde(default)]),
+                    quote!(#[serde(default, skip_serializing_if = "Option::is_none")]),
                 )
             } else {
                 (ty, quote!())
+            };
+            let default = match self.lenient_text_reader(def, optional) {
+                Some(reader) => quote!(#default #[serde(deserialize_with = #reader)]),
+                None => default,
             };
             members.push(quote! {
                 #(#[doc = #docs])*

@@ -132,6 +132,10 @@ pub struct MachineIr {
     /// The fingerprint of the machine's shape (see `crate::fingerprint`), written into every
     /// checkpoint as `config_hash`.
     pub config_hash: String,
+    /// `data.input`: the declared machine input (docs/typed.md), checked against the templates.
+    pub input: Option<indexmap::IndexMap<String, crate::model::OutputFieldDef>>,
+    /// `data.output`: the declared machine output, checked against the final states.
+    pub output: Option<indexmap::IndexMap<String, crate::model::OutputFieldDef>>,
 }
 
 /// One entry of a machine's `agents:`.

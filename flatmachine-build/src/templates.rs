@@ -208,6 +208,29 @@ pub fn quoted_expressions_in_json(src: &str) -> Vec<TemplateProblem> {
     out
 }
 
+/// The attribute paths a template reads under variable `var`: `{{ input.customer.name }}`
+/// gives `[customer, name]` for `input`. A bare `{{ input }}` and subscripts (`input[k]`) give
+/// nothing. Invalid templates give nothing (their syntax is reported elsewhere).
+pub fn attribute_reads(src: &str, var: &str) -> Vec<Vec<String>> {
+    if !is_template(src) {
+        return Vec::new();
+    }
+    let env = environment();
+    let Ok(tmpl) = env.template_from_str(src) else {
+        return Vec::new();
+    };
+    let mut reads: Vec<Vec<String>> = tmpl
+        .undeclared_variables(true)
+        .into_iter()
+        .filter_map(|path| {
+            let rest = path.strip_prefix(var)?.strip_prefix('.')?;
+            Some(rest.split('.').map(str::to_string).collect())
+        })
+        .collect();
+    reads.sort();
+    reads
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +294,19 @@ mod tests {
             quoted_expressions_in_json(r#"[{"a": "{{ x }}"}, "{{y}}"]"#).len(),
             2
         );
+    }
+
+    #[test]
+    fn attribute_reads_follow_dotted_paths() {
+        let src = "{{ input.customer.name }} {{ input.priority | default(1) }} {{ context.x }} {{ input }}";
+        assert_eq!(
+            attribute_reads(src, "input"),
+            vec![
+                vec!["customer".to_string(), "name".to_string()],
+                vec!["priority".to_string()]
+            ]
+        );
+        assert!(attribute_reads("{% set input = 1 %}{{ input.x }}", "input").is_empty());
+        assert!(attribute_reads("plain text", "input").is_empty());
     }
 }

@@ -178,3 +178,47 @@ fn warnings_come_back_in_a_report() {
     assert_eq!(of(&warned), 1);
     assert!(of(&bad) > 0, "the failed machine's warnings too");
 }
+
+/// `typed_machine`: the user's own input / output types become `TypedMachineDef`'s, with the
+/// field checks beside the module; a type that is not Rust is a reported failure.
+#[test]
+fn typed_machine_uses_the_users_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let m = dir.path().join("m.yml");
+    std::fs::write(
+        &m,
+        "spec: flatmachine\nspec_version: \"1.0.0\"\ndata:\n  name: orders\n  context:\n    id: \"{{ input.order_id }}\"\n  states:\n    start:\n      type: initial\n      transitions:\n        - to: done\n    done:\n      type: final\n      output:\n        status: ok\n",
+    )
+    .unwrap();
+    let built = Builder::new()
+        .typed_machine(&m, Some("crate::Order"), Some("crate::Outcome"))
+        .out_dir(&out)
+        .cargo_output(false)
+        .compile()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = std::fs::read_to_string(&built[0].output).unwrap();
+    for expected in [
+        "type __flatmachine_orders_input = crate::Order;",
+        "let _ = &input.order_id;",
+        "type __flatmachine_orders_output = crate::Outcome;",
+        "let _ = &output.status;",
+        "type Input = super::__flatmachine_orders_input;",
+        "type Output = super::__flatmachine_orders_output;",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+
+    let err = Builder::new()
+        .typed_machine(&m, Some("not a type"), None)
+        .out_dir(&out)
+        .cargo_output(false)
+        .compile()
+        .unwrap_err();
+    assert!(
+        err.rendered
+            .contains("`not a type` (a type given to `typed_machine`"),
+        "{err}"
+    );
+}

@@ -86,3 +86,16 @@ fn broken_machine_diagnostics() {
     );
     insta::assert_snapshot!("broken_diagnostics", normalize(&checked.render(false)));
 }
+
+/// The typed path (docs/typed.md): `Input` / `Output` from `data.input` / `data.output`, the
+/// `TypedMachineDef` impl and `agents::AnyOutput`, for the example in this repository.
+#[test]
+fn typed_triage() {
+    let code = expand(
+        &manifest_dir().join("../examples/machines"),
+        "triage/machine.yml",
+    );
+    assert!(code.contains("pub struct Input {"));
+    assert!(code.contains("pub enum AnyOutput {"));
+    insta::assert_snapshot!("typed_triage", code);
+}

@@ -12,10 +12,14 @@ use syn::{LitStr, parse_macro_input};
 /// name `file:line:col`; warnings become compiler warnings (`flatmachine!("m.yml",
 /// allow_warnings)` silences them for that machine). The crate rebuilds when the YAML or any
 /// file it references changes.
+///
+/// `flatmachine!("m.yml", input = my::Ticket, output = my::Triaged)` names your own serde types
+/// as the machine's `TypedMachineDef::Input` / `Output` (typed runs, docs/typed.md); they must
+/// have every `input.<field>` the templates read and every key a final state outputs.
 #[proc_macro]
 pub fn flatmachine(input: TokenStream) -> TokenStream {
     let args = parse_macro_input!(input as Args);
-    expand(&args.path, args.allow_warnings).into()
+    expand(&args).into()
 }
 
 /// Compile a flatagent YAML file (`spec: flatagent`, with the `profiles.yml` beside it) into a
@@ -36,28 +40,53 @@ pub fn flatagent(input: TokenStream) -> TokenStream {
     expand_agent(&lit).into()
 }
 
-/// `"path.yml"` or `"path.yml", allow_warnings`.
+/// `"path.yml"`, then optionally, comma-separated: `allow_warnings`, `input = Type`,
+/// `output = Type` (the user's own types for typed runs, docs/typed.md).
 struct Args {
     path: LitStr,
     allow_warnings: bool,
+    input: Option<syn::Type>,
+    output: Option<syn::Type>,
 }
 
 impl syn::parse::Parse for Args {
     fn parse(input: syn::parse::ParseStream<'_>) -> syn::Result<Self> {
         let path: LitStr = input.parse()?;
-        let mut allow_warnings = false;
-        if input.parse::<Option<syn::Token![,]>>()?.is_some() && !input.is_empty() {
-            let flag: syn::Ident = input.parse()?;
-            if flag != "allow_warnings" {
-                return Err(syn::Error::new(flag.span(), "expected `allow_warnings`"));
-            }
-            allow_warnings = true;
-            let _ = input.parse::<Option<syn::Token![,]>>()?;
-        }
-        Ok(Args {
+        let mut args = Args {
             path,
-            allow_warnings,
-        })
+            allow_warnings: false,
+            input: None,
+            output: None,
+        };
+        while input.parse::<Option<syn::Token![,]>>()?.is_some() && !input.is_empty() {
+            let flag: syn::Ident = input.parse()?;
+            let slot = match flag.to_string().as_str() {
+                "allow_warnings" => {
+                    args.allow_warnings = true;
+                    continue;
+                }
+                "input" => &mut args.input,
+                "output" => &mut args.output,
+                _ => {
+                    return Err(syn::Error::new(
+                        flag.span(),
+                        "expected `allow_warnings`, `input = Type` or `output = Type`",
+                    ));
+                }
+            };
+            if slot.is_some() {
+                return Err(syn::Error::new(
+                    flag.span(),
+                    format!("`{flag}` is given twice"),
+                ));
+            }
+            input.parse::<syn::Token![=]>()?;
+            *slot = Some(input.parse()?);
+        }
+        if !input.is_empty() {
+            return Err(input.error("expected `,`"));
+        }
+        Ok(args)
     }
 }
 
@@ -141,7 +170,8 @@ fn expand_agent(lit: &LitStr) -> proc_macro2::TokenStream {
     }
 }
 
-fn expand(lit: &LitStr, allow_warnings: bool) -> proc_macro2::TokenStream {
+fn expand(args: &Args) -> proc_macro2::TokenStream {
+    let (lit, allow_warnings) = (&args.path, args.allow_warnings);
     let rel = lit.value();
     if Path::new(&rel).is_absolute() {
         return syn::Error::new(
@@ -171,6 +201,8 @@ fn expand(lit: &LitStr, allow_warnings: bool) -> proc_macro2::TokenStream {
     let opts = flatmachine_build::CodegenOptions {
         track_files_read: true,
         warnings_as_deprecations: !allow_warnings,
+        input_type: args.input.as_ref().map(|t| quote!(#t)),
+        output_type: args.output.as_ref().map(|t| quote!(#t)),
         ..Default::default()
     };
     match flatmachine_build::compile(&path, Some(rel.clone()), &opts) {

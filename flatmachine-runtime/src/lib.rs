@@ -31,6 +31,7 @@ pub mod signals;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 pub mod template;
+pub mod typed;
 
 pub use context::{Context, Value};
 pub use engine::{
@@ -39,6 +40,7 @@ pub use engine::{
 };
 pub use error::{StateError, error_type};
 pub use machine::{BackendsSpec, MachineDef, MachineSpec, StateSpec};
+pub use typed::{TypedMachine, TypedMachineDef, TypedRun, TypedRunError};
 
 #[cfg(feature = "macros")]
 pub use flatmachine_macros::{flatagent, flatmachine};

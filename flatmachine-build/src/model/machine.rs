@@ -52,6 +52,15 @@ pub struct MachineData {
     /// machines name it; without it, a `profiles.yml` beside the machine is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profiles: Option<String>,
+    /// The machine's input, declared in the agent `output` mini-language (a flatmachine
+    /// extension, see docs/typed.md): templates may read only these `input.<field>`s, and
+    /// the generated `Input` type has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<IndexMap<String, super::OutputFieldDef>>,
+    /// The machine's output, declared the same way: every final state's `output:` must set
+    /// exactly these keys (optional ones may be left out); the generated `Output` type has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<IndexMap<String, super::OutputFieldDef>>,
 }
 
 /// Which expression language conditions use.

@@ -60,6 +60,16 @@ pub enum BuildError {
         /// What went wrong.
         message: String,
     },
+    /// `build_typed::<M>()` / `TypedMachine::<M>::new` on a machine not built from `M`.
+    #[error(
+        "machine `{machine}` cannot run with the types of machine `{typed}`: build it with `Machine::of::<M>()`, `M` being the `Machine` generated for `{typed}`"
+    )]
+    NotThisMachine {
+        /// The machine that was built.
+        machine: String,
+        /// The machine whose types were asked for.
+        typed: String,
+    },
 }
 
 /// Builds a [`Machine`]: `Machine::builder(&my_machine::SPEC).action(..).build()?`.

@@ -617,6 +617,7 @@ impl Machine {
             })?;
             run.add_agent(&result);
             let out = result.into_output_payload();
+            crate::typed::record_agent_output(self.inner.spec, state.name, &out);
             self.output_to_context(state, context, &out)?;
             output = Some(out);
         }
