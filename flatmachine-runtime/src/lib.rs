@@ -11,6 +11,7 @@ pub mod context;
 pub mod distributed;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod expr;
 #[doc(hidden)]
 pub mod generated;

@@ -5,6 +5,7 @@ use super::invoker::InvokeRequest;
 use super::machine::Machine;
 use super::step::Run;
 use crate::error::error_type;
+use crate::events::{EventKind, RunEvents};
 use crate::machine::StateSpec;
 use crate::persistence::{LaunchIntent, MachineSnapshot, checkpoint_event};
 use crate::results::{DEFAULT_PATH, make_uri};
@@ -212,6 +213,13 @@ impl Machine {
                 resume_child,
                 run.budget.clone(),
             );
+            let child_execution_id = id.clone();
+            run.emit(|| EventKind::Launched {
+                state: state.name,
+                machine: *name,
+                child_execution_id,
+            })
+            .await;
             if let Some(intent) = run
                 .pending_launches
                 .iter_mut()
@@ -260,7 +268,9 @@ impl Machine {
         let results = self.inner.results.clone();
         let launches = self.inner.launches.clone();
         let id = execution_id.clone();
-        let handle = tokio::spawn(async move {
+        // A launched child's events go to its parent's stream, if one listens.
+        let events = RunEvents::current();
+        let handle = tokio::spawn(RunEvents::scope(events, async move {
             let outcome = invoker.invoke(request).await;
             let value = match &outcome {
                 Ok(r) => r.output.clone(),
@@ -274,7 +284,7 @@ impl Machine {
                 tracing::error!(machine = name, execution_id = %id, error = %e, "launched machine failed");
             }
             outcome.map(|r| r.output)
-        });
+        }));
         self.inner.launches.push(LaunchTask {
             execution_id,
             machine: name.to_string(),

@@ -8,6 +8,7 @@ use super::machine::noop_hooks;
 use super::result::{RunError, RunFailure, RunResult};
 use crate::agents::{AdapterEnv, AgentExecutor, AgentResult, ClosureExecutor, Usage};
 use crate::error::error_type;
+use crate::events::{ErrorRoute, EventKind, RunEvents};
 use crate::hooks::MachineHooks;
 use crate::machine::{MachineSpec, StateSpec};
 use crate::persistence::encoded::SnapshotParts;
@@ -64,6 +65,8 @@ pub(super) struct Run {
     pub(super) resumed: bool,
     /// The totals [`RunTotals::current`] reads, updated whenever they change.
     pub(super) live: Arc<LiveTotals>,
+    /// Where this execution's events go, when a stream listens.
+    pub(super) events: Option<Arc<RunEvents>>,
 }
 
 impl Run {
@@ -95,6 +98,15 @@ impl Run {
             budget,
             resumed: false,
             live: Arc::default(),
+            events: None,
+        }
+    }
+
+    /// Emits the event `kind` builds, when a stream listens (nothing is built otherwise).
+    #[inline]
+    pub(super) async fn emit(&self, kind: impl FnOnce() -> EventKind) {
+        if let Some(events) = &self.events {
+            events.send(kind()).await;
         }
     }
 
@@ -247,6 +259,9 @@ impl Machine {
         }
         self.write_checkpoint(store, run, event, state, context, output)
             .await?;
+        let step = run.step;
+        run.emit(|| EventKind::CheckpointSaved { event, state, step })
+            .await;
         Ok(())
     }
 
@@ -287,6 +302,12 @@ impl Machine {
                     });
                 }
                 run.step += 1;
+                let step = run.step;
+                run.emit(|| EventKind::StateEnter {
+                    state: state.name,
+                    step,
+                })
+                .await;
                 if self.checkpoints("state_enter") {
                     self.checkpoint(run, "state_enter", state.name, context, None)
                         .await?;
@@ -349,6 +370,12 @@ impl Machine {
                             continue;
                         }
                     };
+                    let step = run.step;
+                    run.emit(|| EventKind::StateExit {
+                        state: state.name,
+                        step,
+                    })
+                    .await;
                     if self.checkpoints("state_exit") {
                         self.checkpoint(
                             run,
@@ -414,6 +441,12 @@ impl Machine {
                 }
             };
             if !run.hooks_active {
+                let to = spec.states[next].name;
+                run.emit(|| EventKind::Transition {
+                    from: state.name,
+                    to,
+                })
+                .await;
                 current = next;
                 continue;
             }
@@ -440,12 +473,46 @@ impl Machine {
                     }
                 }
             };
+            let to = spec.states[current].name;
+            run.emit(|| EventKind::Transition {
+                from: state.name,
+                to,
+            })
+            .await;
         }
+    }
+
+    /// [`route_error_to`](Self::route_error_to), with an [`EventKind::Error`] naming the route.
+    pub(super) async fn route_error(
+        &self,
+        run: &mut Run,
+        state: usize,
+        error: StateError,
+        context: &mut Context,
+    ) -> Result<usize, RunError> {
+        let Some(events) = run.events.clone() else {
+            return self.route_error_to(run, state, error, context).await;
+        };
+        let reported = error.clone();
+        let routed = self.route_error_to(run, state, error, context).await;
+        let spec = self.inner.spec;
+        let route = match &routed {
+            Ok(i) => ErrorRoute::Recover(spec.states[*i].name),
+            Err(_) => ErrorRoute::Fails,
+        };
+        events
+            .send(EventKind::Error {
+                state: spec.states[state].name,
+                error: reported,
+                route,
+            })
+            .await;
+        routed
     }
 
     /// Record the error in the context and find the recovery state: `on_error` (by type, then
     /// `default`), then the `on_error` hook. `Ok(next)` to recover, `Err` to fail the run.
-    pub(super) async fn route_error(
+    async fn route_error_to(
         &self,
         run: &mut Run,
         state: usize,
@@ -549,6 +616,12 @@ impl Machine {
                 inner: executor.as_ref(),
                 budget: &run.budget,
             };
+            run.emit(|| EventKind::AgentCallStart {
+                state: state.name,
+                agent,
+            })
+            .await;
+            let started = std::time::Instant::now();
             let outcome = crate::agents::execution::execute(
                 state.execution.as_ref(),
                 &budgeted,
@@ -557,6 +630,8 @@ impl Machine {
                 context,
             )
             .await;
+            run.emit(|| crate::events::agent_call_end(state.name, agent, &outcome, started))
+                .await;
             // Calls billed before the state failed (a reply that did not parse) still count.
             let result = outcome.inspect_err(|e| {
                 if let Some(b) = &e.billed {
