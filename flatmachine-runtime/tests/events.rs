@@ -332,3 +332,31 @@ async fn without_a_stream_nothing_is_emitted() {
         .unwrap();
     assert_eq!(result.output["text"], json!(false));
 }
+
+flatmachine_runtime::flatmachine!("tests/machines/events/storyteller.yml");
+
+/// `stream: true` in a model profile reaches the backend; the scripted backend then streams
+/// its reply word by word, and the agent's result is the whole reply.
+#[tokio::test]
+async fn a_profile_with_stream_true_streams_a_flatagent_reply() {
+    use flatmachine_runtime::agents::{LlmResponse, ScriptedBackend};
+    let backend = std::sync::Arc::new(ScriptedBackend::new(|req| {
+        assert!(req.stream, "the profile's `stream: true` reaches the request");
+        Ok(LlmResponse::text("Once upon a time."))
+    }));
+    let machine = Machine::of::<storyteller::Machine>()
+        .llm_backend(backend.clone())
+        .build()
+        .unwrap();
+    let mut stream = machine.stream(json!({"topic": "a cat"}), RunOptions::new());
+    let mut deltas = Vec::new();
+    while let Some(event) = stream.next().await {
+        if let EventKind::TokenDelta { text } = event.kind {
+            deltas.push(text);
+        }
+    }
+    let result = stream.result().await.unwrap();
+    assert_eq!(deltas, ["Once ", "upon ", "a ", "time."]);
+    assert_eq!(result.output["story"], json!("Once upon a time."));
+    assert_eq!(backend.requests().len(), 1);
+}
