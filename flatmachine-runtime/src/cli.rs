@@ -116,6 +116,12 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    // Logging from RUST_LOG / FLATAGENTS_LOG_* (see `crate::logging`); an app that installed
+    // its own subscriber keeps it.
+    match crate::logging::init() {
+        Ok(_) | Err(crate::logging::LoggingError::AlreadySet) => {}
+        Err(e) => eprintln!("warning: {e}; logging is off"),
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {

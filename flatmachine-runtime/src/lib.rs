@@ -18,6 +18,8 @@ pub mod generated;
 pub mod hooks;
 pub mod inspect;
 pub mod lock;
+#[cfg(feature = "cli")]
+pub mod logging;
 pub mod machine;
 pub mod persistence;
 pub mod process;

@@ -341,7 +341,10 @@ flatmachine_runtime::flatmachine!("tests/machines/events/storyteller.yml");
 async fn a_profile_with_stream_true_streams_a_flatagent_reply() {
     use flatmachine_runtime::agents::{LlmResponse, ScriptedBackend};
     let backend = std::sync::Arc::new(ScriptedBackend::new(|req| {
-        assert!(req.stream, "the profile's `stream: true` reaches the request");
+        assert!(
+            req.stream,
+            "the profile's `stream: true` reaches the request"
+        );
         Ok(LlmResponse::text("Once upon a time."))
     }));
     let machine = Machine::of::<storyteller::Machine>()

@@ -63,9 +63,7 @@ async fn main() -> ExitCode {
                 let _ = write!(stdout, "{text}");
                 let _ = stdout.flush();
             }
-            EventKind::AgentCallEnd {
-                usage, latency, ..
-            } => eprintln!(
+            EventKind::AgentCallEnd { usage, latency, .. } => eprintln!(
                 "\n[{} tokens in, {} out, {latency:.2?}]",
                 usage.input_tokens, usage.output_tokens
             ),
