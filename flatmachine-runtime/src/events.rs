@@ -43,6 +43,8 @@ pub struct RunEvent {
     pub parent_execution_id: Option<Arc<str>>,
     /// The machine (`data.name`) of that execution.
     pub machine: &'static str,
+    /// When it happened.
+    pub at: std::time::SystemTime,
     /// What happened.
     pub kind: EventKind,
 }
@@ -102,6 +104,8 @@ pub enum EventKind {
         state: &'static str,
         /// The step it records.
         step: u64,
+        /// How long writing it took.
+        latency: Duration,
     },
     /// An agent call (with its retries, samples or votes) starts.
     AgentCallStart {
@@ -257,6 +261,7 @@ impl RunEvents {
             execution_id: self.execution_id.clone(),
             parent_execution_id: self.parent.clone(),
             machine: self.machine,
+            at: std::time::SystemTime::now(),
             kind,
         }
     }

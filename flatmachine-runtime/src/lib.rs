@@ -21,6 +21,8 @@ pub mod lock;
 #[cfg(feature = "cli")]
 pub mod logging;
 pub mod machine;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod persistence;
 pub mod process;
 #[cfg(feature = "redis")]

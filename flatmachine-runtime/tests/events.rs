@@ -142,16 +142,18 @@ async fn a_run_with_children_streams_its_events_and_theirs_tagged_by_execution()
     assert_eq!(error.1.error_type, "Boom");
     assert_eq!(error.2, ErrorRoute::Recover("recovered"));
     // Checkpoints, with their step.
-    assert!(root.contains(&EventKind::CheckpointSaved {
-        event: "state_enter",
-        state: "fan_out",
-        step: 2
-    }));
-    assert!(root.contains(&EventKind::CheckpointSaved {
-        event: "machine_end",
-        state: "end",
-        step: 5
-    }));
+    let checkpoints: Vec<(&str, &str, u64)> = root
+        .iter()
+        .filter_map(|k| match k {
+            EventKind::CheckpointSaved {
+                event, state, step, ..
+            } => Some((*event, *state, *step)),
+            _ => None,
+        })
+        .collect();
+    assert!(checkpoints.contains(&("state_enter", "fan_out", 2)));
+    assert_eq!(checkpoints.first(), Some(&("machine_start", "start", 0)));
+    assert_eq!(checkpoints.last(), Some(&("machine_end", "end", 5)));
     // The last root event is its end, with its totals.
     match root.last().unwrap() {
         EventKind::MachineEnd {

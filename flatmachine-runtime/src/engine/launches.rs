@@ -205,6 +205,14 @@ impl Machine {
             run.pending_launches
                 .push(LaunchIntent::new(id.clone(), *name, input_map.clone()));
             self.record_launches(run, state).await?;
+            // Before the child starts, so its events follow this one.
+            let child_execution_id = id.clone();
+            run.emit(|| EventKind::Launched {
+                state: state.name,
+                machine: *name,
+                child_execution_id,
+            })
+            .await;
             self.spawn_launch(
                 name,
                 id.clone(),
@@ -213,13 +221,6 @@ impl Machine {
                 resume_child,
                 run.budget.clone(),
             );
-            let child_execution_id = id.clone();
-            run.emit(|| EventKind::Launched {
-                state: state.name,
-                machine: *name,
-                child_execution_id,
-            })
-            .await;
             if let Some(intent) = run
                 .pending_launches
                 .iter_mut()

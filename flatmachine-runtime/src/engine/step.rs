@@ -257,11 +257,17 @@ impl Machine {
         if !self.checkpoints(event) {
             return Ok(());
         }
+        let started = run.events.is_some().then(std::time::Instant::now);
         self.write_checkpoint(store, run, event, state, context, output)
             .await?;
         let step = run.step;
-        run.emit(|| EventKind::CheckpointSaved { event, state, step })
-            .await;
+        run.emit(|| EventKind::CheckpointSaved {
+            event,
+            state,
+            step,
+            latency: started.map(|s| s.elapsed()).unwrap_or_default(),
+        })
+        .await;
         Ok(())
     }
 
