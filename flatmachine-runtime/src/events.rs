@@ -49,6 +49,24 @@ pub struct RunEvent {
     pub kind: EventKind,
 }
 
+impl RunEvent {
+    #[cfg(test)]
+    pub(crate) fn new_for_test(
+        id: &str,
+        parent: Option<&str>,
+        machine: &'static str,
+        kind: EventKind,
+    ) -> Self {
+        Self {
+            execution_id: Arc::from(id),
+            parent_execution_id: parent.map(Arc::from),
+            machine,
+            at: std::time::SystemTime::now(),
+            kind,
+        }
+    }
+}
+
 /// What happened, with what it is about.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -166,7 +184,17 @@ pub enum EventKind {
         /// Where the run continues.
         route: ErrorRoute,
     },
-    /// A `launch:` child was started (its own events follow, tagged with its id).
+    /// A `foreach:` state starts `count` children (their own events follow, tagged with
+    /// their ids; a `mode: any` foreach, which keeps only the first to finish, has none).
+    Foreach {
+        /// The state.
+        state: &'static str,
+        /// The child machine (its name in `machines:`).
+        machine: &'static str,
+        /// The children it starts.
+        count: usize,
+    },
+    /// A `launch:` child is about to start (its own events follow, tagged with its id).
     Launched {
         /// The launching state.
         state: &'static str,

@@ -25,6 +25,8 @@ pub mod machine;
 pub mod otel;
 pub mod persistence;
 pub mod process;
+#[cfg(feature = "cli")]
+pub mod progress;
 #[cfg(feature = "redis")]
 pub mod redis_backends;
 pub mod results;

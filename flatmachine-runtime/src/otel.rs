@@ -480,7 +480,7 @@ impl Telemetry {
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(child_execution_id.clone(), ex.child_parent.clone());
             }
-            EventKind::TokenDelta { .. } => {}
+            EventKind::TokenDelta { .. } | EventKind::Foreach { .. } => {}
         }
     }
 
