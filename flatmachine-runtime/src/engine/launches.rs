@@ -209,7 +209,7 @@ impl Machine {
             let child_execution_id = id.clone();
             run.emit(|| EventKind::Launched {
                 state: state.name,
-                machine: *name,
+                machine: name,
                 child_execution_id,
             })
             .await;
