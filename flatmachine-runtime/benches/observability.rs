@@ -38,7 +38,11 @@ fn machines() -> Vec<(&'static str, Machine, Value)> {
         .unwrap();
     let items: Vec<i64> = (0..1000).collect();
     vec![
-        ("loop_1000_visits", looped, json!({"n": 1000, "label": "bench"})),
+        (
+            "loop_1000_visits",
+            looped,
+            json!({"n": 1000, "label": "bench"}),
+        ),
         ("foreach_1000", foreach, json!({"items": items})),
     ]
 }
