@@ -21,6 +21,7 @@ use crate::agents::llm::{LlmError, LlmErrorKind};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StreamFormat {
     /// OpenAI-compatible `chat.completion.chunk` events ending with `data: [DONE]`.
+    #[cfg_attr(not(feature = "openai"), allow(dead_code))]
     OpenAi,
     /// Anthropic `message_start` / `content_block_*` / `message_delta` / `message_stop`.
     #[cfg_attr(not(feature = "anthropic"), allow(dead_code))]
