@@ -205,6 +205,12 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    // Logging from RUST_LOG / FLATAGENTS_LOG_* (see `crate::logging`); an app that installed
+    // its own subscriber keeps it.
+    match crate::logging::init() {
+        Ok(_) | Err(crate::logging::LoggingError::AlreadySet) => {}
+        Err(e) => eprintln!("warning: {e}; logging is off"),
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -347,7 +353,7 @@ async fn execute(builder: MachineBuilder, command: Command) -> Result<Outcome, F
             if let Some(n) = max_agent_calls {
                 options = options.max_agent_calls(n);
             }
-            let result = machine.execute(input, options).await;
+            let result = watch(&machine, input, options).await;
             join(&machine).await;
             result
         }
@@ -364,7 +370,7 @@ async fn execute(builder: MachineBuilder, command: Command) -> Result<Outcome, F
             if let Some(n) = max_agent_calls {
                 options = options.max_agent_calls(n);
             }
-            let result = machine.execute(Value::Null, options).await;
+            let result = watch(&machine, Value::Null, options).await;
             join(&machine).await;
             result
         }
@@ -439,6 +445,58 @@ async fn execute(builder: MachineBuilder, command: Command) -> Result<Outcome, F
     result
         .map(|r| Outcome::Ran(Box::new(r)))
         .map_err(Failure::from)
+}
+
+/// Runs `machine`, watched when someone looks: progress bars for `foreach` states when stderr
+/// is a terminal, and (feature `otel`) spans and metrics when an OTLP endpoint is set.
+async fn watch(
+    machine: &Machine,
+    input: Value,
+    options: RunOptions,
+) -> Result<RunResult, Box<RunFailure>> {
+    let mut progress = crate::progress::ForeachProgress::for_terminal();
+    #[cfg(feature = "otel")]
+    let telemetry = telemetry_from_env();
+    #[cfg(not(feature = "otel"))]
+    let telemetry: Option<()> = None;
+    if progress.is_none() && telemetry.is_none() {
+        return machine.execute(input, options).await;
+    }
+    let mut stream = machine.stream(input, options);
+    while let Some(event) = futures::StreamExt::next(&mut stream).await {
+        if let Some(p) = &mut progress {
+            p.record(&event);
+        }
+        #[cfg(feature = "otel")]
+        if let Some(t) = &telemetry {
+            t.record(&event);
+        }
+    }
+    let result = stream.result().await;
+    #[cfg(feature = "otel")]
+    if let Some(t) = telemetry {
+        let flushed = tokio::task::spawn_blocking(move || t.shutdown()).await;
+        if let Ok(Err(e)) = flushed {
+            eprintln!("warning: {e}");
+        }
+    }
+    result
+}
+
+/// Telemetry when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces one) is set.
+#[cfg(feature = "otel")]
+fn telemetry_from_env() -> Option<crate::otel::Telemetry> {
+    let set = |v: &str| std::env::var(v).is_ok_and(|s| !s.trim().is_empty());
+    if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        return None;
+    }
+    match crate::otel::Telemetry::from_env() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("warning: {e}; the run is not traced");
+            None
+        }
+    }
 }
 
 async fn inspect(

@@ -14,15 +14,22 @@ pub mod cost;
 pub mod distributed;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod expr;
 #[doc(hidden)]
 pub mod generated;
 pub mod hooks;
 pub mod inspect;
 pub mod lock;
+#[cfg(feature = "cli")]
+pub mod logging;
 pub mod machine;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod persistence;
 pub mod process;
+#[cfg(feature = "cli")]
+pub mod progress;
 #[cfg(feature = "redis")]
 pub mod redis_backends;
 pub mod results;

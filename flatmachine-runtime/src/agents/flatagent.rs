@@ -130,6 +130,8 @@ impl FlatAgentExecutor {
         req.agent = Some(c.name.to_string());
         req.state = state.map(str::to_string);
         req.profile = m.profile.map(str::to_string);
+        // `stream` is read from the resolved profile as written (no typed field needed).
+        req.stream = m.raw.value().get("stream").and_then(Value::as_bool) == Some(true);
         Ok(req)
     }
 

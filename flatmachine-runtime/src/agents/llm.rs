@@ -130,6 +130,9 @@ pub struct LlmRequest {
     /// The model profile the agent names (else the `default` profile), which run-time endpoint
     /// overrides are keyed by.
     pub profile: Option<String>,
+    /// Stream the reply (the profile's `stream`): text deltas go to the run's event stream as
+    /// they arrive; the response is the same as unstreamed.
+    pub stream: bool,
 }
 
 impl LlmRequest {
@@ -157,6 +160,7 @@ impl LlmRequest {
             agent: None,
             state: None,
             profile: None,
+            stream: false,
         }
     }
 

@@ -401,6 +401,13 @@ impl Machine {
             // A child starts as soon as a slot frees up (at most `cap` run at a time), and
             // its result is cut down to its entry as it arrives: a foreach over many items
             // holds the pending inputs and the entries, not every child's whole `RunResult`.
+            let count = inputs.len();
+            run.emit(|| crate::events::EventKind::Foreach {
+                state: state.name,
+                machine: name,
+                count,
+            })
+            .await;
             type Entry = Result<(Option<ChildTotals>, Value), StateError>;
             let children = inputs.into_iter().enumerate().map(|(i, input)| {
                 let child = self.run_child(run, state.name, i, name, input);

@@ -5,6 +5,7 @@ use super::invoker::InvokeRequest;
 use super::machine::Machine;
 use super::step::Run;
 use crate::error::error_type;
+use crate::events::{EventKind, RunEvents};
 use crate::machine::StateSpec;
 use crate::persistence::{LaunchIntent, MachineSnapshot, checkpoint_event};
 use crate::results::{DEFAULT_PATH, make_uri};
@@ -204,6 +205,14 @@ impl Machine {
             run.pending_launches
                 .push(LaunchIntent::new(id.clone(), *name, input_map.clone()));
             self.record_launches(run, state).await?;
+            // Before the child starts, so its events follow this one.
+            let child_execution_id = id.clone();
+            run.emit(|| EventKind::Launched {
+                state: state.name,
+                machine: name,
+                child_execution_id,
+            })
+            .await;
             self.spawn_launch(
                 name,
                 id.clone(),
@@ -260,7 +269,9 @@ impl Machine {
         let results = self.inner.results.clone();
         let launches = self.inner.launches.clone();
         let id = execution_id.clone();
-        let handle = tokio::spawn(async move {
+        // A launched child's events go to its parent's stream, if one listens.
+        let events = RunEvents::current();
+        let handle = tokio::spawn(RunEvents::scope(events, async move {
             let outcome = invoker.invoke(request).await;
             let value = match &outcome {
                 Ok(r) => r.output.clone(),
@@ -274,7 +285,7 @@ impl Machine {
                 tracing::error!(machine = name, execution_id = %id, error = %e, "launched machine failed");
             }
             outcome.map(|r| r.output)
-        });
+        }));
         self.inner.launches.push(LaunchTask {
             execution_id,
             machine: name.to_string(),

@@ -8,6 +8,7 @@ use super::launches::Launches;
 use super::result::{RunError, RunFailure, RunOptions, RunResult};
 use super::step::{Entry, Run};
 use crate::agents::{AgentAdapterRegistry, AgentExecutor, LlmBackend};
+use crate::events::{EventKind, RunEvents, RunStream};
 use crate::hooks::{HooksFor, HooksRegistry, MachineHooks, NoopHooks};
 use crate::lock::ExecutionLock;
 use crate::machine::{MachineDef, MachineSpec};
@@ -175,6 +176,30 @@ impl Machine {
         .await
     }
 
+    /// Starts a run (or, with [`RunOptions::resume_from`], resumes one) as a task and returns
+    /// the stream of its events as they happen, those of its children included (tagged with
+    /// their execution ids), then its result ([`RunStream::result`]). Buffers
+    /// [`events::DEFAULT_CAPACITY`](crate::events::DEFAULT_CAPACITY) events; see
+    /// [`events`](crate::events) for what happens when the consumer is slow. Needs a tokio
+    /// runtime.
+    pub fn stream(&self, input: Value, options: RunOptions) -> RunStream {
+        self.stream_with_capacity(input, options, crate::events::DEFAULT_CAPACITY)
+    }
+
+    /// [`stream`](Self::stream) with a buffer of `capacity` events (at least 1).
+    pub fn stream_with_capacity(
+        &self,
+        input: Value,
+        options: RunOptions,
+        capacity: usize,
+    ) -> RunStream {
+        let machine = self.clone();
+        RunStream::spawn(
+            capacity,
+            async move { machine.execute(input, options).await },
+        )
+    }
+
     /// Blocking convenience for callers without an async runtime (the reference's `execute_sync`).
     ///
     /// Runs the machine on a new current-thread runtime, then waits for every child it
@@ -309,6 +334,8 @@ impl Machine {
         let mut run = Run::new(writer, parent, hooks, max_steps, budget);
         run.fencing_token = guard.fencing_token();
         run.config_hash = self.inner.config_hash();
+        run.events =
+            RunEvents::for_run(&execution_id, run.parent_execution_id.as_deref(), spec.name);
         let empty = Context::new();
         let mut context = match &spec.context {
             Some(tv) => {
@@ -327,23 +354,31 @@ impl Machine {
             None => Context::new(),
         };
         let live = run.live.clone();
-        let ran = RunTotals::scope(live, async {
-            let initial_name = spec.states[spec.initial].name;
-            if self.checkpoints("machine_start") {
-                self.checkpoint(&mut run, "machine_start", initial_name, &context, None)
-                    .await?;
-            }
-            if run.hooks_active
-                && let Err(e) = run.hooks.on_machine_start(&mut context).await
-            {
-                return Err(self.hook_error(&run, e));
-            }
-            self.run_loop(&mut run, &mut context, spec.initial, Entry::Enter)
-                .await
-        })
+        let events = run.events.clone();
+        let ran = RunEvents::scope(
+            events,
+            RunTotals::scope(live, async {
+                run.emit(|| EventKind::MachineStart { resumed: false })
+                    .await;
+                let initial_name = spec.states[spec.initial].name;
+                if self.checkpoints("machine_start") {
+                    self.checkpoint(&mut run, "machine_start", initial_name, &context, None)
+                        .await?;
+                }
+                if run.hooks_active
+                    && let Err(e) = run.hooks.on_machine_start(&mut context).await
+                {
+                    return Err(self.hook_error(&run, e));
+                }
+                self.run_loop(&mut run, &mut context, spec.initial, Entry::Enter)
+                    .await
+            }),
+        )
         .await;
         drop(guard);
-        ran.map_err(|error| run.failure(error, context))
+        let outcome = ran.map_err(|error| run.failure(error, context));
+        run.emit(|| crate::events::machine_finished(&outcome)).await;
+        outcome
     }
 
     pub(super) fn hook_error(&self, run: &Run, e: impl std::fmt::Display) -> RunError {

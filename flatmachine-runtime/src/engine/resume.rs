@@ -5,6 +5,7 @@ use super::machine::Machine;
 use super::result::{ResumeOptions, RunError, RunFailure, RunOptions, RunResult, RunStatus};
 use super::step::{Entry, Run};
 use crate::Value;
+use crate::events::{EventKind, RunEvents};
 use crate::persistence::{CheckpointWriter, MachineSnapshot, PersistenceError, checkpoint_event};
 
 impl Machine {
@@ -215,23 +216,35 @@ impl Machine {
             (Some(state), entry)
         };
         let live = run.live.clone();
-        let ran = RunTotals::scope(live, async {
-            let state = match start {
-                Some(state) => state,
-                None => {
-                    if run.hooks_active
-                        && let Err(e) = run.hooks.on_machine_start(&mut context).await
-                    {
-                        return Err(self.hook_error(&run, e));
+        run.events = RunEvents::for_run(
+            &run.execution_id,
+            run.parent_execution_id.as_deref(),
+            spec.name,
+        );
+        let events = run.events.clone();
+        let ran = RunEvents::scope(
+            events,
+            RunTotals::scope(live, async {
+                run.emit(|| EventKind::MachineStart { resumed: true }).await;
+                let state = match start {
+                    Some(state) => state,
+                    None => {
+                        if run.hooks_active
+                            && let Err(e) = run.hooks.on_machine_start(&mut context).await
+                        {
+                            return Err(self.hook_error(&run, e));
+                        }
+                        spec.initial
                     }
-                    spec.initial
-                }
-            };
-            self.run_loop(&mut run, &mut context, state, entry).await
-        })
+                };
+                self.run_loop(&mut run, &mut context, state, entry).await
+            }),
+        )
         .await;
         drop(guard);
-        ran.map_err(|error| run.failure(error, context))
+        let outcome = ran.map_err(|error| run.failure(error, context));
+        run.emit(|| crate::events::machine_finished(&outcome)).await;
+        outcome
     }
 
     /// Refuses a checkpoint written by a build of another shape. A checkpoint without a

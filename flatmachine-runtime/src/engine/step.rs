@@ -9,6 +9,7 @@ use super::result::{RunError, RunFailure, RunResult, RunStatus};
 use super::wait::WaitOutcome;
 use crate::agents::{AdapterEnv, AgentExecutor, AgentResult, ClosureExecutor, Usage};
 use crate::error::error_type;
+use crate::events::{ErrorRoute, EventKind, RunEvents};
 use crate::hooks::MachineHooks;
 use crate::machine::{MachineSpec, StateSpec};
 use crate::persistence::encoded::SnapshotParts;
@@ -75,6 +76,8 @@ pub(super) struct Run {
     pub(super) wait_deadline: Option<u64>,
     /// The step whose `wait_for` signal is consumed once the state's exit is recorded.
     pub(super) signal_ack: Option<u64>,
+    /// Where this execution's events go, when a stream listens.
+    pub(super) events: Option<Arc<RunEvents>>,
 }
 
 impl Run {
@@ -110,6 +113,15 @@ impl Run {
             forked_from: None,
             wait_deadline: None,
             signal_ack: None,
+            events: None,
+        }
+    }
+
+    /// Emits the event `kind` builds, when a stream listens (nothing is built otherwise).
+    #[inline]
+    pub(super) async fn emit(&self, kind: impl FnOnce() -> EventKind) {
+        if let Some(events) = &self.events {
+            events.send(kind()).await;
         }
     }
 
@@ -281,8 +293,17 @@ impl Machine {
         if !self.checkpoints(event) {
             return Ok(());
         }
+        let started = run.events.is_some().then(std::time::Instant::now);
         self.write_checkpoint(store, run, event, state, context, output)
             .await?;
+        let step = run.step;
+        run.emit(|| EventKind::CheckpointSaved {
+            event,
+            state,
+            step,
+            latency: started.map(|s| s.elapsed()).unwrap_or_default(),
+        })
+        .await;
         Ok(())
     }
 
@@ -323,6 +344,12 @@ impl Machine {
                     });
                 }
                 run.step += 1;
+                let step = run.step;
+                run.emit(|| EventKind::StateEnter {
+                    state: state.name,
+                    step,
+                })
+                .await;
                 if self.checkpoints("state_enter") {
                     self.checkpoint(run, "state_enter", state.name, context, None)
                         .await?;
@@ -397,6 +424,12 @@ impl Machine {
                             continue;
                         }
                     };
+                    let step = run.step;
+                    run.emit(|| EventKind::StateExit {
+                        state: state.name,
+                        step,
+                    })
+                    .await;
                     if self.checkpoints("state_exit") {
                         self.checkpoint(
                             run,
@@ -466,6 +499,12 @@ impl Machine {
                 }
             };
             if !run.hooks_active {
+                let to = spec.states[next].name;
+                run.emit(|| EventKind::Transition {
+                    from: state.name,
+                    to,
+                })
+                .await;
                 current = next;
                 continue;
             }
@@ -492,12 +531,46 @@ impl Machine {
                     }
                 }
             };
+            let to = spec.states[current].name;
+            run.emit(|| EventKind::Transition {
+                from: state.name,
+                to,
+            })
+            .await;
         }
+    }
+
+    /// [`route_error_to`](Self::route_error_to), with an [`EventKind::Error`] naming the route.
+    pub(super) async fn route_error(
+        &self,
+        run: &mut Run,
+        state: usize,
+        error: StateError,
+        context: &mut Context,
+    ) -> Result<usize, RunError> {
+        let Some(events) = run.events.clone() else {
+            return self.route_error_to(run, state, error, context).await;
+        };
+        let reported = error.clone();
+        let routed = self.route_error_to(run, state, error, context).await;
+        let spec = self.inner.spec;
+        let route = match &routed {
+            Ok(i) => ErrorRoute::Recover(spec.states[*i].name),
+            Err(_) => ErrorRoute::Fails,
+        };
+        events
+            .send(EventKind::Error {
+                state: spec.states[state].name,
+                error: reported,
+                route,
+            })
+            .await;
+        routed
     }
 
     /// Record the error in the context and find the recovery state: `on_error` (by type, then
     /// `default`), then the `on_error` hook. `Ok(next)` to recover, `Err` to fail the run.
-    pub(super) async fn route_error(
+    async fn route_error_to(
         &self,
         run: &mut Run,
         state: usize,
@@ -601,6 +674,12 @@ impl Machine {
                 inner: executor.as_ref(),
                 budget: &run.budget,
             };
+            run.emit(|| EventKind::AgentCallStart {
+                state: state.name,
+                agent,
+            })
+            .await;
+            let started = std::time::Instant::now();
             let outcome = crate::agents::execution::execute(
                 state.execution.as_ref(),
                 &budgeted,
@@ -609,6 +688,8 @@ impl Machine {
                 context,
             )
             .await;
+            run.emit(|| crate::events::agent_call_end(state.name, agent, &outcome, started))
+                .await;
             // Calls billed before the state failed (a reply that did not parse) still count.
             let result = outcome.inspect_err(|e| {
                 if let Some(b) = &e.billed {

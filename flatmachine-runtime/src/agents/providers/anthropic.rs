@@ -8,6 +8,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, json};
 
 use super::http::{self, Auth, Post, Transport};
+use super::stream::StreamFormat;
 use crate::Value;
 use crate::agents::llm::{LlmBackend, LlmError, LlmRequest, LlmResponse, Role, Usage};
 
@@ -130,6 +131,9 @@ impl AnthropicBackend {
         if let Some(top_k) = request.top_k {
             body.insert("top_k".into(), json!(top_k));
         }
+        if request.stream {
+            body.insert("stream".into(), json!(true));
+        }
         Value::Object(body)
     }
 }
@@ -167,6 +171,7 @@ impl LlmBackend for AnthropicBackend {
                     auth: Auth::XApiKey,
                     headers,
                     body: &body,
+                    stream: request.stream.then_some(StreamFormat::Anthropic),
                 },
                 request,
                 parse_reply,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use flatmachine_providers::{Provider, Wire};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
+use super::stream::StreamFormat;
 use crate::Value;
 use crate::agents::llm::{LlmError, LlmErrorKind, LlmRequest, LlmResponse};
 
@@ -130,6 +131,8 @@ pub(crate) struct Call<'a> {
     pub body: &'a Value,
     /// The key sent, if any: scrubbed from every error message.
     pub secret: Option<&'a str>,
+    /// Read a 2xx reply as this stream of server-sent events (`stream: true`).
+    pub stream: Option<StreamFormat>,
 }
 
 /// What one provider call POSTs: where, how the key is sent, extra headers and the JSON body.
@@ -142,6 +145,8 @@ pub(crate) struct Post<'a> {
     pub(crate) headers: HeaderMap,
     /// The request body.
     pub(crate) body: &'a Value,
+    /// Read a 2xx reply as this stream of server-sent events (`stream: true`).
+    pub(crate) stream: Option<StreamFormat>,
 }
 
 /// How a backend sends its key.
@@ -278,6 +283,7 @@ impl Transport {
             auth,
             mut headers,
             body,
+            stream,
         } = post;
         let provider = target.provider;
         if let Some(key) = &target.key {
@@ -302,6 +308,7 @@ impl Transport {
             headers,
             body,
             secret,
+            stream,
         };
         let reply = self.post_json(call, request).await?;
         parse(&reply.body, reply.attempts).map_err(|e| seal(e, secret))
@@ -390,24 +397,38 @@ impl Transport {
                 .await?;
             let status = response.status();
             let headers = response.headers().clone();
+            if let Some(format) = call.stream.filter(|_| status.is_success()) {
+                let streamed = super::stream::read(format, response, provider, MAX_BODY_BYTES);
+                return Ok((status, headers, Body::Streamed(streamed.await)));
+            }
             let mut bytes = Vec::new();
             while let Some(chunk) = response.chunk().await? {
                 if bytes.len() + chunk.len() > MAX_BODY_BYTES {
-                    return Ok((status, headers, None));
+                    return Ok((status, headers, Body::Read(None)));
                 }
                 bytes.extend_from_slice(&chunk);
             }
-            Ok::<_, reqwest::Error>((status, headers, Some(bytes)))
+            Ok::<_, reqwest::Error>((status, headers, Body::Read(Some(bytes))))
         };
-        let (status, headers, bytes) = match tokio::time::timeout(timeout, send).await {
+        let (status, headers, body) = match tokio::time::timeout(timeout, send).await {
             Err(_) => {
-                return Err(Failure::retry(LlmError::new(
+                let error = LlmError::new(
                     LlmErrorKind::Timeout,
                     format!("{provider}: no complete reply within {timeout:?}"),
-                )));
+                );
+                // Part of a streamed reply may have been shown already: not sent again.
+                return Err(match call.stream {
+                    Some(_) => Failure::fatal(error),
+                    None => Failure::retry(error),
+                });
             }
             Ok(Err(e)) => return Err(transport_failure(provider, e, timeout)),
             Ok(Ok(parts)) => parts,
+        };
+        let bytes = match body {
+            Body::Streamed(Ok(value)) => return Ok(value),
+            Body::Streamed(Err(e)) => return Err(Failure::fatal(e.with_status(status.as_u16()))),
+            Body::Read(bytes) => bytes,
         };
         let Some(bytes) = bytes else {
             return Err(Failure::fatal(
@@ -451,6 +472,12 @@ impl Transport {
         }
         Err(Failure { error, retryable })
     }
+}
+
+/// A reply body: read whole (`None` past the size cap), or a streamed reply put back together.
+enum Body {
+    Read(Option<Vec<u8>>),
+    Streamed(Result<Value, LlmError>),
 }
 
 /// A failed attempt and whether the transport may retry it.

@@ -69,6 +69,7 @@ mod anthropic;
 mod http;
 #[cfg(feature = "openai")]
 mod openai;
+mod stream;
 
 use std::collections::HashMap;
 use std::fmt;

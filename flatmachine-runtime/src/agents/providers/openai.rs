@@ -8,6 +8,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{Map, json};
 
 use super::http::{self, Auth, Post, Transport};
+use super::stream::StreamFormat;
 use crate::Value;
 pub use crate::agents::llm::JsonMode;
 use crate::agents::llm::{LlmBackend, LlmError, LlmRequest, LlmResponse, ResponseFormat, Usage};
@@ -144,6 +145,11 @@ impl OpenAiBackend {
             };
             body.insert("response_format".into(), format);
         }
+        if request.stream {
+            body.insert("stream".into(), json!(true));
+            // Usage (and so cost) comes in a last chunk only when asked for.
+            body.insert("stream_options".into(), json!({"include_usage": true}));
+        }
         Value::Object(body)
     }
 }
@@ -169,6 +175,7 @@ impl LlmBackend for OpenAiBackend {
                     auth: Auth::Bearer,
                     headers: HeaderMap::new(),
                     body: &body,
+                    stream: request.stream.then_some(StreamFormat::OpenAi),
                 },
                 request,
                 parse_reply,
