@@ -141,7 +141,8 @@ pub fn waiting(dir: &str, signals: Option<&str>, json: bool) -> Result<String, S
 
 /// `fork`: copies the execution's checkpoints up to the chosen one under a new id.
 pub fn fork(dir: &str, source: &str, options: ForkOptions) -> Result<String, String> {
-    let store = crate::convert::open_store(dir, true).map_err(|e| format!("{e} (pass --dir)"))?;
+    // The fork is written into the same store: opened read-write.
+    let store = crate::convert::open_store(dir, false).map_err(|e| format!("{e} (pass --dir)"))?;
     let fork = runtime()?
         .block_on(fork_execution(&store, source, &options))
         .map_err(|e| e.to_string())?;

@@ -289,6 +289,13 @@ impl MachineBuilder {
     /// Build the machine with typed runs: `Machine::of::<M>()…build_typed::<M>()`.
     /// [`BuildError::NotThisMachine`] when this builder was made for another machine.
     pub fn build_typed<M: TypedMachineDef>(self) -> Result<TypedMachine<M>, BuildError> {
+        // The wrong types are the first thing to say: before any check of the handlers.
+        if !std::ptr::eq(self.spec, M::spec()) {
+            return Err(BuildError::NotThisMachine {
+                machine: self.spec.name.to_string(),
+                typed: M::spec().name.to_string(),
+            });
+        }
         TypedMachine::new(self.build()?)
     }
 }

@@ -74,7 +74,7 @@ pub enum BuildError {
 
 /// Builds a [`Machine`]: `Machine::builder(&my_machine::SPEC).action(..).build()?`.
 pub struct MachineBuilder {
-    spec: &'static MachineSpec,
+    pub(crate) spec: &'static MachineSpec,
     hooks: Option<Arc<dyn MachineHooks>>,
     registry: HooksRegistry,
     actions: HashMap<String, ActionFn>,
