@@ -25,7 +25,7 @@ const CLEAN: &[&str] = &[
 /// Corpus machines every tier of the checker accepts without a diagnostic.
 const CORPUS_STRICT: &[&str] = &[
     "distributed_worker/config/echo_processor.yml",
-    "distributed/job_worker.yml",
+    "distributed_worker/config/job_worker.yml",
     "distributed_worker/config/parallelization_checker.yml",
     "distributed_worker/config/stale_worker_reaper.yml",
     "fixtures-helloworld/machine.yml",
