@@ -236,3 +236,78 @@ fn operator_commands_over_sqlite() {
     assert_ne!(code, 0);
     assert!(err.contains("not found"), "{err}");
 }
+
+#[test]
+fn pool_watch_follows_a_pool_drained_by_another_process_and_sums_it_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("workers.sqlite");
+    let store = format!("sqlite:{}", path.display());
+    let backends = Backends::sqlite(&path).unwrap();
+    let pool = backends.work.pool("drain");
+    rt().block_on(async {
+        pool.push(json!({"n": 0}), PushOptions { max_retries: 1 })
+            .await
+            .unwrap();
+        for n in 1..6 {
+            pool.push(json!({ "n": n }), PushOptions::default())
+                .await
+                .unwrap();
+        }
+    });
+
+    // Not drained within its timeout: a clear error, exit status 1.
+    let (code, _, err) = flatmachine(&[
+        "pool",
+        "watch",
+        "drain",
+        "--interval",
+        "0.05",
+        "--timeout",
+        "0.2",
+        "--store",
+        &store,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not drained after"), "{err}");
+    assert!(err.contains("6 pending"), "{err}");
+
+    // A watcher process follows the pool while this process works the jobs off.
+    let watcher = Command::new(env!("CARGO_BIN_EXE_flatmachine"))
+        .args([
+            "pool",
+            "watch",
+            "drain",
+            "--interval",
+            "0.05",
+            "--store",
+            &store,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    rt().block_on(async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // The first job fails once and is poisoned (max_retries 1); the rest complete.
+        let first = pool.claim("w1").await.unwrap().unwrap();
+        pool.fail(&first.claim().unwrap(), Some("boom"))
+            .await
+            .unwrap();
+        while let Some(job) = pool.claim("w1").await.unwrap() {
+            tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+            pool.complete(&job.claim().unwrap(), Some(json!({"ok": true})))
+                .await
+                .unwrap();
+        }
+    });
+    let out = watcher.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with("pool `drain` drained: 5 done, 1 poisoned; 6 finished while watching"),
+        "{stdout}"
+    );
+    // Not a terminal: no bar drawn.
+    assert!(stderr.is_empty(), "{stderr}");
+}

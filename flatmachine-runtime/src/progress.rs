@@ -1,12 +1,17 @@
-//! Progress of long `foreach` states on a terminal (feature `cli`): children done and failed,
-//! rate and ETA, drawn on stderr with `indicatif` from the run's [event stream](crate::events).
-//! [`cli::main`](crate::cli::main) shows it when stderr is a terminal and stays quiet
-//! otherwise.
+//! Progress on a terminal (feature `cli`), drawn on stderr with `indicatif`:
+//!
+//! - [`ForeachProgress`]: long `foreach` states — children done and failed, rate and ETA,
+//!   from the run's [event stream](crate::events). [`cli::main`](crate::cli::main) shows it
+//!   when stderr is a terminal and stays quiet otherwise.
+//! - [`PoolProgress`]: a worker pool draining — jobs done and poisoned, claimed, rate and
+//!   ETA, from the pool's counts (`pool watch`, polled; the same on every host, since the
+//!   counts live in the pool's backend).
 
 use std::collections::HashMap;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::distributed::PoolStats;
 use crate::events::{EventKind, RunEvent};
 
 /// Progress bars of the `foreach` states running in a watched run tree.
@@ -111,6 +116,73 @@ impl ForeachProgress {
     }
 }
 
+/// The progress of a worker pool, from its counts ([`PoolStats`]) read again and again.
+///
+/// The bar's length is every job the pool has held (so it grows when producers push more);
+/// its position the jobs finished (done or poisoned). Rate and ETA are indicatif's, from how
+/// fast the position moves.
+#[derive(Debug)]
+pub struct PoolProgress {
+    bar: ProgressBar,
+    last: PoolStats,
+}
+
+impl PoolProgress {
+    /// A bar for pool `name` drawn on stderr, when stderr is a terminal (`None` otherwise).
+    pub fn for_terminal(name: &str) -> Option<Self> {
+        std::io::IsTerminal::is_terminal(&std::io::stderr())
+            .then(|| Self::with_target(name, ProgressDrawTarget::stderr()))
+    }
+
+    /// A bar that counts but draws nothing (for tests and for callers reading
+    /// [`stats`](Self::stats)).
+    pub fn hidden(name: &str) -> Self {
+        Self::with_target(name, ProgressDrawTarget::hidden())
+    }
+
+    fn with_target(name: &str, target: ProgressDrawTarget) -> Self {
+        let bar = ProgressBar::with_draw_target(Some(0), target);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} {msg} ({per_sec}, ETA {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("pool {name}"));
+        Self {
+            bar,
+            last: PoolStats::default(),
+        }
+    }
+
+    /// Takes the pool's counts as they are now.
+    pub fn record(&mut self, stats: &PoolStats) {
+        self.bar.set_length(stats.total());
+        self.bar.set_position(stats.done + stats.poisoned);
+        self.bar.set_message(format!(
+            "{} claimed, {} pending, {} poisoned",
+            stats.claimed, stats.pending, stats.poisoned
+        ));
+        self.last = *stats;
+    }
+
+    /// The counts last recorded.
+    pub fn stats(&self) -> PoolStats {
+        self.last
+    }
+
+    /// Whether the pool had nothing left to do at the last count (no job pending or claimed).
+    pub fn is_drained(&self) -> bool {
+        self.last.pending == 0 && self.last.claimed == 0
+    }
+
+    /// Removes the bar from the terminal.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +231,30 @@ mod tests {
             },
         ));
         assert_eq!(p.counts("root"), None);
+    }
+
+    #[test]
+    fn a_pool_counts_finished_jobs_and_knows_when_it_is_drained() {
+        let mut p = PoolProgress::hidden("jobs");
+        let mut stats = PoolStats {
+            pending: 3,
+            claimed: 1,
+            done: 0,
+            poisoned: 0,
+        };
+        p.record(&stats);
+        assert!(!p.is_drained());
+        assert_eq!(p.bar.position(), 0);
+        assert_eq!(p.bar.length(), Some(4));
+        stats = PoolStats {
+            pending: 0,
+            claimed: 0,
+            done: 3,
+            poisoned: 1,
+        };
+        p.record(&stats);
+        assert!(p.is_drained());
+        assert_eq!(p.bar.position(), 4);
+        assert_eq!(p.stats(), stats);
     }
 }

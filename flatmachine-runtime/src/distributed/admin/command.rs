@@ -6,6 +6,7 @@
 //! pool jobs POOL [--status claimed]  jobs with holder, execution, claim age, lease left
 //! pool requeue POOL (JOB... | --poisoned)
 //! pool drop-poisoned POOL [JOB...]   (every poisoned job without ids)
+//! pool watch POOL [--interval 1] [--timeout S]   progress until the pool is drained
 //! workers list [--stale SECONDS] [--status S]
 //! workers remove (WORKER... | --dead)
 //! stats [--stale-seconds 60]         JSON: queue depth, claimed ages, attempts, reaps,
@@ -137,6 +138,21 @@ pub enum PoolAction {
         /// Every poisoned job of the pool.
         #[arg(long)]
         poisoned: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Follow a pool until it has no job pending or claimed: a progress bar (jobs finished,
+    /// claimed, pending, poisoned, rate, ETA) when stderr is a terminal, then one summary
+    /// line on stdout.
+    Watch {
+        /// The pool.
+        pool: String,
+        /// Seconds between two reads of the pool's counts.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Give up (exit status 1) after this many seconds if the pool is not drained.
+        #[arg(long)]
+        timeout: Option<f64>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -390,6 +406,16 @@ pub async fn run(command: AdminCommand, defaults: &AdminTarget) -> Result<String
                 }
                 Ok(out)
             }
+            PoolAction::Watch {
+                pool,
+                interval,
+                timeout,
+                store,
+            } => {
+                let target = open(&store, defaults)?;
+                let backends = target.backends.ok_or("no work backend")?;
+                watch_pool(backends.work.pool(&pool).as_ref(), &pool, interval, timeout).await
+            }
             PoolAction::DropPoisoned { pool, ids, store } => {
                 let target = open(&store, defaults)?;
                 let backends = target.backends.ok_or("no work backend")?;
@@ -464,4 +490,57 @@ pub async fn run(command: AdminCommand, defaults: &AdminTarget) -> Result<String
             ))
         }
     }
+}
+
+/// `pool watch`: reads `pool`'s counts every `interval` seconds until nothing is pending or
+/// claimed (a bar on a terminal, quiet otherwise), then a summary line; an error once
+/// `timeout` seconds pass first.
+async fn watch_pool(
+    pool: &dyn crate::distributed::WorkPool,
+    name: &str,
+    interval: f64,
+    timeout: Option<f64>,
+) -> Result<String, String> {
+    let seconds = |s: f64, what: &str| {
+        std::time::Duration::try_from_secs_f64(s)
+            .map_err(|_| format!("--{what} must be a number of seconds, got {s}"))
+    };
+    let every = seconds(interval, "interval")?.max(std::time::Duration::from_millis(10));
+    let deadline = timeout
+        .map(|t| seconds(t, "timeout"))
+        .transpose()?
+        .map(|t| std::time::Instant::now() + t);
+    let started = std::time::Instant::now();
+    let mut progress = crate::progress::PoolProgress::for_terminal(name)
+        .unwrap_or_else(|| crate::progress::PoolProgress::hidden(name));
+    let first = pool.stats().await.map_err(|e| e.to_string())?;
+    progress.record(&first);
+    while !progress.is_drained() {
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            progress.finish();
+            let s = progress.stats();
+            return Err(format!(
+                "pool `{name}` not drained after {:.1}s: {} pending, {} claimed",
+                started.elapsed().as_secs_f64(),
+                s.pending,
+                s.claimed
+            ));
+        }
+        tokio::time::sleep(every).await;
+        progress.record(&pool.stats().await.map_err(|e| e.to_string())?);
+    }
+    progress.finish();
+    let last = progress.stats();
+    let secs = started.elapsed().as_secs_f64();
+    let finished = (last.done + last.poisoned).saturating_sub(first.done + first.poisoned);
+    Ok(format!(
+        "pool `{name}` drained: {} done, {} poisoned; {finished} finished while watching in {secs:.1}s ({:.1} jobs/s)\n",
+        last.done,
+        last.poisoned,
+        if secs > 0.0 {
+            finished as f64 / secs
+        } else {
+            0.0
+        }
+    ))
 }
