@@ -354,6 +354,8 @@ pub(crate) struct RunEvents {
     machine: &'static str,
     /// Token text waiting for room in the buffer.
     pending: Mutex<String>,
+    /// Whether `pending` holds text (read without the lock on every event).
+    has_pending: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for RunEvents {
@@ -380,6 +382,7 @@ impl RunEvents {
             parent,
             machine,
             pending: Mutex::new(String::new()),
+            has_pending: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -429,7 +432,12 @@ impl RunEvents {
     }
 
     fn take_pending(&self) -> Option<String> {
+        if !self.has_pending.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        self.has_pending
+            .store(false, std::sync::atomic::Ordering::Release);
         (!p.is_empty()).then(|| std::mem::take(&mut *p))
     }
 
@@ -441,7 +449,10 @@ impl RunEvents {
                 .push(self.event(EventKind::TokenDelta { text }))
                 .await;
         }
-        self.buffer.push(self.event(kind)).await;
+        // Most events find room: queued without building a wait.
+        if let Some(event) = self.buffer.try_push(self.event(kind)) {
+            self.buffer.push(event).await;
+        }
     }
 
     /// Sends token text without waiting: kept aside (and joined) while the buffer is full.
@@ -458,6 +469,8 @@ impl RunEvents {
             && let EventKind::TokenDelta { text } = event.kind
         {
             *pending = text;
+            self.has_pending
+                .store(true, std::sync::atomic::Ordering::Release);
         }
     }
 }

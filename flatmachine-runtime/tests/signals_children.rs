@@ -304,7 +304,12 @@ async fn a_parked_tree_on_a_sqlite_file_is_resumed_by_another_machine_instance()
     };
     {
         let (store, signals) = open();
-        let result = parent(&store, &signals)
+        let result = Machine::of::<waiting_child::Machine>()
+            .persistence(store.clone())
+            .signal_backend(signals.clone())
+            .lock_dir(dir.path().join("locks"))
+            .build()
+            .unwrap()
             .run_with_id("p-4", json!({"ticket": 4}))
             .await
             .unwrap();
@@ -313,10 +318,13 @@ async fn a_parked_tree_on_a_sqlite_file_is_resumed_by_another_machine_instance()
     // Everything the first instance held is gone; a new one reads the file.
     let (store, signals) = open();
     approve(&signals, "approval/4", "sq").await;
-    let report = Dispatcher::new(&parent(&store, &signals))
-        .dispatch_once()
-        .await
+    let machine = Machine::of::<waiting_child::Machine>()
+        .persistence(store.clone())
+        .signal_backend(signals.clone())
+        .lock_dir(dir.path().join("locks"))
+        .build()
         .unwrap();
+    let report = Dispatcher::new(&machine).dispatch_once().await.unwrap();
     let resumed: Vec<_> = report.resumed().collect();
     assert_eq!(resumed.len(), 1, "{:?}", report.outcomes);
     assert_eq!(resumed[0].execution_id, "p-4");
