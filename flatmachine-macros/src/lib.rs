@@ -12,38 +12,66 @@ use syn::{LitStr, parse_macro_input};
 /// name `file:line:col`; warnings become compiler warnings (`flatmachine!("m.yml",
 /// allow_warnings)` silences them for that machine). The crate rebuilds when the YAML or any
 /// file it references changes.
+///
+/// `tools = [name, ..]` declares the Rust tools the application registers on the builder
+/// (`MachineBuilder::tool`), so the compiler can check `tool_loop` states and their
+/// `allowed_tools` / `denied_tools` against them: `flatmachine!("m.yml", tools = [word_count,
+/// "read-notes"])` (identifiers or string literals).
 #[proc_macro]
 pub fn flatmachine(input: TokenStream) -> TokenStream {
     let args = parse_macro_input!(input as Args);
-    expand(&args.path, args.allow_warnings).into()
+    expand(&args.path, args.allow_warnings, args.tools).into()
 }
 
-/// `"path.yml"` or `"path.yml", allow_warnings`.
+/// `"path.yml"`, then optionally `allow_warnings` and `tools = [..]`, comma-separated.
 struct Args {
     path: LitStr,
     allow_warnings: bool,
+    tools: Vec<String>,
 }
 
 impl syn::parse::Parse for Args {
     fn parse(input: syn::parse::ParseStream<'_>) -> syn::Result<Self> {
         let path: LitStr = input.parse()?;
         let mut allow_warnings = false;
-        if input.parse::<Option<syn::Token![,]>>()?.is_some() && !input.is_empty() {
+        let mut tools = Vec::new();
+        while input.parse::<Option<syn::Token![,]>>()?.is_some() && !input.is_empty() {
             let flag: syn::Ident = input.parse()?;
-            if flag != "allow_warnings" {
-                return Err(syn::Error::new(flag.span(), "expected `allow_warnings`"));
+            if flag == "allow_warnings" {
+                allow_warnings = true;
+            } else if flag == "tools" {
+                input.parse::<syn::Token![=]>()?;
+                let list;
+                syn::bracketed!(list in input);
+                while !list.is_empty() {
+                    if list.peek(LitStr) {
+                        tools.push(list.parse::<LitStr>()?.value());
+                    } else {
+                        tools.push(list.parse::<syn::Ident>()?.to_string());
+                    }
+                    if list.parse::<Option<syn::Token![,]>>()?.is_none() {
+                        break;
+                    }
+                }
+            } else {
+                return Err(syn::Error::new(
+                    flag.span(),
+                    "expected `allow_warnings` or `tools = [..]`",
+                ));
             }
-            allow_warnings = true;
-            let _ = input.parse::<Option<syn::Token![,]>>()?;
+        }
+        if !input.is_empty() {
+            return Err(input.error("unexpected tokens after the macro's arguments"));
         }
         Ok(Args {
             path,
             allow_warnings,
+            tools,
         })
     }
 }
 
-fn expand(lit: &LitStr, allow_warnings: bool) -> proc_macro2::TokenStream {
+fn expand(lit: &LitStr, allow_warnings: bool, tools: Vec<String>) -> proc_macro2::TokenStream {
     let rel = lit.value();
     if Path::new(&rel).is_absolute() {
         return syn::Error::new(
@@ -73,6 +101,7 @@ fn expand(lit: &LitStr, allow_warnings: bool) -> proc_macro2::TokenStream {
     let opts = flatmachine_build::CodegenOptions {
         track_files_read: true,
         warnings_as_deprecations: !allow_warnings,
+        rust_tools: tools,
         ..Default::default()
     };
     match flatmachine_build::compile(&path, Some(rel.clone()), &opts) {

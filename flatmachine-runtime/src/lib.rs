@@ -25,6 +25,7 @@ pub mod results;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 pub mod template;
+pub mod tools;
 
 pub use context::{Context, Value};
 pub use engine::{

@@ -40,13 +40,24 @@ impl FlatAgentExecutor {
 
     /// The request one call with this input would send (prompts rendered, parameters set).
     pub fn request(&self, input: &Value) -> Result<LlmRequest, StateError> {
+        self.request_with_tools(input, &Value::Array(Vec::new()), "")
+    }
+
+    /// [`request`](Self::request) with the prompt variables `tools` (a list of tool objects)
+    /// and `tools_prompt` set, as a `tool_loop` state renders its opening messages.
+    pub(crate) fn request_with_tools(
+        &self,
+        input: &Value,
+        tools: &Value,
+        tools_prompt: &str,
+    ) -> Result<LlmRequest, StateError> {
         let c = self.config;
         let m = &c.model;
         let vars = minijinja::context! {
             input => crate::template::json_to_mj(input),
             model => crate::template::json_to_mj(&model_var(m)),
-            tools => minijinja::Value::from(Vec::<minijinja::Value>::new()),
-            tools_prompt => "",
+            tools => crate::template::json_to_mj(tools),
+            tools_prompt => tools_prompt,
         };
         let mut system = match c.system {
             Some(p) => render(c, "system", p, &vars)?,
@@ -76,13 +87,18 @@ impl FlatAgentExecutor {
             }
             None => ResponseFormat::Text,
         };
-        let mut req = LlmRequest::new(
-            m.wire_name(),
-            vec![
-                Message::new(Role::System, system),
-                Message::new(Role::User, user),
-            ],
-        );
+        let mut req = self.model_request(vec![
+            Message::new(Role::System, system),
+            Message::new(Role::User, user),
+        ]);
+        req.response_format = response_format;
+        Ok(req)
+    }
+
+    /// A request with these messages and the agent's model settings (no tools, free text).
+    pub(crate) fn model_request(&self, messages: Vec<Message>) -> LlmRequest {
+        let m = &self.config.model;
+        let mut req = LlmRequest::new(m.wire_name(), messages);
         req.provider = m.provider_name().map(str::to_string);
         req.temperature = m.temperature.unwrap_or(ModelParams::DEFAULT_TEMPERATURE);
         req.max_tokens = m.max_tokens;
@@ -91,7 +107,6 @@ impl FlatAgentExecutor {
         req.frequency_penalty = m.frequency_penalty;
         req.presence_penalty = m.presence_penalty;
         req.seed = m.seed;
-        req.response_format = response_format;
         req.base_url = m.base_url.map(str::to_string);
         req.api_key_env = m.api_key_env.map(str::to_string);
         req.timeout = m
@@ -99,7 +114,12 @@ impl FlatAgentExecutor {
             .filter(|t| t.is_finite() && *t > 0.0)
             .map(Duration::from_secs_f64);
         req.max_retries = m.max_retries.map(|n| n.min(u64::from(u32::MAX)) as u32);
-        Ok(req)
+        req
+    }
+
+    /// The backend this executor calls.
+    pub(crate) fn backend(&self) -> &Arc<dyn LlmBackend> {
+        &self.backend
     }
 
     /// Reads a reply: the structured output when the agent has an `output` schema (an
@@ -131,6 +151,8 @@ impl FlatAgentExecutor {
             api_calls: 1,
             cost,
             metadata: Some(self.metadata.clone()),
+            tool_calls: reply.tool_calls,
+            finish_reason: reply.finish_reason,
         })
     }
 }
@@ -158,6 +180,10 @@ impl AgentExecutor for FlatAgentExecutor {
 
     fn metadata(&self) -> Option<&Value> {
         Some(&self.metadata)
+    }
+
+    fn tool_agent(&self) -> Option<&dyn super::ToolAgent> {
+        Some(self)
     }
 }
 
@@ -200,7 +226,7 @@ fn model_var(m: &ModelParams) -> Value {
     Value::Object(map)
 }
 
-fn render(
+pub(crate) fn render(
     c: &AgentConfig,
     field: &str,
     prompt: &Prompt,

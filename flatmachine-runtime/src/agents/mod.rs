@@ -12,17 +12,19 @@ pub mod llm;
 #[cfg(any(feature = "openai", feature = "anthropic"))]
 pub mod providers;
 pub mod scripted;
+pub mod tool_agent;
 
 pub use config::{AgentConfig, EmbeddedJson, ModelParams, OutputField, OutputKind, Prompt};
 pub use execution::ExecutionType;
 pub use executor::{AgentExecutor, AgentResult};
 pub use llm::{
     LlmBackend, LlmError, LlmErrorKind, LlmRequest, LlmResponse, Message, ResponseFormat, Role,
-    Usage,
+    ToolChoice, Usage,
 };
 #[cfg(any(feature = "openai", feature = "anthropic"))]
 pub use providers::*;
 pub use scripted::ScriptedBackend;
+pub use tool_agent::ToolAgent;
 
 pub mod adapter;
 pub mod flatagent;

@@ -34,6 +34,12 @@ pub(crate) struct Inner {
     pub max_agent_calls: Option<u64>,
     pub max_concurrency: Option<usize>,
     pub ignore_unhandled_actions: bool,
+    /// Rust tools registered on the builder, in registration order.
+    pub rust_tools: Arc<Vec<Arc<dyn crate::tools::Tool>>>,
+    /// Handlers of inline (YAML) tools, by tool name.
+    pub tool_handlers: Arc<HashMap<String, crate::tools::HandlerFn>>,
+    /// Most tool calls of one reply run at the same time.
+    pub tool_concurrency: usize,
     pub results: Arc<dyn ResultBackend>,
     pub launches: Arc<Launches>,
     pub invoker: Arc<dyn MachineInvoker>,
@@ -257,8 +263,11 @@ impl Machine {
         {
             return Err(self.hook_error(&run, e));
         }
-        self.run_loop(&mut run, context, spec.initial, Entry::Enter)
-            .await
+        let result = self
+            .run_loop(&mut run, context, spec.initial, Entry::Enter)
+            .await;
+        run.tools.close().await;
+        result
     }
 
     pub(super) fn hook_error(&self, run: &Run, e: impl std::fmt::Display) -> RunError {

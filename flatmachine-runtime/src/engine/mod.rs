@@ -17,6 +17,7 @@ mod machine;
 mod result;
 mod resume;
 mod step;
+mod tool_loop;
 
 pub use builder::{BuildError, MachineBuilder};
 pub use handlers::{ActionCall, ActionFn, AgentFn, AgentOutput, FallbackActionFn};
@@ -24,6 +25,7 @@ pub use invoker::{InProcessInvoker, InvokeRequest, MachineInvoker};
 pub use launches::LaunchOutcome;
 pub use machine::Machine;
 pub use result::{RunError, RunOptions, RunResult};
+pub use tool_loop::{DEFAULT_TOOL_CONCURRENCY, LOOP_RECORD_KEY, LoopRecord, NEXT_STATE_KEY};
 
 /// Default `max_steps` when neither the machine nor the caller sets one (the reference's).
 pub const DEFAULT_MAX_STEPS: u64 = 1000;

@@ -95,9 +95,11 @@ impl Machine {
                         message: e.to_string(),
                     })?;
             }
-            return self
+            let result = self
                 .run_loop(&mut run, context, spec.initial, Entry::Enter)
                 .await;
+            run.tools.close().await;
+            return result;
         }
         let Some((state, _)) = spec.state(&snap.current_state) else {
             return Err(corrupt(format!(
@@ -107,7 +109,9 @@ impl Machine {
         };
         let entry = match event {
             checkpoint_event::STATE_ENTER => Entry::AfterEnter,
-            checkpoint_event::EXECUTE => Entry::AfterExecute,
+            // After a tool round the state's work continues: the loop finds its record
+            // in the context and goes on after the last recorded round.
+            checkpoint_event::EXECUTE | checkpoint_event::TOOL_CALL => Entry::AfterExecute,
             checkpoint_event::STATE_EXIT => Entry::AfterExit(
                 snap.output
                     .filter(|_| spec.states[state].is_final)
@@ -120,6 +124,8 @@ impl Machine {
                 )));
             }
         };
-        self.run_loop(&mut run, context, state, entry).await
+        let result = self.run_loop(&mut run, context, state, entry).await;
+        run.tools.close().await;
+        result
     }
 }

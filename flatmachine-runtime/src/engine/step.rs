@@ -56,6 +56,8 @@ pub(super) struct Run {
     pub(super) fencing_token: Option<u64>,
     /// The [`ActionCall`] of the last action, reused (updated in place) by the next one.
     pub(super) action_call: Option<Arc<ActionCall>>,
+    /// The run's MCP sessions (closed when the run ends).
+    pub(super) tools: crate::tools::RunTools,
 }
 
 impl Run {
@@ -83,6 +85,7 @@ impl Run {
             unhandled_action: None,
             fencing_token: None,
             action_call: None,
+            tools: crate::tools::RunTools::default(),
         }
     }
 
@@ -357,7 +360,9 @@ impl Machine {
                     context,
                 });
             }
-            let next = match (spec.transition)(current, &context) {
+            // A tool loop that left through a transition names its target.
+            let chosen = super::tool_loop::take_next_state(spec, &mut context);
+            let next = match chosen.map_or_else(|| (spec.transition)(current, &context), |n| Ok(Some(n))) {
                 Ok(Some(n)) => n,
                 Ok(None) => {
                     return Err(RunError::NoTransition {
@@ -485,7 +490,11 @@ impl Machine {
             self.output_to_context(state, context, &out)?;
             output = Some(out);
         }
-        if let Some(agent) = state.agent {
+        if state.agent.is_some() && state.tool_loop.is_some() {
+            let out = self.run_tool_loop(run, index, context).await?;
+            self.output_to_context(state, context, &out)?;
+            output = Some(out);
+        } else if let Some(agent) = state.agent {
             let input = self.render_state_input(state, context)?;
             let executor = self.executor(agent)?;
             let result = crate::agents::execution::execute(

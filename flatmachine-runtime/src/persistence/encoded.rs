@@ -114,6 +114,9 @@ impl EncodedCheckpoint {
 
 /// The event name as a `'static` string (keys only ever hold these).
 fn static_event(event: &str) -> &'static str {
+    if event == checkpoint_event::TOOL_CALL {
+        return checkpoint_event::TOOL_CALL;
+    }
     checkpoint_event::ALL
         .iter()
         .find(|e| **e == event)

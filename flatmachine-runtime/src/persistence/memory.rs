@@ -122,6 +122,10 @@ enum Entry {
 const EVENTS: [&str; 6] = EVENTS_BY_RANK;
 
 fn event_index(event: &str) -> Option<u8> {
+    if event == super::checkpoint_event::UNKNOWN {
+        // Shares rank 3 with `tool_call` (a snapshot saved without an event).
+        return Some(3);
+    }
     EVENTS.iter().position(|e| *e == event).map(|i| i as u8)
 }
 

@@ -25,12 +25,13 @@ use super::{
 use crate::Context;
 
 /// The events in run order: a record's `event` is its index here
-/// ([`checkpoint_event::rank`]).
+/// ([`checkpoint_event::rank`]). Rank 3 is `tool_call`, the only event of that rank the
+/// execution loop writes (a snapshot without an event is never a record).
 pub(crate) const EVENTS_BY_RANK: [&str; 6] = [
     checkpoint_event::MACHINE_START,
     checkpoint_event::STATE_ENTER,
     checkpoint_event::EXECUTE,
-    checkpoint_event::UNKNOWN,
+    checkpoint_event::TOOL_CALL,
     checkpoint_event::STATE_EXIT,
     checkpoint_event::MACHINE_END,
 ];
@@ -95,7 +96,7 @@ impl CheckpointRecord {
         self.step
     }
 
-    /// The event (one of [`checkpoint_event::ALL`], or `unknown`).
+    /// The event (one of [`checkpoint_event::ALL`], or `tool_call`).
     pub fn event(&self) -> &'static str {
         EVENTS_BY_RANK[usize::from(self.event)]
     }

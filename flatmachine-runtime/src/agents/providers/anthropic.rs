@@ -268,5 +268,6 @@ fn parse_reply(body: &Value, attempts: u32) -> Result<LlmResponse, LlmError> {
             .and_then(Value::as_str)
             .map(str::to_string),
         attempts,
+        tool_calls: Vec::new(),
     })
 }
