@@ -679,6 +679,17 @@ impl Cx<'_> {
                 p.extend(extra.iter().map(|e| k(e)));
                 p
             };
+            if st.def.execution.is_some() {
+                self.warn_key(
+                    format!(
+                        "`execution` has no effect on state `{}`, which runs a tool loop",
+                        st.name
+                    ),
+                    &at(&["execution"]),
+                )
+                .help
+                .push("a tool loop calls its agent once per turn; retry, parallel and voting do not apply".into());
+            }
             let Some(agent) = &st.def.agent else {
                 self.err(
                     format!("state `{}` has `tool_loop` but calls no agent", st.name),
@@ -1247,7 +1258,23 @@ impl Cx<'_> {
             .filter(|e| e.kind == ExecutionType::MdapVoting)
             .and_then(|_| cfg.metadata.as_ref()?.get("parsing")?.as_object())
             .filter(|p| !p.is_empty());
-        let (fields, also, note): (Vec<&str>, &[&str], String) = if parallel {
+        let tool_loop = def.tool_loop.as_ref().and_then(|t| t.config()).is_some();
+        let (fields, also, note): (Vec<&str>, &[&str], String) = if tool_loop {
+            let mut names: Vec<&str> = schema
+                .map(|s| s.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            names.extend(TOOL_LOOP_OUTPUT);
+            let note = format!(
+                "in a `tool_loop` state the output is {}{}",
+                TOOL_LOOP_OUTPUT.join(", "),
+                if schema.is_some() {
+                    format!(", and the fields of agent `{agent}`'s `output` schema")
+                } else {
+                    String::new()
+                }
+            );
+            (names, &[], note)
+        } else if parallel {
             (
                 vec!["results", "count"],
                 &[],
@@ -1274,7 +1301,7 @@ impl Cx<'_> {
                 ),
             )
         };
-        let free_text = schema.is_none() && !parallel && parsing.is_none();
+        let free_text = schema.is_none() && !parallel && parsing.is_none() && !tool_loop;
         let mut found = Vec::new();
         collect_strings(rel, &serde_json::Value::Object(map.clone()), &mut found);
         let origin = self.origin().clone();
@@ -1391,6 +1418,16 @@ fn collect_strings(rel: &[PathSeg], v: &serde_json::Value, out: &mut Vec<(Vec<Pa
     }
 }
 
+
+/// The fields of a `tool_loop` state's output (besides the agent's `output` schema fields).
+const TOOL_LOOP_OUTPUT: [&str; 6] = [
+    "content",
+    "_tool_calls_count",
+    "_tool_loop_turns",
+    "_tool_loop_cost",
+    "_tool_loop_stop",
+    "messages",
+];
 
 /// Whether `schema` can be a tool's `parameters`: a JSON Schema (that compiles) of an object.
 fn check_tool_parameters(schema: &serde_json::Value) -> Result<(), String> {

@@ -9,7 +9,7 @@
 //! - **stdio** (`command`, `args`, `env`): the program is looked up on this process's `PATH`
 //!   and started with **only** the variables listed in `env` (not this process's
 //!   environment: list `PATH`, `HOME`, keys, ... where the server needs them). `${VAR}` in
-//!   `args`, `env` values and `headers` is replaced by this process's variable `VAR` (empty
+//!   `command`, `args`, `env` values, `server_url` and `headers` is replaced by this process's variable `VAR` (empty
 //!   when unset), so keys stay out of the YAML. Its stderr is kept (the last 4 KiB) for error
 //!   messages. Shutdown closes its stdin, then sends `SIGTERM`, then kills it.
 //! - **streamable HTTP** (`server_url`, `headers`): `rmcp`'s client over reqwest.
@@ -176,7 +176,8 @@ impl McpServer {
         let stderr = Arc::new(Mutex::new(String::new()));
         let handshake = match (spec.command, spec.server_url) {
             (Some(command), _) => {
-                let program = find_program(command).ok_or_else(|| {
+                let command = expand_env(command);
+                let program = find_program(&command).ok_or_else(|| {
                     tool_error(format!(
                         "MCP server `{name}` could not start: `{command}` is not an executable on PATH"
                     ))
