@@ -7,7 +7,8 @@
 //! (the URL is printed on stdout). Test switches, for the failure tests only: `--test-tools`
 //! adds `crash` (the process exits mid-call), `hang` (never answers) and `env` (lists the
 //! environment the server got); `--garbage` answers every line on stdin with text that is not
-//! JSON-RPC; `--fail-start` prints an error to stderr and exits 3.
+//! JSON-RPC; `--fail-start` prints an error to stderr and exits 3; `--pid-file <path>` writes
+//! the process id there.
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -150,7 +151,7 @@ impl ServerHandler for FsServer {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: mcp_fs_server <root> [--http ADDR] [--test-tools] [--garbage] [--fail-start]"
+        "usage: mcp_fs_server <root> [--http ADDR] [--test-tools] [--garbage] [--fail-start] [--pid-file PATH]"
     );
     std::process::exit(2);
 }
@@ -169,6 +170,13 @@ pub async fn main_with_args(args: impl IntoIterator<Item = String>) {
             "--test-tools" => test_tools = true,
             "--garbage" => garbage = true,
             "--fail-start" => fail_start = true,
+            "--pid-file" => {
+                let path = args.next().unwrap_or_else(|| usage());
+                if let Err(e) = std::fs::write(&path, std::process::id().to_string()) {
+                    eprintln!("mcp_fs_server: {path}: {e}");
+                    std::process::exit(2);
+                }
+            }
             _ if root.is_none() && !arg.starts_with("--") => root = Some(PathBuf::from(arg)),
             _ => usage(),
         }

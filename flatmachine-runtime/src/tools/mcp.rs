@@ -174,6 +174,7 @@ impl McpServer {
             .unwrap_or(DEFAULT_TIMEOUT);
         let name = spec.name;
         let stderr = Arc::new(Mutex::new(String::new()));
+        let mut stderr_reader = None;
         let handshake = match (spec.command, spec.server_url) {
             (Some(command), _) => {
                 let command = expand_env(command);
@@ -197,7 +198,8 @@ impl McpServer {
                         ))
                     })?;
                 if let Some(child_stderr) = child_stderr {
-                    keep_stderr(name.to_string(), child_stderr, stderr.clone());
+                    stderr_reader =
+                        Some(keep_stderr(name.to_string(), child_stderr, stderr.clone()));
                 }
                 tokio::time::timeout(timeout, ().serve(transport))
                     .await
@@ -235,6 +237,12 @@ impl McpServer {
                 )));
             }
         };
+        if !matches!(handshake, Ok(Ok(_)))
+            && let Some(reader) = stderr_reader
+        {
+            // A server that exited has closed its stderr: read what it said before naming it.
+            let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
+        }
         let service = match handshake {
             Ok(Ok(service)) => service,
             Ok(Err(e)) => {
@@ -358,7 +366,11 @@ fn stderr_note(stderr: &Mutex<String>) -> String {
 }
 
 /// Reads a stdio server's stderr into a bounded tail (and the debug log).
-fn keep_stderr(server: String, stderr: tokio::process::ChildStderr, tail: Arc<Mutex<String>>) {
+fn keep_stderr(
+    server: String,
+    stderr: tokio::process::ChildStderr,
+    tail: Arc<Mutex<String>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -374,7 +386,7 @@ fn keep_stderr(server: String, stderr: tokio::process::ChildStderr, tail: Arc<Mu
                 t.drain(..cut);
             }
         }
-    });
+    })
 }
 
 /// The tool result for the model: text blocks joined by newlines, other blocks as JSON;
