@@ -7,9 +7,18 @@
 //! ```
 //!
 //! Scenarios: `loop-off`, `loop-memory`, `loop-local`, `loop-local-fsync`, `loop-sqlite`,
-//! `loop-sqlite-full`, `templates20`, `foreach`, `parallel`. Files (checkpoints, locks) go
-//! below `<workdir>`. The time covers the run only (building the machine included), not
-//! process start-up.
+//! `loop-sqlite-full`, `templates20`, `foreach`, `parallel`, and `tool-rounds` (a `tool_loop`
+//! state against the OpenAI-compatible server at `$OPENAI_BASE_URL`, see `bench/tool_rounds`).
+//! Files (checkpoints, locks) go below `<workdir>`. The time covers the run only (building the
+//! machine included), not process start-up.
+//!
+//! ```text
+//! flatmachine-bench serve-llm <rounds>
+//! ```
+//!
+//! serves the chat completions API on a free loopback port (printing its base URL): each
+//! request is answered with one call of the `step` tool until the conversation holds `<rounds>`
+//! tool results, then with a final answer — the server both sides of `bench/tool_rounds` use.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +43,9 @@ mod sqlite {
 flatmachine_runtime::flatmachine!("machines/templates20.yml");
 flatmachine_runtime::flatmachine!("machines/foreach.yml");
 flatmachine_runtime::flatmachine!("machines/parallel.yml");
+flatmachine_runtime::flatmachine!("machines/tool_rounds.yml");
+
+mod llm_server;
 
 /// Sets the integer under `key` to `f(old)` in place (`old` = 0 when missing); returns it.
 fn update(ctx: &mut Context, key: &str, f: impl FnOnce(i64) -> i64) -> i64 {
@@ -103,6 +115,14 @@ fn builder(scenario: &str, dir: &Path) -> Result<MachineBuilder, String> {
         }
         "foreach" => Machine::of::<bench_foreach::Machine>(),
         "parallel" => Machine::of::<bench_parallel::Machine>(),
+        // The `step` tool (`step` in bench/python/tool_rounds.py does the same): n + 1.
+        "tool-rounds" => Machine::of::<bench_tool_rounds::Machine>().tool_handler(
+            "step",
+            |args: Value, _call| async move {
+                let n = args["n"].as_i64().unwrap_or(0);
+                Ok::<_, flatmachine_runtime::tools::ToolError>((n + 1).to_string())
+            },
+        ),
         other => return Err(format!("unknown scenario `{other}`")),
     })
 }
@@ -110,6 +130,7 @@ fn builder(scenario: &str, dir: &Path) -> Result<MachineBuilder, String> {
 fn input(scenario: &str, n: u64) -> Value {
     match scenario {
         "foreach" => json!({ "numbers": (0..n).collect::<Vec<_>>() }),
+        "tool-rounds" => json!({ "start": 0 }),
         _ => json!({ "n": n }),
     }
 }
@@ -117,6 +138,11 @@ fn input(scenario: &str, n: u64) -> Value {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [cmd, rounds] = &args[..]
+        && cmd == "serve-llm"
+    {
+        return llm_server::serve(rounds.parse()?).await;
+    }
     let [scenario, dir, n] = &args[..] else {
         return Err("usage: flatmachine-bench <scenario> <workdir> <n>".into());
     };

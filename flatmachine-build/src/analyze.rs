@@ -714,7 +714,14 @@ impl Cx<'_> {
                 .as_ref()
                 .map(|m| m.servers.iter().map(|s| s.name.as_str()).collect())
                 .unwrap_or_default();
-            if known.is_empty() && servers.is_empty() {
+            // Inline tools written but refused (reported already) still count as tools here,
+            // so one mistake gives one error.
+            let wrote_tools = matches!(
+                self.unit.agents.get(agent),
+                Some(AgentUnit::FlatAgent { config: Some(cfg), .. })
+                    if cfg.data.tools.as_ref().is_some_and(|t| !t.is_empty())
+            );
+            if known.is_empty() && servers.is_empty() && !wrote_tools {
                 let d = self.err(
                     format!(
                         "state `{}` has `tool_loop`, but agent `{agent}` has no tools",

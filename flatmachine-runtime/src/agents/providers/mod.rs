@@ -54,6 +54,7 @@ mod anthropic;
 mod http;
 #[cfg(feature = "openai")]
 mod openai;
+mod tool_wire;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -71,6 +72,7 @@ pub use http::{
 };
 #[cfg(feature = "openai")]
 pub use openai::{JsonMode, OpenAiBackend};
+pub use tool_wire::{MAX_TOOL_CALLS_PER_REPLY, MAX_TOOL_NAME};
 
 /// The built-in backend for `provider`: `anthropic` (any case) gets an `AnthropicBackend`,
 /// every other provider (`openai`, `ollama`, `groq`, `cerebras`, `vllm`, none, ...) an

@@ -8,6 +8,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde_json::{Map, json};
 
 use super::http::{self, Call, Transport};
+use super::tool_wire;
 use crate::Value;
 use crate::agents::llm::{
     LlmBackend, LlmError, LlmErrorKind, LlmRequest, LlmResponse, ResponseFormat, Usage,
@@ -41,6 +42,10 @@ pub enum JsonMode {
 ///   an OpenAI parameter: api.openai.com rejects it, vLLM/llama.cpp/Ollama accept it).
 ///   [`ResponseFormat::Json`] becomes a `response_format` per [`JsonMode`] (default
 ///   `json_schema`).
+/// * **Tools**: with [`LlmRequest::tools`], `tools` (function format) and `tool_choice`;
+///   assistant messages carry `tool_calls`, results go as `role: tool` messages with their
+///   `tool_call_id`. A reply's `choices[0].message.tool_calls` become
+///   [`LlmResponse::tool_calls`] (arguments kept as the model wrote them; at most 128 calls).
 /// * **Reply**: `choices[0].message.content` (a `null` content is an empty reply),
 ///   `choices[0].finish_reason`, `model`, and `usage.prompt_tokens` / `completion_tokens` /
 ///   `prompt_tokens_details.cached_tokens`. A reply without `choices[0].message` is an
@@ -131,7 +136,7 @@ impl OpenAiBackend {
                 request
                     .messages
                     .iter()
-                    .map(|m| json!({"role": m.role, "content": m.content}))
+                    .map(tool_wire::openai_message)
                     .collect(),
             ),
         );
@@ -155,6 +160,7 @@ impl OpenAiBackend {
                 body.insert(name.into(), value);
             }
         }
+        tool_wire::openai_tools(request, &mut body);
         if let ResponseFormat::Json { name, schema } = &request.response_format {
             let format = match self.json_mode {
                 JsonMode::JsonSchema => json!({
@@ -252,6 +258,7 @@ fn parse_reply(body: &Value, attempts: u32) -> Result<LlmResponse, LlmError> {
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(malformed("choices[0].message.content is not text")),
     };
+    let tool_calls = tool_wire::openai_tool_calls(message).map_err(|e| malformed(&e))?;
     let count = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
     let usage = body.get("usage");
     let usage = Usage {
@@ -275,6 +282,6 @@ fn parse_reply(body: &Value, attempts: u32) -> Result<LlmResponse, LlmError> {
             .and_then(Value::as_str)
             .map(str::to_string),
         attempts,
-        tool_calls: Vec::new(),
+        tool_calls,
     })
 }
