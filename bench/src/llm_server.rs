@@ -26,7 +26,11 @@ async fn complete(State(rounds): State<u64>, Json(body): Json<Value>) -> Json<Va
     } else {
         json!({"role": "assistant", "content": format!("done after {results} rounds")})
     };
-    let finish = if results < rounds { "tool_calls" } else { "stop" };
+    let finish = if results < rounds {
+        "tool_calls"
+    } else {
+        "stop"
+    };
     Json(json!({
         "id": "chatcmpl-bench",
         "object": "chat.completion",

@@ -385,7 +385,8 @@ pub fn round_killing_store(
     kill_after_round: Option<u64>,
 ) -> std::sync::Arc<dyn flatmachine_runtime::persistence::PersistenceBackend> {
     use flatmachine_runtime::persistence::LocalFileBackend;
-    let files = std::sync::Arc::new(LocalFileBackend::new(dir.join(".checkpoints")).with_fsync(false));
+    let files =
+        std::sync::Arc::new(LocalFileBackend::new(dir.join(".checkpoints")).with_fsync(false));
     match kill_after_round {
         Some(n) => std::sync::Arc::new(killing::RoundKiller {
             inner: files,
@@ -394,4 +395,3 @@ pub fn round_killing_store(
         None => files,
     }
 }
-

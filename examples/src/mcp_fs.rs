@@ -53,14 +53,20 @@ impl FsServer {
                 .components()
                 .any(|c| matches!(c, Component::ParentDir | Component::Prefix(_)))
         {
-            return Err(format!("`{}` is outside the served directory", rel.display()));
+            return Err(format!(
+                "`{}` is outside the served directory",
+                rel.display()
+            ));
         }
         let path = self.root.join(rel);
         let real = path
             .canonicalize()
             .map_err(|e| format!("`{}`: {e}", rel.display()))?;
         if !real.starts_with(&self.root) {
-            return Err(format!("`{}` is outside the served directory", rel.display()));
+            return Err(format!(
+                "`{}` is outside the served directory",
+                rel.display()
+            ));
         }
         Ok(real)
     }
@@ -237,7 +243,10 @@ async fn serve_http(root: PathBuf, test_tools: bool, addr: &str) {
             std::process::exit(2);
         }
     };
-    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     println!("http://{local}/mcp");
     use std::io::Write;
     let _ = std::io::stdout().flush();

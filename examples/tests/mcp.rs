@@ -113,7 +113,11 @@ async fn shutdown_ends_the_server_process() {
     let server = McpServer::start(stdio_spec(
         "fs",
         SERVER,
-        &[root.to_str().unwrap(), "--pid-file", pid_file.to_str().unwrap()],
+        &[
+            root.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
         &[],
         None,
     ))
@@ -128,9 +132,15 @@ async fn shutdown_ends_the_server_process() {
 
 #[tokio::test]
 async fn a_server_that_cannot_start_is_named() {
-    let err = McpServer::start(stdio_spec("ghost", "no-such-mcp-server-xyz", &[], &[], None))
-        .await
-        .unwrap_err();
+    let err = McpServer::start(stdio_spec(
+        "ghost",
+        "no-such-mcp-server-xyz",
+        &[],
+        &[],
+        None,
+    ))
+    .await
+    .unwrap_err();
     assert_eq!(err.error_type, "ToolError");
     assert!(
         err.message
@@ -138,19 +148,34 @@ async fn a_server_that_cannot_start_is_named() {
         "{err}"
     );
 
-    let err = McpServer::start(stdio_spec("refuser", SERVER, &["--fail-start"], &[], Some(5.0)))
-        .await
-        .unwrap_err();
+    let err = McpServer::start(stdio_spec(
+        "refuser",
+        SERVER,
+        &["--fail-start"],
+        &[],
+        Some(5.0),
+    ))
+    .await
+    .unwrap_err();
     assert!(err.message.starts_with("MCP server `refuser` "), "{err}");
-    assert!(err.message.contains("refusing to start"), "stderr is quoted: {err}");
+    assert!(
+        err.message.contains("refusing to start"),
+        "stderr is quoted: {err}"
+    );
 }
 
 #[tokio::test]
 async fn a_server_answering_garbage_is_named() {
     let started = std::time::Instant::now();
-    let err = McpServer::start(stdio_spec("babbler", SERVER, &["--garbage"], &[], Some(2.0)))
-        .await
-        .unwrap_err();
+    let err = McpServer::start(stdio_spec(
+        "babbler",
+        SERVER,
+        &["--garbage"],
+        &[],
+        Some(2.0),
+    ))
+    .await
+    .unwrap_err();
     assert!(err.message.starts_with("MCP server `babbler` "), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
@@ -185,7 +210,8 @@ async fn a_server_that_dies_or_hangs_mid_call_gives_a_tool_error() {
         .await
         .unwrap_err();
     assert!(
-        err.message.starts_with("MCP server `flaky` failed on `read_file`"),
+        err.message
+            .starts_with("MCP server `flaky` failed on `read_file`"),
         "{}",
         err.message
     );

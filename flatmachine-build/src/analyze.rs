@@ -751,7 +751,10 @@ impl Cx<'_> {
                                 d.help.push(format!("`server:tool` patterns name tools of the agent's `mcp.servers`; agent `{agent}` has none"));
                             } else {
                                 d.help.extend(did_you_mean(server, servers.iter().copied()));
-                                d.help.push(format!("MCP servers of agent `{agent}`: {}", servers.join(", ")));
+                                d.help.push(format!(
+                                    "MCP servers of agent `{agent}`: {}",
+                                    servers.join(", ")
+                                ));
                             }
                         }
                         continue;
@@ -767,7 +770,8 @@ impl Cx<'_> {
                         &prel,
                     );
                     d.help.extend(did_you_mean(pattern, known.iter().copied()));
-                    d.help.push(format!("tools of agent `{agent}`: {}", known.join(", ")));
+                    d.help
+                        .push(format!("tools of agent `{agent}`: {}", known.join(", ")));
                 }
             }
         }
@@ -1157,7 +1161,10 @@ impl Cx<'_> {
                 push(
                     self,
                     Diagnostic::error(
-                        format!("tool {j} of agent `{agent}` has `type: {}`; only `function` tools exist", t.kind),
+                        format!(
+                            "tool {j} of agent `{agent}` has `type: {}`; only `function` tools exist",
+                            t.kind
+                        ),
                         Some(span),
                     ),
                 );
@@ -1175,7 +1182,9 @@ impl Cx<'_> {
                 push(
                     self,
                     Diagnostic::error(
-                        format!("tool name `{name}` of agent `{agent}` is not one the providers accept"),
+                        format!(
+                            "tool name `{name}` of agent `{agent}` is not one the providers accept"
+                        ),
                         Some(span),
                     )
                     .with_help("use 1 to 64 ASCII letters, digits, `_` or `-`"),
@@ -1424,7 +1433,6 @@ fn collect_strings(rel: &[PathSeg], v: &serde_json::Value, out: &mut Vec<(Vec<Pa
         _ => {}
     }
 }
-
 
 /// The fields of a `tool_loop` state's output (besides the agent's `output` schema fields).
 const TOOL_LOOP_OUTPUT: [&str; 6] = [

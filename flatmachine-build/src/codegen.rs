@@ -265,8 +265,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
     let actions = (!actions.is_empty()).then(|| quote!(actions: &[#(#actions),*],));
     let cel = (m.engine == crate::model::ExpressionEngine::Cel).then(|| quote!(cel: true,));
     let rust_tools = &m.rust_tools;
-    let rust_tools =
-        (!rust_tools.is_empty()).then(|| quote!(rust_tools: &[#(#rust_tools),*],));
+    let rust_tools = (!rust_tools.is_empty()).then(|| quote!(rust_tools: &[#(#rust_tools),*],));
     let slot_statics = slots.statics(rt);
     let typed_actions = actions_items(m, irs, rt);
 

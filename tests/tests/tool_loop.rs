@@ -12,7 +12,14 @@ use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-flatmachine!("machines/tools/loop.yml", tools = [add, secret, slow]);
+flatmachine!("machines/tools/loop.yml", tools = [add, secret, slow, meet]);
+
+/// Two `meet` calls pass only together: run one after the other, the first would wait for
+/// the second until the state's `tool_timeout` (1 s) cut it off.
+fn meeting_point() -> &'static tokio::sync::Barrier {
+    static BARRIER: std::sync::OnceLock<tokio::sync::Barrier> = std::sync::OnceLock::new();
+    BARRIER.get_or_init(|| tokio::sync::Barrier::new(2))
+}
 
 #[derive(serde::Deserialize, schemars::JsonSchema)]
 struct AddArgs {
@@ -33,9 +40,11 @@ fn machine(backend: Arc<ScriptedBackend>) -> MachineBuilder {
                 None => Err(ToolError::new("no word")),
             }
         })
-        .tool(tool_fn("add", "Adds two numbers", |a: AddArgs| async move {
-            Ok::<_, ToolError>((a.a + a.b).to_string())
-        }))
+        .tool(tool_fn(
+            "add",
+            "Adds two numbers",
+            |a: AddArgs| async move { Ok::<_, ToolError>((a.a + a.b).to_string()) },
+        ))
         .tool(tool_fn("secret", "Never offered", |_: NoArgs| async move {
             Ok::<_, ToolError>("the secret")
         }))
@@ -43,10 +52,18 @@ fn machine(backend: Arc<ScriptedBackend>) -> MachineBuilder {
             tokio::time::sleep(Duration::from_secs(30)).await;
             Ok::<_, ToolError>("late")
         }))
+        .tool(tool_fn(
+            "meet",
+            "Waits for a second caller",
+            |_: NoArgs| async move {
+                meeting_point().wait().await;
+                Ok::<_, ToolError>("met")
+            },
+        ))
 }
 
 fn input(question: &str) -> Value {
-    json!({"question": question, "max_calls": 0, "max_cost": 0, "stop_after": 1000, "repeat": 1})
+    json!({"question": question, "max_calls": 0, "max_cost": 0, "stop_after": 1000, "repeat": 1, "total_timeout": 0})
 }
 
 /// Tool results of the request's last round (the tool messages after the last assistant one).
@@ -56,7 +73,12 @@ fn last_results(req: &LlmRequest) -> Vec<(String, String)> {
         .iter()
         .rev()
         .take_while(|m| m.role == Role::Tool)
-        .map(|m| (m.tool_call_id.clone().unwrap_or_default(), m.content.clone()))
+        .map(|m| {
+            (
+                m.tool_call_id.clone().unwrap_or_default(),
+                m.content.clone(),
+            )
+        })
         .collect();
     out.reverse();
     out
@@ -78,12 +100,7 @@ fn call(id: &str, name: &str, args: &str) -> ToolCall {
 }
 
 async fn run(backend: Arc<ScriptedBackend>, input: Value) -> RunResult {
-    machine(backend)
-        .build()
-        .unwrap()
-        .run(input)
-        .await
-        .unwrap()
+    machine(backend).build().unwrap().run(input).await.unwrap()
 }
 
 #[tokio::test]
@@ -95,8 +112,7 @@ async fn the_model_calls_tools_until_it_answers() {
                 .with_tool_call("c2", "add", json!({"a": 2, "b": 3}))
                 .with_usage(100, 10),
             _ => {
-                let results: Vec<String> =
-                    last_results(req).into_iter().map(|(_, c)| c).collect();
+                let results: Vec<String> = last_results(req).into_iter().map(|(_, c)| c).collect();
                 LlmResponse::text(format!("answer: {}", results.join(" / "))).with_usage(150, 5)
             }
         })
@@ -114,7 +130,7 @@ async fn the_model_calls_tools_until_it_answers() {
     assert_eq!(requests.len(), 2);
     // Denied tools are not offered; the inline tool comes first, then the Rust tools.
     let offered: Vec<&str> = requests[0].tools.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(offered, ["lookup", "add", "slow"]);
+    assert_eq!(offered, ["lookup", "add", "slow", "meet"]);
     assert_eq!(requests[0].tool_choice, ToolChoice::Auto);
     assert_eq!(
         requests[0].tools[1].parameters["required"],
@@ -124,7 +140,7 @@ async fn the_model_calls_tools_until_it_answers() {
     // The opening messages were rendered once, with the offered tools in the prompt.
     assert_eq!(
         requests[0].messages[0].content,
-        "You answer with tools. Tools: lookup add slow "
+        "You answer with tools. Tools: lookup add slow meet "
     );
     assert_eq!(
         requests[0].messages[1].content,
@@ -180,7 +196,7 @@ async fn bad_calls_come_back_to_the_model_as_tool_errors() {
     let lines: Vec<&str> = answer.lines().collect();
     assert_eq!(lines.len(), 6, "{answer}");
     assert!(
-        lines[0].starts_with("u=Unknown tool `nope`; available tools: lookup, add, slow"),
+        lines[0].starts_with("u=Unknown tool `nope`; available tools: lookup, add, slow, meet"),
         "{answer}"
     );
     assert!(
@@ -188,11 +204,15 @@ async fn bad_calls_come_back_to_the_model_as_tool_errors() {
         "{answer}"
     );
     assert!(
-        lines[2].starts_with("s=Tool `add` was not run: the arguments do not fit the tool's schema")
+        lines[2]
+            .starts_with("s=Tool `add` was not run: the arguments do not fit the tool's schema")
             && lines[2].contains("at `/a`"),
         "{answer}"
     );
-    assert!(lines[3].starts_with("d=Tool `secret` is not allowed here"), "{answer}");
+    assert!(
+        lines[3].starts_with("d=Tool `secret` is not allowed here"),
+        "{answer}"
+    );
     assert_eq!(lines[4], "e=Error: no such word");
     assert_eq!(lines[5], "t=Tool `slow` timed out after 1s");
     assert_eq!(result.output["stop"], "complete");
@@ -213,7 +233,10 @@ async fn a_tool_call_limit_answers_every_call_and_asks_for_a_final_answer() {
     inp["max_calls"] = json!(3);
     let result = run(backend.clone(), inp).await;
     assert_eq!(result.output["stop"], "max_tool_calls");
-    assert_eq!(result.output["calls"], 2, "the second round would pass the limit");
+    assert_eq!(
+        result.output["calls"], 2,
+        "the second round would pass the limit"
+    );
     assert_eq!(result.output["answer"], "final, from what I have");
     let requests = backend.requests();
     assert_eq!(requests.len(), 3);
@@ -224,7 +247,11 @@ async fn a_tool_call_limit_answers_every_call_and_asks_for_a_final_answer() {
     assert_eq!(last.messages[n - 1].role, Role::User);
     assert!(last.messages[n - 1].content.contains("tool-use limit"));
     assert_eq!(last.messages[n - 2].tool_call_id.as_deref(), Some("b1"));
-    assert!(last.messages[n - 2].content.starts_with("Not run: the limit of 3"));
+    assert!(
+        last.messages[n - 2]
+            .content
+            .starts_with("Not run: the limit of 3")
+    );
     assert_eq!(last.messages[n - 3].tool_call_id.as_deref(), Some("a1"));
 }
 
@@ -268,7 +295,11 @@ async fn a_cost_limit_fails_the_state_through_on_error() {
         "{}",
         result.output
     );
-    assert_eq!(backend.requests().len(), 2, "no call after the budget is spent");
+    assert_eq!(
+        backend.requests().len(),
+        2,
+        "no call after the budget is spent"
+    );
     assert!(
         !result.context.contains_key("_tool_loop"),
         "a failed loop leaves no record behind"
@@ -330,7 +361,10 @@ impl MachineHooks for Policy {
     ) -> Result<ToolLoopControl, HookError> {
         context.insert("hook_state".into(), json!(state));
         for p in calls.iter_mut() {
-            self.seen.lock().unwrap().push(format!("calls:{}", p.call.name));
+            self.seen
+                .lock()
+                .unwrap()
+                .push(format!("calls:{}", p.call.name));
             match p.call.name.as_str() {
                 "lookup" => p.veto = Some("lookups are off today".into()),
                 "add" => {
@@ -350,10 +384,10 @@ impl MachineHooks for Policy {
         result: &mut ToolResultRecord,
         _context: &mut Context,
     ) -> Result<ToolLoopControl, HookError> {
-        self.seen
-            .lock()
-            .unwrap()
-            .push(format!("result:{}={}", result.call.name, result.output.content));
+        self.seen.lock().unwrap().push(format!(
+            "result:{}={}",
+            result.call.name, result.output.content
+        ));
         result.output.content = format!("[checked] {}", result.output.content);
         Ok(if self.abort_after_results {
             ToolLoopControl::Abort
@@ -402,14 +436,20 @@ async fn hooks_veto_edit_and_redact_calls() {
     );
     // The conversation records the call as it ran.
     let second = &backend.requests()[1];
-    assert_eq!(second.messages[2].tool_calls[1].arguments, r#"{"a":10,"b":1}"#);
+    assert_eq!(
+        second.messages[2].tool_calls[1].arguments,
+        r#"{"a":10,"b":1}"#
+    );
 }
 
 #[tokio::test]
 async fn a_hook_can_abort_the_loop() {
     let backend = Arc::new(ScriptedBackend::new(|req| {
-        Ok(LlmResponse::text("working")
-            .with_tool_call(format!("a{}", turns(req)), "add", json!({"a": 1, "b": 1})))
+        Ok(LlmResponse::text("working").with_tool_call(
+            format!("a{}", turns(req)),
+            "add",
+            json!({"a": 1, "b": 1}),
+        ))
     }));
     let hooks = Arc::new(Policy {
         abort_after_results: true,
@@ -438,8 +478,9 @@ fn registered_tools_must_match_the_declared_ones() {
         .build()
         .unwrap_err();
     assert!(
-        err.to_string()
-            .contains("Rust tool `secret` is declared in `flatmachine!(.., tools = [..])` but not registered"),
+        err.to_string().contains(
+            "Rust tool `secret` is declared in `flatmachine!(.., tools = [..])` but not registered"
+        ),
         "{err}"
     );
     let err = machine(backend.clone())
@@ -480,6 +521,9 @@ async fn an_inline_tool_without_a_handler_fails_the_state() {
         .tool(tool_fn("slow", "s", |_: NoArgs| async move {
             Ok::<_, ToolError>("x")
         }))
+        .tool(tool_fn("meet", "s", |_: NoArgs| async move {
+            Ok::<_, ToolError>("x")
+        }))
         .build()
         .unwrap()
         .run(input("q"))
@@ -491,6 +535,46 @@ async fn an_inline_tool_without_a_handler_fails_the_state() {
             .as_str()
             .unwrap()
             .contains("inline tool `lookup` of agent `researcher` has no handler"),
+        "{}",
+        result.output
+    );
+}
+
+#[tokio::test]
+async fn the_calls_of_one_reply_run_concurrently() {
+    let backend = Arc::new(ScriptedBackend::new(|req| {
+        Ok(match turns(req) {
+            0 => LlmResponse::text("")
+                .with_tool_call("m1", "meet", json!({}))
+                .with_tool_call("m2", "meet", json!({})),
+            _ => LlmResponse::text(
+                last_results(req)
+                    .into_iter()
+                    .map(|(_, c)| c)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        })
+    }));
+    let result = run(backend, input("q")).await;
+    assert_eq!(result.output["answer"], "met,met");
+}
+
+#[tokio::test]
+async fn a_total_timeout_fails_the_state_through_on_error() {
+    let backend = Arc::new(ScriptedBackend::new(|req| {
+        Ok(LlmResponse::text("").with_tool_call(format!("s{}", turns(req)), "slow", json!({})))
+    }));
+    let mut inp = input("q");
+    inp["total_timeout"] = json!(0.2);
+    let result = run(backend, inp).await;
+    assert_eq!(result.final_state, "failed");
+    assert_eq!(result.output["error_type"], "TimeoutError");
+    assert!(
+        result.output["error"]
+            .as_str()
+            .unwrap()
+            .contains("ran past its `total_timeout` of 0.2s"),
         "{}",
         result.output
     );

@@ -5,14 +5,19 @@
 use flatmachine_runtime::agents::ProviderRouter;
 use flatmachine_runtime::tools::ToolError;
 use flatmachine_runtime::{Machine, Value, flatmachine};
-use flatmachine_tests::loopback_llm::{AtBase, LoopbackLlm, Received, anthropic_reply, openai_reply};
+use flatmachine_tests::loopback_llm::{
+    AtBase, LoopbackLlm, Received, anthropic_reply, openai_reply,
+};
 use serde_json::json;
 use std::sync::Arc;
 
 flatmachine!("machines/tools/wire_openai.yml");
 flatmachine!("machines/tools/wire_anthropic.yml");
 
-async fn lookup(args: Value, _call: flatmachine_runtime::tools::ToolInvocation) -> Result<String, ToolError> {
+async fn lookup(
+    args: Value,
+    _call: flatmachine_runtime::tools::ToolInvocation,
+) -> Result<String, ToolError> {
     Ok(format!("{}: a word", args["word"].as_str().unwrap_or("?")))
 }
 
@@ -62,7 +67,10 @@ async fn openai_tool_calls_round_trip() {
         .run(json!({"question": "kettle?"}))
         .await
         .unwrap();
-    assert_eq!(result.output, json!({"answer": "a kettle boils water", "calls": 3}));
+    assert_eq!(
+        result.output,
+        json!({"answer": "a kettle boils water", "calls": 3})
+    );
     assert_eq!(result.total_api_calls, 2);
 
     let received = server.received();
@@ -132,7 +140,10 @@ async fn a_tool_call_without_a_name_is_a_malformed_reply() {
         .unwrap();
     assert_eq!(result.final_state, "failed");
     let error = result.output["error"].as_str().unwrap();
-    assert!(error.contains("malformed reply (tool call 0 has no name)"), "{error}");
+    assert!(
+        error.contains("malformed reply (tool call 0 has no name)"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -170,7 +181,10 @@ async fn anthropic_tool_use_round_trip() {
         .run(json!({"question": "kettle?"}))
         .await
         .unwrap();
-    assert_eq!(result.output, json!({"answer": "a kettle boils water", "calls": 2}));
+    assert_eq!(
+        result.output,
+        json!({"answer": "a kettle boils water", "calls": 2})
+    );
 
     let received = server.received();
     assert_eq!(received.len(), 2);
@@ -185,7 +199,11 @@ async fn anthropic_tool_use_round_trip() {
         }])
     );
     let messages = received[1].body["messages"].as_array().unwrap().clone();
-    assert_eq!(messages.len(), 3, "user, assistant, user: strictly alternating");
+    assert_eq!(
+        messages.len(),
+        3,
+        "user, assistant, user: strictly alternating"
+    );
     assert_eq!(
         messages[1],
         json!({"role": "assistant", "content": [

@@ -124,7 +124,9 @@ async fn run(options: Options) -> i32 {
     } else {
         let question = options.question.as_deref().unwrap_or(DEFAULT_QUESTION);
         eprintln!("question: {question}");
-        machine.run_with_id(id, json!({ "question": question })).await
+        machine
+            .run_with_id(id, json!({ "question": question }))
+            .await
     };
     match result {
         Ok(result) => {

@@ -240,7 +240,12 @@ impl LlmResponse {
 
     /// Adds one tool call (the scripted backend's way to ask for a tool):
     /// `LlmResponse::text("").with_tool_call("c1", "read_file", json!({"path": "a.md"}))`.
-    pub fn with_tool_call(mut self, id: impl Into<String>, name: impl Into<String>, arguments: Value) -> Self {
+    pub fn with_tool_call(
+        mut self,
+        id: impl Into<String>,
+        name: impl Into<String>,
+        arguments: Value,
+    ) -> Self {
         self.tool_calls.push(ToolCall::new(id, name, arguments));
         self.finish_reason = Some("tool_calls".into());
         self

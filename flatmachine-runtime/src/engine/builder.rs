@@ -4,14 +4,12 @@ use super::handlers::{ActionCall, ActionFn, AgentFn, AgentOutput, FallbackAction
 use super::invoker::{InProcessInvoker, MachineInvoker};
 use super::machine::{Inner, Machine};
 use crate::agents::{AgentAdapter, AgentAdapterRegistry, LlmBackend};
-use crate::tools::{
-    HandlerFn, Tool, ToolError, ToolInvocation, ToolOutput, Typed, TypedTool,
-};
 use crate::hooks::{ActionOutcome, HooksRegistry, MachineHooks};
 use crate::lock::{ExecutionLock, LocalFileLock, NoOpLock};
 use crate::machine::MachineSpec;
 use crate::persistence::CheckpointStore;
 use crate::results::{InMemoryResultBackend, ResultBackend};
+use crate::tools::{HandlerFn, Tool, ToolError, ToolInvocation, ToolOutput, Typed, TypedTool};
 use crate::{Context, StateError, Value};
 use futures::future::BoxFuture;
 use std::collections::HashMap;

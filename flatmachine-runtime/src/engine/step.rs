@@ -362,7 +362,9 @@ impl Machine {
             }
             // A tool loop that left through a transition names its target.
             let chosen = super::tool_loop::take_next_state(spec, &mut context);
-            let next = match chosen.map_or_else(|| (spec.transition)(current, &context), |n| Ok(Some(n))) {
+            let next = match chosen
+                .map_or_else(|| (spec.transition)(current, &context), |n| Ok(Some(n)))
+            {
                 Ok(Some(n)) => n,
                 Ok(None) => {
                     return Err(RunError::NoTransition {

@@ -240,9 +240,10 @@ impl Machine {
             run.usage += reply.usage;
             let content = reply.content.unwrap_or_default();
             let calls = reply.tool_calls;
-            record
-                .messages
-                .push(Message::assistant_with_tools(content.clone(), calls.clone()));
+            record.messages.push(Message::assistant_with_tools(
+                content.clone(),
+                calls.clone(),
+            ));
             progress(context, &record, Some(&content));
             if calls.is_empty() {
                 break Stop::Complete;
@@ -250,9 +251,8 @@ impl Machine {
             if let Some(max) = limits.max_tool_calls
                 && record.tool_calls + calls.len() as u64 > max
             {
-                let note = format!(
-                    "Not run: the limit of {max} tool calls for this task was reached."
-                );
+                let note =
+                    format!("Not run: the limit of {max} tool calls for this task was reached.");
                 for call in &calls {
                     record
                         .messages
@@ -396,10 +396,7 @@ impl Machine {
         progress(context, &record, Some(&content));
         context.insert("_tool_loop_stop".into(), Value::from(stop.as_str()));
         if let Stop::Transition(next) = stop {
-            context.insert(
-                NEXT_STATE_KEY.into(),
-                Value::from(spec.states[next].name),
-            );
+            context.insert(NEXT_STATE_KEY.into(), Value::from(spec.states[next].name));
         }
         let mut output = serde_json::Map::new();
         if matches!(stop, Stop::Complete | Stop::MaxTurns | Stop::MaxToolCalls)
@@ -476,7 +473,10 @@ impl Machine {
         }
         record.elapsed_ms = started.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
         let value = serde_json::to_value(&*record).map_err(|e| {
-            StateError::new(error_type::TOOL, format!("cannot record the tool loop: {e}"))
+            StateError::new(
+                error_type::TOOL,
+                format!("cannot record the tool loop: {e}"),
+            )
         })?;
         context.insert(LOOP_RECORD_KEY.into(), value);
         let written = self
@@ -497,9 +497,8 @@ async fn run_calls(
     let futures: Vec<futures::future::BoxFuture<'_, (usize, ToolOutput)>> = calls
         .into_iter()
         .map(|(i, call, invocation)| {
-            let fut: futures::future::BoxFuture<'_, (usize, ToolOutput)> = Box::pin(async move {
-                (i, tools.call(&call, &invocation, timeout).await)
-            });
+            let fut: futures::future::BoxFuture<'_, (usize, ToolOutput)> =
+                Box::pin(async move { (i, tools.call(&call, &invocation, timeout).await) });
             fut
         })
         .collect();
@@ -570,7 +569,10 @@ fn last_assistant_text(messages: &[Message]) -> &str {
 
 /// The first transition of `state` with a condition that holds now (unconditional ones are the
 /// loop's normal exit and are not considered mid-loop).
-fn conditional_transition(state: &StateSpec, context: &Context) -> Result<Option<usize>, StateError> {
+fn conditional_transition(
+    state: &StateSpec,
+    context: &Context,
+) -> Result<Option<usize>, StateError> {
     for t in state.transitions {
         if t.condition.is_some() && t.guard.eval(t.condition, context)? {
             return Ok(Some(t.to));

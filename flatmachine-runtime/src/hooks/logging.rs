@@ -168,7 +168,13 @@ impl MachineHooks for LoggingHooks {
         _context: &mut Context,
     ) -> Result<super::ToolLoopControl, HookError> {
         let (tool, is_error) = (result.call.name.as_str(), result.output.is_error);
-        log_at!(self.level, state, tool, is_error, "Tool {tool} in {state} done (error: {is_error})");
+        log_at!(
+            self.level,
+            state,
+            tool,
+            is_error,
+            "Tool {tool} in {state} done (error: {is_error})"
+        );
         Ok(super::ToolLoopControl::Continue)
     }
 

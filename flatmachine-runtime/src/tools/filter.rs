@@ -70,18 +70,10 @@ impl ToolFilter {
     /// Whether the tool passes: no deny pattern matches, and the allow list is empty or one of
     /// its patterns matches.
     pub fn permits(&self, name: &str, server: Option<&str>) -> bool {
-        if self
-            .deny
-            .iter()
-            .any(|p| matches_pattern(p, name, server))
-        {
+        if self.deny.iter().any(|p| matches_pattern(p, name, server)) {
             return false;
         }
-        self.allow.is_empty()
-            || self
-                .allow
-                .iter()
-                .any(|p| matches_pattern(p, name, server))
+        self.allow.is_empty() || self.allow.iter().any(|p| matches_pattern(p, name, server))
     }
 }
 

@@ -19,15 +19,17 @@
 //! server that died, hangs past the timeout or answers garbage comes back to the model as an
 //! error result.
 
-use super::{McpServerSpec, McpSpec, Tool, ToolDefinition, ToolError, ToolFilter, ToolInvocation, ToolOutput};
+use super::{
+    McpServerSpec, McpSpec, Tool, ToolDefinition, ToolError, ToolFilter, ToolInvocation, ToolOutput,
+};
 use crate::error::error_type;
 use crate::{StateError, Value};
 use async_trait::async_trait;
+use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock};
 use rmcp::service::{Peer, RoleClient, RunningService, ServiceError};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
-use rmcp::ServiceExt;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -41,10 +43,13 @@ const STDERR_TAIL: usize = 4096;
 /// Most tools taken from one server (a server listing more is cut, with a warning).
 const MAX_TOOLS_PER_SERVER: usize = 512;
 
+/// Tools discovered on MCP servers, each with the name of the server offering it.
+pub(crate) type ServerTools = Vec<(Arc<dyn Tool>, String)>;
+
 /// The MCP sessions of one run, by agent.
 #[derive(Default)]
 pub(crate) struct McpSessions {
-    tools: HashMap<String, Vec<(Arc<dyn Tool>, String)>>,
+    tools: HashMap<String, ServerTools>,
     servers: Vec<Arc<McpServer>>,
 }
 
@@ -54,12 +59,12 @@ impl McpSessions {
         &mut self,
         agent: &str,
         spec: &'static McpSpec,
-    ) -> Result<Vec<(Arc<dyn Tool>, String)>, StateError> {
+    ) -> Result<ServerTools, StateError> {
         if let Some(tools) = self.tools.get(agent) {
             return Ok(tools.clone());
         }
         let filter = ToolFilter::new(spec.allow.iter().copied(), spec.deny.iter().copied());
-        let mut tools: Vec<(Arc<dyn Tool>, String)> = Vec::new();
+        let mut tools: ServerTools = Vec::new();
         for server_spec in spec.servers {
             let server = Arc::new(McpServer::start(server_spec).await?);
             self.servers.push(server.clone());
@@ -94,6 +99,7 @@ pub struct McpServer {
     service: tokio::sync::Mutex<Option<RunningService<RoleClient, ()>>>,
     peer: Peer<RoleClient>,
     stderr: Arc<Mutex<String>>,
+    secrets: Vec<String>,
 }
 
 impl std::fmt::Debug for McpServer {
@@ -118,10 +124,8 @@ pub fn expand_env(text: &str) -> String {
         match after.find('}') {
             Some(end) => {
                 let name = &after[..end];
-                let valid = !name.is_empty()
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_');
+                let valid =
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if valid {
                     out.push_str(&std::env::var(name).unwrap_or_default());
                 } else {
@@ -137,6 +141,29 @@ pub fn expand_env(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The values `${VAR}` references in `text` stand for (for scrubbing them from messages).
+fn substituted(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else { break };
+        if let Ok(value) = std::env::var(&after[..end]) {
+            out.push(value);
+        }
+        rest = &after[end + 1..];
+    }
+    out
+}
+
+/// `text` with every secret (a value of at least 4 bytes taken from the environment) replaced.
+fn scrub(secrets: &[String], text: String) -> String {
+    secrets
+        .iter()
+        .filter(|s| s.len() >= 4)
+        .fold(text, |t, secret| t.replace(secret.as_str(), "[redacted]"))
 }
 
 /// `command` as a path: as given when it has a `/`, else the first executable of that name on
@@ -173,6 +200,19 @@ impl McpServer {
             .and_then(|t| Duration::try_from_secs_f64(t).ok())
             .unwrap_or(DEFAULT_TIMEOUT);
         let name = spec.name;
+        // What `${VAR}` brought in from this process's environment never appears in an
+        // error message (a server may echo its key, a URL may carry a token).
+        let mut secrets: Vec<String> = Vec::new();
+        for text in spec
+            .args
+            .iter()
+            .chain(spec.env.iter().map(|(_, v)| v))
+            .chain(spec.headers.iter().map(|(_, v)| v))
+            .chain(spec.server_url.iter())
+        {
+            secrets.extend(substituted(text));
+        }
+        let tool_error = |message: String| tool_error(scrub(&secrets, message));
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut stderr_reader = None;
         let handshake = match (spec.command, spec.server_url) {
@@ -266,6 +306,7 @@ impl McpServer {
             service: tokio::sync::Mutex::new(Some(service)),
             peer,
             stderr,
+            secrets,
         })
     }
 
@@ -286,10 +327,13 @@ impl McpServer {
                 ))
             })?
             .map_err(|e| {
-                tool_error(format!(
-                    "MCP server `{name}` could not list its tools: {}{}",
-                    describe(&e),
-                    stderr_note(&self.stderr)
+                tool_error(scrub(
+                    &self.secrets,
+                    format!(
+                        "MCP server `{name}` could not list its tools: {}{}",
+                        describe(&e),
+                        stderr_note(&self.stderr)
+                    ),
                 ))
             })?;
         if listed.len() > MAX_TOOLS_PER_SERVER {
@@ -325,10 +369,13 @@ impl McpServer {
                 ))
             })?
             .map_err(|e| {
-                ToolError::new(format!(
-                    "MCP server `{name}` failed on `{tool}`: {}{}",
-                    describe(&e),
-                    stderr_note(&self.stderr)
+                ToolError::new(scrub(
+                    &self.secrets,
+                    format!(
+                        "MCP server `{name}` failed on `{tool}`: {}{}",
+                        describe(&e),
+                        stderr_note(&self.stderr)
+                    ),
                 ))
             })?;
         Ok(result_to_output(result))
@@ -339,8 +386,12 @@ impl McpServer {
         if let Some(mut service) = self.service.lock().await.take() {
             match service.close_with_timeout(Duration::from_secs(10)).await {
                 Ok(Some(_)) => tracing::debug!(server = %self.name, "MCP server shut down"),
-                Ok(None) => tracing::warn!(server = %self.name, "MCP server did not shut down in time"),
-                Err(e) => tracing::warn!(server = %self.name, error = %e, "MCP server shutdown failed"),
+                Ok(None) => {
+                    tracing::warn!(server = %self.name, "MCP server did not shut down in time")
+                }
+                Err(e) => {
+                    tracing::warn!(server = %self.name, error = %e, "MCP server shutdown failed")
+                }
             }
         }
     }
@@ -449,6 +500,18 @@ mod tests {
         assert_eq!(expand_env("a${FM_MCP_TEST_VAR}b"), "av1b");
         assert_eq!(expand_env("${FM_MCP_UNSET_VAR_X}"), "");
         assert_eq!(expand_env("$HOME ${ not} ${"), "$HOME ${ not} ${");
+    }
+
+    #[test]
+    fn secrets_from_the_environment_are_scrubbed() {
+        // SAFETY: a test-only variable no other test reads.
+        unsafe { std::env::set_var("FM_MCP_TEST_TOKEN", "tok-12345") };
+        let secrets = substituted("https://x/mcp?key=${FM_MCP_TEST_TOKEN}");
+        assert_eq!(secrets, ["tok-12345"]);
+        assert_eq!(
+            scrub(&secrets, "bad url https://x/mcp?key=tok-12345".into()),
+            "bad url https://x/mcp?key=[redacted]"
+        );
     }
 
     #[test]

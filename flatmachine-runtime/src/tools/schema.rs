@@ -103,8 +103,10 @@ mod tests {
         assert!(check_parameters_schema(&json!({"properties": {"a": {"type": "string"}}})).is_ok());
         let err = check_parameters_schema(&json!({"type": "string"})).unwrap_err();
         assert!(err.contains("must describe an object"), "{err}");
-        let err = check_parameters_schema(&json!({"type": "object", "properties": {"a": {"type": "strin"}}}))
-            .unwrap_err();
+        let err = check_parameters_schema(
+            &json!({"type": "object", "properties": {"a": {"type": "strin"}}}),
+        )
+        .unwrap_err();
         assert!(err.contains("not a valid JSON Schema"), "{err}");
         let err = check_parameters_schema(&json!("x")).unwrap_err();
         assert!(err.contains("must be a JSON Schema object"), "{err}");

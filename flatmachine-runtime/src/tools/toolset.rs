@@ -64,7 +64,11 @@ impl ToolSet {
     /// from), so the model can never reach the wrong one.
     pub fn add(&mut self, tool: Arc<dyn Tool>, source: ToolSource) -> Result<(), String> {
         let name = tool.definition().name.clone();
-        if let Some(other) = self.entries.iter().find(|e| e.tool.definition().name == name) {
+        if let Some(other) = self
+            .entries
+            .iter()
+            .find(|e| e.tool.definition().name == name)
+        {
             return Err(format!(
                 "two tools are named `{name}`: {} and {}",
                 describe(&other.source),
@@ -240,7 +244,9 @@ mod tests {
             Arc::new(tool_fn("fail", "Fails", |_: Echo| async move {
                 Err::<String, _>(ToolError::new("disk full"))
             })),
-            ToolSource::Mcp { server: "fs".into() },
+            ToolSource::Mcp {
+                server: "fs".into(),
+            },
         )
         .unwrap();
         set
@@ -252,19 +258,29 @@ mod tests {
             name: name.into(),
             arguments: args.into(),
         };
-        set.call(&call, &ToolInvocation::new("c1", name), None).await
+        set.call(&call, &ToolInvocation::new("c1", name), None)
+            .await
     }
 
     #[tokio::test]
     async fn calls_are_checked_before_the_tool_runs() {
         let set = set();
-        assert_eq!(run(&set, "echo", r#"{"text":"hi"}"#).await, ToolOutput::text("hi"));
+        assert_eq!(
+            run(&set, "echo", r#"{"text":"hi"}"#).await,
+            ToolOutput::text("hi")
+        );
         let out = run(&set, "echo", r#"{"text": 1}"#).await;
         assert!(out.is_error && out.content.contains("schema"), "{out:?}");
         let out = run(&set, "echo", r#"{"text": "#).await;
-        assert!(out.is_error && out.content.contains("not valid JSON"), "{out:?}");
+        assert!(
+            out.is_error && out.content.contains("not valid JSON"),
+            "{out:?}"
+        );
         let out = run(&set, "nope", "{}").await;
-        assert!(out.is_error && out.content.contains("Unknown tool `nope`"), "{out:?}");
+        assert!(
+            out.is_error && out.content.contains("Unknown tool `nope`"),
+            "{out:?}"
+        );
         assert!(out.content.contains("echo, fail"), "{out:?}");
         let out = run(&set, "fail", r#"{"text":"x"}"#).await;
         assert_eq!(out, ToolOutput::error("Error: disk full"));
@@ -276,7 +292,10 @@ mod tests {
         set.retain(&ToolFilter::new(Vec::<String>::new(), ["fs:*"]));
         assert_eq!(set.names(), ["echo"]);
         let out = run(&set, "fail", r#"{"text":"x"}"#).await;
-        assert!(out.is_error && out.content.contains("not allowed"), "{out:?}");
+        assert!(
+            out.is_error && out.content.contains("not allowed"),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -156,7 +156,9 @@ pub(crate) fn anthropic_messages(messages: &[Message]) -> Vec<Value> {
                         Ok(v) => v,
                         Err(_) => json!({}),
                     };
-                    blocks.push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input}));
+                    blocks.push(
+                        json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input}),
+                    );
                 }
                 ("assistant", blocks)
             }
@@ -272,7 +274,10 @@ mod tests {
             Message::new(Role::User, "q"),
             Message::assistant_with_tools(
                 "",
-                vec![ToolCall::new("t1", "a", json!({"x": 1})), ToolCall::new("t2", "b", json!({}))],
+                vec![
+                    ToolCall::new("t1", "a", json!({"x": 1})),
+                    ToolCall::new("t2", "b", json!({})),
+                ],
             ),
             Message::tool_result("t1", "one", false),
             Message::tool_result("t2", "bad", true),
