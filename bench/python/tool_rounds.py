@@ -19,6 +19,12 @@ from pathlib import Path
 
 logging.disable(logging.WARNING)
 
+import litellm  # noqa: E402
+
+# litellm prints its provider list on stdout when it cannot price a model (the loopback
+# server's `bench-model`); keep stdout for the result line.
+litellm.suppress_debug_info = True
+
 from flatmachines import FlatMachine  # noqa: E402
 from flatagents.tool_loop import Tool  # noqa: E402
 from flatagents.tools import SimpleToolProvider, ToolResult  # noqa: E402

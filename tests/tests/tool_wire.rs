@@ -148,6 +148,7 @@ async fn a_tool_call_without_a_name_is_a_malformed_reply() {
 
 #[tokio::test]
 async fn anthropic_tool_use_round_trip() {
+    // A call, an unknown tool, and a call whose input is a string (malformed: not an object).
     let server = LoopbackLlm::start(|req: &Received| match turn(req) {
         0 => (
             200,
@@ -159,7 +160,8 @@ async fn anthropic_tool_use_round_trip() {
                 "content": [
                     {"type": "text", "text": "Let me look."},
                     {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"word": "kettle"}},
-                    {"type": "tool_use", "id": "toolu_2", "name": "nope", "input": {}}
+                    {"type": "tool_use", "id": "toolu_2", "name": "nope", "input": {}},
+                    {"type": "tool_use", "id": "toolu_3", "name": "lookup", "input": "{\"word\": "}
                 ],
                 "stop_reason": "tool_use",
                 "usage": {"input_tokens": 40, "output_tokens": 12}
@@ -183,7 +185,7 @@ async fn anthropic_tool_use_round_trip() {
         .unwrap();
     assert_eq!(
         result.output,
-        json!({"answer": "a kettle boils water", "calls": 2})
+        json!({"answer": "a kettle boils water", "calls": 3})
     );
 
     let received = server.received();
@@ -209,15 +211,26 @@ async fn anthropic_tool_use_round_trip() {
         json!({"role": "assistant", "content": [
             {"type": "text", "text": "Let me look."},
             {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"word": "kettle"}},
-            {"type": "tool_use", "id": "toolu_2", "name": "nope", "input": {}}
+            {"type": "tool_use", "id": "toolu_2", "name": "nope", "input": {}},
+            // Input that is not an object cannot go back to Anthropic as it came: sent empty.
+            {"type": "tool_use", "id": "toolu_3", "name": "lookup", "input": {}}
         ]})
     );
     assert_eq!(messages[2]["role"], "user");
+    let results = messages[2]["content"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
     assert_eq!(
-        messages[2]["content"],
-        json!([
-            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "kettle: a word"},
-            {"type": "tool_result", "tool_use_id": "toolu_2", "content": "Unknown tool `nope`; available tools: lookup", "is_error": true}
-        ])
+        results[..2],
+        [
+            json!({"type": "tool_result", "tool_use_id": "toolu_1", "content": "kettle: a word"}),
+            json!({"type": "tool_result", "tool_use_id": "toolu_2", "content": "Unknown tool `nope`; available tools: lookup", "is_error": true})
+        ]
+    );
+    assert_eq!(results[2]["tool_use_id"], "toolu_3");
+    assert_eq!(results[2]["is_error"], true);
+    let malformed = results[2]["content"].as_str().unwrap();
+    assert!(
+        malformed == "Tool `lookup` was not run: the arguments must be a JSON object, got a string",
+        "{malformed}"
     );
 }

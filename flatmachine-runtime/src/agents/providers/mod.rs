@@ -54,6 +54,7 @@ mod anthropic;
 mod http;
 #[cfg(feature = "openai")]
 mod openai;
+#[cfg(any(feature = "openai", feature = "anthropic"))]
 mod tool_wire;
 
 use std::collections::HashMap;
@@ -72,6 +73,7 @@ pub use http::{
 };
 #[cfg(feature = "openai")]
 pub use openai::{JsonMode, OpenAiBackend};
+#[cfg(any(feature = "openai", feature = "anthropic"))]
 pub use tool_wire::{MAX_TOOL_CALLS_PER_REPLY, MAX_TOOL_NAME};
 
 /// The built-in backend for `provider`: `anthropic` (any case) gets an `AnthropicBackend`,

@@ -27,6 +27,7 @@ pub const MAX_TOOL_CALLS_PER_REPLY: usize = 128;
 /// Longest tool name accepted in a reply, in bytes.
 pub const MAX_TOOL_NAME: usize = 256;
 
+#[cfg(feature = "anthropic")]
 /// Whether a request needs the tool-aware message format: it offers tools or its
 /// conversation holds tool calls or results.
 pub(crate) fn uses_tools(request: &LlmRequest) -> bool {
@@ -39,6 +40,7 @@ pub(crate) fn uses_tools(request: &LlmRequest) -> bool {
 
 // ----- OpenAI-compatible -----------------------------------------------------------------
 
+#[cfg(feature = "openai")]
 /// One message in the chat completions format.
 pub(crate) fn openai_message(m: &Message) -> Value {
     match m.role {
@@ -70,6 +72,7 @@ pub(crate) fn openai_message(m: &Message) -> Value {
     }
 }
 
+#[cfg(feature = "openai")]
 /// Adds `tools` and `tool_choice` (only when the request offers tools).
 pub(crate) fn openai_tools(request: &LlmRequest, body: &mut Map<String, Value>) {
     if request.tools.is_empty() {
@@ -88,6 +91,7 @@ pub(crate) fn openai_tools(request: &LlmRequest, body: &mut Map<String, Value>) 
     body.insert("tool_choice".into(), choice);
 }
 
+#[cfg(feature = "openai")]
 /// The tool calls of `choices[0].message` (none when it has no `tool_calls`). `Err` names
 /// what is malformed.
 pub(crate) fn openai_tool_calls(message: &Value) -> Result<Vec<ToolCall>, String> {
@@ -128,6 +132,7 @@ pub(crate) fn openai_tool_calls(message: &Value) -> Result<Vec<ToolCall>, String
 
 // ----- Anthropic -------------------------------------------------------------------------
 
+#[cfg(feature = "anthropic")]
 /// The `messages` of a Messages API request (system messages excluded): tool calls as
 /// `tool_use` blocks, results as `tool_result` blocks, consecutive same-role turns merged.
 pub(crate) fn anthropic_messages(messages: &[Message]) -> Vec<Value> {
@@ -181,10 +186,12 @@ pub(crate) fn anthropic_messages(messages: &[Message]) -> Vec<Value> {
         .collect()
 }
 
+#[cfg(feature = "anthropic")]
 fn text_block(text: &str) -> Option<Value> {
     (!text.is_empty()).then(|| json!({"type": "text", "text": text}))
 }
 
+#[cfg(feature = "anthropic")]
 /// Adds `tools` and `tool_choice` (only when the request offers tools).
 pub(crate) fn anthropic_tools(request: &LlmRequest, body: &mut Map<String, Value>) {
     if request.tools.is_empty() {
@@ -215,6 +222,7 @@ pub(crate) fn anthropic_tools(request: &LlmRequest, body: &mut Map<String, Value
     body.insert("tool_choice".into(), choice);
 }
 
+#[cfg(feature = "anthropic")]
 /// The `tool_use` blocks of a reply's `content`, as calls.
 pub(crate) fn anthropic_tool_calls(content: &[Value]) -> Result<Vec<ToolCall>, String> {
     let uses: Vec<&Value> = content
@@ -263,7 +271,7 @@ fn call_id(id: Option<&Value>, i: usize) -> String {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "openai", feature = "anthropic"))]
 mod tests {
     use super::*;
 
