@@ -4,7 +4,9 @@ with the same YAML files as the Rust binary, and prints
 
     python bench.py <scenario> <workdir> <n>
 
-Scenarios as in bench/src/main.rs. The reference has no SQLite checkpoint store: for
+Scenarios as in bench/src/main.rs; the agent scenarios (agent-first, agent-calls,
+agent-foreach) run flatagents 1.0.0 through LiteLLM against $OPENAI_BASE_URL, the bench's
+loopback server. "cpu_s" is time.process_time() over the run. The reference has no SQLite checkpoint store: for
 loop-sqlite it runs its local file backend (what `backend: sqlite` is measured against, at
 equal durability: both survive a process crash), for loop-sqlite-full its local file
 backend with fsync (both survive power loss). The time covers the run only (building the
@@ -102,6 +104,10 @@ def machine(scenario, workdir):
         return FlatMachine(config_file=str(MACHINES / "foreach.yml"))
     if scenario == "parallel":
         return FlatMachine(config_file=str(MACHINES / "parallel.yml"))
+    if scenario in ("agent-first", "agent-calls"):
+        return FlatMachine(config_file=str(MACHINES / "agent_loop.yml"))
+    if scenario == "agent-foreach":
+        return FlatMachine(config_file=str(MACHINES / "agent_foreach.yml"))
     raise SystemExit(f"unknown scenario {scenario}")
 
 
@@ -109,12 +115,15 @@ async def main():
     scenario, workdir, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     # The reference's file lock and default paths are relative to the working directory.
     os.chdir(workdir)
-    data = {"numbers": list(range(n))} if scenario == "foreach" else {"n": n}
+    foreach = scenario in ("foreach", "agent-foreach")
+    data = {"numbers": list(range(n))} if foreach else {"n": n}
+    cpu_before = time.process_time()
     started = time.perf_counter()
     m = machine(scenario, workdir)
     output = await m.execute(input=data, max_steps=10_000_000)
     elapsed = time.perf_counter() - started
-    print(json.dumps({"elapsed_s": elapsed, "steps": None, "output": output}))
+    cpu = time.process_time() - cpu_before
+    print(json.dumps({"elapsed_s": elapsed, "cpu_s": cpu, "steps": None, "output": output}))
 
 
 if __name__ == "__main__":

@@ -7,10 +7,13 @@
 //! ```
 //!
 //! Scenarios: `loop-off`, `loop-memory`, `loop-local`, `loop-local-fsync`, `loop-sqlite`,
-//! `loop-sqlite-full`, `templates20`, `foreach`, `parallel`, and `tool-rounds` (a `tool_loop`
-//! state against the OpenAI-compatible server at `$OPENAI_BASE_URL`, see `bench/tool_rounds`).
-//! Files (checkpoints, locks) go below `<workdir>`. The time covers the run only (building the
-//! machine included), not process start-up.
+//! `loop-sqlite-full`, `templates20`, `foreach`, `parallel`, the agent scenarios
+//! `agent-first`, `agent-calls`, `agent-foreach`, whose agents call `$OPENAI_BASE_URL` (the
+//! loopback server `flatmachine-bench serve <port-file>` runs, see `server.rs`), and
+//! `tool-rounds` (a `tool_loop` state against the OpenAI-compatible server at
+//! `$OPENAI_BASE_URL`, see `bench/tool_rounds`). Files (checkpoints, locks) go below
+//! `<workdir>`. The time covers the run only (building the machine included), not process
+//! start-up; `cpu_s` is the process's CPU time over the same span.
 //!
 //! ```text
 //! flatmachine-bench serve-llm <rounds>
@@ -19,6 +22,8 @@
 //! serves the chat completions API on a free loopback port (printing its base URL): each
 //! request is answered with one call of the `step` tool until the conversation holds `<rounds>`
 //! tool results, then with a final answer — the server both sides of `bench/tool_rounds` use.
+
+mod server;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -44,8 +49,29 @@ flatmachine_runtime::flatmachine!("machines/templates20.yml");
 flatmachine_runtime::flatmachine!("machines/foreach.yml");
 flatmachine_runtime::flatmachine!("machines/parallel.yml");
 flatmachine_runtime::flatmachine!("machines/tool_rounds.yml");
+flatmachine_runtime::flatmachine!("machines/agent_loop.yml");
+flatmachine_runtime::flatmachine!("machines/agent_foreach.yml");
 
 mod llm_server;
+
+/// CPU time of this process so far (user + system, all threads), from `/proc/self/stat`.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return f64::NAN;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        // Linux reports clock ticks of 1/100 s (USER_HZ) to user space.
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => f64::NAN,
+    }
+}
 
 /// Sets the integer under `key` to `f(old)` in place (`old` = 0 when missing); returns it.
 fn update(ctx: &mut Context, key: &str, f: impl FnOnce(i64) -> i64) -> i64 {
@@ -114,6 +140,8 @@ fn builder(scenario: &str, dir: &Path) -> Result<MachineBuilder, String> {
             })
         }
         "foreach" => Machine::of::<bench_foreach::Machine>(),
+        "agent-first" | "agent-calls" => Machine::of::<bench_agent_loop::Machine>(),
+        "agent-foreach" => Machine::of::<bench_agent_foreach::Machine>(),
         "parallel" => Machine::of::<bench_parallel::Machine>(),
         // The `step` tool (`step` in bench/python/tool_rounds.py does the same): n + 1.
         "tool-rounds" => Machine::of::<bench_tool_rounds::Machine>().tool_handler(
@@ -129,7 +157,7 @@ fn builder(scenario: &str, dir: &Path) -> Result<MachineBuilder, String> {
 
 fn input(scenario: &str, n: u64) -> Value {
     match scenario {
-        "foreach" => json!({ "numbers": (0..n).collect::<Vec<_>>() }),
+        "foreach" | "agent-foreach" => json!({ "numbers": (0..n).collect::<Vec<_>>() }),
         "tool-rounds" => json!({ "start": 0 }),
         _ => json!({ "n": n }),
     }
@@ -143,18 +171,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     {
         return llm_server::serve(rounds.parse()?).await;
     }
+    if let [serve, port_file] = &args[..]
+        && serve == "serve"
+    {
+        return server::serve(port_file).await;
+    }
     let [scenario, dir, n] = &args[..] else {
-        return Err("usage: flatmachine-bench <scenario> <workdir> <n>".into());
+        return Err(
+            "usage: flatmachine-bench <scenario> <workdir> <n> | flatmachine-bench serve <port-file> | flatmachine-bench serve-llm <rounds>"
+                .into(),
+        );
     };
     let n: u64 = n.parse()?;
     let dir = Path::new(dir);
+    let cpu_before = cpu_seconds();
     let started = Instant::now();
     let machine = builder(scenario, dir)?.build()?;
     let result = machine.run(input(scenario, n)).await?;
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
     println!(
         "{}",
-        json!({"elapsed_s": elapsed, "steps": result.steps, "output": result.output})
+        json!({"elapsed_s": elapsed, "cpu_s": cpu, "steps": result.steps, "output": result.output})
     );
     Ok(())
 }

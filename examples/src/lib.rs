@@ -2,6 +2,7 @@
 
 use flatmachine_runtime::{Context, Machine, MachineBuilder, StateError, Value};
 
+pub mod compose;
 pub mod librarian;
 pub mod mcp_fs;
 

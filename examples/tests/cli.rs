@@ -145,3 +145,74 @@ fn inspect_prints_the_history_from_the_configured_store() {
     let child_history: serde_json::Value = serde_json::from_slice(&child_history.stdout).unwrap();
     assert_eq!(child_history["parent_execution_id"], "cli-inspect");
 }
+
+#[test]
+fn resume_of_a_child_id_runs_it_as_that_child_or_names_the_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = fm(
+        dir.path(),
+        false,
+        &["run", "--input", r#"{"job": "c"}"#, "-e", "cli-child"],
+    );
+    assert!(run.status.success());
+    let checkpoints = dir.path().join(".checkpoints");
+    let child = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| name != "cli-child")
+        .expect("the worker's checkpoints");
+    // The id names a `worker` run: the app's root machine hands it to its child machine.
+    let resumed = fm(dir.path(), false, &["resume", &child]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&resumed.stdout).unwrap(),
+        serde_json::json!({"job": "c", "done": true})
+    );
+
+    // A run of a machine the app does not have: the error says which one, and how.
+    let stray = checkpoints.join("stray");
+    std::fs::create_dir_all(&stray).unwrap();
+    let mut snapshot = flatmachine_runtime::persistence::MachineSnapshot::new(
+        "stray",
+        "triage",
+        "1.0.0",
+        "approve",
+        Default::default(),
+        4,
+    );
+    snapshot.event = Some("execute".into());
+    snapshot.parent_execution_id = Some("batch-7".into());
+    std::fs::write(
+        stray.join("step_000004_execute.json"),
+        snapshot.to_json_vec().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(stray.join("latest"), "stray/step_000004_execute.json").unwrap();
+    let refused = fm(dir.path(), false, &["resume", "stray"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("execution `stray` is a run of machine `triage` (a child of execution `batch-7`), not of `launcher`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("app resume stray --machine"), "{stderr}");
+    assert!(!stderr.contains("corrupt"), "{stderr}");
+
+    // The run tree shows the child under its parent, finished.
+    let tree = fm(dir.path(), false, &["inspect", "--tree"]);
+    let tree = String::from_utf8(tree.stdout).unwrap();
+    assert!(tree.contains("cli-child  launcher  finished"), "{tree}");
+    assert!(
+        tree.contains(&format!("  └ {child}  worker  finished")),
+        "{tree}"
+    );
+    assert!(
+        tree.contains("stray  triage  step 4 execute approve — orphan"),
+        "{tree}"
+    );
+}

@@ -1,6 +1,7 @@
 //! Macro time: what `flatmachine!` does for one machine (load every file, schema-check,
 //! analyse, generate tokens), and what `flatmachine expand` / the snapshots add on top of it
-//! (pretty-printing), for a 50-state chain and for corpus machines. Prints the size of the
+//! (pretty-printing), for a 50-state chain, the writer/critic example and (when
+//! `FLATMACHINE_CONFORMANCE_DIR` names the conformance corpus) a larger corpus machine. Prints the size of the
 //! generated code first.
 //!
 //! `cargo bench -p flatmachine-build --bench expand`
@@ -21,10 +22,24 @@ fn macro_options() -> CodegenOptions {
     }
 }
 
-fn corpus(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/conformance/corpus")
-        .join(rel)
+/// A file of this repository.
+fn repo(rel: &str) -> Option<PathBuf> {
+    Some(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(rel),
+    )
+}
+
+/// A file of the optional conformance corpus (`$FLATMACHINE_CONFORMANCE_DIR/corpus/...`; a
+/// relative directory is taken from the repository root).
+fn corpus(rel: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("FLATMACHINE_CONFORMANCE_DIR").filter(|d| !d.is_empty());
+    if dir.is_none() {
+        eprintln!("note: FLATMACHINE_CONFORMANCE_DIR is not set; skipping corpus machine {rel}");
+    }
+    let dir = dir?;
+    repo("").map(|root| root.join(dir).join("corpus").join(rel))
 }
 
 fn report_size(name: &str, path: &Path, states: usize) {
@@ -49,14 +64,17 @@ fn bench(c: &mut Criterion) {
         report_size(name, &path, 50);
         machines.push((name.to_string(), path));
     }
-    for (name, rel) in [
-        ("writer_critic", "writer_critic/config/machine.yml"),
+    for (name, path) in [
+        (
+            "writer_critic",
+            repo("examples/machines/writer_critic/machine.yml"),
+        ),
         (
             "research_paper_analysis",
-            "research_paper_analysis/config/machine.yml",
+            corpus("research_paper_analysis/config/machine.yml"),
         ),
     ] {
-        let path = corpus(rel);
+        let Some(path) = path else { continue };
         if path.exists() {
             machines.push((name.to_string(), path));
         } else {

@@ -58,9 +58,12 @@ impl ProfileSet {
 pub struct Resolved {
     /// The merged config (custom keys included).
     pub merged: Map<String, Value>,
-    /// A profile the agent names is not in the profiles file (and no default stood in): the
-    /// loader reports it, so a missing `name` is not reported again.
+    /// A profile the agent names is not in the profiles file: the loader reports it (an
+    /// error), so a missing `name` is not reported again.
     pub profile_missing: bool,
+    /// The profile the agent names, else the `default` profile (when it exists): what
+    /// run-time endpoint overrides are keyed by.
+    pub profile: Option<String>,
 }
 
 /// Resolve an agent's `model:` (string, mapping, or anything else) the way the reference does:
@@ -86,10 +89,13 @@ pub fn resolve(model: &Value, profiles: Option<&ProfileSet>) -> Resolved {
         }
         return out;
     };
-    let mut had_default = false;
-    if let Some(d) = set.default.as_deref().and_then(|d| set.get(d)) {
+    if let Some((name, d)) = set
+        .default
+        .as_deref()
+        .and_then(|d| set.get(d).map(|p| (d, p)))
+    {
         out.merged.extend(d.clone());
-        had_default = true;
+        out.profile = Some(name.to_string());
     }
     let named = match model {
         Value::String(name) => Some(name.as_str()),
@@ -98,8 +104,10 @@ pub fn resolve(model: &Value, profiles: Option<&ProfileSet>) -> Resolved {
     };
     if let Some(name) = named {
         match set.get(name) {
-            Some(p) => out.merged.extend(p.clone()),
-            None if had_default => {}
+            Some(p) => {
+                out.merged.extend(p.clone());
+                out.profile = Some(name.to_string());
+            }
             None => out.profile_missing = true,
         }
     }
@@ -153,6 +161,12 @@ pub struct ModelIr {
     pub timeout: Option<f64>,
     /// `max_retries` (extension).
     pub max_retries: Option<u64>,
+    /// `json_mode` (extension): `json_schema` or `json_object`.
+    pub json_mode: Option<String>,
+    /// `prompt_caching` (extension).
+    pub prompt_caching: bool,
+    /// The profile the agent names, else the default profile.
+    pub profile: Option<String>,
     /// The `model` prompt variable: the merged config with the reference's computed keys
     /// (`name` with its provider prefix, `temperature` defaulting to 0.7, the sampling keys
     /// as null when unset).
@@ -182,6 +196,12 @@ impl ModelIr {
             output_cost_per_token: f("output_cost_per_token"),
             timeout: f("timeout"),
             max_retries: u("max_retries"),
+            json_mode: s("json_mode"),
+            prompt_caching: merged
+                .get("prompt_caching")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            profile: None,
             raw: Value::Null,
         };
         let qualified = match &m.provider {
@@ -231,80 +251,15 @@ pub struct OutputRead {
 /// `is not defined`), reads it through `| default`, or tests its truth (`{% if output.x %}`,
 /// `output.x or ...`); `output.<name>(...)` is a method call.
 pub fn output_reads(src: &str) -> Vec<OutputRead> {
-    use minijinja::machinery::{Token, tokenize};
-    if !crate::templates::is_template(src) {
-        return Vec::new();
-    }
-    let mut tokens = Vec::new();
-    for t in tokenize(src, false, Default::default()) {
-        match t {
-            Ok(t) => tokens.push(t),
-            Err(_) => return Vec::new(),
-        }
-    }
-    let ident = |i: usize| match tokens.get(i) {
-        Some((Token::Ident(s), _)) => Some(*s),
-        _ => None,
-    };
-    let rebinds = (0..tokens.len())
-        .any(|i| matches!(ident(i), Some("set" | "for")) && ident(i + 1) == Some("output"));
-    if rebinds {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    let mut guarded = std::collections::HashSet::new();
-    for i in 0..tokens.len() {
-        if ident(i) != Some("output") || (i > 0 && matches!(tokens[i - 1].0, Token::Dot)) {
-            continue;
-        }
-        let (field, span, next) = match (tokens.get(i + 1), tokens.get(i + 2), tokens.get(i + 3)) {
-            (Some((Token::Dot, _)), Some((Token::Ident(f), span)), _) => {
-                (f.to_string(), span, i + 3)
-            }
-            (
-                Some((Token::BracketOpen, _)),
-                Some((Token::Str(f), span)),
-                Some((Token::BracketClose, _)),
-            ) => (f.to_string(), span, i + 4),
-            (
-                Some((Token::BracketOpen, _)),
-                Some((Token::String(f), span)),
-                Some((Token::BracketClose, _)),
-            ) => (f.to_string(), span, i + 4),
-            _ => continue,
-        };
-        let after = |j: usize| tokens.get(next + j).map(|(t, _)| t);
-        if matches!(after(0), Some(Token::ParenOpen)) {
-            continue;
-        }
-        let tested = matches!(after(0), Some(Token::Ident("is")))
-            && matches!(
-                (after(1), after(2)),
-                (Some(Token::Ident("defined" | "undefined" | "none")), _)
-                    | (
-                        Some(Token::Ident("not")),
-                        Some(Token::Ident("defined" | "undefined" | "none"))
-                    )
-            );
-        let defaulted = matches!(after(0), Some(Token::Pipe))
-            && matches!(after(1), Some(Token::Ident("default" | "d")));
-        // A truth test (`{% if output.x %}`, `output.x or ...`) handles a missing field too.
-        let before = if i > 0 { ident(i - 1) } else { None };
-        let truth = matches!(before, Some("if" | "elif" | "and" | "or" | "not"))
-            || matches!(after(0), Some(Token::Ident("or" | "and")));
-        if tested || defaulted || truth {
-            guarded.insert(field);
-            continue;
-        }
-        let (start, end) = (span.start_offset as usize, span.end_offset as usize);
-        out.push(OutputRead {
-            field,
-            offset: start,
-            len: end.saturating_sub(start).max(1),
-        });
-    }
-    out.retain(|r| !guarded.contains(&r.field));
-    out
+    crate::reads::field_reads(src, "output")
+        .into_iter()
+        .filter(|r| !r.guarded)
+        .map(|r| OutputRead {
+            field: r.field,
+            offset: r.offset,
+            len: r.len,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -346,15 +301,24 @@ mod tests {
         assert_eq!(r.merged["name"], "pinned");
         assert_eq!(r.merged["temperature"], 0.2);
         assert_eq!(r.merged["top_p"], 0.5);
-        // An unknown name with a default falls back to it.
+        assert_eq!(r.profile.as_deref(), Some("fast"));
+        // An unknown name is missing even with a default (the loader reports an error).
         let r = resolve(
             &json!("fsat"),
             Some(&set(
                 json!({"model_profiles": {"base": {"name": "b"}}, "default": "base"}),
             )),
         );
-        assert!(!r.profile_missing);
+        assert!(r.profile_missing);
+        // No model at all: the default profile.
+        let r = resolve(
+            &Value::Null,
+            Some(&set(
+                json!({"model_profiles": {"base": {"name": "b"}}, "default": "base"}),
+            )),
+        );
         assert_eq!(r.merged["name"], "b");
+        assert_eq!(r.profile.as_deref(), Some("base"));
         // Without a default it is missing.
         let r = resolve(
             &json!("fsat"),

@@ -16,6 +16,8 @@ use crate::yaml::{Node, NodeKind, PathSeg};
 use indexmap::IndexMap;
 use std::collections::{BTreeSet, HashSet, VecDeque};
 
+mod typed_io;
+
 fn k(s: &str) -> PathSeg {
     PathSeg::Key(s.to_string())
 }
@@ -46,6 +48,22 @@ pub fn analyze_with_tools(
         irs.push(cx.machine(id, &module_names));
     }
     (irs, diags)
+}
+
+/// Check and lower the single agent of a project made by [`crate::loader::load_agent_file`].
+pub fn analyze_agent(project: &Project) -> (Option<AgentIr>, Diagnostics) {
+    let mut diags = Diagnostics::new();
+    let Some(unit) = project.machines.first() else {
+        return (None, diags);
+    };
+    let mut cx = Cx {
+        project,
+        unit,
+        diags: &mut diags,
+        rust_tools: &[],
+    };
+    let agent = cx.agents().into_iter().next();
+    (agent, diags)
 }
 
 /// A unique snake_case module name for every machine.
@@ -81,6 +99,7 @@ const BACKENDS: &[(&str, &[&str])] = &[
     ("results", &["memory", "redis"]),
     ("registration", &["memory", "sqlite", "redis"]),
     ("work", &["memory", "sqlite", "redis"]),
+    ("signal", &["memory", "sqlite", "redis"]),
 ];
 
 struct Cx<'a> {
@@ -111,6 +130,12 @@ impl Cx<'_> {
         self.last()
     }
 
+    fn err_key(&mut self, msg: impl Into<String>, rel: &[PathSeg]) -> &mut Diagnostic {
+        let span = self.project.key_span(self.origin(), rel);
+        self.diags.push(Diagnostic::error(msg, Some(span)));
+        self.last()
+    }
+
     fn warn_key(&mut self, msg: impl Into<String>, rel: &[PathSeg]) -> &mut Diagnostic {
         let span = self.project.key_span(self.origin(), rel);
         self.diags.push(Diagnostic::warning(msg, Some(span)));
@@ -125,6 +150,7 @@ impl Cx<'_> {
             ("results", &b.results),
             ("registration", &b.registration),
             ("work", &b.work),
+            ("signal", &b.signal),
         ];
         for (kind, name) in chosen {
             let Some(name) = name else { continue };
@@ -250,8 +276,14 @@ impl Cx<'_> {
         }
 
         self.graph_checks(&states, initial);
+        self.typed_io(data);
         let agent_list = self.agents();
         self.check_tool_loops(&states, &agent_list);
+        // Context keys read but never set, values a key never has, agent inputs not passed.
+        self.diags
+            .extend(crate::dataflow::check(self.project, self.unit, &states));
+        self.diags
+            .extend(crate::dataflow::agent_inputs(self.project, self.unit));
         let backends = data
             .settings
             .as_ref()
@@ -274,7 +306,7 @@ impl Cx<'_> {
                 )
             })
             .collect();
-        Some(MachineIr {
+        let mut ir = MachineIr {
             id,
             module: module_names[id].clone(),
             name: data
@@ -288,6 +320,8 @@ impl Cx<'_> {
             context,
             max_steps: data.settings.as_ref().and_then(|s| s.max_steps),
             max_concurrency: data.settings.as_ref().and_then(|s| s.max_concurrency),
+            heartbeat_interval: data.settings.as_ref().and_then(|s| s.heartbeat_interval),
+            job_lease_seconds: data.settings.as_ref().and_then(|s| s.job_lease_seconds),
             persistence: data.persistence.clone(),
             hooks: data.hooks.as_ref().map(|h| (h.class.clone(), hooks_args)),
             backends,
@@ -296,7 +330,12 @@ impl Cx<'_> {
             actions,
             engine,
             rust_tools: self.rust_tools.to_vec(),
-        })
+            config_hash: String::new(),
+            input: data.input.clone(),
+            output: data.output.clone(),
+        };
+        ir.config_hash = crate::fingerprint::shape_hash(&ir);
+        Some(ir)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -359,6 +398,9 @@ impl Cx<'_> {
                     self.undeclared_machine(name, "launches", n, &p, machines);
                 }
             }
+        }
+        if def.wait_for.is_some() {
+            self.check_wait_state(name, def, is_final, &at(&[]));
         }
         if def.foreach.is_some() && def.machine.is_none() {
             self.err(
@@ -483,6 +525,10 @@ impl Cx<'_> {
             .key
             .as_ref()
             .map(|f| self.template_str(&at(&[k("key")]), f, &item_scope));
+        let wait_for = def
+            .wait_for
+            .as_ref()
+            .map(|f| self.template_str(&at(&[k("wait_for")]), f, &base_scope));
         if let Some(crate::model::MachineField::Many(items)) = &def.machine {
             for (j, item) in items.iter().enumerate() {
                 if let crate::model::MachineListItem::WithInput(mi) = item
@@ -563,7 +609,11 @@ impl Cx<'_> {
             let mut to_rel = trel.clone();
             to_rel.push(k("to"));
             if let Some(to) = self.target(name, &t.to, &to_rel, index, state_names, "transition") {
-                transitions.push(TransitionIr { to, condition });
+                transitions.push(TransitionIr {
+                    to,
+                    position: j,
+                    condition,
+                });
             }
         }
         if !is_final
@@ -604,6 +654,7 @@ impl Cx<'_> {
             launch_input,
             foreach,
             key,
+            wait_for,
             on_error,
             transitions,
             tool_loop,
@@ -777,6 +828,58 @@ impl Cx<'_> {
         }
     }
 
+    /// A `wait_for` state only waits: the signal's data is its output. Work of another kind
+    /// in the same state would run in an order no reader could guess (the reference skips it
+    /// silently), and a final state would end the run before the signal could matter.
+    fn check_wait_state(
+        &mut self,
+        name: &str,
+        def: &StateDefinition,
+        is_final: bool,
+        rel: &[PathSeg],
+    ) {
+        let at = |key: &str| -> Vec<PathSeg> {
+            let mut p = rel.to_vec();
+            p.push(k(key));
+            p
+        };
+        let other_work = [
+            ("agent", def.agent.is_some()),
+            ("action", def.action.is_some()),
+            ("machine", def.machine.is_some()),
+            ("foreach", def.foreach.is_some()),
+            ("launch", def.launch.is_some()),
+        ];
+        for (key, present) in other_work {
+            if present {
+                self.err_key(
+                    format!("state `{name}` waits for a signal (`wait_for`) and also has `{key}`"),
+                    &at(key),
+                )
+                .help
+                .push(format!(
+                    "a `wait_for` state only waits; move `{key}` to a state before or after it"
+                ));
+            }
+        }
+        if is_final {
+            self.err_key(
+                format!("final state `{name}` cannot wait for a signal: the run ends there"),
+                &at("wait_for"),
+            )
+            .help
+            .push("wait in a state before the final one, and go on to it with a transition".into());
+        }
+        if let Some(t) = def.timeout
+            && !(t.is_finite() && t >= 0.0)
+        {
+            self.err(
+                format!("`timeout` of state `{name}` must be a number of seconds, 0 or more"),
+                &at("timeout"),
+            );
+        }
+    }
+
     /// A state names a machine (`machine:` or `launch:`) that `data.machines` does not declare.
     fn undeclared_machine(
         &mut self,
@@ -935,6 +1038,19 @@ impl Cx<'_> {
         scope: Option<&Scope>,
         agent_prompt: bool,
     ) {
+        if !agent_prompt {
+            // Machine templates whose text is JSON are parsed into values when rendered.
+            for problem in crate::templates::quoted_expressions_in_json(src) {
+                let span = self.template_span(origin, rel, problem.offset, problem.len);
+                let mut d = Diagnostic::warning(problem.message, Some(span));
+                d.help.extend(problem.help);
+                d.notes.push(
+                    "the rendered text is parsed as JSON; see docs/templates.md, \"Building JSON\""
+                        .into(),
+                );
+                self.diags.push(d);
+            }
+        }
         let problems = match scope {
             Some(scope) => crate::templates::check(src, &scope.names),
             None => crate::templates::check_syntax(src),
@@ -977,33 +1093,21 @@ impl Cx<'_> {
         self.diags.extend(found);
     }
 
-    /// A missing agent file is an error, unless every state that calls the agent routes its
-    /// errors with `on_error`: such a machine expects the agent to fail (the corpus's
-    /// `error_handling` demo does this on purpose), so it is a warning and the agent fails at
-    /// run time with the reference's `FileNotFoundError`.
+    /// A missing agent file is an error, also when the states that call the agent route their
+    /// errors with `on_error`: every run would take that route (the reference fails at run time
+    /// with `FileNotFoundError`), which is never what the file name was written for.
     fn missing_agent_file(&mut self, key: &str, diagnostic: &Diagnostic) {
-        let states: Vec<bool> = self
-            .unit
-            .config
-            .as_ref()
-            .map(|cfg| {
-                cfg.data
-                    .states
-                    .values()
-                    .filter(|s| s.agent.as_deref() == Some(key))
-                    .map(|s| s.on_error.is_some())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let routed = self.unit.config.as_ref().is_some_and(|cfg| {
+            cfg.data
+                .states
+                .values()
+                .any(|s| s.agent.as_deref() == Some(key) && s.on_error.is_some())
+        });
         let mut d = diagnostic.clone();
-        if !states.is_empty() && states.iter().all(|routed| *routed) {
-            d.severity = crate::diagnostic::Severity::Warning;
-            d.help.push(format!(
-                "every state calling agent `{key}` routes errors with `on_error`, so this compiles: the agent fails at run time with `FileNotFoundError`"
-            ));
-        } else {
-            d.help.push(format!(
-                "if the file is missing on purpose, route errors with `on_error` in every state that calls agent `{key}`"
+        d.severity = crate::diagnostic::Severity::Error;
+        if routed {
+            d.notes.push(format!(
+                "every call of agent `{key}` would fail; `on_error` does not make a missing file optional"
             ));
         }
         self.diags.push(d);
@@ -1062,7 +1166,7 @@ impl Cx<'_> {
         let d = &cfg.data;
         let scope = Scope::new(PROMPT_SCOPE);
         let fields = [
-            ("system", Some(&d.system)),
+            ("system", d.system.as_ref()),
             ("user", Some(&d.user)),
             ("instruction_suffix", d.instruction_suffix.as_ref()),
         ];
@@ -1100,21 +1204,47 @@ impl Cx<'_> {
                     .map(str::to_string)
             })
             .unwrap_or_else(|| key.to_string());
-        let model = ModelIr::from_merged(&resolved.merged);
+        let mut model = ModelIr::from_merged(&resolved.merged);
         if model.is_none() && !resolved.profile_missing {
-            let span = self.project.span(origin, &model_rel);
-            let help = if set.is_some() {
-                "set `name:` under `model:`, or in the profile it uses (or the `default` profile)"
+            if d.model.is_none() {
+                // The reference uses the default profile for an agent without `model:`.
+                let (message, help) = match &set {
+                    None => (
+                        format!("agent `{name}` has no `model` and no `profiles.yml` applies"),
+                        "add `model:` (a profile name or `{name: ..., provider: ...}`), or put a `profiles.yml` with a `default` profile beside the agent or machine",
+                    ),
+                    Some(_) => (
+                        format!(
+                            "agent `{name}` has no `model` and its `profiles.yml` has no `default` profile"
+                        ),
+                        "add `model:` naming a profile, or set `default:` in the profiles file",
+                    ),
+                };
+                self.diags.push(
+                    Diagnostic::error(message, Some(self.project.key_span(origin, &[k("data")])))
+                        .with_help(help),
+                );
             } else {
-                "set `name:` under `model:`, or name a profile of a `profiles.yml` beside the agent or machine"
-            };
-            self.diags.push(
-                Diagnostic::error(
-                    format!("the model of agent `{name}` has no `name`"),
-                    Some(span),
-                )
-                .with_help(help),
-            );
+                let span = self.project.span(origin, &model_rel);
+                let help = if set.is_some() {
+                    "set `name:` under `model:`, or in the profile it uses (or the `default` profile)"
+                } else {
+                    "set `name:` under `model:`, or name a profile of a `profiles.yml` beside the agent or machine"
+                };
+                self.diags.push(
+                    Diagnostic::error(
+                        format!("the model of agent `{name}` has no `name`"),
+                        Some(span),
+                    )
+                    .with_help(help),
+                );
+            }
+        }
+        if let Some(m) = &mut model {
+            m.profile = resolved.profile.clone();
+            if !self.check_provider(origin, m, profiles) {
+                return None;
+            }
         }
         let model = model?;
         let metadata = cfg
@@ -1126,7 +1256,7 @@ impl Cx<'_> {
         Some(FlatAgentIr {
             name,
             source: self.project.db.file(origin.file).display.clone(),
-            system: Some(d.system.clone()),
+            system: d.system.clone(),
             user: d.user.clone(),
             instruction_suffix: d.instruction_suffix.clone(),
             model,
@@ -1239,6 +1369,82 @@ impl Cx<'_> {
             });
         }
         out
+    }
+
+    /// A model's provider must be one the runtime knows (the table LiteLLM's names come from),
+    /// unless the model names its own `base_url`: prompts never go to a vendor nobody chose.
+    fn check_provider(
+        &mut self,
+        origin: &Origin,
+        model: &ModelIr,
+        profiles: Option<ProfilesId>,
+    ) -> bool {
+        let (provider, from_name) = match &model.provider {
+            Some(p) => (p.clone(), false),
+            None => match model.name.split_once('/') {
+                Some((prefix, _)) => (prefix.to_string(), true),
+                None => return true,
+            },
+        };
+        if model
+            .base_url
+            .as_deref()
+            .is_some_and(|b| !b.trim().is_empty())
+            || flatmachine_providers::find(&provider).is_some()
+        {
+            return true;
+        }
+        // Point at where the provider was written: the agent's `model:`, else the profiles.
+        let key = if from_name { "name" } else { "provider" };
+        let inline = [k("data"), k("model"), k(key)];
+        let span = match self.project.node(origin, &inline) {
+            Some(node) => node.span,
+            None => self
+                .profile_key_span(profiles, model.profile.as_deref(), key)
+                .unwrap_or_else(|| self.project.span(origin, &[k("data"), k("model")])),
+        };
+        let known: Vec<&str> = flatmachine_providers::names().collect();
+        let message = if from_name {
+            format!(
+                "unknown provider `{provider}` (the prefix of the model name) and no `base_url`"
+            )
+        } else {
+            format!("unknown provider `{provider}` and no `base_url`")
+        };
+        self.diags.push(
+            Diagnostic::error(message, Some(span))
+                .with_help_opt(did_you_mean(&provider, known.iter().copied()))
+                .with_help(
+                    "give the model a `base_url` (an OpenAI-compatible server), or use a known provider",
+                )
+                .with_note(format!("known providers: {}", known.join(", "))),
+        );
+        false
+    }
+
+    /// The span of `key` in profile `profile` (or the `override` / `default` profile when the
+    /// key comes from there) of a profiles file.
+    fn profile_key_span(
+        &self,
+        profiles: Option<ProfilesId>,
+        profile: Option<&str>,
+        key: &str,
+    ) -> Option<crate::source::Span> {
+        let unit = self.project.profiles.get(profiles?)?;
+        let cfg = unit.config.as_ref()?;
+        let layers = [
+            cfg.data.override_.as_deref(),
+            profile,
+            cfg.data.default.as_deref(),
+        ];
+        layers.into_iter().flatten().find_map(|name| {
+            self.project
+                .node(
+                    &unit.origin,
+                    &[k("data"), k("model_profiles"), k(name), k(key)],
+                )
+                .map(|n| n.span)
+        })
     }
 
     /// In a state that calls a flatagent, `output.<field>` in `output_to_context` must be a

@@ -26,6 +26,8 @@ pub struct Builder {
     cargo_output: Option<bool>,
     cargo_warnings: Option<bool>,
     rust_tools: Vec<String>,
+    /// The user's own input / output types per machine file (typed runs, docs/typed.md).
+    io_types: Vec<(PathBuf, Option<String>, Option<String>)>,
 }
 
 /// What one machine compiled to.
@@ -43,14 +45,42 @@ pub struct BuiltMachine {
     pub warnings: Vec<String>,
 }
 
+/// One compiler warning, for a tool to show (whether or not cargo output is on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildWarning {
+    /// The machine file being compiled.
+    pub machine: PathBuf,
+    /// Where in the YAML (`file:line:col`), when the warning has a place.
+    pub location: Option<String>,
+    /// The one-line message.
+    pub message: String,
+    /// The whole warning in rustc's format (place, snippet, help and notes).
+    pub rendered: String,
+}
+
+/// What a build produced: the machines written and every warning of every machine.
+#[derive(Debug, Clone, Default)]
+pub struct BuildReport {
+    /// The machines compiled and written.
+    pub machines: Vec<BuiltMachine>,
+    /// Every warning, machine by machine, in order of place.
+    pub warnings: Vec<BuildWarning>,
+}
+
 /// Compilation failed: the rendered diagnostics of every failing machine.
-#[derive(Debug)]
+///
+/// Both `Display` and `Debug` print the diagnostics as rustc does (real newlines, once), so a
+/// build script can simply return it: `fn main() -> Result<(), Box<dyn Error>>` prints
+/// `Error: ` and then the diagnostics.
 pub struct BuildError {
     /// Rendered diagnostics of every failure (rustc format), one after the other.
     pub rendered: String,
     /// Each failure on its own: the machine file (`None` for a problem with no single file,
     /// such as a missing `OUT_DIR`) and its rendered diagnostics.
     pub failures: Vec<(Option<PathBuf>, String)>,
+    /// What the build did produce: the machines that compiled and the warnings of all of them
+    /// (failed ones included).
+    pub report: BuildReport,
 }
 
 impl BuildError {
@@ -58,8 +88,23 @@ impl BuildError {
         Self {
             failures: vec![(None, rendered.clone())],
             rendered,
+            report: BuildReport::default(),
         }
     }
+}
+
+/// The warnings of a checked machine, one value each.
+fn warnings_of(machine: &Path, checked: &crate::Checked) -> Vec<BuildWarning> {
+    checked
+        .diagnostics
+        .warnings()
+        .map(|d| BuildWarning {
+            machine: machine.to_path_buf(),
+            location: d.span.map(|s| checked.db().location(s)),
+            message: d.message.clone(),
+            rendered: d.render(checked.db(), false),
+        })
+        .collect()
 }
 
 impl fmt::Display for BuildError {
@@ -69,6 +114,14 @@ impl fmt::Display for BuildError {
             "flatmachine: could not compile machines\n\n{}",
             self.rendered
         )
+    }
+}
+
+impl fmt::Debug for BuildError {
+    /// The same text as `Display`: `main` returning `Err` prints the `Debug` form, and escaped
+    /// newlines would make the diagnostics unreadable.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -84,6 +137,25 @@ impl Builder {
     pub fn machine(&mut self, path: impl AsRef<Path>) -> &mut Self {
         self.machines.push(path.as_ref().to_path_buf());
         self
+    }
+
+    /// Add a machine file whose typed runs use your own serde types (paths as written where
+    /// the generated file is `include!`d; `None` keeps the generated type), like
+    /// `flatmachine!("m.yml", input = Order, output = Outcome)`: the types are checked by rustc
+    /// to have every `input.<field>` the templates read and every key a final state outputs.
+    pub fn typed_machine(
+        &mut self,
+        path: impl AsRef<Path>,
+        input: Option<&str>,
+        output: Option<&str>,
+    ) -> &mut Self {
+        let path = path.as_ref().to_path_buf();
+        self.io_types.push((
+            path.clone(),
+            input.map(str::to_string),
+            output.map(str::to_string),
+        ));
+        self.machine(path)
     }
 
     /// Add several machine files.
@@ -129,6 +201,32 @@ impl Builder {
         self
     }
 
+    /// `opts` with the user's own types for `path`, if [`typed_machine`](Self::typed_machine)
+    /// named any; a type that is not Rust syntax is an error message.
+    fn io_options(&self, path: &Path, opts: &CodegenOptions) -> Result<CodegenOptions, String> {
+        let mut opts = opts.clone();
+        let Some((_, input, output)) = self.io_types.iter().find(|(p, _, _)| p == path) else {
+            return Ok(opts);
+        };
+        let parse = |ty: &Option<String>| -> Result<Option<TokenStream>, String> {
+            ty.as_deref()
+                .map(|t| {
+                    syn::parse_str::<syn::Type>(t)
+                        .map(|t| quote::quote!(#t))
+                        .map_err(|e| {
+                            format!(
+                                "error: `{t}` (a type given to `typed_machine` for {}) is not a Rust type: {e}\n\n",
+                                path.display()
+                            )
+                        })
+                })
+                .transpose()
+        };
+        opts.input_type = parse(input)?;
+        opts.output_type = parse(output)?;
+        Ok(opts)
+    }
+
     /// The codegen options this builder uses.
     pub fn codegen_options(&self) -> CodegenOptions {
         let mut opts = CodegenOptions {
@@ -148,7 +246,15 @@ impl Builder {
     /// errors of all of them are reported together. Two machines whose modules (output files)
     /// would have the same name are an error naming both files (nothing is overwritten).
     pub fn compile(&self) -> Result<Vec<BuiltMachine>, BuildError> {
-        self.compile_with(&mut |line| println!("{line}"))
+        self.compile_report().map(|report| report.machines)
+    }
+
+    /// [`compile`](Self::compile), returning a [`BuildReport`] with every warning as a value
+    /// as well (they are also printed as `cargo:warning` lines when cargo output is on; with
+    /// it off, the report is where tools find them). On failure the report is in
+    /// [`BuildError::report`].
+    pub fn compile_report(&self) -> Result<BuildReport, BuildError> {
+        self.compile_report_with(&mut |line| println!("{line}"))
     }
 
     /// [`compile`](Self::compile), handing each `cargo:` line to `emit` instead of printing
@@ -157,6 +263,14 @@ impl Builder {
         &self,
         emit: &mut dyn FnMut(String),
     ) -> Result<Vec<BuiltMachine>, BuildError> {
+        self.compile_report_with(emit).map(|report| report.machines)
+    }
+
+    /// [`compile_report`](Self::compile_report), handing each `cargo:` line to `emit`.
+    pub fn compile_report_with(
+        &self,
+        emit: &mut dyn FnMut(String),
+    ) -> Result<BuildReport, BuildError> {
         let out_dir = match &self.out_dir {
             Some(d) => d.clone(),
             None => std::env::var_os("OUT_DIR")
@@ -173,12 +287,21 @@ impl Builder {
         let warn = cargo && self.cargo_warnings.unwrap_or(true);
         let opts = self.codegen_options();
         let mut built: Vec<BuiltMachine> = Vec::new();
+        let mut all_warnings: Vec<BuildWarning> = Vec::new();
         let mut failures: Vec<(Option<PathBuf>, String)> = Vec::new();
         for path in &self.machines {
+            let opts = match self.io_options(path, &opts) {
+                Ok(o) => o,
+                Err(message) => {
+                    failures.push((Some(path.clone()), message));
+                    continue;
+                }
+            };
             match crate::compile(path, None, &opts) {
                 Ok(compiled) => {
                     let files_read = compiled.checked.files_read();
                     let warnings = compiled.warnings();
+                    all_warnings.extend(warnings_of(path, &compiled.checked));
                     if cargo {
                         for f in &files_read {
                             emit(format!("cargo:rerun-if-changed={}", f.display()));
@@ -222,6 +345,7 @@ impl Builder {
                     });
                 }
                 Err(checked) => {
+                    all_warnings.extend(warnings_of(path, &checked));
                     if cargo {
                         for f in checked.files_read() {
                             emit(format!("cargo:rerun-if-changed={}", f.display()));
@@ -234,12 +358,17 @@ impl Builder {
                 }
             }
         }
+        let report = BuildReport {
+            machines: built,
+            warnings: all_warnings,
+        };
         if failures.is_empty() {
-            Ok(built)
+            Ok(report)
         } else {
             Err(BuildError {
                 rendered: failures.iter().map(|(_, r)| r.as_str()).collect(),
                 failures,
+                report,
             })
         }
     }

@@ -13,6 +13,8 @@ use quote::{format_ident, quote};
 use serde_json::Value;
 use std::path::PathBuf;
 
+mod typed_io;
+
 /// Options for one code generation.
 #[derive(Debug, Clone)]
 pub struct CodegenOptions {
@@ -31,6 +33,13 @@ pub struct CodegenOptions {
     /// Names of the Rust tools the application registers on the builder
     /// (`flatmachine!("m.yml", tools = [..])`): checked against the YAML's tool lists.
     pub rust_tools: Vec<String>,
+    /// The root machine's input as the user's own type (`flatmachine!("m.yml", input =
+    /// my::Ticket)`): `TypedMachineDef::Input` instead of the generated `Input`, with a
+    /// compile-time check that it has every field the templates read (docs/typed.md).
+    pub input_type: Option<TokenStream>,
+    /// The root machine's output as the user's own type (`output = my::Triaged`), checked to
+    /// have every key a final state outputs.
+    pub output_type: Option<TokenStream>,
 }
 
 impl Default for CodegenOptions {
@@ -42,6 +51,8 @@ impl Default for CodegenOptions {
             warnings_as_deprecations: false,
             warnings: Vec::new(),
             rust_tools: Vec::new(),
+            input_type: None,
+            output_type: None,
         }
     }
 }
@@ -52,12 +63,13 @@ pub fn generate(irs: &[MachineIr], opts: &CodegenOptions) -> TokenStream {
         return TokenStream::new();
     };
     let rt = &opts.runtime_path;
-    let root_items = machine_items(root, irs, rt, true);
+    let (user_types, user_io) = typed_io::user_types(root, opts);
+    let root_items = machine_items(root, irs, rt, true, &user_io);
     let children: Vec<TokenStream> = irs[1..]
         .iter()
         .map(|m| {
             let name = format_ident!("{}", m.module);
-            let items = machine_items(m, irs, rt, false);
+            let items = machine_items(m, irs, rt, false, &typed_io::UserIo::default());
             let doc = format!(" Machine `{}` (from `{}`).", m.name, m.source);
             quote! {
                 #[doc = #doc]
@@ -98,6 +110,8 @@ pub fn generate(irs: &[MachineIr], opts: &CodegenOptions) -> TokenStream {
         root.name, root.source
     );
     quote! {
+        #user_types
+
         #[doc = #doc]
         #[allow(clippy::all, clippy::pedantic, unused_imports, dead_code)]
         pub mod #name {
@@ -147,7 +161,13 @@ fn spec_path(
     }
 }
 
-fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bool) -> TokenStream {
+fn machine_items(
+    m: &MachineIr,
+    irs: &[MachineIr],
+    rt: &TokenStream,
+    is_root: bool,
+    user_io: &typed_io::UserIo,
+) -> TokenStream {
     let mut slots = Slots::default();
     let n = m.states.len();
     let variants: Vec<Ident> = m
@@ -187,6 +207,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
     let name = &m.name;
     let source = &m.source;
     let spec_version = &m.spec_version;
+    let config_hash = &m.config_hash;
 
     // Conditions: each simple one becomes a small function (one per distinct source), each CEL
     // one a `static CelProgram`; the transition table in `SPEC` refers to them and the runtime
@@ -210,6 +231,11 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
     );
     let max_steps = optional("max_steps", m.max_steps.map(|v| quote!(#v)));
     let max_concurrency = optional("max_concurrency", m.max_concurrency.map(|v| quote!(#v)));
+    let heartbeat_interval = optional(
+        "heartbeat_interval",
+        m.heartbeat_interval.map(|v| quote!(#v)),
+    );
+    let job_lease_seconds = optional("job_lease_seconds", m.job_lease_seconds.map(|v| quote!(#v)));
     let persistence = optional(
         "persistence",
         m.persistence.as_ref().map(|p| {
@@ -230,16 +256,17 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
         "backends",
         m.backends.as_ref().map(|b| {
             let f = |v: &Option<String>| opt(v.as_ref().map(|s| quote!(#s)));
-            let (p, l, r, g, w, q) = (
+            let (p, l, r, g, w, s, q) = (
                 f(&b.persistence),
                 f(&b.locking),
                 f(&b.results),
                 f(&b.registration),
                 f(&b.work),
+                f(&b.signal),
                 f(&b.sqlite_path),
             );
             quote!(#rt::machine::BackendsSpec {
-                persistence: #p, locking: #l, results: #r, registration: #g, work: #w, sqlite_path: #q,
+                persistence: #p, locking: #l, results: #r, registration: #g, work: #w, signal: #s, sqlite_path: #q,
             })
         }),
     );
@@ -247,6 +274,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
         statics: agent_statics,
         specs: agents,
         outputs: agent_outputs,
+        any_output,
     } = agent_items(m, rt);
     let agents = (!agents.is_empty()).then(|| quote!(agents: &[#(#agents),*],));
     let machines: Vec<TokenStream> = m
@@ -268,6 +296,7 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
     let rust_tools = (!rust_tools.is_empty()).then(|| quote!(rust_tools: &[#(#rust_tools),*],));
     let slot_statics = slots.statics(rt);
     let typed_actions = actions_items(m, irs, rt);
+    let typed_io = typed_io::io_items(m, rt, user_io, any_output.as_ref());
 
     quote! {
         use #rt::expr;
@@ -350,11 +379,14 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
             name: NAME,
             spec_version: #spec_version,
             source: #source,
+            config_hash: #config_hash,
             states: &[#(#state_specs),*],
             initial: #initial_index,
             #context
             #max_steps
             #max_concurrency
+            #heartbeat_interval
+            #job_lease_seconds
             #persistence
             #hooks
             #backends
@@ -384,6 +416,8 @@ fn machine_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream, is_root: bo
         }
 
         #typed_actions
+
+        #typed_io
 
         #agent_outputs
     }
@@ -542,6 +576,221 @@ fn actions_items(m: &MachineIr, irs: &[MachineIr], rt: &TokenStream) -> TokenStr
     }
 }
 
+/// The statics of flatagent number `i` (key `key` in `agents:`): its prompts, metadata, raw
+/// model config and the `static AGENT_<i>: AgentConfig` itself, whose name is returned.
+fn flat_agent_statics(
+    i: usize,
+    key: &str,
+    f: &crate::ir::FlatAgentIr,
+    rt: &TokenStream,
+    statics: &mut Vec<TokenStream>,
+) -> Ident {
+    let id = format_ident!("AGENT_{}", i);
+    let prompt = |suffix: &str, src: &str, statics: &mut Vec<TokenStream>| {
+        let pid = format_ident!("AGENT_{}_{}", i, suffix);
+        statics.push(quote! {
+            static #pid: #rt::agents::Prompt = #rt::agents::Prompt::new(#src);
+        });
+        pid
+    };
+    let system = opt(f
+        .system
+        .as_deref()
+        .map(|src| prompt("SYSTEM", src, statics))
+        .map(|p| quote!(&#p)));
+    let user = prompt("USER", &f.user, statics);
+    let suffix = opt(f
+        .instruction_suffix
+        .as_deref()
+        .map(|src| prompt("SUFFIX", src, statics))
+        .map(|p| quote!(&#p)));
+    let meta_id = format_ident!("AGENT_{}_METADATA", i);
+    let raw_id = format_ident!("AGENT_{}_MODEL", i);
+    let meta = &f.metadata;
+    let raw = f.model.raw.to_string();
+    statics.push(quote! {
+        static #meta_id: #rt::agents::EmbeddedJson = #rt::agents::EmbeddedJson::new(#meta);
+        static #raw_id: #rt::agents::EmbeddedJson = #rt::agents::EmbeddedJson::new(#raw);
+    });
+    let md = &f.model;
+    let s = |v: &Option<String>| opt(v.as_ref().map(|v| quote!(#v)));
+    let fl = |v: Option<f64>| opt(v.map(f64_lit));
+    let uu = |v: Option<u64>| opt(v.map(|v| quote!(#v)));
+    let (provider, name, base_url, api_key_env) = (
+        s(&md.provider),
+        &md.name,
+        s(&md.base_url),
+        s(&md.api_key_env),
+    );
+    let (temperature, top_p, fp, pp) = (
+        fl(md.temperature),
+        fl(md.top_p),
+        fl(md.frequency_penalty),
+        fl(md.presence_penalty),
+    );
+    let (icost, ocost, timeout) = (
+        fl(md.input_cost_per_token),
+        fl(md.output_cost_per_token),
+        fl(md.timeout),
+    );
+    let (max_tokens, top_k, max_retries) = (uu(md.max_tokens), uu(md.top_k), uu(md.max_retries));
+    let seed = opt(md.seed.map(|v| quote!(#v)));
+    let json_mode = opt(md.json_mode.as_deref().and_then(|m| match m {
+        "json_schema" => Some(quote!(#rt::agents::JsonMode::JsonSchema)),
+        "json_object" => Some(quote!(#rt::agents::JsonMode::JsonObject)),
+        _ => None,
+    }));
+    let prompt_caching = md.prompt_caching;
+    let profile = s(&md.profile);
+    let output = opt(f.output.as_ref().map(|o| {
+        let fields = o.iter().map(|(n, d)| output_field(n, d, rt));
+        quote!(&[#(#fields),*])
+    }));
+    let tools = inline_tools(i, &f.tools, rt, statics);
+    let mcp = opt(f.mcp.as_ref().map(|m| mcp_spec(i, m, rt, statics)));
+    let agent_name = &f.name;
+    let source = &f.source;
+    let doc = format!(" Agent `{key}` (from `{source}`).");
+    statics.push(quote! {
+        #[doc = #doc]
+        static #id: #rt::agents::AgentConfig = #rt::agents::AgentConfig {
+            name: #agent_name,
+            source: #source,
+            system: #system,
+            user: &#user,
+            instruction_suffix: #suffix,
+            model: #rt::agents::ModelParams {
+                provider: #provider,
+                name: #name,
+                temperature: #temperature,
+                max_tokens: #max_tokens,
+                top_p: #top_p,
+                top_k: #top_k,
+                frequency_penalty: #fp,
+                presence_penalty: #pp,
+                seed: #seed,
+                base_url: #base_url,
+                api_key_env: #api_key_env,
+                input_cost_per_token: #icost,
+                output_cost_per_token: #ocost,
+                timeout: #timeout,
+                max_retries: #max_retries,
+                json_mode: #json_mode,
+                prompt_caching: #prompt_caching,
+                profile: #profile,
+                raw: &#raw_id,
+            },
+            output: #output,
+            metadata: &#meta_id,
+            tools: #tools,
+            mcp: #mcp,
+        };
+    });
+    id
+}
+
+/// The module `flatagent!` generates for one flatagent: its `AgentConfig`, the typed output
+/// (`Output`, when the agent has an `output` schema; else the reply text) and `Agent`, a
+/// callable handle on a backend.
+pub fn generate_agent(
+    module: &str,
+    f: &crate::ir::FlatAgentIr,
+    opts: &CodegenOptions,
+) -> TokenStream {
+    let rt = &opts.runtime_path;
+    let mut statics = Vec::new();
+    let id = flat_agent_statics(0, module, f, rt, &mut statics);
+    let mut outputs = OutputTypes::new(rt);
+    let (output_ty, read) = match &f.output {
+        Some(o) => {
+            outputs.agent(module, &f.source, &id, o);
+            let name = format_ident!("{}Output", crate::ir::variant_names(&[module]).remove(0));
+            (
+                quote!(agents::#name),
+                quote! {
+                    result.parse::<Output>().map_err(|e| {
+                        #rt::StateError::new(
+                            "OutputParseError",
+                            format!("agent `{}`: the output does not fit `Output`: {e}", CONFIG.name),
+                        )
+                    })
+                },
+            )
+        }
+        None => (
+            quote!(::std::string::String),
+            quote!(Ok(result.content.unwrap_or_default())),
+        ),
+    };
+    let outputs = outputs.finish();
+    let tracking = tracking_items(&opts.track_files);
+    let name = format_ident!("{}", module);
+    let doc = format!(
+        " Agent `{}` (from `{}`), compiled by `flatagent!`.",
+        f.name, f.source
+    );
+    quote! {
+        #[doc = #doc]
+        #[allow(clippy::all, dead_code)]
+        pub mod #name {
+            #(#tracking)*
+            #(#statics)*
+
+            /// The compiled agent: prompts, resolved model, output fields.
+            pub static CONFIG: &#rt::agents::AgentConfig = &#id;
+
+            #outputs
+
+            /// What a call returns: the typed structured output, or the reply text for an agent
+            /// without an `output` schema.
+            pub type Output = #output_ty;
+
+            /// The agent, callable from Rust on an LLM backend.
+            pub struct Agent {
+                executor: #rt::agents::FlatAgentExecutor,
+            }
+
+            impl Agent {
+                /// The agent on `backend` (a `ScriptedBackend`, a `ProviderRouter`, ...).
+                pub fn new(backend: ::std::sync::Arc<dyn #rt::agents::LlmBackend>) -> Self {
+                    Self {
+                        executor: #rt::agents::FlatAgentExecutor::new(&#id, backend),
+                    }
+                }
+
+                /// The agent on the built-in providers (keys and endpoints from the
+                /// environment, as in a machine).
+                pub fn from_env() -> Self {
+                    Self::new(#rt::agents::default_backend())
+                }
+
+                /// One call with `input` (the prompts' `input`): the typed output.
+                pub async fn call(
+                    &self,
+                    input: &#rt::Value,
+                ) -> ::core::result::Result<Output, #rt::StateError> {
+                    let result = self.call_result(input).await?;
+                    #read
+                }
+
+                /// One call with `input`: the whole result (output, text, usage, cost).
+                pub async fn call_result(
+                    &self,
+                    input: &#rt::Value,
+                ) -> ::core::result::Result<#rt::agents::AgentResult, #rt::StateError> {
+                    use #rt::agents::AgentExecutor as _;
+                    self.executor.execute(input, &#rt::Context::new()).await
+                }
+
+                /// The executor underneath (to build requests without sending them).
+                pub fn executor(&self) -> &#rt::agents::FlatAgentExecutor {
+                    &self.executor
+                }
+            }
+        }
+    }
+}
+
 /// What a machine's agents generate.
 struct AgentItems {
     /// `static AGENT_n: AgentConfig` and the statics it refers to.
@@ -550,6 +799,8 @@ struct AgentItems {
     specs: Vec<TokenStream>,
     /// `pub mod agents` with a typed struct per structured output (empty when there is none).
     outputs: TokenStream,
+    /// The name of `agents::AnyOutput`, when an agent has an `output` schema.
+    any_output: Option<Ident>,
 }
 
 fn f64_lit(v: f64) -> TokenStream {
@@ -562,105 +813,16 @@ fn agent_items(m: &MachineIr, rt: &TokenStream) -> AgentItems {
     let mut statics = Vec::new();
     let mut specs = Vec::new();
     let mut outputs = OutputTypes::new(rt);
+    let mut typed_agents = Vec::new();
     for (i, agent) in m.agents.iter().enumerate() {
         let key = &agent.key;
         match &agent.kind {
             AgentKindIr::Flat(f) => {
-                let id = format_ident!("AGENT_{}", i);
-                let prompt = |suffix: &str, src: &str, statics: &mut Vec<TokenStream>| {
-                    let pid = format_ident!("AGENT_{}_{}", i, suffix);
-                    statics.push(quote! {
-                        static #pid: #rt::agents::Prompt = #rt::agents::Prompt::new(#src);
-                    });
-                    pid
-                };
-                let system = opt(f
-                    .system
-                    .as_deref()
-                    .map(|src| prompt("SYSTEM", src, &mut statics))
-                    .map(|p| quote!(&#p)));
-                let user = prompt("USER", &f.user, &mut statics);
-                let suffix = opt(f
-                    .instruction_suffix
-                    .as_deref()
-                    .map(|src| prompt("SUFFIX", src, &mut statics))
-                    .map(|p| quote!(&#p)));
-                let meta_id = format_ident!("AGENT_{}_METADATA", i);
-                let raw_id = format_ident!("AGENT_{}_MODEL", i);
-                let meta = &f.metadata;
-                let raw = f.model.raw.to_string();
-                statics.push(quote! {
-                    static #meta_id: #rt::agents::EmbeddedJson = #rt::agents::EmbeddedJson::new(#meta);
-                    static #raw_id: #rt::agents::EmbeddedJson = #rt::agents::EmbeddedJson::new(#raw);
-                });
-                let md = &f.model;
-                let s = |v: &Option<String>| opt(v.as_ref().map(|v| quote!(#v)));
-                let fl = |v: Option<f64>| opt(v.map(f64_lit));
-                let uu = |v: Option<u64>| opt(v.map(|v| quote!(#v)));
-                let (provider, name, base_url, api_key_env) = (
-                    s(&md.provider),
-                    &md.name,
-                    s(&md.base_url),
-                    s(&md.api_key_env),
-                );
-                let (temperature, top_p, fp, pp) = (
-                    fl(md.temperature),
-                    fl(md.top_p),
-                    fl(md.frequency_penalty),
-                    fl(md.presence_penalty),
-                );
-                let (icost, ocost, timeout) = (
-                    fl(md.input_cost_per_token),
-                    fl(md.output_cost_per_token),
-                    fl(md.timeout),
-                );
-                let (max_tokens, top_k, max_retries) =
-                    (uu(md.max_tokens), uu(md.top_k), uu(md.max_retries));
-                let seed = opt(md.seed.map(|v| quote!(#v)));
-                let output = opt(f.output.as_ref().map(|o| {
-                    let fields = o.iter().map(|(n, d)| output_field(n, d, rt));
-                    quote!(&[#(#fields),*])
-                }));
-                let tools = inline_tools(i, &f.tools, rt, &mut statics);
-                let mcp = opt(f.mcp.as_ref().map(|m| mcp_spec(i, m, rt, &mut statics)));
-                let agent_name = &f.name;
+                let id = flat_agent_statics(i, key, f, rt, &mut statics);
                 let source = &f.source;
-                let doc = format!(" Agent `{key}` (from `{source}`).");
-                statics.push(quote! {
-                    #[doc = #doc]
-                    static #id: #rt::agents::AgentConfig = #rt::agents::AgentConfig {
-                        name: #agent_name,
-                        source: #source,
-                        system: #system,
-                        user: &#user,
-                        instruction_suffix: #suffix,
-                        model: #rt::agents::ModelParams {
-                            provider: #provider,
-                            name: #name,
-                            temperature: #temperature,
-                            max_tokens: #max_tokens,
-                            top_p: #top_p,
-                            top_k: #top_k,
-                            frequency_penalty: #fp,
-                            presence_penalty: #pp,
-                            seed: #seed,
-                            base_url: #base_url,
-                            api_key_env: #api_key_env,
-                            input_cost_per_token: #icost,
-                            output_cost_per_token: #ocost,
-                            timeout: #timeout,
-                            max_retries: #max_retries,
-                            raw: &#raw_id,
-                        },
-                        output: #output,
-                        metadata: &#meta_id,
-                        tools: #tools,
-                        mcp: #mcp,
-                    };
-                });
                 specs.push(quote!(#rt::machine::AgentSpec { name: #key, kind: "flatagent", flatagent: Some(&#id), reference: None, config: None }));
                 if let Some(o) = &f.output {
-                    outputs.agent(key, source, &id, o);
+                    typed_agents.push((key.as_str(), outputs.agent(key, source, &id, o)));
                 }
             }
             AgentKindIr::Adapter {
@@ -686,10 +848,12 @@ fn agent_items(m: &MachineIr, rt: &TokenStream) -> AgentItems {
             }
         }
     }
+    let any_output = typed_io::any_output(m, &typed_agents, &mut outputs);
     AgentItems {
         statics,
         specs,
         outputs: outputs.finish(),
+        any_output,
     }
 }
 
@@ -805,6 +969,9 @@ struct OutputTypes<'a> {
     rt: &'a TokenStream,
     used: std::collections::HashSet<String>,
     items: Vec<TokenStream>,
+    /// Read `str` fields also from numbers and booleans (a machine's rendered output: a
+    /// template whose text is JSON, such as `42`, renders to a number).
+    lenient_text: bool,
 }
 
 impl<'a> OutputTypes<'a> {
@@ -813,6 +980,7 @@ impl<'a> OutputTypes<'a> {
             rt,
             used: std::collections::HashSet::new(),
             items: Vec::new(),
+            lenient_text: false,
         }
     }
 
@@ -843,7 +1011,7 @@ impl<'a> OutputTypes<'a> {
         source: &str,
         config: &Ident,
         fields: &indexmap::IndexMap<String, crate::model::OutputFieldDef>,
-    ) {
+    ) -> Ident {
         let rt = self.rt;
         let base = crate::ir::variant_names(&[key]).remove(0);
         let doc = format!(" The structured output of agent `{key}` (from `{source}`).");
@@ -859,6 +1027,7 @@ impl<'a> OutputTypes<'a> {
                 }
             }
         });
+        name
     }
 
     /// A struct for an object's fields; nested types are named `<prefix><Field>`.
@@ -886,13 +1055,18 @@ impl<'a> OutputTypes<'a> {
             let ident = format_ident!("{}", ident);
             let rename = (ident != field.as_str()).then(|| quote!(#[serde(rename = #field)]));
             let docs = def.description.iter().map(|d| format!(" {d}"));
-            let (ty, default) = if def.required == Some(false) {
+            let optional = def.required == Some(false);
+            let (ty, default) = if optional {
                 (
                     quote!(::core::option::Option<#ty>),
-                    quote!(#[serde(default)]),
+                    quote!(#[serde(default, skip_serializing_if = "Option::is_none")]),
                 )
             } else {
                 (ty, quote!())
+            };
+            let default = match self.lenient_text_reader(def, optional) {
+                Some(reader) => quote!(#default #[serde(deserialize_with = #reader)]),
+                None => default,
             };
             members.push(quote! {
                 #(#[doc = #docs])*
@@ -1124,6 +1298,7 @@ fn state_spec(
     let input = template("input", s.input.as_ref());
     let output_to_context = template("output_to_context", s.output_to_context.as_ref());
     let output = template("output", s.output.as_ref());
+    let wait_for = template("wait_for", s.wait_for.as_ref());
 
     let mut fields: Vec<TokenStream> = vec![quote!(name: #name,)];
     if s.is_final {
@@ -1153,7 +1328,7 @@ fn state_spec(
         fields.push(quote!(launch: &[#(#launch),*],));
     }
     fields.extend(
-        [launch_input, input, output_to_context, output]
+        [launch_input, input, output_to_context, output, wait_for]
             .into_iter()
             .flatten(),
     );

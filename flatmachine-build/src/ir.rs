@@ -40,6 +40,8 @@ pub struct TemplateIr(pub serde_json::Value);
 pub struct TransitionIr {
     /// Target state index.
     pub to: usize,
+    /// Position in the state's `transitions` list (where its condition is in the YAML).
+    pub position: usize,
     /// Source text and parsed condition (`None` when it has an error, reported already).
     pub condition: Option<(String, Option<Condition>)>,
 }
@@ -78,6 +80,8 @@ pub struct StateIr {
     pub foreach: Option<TemplateIr>,
     /// Checked foreach `key` template.
     pub key: Option<TemplateIr>,
+    /// Checked `wait_for` channel template.
+    pub wait_for: Option<TemplateIr>,
     /// Error type name (`default` for the catch-all) → target state index.
     pub on_error: Vec<(String, usize)>,
     /// Transitions in order.
@@ -120,6 +124,10 @@ pub struct MachineIr {
     pub max_steps: Option<u64>,
     /// `settings.max_concurrency`.
     pub max_concurrency: Option<u64>,
+    /// `settings.heartbeat_interval` (seconds).
+    pub heartbeat_interval: Option<f64>,
+    /// `settings.job_lease_seconds`.
+    pub job_lease_seconds: Option<f64>,
     /// `persistence`.
     pub persistence: Option<PersistenceConfig>,
     /// `hooks.class` and checked `hooks.args`.
@@ -136,6 +144,13 @@ pub struct MachineIr {
     pub engine: ExpressionEngine,
     /// Names of the Rust tools the application registers (`flatmachine!(.., tools = [..])`).
     pub rust_tools: Vec<String>,
+    /// The fingerprint of the machine's shape (see `crate::fingerprint`), written into every
+    /// checkpoint as `config_hash`.
+    pub config_hash: String,
+    /// `data.input`: the declared machine input (docs/typed.md), checked against the templates.
+    pub input: Option<indexmap::IndexMap<String, crate::model::OutputFieldDef>>,
+    /// `data.output`: the declared machine output, checked against the final states.
+    pub output: Option<indexmap::IndexMap<String, crate::model::OutputFieldDef>>,
 }
 
 /// One entry of a machine's `agents:`.

@@ -13,17 +13,21 @@ pub mod agents;
 pub mod analyze;
 pub mod builder;
 pub mod codegen;
+pub mod dataflow;
 pub mod diagnostic;
 pub mod expr;
+pub mod fingerprint;
 pub mod graph;
 pub mod ir;
+pub mod later_keys;
 pub mod loader;
 pub mod model;
+pub mod reads;
 pub mod source;
 pub mod templates;
 pub mod yaml;
 
-pub use builder::Builder;
+pub use builder::{BuildReport, BuildWarning, Builder};
 pub use codegen::CodegenOptions;
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 
@@ -143,6 +147,51 @@ pub fn compile(
     let tokens = codegen::generate(&irs, &opts);
     let module = irs[0].module.clone();
     Ok(Compiled {
+        checked,
+        module,
+        tokens,
+    })
+}
+
+/// A flatagent compiled on its own (`flatagent!("agent.yml")`).
+#[derive(Debug)]
+pub struct CompiledAgent {
+    /// The checked project (the agent file and its profiles).
+    pub checked: Checked,
+    /// The generated module's name (the agent's `data.name`, else the file name, snake_case).
+    pub module: String,
+    /// The generated tokens.
+    pub tokens: TokenStream,
+}
+
+/// Check a flatagent file (with the `profiles.yml` beside it) and, when it has no errors,
+/// generate a module holding its config, its typed output and a callable `Agent`.
+pub fn compile_agent(
+    path: &Path,
+    display: Option<String>,
+    opts: &CodegenOptions,
+) -> Result<CompiledAgent, Box<Checked>> {
+    let project = loader::load_agent_file(path, display);
+    let (agent, more) = analyze::analyze_agent(&project);
+    let mut diagnostics = project.diagnostics.clone();
+    diagnostics.extend(more.into_vec());
+    diagnostics.sort();
+    let checked = Checked {
+        project,
+        irs: Vec::new(),
+        diagnostics,
+    };
+    let flat = match agent.map(|a| a.kind) {
+        Some(ir::AgentKindIr::Flat(f)) if !checked.has_errors() => f,
+        _ => return Err(Box::new(checked)),
+    };
+    let module = ir::snake_ident(&flat.name);
+    let mut opts = opts.clone();
+    if opts.track_files_read {
+        opts.track_files = checked.files_read();
+    }
+    let tokens = codegen::generate_agent(&module, &flat, &opts);
+    Ok(CompiledAgent {
         checked,
         module,
         tokens,

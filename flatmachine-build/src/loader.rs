@@ -3,7 +3,8 @@
 //!
 //! Paths in `agents:` and `machines:` resolve relative to the directory of the file that names
 //! them. A `profiles.yml` is looked for in the directory of each agent file (the reference's
-//! discovery); the nearest one wins entirely, with the machine's as the fallback.
+//! discovery); the nearest one wins entirely, with the machine's as the fallback: the file its
+//! `profiles:` key names, else a `profiles.yml` beside it.
 
 use crate::diagnostic::{Diagnostic, Diagnostics, did_you_mean};
 use crate::model::{
@@ -92,8 +93,8 @@ pub enum AgentUnit {
     },
     /// The reference could not be loaded (the error is in the diagnostics).
     Missing,
-    /// The agent file does not exist. Whether that is an error depends on the states that call
-    /// the agent (the analysis decides: see `analyze`), so the diagnostic waits here.
+    /// The agent file does not exist. The analysis reports the diagnostic (always an error)
+    /// with what it knows about the states that call the agent.
     NotFound {
         /// The path as written in `agents:`.
         path: String,
@@ -163,6 +164,7 @@ pub fn load_with_display(path: &Path, display: Option<String>) -> Project {
         project: Project::default(),
         machine_by_path: HashMap::new(),
         profiles_by_dir: HashMap::new(),
+        profiles_by_path: HashMap::new(),
         display_base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         root_display: display,
     };
@@ -178,10 +180,54 @@ pub fn load_with_display(path: &Path, display: Option<String>) -> Project {
     loader.project
 }
 
+/// Load a flatagent file on its own (for `flatagent!`): the project has one machine unit with
+/// no config, whose single agent (named after the file) is the file, with the `profiles.yml`
+/// beside it.
+pub fn load_agent_file(path: &Path, display: Option<String>) -> Project {
+    let mut loader = Loader {
+        project: Project::default(),
+        machine_by_path: HashMap::new(),
+        profiles_by_dir: HashMap::new(),
+        profiles_by_path: HashMap::new(),
+        display_base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        root_display: display,
+    };
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let unit = match loader.read_file(path, None) {
+        Ok(file) => {
+            let origin = Origin { file, base: vec![] };
+            loader.project.machines.push(MachineUnit {
+                origin: origin.clone(),
+                dir: dir.clone(),
+                config: None,
+                agents: IndexMap::new(),
+                machines: IndexMap::new(),
+                profiles: None,
+            });
+            loader.agent_at(origin, dir.clone(), &dir, None)
+        }
+        Err(d) => {
+            loader.project.diagnostics.push(d);
+            return loader.project;
+        }
+    };
+    let key = Path::new(&file_name)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "agent".into());
+    loader.project.machines[0].agents.insert(key, unit);
+    loader.project
+}
+
 struct Loader {
     project: Project,
     machine_by_path: HashMap<PathBuf, MachineId>,
     profiles_by_dir: HashMap<PathBuf, Option<ProfilesId>>,
+    profiles_by_path: HashMap<PathBuf, Option<ProfilesId>>,
     display_base: PathBuf,
     root_display: Option<String>,
 }
@@ -192,8 +238,11 @@ fn normalize(p: &Path) -> PathBuf {
     for c in p.components() {
         match c {
             Component::CurDir => {}
+            // `a/..` cancels out; `..` after nothing (or after `..`) stays: `../../x`.
             Component::ParentDir => {
-                if !out.pop() {
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) {
+                    out.pop();
+                } else {
                     out.push("..");
                 }
             }
@@ -291,6 +340,10 @@ impl Loader {
         match result {
             Ok(v) => {
                 for p in unknown {
+                    // Keys of later specs get their own diagnostic (`later_keys::check`).
+                    if what == "machine" && crate::later_keys::later_key(&p).is_some() {
+                        continue;
+                    }
                     let key = match p.last() {
                         Some(PathSeg::Key(k)) => k.clone(),
                         _ => continue,
@@ -356,12 +409,19 @@ impl Loader {
             return id;
         }
         let config: Option<MachineWrapper> = self.typed(&origin, SchemaKind::Machine, "machine");
+        crate::later_keys::check(&mut self.project, &origin);
         let mut agents = IndexMap::new();
         let mut machines = IndexMap::new();
+        // `profiles: ./profiles.yml` (upstream machines all say it) names the machine's
+        // profiles file; without it, the one beside the machine (looked up when needed).
+        let declared_profiles = config
+            .as_ref()
+            .and_then(|c| c.data.profiles.clone())
+            .map(|path| self.declared_profiles(&origin, &dir, &path));
         if let Some(cfg) = &config {
             for (name, aref) in cfg.data.agents.iter().flatten() {
                 let rel = [seg("data"), seg("agents"), seg(name)];
-                let unit = self.load_agent(&origin, &dir, &rel, aref);
+                let unit = self.load_agent(&origin, &dir, &rel, aref, declared_profiles);
                 agents.insert(name.clone(), unit);
             }
             for (name, mref) in cfg.data.machines.iter().flatten() {
@@ -374,12 +434,48 @@ impl Loader {
         unit.config = config;
         unit.agents = agents;
         unit.machines = machines;
-        unit.profiles = self
-            .profiles_by_dir
-            .get(&normalize(&dir))
-            .copied()
-            .flatten();
+        unit.profiles = match declared_profiles {
+            Some(declared) => declared,
+            None => self
+                .profiles_by_dir
+                .get(&normalize(&dir))
+                .copied()
+                .flatten(),
+        };
         id
+    }
+
+    /// The profiles file a machine names with `profiles:` (relative to the machine's folder).
+    fn declared_profiles(&mut self, origin: &Origin, dir: &Path, path: &str) -> Option<ProfilesId> {
+        let full = normalize(&dir.join(path));
+        if let Some(found) = self.profiles_by_path.get(&full) {
+            return *found;
+        }
+        let span = self.project.span(origin, &[seg("data"), seg("profiles")]);
+        let found = match self.read_file(&full, Some(span)) {
+            Ok(file) => Some(self.load_profiles(file)),
+            Err(d) => {
+                self.project.diagnostics.push(d);
+                None
+            }
+        };
+        self.profiles_by_path.insert(full, found);
+        found
+    }
+
+    /// Checks and records a profiles file that has been read.
+    fn load_profiles(&mut self, file: FileId) -> ProfilesId {
+        let origin = Origin { file, base: vec![] };
+        let config = if self.check_spec(&origin, "flatprofiles") {
+            self.typed(&origin, SchemaKind::Profiles, "profiles")
+        } else {
+            None
+        };
+        if let Some(cfg) = &config {
+            self.check_profile_layers(&origin, cfg);
+        }
+        self.project.profiles.push(ProfilesUnit { origin, config });
+        self.project.profiles.len() - 1
     }
 
     fn load_child_machine(
@@ -446,6 +542,7 @@ impl Loader {
         dir: &Path,
         rel: &[PathSeg],
         aref: &AgentRef,
+        machine_profiles: Option<Option<ProfilesId>>,
     ) -> AgentUnit {
         let (agent_origin, agent_dir) = match aref {
             AgentRef::Typed(t) => {
@@ -484,6 +581,18 @@ impl Loader {
                 }
             }
         };
+        self.agent_at(agent_origin, agent_dir, dir, machine_profiles)
+    }
+
+    /// A flatagent config at `agent_origin`: typed, with its profiles (its own folder's, else
+    /// the machine's) and its profile names checked.
+    fn agent_at(
+        &mut self,
+        agent_origin: Origin,
+        agent_dir: PathBuf,
+        dir: &Path,
+        machine_profiles: Option<Option<ProfilesId>>,
+    ) -> AgentUnit {
         if !self.check_spec(&agent_origin, "flatagent") {
             return AgentUnit::Missing;
         }
@@ -494,7 +603,10 @@ impl Loader {
         let profiles = if config.is_some() {
             match self.profiles_in(&agent_dir) {
                 Some(p) => Some(p),
-                None => self.profiles_in(dir),
+                None => match machine_profiles {
+                    Some(declared) => declared,
+                    None => self.profiles_in(dir),
+                },
             }
         } else {
             None
@@ -509,7 +621,9 @@ impl Loader {
         }
     }
 
-    /// Unknown profile names are errors, since the compiler sees the files.
+    /// Unknown profile names are errors, since the compiler sees the files: the reference
+    /// warns and falls back to the `default` profile, but a typo silently sending prompts to
+    /// another model is a costly surprise.
     fn check_profile_refs(
         &mut self,
         origin: &Origin,
@@ -517,17 +631,18 @@ impl Loader {
         profiles: Option<ProfilesId>,
     ) {
         let (name, rel) = match &cfg.data.model {
-            ModelRef::Profile(p) => (p.clone(), vec![seg("data"), seg("model")]),
-            ModelRef::Config(c) => match &c.profile {
+            Some(ModelRef::Profile(p)) => (p.clone(), vec![seg("data"), seg("model")]),
+            Some(ModelRef::Config(c)) => match &c.profile {
                 Some(p) => (p.clone(), vec![seg("data"), seg("model"), seg("profile")]),
                 None => return,
             },
+            None => return,
         };
         let span = self.project.span(origin, &rel);
         let Some(pid) = profiles else {
             // A bare string model without profiles is the model name itself in the reference
             // (`model: gpt-4o`), so only `{profile: ...}` needs a profiles file.
-            if matches!(cfg.data.model, ModelRef::Config(_)) {
+            if matches!(cfg.data.model, Some(ModelRef::Config(_))) {
                 self.project.diagnostics.push(
                     Diagnostic::error(format!("model profile `{name}` is used but no `profiles.yml` was found"), Some(span))
                         .with_help("put a `profiles.yml` (spec: flatprofiles) beside the agent or machine file"),
@@ -539,14 +654,6 @@ impl Loader {
             return;
         };
         if !pcfg.data.model_profiles.contains_key(&name) {
-            // With a usable `default` the reference warns and falls back to it; the name is
-            // almost always a typo, so it is still reported.
-            let fallback = pcfg
-                .data
-                .default
-                .as_ref()
-                .filter(|d| pcfg.data.model_profiles.contains_key(*d))
-                .cloned();
             let names: Vec<&str> = pcfg
                 .data
                 .model_profiles
@@ -559,20 +666,24 @@ impl Loader {
                 .file(self.project.profiles[pid].origin.file)
                 .display
                 .clone();
-            let diag = match &fallback {
-                None => Diagnostic::error(format!("unknown model profile `{name}`"), Some(span)),
-                Some(d) => Diagnostic::warning(
-                    format!("unknown model profile `{name}`: the default profile `{d}` is used"),
-                    Some(span),
-                ),
-            };
-            self.project.diagnostics.push(
-                diag.with_help_opt(did_you_mean(&name, names.iter().copied()))
-                    .with_note(format!(
-                        "profiles defined in `{shown}`: {}",
-                        names.join(", ")
-                    )),
-            );
+            let mut diag = Diagnostic::error(format!("unknown model profile `{name}`"), Some(span))
+                .with_help_opt(did_you_mean(&name, names.iter().copied()))
+                .with_note(format!(
+                    "profiles defined in `{shown}`: {}",
+                    names.join(", ")
+                ));
+            if let Some(d) = pcfg
+                .data
+                .default
+                .as_ref()
+                .filter(|d| pcfg.data.model_profiles.contains_key(*d))
+            {
+                diag = diag.with_note(format!(
+                    "the Python reference would warn and use the default profile `{d}`; a \
+                     misspelt profile is an error here so prompts never go to another model"
+                ));
+            }
+            self.project.diagnostics.push(diag);
         }
     }
 
@@ -608,21 +719,14 @@ impl Loader {
             return *found;
         }
         let path = dir.join("profiles.yml");
+        if let Some(found) = self.profiles_by_path.get(&path) {
+            let found = *found;
+            self.profiles_by_dir.insert(dir, found);
+            return found;
+        }
         let found = if path.is_file() {
             match self.read_file(&path, None) {
-                Ok(file) => {
-                    let origin = Origin { file, base: vec![] };
-                    let config = if self.check_spec(&origin, "flatprofiles") {
-                        self.typed(&origin, SchemaKind::Profiles, "profiles")
-                    } else {
-                        None
-                    };
-                    if let Some(cfg) = &config {
-                        self.check_profile_layers(&origin, cfg);
-                    }
-                    self.project.profiles.push(ProfilesUnit { origin, config });
-                    Some(self.project.profiles.len() - 1)
-                }
+                Ok(file) => Some(self.load_profiles(file)),
                 Err(d) => {
                     self.project.diagnostics.push(d);
                     None
@@ -631,6 +735,7 @@ impl Loader {
         } else {
             None
         };
+        self.profiles_by_path.insert(path, found);
         self.profiles_by_dir.insert(dir, found);
         found
     }
@@ -958,4 +1063,24 @@ fn schema_diagnostics(err: &jsonschema::ValidationError<'_>) -> Vec<(Vec<PathSeg
         }
     };
     vec![(path, problem)]
+}
+
+#[cfg(test)]
+mod normalize_tests {
+    use super::normalize;
+    use std::path::Path;
+
+    #[test]
+    fn leading_parent_directories_stay() {
+        assert_eq!(
+            normalize(Path::new("../../x/y.yml")),
+            Path::new("../../x/y.yml")
+        );
+        assert_eq!(normalize(Path::new("a/../../b.yml")), Path::new("../b.yml"));
+        assert_eq!(
+            normalize(Path::new("./a/./b/../c.yml")),
+            Path::new("a/c.yml")
+        );
+        assert_eq!(normalize(Path::new("/r/a/../b.yml")), Path::new("/r/b.yml"));
+    }
 }

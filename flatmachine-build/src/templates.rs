@@ -161,6 +161,76 @@ fn find_word(src: &str, word: &str) -> Option<(usize, usize)> {
     None
 }
 
+/// Whether a template reads like JSON text: after leading whitespace, `{"`, `{ "`, `["`, `[{`.
+fn looks_like_json(src: &str) -> bool {
+    let t = src.trim_start();
+    let mut chars = t.chars();
+    let first = chars.next();
+    let next = chars.find(|c| !c.is_whitespace());
+    matches!(
+        (first, next),
+        (Some('{'), Some('"')) | (Some('['), Some('"' | '{'))
+    )
+}
+
+/// In a template that builds JSON text, every `"{{ expr }}"`: an expression written inside
+/// JSON quotes, where a value holding `"` (model text, a tool's output) can close the string
+/// and add or change keys. Each is located on the `{{ … }}`; the fix is `{{ expr | tojson }}`
+/// without the quotes. Expressions already piped through `tojson` are left alone.
+pub fn quoted_expressions_in_json(src: &str) -> Vec<TemplateProblem> {
+    let mut out = Vec::new();
+    if !looks_like_json(src) {
+        return out;
+    }
+    let mut from = 0;
+    while let Some(found) = src[from..].find("\"{{") {
+        let open = from + found + 1;
+        let Some(close) = src[open + 2..].find("}}").map(|c| open + 2 + c) else {
+            break;
+        };
+        let expr = src[open + 2..close].trim();
+        from = close + 2;
+        if !src[from..].starts_with('"') || expr.contains("tojson") {
+            continue;
+        }
+        out.push(TemplateProblem {
+            message: format!(
+                "this template builds JSON text with `\"{{{{ {expr} }}}}\"`: a value containing `\"` can close the string and add or change keys"
+            ),
+            offset: open,
+            len: from - open,
+            help: Some(format!(
+                "write `{{{{ {expr} | tojson }}}}` without the surrounding quotes: it writes a JSON value with every quote escaped"
+            )),
+            var: None,
+        });
+    }
+    out
+}
+
+/// The attribute paths a template reads under variable `var`: `{{ input.customer.name }}`
+/// gives `[customer, name]` for `input`. A bare `{{ input }}` and subscripts (`input[k]`) give
+/// nothing. Invalid templates give nothing (their syntax is reported elsewhere).
+pub fn attribute_reads(src: &str, var: &str) -> Vec<Vec<String>> {
+    if !is_template(src) {
+        return Vec::new();
+    }
+    let env = environment();
+    let Ok(tmpl) = env.template_from_str(src) else {
+        return Vec::new();
+    };
+    let mut reads: Vec<Vec<String>> = tmpl
+        .undeclared_variables(true)
+        .into_iter()
+        .filter_map(|path| {
+            let rest = path.strip_prefix(var)?.strip_prefix('.')?;
+            Some(rest.split('.').map(str::to_string).collect())
+        })
+        .collect();
+    reads.sort();
+    reads
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +268,45 @@ mod tests {
             &scope(&[]),
         );
         assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn quoted_expression_in_json_text_is_found() {
+        let src =
+            r#"{"name": "{{ output.name }}", "n": {{ output.n }}, "ok": {{ output.ok | tojson }}}"#;
+        let p = quoted_expressions_in_json(src);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            &src[p[0].offset..p[0].offset + p[0].len],
+            "{{ output.name }}"
+        );
+        assert!(
+            p[0].help
+                .as_deref()
+                .unwrap()
+                .contains("{{ output.name | tojson }}")
+        );
+        // Not JSON-looking, or already escaped: nothing to say.
+        assert!(quoted_expressions_in_json(r#"Say "{{ input.x }}" please"#).is_empty());
+        assert!(quoted_expressions_in_json(r#"{{ output.name }}"#).is_empty());
+        assert!(quoted_expressions_in_json(r#"["{{ x | tojson }}"]"#).is_empty());
+        assert_eq!(
+            quoted_expressions_in_json(r#"[{"a": "{{ x }}"}, "{{y}}"]"#).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn attribute_reads_follow_dotted_paths() {
+        let src = "{{ input.customer.name }} {{ input.priority | default(1) }} {{ context.x }} {{ input }}";
+        assert_eq!(
+            attribute_reads(src, "input"),
+            vec![
+                vec!["customer".to_string(), "name".to_string()],
+                vec!["priority".to_string()]
+            ]
+        );
+        assert!(attribute_reads("{% set input = 1 %}{{ input.x }}", "input").is_empty());
+        assert!(attribute_reads("plain text", "input").is_empty());
     }
 }

@@ -19,10 +19,10 @@ fn check(files: &[(&str, &str)]) -> (tempfile::TempDir, Checked) {
 }
 
 /// A machine with one agent `a` (a path or an inline config, as YAML text), called by `start`
-/// with these extra state lines.
+/// with the input `x` (what the test agents' prompts read) and these extra state lines.
 fn machine(agent: &str, state: &str) -> String {
     format!(
-        "spec: flatmachine\nspec_version: \"1.0.0\"\ndata:\n  name: m\n  agents:\n    a: {agent}\n  states:\n    start:\n      type: initial\n      agent: a\n{state}      transitions:\n        - to: done\n    done:\n      type: final\n"
+        "spec: flatmachine\nspec_version: \"1.0.0\"\ndata:\n  name: m\n  agents:\n    a: {agent}\n  states:\n    start:\n      type: initial\n      agent: a\n      input: {{ x: 1 }}\n{state}      transitions:\n        - to: done\n    done:\n      type: final\n"
     )
 }
 
@@ -152,19 +152,24 @@ fn the_nearest_profiles_file_wins_entirely() {
 
 #[test]
 fn unknown_profiles_and_missing_names() {
-    // With a default the reference falls back: a warning with did-you-mean.
+    // With a default the reference falls back to it; here a typo is an error with
+    // did-you-mean, which says what the reference would have done.
     let (_d, c) = check(&[
         ("m.yml", &machine("./a.yml", "")),
         ("a.yml", &agent("fsat", "")),
         ("profiles.yml", &profiles(LAYERED)),
     ]);
-    let w = only(&c, "unknown model profile `fsat`");
-    assert!(!w.is_error());
-    assert_eq!(w.help, ["did you mean `fast`?"]);
-    assert_eq!(c.db().location(w.span.unwrap()), "a.yml:5:10");
-    assert_eq!(model(&c).max_tokens, None);
-    assert_eq!(model(&c).top_p, Some(0.5));
-    // Without one it is an error.
+    let e = only(&c, "unknown model profile `fsat`");
+    assert!(e.is_error());
+    assert_eq!(e.help, ["did you mean `fast`?"]);
+    assert_eq!(c.db().location(e.span.unwrap()), "a.yml:5:10");
+    assert!(
+        e.notes.iter().any(|n| n.contains("default profile `base`")),
+        "{:?}",
+        e.notes
+    );
+    assert!(!c.render(false).contains("has no `name`"));
+    // Without one too.
     let (_d, c) = check(&[
         ("m.yml", &machine("./a.yml", "")),
         ("a.yml", &agent("{ profile: fsat }", "")),
@@ -207,6 +212,128 @@ fn unknown_profiles_and_missing_names() {
     ]);
     assert!(c.diagnostics.is_empty(), "{}", c.render(false));
     assert_eq!(model(&c).name, "gpt-4o");
+}
+
+/// An agent without `model` or `system` (the reference runs it with the default profile and
+/// "You are a helpful assistant.").
+fn bare_agent() -> String {
+    "spec: flatagent\nspec_version: \"1.0.0\"\ndata:\n  name: a\n  user: \"{{ input.x }}\"\n"
+        .to_string()
+}
+
+#[test]
+fn agents_without_model_or_system_use_the_defaults() {
+    let (_d, c) = check(&[
+        ("m.yml", &machine("./a.yml", "")),
+        ("a.yml", &bare_agent()),
+        ("profiles.yml", &profiles(LAYERED)),
+    ]);
+    clean(&c);
+    let m = model(&c);
+    assert_eq!(m.name, "pinned");
+    assert_eq!(m.profile.as_deref(), Some("base"));
+    let ir = c.irs[0].as_ref().unwrap();
+    let AgentKindIr::Flat(f) = &ir.agents[0].kind else {
+        panic!("not a flatagent")
+    };
+    assert_eq!(f.system, None);
+    // No profiles file at all: a located error saying what is missing.
+    let (_d, c) = check(&[("m.yml", &machine("./a.yml", "")), ("a.yml", &bare_agent())]);
+    let e = only(&c, "agent `a` has no `model` and no `profiles.yml` applies");
+    assert!(e.is_error());
+    assert_eq!(c.db().location(e.span.unwrap()), "a.yml:3:1");
+    // A profiles file without a default.
+    let (_d, c) = check(&[
+        ("m.yml", &machine("./a.yml", "")),
+        ("a.yml", &bare_agent()),
+        (
+            "profiles.yml",
+            &profiles("  model_profiles:\n    fast: { name: f }\n"),
+        ),
+    ]);
+    assert!(
+        only(
+            &c,
+            "agent `a` has no `model` and its `profiles.yml` has no `default` profile"
+        )
+        .is_error()
+    );
+}
+
+#[test]
+fn a_machine_names_its_profiles_file() {
+    // `profiles: ./conf/models.yml` is accepted (no unknown-key warning) and used.
+    let m =
+        machine("./a.yml", "").replace("  name: m\n", "  name: m\n  profiles: ./conf/models.yml\n");
+    let (_d, c) = check(&[
+        ("m.yml", &m),
+        ("a.yml", &agent("fast", "")),
+        ("conf/models.yml", &profiles(LAYERED)),
+    ]);
+    clean(&c);
+    assert_eq!(model(&c).max_tokens, Some(100));
+    // A missing file is a located error.
+    let (_d, c) = check(&[("m.yml", &m), ("a.yml", &agent("gpt-4o", ""))]);
+    let e = only(&c, "cannot read `conf/models.yml`");
+    assert!(e.is_error());
+    assert_eq!(c.db().location(e.span.unwrap()), "m.yml:5:13");
+}
+
+#[test]
+fn providers_must_be_known_or_have_a_base_url() {
+    let with = |model: &str| {
+        check(&[
+            ("m.yml", &machine("./a.yml", "")),
+            ("a.yml", &agent(model, "")),
+        ])
+    };
+    // Known providers (and their aliases), any case.
+    for p in [
+        "cerebras",
+        "groq",
+        "together",
+        "fireworks_ai",
+        "Ollama",
+        "openrouter",
+    ] {
+        let (_d, c) = with(&format!("{{ name: m, provider: {p} }}"));
+        clean(&c);
+    }
+    // Unknown without base_url: an error at the provider, with did-you-mean.
+    let (_d, c) = with("{ name: m, provider: cerebas }");
+    let e = only(&c, "unknown provider `cerebas` and no `base_url`");
+    assert!(e.is_error());
+    assert_eq!(e.help[0], "did you mean `cerebras`?");
+    assert_eq!(c.db().location(e.span.unwrap()), "a.yml:5:31");
+    // Unknown with a base_url: an OpenAI-compatible server of one's own.
+    let (_d, c) = with("{ name: m, provider: vllm, base_url: \"http://localhost:8000/v1\" }");
+    clean(&c);
+    // From a profile: the error points into profiles.yml.
+    let (_d, c) = check(&[
+        ("m.yml", &machine("./a.yml", "")),
+        ("a.yml", &agent("fast", "")),
+        (
+            "profiles.yml",
+            &profiles("  model_profiles:\n    fast: { name: f, provider: acme }\n"),
+        ),
+    ]);
+    let e = only(&c, "unknown provider `acme`");
+    assert_eq!(c.db().location(e.span.unwrap()), "profiles.yml:5:32");
+    // A provider prefix in the name counts too.
+    let (_d, c) = with("\"acme/model-1\"");
+    assert!(only(&c, "unknown provider `acme` (the prefix of the model name)").is_error());
+    // json_mode and prompt_caching reach the model settings.
+    let (_d, c) = with("{ name: m, json_mode: json_object, prompt_caching: true }");
+    clean(&c);
+    assert_eq!(model(&c).json_mode.as_deref(), Some("json_object"));
+    assert!(model(&c).prompt_caching);
+    let (_d, c) = with("{ name: m, json_mode: json_objetc }");
+    assert!(c.has_errors());
+    assert!(
+        c.render(false).contains("did you mean `json_object`?"),
+        "{}",
+        c.render(false)
+    );
 }
 
 fn prompt_agent(user: &str) -> String {
@@ -262,7 +389,7 @@ fn output_reads_match_what_the_agent_returns() {
     let e = only(&c, "the output of agent `a` has no field `scroe`");
     assert!(e.is_error());
     assert_eq!(e.help, ["did you mean `score`?"]);
-    assert_eq!(c.db().location(e.span.unwrap()), "m.yml:12:23");
+    assert_eq!(c.db().location(e.span.unwrap()), "m.yml:13:23");
     let (_d, c) = check(&[
         (
             "m.yml",

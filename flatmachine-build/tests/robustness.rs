@@ -1,7 +1,8 @@
 //! Robustness: the compiler never panics, whatever the YAML.
 //!
-//! A deterministic mutator (seeded xorshift) takes every YAML file of the conformance corpus
-//! and produces truncations, byte deletions/insertions/duplications, line swaps, indentation
+//! A deterministic mutator (seeded xorshift) takes every YAML file of this repository's machine
+//! folders (examples, test fixtures, UI cases), and of the conformance corpus when
+//! `FLATMACHINE_CONFORMANCE_DIR` names it, and produces truncations, byte deletions/insertions/duplications, line swaps, indentation
 //! changes and scalars replaced by other YAML tokens (`[`, `{`, `&a`, `*a`, `!!binary`, `~`,
 //! `.nan`, very long strings, deep nesting, template and expression junk, ...). The corpus is
 //! copied to a temporary directory once per test; each case overwrites one file in place, runs
@@ -9,14 +10,14 @@
 //! that file, and restores it. Any panic is caught, minimised and reported with its input and
 //! where it panicked. Generated code must also parse as Rust.
 //!
-//! The four families run as four tests (in parallel); together they run over 10,000 cases
-//! (at least 1,900 + 2,700 + 2,700 + 3,000, asserted). `FLATMACHINE_FUZZ_ROUNDS=n` runs n
+//! The four families run as four tests (in parallel), each with a floor on its cases per seed
+//! file (asserted): over 5,000 cases from the repository alone, over 15,000 with the corpus. `FLATMACHINE_FUZZ_ROUNDS=n` runs n
 //! rounds with fresh seeds; `FLATMACHINE_FUZZ_TIMING=1` prints the cost per file.
 
 use flatmachine_build::CodegenOptions;
 use flatmachine_build::graph::{GraphFormat, render};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -62,17 +63,24 @@ fn seed_of(name: &str, family: u64) -> u64 {
     h
 }
 
-// ---- the corpus, copied ---------------------------------------------------------------------
+// ---- the seed files, copied ------------------------------------------------------------------
 
-fn corpus_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/corpus");
-    assert!(
-        dir.join("MANIFEST.tsv").is_file(),
-        "conformance corpus not found at {} (expected `shared/conformance/corpus` beside the \
-         repository checkout)",
-        dir.display()
-    );
-    dir
+// Shared with the other test binaries; this one uses only part of it.
+#[allow(dead_code)]
+#[path = "support/conformance.rs"]
+mod conformance;
+
+/// Folders of this repository whose YAML files seed the mutations (copied with their layout, so
+/// relative references resolve). Broken machines are good seeds too.
+const REPO_SEEDS: &[&str] = &[
+    "examples/machines",
+    "tests/machines",
+    "tests/ui/machines",
+    "flatmachine-build/tests/machines",
+];
+
+fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -92,9 +100,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// One corpus YAML file in the working copy.
+/// One seed YAML file in the working copy.
 struct Target {
-    /// Path relative to the corpus root.
+    /// Path relative to the working copy (`repo/...` or `corpus/...`).
     rel: String,
     /// Its original bytes.
     original: Vec<u8>,
@@ -111,30 +119,34 @@ struct Workspace {
 }
 
 impl Workspace {
+    /// The repository's own YAML files, plus the conformance corpus when
+    /// `FLATMACHINE_CONFORMANCE_DIR` names it.
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("corpus");
-        copy_dir(&corpus_dir(), &dir);
-        let manifest = std::fs::read_to_string(dir.join("MANIFEST.tsv")).unwrap();
-        let mut spec_of = BTreeMap::new();
-        for line in manifest.lines().skip(1) {
-            let cols: Vec<&str> = line.split('\t').collect();
-            if cols.len() >= 2 {
-                spec_of.insert(cols[0].to_string(), cols[1].to_string());
-            }
+        let dir = tmp.path().to_path_buf();
+        for seed in REPO_SEEDS {
+            copy_dir(&repository_root().join(seed), &dir.join("repo").join(seed));
         }
-        let targets = spec_of
-            .iter()
-            .map(|(rel, spec)| {
-                let original = std::fs::read(dir.join(rel)).unwrap();
-                let root = match spec.as_str() {
-                    "flatmachine" => rel.clone(),
-                    "flatagent" => wrap_agent(&dir, rel),
-                    "flatprofiles" => wrap_profiles(&dir, rel, &original),
+        if let Some(corpus) = conformance::corpus_dir_or(
+            "the robustness tests mutate only the repository's own machine files",
+        ) {
+            copy_dir(&corpus, &dir.join("corpus"));
+        }
+        let mut files = Vec::new();
+        yaml_files(&dir, &dir, &mut files);
+        files.sort();
+        let targets = files
+            .into_iter()
+            .map(|rel| {
+                let original = std::fs::read(dir.join(&rel)).unwrap();
+                let root = match spec_of(&original).as_deref() {
+                    Some("flatmachine") => rel.clone(),
+                    Some("flatagent") => wrap_agent(&dir, &rel),
+                    Some("flatprofiles") => wrap_profiles(&dir, &rel, &original),
                     _ => rel.clone(),
                 };
                 Target {
-                    rel: rel.clone(),
+                    rel,
                     original,
                     root,
                 }
@@ -146,6 +158,27 @@ impl Workspace {
             targets,
         }
     }
+}
+
+/// Every `*.yml` file under `dir`, relative to `base`.
+fn yaml_files(base: &Path, dir: &Path, out: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(base, &path, out);
+        } else if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+            let rel = path.strip_prefix(base).unwrap();
+            out.push(rel.to_str().unwrap().to_string());
+        }
+    }
+}
+
+/// The value of a top-level `spec:` line (`flatmachine`, `flatagent`, `flatprofiles`).
+fn spec_of(text: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(text).lines().find_map(|l| {
+        l.strip_prefix("spec:")
+            .map(|v| v.trim().trim_matches('"').to_string())
+    })
 }
 
 /// A machine beside an agent file that uses it; returns its corpus-relative path.
@@ -348,9 +381,9 @@ fn minimise(ws: &Workspace, t: &Target, input: &[u8], problem: &str) -> Vec<u8> 
     cur
 }
 
-/// Run every case a family generates over every corpus file; fail with a report (minimised input,
-/// panic place) if anything panicked. Returns the number of cases.
-fn run_family(family: u64, name: &str, generate: Family) -> usize {
+/// Run every case a family generates over every seed file; fail with a report (minimised input,
+/// panic place) if anything panicked. Returns the number of cases and of seed files.
+fn run_family(family: u64, name: &str, generate: Family) -> (usize, usize) {
     install_hook();
     // Run on a thread with the stack rustc gives proc macros and cargo gives build scripts.
     let name = name.to_string();
@@ -406,7 +439,7 @@ fn run_family(family: u64, name: &str, generate: Family) -> usize {
                 }
                 panic!("{report}");
             }
-            cases
+            (cases, ws.targets.len())
         })
         .unwrap()
         .join()
@@ -682,34 +715,44 @@ fn token_edits(rng: &mut Rng, src: &[u8]) -> Mutants {
 
 // ---- the tests --------------------------------------------------------------------------------
 
+/// Least cases per seed file, per family (short files give fewer truncations and edits).
+const FLOOR_TRUNCATIONS: usize = 12;
+const FLOOR_BYTES: usize = 17;
+const FLOOR_LINES: usize = 17;
+const FLOOR_TOKENS: usize = 19;
+
 #[test]
 fn mutated_truncations_never_panic() {
-    let n = run_family(1, "truncations", truncations);
-    assert!(n >= 1_900, "{n} cases");
+    let (n, files) = run_family(1, "truncations", truncations);
+    assert!(
+        n >= FLOOR_TRUNCATIONS * files,
+        "{n} cases over {files} files"
+    );
 }
 
 #[test]
 fn mutated_bytes_never_panic() {
-    let n = run_family(2, "bytes", byte_edits);
-    assert!(n >= 2_700, "{n} cases");
+    let (n, files) = run_family(2, "bytes", byte_edits);
+    assert!(n >= FLOOR_BYTES * files, "{n} cases over {files} files");
 }
 
 #[test]
 fn mutated_lines_never_panic() {
-    let n = run_family(3, "lines", line_edits);
-    assert!(n >= 2_700, "{n} cases");
+    let (n, files) = run_family(3, "lines", line_edits);
+    assert!(n >= FLOOR_LINES * files, "{n} cases over {files} files");
 }
 
 #[test]
 fn mutated_tokens_never_panic() {
-    let n = run_family(4, "tokens", token_edits);
-    assert!(n >= 3_000, "{n} cases");
+    let (n, files) = run_family(4, "tokens", token_edits);
+    assert!(n >= FLOOR_TOKENS * files, "{n} cases over {files} files");
 }
 
 /// The mutator is deterministic: the same seed gives the same cases.
 #[test]
 fn mutator_is_deterministic() {
-    let src = std::fs::read(corpus_dir().join("distributed_worker/config/job_worker.yml")).unwrap();
+    let src = std::fs::read(repository_root().join("examples/machines/distributed/job_worker.yml"))
+        .unwrap();
     for family in [truncations, byte_edits, line_edits, token_edits] {
         let a = family(&mut Rng::new(42), &src);
         let b = family(&mut Rng::new(42), &src);

@@ -8,15 +8,9 @@ fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn corpus_dir() -> PathBuf {
-    let dir = manifest_dir().join("../../shared/conformance/corpus");
-    assert!(
-        dir.join("MANIFEST.tsv").is_file(),
-        "conformance corpus not found at {} (expected `shared/conformance/corpus` beside the \
-         repository checkout)",
-        dir.display()
-    );
-    dir
+/// The repository root (machines of the examples are snapshotted too).
+fn repository_root() -> PathBuf {
+    manifest_dir().join("..")
 }
 
 /// Replace absolute paths (there should be none, as every file is shown by a relative display
@@ -24,8 +18,8 @@ fn corpus_dir() -> PathBuf {
 fn normalize(text: &str) -> String {
     let mut out = text.to_string();
     let mut roots = vec![
-        (corpus_dir(), "$CORPUS"),
         (manifest_dir().to_path_buf(), "$CRATE"),
+        (repository_root(), "$REPO"),
     ];
     roots.extend(
         roots
@@ -53,14 +47,20 @@ fn expand(base: &Path, rel: &str) -> String {
 
 #[test]
 fn job_worker_with_a_child_machine() {
-    let code = expand(&corpus_dir(), "distributed_worker/config/job_worker.yml");
+    let code = expand(
+        &repository_root(),
+        "examples/machines/distributed/job_worker.yml",
+    );
     assert!(code.contains("pub mod children"));
     insta::assert_snapshot!("job_worker", code);
 }
 
 #[test]
 fn writer_critic() {
-    let code = expand(&corpus_dir(), "writer_critic/config/machine.yml");
+    let code = expand(
+        &repository_root(),
+        "examples/machines/writer_critic/machine.yml",
+    );
     insta::assert_snapshot!("writer_critic", code);
 }
 
@@ -85,4 +85,17 @@ fn broken_machine_diagnostics() {
         .is_err()
     );
     insta::assert_snapshot!("broken_diagnostics", normalize(&checked.render(false)));
+}
+
+/// The typed path (docs/typed.md): `Input` / `Output` from `data.input` / `data.output`, the
+/// `TypedMachineDef` impl and `agents::AnyOutput`, for the example in this repository.
+#[test]
+fn typed_triage() {
+    let code = expand(
+        &manifest_dir().join("../examples/machines"),
+        "triage/machine.yml",
+    );
+    assert!(code.contains("pub struct Input {"));
+    assert!(code.contains("pub enum AnyOutput {"));
+    insta::assert_snapshot!("typed_triage", code);
 }

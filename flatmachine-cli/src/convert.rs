@@ -6,18 +6,23 @@ use std::path::Path;
 use flatmachine_runtime::persistence::{CheckpointStore, copy_executions};
 
 /// A store named on the command line: `sqlite:PATH` (a `SqlitePersistence` database) or a
-/// directory in the reference's file layout. `must_exist`: refuse a store that is not there
-/// (for reading) instead of creating it.
-pub fn open_store(spec: &str, must_exist: bool) -> Result<CheckpointStore, String> {
+/// directory in the reference's file layout. `read_only`: a store to read from — it must
+/// exist, and a database is opened read-only and refused without the checkpoint table (so an
+/// unrelated file is left byte for byte as it was); otherwise it is created if needed.
+pub fn open_store(spec: &str, read_only: bool) -> Result<CheckpointStore, String> {
     if let Some(path) = spec.strip_prefix("sqlite:") {
         if path.is_empty() {
             return Err("`sqlite:` needs a file path (sqlite:PATH)".to_string());
         }
-        if must_exist && !Path::new(path).is_file() {
-            return Err(format!("checkpoint database {path} not found"));
+        if read_only {
+            if !Path::new(path).is_file() {
+                return Err(format!("checkpoint database {path} not found"));
+            }
+            return CheckpointStore::sqlite_read_only(path).map_err(|e| e.to_string());
         }
         return CheckpointStore::sqlite(path).map_err(|e| e.to_string());
     }
+    let must_exist = read_only;
     if must_exist && !Path::new(spec).is_dir() {
         return Err(format!("checkpoint directory {spec} not found"));
     }

@@ -1,11 +1,16 @@
-//! The `flatmachine` command: check, expand, graph and schema for machine YAML; inspect for
-//! the checkpoints a run left behind.
+//! The `flatmachine` command: check, expand, graph and schema for machine YAML; inspect,
+//! convert and fork the checkpoints a run left behind; send signals to waiting runs and list
+//! them (dispatching and resuming need the application binary: `cli::main`); operator commands
+//! for distributed workers (`pool`, `workers`, `stats`, `prune`).
 
 mod convert;
 mod inspect;
+mod signals;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use flatmachine_build::graph::GraphFormat;
+use flatmachine_runtime::distributed::admin::AdminTarget;
+use flatmachine_runtime::distributed::admin::command::AdminCommand;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +20,7 @@ use std::process::ExitCode;
 #[command(
     name = "flatmachine",
     version,
-    about = "Check, expand and draw FlatMachines YAML; inspect and convert checkpoints"
+    about = "Check, expand and draw FlatMachines YAML; inspect, convert and fork checkpoints; send signals to waiting runs"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,7 +47,7 @@ enum Command {
         /// Machine file.
         file: PathBuf,
     },
-    /// Draw states and transitions.
+    /// Draw states (with what each does) and transitions; child machines as subgraphs.
     Graph {
         /// Machine file.
         file: PathBuf,
@@ -63,13 +68,22 @@ enum Command {
     Inspect {
         /// The execution id.
         execution_id: Option<String>,
-        /// The checkpoint store: a directory, or `sqlite:PATH` for a SQLite database
-        /// (`persistence: {backend: sqlite}`).
-        #[arg(long, default_value = ".checkpoints")]
-        dir: String,
+        /// The checkpoint store: a directory, `sqlite:PATH` for a SQLite database
+        /// (`persistence: {backend: sqlite}`), or `redis://HOST:PORT/DB` for a Redis server
+        /// (`persistence: {backend: redis}`). Default: where a run keeps them,
+        /// `.checkpoints/` and `.checkpoints/checkpoints.sqlite`, whichever exist.
+        #[arg(long)]
+        dir: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Print run trees instead: each execution under the one that started it, where it
+        /// stands, and whether anything will resume it (abandoned and orphaned children).
+        #[arg(long)]
+        tree: bool,
+        /// The Redis key prefix (default `FLATMACHINE_REDIS_PREFIX`, else `flatmachine`).
+        #[arg(long)]
+        prefix: Option<String>,
     },
     /// Copy executions between checkpoint stores, byte for byte: the reference's file layout
     /// (a directory) and SQLite (`sqlite:PATH`), either way.
@@ -84,6 +98,78 @@ enum Command {
         to: String,
         /// Only these executions (default: every execution in --from).
         execution_ids: Vec<String>,
+    },
+    /// Signals for runs waiting in `wait_for` states.
+    Signal {
+        #[command(subcommand)]
+        command: SignalCommand,
+    },
+    /// List the runs waiting for a signal (their latest checkpoint is `waiting`).
+    Waiting {
+        /// The checkpoint store: a directory, or `sqlite:PATH`.
+        #[arg(long, default_value = ".checkpoints")]
+        dir: String,
+        /// Also ask this signal store (`sqlite:PATH`, `redis`, `redis://HOST:PORT`) whether
+        /// each run is registered and what is pending on its channel.
+        #[arg(long)]
+        signals: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a new execution from a checkpoint of another one (resume it with the app).
+    ///
+    /// The fork gets the source's checkpoints up to the chosen one, records where it came
+    /// from, and none of the source's pending launches.
+    Fork {
+        /// The execution to fork.
+        execution_id: String,
+        /// The checkpoint store: a directory, or `sqlite:PATH`.
+        #[arg(long, default_value = ".checkpoints")]
+        dir: String,
+        /// Fork from this step (default: the latest checkpoint).
+        #[arg(long)]
+        step: Option<u64>,
+        /// Which checkpoint of the step (default: its first).
+        #[arg(long)]
+        event: Option<String>,
+        /// Change the fork's context: KEY=JSON (a dotted key reaches into maps); repeatable.
+        #[arg(long = "set", value_name = "KEY=JSON")]
+        set: Vec<String>,
+        /// The fork's execution id (default: a new UUID).
+        #[arg(long = "id")]
+        new_id: Option<String>,
+    },
+    /// Operator commands for distributed workers: pools, workers, stats, retention.
+    #[command(flatten)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum SignalCommand {
+    /// Send a signal on CHANNEL: it is kept until a run waiting there takes it (a dispatcher
+    /// delivers it) or its time to live passes.
+    ///
+    /// Example: `flatmachine signal send approval/42 --data '{"decision": "approve"}'`.
+    Send {
+        /// The channel (what the `wait_for` state renders, e.g. `approval/42`).
+        channel: String,
+        /// The signal's data: JSON, or `@path` to read it from a file.
+        #[arg(long, short = 'd', default_value = "null")]
+        data: String,
+        /// The signal store: `sqlite:PATH`, `redis` or `redis://HOST:PORT` (default: what
+        /// `--machine` names, else sqlite:workers.sqlite).
+        #[arg(long)]
+        signals: Option<String>,
+        /// Take the signal store from this machine file's `settings.backends`.
+        #[arg(long, conflicts_with = "signals")]
+        machine: Option<PathBuf>,
+        /// Drop the signal if no run took it within this many seconds (default: 7 days).
+        #[arg(long, conflicts_with = "keep")]
+        ttl: Option<f64>,
+        /// Keep the signal until a run takes it.
+        #[arg(long)]
+        keep: bool,
     },
 }
 
@@ -146,13 +232,14 @@ fn main() -> ExitCode {
         }
         Command::Graph { file, format } => {
             let checked = flatmachine_build::check(&file, None);
-            match checked.irs.first().and_then(Option::as_ref) {
-                Some(ir) if !checked.has_errors() => {
+            let irs: Option<Vec<_>> = checked.irs.iter().cloned().collect();
+            match irs {
+                Some(irs) if !irs.is_empty() && !checked.has_errors() => {
                     let fmt = match format {
                         Format::Mermaid => GraphFormat::Mermaid,
                         Format::Dot => GraphFormat::Dot,
                     };
-                    emit(&flatmachine_build::graph::render(ir, fmt));
+                    emit(&flatmachine_build::graph::render_all(&irs, fmt));
                     ExitCode::SUCCESS
                 }
                 _ => {
@@ -177,16 +264,77 @@ fn main() -> ExitCode {
             execution_id,
             dir,
             json,
-        } => match inspect::run(&dir, execution_id.as_deref(), json) {
-            Ok(text) => {
-                emit(&text);
+            tree,
+            prefix,
+        } => match inspect::run(
+            dir.as_deref(),
+            execution_id.as_deref(),
+            json,
+            tree,
+            prefix.as_deref(),
+        ) {
+            Ok(out) => {
+                eprint!("{}", out.notes);
+                emit(&out.stdout);
                 ExitCode::SUCCESS
             }
             Err(message) => {
-                eprintln!("error: {message}");
+                eprintln!(
+                    "error: {}",
+                    flatmachine_runtime::inspect::escape_controls(&message)
+                );
                 ExitCode::FAILURE
             }
         },
+        Command::Signal {
+            command:
+                SignalCommand::Send {
+                    channel,
+                    data,
+                    signals: store,
+                    machine,
+                    ttl,
+                    keep,
+                },
+        } => {
+            let store = match (store, machine) {
+                (Some(s), _) => Ok(s),
+                (None, Some(file)) => signals::signals_of_machine(&file),
+                (None, None) => Ok(signals::DEFAULT_SIGNALS.to_string()),
+            };
+            finish(store.and_then(|s| signals::send(&s, &channel, &data, ttl, keep)))
+        }
+        Command::Waiting {
+            dir,
+            signals: store,
+            json,
+        } => finish(signals::waiting(&dir, store.as_deref(), json)),
+        Command::Fork {
+            execution_id,
+            dir,
+            step,
+            event,
+            set,
+            new_id,
+        } => {
+            let options = signals::parse_sets(&set).map(|sets| {
+                let mut options = flatmachine_runtime::engine::ForkOptions::new();
+                if let Some(step) = step {
+                    options = options.step(step);
+                }
+                if let Some(event) = event {
+                    options = options.event(event);
+                }
+                if let Some(id) = new_id {
+                    options = options.execution_id(id);
+                }
+                for (key, value) in sets {
+                    options = options.set(key, value);
+                }
+                options
+            });
+            finish(options.and_then(|o| signals::fork(&dir, &execution_id, o)))
+        }
         Command::Convert {
             from,
             to,
@@ -197,9 +345,48 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(message) => {
+                eprintln!(
+                    "error: {}",
+                    flatmachine_runtime::inspect::escape_controls(&message)
+                );
+                ExitCode::FAILURE
+            }
+        },
+        Command::Admin(command) => match admin(command) {
+            Ok(text) => {
+                emit(&text);
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
                 eprintln!("error: {message}");
                 ExitCode::FAILURE
             }
         },
     }
+}
+
+/// Prints a command's text, or its error with exit status 1.
+fn finish(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            emit(&text);
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs an operator command on the store its `--store` names.
+fn admin(command: AdminCommand) -> Result<String, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(flatmachine_runtime::distributed::admin::command::run(
+        command,
+        &AdminTarget::default(),
+    ))
 }

@@ -1,22 +1,29 @@
-//! The `flatmachine` command line, run as a process on the conformance corpus and on
-//! checkpoint directories (written by this runtime and by the Python reference).
+//! The `flatmachine` command line, run as a process on the repository's example machines (and
+//! on the conformance corpus when `FLATMACHINE_CONFORMANCE_DIR` names it) and on checkpoint
+//! directories (written by this runtime and by the Python reference).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn corpus_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/corpus");
-    assert!(
-        dir.join("MANIFEST.tsv").is_file(),
-        "conformance corpus not found at {} (expected `shared/conformance/corpus/MANIFEST.tsv` \
-         beside the repository checkout)",
-        dir.display()
-    );
-    dir
+#[path = "../../flatmachine-build/tests/support/conformance.rs"]
+mod conformance;
+
+/// The example machines, where most CLI runs start.
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/machines")
 }
 
-/// Machines every tier of the checker accepts without a diagnostic.
-const STRICT: &[&str] = &[
+/// Example machines every tier of the checker accepts without a diagnostic.
+const CLEAN: &[&str] = &[
+    "distributed/echo_processor.yml",
+    "distributed/job_worker.yml",
+    "distributed/parallelization_checker.yml",
+    "distributed/stale_worker_reaper.yml",
+    "writer_critic/machine.yml",
+];
+
+/// Corpus machines every tier of the checker accepts without a diagnostic.
+const CORPUS_STRICT: &[&str] = &[
     "distributed_worker/config/echo_processor.yml",
     "distributed_worker/config/job_worker.yml",
     "distributed_worker/config/parallelization_checker.yml",
@@ -28,7 +35,7 @@ const STRICT: &[&str] = &[
 
 fn cli() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_flatmachine"));
-    c.current_dir(corpus_dir());
+    c.current_dir(examples_dir());
     c
 }
 
@@ -41,15 +48,31 @@ fn run(cmd: &mut Command) -> (i32, String, String) {
     )
 }
 
-#[test]
-fn cli_check_strict_tier_succeeds() {
-    let (code, _, stderr) = run(cli().arg("check").arg("--color=false").args(STRICT));
+/// `check` over files with no diagnostic: exit 0 and a clean summary line per file.
+fn check_clean(dir: &Path, files: &[&str]) {
+    let (code, _, stderr) = run(Command::new(env!("CARGO_BIN_EXE_flatmachine"))
+        .current_dir(dir)
+        .arg("check")
+        .arg("--color=false")
+        .args(files));
     assert_eq!(code, 0, "{stderr}");
-    for rel in STRICT {
+    for rel in files {
         assert!(
             stderr.contains(&format!("{rel}: 0 error(s), 0 warning(s)")),
             "{stderr}"
         );
+    }
+}
+
+#[test]
+fn cli_check_clean_examples_succeeds() {
+    check_clean(&examples_dir(), CLEAN);
+}
+
+#[test]
+fn cli_check_corpus_strict_tier_succeeds() {
+    if let Some(corpus) = conformance::corpus_dir("cli::cli_check_corpus_strict_tier_succeeds") {
+        check_clean(&corpus, CORPUS_STRICT);
     }
 }
 
@@ -84,12 +107,8 @@ fn cli_check_fails_on_a_missing_file() {
 
 #[test]
 fn cli_graph_dot_dashes_error_routes() {
-    let (code, stdout, stderr) = run(cli().args([
-        "graph",
-        "--format",
-        "dot",
-        "distributed_worker/config/job_worker.yml",
-    ]));
+    let (code, stdout, stderr) =
+        run(cli().args(["graph", "--format", "dot", "distributed/job_worker.yml"]));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.starts_with("digraph \"job_worker\" {"), "{stdout}");
     assert!(stdout.trim_end().ends_with('}'), "{stdout}");
@@ -105,16 +124,29 @@ fn cli_graph_dot_dashes_error_routes() {
     );
     assert!(stdout.contains("s9 [label=\"done\", shape=doublecircle];"));
     assert!(stdout.contains("s2 -> s7 [label=\"context.job == None\"];"));
+    // State kinds, and the child machine as a cluster linked from the state that runs it.
+    assert!(
+        stdout.contains("s1 [label=\"register_worker\\naction: register_worker\", shape=box];"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("s3 [label=\"process_job\\nmachine: echo_processor\", shape=box3d];"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("subgraph cluster_m1 {\n        label=\"machine: echo_processor\";"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("s3 -> m1_s0 [label=\"runs\", style=dotted, arrowhead=empty];"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn cli_graph_mermaid_uses_dotted_error_routes() {
-    let (code, stdout, stderr) = run(cli().args([
-        "graph",
-        "--format",
-        "mermaid",
-        "distributed_worker/config/job_worker.yml",
-    ]));
+    let (code, stdout, stderr) =
+        run(cli().args(["graph", "--format", "mermaid", "distributed/job_worker.yml"]));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.starts_with("flowchart"), "{stdout}");
     let error_route: Vec<&str> = stdout.lines().filter(|l| l.contains("-.->")).collect();
@@ -133,7 +165,7 @@ fn cli_graph_fails_on_errors() {
         "graph",
         "--format",
         "dot",
-        "fixtures-human-in-the-loop/machine.yml",
+        "../../tests/ui/machines/two_initial_states.yml",
     ]));
     assert_eq!(code, 1);
     assert!(stdout.is_empty());
@@ -142,7 +174,7 @@ fn cli_graph_fails_on_errors() {
 
 #[test]
 fn cli_expand_prints_parsable_rust() {
-    for rel in STRICT {
+    for rel in CLEAN {
         let (code, stdout, stderr) = run(cli().args(["expand", rel]));
         assert_eq!(code, 0, "{rel}: {stderr}");
         let file = syn::parse_file(&stdout)
@@ -224,6 +256,37 @@ fn inspect_reads_a_python_written_execution_as_a_table() {
         "{stdout}"
     );
     assert!(stdout.contains("output {\"order\":\"A-17\",\"attempts\":1}"));
+}
+
+#[test]
+fn inspect_tree_puts_a_launched_child_under_its_parent() {
+    let (code, stdout, stderr) = inspect(&["--tree"], &python_checkpoints());
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("python-demo  inspect_demo  finished (step 4)"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("  └ 5b089af5-a941-4cd1-8d01-ccc59801c932  "),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) =
+        inspect(&["python-demo", "--tree", "--json"], &python_checkpoints());
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[1]["parent_execution_id"], "python-demo");
+    assert_eq!(runs[1]["depth"], 1);
+    assert_eq!(runs[0]["fate"]["kind"], "finished");
+    let (code, _, stderr) = inspect(&["nope", "--tree"], &python_checkpoints());
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("execution `nope` has no checkpoints"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -402,4 +465,209 @@ fn cli_check_knows_rust_tools_given_with_tool() {
     let (code, _, stderr) = check(&["--tool", "word_count"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("counting.yml: 0 error(s)"), "{stderr}");
+}
+
+// ---- signal send, waiting, fork ------------------------------------------------------------
+
+/// A run the Python reference 4.2.1 parked in `wait_decision` on `approval/py`, saved into a
+/// SQLite checkpoint file at `db`.
+fn park_a_reference_run(db: &Path) {
+    let text = r#"{"execution_id": "py-wait", "machine_name": "approval", "spec_version": "4.2.1", "current_state": "wait_decision", "context": {"ticket": "py", "machine": {"execution_id": "py-wait", "step": 2}}, "step": 2, "created_at": "2026-11-24T19:15:37.123456+00:00", "event": "waiting", "output": null, "total_api_calls": 0, "total_cost": 0.0, "parent_execution_id": null, "pending_launches": null, "waiting_channel": "approval/py", "tool_loop_state": null}"#;
+    let snap = flatmachine_runtime::persistence::MachineSnapshot::from_json_slice(text.as_bytes())
+        .unwrap();
+    let store = flatmachine_runtime::persistence::CheckpointStore::sqlite(db).unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(store.save(snap))
+        .unwrap();
+}
+
+fn flatmachine_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    run(Command::new(env!("CARGO_BIN_EXE_flatmachine"))
+        .args(args)
+        .current_dir(dir))
+}
+
+#[test]
+fn signal_send_waiting_and_fork_work_on_a_sqlite_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    park_a_reference_run(&d.join("app.sqlite"));
+
+    // `waiting` lists the run from its checkpoint; the signal store does not know it yet.
+    let (code, out, err) = flatmachine_in(
+        d,
+        &[
+            "waiting",
+            "--dir",
+            "sqlite:app.sqlite",
+            "--signals",
+            "sqlite:app.sqlite",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let runs: serde_json::Value = serde_json::from_str(&out).expect("waiting --json is JSON");
+    let text = runs.to_string();
+    assert!(
+        text.contains("py-wait") && text.contains("approval/py"),
+        "{text}"
+    );
+
+    // `signal send` stores a signal (data inline or from a file) in order.
+    let (code, out, err) = flatmachine_in(
+        d,
+        &[
+            "signal",
+            "send",
+            "approval/py",
+            "--signals",
+            "sqlite:app.sqlite",
+            "--data",
+            r#"{"decision": "approve", "by": "cli"}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let sent: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(sent["channel"], "approval/py");
+    std::fs::write(d.join("second.json"), r#"{"decision": "reject"}"#).unwrap();
+    let (code, _, err) = flatmachine_in(
+        d,
+        &[
+            "signal",
+            "send",
+            "approval/py",
+            "--signals",
+            "sqlite:app.sqlite",
+            "--data",
+            "@second.json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let signals =
+        flatmachine_runtime::signals::SqliteSignalBackend::open(d.join("app.sqlite")).unwrap();
+    let pending = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(flatmachine_runtime::signals::SignalBackend::peek(
+            &signals,
+            "approval/py",
+        ))
+        .unwrap();
+    let data: Vec<_> = pending.iter().map(|s| s.data.clone()).collect();
+    assert_eq!(
+        data,
+        vec![
+            serde_json::json!({"decision": "approve", "by": "cli"}),
+            serde_json::json!({"decision": "reject"})
+        ]
+    );
+
+    // Bad input is refused with a reason, and nothing is stored.
+    let (code, _, err) = flatmachine_in(
+        d,
+        &[
+            "signal",
+            "send",
+            "approval/py",
+            "--signals",
+            "sqlite:app.sqlite",
+            "--data",
+            "{nope",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(!err.trim().is_empty());
+    let (code, _, err) =
+        flatmachine_in(d, &["signal", "send", "", "--signals", "sqlite:app.sqlite"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("empty"), "{err}");
+
+    // `fork` makes a new execution from the waiting checkpoint, with an edited context.
+    let (code, _, err) = flatmachine_in(
+        d,
+        &[
+            "fork",
+            "py-wait",
+            "--dir",
+            "sqlite:app.sqlite",
+            "--set",
+            r#"ticket="two""#,
+            "--id",
+            "py-fork",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let store =
+        flatmachine_runtime::persistence::CheckpointStore::sqlite(d.join("app.sqlite")).unwrap();
+    let fork = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(store.load_latest("py-fork"))
+        .unwrap()
+        .expect("the fork is stored");
+    assert_eq!(fork.context["ticket"], serde_json::json!("two"));
+    assert_eq!(fork.event.as_deref(), Some("execute"));
+    assert_eq!(fork.waiting_channel, None);
+    let origin = fork.forked_from.expect("the fork records its origin");
+    assert_eq!((origin.execution_id.as_str(), origin.step), ("py-wait", 2));
+}
+
+/// `inspect` in a directory, without `--dir`.
+fn inspect_here(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    run(Command::new(env!("CARGO_BIN_EXE_flatmachine"))
+        .current_dir(cwd)
+        .arg("inspect")
+        .args(args))
+}
+
+#[test]
+fn inspect_without_dir_finds_the_stores_a_run_uses_or_says_where_it_looked() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Nothing there: an error naming both places.
+    let (code, stdout, stderr) = inspect_here(&[], tmp.path());
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stderr.contains("no checkpoint store here"), "{stderr}");
+    assert!(
+        stderr.contains(".checkpoints/") && stderr.contains(".checkpoints/checkpoints.sqlite"),
+        "{stderr}"
+    );
+    // `backend: sqlite` keeps `.checkpoints/checkpoints.sqlite`: found and read.
+    let db = tmp.path().join(".checkpoints/checkpoints.sqlite");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    let (code, _, stderr) = convert(
+        python_checkpoints().to_str().unwrap(),
+        &format!("sqlite:{}", db.display()),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = inspect_here(&[], tmp.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("python-demo  inspect_demo"), "{stdout}");
+    assert!(
+        stderr.contains("executions from sqlite:.checkpoints/checkpoints.sqlite"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(".checkpoints: no executions"), "{stderr}");
+    let (code, stdout, stderr) = inspect_here(&["python-demo"], tmp.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("execution python-demo"), "{stdout}");
+    // With files in `.checkpoints/` too, both are listed under their names; JSON is one object.
+    copy_dir(&python_checkpoints(), &tmp.path().join(".checkpoints"));
+    let (code, stdout, stderr) = inspect_here(&[], tmp.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("== .checkpoints\n"), "{stdout}");
+    assert!(
+        stdout.contains("== sqlite:.checkpoints/checkpoints.sqlite\n"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = inspect_here(&["--json"], tmp.path());
+    assert_eq!(code, 0, "{stderr}");
+    let all: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(all[".checkpoints"].is_array(), "{stdout}");
+    assert!(
+        all["sqlite:.checkpoints/checkpoints.sqlite"].is_array(),
+        "{stdout}"
+    );
+    // An execution in neither store.
+    let (code, _, stderr) = inspect_here(&["nope"], tmp.path());
+    assert_eq!(code, 1);
+    assert!(stderr.contains("execution `nope` has no checkpoints in .checkpoints or sqlite:.checkpoints/checkpoints.sqlite"), "{stderr}");
 }

@@ -144,8 +144,12 @@ async fn worker(url: &str, prefix: &str, batch: usize) {
         if jobs.is_empty() {
             break;
         }
-        pool.complete_many(jobs.into_iter().map(|j| (j.id, Some(json!(1)))).collect())
-            .await
-            .expect("complete");
+        pool.complete_many(
+            jobs.iter()
+                .map(|j| (j.claim().expect("claimed"), Some(json!(1))))
+                .collect(),
+        )
+        .await
+        .expect("complete");
     }
 }

@@ -133,8 +133,130 @@ fn root() -> &'static cel::Context<'static> {
         let mut ctx = cel::Context::default();
         ctx.add_function("size", size);
         ctx.add_function("contains", contains);
+        ctx.add_function("bool", to_bool);
+        ctx.add_function("string", to_string);
+        ctx.add_function("bytes", to_bytes);
+        ctx.add_function("int", to_int);
+        ctx.add_function("dyn", to_dyn);
+        ctx.add_function("type", type_of);
+        for name in TYPE_NAMES {
+            ctx.add_variable_from_value(*name, CelType::value(name));
+        }
         ctx
     })
+}
+
+/// The type identifiers of the CEL standard definitions, bound as values so that
+/// `type(x) == int` compares types. `flatmachine-build` accepts exactly these names (its
+/// `expr::cel::TYPE_NAMES`).
+pub const TYPE_NAMES: &[&str] = &[
+    "bool",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+];
+
+/// A CEL type as a value: what `type(x)` returns and what the identifiers `int`, `string`, ...
+/// are bound to. Two types are equal when their names are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CelType(&'static str);
+
+impl cel::objects::Opaque for CelType {
+    fn runtime_type_name(&self) -> &str {
+        "type"
+    }
+}
+
+impl CelType {
+    fn value(name: &'static str) -> cel::Value {
+        cel::Value::Opaque(Arc::new(CelType(name)))
+    }
+}
+
+/// `type(x)`: the type of a value (`type(1) == int`, `type(int) == type`). Timestamps and
+/// durations are `google.protobuf.Timestamp` and `google.protobuf.Duration`, as in the spec.
+fn type_of(
+    _ftx: &cel::FunctionContext,
+    This(value): This<cel::Value>,
+) -> Result<cel::Value, ExecutionError> {
+    let name = match &value {
+        cel::Value::Opaque(o) if o.runtime_type_name() == "type" => "type",
+        cel::Value::Opaque(o) if o.runtime_type_name() == "optional_type" => "optional_type",
+        cel::Value::Null => "null_type",
+        cel::Value::Duration(_) => "google.protobuf.Duration",
+        cel::Value::Timestamp(_) => "google.protobuf.Timestamp",
+        other => cel_type_name(other),
+    };
+    Ok(CelType::value(name))
+}
+
+/// `dyn(x)`: `x` (a type-checker hint in CEL; values here are dynamic anyway).
+fn to_dyn(
+    _ftx: &cel::FunctionContext,
+    This(value): This<cel::Value>,
+) -> Result<cel::Value, ExecutionError> {
+    Ok(value)
+}
+
+/// `bool(x)`: a bool unchanged; a string as the spec reads it (`"1"`, `"t"`, `"true"`,
+/// `"TRUE"`, `"True"` and `"0"`, `"f"`, `"false"`, `"FALSE"`, `"False"`); anything else is an
+/// error.
+fn to_bool(
+    ftx: &cel::FunctionContext,
+    This(this): This<cel::Value>,
+) -> Result<bool, ExecutionError> {
+    match &this {
+        cel::Value::Bool(b) => Ok(*b),
+        cel::Value::String(s) => match s.as_str() {
+            "1" | "t" | "true" | "TRUE" | "True" => Ok(true),
+            "0" | "f" | "false" | "FALSE" | "False" => Ok(false),
+            other => Err(ftx.error(format!("cannot convert string {other:?} to bool"))),
+        },
+        other => Err(ftx.error(format!("no overload for bool({})", cel_type_name(other)))),
+    }
+}
+
+/// `string(x)`: the crate's conversion, plus `bool` (`"true"` / `"false"`) as the spec has it.
+fn to_string(
+    ftx: &cel::FunctionContext,
+    This(this): This<cel::Value>,
+) -> Result<cel::Value, ExecutionError> {
+    match this {
+        cel::Value::Bool(b) => Ok(cel::Value::String(Arc::new(b.to_string()))),
+        cel::Value::Bytes(b) => String::from_utf8(b.to_vec())
+            .map(|s| cel::Value::String(Arc::new(s)))
+            .map_err(|_| ftx.error("bytes are not valid UTF-8")),
+        other => cel::functions::string(ftx, This(other)),
+    }
+}
+
+/// `bytes(x)`: the UTF-8 bytes of a string, or bytes unchanged.
+fn to_bytes(
+    ftx: &cel::FunctionContext,
+    This(this): This<cel::Value>,
+) -> Result<cel::Value, ExecutionError> {
+    match this {
+        cel::Value::String(s) => Ok(cel::Value::Bytes(Arc::new(s.as_bytes().to_vec()))),
+        b @ cel::Value::Bytes(_) => Ok(b),
+        other => Err(ftx.error(format!("no overload for bytes({})", cel_type_name(&other)))),
+    }
+}
+
+/// `int(x)`: the crate's conversion, plus a timestamp as seconds since the Unix epoch.
+fn to_int(
+    ftx: &cel::FunctionContext,
+    This(this): This<cel::Value>,
+) -> Result<cel::Value, ExecutionError> {
+    match this {
+        cel::Value::Timestamp(t) => Ok(cel::Value::Int(t.timestamp())),
+        other => cel::functions::int(ftx, This(other)),
+    }
 }
 
 /// `size(x)` / `x.size()`: code points of a string, bytes of bytes, entries of a list or map.
@@ -307,6 +429,58 @@ mod tests {
                 .starts_with("in expression `context.a >`: invalid CEL")
         );
         assert!(BAD.prepare().is_err());
+    }
+
+    #[test]
+    fn standard_conversions_and_types() {
+        let c = ctx(json!({"flag": "true", "n": 3, "on": true, "s": "x"}));
+        for (src, want) in [
+            ("bool(\"1\")", true),
+            ("bool(context.flag)", true),
+            ("bool(context.on)", true),
+            ("!bool(\"False\")", true),
+            ("type(1) == int", true),
+            ("type(1u) == uint", true),
+            ("type(1.5) == double", true),
+            ("type('a') == string", true),
+            ("type(b'a') == bytes", true),
+            ("type(true) == bool", true),
+            ("type([]) == list", true),
+            ("type({}) == map", true),
+            ("type(null) == null_type", true),
+            ("type(int) == type", true),
+            ("type(context.n) == int", true),
+            ("type(context.s) == int", false),
+            ("dyn(context.n) == 3", true),
+            ("string(context.on) == 'true'", true),
+            ("string(b'hi') == 'hi'", true),
+            ("bytes(bytes('hi')) == b'hi'", true),
+            ("int(timestamp('1970-01-01T00:01:00Z')) == 60", true),
+            ("duration('90s') == duration('1m30s')", true),
+            ("uint(context.n) == 3u && double(context.n) == 3.0", true),
+            (
+                "'abc'.startsWith('a') && 'abc'.endsWith('c') && 'abc'.matches('^a.c$')",
+                true,
+            ),
+            (
+                "timestamp('2024-03-05T10:00:00Z').getFullYear() == 2024",
+                true,
+            ),
+        ] {
+            let p: &'static CelProgram = Box::leak(Box::new(CelProgram::new(
+                Box::leak(src.to_string().into_boxed_str()),
+                None,
+            )));
+            assert_eq!(p.eval(&c), Ok(want), "{src}");
+        }
+        static BAD: CelProgram = CelProgram::new("bool('maybe')", None);
+        let e = BAD.eval(&Context::new()).unwrap_err();
+        assert!(
+            e.message()
+                .contains("cannot convert string \"maybe\" to bool"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub mod error_type {
     pub const TOOL: &str = "ToolError";
     /// A `tool_loop` state reached its `max_cost`.
     pub const TOOL_LOOP_LIMIT: &str = "ToolLoopLimitError";
+    /// The run tree's `max_agent_calls` budget refused an agent call. A limit, like
+    /// `max_steps`: `on_error` does not route it, the run fails with `RunError::MaxAgentCalls`.
+    pub const MAX_AGENT_CALLS: &str = "MaxAgentCallsError";
+    /// A `foreach:` yielded more items than `max_foreach_items` allows.
+    pub const FOREACH_LIMIT: &str = "ForeachLimitError";
 }
 
 /// An error raised while running one state. Routed by the state's `on_error`.
@@ -36,6 +41,10 @@ pub struct StateError {
     pub error_type: String,
     /// Human-readable message; written to `context.last_error`.
     pub message: String,
+    /// Provider calls the failed work was still billed for (an agent reply that arrived but did
+    /// not parse or validate, the failed attempts of a `retry`): the engine adds them to the
+    /// run's `total_api_calls`, `total_cost` and usage. `None` for errors that cost nothing.
+    pub billed: Option<Box<crate::agents::Billing>>,
 }
 
 impl StateError {
@@ -44,7 +53,18 @@ impl StateError {
         Self {
             error_type: error_type.into(),
             message: message.into(),
+            billed: None,
         }
+    }
+
+    /// The error with `billing` added to what it carries (see [`billed`](Self::billed)).
+    pub fn with_billing(mut self, billing: crate::agents::Billing) -> Self {
+        if billing.api_calls > 0 || billing.cost != 0.0 || billing.usage != Default::default() {
+            let mut total = self.billed.take().map(|b| *b).unwrap_or_default();
+            total += billing;
+            self.billed = Some(Box::new(total));
+        }
+        self
     }
 }
 

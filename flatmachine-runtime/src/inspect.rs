@@ -25,7 +25,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::persistence::{
-    CheckpointStore, LaunchIntent, MachineSnapshot, PersistenceError, checkpoint_event,
+    CheckpointStore, ForkOrigin, LaunchIntent, MachineSnapshot, PersistenceError, checkpoint_event,
     parse_snapshot_key,
 };
 use crate::{Context, Value};
@@ -39,10 +39,18 @@ pub struct ExecutionHistory {
     pub machine_name: String,
     /// The execution that launched or invoked this one, if recorded.
     pub parent_execution_id: Option<String>,
+    /// The machine's fingerprint (`config_hash`) in the newest readable checkpoint.
+    pub config_hash: Option<String>,
+    /// The execution and step this one was forked from, if it is a fork.
+    pub forked_from: Option<ForkOrigin>,
     /// The key the `latest` pointer names (`None` without a pointer).
     pub latest: Option<String>,
     /// Every checkpoint, in run order (step, then event order within a step).
     pub checkpoints: Vec<CheckpointRecord>,
+    /// Set when the execution is a distributed worker run whose claim was taken back: it
+    /// cannot be resumed (see [`crate::distributed::superseded`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded: Option<crate::distributed::SupersededMark>,
 }
 
 /// One checkpoint as `inspect` describes it.
@@ -70,6 +78,10 @@ pub struct CheckpointRecord {
     pub total_cost: Option<f64>,
     /// The output, on the final checkpoints.
     pub output: Option<Context>,
+    /// The channel the run waits on, on a `waiting` checkpoint.
+    pub waiting_channel: Option<String>,
+    /// When that wait gives up, if it has a `timeout`.
+    pub wait_deadline: Option<String>,
     /// Why the checkpoint could not be read, when it could not.
     pub unreadable: Option<String>,
 }
@@ -153,8 +165,14 @@ impl ExecutionHistory {
             execution_id: execution_id.to_owned(),
             machine_name: String::new(),
             parent_execution_id: None,
+            config_hash: None,
+            forked_from: None,
             latest,
             checkpoints: Vec::with_capacity(keys.len()),
+            superseded: crate::distributed::superseded::superseded(store, execution_id)
+                .await
+                .ok()
+                .flatten(),
         };
         let empty = Context::new();
         let mut previous: Option<MachineSnapshot> = None;
@@ -196,9 +214,15 @@ impl ExecutionHistory {
                 total_api_calls: snapshot.total_api_calls,
                 total_cost: snapshot.total_cost,
                 output: snapshot.output.clone(),
+                waiting_channel: snapshot.waiting_channel.clone(),
+                wait_deadline: snapshot.wait_deadline.clone(),
                 unreadable: None,
             });
             history.machine_name.clone_from(&snapshot.machine_name);
+            history.config_hash.clone_from(&snapshot.config_hash);
+            if snapshot.forked_from.is_some() {
+                history.forked_from.clone_from(&snapshot.forked_from);
+            }
             if snapshot.parent_execution_id.is_some() {
                 history
                     .parent_execution_id
@@ -216,12 +240,22 @@ impl ExecutionHistory {
         let _ = writeln!(
             out,
             "execution {}  machine {}  parent {}  checkpoints {}  latest {}",
-            self.execution_id,
-            or_dash(&self.machine_name),
-            self.parent_execution_id.as_deref().unwrap_or("-"),
+            escape_controls(&self.execution_id),
+            escape_controls(or_dash(&self.machine_name)),
+            escape_controls(self.parent_execution_id.as_deref().unwrap_or("-")),
             self.checkpoints.len(),
-            self.latest.as_deref().unwrap_or("-"),
+            escape_controls(self.latest.as_deref().unwrap_or("-")),
         );
+        if let Some(hash) = &self.config_hash {
+            let _ = writeln!(out, "shape {hash}");
+        }
+        if let Some(origin) = &self.forked_from {
+            let _ = writeln!(
+                out,
+                "forked from execution {} at step {}",
+                origin.execution_id, origin.step
+            );
+        }
         let rows: Vec<[String; 5]> = self
             .checkpoints
             .iter()
@@ -236,8 +270,12 @@ impl ExecutionHistory {
                         .map(|e| format!("{}: {}", or_dash(&e.error_type), e.message))
                         .unwrap_or_default(),
                 ]
+                .map(|cell| escape_controls(&cell))
             })
             .collect();
+        if let Some(mark) = &self.superseded {
+            let _ = writeln!(out, "superseded: {}", mark.describe());
+        }
         let header = ["STEP", "EVENT", "STATE", "CONTEXT CHANGES", "ERROR"];
         let mut widths = header.map(str::len);
         for row in &rows {
@@ -250,7 +288,13 @@ impl ExecutionHistory {
         for (row, record) in rows.iter().zip(&self.checkpoints) {
             push_row(&mut out, row, &widths);
             if let Some(reason) = &record.unreadable {
-                let _ = writeln!(out, "      unreadable: {reason}");
+                let _ = writeln!(out, "      unreadable: {}", escape_controls(reason));
+            }
+            if let Some(channel) = &record.waiting_channel {
+                let _ = match &record.wait_deadline {
+                    Some(deadline) => writeln!(out, "      waiting on {channel} until {deadline}"),
+                    None => writeln!(out, "      waiting on {channel}"),
+                };
             }
             // The outbox is carried by every later checkpoint: show it where it changes.
             let launches = record.pending_launches.as_slice();
@@ -263,14 +307,14 @@ impl ExecutionHistory {
                 let _ = writeln!(
                     out,
                     "      launch {} ({}) {} input {}",
-                    intent.machine,
-                    intent.execution_id,
+                    escape_controls(&intent.machine),
+                    escape_controls(&intent.execution_id),
                     if intent.launched {
                         "started"
                     } else {
                         "not started"
                     },
-                    Value::Object(intent.input.clone()),
+                    escape_controls(&Value::Object(intent.input.clone()).to_string()),
                 );
             }
             push_output(&mut out, record);
@@ -281,7 +325,11 @@ impl ExecutionHistory {
 
 fn push_output(out: &mut String, record: &CheckpointRecord) {
     if let Some(output) = &record.output {
-        let _ = writeln!(out, "      output {}", Value::Object(output.clone()));
+        let _ = writeln!(
+            out,
+            "      output {}",
+            escape_controls(&Value::Object(output.clone()).to_string())
+        );
     }
 }
 
@@ -299,6 +347,8 @@ impl CheckpointRecord {
             total_api_calls: None,
             total_cost: None,
             output: None,
+            waiting_channel: None,
+            wait_deadline: None,
             unreadable: Some(reason),
         }
     }
@@ -362,7 +412,10 @@ pub async fn report(
     let mut text = match execution_id {
         Some(id) => {
             let history = ExecutionHistory::load(store, id).await?;
-            if history.checkpoints.is_empty() && history.latest.is_none() {
+            if history.checkpoints.is_empty()
+                && history.latest.is_none()
+                && history.superseded.is_none()
+            {
                 return Err(InspectError::NotFound(id.to_owned()));
             }
             if !json {
@@ -380,13 +433,15 @@ pub async fn report(
                     let _ = writeln!(
                         out,
                         "{}  {}  step {}  {}  {}",
-                        e.execution_id,
-                        e.machine_name.as_deref().unwrap_or("?"),
+                        escape_controls(&e.execution_id),
+                        escape_controls(e.machine_name.as_deref().unwrap_or("?")),
                         e.step.map_or_else(|| "?".to_owned(), |s| s.to_string()),
-                        e.event.as_deref().unwrap_or("?"),
-                        e.current_state
-                            .as_deref()
-                            .unwrap_or("(latest checkpoint unreadable)"),
+                        escape_controls(e.event.as_deref().unwrap_or("?")),
+                        escape_controls(
+                            e.current_state
+                                .as_deref()
+                                .unwrap_or("(latest checkpoint unreadable)")
+                        ),
                     );
                 }
                 return Ok(out);
@@ -437,6 +492,31 @@ fn short(value: &Value) -> String {
     format!("{cut}…")
 }
 
+/// `text` safe to print on a terminal: control characters (C0, DEL, C1: escape sequences,
+/// carriage returns, newlines that would break a row) and the bidirectional-text overrides are
+/// written as escapes (`\n`, `\u{1b}`), everything else as it is. What the table shows of
+/// checkpoint contents goes through this, since model replies and error texts end up there.
+pub fn escape_controls(text: &str) -> String {
+    let needs =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(needs) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn or_dash(text: &str) -> &str {
     if text.is_empty() { "-" } else { text }
 }
@@ -479,6 +559,15 @@ mod tests {
         assert_eq!(changes.removed, vec!["gone".to_owned()]);
         assert_eq!(describe_changes(&changes), "+new=[1] ~a=2 -gone");
         assert!(ContextChanges::between(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("plain ünïcode"), "plain ünïcode");
+        assert_eq!(
+            escape_controls("a\u{1b}[2Jb\r\nc\u{7f}\u{9b}\u{202e}"),
+            "a\\u{1b}[2Jb\\r\\nc\\u{7f}\\u{9b}\\u{202e}"
+        );
     }
 
     #[test]

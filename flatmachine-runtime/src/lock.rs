@@ -10,7 +10,7 @@
 //!   (default dir `.locks`, like the reference). It works across processes and within one
 //!   process (every acquire opens the file anew), and the operating system releases it when
 //!   the holder exits or crashes. Lock files are left in place after release, as in the
-//!   reference.
+//!   reference. They are created `0600` in a `0700` directory (Unix), never through a symlink.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -201,21 +201,25 @@ impl ExecutionLock for LocalFileLock {
 }
 
 fn lock_file(dir: &Path, path: &Path, execution_id: String) -> Result<LockGuard, LockError> {
-    std::fs::create_dir_all(dir).map_err(|source| LockError::Io {
+    crate::persistence::create_private_dir_all(dir).map_err(|source| LockError::Io {
         op: "create the directory of",
         path: path.to_owned(),
         source,
     })?;
-    let file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(|source| LockError::Io {
-            op: "open",
-            path: path.to_owned(),
-            source,
-        })?;
+    let mut options = OpenOptions::new();
+    options.read(true).append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Owner-only, and never through a symlink planted at the lock's name.
+        options.mode(0o600);
+        options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    }
+    let file = options.open(path).map_err(|source| LockError::Io {
+        op: "open",
+        path: path.to_owned(),
+        source,
+    })?;
     // Fully qualified: newer std has inherent `File::try_lock`/`unlock` with other signatures.
     match fs4::FileExt::try_lock(&file) {
         Ok(()) => Ok(LockGuard::new(execution_id, move || {

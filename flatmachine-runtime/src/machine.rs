@@ -18,6 +18,10 @@ pub struct MachineSpec {
     pub spec_version: &'static str,
     /// The file it was compiled from (as the compiler displayed it).
     pub source: &'static str,
+    /// The fingerprint of the machine's shape (`fm-shape1:…`, computed by the compiler),
+    /// written into every checkpoint as `config_hash`; empty for specs made by hand (then
+    /// nothing is written or checked). See `docs/signals.md`.
+    pub config_hash: &'static str,
     /// States in file order.
     pub states: &'static [StateSpec],
     /// Index of the initial state.
@@ -29,6 +33,10 @@ pub struct MachineSpec {
     /// `settings.max_concurrency`: most children a `foreach` / `machine: [..]` state runs at
     /// once (`None`: the runtime default, see `MachineBuilder::max_concurrency`).
     pub max_concurrency: Option<u64>,
+    /// `settings.heartbeat_interval`: seconds between a distributed worker's heartbeats.
+    pub heartbeat_interval: Option<f64>,
+    /// `settings.job_lease_seconds`: how long a job this worker machine claims stays claimed.
+    pub job_lease_seconds: Option<f64>,
     /// `persistence` as written.
     pub persistence: Option<PersistenceSpec>,
     /// `hooks: {class, args}`.
@@ -60,11 +68,14 @@ impl MachineSpec {
         name: "",
         spec_version: "",
         source: "",
+        config_hash: "",
         states: &[],
         initial: 0,
         context: None,
         max_steps: None,
         max_concurrency: None,
+        heartbeat_interval: None,
+        job_lease_seconds: None,
         persistence: None,
         hooks: None,
         backends: None,
@@ -138,6 +149,9 @@ pub struct StateSpec {
     pub output_to_context: Option<TemplateValue>,
     /// `output:` (final states).
     pub output: Option<TemplateValue>,
+    /// `wait_for:`: the channel (a template over the context) the state waits on for a
+    /// signal; `timeout` is then the most seconds to wait.
+    pub wait_for: Option<TemplateValue>,
     /// `on_error` routes: error type name (`default` = any) → state index.
     pub on_error: &'static [(&'static str, usize)],
     /// `execution:`.
@@ -169,6 +183,7 @@ impl StateSpec {
         input: None,
         output_to_context: None,
         output: None,
+        wait_for: None,
         on_error: &[],
         execution: None,
         tool_loop: None,
@@ -347,7 +362,9 @@ pub struct BackendsSpec {
     pub registration: Option<&'static str>,
     /// Work pools: `memory`, `sqlite` or `redis`.
     pub work: Option<&'static str>,
-    /// The SQLite file registration and work share (default `workers.sqlite`).
+    /// Signals of `wait_for` states: `memory`, `sqlite` or `redis`.
+    pub signal: Option<&'static str>,
+    /// The SQLite file registration, work and signals share (default `workers.sqlite`).
     pub sqlite_path: Option<&'static str>,
 }
 
@@ -360,6 +377,7 @@ impl BackendsSpec {
         ("results", &["memory", "redis"]),
         ("registration", &["memory", "sqlite", "redis"]),
         ("work", &["memory", "sqlite", "redis"]),
+        ("signal", &["memory", "sqlite", "redis"]),
     ];
 }
 

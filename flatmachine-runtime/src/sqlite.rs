@@ -9,7 +9,7 @@
 //! failing on a lock upgrade. `flatmachine_schema` records a version per table group
 //! ([`check_version`]); a file written by a newer release is refused.
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -66,6 +66,9 @@ pub(crate) enum SqliteError {
         found: i64,
         supported: i64,
     },
+    /// The file is not a database of this kind (read-only opening checks before reading).
+    #[error("{0}")]
+    NotOurs(String),
     /// The blocking task running the statement failed (panicked or was cancelled).
     #[error("sqlite task failed: {0}")]
     Task(String),
@@ -110,10 +113,19 @@ fn open_connection(path: &Path, options: SqliteOptions) -> Result<Connection, Sq
     if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(parent).map_err(|source| SqliteError::CreateDir {
-            path: parent.to_owned(),
-            source,
+        crate::persistence::create_private_dir_all(parent).map_err(|source| {
+            SqliteError::CreateDir {
+                path: parent.to_owned(),
+                source,
+            }
         })?;
+    }
+    // A new database file is created owner-only (SQLite gives its -wal and -shm files the
+    // database file's mode); an existing one keeps its mode.
+    if let Err(error) = crate::persistence::create_private_file(path)
+        && error.kind() != std::io::ErrorKind::AlreadyExists
+    {
+        tracing::debug!(%error, path = %path.display(), "could not pre-create the database file");
     }
     let conn = Connection::open(path)?;
     conn.busy_handler(Some(busy_handler))?;
@@ -171,6 +183,29 @@ impl Db {
         })
     }
 
+    /// Opens the existing database at `path` read-only: nothing is created, no table, no
+    /// journal-mode switch; `check` refuses a file that does not hold the expected tables.
+    pub(crate) fn open_read_only<E: From<SqliteError>>(
+        path: &Path,
+        options: SqliteOptions,
+        check: fn(&Connection) -> Result<(), E>,
+    ) -> Result<Self, E> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(SqliteError::from)?;
+        conn.busy_handler(Some(busy_handler))
+            .map_err(SqliteError::from)?;
+        BUSY.with(|b| b.set((options.busy_timeout, None)));
+        conn.set_prepared_statement_cache_capacity(16);
+        check(&conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            busy_timeout: options.busy_timeout,
+        })
+    }
+
     /// Runs `f` with the connection on the blocking pool (inline when there is no tokio runtime).
     pub(crate) async fn run<T, E, F>(&self, f: F) -> Result<T, E>
     where
@@ -217,6 +252,50 @@ pub(crate) fn immediate<T, E: From<rusqlite::Error>>(
     let value = f(&tx)?;
     tx.commit()?;
     Ok(value)
+}
+
+/// For a read-only connection: the schema version recorded for `component`, refusing a file
+/// without `flatmachine_schema`, without `table`, or written by a newer release.
+pub(crate) fn check_version_read_only(
+    conn: &Connection,
+    component: &str,
+    table: &str,
+    supported: i64,
+) -> Result<i64, SqliteError> {
+    let has_table = |name: &str| -> Result<bool, SqliteError> {
+        Ok(conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                params![name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    };
+    let not_ours = || {
+        SqliteError::NotOurs(format!(
+            "not a flatmachine database: it has no `{table}` table recorded in `flatmachine_schema`"
+        ))
+    };
+    if !has_table("flatmachine_schema")? || !has_table(table)? {
+        return Err(not_ours());
+    }
+    let found: Option<i64> = conn
+        .query_row(
+            "SELECT version FROM flatmachine_schema WHERE component = ?1",
+            params![component],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match found {
+        None => Err(not_ours()),
+        Some(v) if v > supported => Err(SqliteError::SchemaTooNew {
+            component: component.to_string(),
+            found: v,
+            supported,
+        }),
+        Some(v) => Ok(v),
+    }
 }
 
 /// Checks (and records) the schema version of the table group `component`: a file of a newer

@@ -6,7 +6,9 @@
 //! 1. A string that is exactly one `{{ expr }}` (surrounding whitespace allowed) yields the
 //!    expression's *typed* value: strings stay strings, booleans stay booleans, lists and maps
 //!    stay structured, a missing field gives `null`. Attribute access on a missing value
-//!    (`{{ context.nope.deeper }}`) is an error.
+//!    (`{{ context.nope.deeper }}`) is an error. When the expression ends in `| tojson`
+//!    (`{{ context.messages | tojson }}`), the JSON text is parsed back: the value itself,
+//!    as the reference's parse of rendered JSON gives it.
 //! 2. Any other template (mixed text, several expressions, `{% ... %}` blocks) renders to text.
 //!    Lists and maps are written as JSON (`["a", "b"]`), other values as Jinja does
 //!    (`True`, `None`, `1.5`). The text is then parsed as JSON if it can be (as the Python
@@ -236,7 +238,7 @@ fn format_value(
 /// `fromjson`: parses a JSON string into a value; any other value passes through unchanged.
 fn fromjson(value: MjValue) -> Result<MjValue, minijinja::Error> {
     match value.as_str() {
-        Some(text) => match serde_json::from_str::<Json>(text) {
+        Some(text) => match crate::agents::output::parse_bounded(text) {
             Ok(json) => Ok(json_to_mj(&json)),
             Err(err) => Err(minijinja::Error::new(
                 minijinja::ErrorKind::InvalidOperation,
@@ -320,6 +322,8 @@ enum Compiled<'a> {
         expr: Expression<'a, 'a>,
         /// Lines before the expression in the template (for error lines).
         line_offset: usize,
+        /// The expression ends in `| tojson`: its JSON text is parsed back into the value.
+        json: bool,
     },
     /// Text and `{{ plain.path }}` expressions only (`Hello {{ context.name }}!`): written
     /// straight from the JSON when every value read is a string or an integer; otherwise
@@ -396,7 +400,7 @@ fn classify<'a>(env: &'a Environment<'a>, src: &'a str) -> Compiled<'a> {
         Ok(ast) => ast,
         Err(err) => return Compiled::Invalid(CompileError::from_mj(&err, 0)),
     };
-    if let Some(span) = single_expression_span(&ast) {
+    if let Some((span, json)) = single_expression_span(&ast) {
         let (start, end) = (span.start_offset as usize, span.end_offset as usize);
         if let (Some(before), Some(expr_src), Some(after)) =
             (src.get(..start), src.get(start..end), src.get(end..))
@@ -415,7 +419,11 @@ fn classify<'a>(env: &'a Environment<'a>, src: &'a str) -> Compiled<'a> {
                         line_offset,
                     };
                 }
-                return Compiled::Single { expr, line_offset };
+                return Compiled::Single {
+                    expr,
+                    line_offset,
+                    json,
+                };
             }
         }
     }
@@ -507,8 +515,10 @@ fn write_path_text(pieces: &[Piece<'_>], scope: &ScopeRef<'_>) -> Option<String>
     Some(out)
 }
 
-/// The span of the expression when the template is exactly one `{{ expr }}` plus whitespace.
-fn single_expression_span(ast: &Stmt<'_>) -> Option<minijinja::machinery::Span> {
+/// The span of the expression when the template is exactly one `{{ expr }}` plus whitespace,
+/// and whether its outermost operation is the `tojson` filter.
+fn single_expression_span(ast: &Stmt<'_>) -> Option<(minijinja::machinery::Span, bool)> {
+    use minijinja::machinery::ast::Expr;
     let Stmt::Template(tmpl) = ast else {
         return None;
     };
@@ -516,7 +526,10 @@ fn single_expression_span(ast: &Stmt<'_>) -> Option<minijinja::machinery::Span> 
     for child in &tmpl.children {
         match child {
             Stmt::EmitRaw(raw) if is_json_ws(raw.raw) => {}
-            Stmt::EmitExpr(emit) if found.is_none() => found = Some(emit.span()),
+            Stmt::EmitExpr(emit) if found.is_none() => {
+                let json = matches!(&emit.expr, Expr::Filter(f) if f.name == "tojson");
+                found = Some((emit.span(), json));
+            }
             _ => return None,
         }
     }
@@ -1006,7 +1019,20 @@ fn eval<'a>(
                 scope,
             ),
         },
-        Compiled::Single { expr, line_offset } => eval_expression(expr, src, *line_offset, scope),
+        Compiled::Single {
+            expr,
+            line_offset,
+            json,
+        } => {
+            let value = eval_expression(expr, src, *line_offset, scope)?;
+            match value {
+                // `{{ x | tojson }}` gives x (the reference parses rendered JSON back).
+                Json::String(text) if *json => {
+                    Ok(serde_json::from_str(&text).unwrap_or(Json::String(text)))
+                }
+                other => Ok(other),
+            }
+        }
         Compiled::PathText { pieces, tmpl } => {
             let text = match write_path_text(pieces, scope) {
                 Some(text) => text,
@@ -1095,7 +1121,9 @@ fn parse_rendered(text: String) -> Json {
     if !looks_like_json {
         return Json::String(text);
     }
-    match serde_json::from_str::<Json>(&text) {
+    // Text nesting deeper than values entering a run may stays text (it could not be
+    // checkpointed as a value).
+    match crate::agents::output::parse_bounded(&text) {
         Ok(Json::Number(n)) if n.is_f64() && !text.contains(['.', 'e', 'E']) => Json::String(text),
         Ok(json) => json,
         Err(_) => Json::String(text),

@@ -321,16 +321,23 @@ async fn command_spawner_starts_real_processes_with_the_cli_contract() {
 #[tokio::test]
 async fn user_actions_run_first_and_can_replace_a_builtin() {
     let hooks = DistributedWorkerHooks::new(Backends::memory())
-        .action("echo", |mut c: Context| async move {
-            c.insert("echoed".into(), json!(true));
-            Ok(c)
+        .action_mut("echo", |c, _call| {
+            Box::pin(async move {
+                c.insert("echoed".into(), json!(true));
+                Ok(())
+            })
         })
-        .action("calculate_spawn", |mut c: Context| async move {
-            c.insert("workers_to_spawn".into(), json!(42));
-            Ok(c)
+        .action_mut("calculate_spawn", |c, _call| {
+            Box::pin(async move {
+                c.insert("workers_to_spawn".into(), json!(42));
+                Ok(())
+            })
         })
-        .action("explode", |_c: Context| async move {
-            Err(StateError::new("JobError", "nope"))
+        .action_mut("explode", |c, _call| {
+            Box::pin(async move {
+                c.insert("half_done".into(), json!(true));
+                Err(StateError::new("JobError", "nope"))
+            })
         });
     let mut c = Context::new();
     act(&hooks, "echo", &mut c).await;
@@ -343,4 +350,26 @@ async fn user_actions_run_first_and_can_replace_a_builtin() {
     );
     let message = act_err(&hooks, "explode", &mut c).await;
     assert!(message.contains("nope"), "{message}");
+    // What a failing in-place action wrote stays (as with `MachineBuilder::action_mut`).
+    assert_eq!(c["half_done"], json!(true));
+}
+
+/// The by-value form still works (deprecated: a failing closure's changes are lost).
+#[tokio::test]
+#[allow(deprecated)]
+async fn the_deprecated_by_value_action_form_still_runs() {
+    let hooks = DistributedWorkerHooks::new(Backends::memory())
+        .action("echo", |mut c: Context| async move {
+            c.insert("echoed".into(), json!(true));
+            Ok(c)
+        })
+        .action("explode", |mut c: Context| async move {
+            c.insert("half_done".into(), json!(true));
+            Err(StateError::new("JobError", "nope"))
+        });
+    let mut c = Context::new();
+    act(&hooks, "echo", &mut c).await;
+    assert_eq!(c["echoed"], json!(true));
+    act_err(&hooks, "explode", &mut c).await;
+    assert!(c.get("half_done").is_none());
 }

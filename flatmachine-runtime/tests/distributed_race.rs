@@ -100,9 +100,11 @@ async fn worker(a: WorkerArgs) {
         for j in jobs {
             let n = j.data["n"].as_u64().unwrap();
             if u64::from(j.attempts) <= fail_times(n) {
-                pool.fail(&j.id, Some("injected")).await.unwrap();
+                pool.fail(&j.claim().unwrap(), Some("injected"))
+                    .await
+                    .unwrap();
             } else {
-                done.push((j.id, Some(json!({"worker": a.id, "n": n}))));
+                done.push((j.claim().unwrap(), Some(json!({"worker": a.id, "n": n}))));
             }
         }
         pool.complete_many(done).await.unwrap();

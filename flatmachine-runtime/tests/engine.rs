@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flatmachine_runtime::engine::BuildError;
-use flatmachine_runtime::hooks::{HookError, HooksRegistry, MachineHooks, MetricsHooks};
+use flatmachine_runtime::hooks::{
+    ActionOutcome, HookError, HooksRegistry, MachineHooks, MetricsHooks,
+};
 use flatmachine_runtime::lock::{LocalFileLock, LockError};
 use flatmachine_runtime::persistence::{
     CheckpointStore, MachineSnapshot, MemoryBackend, PersistenceBackend, PersistenceError,
@@ -593,7 +595,21 @@ async fn a_non_final_state_with_no_matching_transition_is_an_error() {
 
 #[tokio::test]
 async fn an_unknown_action_is_an_error_unless_ignored() {
-    let machine = Machine::of::<unknown_action::Machine>().build().unwrap();
+    // Nothing that could run `nosuch`: `build()` says so before any run.
+    match Machine::of::<unknown_action::Machine>().build() {
+        Err(BuildError::MissingHandlers { machine, missing }) => {
+            assert_eq!(machine, "unknown_action");
+            assert_eq!(missing.len(), 1);
+            assert_eq!(missing[0].name, "nosuch");
+            assert_eq!(missing[0].state, "start");
+        }
+        other => panic!("expected MissingHandlers, got {other:?}"),
+    }
+    // A fallback that declines it: the run finds it unhandled.
+    let machine = Machine::of::<unknown_action::Machine>()
+        .fallback_action(|_call, _ctx| Box::pin(async { Ok(ActionOutcome::NotHandled) }))
+        .build()
+        .unwrap();
     let err = machine
         .run_with_id("unhandled-1", json!({"kept": "k"}))
         .await
@@ -751,9 +767,46 @@ async fn resuming_a_finished_execution_names_its_final_state_without_state_exit_
     assert_eq!(again.final_state, "done");
 }
 
+/// `build()` walks the child machines too: their actions run with the parent's handlers, and
+/// Rust hooks given to the parent are not theirs (a child uses its own YAML `hooks:`).
+#[test]
+fn build_checks_the_actions_of_child_machines() {
+    let missing = |builder: flatmachine_runtime::MachineBuilder| match builder.build() {
+        Err(BuildError::MissingHandlers { machine, missing }) => {
+            assert_eq!(machine, "parent_foreach");
+            missing
+                .iter()
+                .map(|m| format!("{}/{}/{}", m.machine, m.state, m.name))
+                .collect::<Vec<_>>()
+        }
+        Err(other) => panic!("expected MissingHandlers, got {other}"),
+        Ok(_) => Vec::new(),
+    };
+    let all = missing(Machine::of::<parent_foreach::Machine>());
+    assert_eq!(all, ["child_double/start/double"]);
+    let hooked =
+        missing(Machine::of::<parent_foreach::Machine>().hooks(Arc::new(MetricsHooks::new())));
+    assert_eq!(hooked, all);
+    let message = Machine::of::<parent_foreach::Machine>()
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.starts_with("machine `parent_foreach`: nothing runs one name the machine uses:\n  - action `double` (state `start` of `child_double`)"),
+        "{message}"
+    );
+    let handled = Machine::of::<parent_foreach::Machine>()
+        .action_mut("double", |_ctx, _call| Box::pin(async { Ok(()) }));
+    assert!(missing(handled).is_empty());
+}
+
 #[tokio::test]
 async fn resuming_an_unknown_execution_is_an_error() {
-    let machine = Machine::of::<event_order::Machine>().build().unwrap();
+    let machine = Machine::of::<event_order::Machine>()
+        .action_mut("do_work", |_ctx, _call| Box::pin(async { Ok(()) }))
+        .build()
+        .unwrap();
     match machine.resume("no-such-run").await.unwrap_err() {
         RunError::UnknownExecution(id) => assert_eq!(id, "no-such-run"),
         other => panic!("expected UnknownExecution, got {other:?}"),
@@ -1144,11 +1197,15 @@ async fn agent_cost_and_call_limits() {
         other => panic!("expected MaxAgentCalls, got {other:?}"),
     }
 
-    // An agent with no executor is an AgentError.
-    let missing = Machine::of::<agent_call::Machine>().build().unwrap();
-    let (state, error) = state_error(missing.run(json!({})).await.unwrap_err());
-    assert_eq!(state, "start");
-    assert_eq!(error.error_type, "AgentError");
+    // An agent of a type no adapter takes, and no closure: `build()` refuses.
+    match Machine::of::<agent_call::Machine>().build() {
+        Err(BuildError::MissingHandlers { missing, .. }) => {
+            assert_eq!(missing.len(), 1);
+            assert_eq!(missing[0].name, "writer");
+            assert_eq!(missing[0].adapter_type.as_deref(), Some("custom"));
+        }
+        other => panic!("expected MissingHandlers, got {other:?}"),
+    }
 }
 
 // -------------------------------------------------------------------------------------------

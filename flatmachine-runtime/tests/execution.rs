@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use flatmachine_runtime::agents::execution::{self, ExecutionType};
-use flatmachine_runtime::agents::{AgentExecutor, AgentResult, Usage};
+use flatmachine_runtime::agents::{AgentCall, AgentExecutor, AgentResult, Billing, Usage};
 use flatmachine_runtime::machine::ExecutionSpec;
 use flatmachine_runtime::{Context, StateError, Value};
 use serde_json::json;
@@ -122,7 +122,26 @@ fn err(t: &str) -> Step {
 }
 
 async fn run(spec: Option<&ExecutionSpec>, ex: &Scripted) -> Result<AgentResult, StateError> {
-    execution::execute(spec, ex, &json!({"q": 1}), &Context::new()).await
+    let call = AgentCall {
+        machine: "m",
+        state: "s",
+    };
+    execution::execute(spec, ex, &call, &json!({"q": 1}), &Context::new()).await
+}
+
+/// A reply the provider billed that then failed to parse.
+fn billed_err(t: &str) -> Step {
+    Err(
+        StateError::new(t, format!("{t} happened")).with_billing(Billing {
+            api_calls: 1,
+            usage: Usage {
+                input_tokens: 7,
+                output_tokens: 3,
+                cached_tokens: 0,
+            },
+            cost: 0.5,
+        }),
+    )
 }
 
 fn votes(r: &AgentResult) -> &Value {
@@ -143,6 +162,64 @@ async fn default_calls_once_and_returns_the_result_unchanged() {
     let e = run(Some(&spec("default")), &ex).await.unwrap_err();
     assert_eq!(e.error_type, "RateLimitError");
     assert_eq!(ex.calls(), 1);
+}
+
+/// Issue 18 #5: calls billed by failed attempts count, in the result and in the final error.
+#[tokio::test]
+async fn billed_failures_are_counted_by_every_execution_type() {
+    let e = run(None, &Scripted::new([billed_err("OutputParseError")]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.billed.map(|b| b.api_calls), Some(1));
+
+    let retry = ExecutionSpec {
+        backoffs: Some(&[0.0, 0.0]),
+        ..spec("retry")
+    };
+    let ex = Scripted::new([
+        billed_err("OutputParseError"),
+        err("RateLimitError"),
+        out(json!({"a": 1})),
+    ]);
+    let r = run(Some(&retry), &ex).await.unwrap();
+    assert_eq!((r.api_calls, r.cost), (2, 0.75));
+    assert_eq!(r.usage.input_tokens, 7 + 10);
+
+    let ex = Scripted::new([
+        billed_err("OutputParseError"),
+        billed_err("OutputParseError"),
+        billed_err("OutputValidationError"),
+    ]);
+    let e = run(Some(&retry), &ex).await.unwrap_err();
+    assert_eq!(e.error_type, "OutputValidationError");
+    let billed = e.billed.unwrap();
+    assert_eq!((billed.api_calls, billed.cost), (3, 1.5));
+    assert_eq!(billed.usage.output_tokens, 9);
+
+    let parallel = ExecutionSpec {
+        n_samples: Some(2),
+        ..spec("parallel")
+    };
+    let ex = Scripted::new([billed_err("OutputParseError"), out(json!({"a": 1}))]);
+    let r = run(Some(&parallel), &ex).await.unwrap();
+    assert_eq!(r.api_calls, 2);
+    let ex = Scripted::new([
+        billed_err("OutputParseError"),
+        billed_err("OutputParseError"),
+    ]);
+    let e = run(Some(&parallel), &ex).await.unwrap_err();
+    assert_eq!(e.billed.map(|b| b.api_calls), Some(2));
+
+    let voting = ExecutionSpec {
+        max_candidates: Some(2),
+        ..spec("mdap_voting")
+    };
+    let ex = Scripted::new([
+        billed_err("OutputParseError"),
+        billed_err("OutputParseError"),
+    ]);
+    let e = run(Some(&voting), &ex).await.unwrap_err();
+    assert_eq!(e.billed.map(|b| b.api_calls), Some(2));
 }
 
 #[tokio::test]

@@ -67,9 +67,24 @@ async fn contents(backend: &dyn PersistenceBackend, prefix: &str) -> Vec<(String
         } else {
             without_timestamp(&text)
         };
+        // A launched child runs beside its parent: whether its outbox entry is still pending
+        // when the parent writes `machine_end` depends on which finishes first, in either
+        // store. That one field of that one record is not compared.
+        let text = if key.ends_with("_machine_end.json") {
+            without_pending_launches(&text)
+        } else {
+            text
+        };
         out.push((key, text));
     }
     out
+}
+
+/// `text` (a snapshot) with `pending_launches` set to null.
+fn without_pending_launches(text: &str) -> String {
+    let mut value: serde_json::Value = serde_json::from_str(text).unwrap();
+    value["pending_launches"] = serde_json::Value::Null;
+    value.to_string()
 }
 
 async fn run_on_both(builder: impl Fn() -> MachineBuilder, input: Value, id: &str, dir: &Path) {

@@ -392,12 +392,25 @@ async fn anthropic_minimal_body_and_headers() {
         json!({
             "model": "some-model",
             "max_tokens": AnthropicBackend::DEFAULT_MAX_TOKENS,
-            "system": "You are terse.",
-            "messages": [{"role": "user", "content": "Say hi."}],
+            "system": [{"type": "text", "text": "You are terse."}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Say hi."}]}],
             "temperature": 0.7
         })
     );
     assert_eq!(AnthropicBackend::DEFAULT_MAX_TOKENS, 4096);
+}
+
+#[tokio::test]
+async fn anthropic_prompt_caching_marks_the_system_block() {
+    let server = Server::start(|_, _| ok(anthropic_reply())).await;
+    let env = key_var("anthropic_cache", "sk-ant-cache");
+    let mut request = request("anthropic", &server.anthropic_base(), &env);
+    request.prompt_caching = true;
+    AnthropicBackend::new().complete(&request).await.unwrap();
+    assert_eq!(
+        server.only().body["system"],
+        json!([{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}])
+    );
 }
 
 #[tokio::test]
@@ -425,9 +438,9 @@ async fn anthropic_full_body() {
             "model": "some-model",
             "max_tokens": 100,
             "messages": [
-                {"role": "user", "content": "a"},
-                {"role": "assistant", "content": "b"},
-                {"role": "user", "content": "c"}
+                {"role": "user", "content": [{"type": "text", "text": "a"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "b"}]},
+                {"role": "user", "content": [{"type": "text", "text": "c"}]}
             ],
             "temperature": 1.0,
             "top_p": 0.5,
@@ -777,37 +790,59 @@ async fn slow_reply_times_out() {
     assert_eq!(server.received().len(), 1 + 2);
 }
 
+/// A 2xx reply that cannot be read is an `InternalServerError`, as LiteLLM raises it, so
+/// `on_error` maps written for the reference route it; the body's values are not quoted.
 #[tokio::test]
-async fn malformed_replies_are_api_errors() {
+async fn malformed_replies_are_internal_server_errors() {
     let (error, requests) = openai_failure(
         "not_json",
         Reply::Body(200, vec![], "<html>oops</html>".into()),
     )
     .await;
-    assert_eq!(error.kind, LlmErrorKind::Api, "{error}");
+    assert_eq!(error.kind, LlmErrorKind::InternalServer, "{error}");
+    assert_eq!(error.kind.type_name(), "InternalServerError");
     assert_eq!(requests, 1);
     assert!(error.message.contains("<html>oops"));
 
-    let (error, _) = openai_failure("no_choices", ok(json!({"object": "list"}))).await;
-    assert_eq!(error.kind, LlmErrorKind::Api, "{error}");
+    // Only the start of a long non-JSON body is quoted.
+    let (error, _) = openai_failure(
+        "long_not_json",
+        Reply::Body(200, vec![], format!("<html>{}</html>", "x".repeat(5000))),
+    )
+    .await;
+    assert!(error.message.len() < 300, "{error}");
+
+    let (error, _) = openai_failure(
+        "no_choices",
+        ok(json!({"object": "list", "secret_value": "do-not-quote"})),
+    )
+    .await;
+    assert_eq!(error.kind, LlmErrorKind::InternalServer, "{error}");
     assert!(error.message.contains("choices"));
+    assert!(error.message.contains("secret_value"), "{error}");
+    assert!(!error.message.contains("do-not-quote"), "{error}");
 
     let (error, _) = openai_failure("empty_choices", ok(json!({"choices": []}))).await;
-    assert_eq!(error.kind, LlmErrorKind::Api);
+    assert_eq!(error.kind, LlmErrorKind::InternalServer);
 
     let (error, _) = openai_failure(
         "bad_content",
         ok(json!({"choices": [{"message": {"content": 5}}]})),
     )
     .await;
-    assert_eq!(error.kind, LlmErrorKind::Api);
+    assert_eq!(error.kind, LlmErrorKind::InternalServer);
+
+    // A gateway's error object sent with 200: its message is the detail.
+    let (error, _) = openai_failure("error_200", ok(openai_error("upstream model crashed"))).await;
+    assert_eq!(error.kind, LlmErrorKind::InternalServer);
+    assert!(error.message.contains("upstream model crashed"), "{error}");
 
     let (error, _) = anthropic_failure("no_content", ok(json!({"type": "message"}))).await;
-    assert_eq!(error.kind, LlmErrorKind::Api, "{error}");
+    assert_eq!(error.kind, LlmErrorKind::InternalServer, "{error}");
 
     let (error, _) =
         anthropic_failure("not_json_ant", Reply::Body(200, vec![], String::new())).await;
-    assert_eq!(error.kind, LlmErrorKind::Api);
+    assert_eq!(error.kind, LlmErrorKind::InternalServer);
 
     // An error status whose body is not JSON keeps the status's kind and shows the body.
     let (error, _) = openai_failure(
@@ -817,6 +852,29 @@ async fn malformed_replies_are_api_errors() {
     .await;
     assert_eq!(error.kind, LlmErrorKind::NotFound);
     assert!(error.message.contains("no route"));
+}
+
+/// Issue 17 #1: a 200 reply echoing the `Authorization` header (in a readable body, an
+/// unreadable one, and with the key straddling the 500-character cut) never shows the key.
+#[tokio::test]
+async fn a_key_echoed_in_a_2xx_reply_is_scrubbed_before_the_cut() {
+    let key = "sk-echoed-0123456789abcdefghij";
+    let server = Server::start(move |i, _| match i {
+        0 => ok(json!({"echo": {"authorization": format!("Bearer {key}")}})),
+        1 => ok(openai_error(&format!("{}Bearer {key}", "x".repeat(485)))),
+        _ => Reply::Body(200, vec![], format!("Authorization: Bearer {key}")),
+    })
+    .await;
+    let env = key_var("echo_200", key);
+    for _ in 0..3 {
+        let error = OpenAiBackend::new()
+            .complete(&request("openai", &server.openai_base(), &env))
+            .await
+            .unwrap_err();
+        for shown in [error.to_string(), format!("{error:?}")] {
+            assert!(!shown.contains("sk-echoed-0"), "{shown}");
+        }
+    }
 }
 
 async fn closed_port() -> SocketAddr {
@@ -930,7 +988,7 @@ async fn keys_never_appear_in_errors_or_debug() {
     );
     assert_eq!(errors[0].kind, LlmErrorKind::Authentication);
     assert_eq!(errors[1].kind, LlmErrorKind::Authentication);
-    assert_eq!(errors[2].kind, LlmErrorKind::Api);
+    assert_eq!(errors[2].kind, LlmErrorKind::InternalServer);
     for error in &errors {
         for shown in [
             error.to_string(),
@@ -1073,4 +1131,43 @@ async fn full_endpoint_urls_are_not_doubled() {
         paths,
         ["/v1/messages", "/v1/messages", "/v1/chat/completions"]
     );
+}
+
+/// Issue 18 #12: a provider of the table goes to its endpoint (here moved to the loopback
+/// server by its LiteLLM variable) with its own key variable, never to OpenAI; Ollama needs no
+/// key and gets `/v1` added to a bare server root; an unknown provider without `base_url` is
+/// refused before anything is sent.
+#[tokio::test]
+async fn known_providers_use_their_endpoint_and_key_variables() {
+    let server = Server::start(|_, _| ok(openai_reply())).await;
+    // SAFETY: these variables are read by this test only (no other test names cerebras or
+    // ollama without a base_url).
+    unsafe {
+        std::env::set_var("CEREBRAS_API_BASE", server.openai_base());
+        std::env::set_var("CEREBRAS_API_KEY", "csk-cerebras-key");
+        std::env::set_var("OLLAMA_API_BASE", format!("http://{}", server.addr));
+    }
+    let router = ProviderRouter::new();
+    let mut cerebras = LlmRequest::new("llama-3.3-70b", messages());
+    cerebras.provider = Some("cerebras".into());
+    router.complete(&cerebras).await.unwrap();
+    let mut ollama = LlmRequest::new("llama3", messages());
+    ollama.provider = Some("ollama".into());
+    router.complete(&ollama).await.unwrap();
+    let received = server.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].path, "/v1/chat/completions");
+    assert_eq!(
+        received[0].header("authorization"),
+        Some("Bearer csk-cerebras-key")
+    );
+    assert_eq!(received[1].path, "/v1/chat/completions");
+    assert_eq!(received[1].header("authorization"), None);
+
+    let mut unknown = LlmRequest::new("m", messages());
+    unknown.provider = Some("acme".into());
+    let error = router.complete(&unknown).await.unwrap_err();
+    assert_eq!(error.kind, LlmErrorKind::Configuration, "{error}");
+    assert!(error.message.contains("unknown provider `acme`"), "{error}");
+    assert_eq!(server.received().len(), 2);
 }

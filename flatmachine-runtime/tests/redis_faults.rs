@@ -104,21 +104,22 @@ async fn worker(a: WorkerArgs) {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        let results: Vec<(String, Option<Value>)> = jobs
+        let results: Vec<(Claim, Option<Value>)> = jobs
             .iter()
-            .map(|j| (j.id.clone(), Some(json!({"worker": a.id}))))
+            .map(|j| (j.claim().unwrap(), Some(json!({"worker": a.id}))))
             .collect();
         if pool.complete_many(results.clone()).await.is_ok() {
             let t = now_ms();
-            for (id, _) in &results {
-                writeln!(log, "{id} {t}").unwrap();
+            for (claim, _) in &results {
+                writeln!(log, "{} {t}", claim.job_id).unwrap();
             }
             continue;
         }
         errors += 1;
         // Settle each job: done by us (the reply was lost) counts; still ours: complete it;
         // otherwise the server lost our claim (restart) and the job is someone else's again.
-        for (id, result) in results {
+        for (claim, result) in results {
+            let id = claim.job_id.clone();
             loop {
                 let item = retry(&mut errors, || pool.get(&id)).await;
                 let Some(item) = item else { break };
@@ -129,7 +130,7 @@ async fn worker(a: WorkerArgs) {
                         break;
                     }
                     JobStatus::Claimed if ours => {
-                        if pool.complete(&id, result.clone()).await.is_ok() {
+                        if pool.complete(&claim, result.clone()).await.is_ok() {
                             writeln!(log, "{id} {}", now_ms()).unwrap();
                             break;
                         }

@@ -22,24 +22,37 @@ pub struct Received {
 }
 
 impl Received {
-    /// The system prompt (OpenAI: the `system` message; Anthropic: the `system` field).
+    /// The system prompt (OpenAI: the `system` message; Anthropic: the `system` field, a list
+    /// of text blocks).
     pub fn system(&self) -> String {
-        if let Some(s) = self.body.get("system").and_then(Value::as_str) {
-            return s.to_string();
+        match self.body.get("system") {
+            Some(system) if !system.is_null() => text_of(system),
+            _ => self.message("system"),
         }
-        self.message("system")
     }
 
-    /// The text of the first message with this role.
+    /// The text of the first message with this role (a string content, or its text blocks).
     pub fn message(&self, role: &str) -> String {
+        self.messages()
+            .into_iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, text)| text)
+            .unwrap_or_default()
+    }
+
+    /// Every message as (role, text), in order.
+    pub fn messages(&self) -> Vec<(String, String)> {
         self.body["messages"]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|m| m["role"] == role)
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or_default()
-            .to_string()
+            .map(|m| {
+                (
+                    m["role"].as_str().unwrap_or_default().to_string(),
+                    text_of(&m["content"]),
+                )
+            })
+            .collect()
     }
 
     /// A header's value.
@@ -48,6 +61,19 @@ impl Received {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A content as text: a string, or the `text` of a list of text blocks.
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
     }
 }
 

@@ -1,5 +1,6 @@
-//! Agents end to end: compiled flatagents (corpus machines included) calling the built-in
-//! providers over real HTTP against a loopback server that speaks the providers' JSON.
+//! Agents end to end: compiled flatagents calling the built-in providers over real HTTP against
+//! a loopback server that speaks the providers' JSON. The corpus's writer/critic machine runs
+//! too when `FLATMACHINE_CONFORMANCE_DIR` names the conformance corpus (`build.rs`).
 
 use async_trait::async_trait;
 use flatmachine_runtime::agents::{
@@ -14,46 +15,126 @@ use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-flatmachine!(
-    "../../shared/conformance/corpus/writer_critic/config/machine.yml",
-    allow_warnings
-);
 flatmachine!("machines/agents/agent_features.yml");
+flatmachine!("../examples/machines/writer_critic/machine.yml");
 
-/// The corpus's writer/critic loop, unchanged: four agents, retry execution, structured
-/// extraction, a conditional loop; the critic scores 6 then 9.
+#[cfg(not(flatmachine_corpus))]
+#[path = "../../flatmachine-build/tests/support/conformance.rs"]
+mod conformance;
+
+#[cfg(not(flatmachine_corpus))]
+#[test]
+fn corpus_writer_critic_needs_the_conformance_corpus() {
+    assert!(conformance::corpus_dir("agents::corpus_writer_critic").is_none());
+}
+
+#[cfg(flatmachine_corpus)]
+mod corpus {
+    use super::*;
+    include!(concat!(env!("OUT_DIR"), "/corpus/writer_critic_loop.rs"));
+
+    /// The corpus's writer/critic loop, unchanged: four agents, retry execution, structured
+    /// extraction, a conditional loop; the critic scores 6 then 9.
+    #[tokio::test]
+    async fn corpus_writer_critic_runs_against_the_loopback_server() {
+        let reviews = Arc::new(AtomicU32::new(0));
+        let r = reviews.clone();
+        let server = LoopbackLlm::start(move |req: &Received| {
+            let system = req.system();
+            let user = req.message("user");
+            if system.starts_with("You write short") {
+                openai_reply("Here's one: **Brew bold. Live loud.**", 30, 10)
+            } else if system.starts_with("Extract the marketing tagline") {
+                openai_reply(
+                    "```json\n{\"tagline\": \"Brew bold. Live loud.\"}\n```",
+                    20,
+                    8,
+                )
+            } else if system.starts_with("You critique") {
+                let n = r.fetch_add(1, Ordering::SeqCst);
+                let score = if n == 0 { 6 } else { 9 };
+                openai_reply(&format!("Score: {score}\nFeedback: punchier please"), 25, 9)
+            } else if system.starts_with("Extract the score") {
+                let score = if user.contains("Score: 9") { 9 } else { 6 };
+                openai_reply(
+                    &format!("{{\"score\": {score}, \"feedback\": \"punchier please\"}}"),
+                    22,
+                    7,
+                )
+            } else {
+                error_reply(400, &format!("unexpected prompt: {system}"))
+            }
+        })
+        .await;
+        let machine = Machine::of::<writer_critic_loop::Machine>()
+            .llm_backend(providers_at(&server))
+            .no_persistence()
+            .build()
+            .unwrap();
+        let result = machine
+            .run(json!({"product": "cold brew", "target_score": 8}))
+            .await
+            .unwrap();
+        assert_eq!(
+            result.output,
+            json!({"tagline": "Brew bold. Live loud.", "score": 9, "rounds": 2})
+        );
+        let received = server.received();
+        assert_eq!(received.len(), 8, "two rounds of four agents");
+        assert_eq!(result.total_api_calls, 8);
+        assert_eq!(result.usage.input_tokens, 2 * (30 + 20 + 25 + 22));
+        assert_eq!(result.usage.output_tokens, 2 * (10 + 8 + 9 + 7));
+        let expected_cost = 2.0 * ((97.0 * 0.001 + 34.0 * 0.002) / 1000.0);
+        assert!(
+            (result.total_cost - expected_cost).abs() < 1e-12,
+            "{}",
+            result.total_cost
+        );
+        // The wire: the profile's model without its provider prefix, the profile's temperature.
+        let first = &received[0];
+        assert_eq!(first.path, "/v1/chat/completions");
+        assert_eq!(first.body["model"], "zai-glm-4.7");
+        assert_eq!(first.body["messages"][0]["role"], "system");
+        assert_eq!(first.body["messages"][1]["role"], "user");
+        assert!(first.message("user").contains("cold brew"));
+        // The extractor asks for JSON with a schema of its output fields.
+        let extractor = &received[1];
+        assert_eq!(extractor.body["temperature"], 0.1);
+        assert_eq!(extractor.body["response_format"]["type"], "json_schema");
+        assert_eq!(
+            extractor.body["response_format"]["json_schema"]["schema"]["properties"]["tagline"]["type"],
+            "string"
+        );
+    }
+}
+
+/// The example's writer/critic loop: retry execution, a structured critic, a conditional loop;
+/// the critic scores 6 then 9. Usage is summed over the calls; the wire carries the profile's
+/// model without its provider prefix, each profile's temperature and the critic's JSON schema.
 #[tokio::test]
-async fn corpus_writer_critic_runs_against_the_loopback_server() {
+async fn example_writer_critic_loops_against_the_loopback_server() {
     let reviews = Arc::new(AtomicU32::new(0));
     let r = reviews.clone();
     let server = LoopbackLlm::start(move |req: &Received| {
-        let system = req.system();
-        let user = req.message("user");
-        if system.starts_with("You write short") {
-            openai_reply("Here's one: **Brew bold. Live loud.**", 30, 10)
-        } else if system.starts_with("Extract the marketing tagline") {
-            openai_reply(
-                "```json\n{\"tagline\": \"Brew bold. Live loud.\"}\n```",
-                20,
-                8,
-            )
-        } else if system.starts_with("You critique") {
-            let n = r.fetch_add(1, Ordering::SeqCst);
-            let score = if n == 0 { 6 } else { 9 };
-            openai_reply(&format!("Score: {score}\nFeedback: punchier please"), 25, 9)
-        } else if system.starts_with("Extract the score") {
-            let score = if user.contains("Score: 9") { 9 } else { 6 };
+        if req.system().starts_with("You write short") {
+            openai_reply("Brew bold. Live loud.", 30, 10)
+        } else if req.system().starts_with("You critique") {
+            let score = if r.fetch_add(1, Ordering::SeqCst) == 0 {
+                6
+            } else {
+                9
+            };
             openai_reply(
                 &format!("{{\"score\": {score}, \"feedback\": \"punchier please\"}}"),
-                22,
-                7,
+                25,
+                9,
             )
         } else {
-            error_reply(400, &format!("unexpected prompt: {system}"))
+            error_reply(400, &format!("unexpected prompt: {}", req.system()))
         }
     })
     .await;
-    let machine = Machine::of::<writer_critic_loop::Machine>()
+    let machine = Machine::of::<writer_critic::Machine>()
         .llm_backend(providers_at(&server))
         .no_persistence()
         .build()
@@ -67,31 +148,34 @@ async fn corpus_writer_critic_runs_against_the_loopback_server() {
         json!({"tagline": "Brew bold. Live loud.", "score": 9, "rounds": 2})
     );
     let received = server.received();
-    assert_eq!(received.len(), 8, "two rounds of four agents");
-    assert_eq!(result.total_api_calls, 8);
-    assert_eq!(result.usage.input_tokens, 2 * (30 + 20 + 25 + 22));
-    assert_eq!(result.usage.output_tokens, 2 * (10 + 8 + 9 + 7));
-    let expected_cost = 2.0 * ((97.0 * 0.001 + 34.0 * 0.002) / 1000.0);
-    assert!(
-        (result.total_cost - expected_cost).abs() < 1e-12,
-        "{}",
-        result.total_cost
-    );
-    // The wire: the profile's model without its provider prefix, the profile's temperature.
-    let first = &received[0];
-    assert_eq!(first.path, "/v1/chat/completions");
-    assert_eq!(first.body["model"], "zai-glm-4.7");
-    assert_eq!(first.body["messages"][0]["role"], "system");
-    assert_eq!(first.body["messages"][1]["role"], "user");
-    assert!(first.message("user").contains("cold brew"));
-    // The extractor asks for JSON with a schema of its output fields.
-    let extractor = &received[1];
-    assert_eq!(extractor.body["temperature"], 0.1);
-    assert_eq!(extractor.body["response_format"]["type"], "json_schema");
+    assert_eq!(received.len(), 4, "two rounds of two agents");
+    assert_eq!(result.total_api_calls, 4);
+    assert_eq!(result.usage.input_tokens, 2 * (30 + 25));
+    assert_eq!(result.usage.output_tokens, 2 * (10 + 9));
+    // The second draft sees the critic's feedback.
+    assert!(received[2].message("user").contains("punchier please"));
+    let (writer, critic) = (&received[0], &received[1]);
+    assert_eq!(writer.path, "/v1/chat/completions");
+    assert_eq!(writer.body["model"], "gpt-4o-mini");
+    assert_eq!(writer.body["temperature"], 0.9);
+    assert_eq!(critic.body["temperature"], 0.2);
+    assert_eq!(critic.body["response_format"]["type"], "json_schema");
     assert_eq!(
-        extractor.body["response_format"]["json_schema"]["schema"]["properties"]["tagline"]["type"],
-        "string"
+        critic.body["response_format"]["json_schema"]["schema"]["properties"]["score"]["type"],
+        "integer"
     );
+}
+
+/// `agent_features` for tests that stop before its `echo` and `external` states (`extras` off):
+/// those agents get closures that fail if a run reaches them (`build()` wants every agent
+/// served).
+fn agent_features_without_extras() -> flatmachine_runtime::MachineBuilder {
+    let unreached = |_input: Value, _ctx| async move {
+        Err::<AgentOutput, _>(StateError::new("TestError", "this test never reaches it"))
+    };
+    Machine::of::<agent_features::Machine>()
+        .agent("echo", unreached)
+        .agent("external", unreached)
 }
 
 /// Our own machine exercising prompt rendering, instruction suffix, every sampling parameter,
@@ -136,7 +220,7 @@ async fn prompts_parameters_and_schema_errors_on_the_wire() {
             }
         }
     }
-    let machine = Machine::of::<agent_features::Machine>()
+    let machine = agent_features_without_extras()
         .llm_backend(Arc::new(Split {
             openai: providers_at(&server),
             anthropic: backend,
@@ -175,12 +259,8 @@ async fn prompts_parameters_and_schema_errors_on_the_wire() {
     assert_eq!(anthropic.header("anthropic-version"), Some("2023-06-01"));
     assert_eq!(anthropic.body["model"], "claude-sonnet-4-5");
     assert_eq!(anthropic.body["top_k"], 40);
-    assert!(
-        anthropic.body["system"]
-            .as_str()
-            .unwrap()
-            .contains("JSON object")
-    );
+    assert!(anthropic.system().contains("JSON object"));
+    assert_eq!(anthropic.body["system"][0]["type"], "text");
 
     // A reply that violates the schema (enum and type) is an error the machine routes.
     let bad = machine
@@ -201,7 +281,7 @@ async fn prompts_parameters_and_schema_errors_on_the_wire() {
 #[tokio::test]
 async fn provider_errors_route_by_litellm_type_name() {
     let server = LoopbackLlm::start(|_| error_reply(401, "Incorrect API key provided")).await;
-    let machine = Machine::of::<agent_features::Machine>()
+    let machine = agent_features_without_extras()
         .llm_backend(providers_at(&server))
         .no_persistence()
         .build()
@@ -225,7 +305,7 @@ async fn scripted_backend_records_requests() {
             "{\"verdict\": \"approve\", \"confidence\": 1}",
         )),
     ]));
-    let machine = Machine::of::<agent_features::Machine>()
+    let machine = agent_features_without_extras()
         .llm_backend(backend.clone())
         .no_persistence()
         .build()
@@ -373,7 +453,7 @@ async fn checkpoints_carry_agent_totals_and_no_keys() {
         }
     }
     let store = flatmachine_runtime::persistence::CheckpointStore::memory();
-    let machine = Machine::of::<agent_features::Machine>()
+    let machine = agent_features_without_extras()
         .llm_backend(Arc::new(WithKey {
             inner: providers_at(&server),
             var: key_var,

@@ -5,22 +5,14 @@
 
 use flatmachine_build::{Builder, CodegenOptions};
 use quote::ToTokens;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn crate_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn corpus_dir() -> PathBuf {
-    let dir = crate_dir().join("../../shared/conformance/corpus");
-    assert!(
-        dir.join("MANIFEST.tsv").is_file(),
-        "conformance corpus not found at {} (expected `shared/conformance/corpus` beside the \
-         repository checkout)",
-        dir.display()
-    );
-    dir
-}
+#[path = "../../flatmachine-build/tests/support/conformance.rs"]
+mod conformance;
 
 /// What a removed item was.
 #[derive(Debug, Default, PartialEq)]
@@ -167,24 +159,42 @@ fn order_machine_is_the_same_both_ways() {
 
 #[test]
 fn machines_with_warnings_are_the_same_both_ways() {
-    // One warning (an unreachable state), and a corpus machine with an unknown-key warning,
-    // agents and a profiles file.
+    // One warning (an unreachable state).
     assert_same(&crate_dir().join("ui/machines/with_warning.yml"));
     let (_, _, removed, _, _, warnings) =
         both_ways(&crate_dir().join("ui/machines/with_warning.yml"));
     assert_eq!((removed.warnings, warnings), (1, 1));
-    assert_same(&corpus_dir().join("writer_critic/config/machine.yml"));
+}
+
+#[test]
+fn example_machines_are_the_same_both_ways() {
+    // A child machine, hooks, agents with a profiles file.
+    for rel in [
+        "distributed/job_worker.yml",
+        "distributed/echo_processor.yml",
+        "writer_critic/machine.yml",
+        "review_pipeline.yml",
+    ] {
+        assert_same(&crate_dir().join("../examples/machines").join(rel));
+    }
 }
 
 #[test]
 fn corpus_machines_are_the_same_both_ways() {
+    let Some(corpus) =
+        conformance::corpus_dir("macro_builder::corpus_machines_are_the_same_both_ways")
+    else {
+        return;
+    };
+    // Agents, profiles and unknown-key warnings too.
     for rel in [
         "distributed_worker/config/job_worker.yml",
         "distributed_worker/config/echo_processor.yml",
         "fixtures-helloworld/machine.yml",
         "rlm/config/machine.yml",
+        "writer_critic/config/machine.yml",
     ] {
-        assert_same(&corpus_dir().join(rel));
+        assert_same(&corpus.join(rel));
     }
 }
 

@@ -1,5 +1,5 @@
-//! The reference's distributed worker example, with its four machines compiled unchanged from
-//! the conformance corpus (`distributed_worker/config/`), on a SQLite work pool. Offline.
+//! The reference's distributed worker example on a SQLite work pool, offline. Its four machines
+//! are in `examples/machines/distributed/` (checker, worker, job, reaper).
 //!
 //! `cargo run -p flatmachine-examples --bin distributed_worker [-- --jobs 1000 --workers 4]`
 //!
@@ -17,7 +17,8 @@
 //! dir>/flatmachine-distributed-example`), recreated on each run.
 
 use flatmachine_runtime::distributed::{
-    Backends, CommandSpawner, DistributedWorkerHooks, SqliteWorkBackend, WorkPool,
+    Backends, Claim, ClaimToken, CommandSpawner, DistributedWorkerHooks, SqliteWorkBackend,
+    WorkPool,
 };
 use flatmachine_runtime::hooks::HooksRegistry;
 use flatmachine_runtime::{Context, Machine, StateError, Value};
@@ -28,14 +29,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-flatmachine_runtime::flatmachine!(
-    "../../shared/conformance/corpus/distributed_worker/config/parallelization_checker.yml",
-    allow_warnings
-);
-flatmachine_runtime::flatmachine!(
-    "../../shared/conformance/corpus/distributed_worker/config/stale_worker_reaper.yml",
-    allow_warnings
-);
+flatmachine_runtime::flatmachine!("machines/distributed/parallelization_checker.yml");
+flatmachine_runtime::flatmachine!("machines/distributed/stale_worker_reaper.yml");
 
 use parallelization_checker::children::job_worker;
 
@@ -84,6 +79,12 @@ fn record(events: &Path, line: &str) -> Result<(), StateError> {
         .map_err(|e| StateError::new("IOError", e.to_string()))
 }
 
+/// The claim `claim_job` made: the job id and the claim token it put in the context.
+fn claim_of(ctx: &Context) -> Result<Claim, StateError> {
+    let token = ClaimToken::parse(&text(ctx, "job_claim_token"))?;
+    Ok(Claim::new(text(ctx, "job_id"), token))
+}
+
 fn text(ctx: &Context, key: &str) -> String {
     ctx.get(key)
         .and_then(Value::as_str)
@@ -93,10 +94,7 @@ fn text(ctx: &Context, key: &str) -> String {
 
 /// A worker process: runs `job_worker` once per job until it finds no work.
 async fn worker(db: &Path, input: Value) -> Result<(), Error> {
-    let worker_id = input["worker_id"]
-        .as_str()
-        .ok_or("input.worker_id")?
-        .to_string();
+    input["worker_id"].as_str().ok_or("input.worker_id")?;
     let events = db.parent().unwrap_or(Path::new(".")).join("events");
     let job_ms: u64 = std::env::var("FM_JOB_MS")
         .ok()
@@ -105,47 +103,45 @@ async fn worker(db: &Path, input: Value) -> Result<(), Error> {
     let backends = Backends::sqlite(db)?;
     let work = backends.work.clone();
     let (ev_ok, ev_fail) = (events.clone(), events);
+    // Heartbeats are sent by the hooks while the worker is registered (every HEARTBEAT).
     let hooks = DistributedWorkerHooks::new(backends.clone())
+        .heartbeat_interval(HEARTBEAT.as_secs_f64())
         // The echo_processor's job: wait, then fail 20 % of the time.
-        .action("echo_delay", move |mut ctx: Context| async move {
-            tokio::time::sleep(Duration::from_millis(job_ms)).await;
-            if fastrand_f64() < 0.2 {
-                return Err(StateError::new("EchoError", "injected failure"));
-            }
-            ctx.insert("processed".into(), json!(true));
-            Ok(ctx)
+        .action_mut("echo_delay", move |ctx, _call| {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(job_ms)).await;
+                if fastrand_f64() < 0.2 {
+                    return Err(StateError::new("EchoError", "injected failure"));
+                }
+                ctx.insert("processed".into(), json!(true));
+                Ok(())
+            })
         })
         // The built-in complete_job / fail_job, plus an event line per call for the report.
-        .action("complete_job", {
+        .action_mut("complete_job", {
             let work = work.clone();
-            move |ctx: Context| {
+            move |ctx, _call| {
                 let (work, events) = (work.clone(), ev_ok.clone());
-                async move {
-                    let (pool, job, worker) = (
-                        text(&ctx, "pool_id"),
-                        text(&ctx, "job_id"),
-                        text(&ctx, "worker_id"),
-                    );
+                Box::pin(async move {
+                    let (pool, worker) = (text(ctx, "pool_id"), text(ctx, "worker_id"));
+                    let claim = claim_of(ctx)?;
                     let result = json!({"worker": worker, "output": ctx.get("result")});
-                    work.pool(&pool).complete(&job, Some(result)).await?;
-                    record(&events, &format!("completed {job} {worker}"))?;
-                    Ok(ctx)
-                }
+                    work.pool(&pool).complete(&claim, Some(result)).await?;
+                    record(&events, &format!("completed {} {worker}", claim.job_id))?;
+                    Ok(())
+                })
             }
         })
-        .action("fail_job", move |ctx: Context| {
+        .action_mut("fail_job", move |ctx, _call| {
             let (work, events) = (work.clone(), ev_fail.clone());
-            async move {
-                let (pool, job, worker) = (
-                    text(&ctx, "pool_id"),
-                    text(&ctx, "job_id"),
-                    text(&ctx, "worker_id"),
-                );
+            Box::pin(async move {
+                let (pool, worker) = (text(ctx, "pool_id"), text(ctx, "worker_id"));
+                let claim = claim_of(ctx)?;
                 let error = ctx.get("last_error").map(|e| e.to_string());
-                work.pool(&pool).fail(&job, error.as_deref()).await?;
-                record(&events, &format!("failed {job} {worker}"))?;
-                Ok(ctx)
-            }
+                work.pool(&pool).fail(&claim, error.as_deref()).await?;
+                record(&events, &format!("failed {} {worker}", claim.job_id))?;
+                Ok(())
+            })
         });
     let mut registry = HooksRegistry::new();
     registry.register_instance("DistributedWorkerHooks", Arc::new(hooks));
@@ -154,15 +150,6 @@ async fn worker(db: &Path, input: Value) -> Result<(), Error> {
         .no_persistence()
         .build()?;
 
-    // Heartbeats while the process lives (a SIGKILLed worker stops sending them).
-    let reg = backends.registration.clone();
-    let hb_id = worker_id.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(HEARTBEAT).await;
-            let _ = reg.heartbeat(&hb_id, None).await;
-        }
-    });
     loop {
         let result = machine.run(input.clone()).await?;
         if result.output["status"] == json!("no_work_available") {
@@ -189,13 +176,18 @@ async fn checker_loop(dir: &Path, db: &Path, jobs: usize, max_workers: u64) -> R
     )
     .await?;
     let exe = std::env::current_exe()?;
-    let spawner = Arc::new(CommandSpawner::new(exe).args([
-        "worker".to_string(),
-        "--db".to_string(),
-        db.display().to_string(),
-        "--input".to_string(),
-        "{input}".to_string(),
-    ]));
+    // Workers get only PATH, HOME and the locale, plus what is passed here.
+    let spawner = Arc::new(
+        CommandSpawner::new(exe)
+            .args([
+                "worker".to_string(),
+                "--db".to_string(),
+                db.display().to_string(),
+                "--input".to_string(),
+                "{input}".to_string(),
+            ])
+            .pass_env("FM_JOB_MS"),
+    );
     let hooks = DistributedWorkerHooks::new(backends.clone()).spawner(spawner.clone());
     let mut registry = HooksRegistry::new();
     registry.register_instance("DistributedWorkerHooks", Arc::new(hooks));

@@ -7,13 +7,19 @@
 //! cargo run -p flatmachine-examples --bin writer_critic
 //! ```
 //!
-//! Online: set `OPENAI_API_KEY` (and `OPENAI_BASE_URL` for any OpenAI-compatible server —
-//! vLLM, llama.cpp, Ollama, Groq, ...; `OPENAI_MODEL` replaces the profiles' model name):
+//! Online: set `OPENAI_API_KEY` for OpenAI, or `OPENAI_BASE_URL` alone for a local
+//! OpenAI-compatible server that needs no key (vLLM, llama.cpp, Ollama: the runtime then sends
+//! no `Authorization` header). `OPENAI_MODEL` is this example's own setting, not the
+//! runtime's: its wrapper below replaces the profiles' model name with it (in an application,
+//! change the profile, or set `FLATMACHINE_BASE_URL` to move every agent at run time).
 //!
 //! ```sh
 //! OPENAI_BASE_URL=http://localhost:11434/v1 OPENAI_MODEL=llama3.2 \
 //!     cargo run -p flatmachine-examples --bin writer_critic -- "a solar-powered kettle"
 //! ```
+//!
+//! The run's output is printed as JSON; a run that ends in the machine's `failed` state (an
+//! agent error routed by `on_error`) or does not finish exits with status 1.
 
 use flatmachine_runtime::agents::{
     LlmBackend, LlmError, LlmRequest, LlmResponse, Role, ScriptedBackend,
@@ -35,8 +41,12 @@ async fn main() {
     let backend: Arc<dyn LlmBackend> = if online {
         let model = std::env::var("OPENAI_MODEL").ok();
         eprintln!(
-            "backend: OpenAI-compatible at {}",
-            std::env::var("OPENAI_BASE_URL").unwrap_or_else(|_| "api.openai.com".into())
+            "backend: OpenAI-compatible at {}{}",
+            std::env::var("OPENAI_BASE_URL").unwrap_or_else(|_| "api.openai.com".into()),
+            match &model {
+                Some(m) => format!(" · model {m} (OPENAI_MODEL, read by this example)"),
+                None => String::new(),
+            }
         );
         Arc::new(ModelOverride {
             inner: flatmachine_runtime::agents::default_backend(),
@@ -60,6 +70,14 @@ async fn main() {
                 "{}",
                 serde_json::to_string_pretty(&result.output).unwrap_or_default()
             );
+            if result.final_state == "failed" {
+                eprintln!(
+                    "run failed in state `failed`: {} · agent calls: {}",
+                    result.output["error_type"].as_str().unwrap_or("error"),
+                    result.total_api_calls
+                );
+                std::process::exit(1);
+            }
             eprintln!(
                 "final state: {} · steps: {} · agent calls: {} · tokens in/out: {}/{} · cost: ${:.6}",
                 result.final_state,
@@ -98,7 +116,8 @@ fn scripted() -> ScriptedBackend {
     })
 }
 
-/// Sends every request to `inner`, with the model name replaced when `OPENAI_MODEL` is set.
+/// Sends every request to `inner`, with the model name replaced when `OPENAI_MODEL` is set
+/// (this example's setting: the runtime itself does not read `OPENAI_MODEL`).
 struct ModelOverride {
     inner: Arc<dyn LlmBackend>,
     model: Option<String>,

@@ -11,10 +11,91 @@ use std::collections::BTreeSet;
 use cel::common::ast::{Expr, IdedExpr, operators};
 use cel::common::value::CelVal;
 
-use super::{ExprSyntaxError, Span, parser::scope_error};
+use super::{ContextPath, ExprSyntaxError, FieldComparison, Span, parser::scope_error};
 
 /// Names a CEL condition may use besides `context`, for "did you mean" suggestions.
-const KNOWN_NAMES: &[&str] = &["context", "true", "false", "null"];
+const KNOWN_NAMES: &[&str] = &[
+    "context",
+    "true",
+    "false",
+    "null",
+    "bool",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+];
+
+/// The type identifiers of the CEL standard definitions (`type(x) == int`); the runtime binds
+/// the same names (`flatmachine_runtime::cel::TYPE_NAMES`).
+pub const TYPE_NAMES: &[&str] = &[
+    "bool",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+];
+
+/// Every function the runtime's CEL environment has: the standard definitions (conversions,
+/// string, list, map and time functions), the `optional` library of the `cel` crate, its `max`
+/// and `min`, and the macros. A call of any other function is a compile error.
+pub const FUNCTIONS: &[&str] = &[
+    // Conversions and types.
+    "bool",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "dyn",
+    "type",
+    "duration",
+    "timestamp",
+    // Strings, lists, maps.
+    "size",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "matches",
+    "max",
+    "min",
+    // Timestamps.
+    "getFullYear",
+    "getMonth",
+    "getDayOfYear",
+    "getDayOfMonth",
+    "getDate",
+    "getDayOfWeek",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+    // Optionals.
+    "optional.none",
+    "optional.of",
+    "optional.ofNonZeroValue",
+    "value",
+    "hasValue",
+    "or",
+    "orValue",
+    // Macros.
+    "has",
+    "all",
+    "exists",
+    "exists_one",
+    "map",
+    "filter",
+];
 
 /// What the compiler learnt from a valid CEL condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +105,14 @@ pub struct CelCondition {
     /// `None` when it uses `context` as a whole (`size(context)`, `context[k]`, a macro over
     /// `context`...), in which case the runtime converts the whole context.
     pub fields: Option<Vec<String>>,
+    /// Every top-level context field read as `context.<name>` or `context["<name>"]`, located
+    /// at its first use in the source (for the compiler's context checks).
+    pub reads: Vec<ContextPath>,
+    /// Fields the condition expects may be missing: tested with `has(context.<name>)` or
+    /// compared with `null`.
+    pub tested: Vec<String>,
+    /// Every comparison of a top-level context field with a string literal (`==`, `!=`).
+    pub comparisons: Vec<FieldComparison>,
 }
 
 /// Deepest nesting a CEL condition may have (operators, calls, lists, macros; parentheses
@@ -40,6 +129,9 @@ pub fn check(src: &str) -> Result<CelCondition, ExprSyntaxError> {
     if src.trim().is_empty() {
         return Ok(CelCondition {
             fields: Some(Vec::new()),
+            reads: Vec::new(),
+            tested: Vec::new(),
+            comparisons: Vec::new(),
         });
     }
     let whole = Span::new(0, src.len());
@@ -71,10 +163,33 @@ fn check_here(src: &str) -> Result<CelCondition, ExprSyntaxError> {
         src,
         scopes: Vec::new(),
         fields: Some(BTreeSet::new()),
+        read: Vec::new(),
+        tested: Vec::new(),
+        comparisons: Vec::new(),
     };
     walk.expr(&expr, 1)?;
+    let reads = walk
+        .read
+        .iter()
+        .map(|field| ContextPath {
+            segments: vec![field.clone()],
+            span: find_field_use(src, field).unwrap_or(Span::new(0, src.len())),
+        })
+        .collect();
+    let comparisons = walk
+        .comparisons
+        .into_iter()
+        .map(|(field, value)| FieldComparison {
+            span: find_string_literal(src, &value).unwrap_or(Span::new(0, src.len())),
+            field,
+            value,
+        })
+        .collect();
     Ok(CelCondition {
         fields: walk.fields.map(|f| f.into_iter().collect()),
+        reads,
+        tested: walk.tested,
+        comparisons,
     })
 }
 
@@ -145,6 +260,13 @@ struct Walk<'s> {
     scopes: Vec<String>,
     /// Top-level context fields read so far; `None` once `context` is used as a whole.
     fields: Option<BTreeSet<String>>,
+    /// Top-level context fields read by name, in order of first use (kept when `fields` is
+    /// given up).
+    read: Vec<String>,
+    /// Fields tested with `has()` or compared with `null`.
+    tested: Vec<String>,
+    /// (field, string) pairs compared with `==` / `!=`.
+    comparisons: Vec<(String, String)>,
 }
 
 impl Walk<'_> {
@@ -161,6 +283,52 @@ impl Walk<'_> {
         if let Some(f) = &mut self.fields {
             f.insert(name.to_string());
         }
+        if !self.read.iter().any(|r| r == name) {
+            self.read.push(name.to_string());
+        }
+    }
+
+    /// The top-level field `e` reads, if it is `context.<name>` or `context["<name>"]`.
+    fn context_field<'e>(&self, e: &'e IdedExpr) -> Option<&'e str> {
+        match &e.expr {
+            Expr::Select(sel) if self.is_context(&sel.operand) => Some(&sel.field),
+            Expr::Call(call)
+                if call.func_name == operators::INDEX
+                    && call.target.is_none()
+                    && call.args.len() == 2
+                    && self.is_context(&call.args[0]) =>
+            {
+                match &call.args[1].expr {
+                    Expr::Literal(CelVal::String(key)) => Some(key.as_str()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Notes `field == 'text'`, `field != null` and the like.
+    fn comparison(&mut self, call: &cel::common::ast::CallExpr) {
+        if !(call.func_name == operators::EQUALS || call.func_name == operators::NOT_EQUALS)
+            || call.args.len() != 2
+        {
+            return;
+        }
+        for (a, b) in [
+            (&call.args[0], &call.args[1]),
+            (&call.args[1], &call.args[0]),
+        ] {
+            let Some(field) = self.context_field(a) else {
+                continue;
+            };
+            match &b.expr {
+                Expr::Literal(CelVal::String(text)) => {
+                    self.comparisons.push((field.to_string(), text.to_string()));
+                }
+                Expr::Literal(CelVal::Null) => self.tested.push(field.to_string()),
+                _ => {}
+            }
+        }
     }
 
     fn expr(&mut self, e: &IdedExpr, depth: usize) -> Result<(), ExprSyntaxError> {
@@ -174,7 +342,11 @@ impl Walk<'_> {
         match &e.expr {
             Expr::Unspecified | Expr::Literal(_) => Ok(()),
             Expr::Ident(name) => {
-                if name == "context" || name.starts_with('@') || self.bound(name) {
+                if name == "context"
+                    || name.starts_with('@')
+                    || self.bound(name)
+                    || TYPE_NAMES.contains(&name.as_str())
+                {
                     if name == "context" && !self.bound(name) {
                         // Used as a whole: every field may be read.
                         self.fields = None;
@@ -187,12 +359,16 @@ impl Walk<'_> {
             Expr::Select(sel) => {
                 if self.is_context(&sel.operand) {
                     self.field(&sel.field);
+                    if sel.test {
+                        self.tested.push(sel.field.clone());
+                    }
                     Ok(())
                 } else {
                     self.expr(&sel.operand, d)
                 }
             }
             Expr::Call(call) => {
+                self.comparison(call);
                 if call.func_name == operators::INDEX
                     && call.target.is_none()
                     && call.args.len() == 2
@@ -202,14 +378,16 @@ impl Walk<'_> {
                     self.field(key);
                     return Ok(());
                 }
+                let mut qualified = false;
                 if let Some(target) = &call.target {
                     // `optional.of(x)` and friends: a qualified function, not a variable.
-                    let qualified =
+                    qualified =
                         matches!(&target.expr, Expr::Ident(n) if n == "optional" && !self.bound(n));
                     if !qualified {
                         self.expr(target, d)?;
                     }
                 }
+                self.known_function(&call.func_name, qualified)?;
                 call.args.iter().try_for_each(|a| self.expr(a, d))
             }
             Expr::Comprehension(c) => {
@@ -251,6 +429,36 @@ impl Walk<'_> {
         }
     }
 
+    /// A call of a function the runtime does not have is an error at the call, naming it.
+    /// Operators (`_==_`, `!_`, `@in`, ...) are not functions a condition names.
+    fn known_function(&self, name: &str, qualified: bool) -> Result<(), ExprSyntaxError> {
+        if name.starts_with(['_', '!', '-', '@']) {
+            return Ok(());
+        }
+        let full = if qualified {
+            format!("optional.{name}")
+        } else {
+            name.to_string()
+        };
+        if FUNCTIONS.contains(&full.as_str()) {
+            return Ok(());
+        }
+        let span = find_call(self.src, name).unwrap_or(Span::new(0, self.src.len()));
+        let mut error = ExprSyntaxError::new(
+            format!(
+                "unknown CEL function `{full}`: it is not in the CEL standard definitions this runtime implements"
+            ),
+            span,
+        );
+        error.help = Some(
+            match crate::diagnostic::closest(&full, FUNCTIONS.iter().copied()) {
+                Some(close) => format!("did you mean `{close}`?"),
+                None => "the functions are listed in docs/expressions.md".to_string(),
+            },
+        );
+        Err(error)
+    }
+
     /// The error for an unknown variable, at its first use in the source.
     fn unknown(&self, name: &str) -> ExprSyntaxError {
         let offset = find_ident(self.src, name).unwrap_or(0);
@@ -261,6 +469,72 @@ impl Walk<'_> {
         }
         error
     }
+}
+
+/// Where `context.<field>` (or `context['<field>']`, `context["<field>"]`) is first written.
+fn find_field_use(src: &str, field: &str) -> Option<Span> {
+    let forms = [
+        format!("context.{field}"),
+        format!("context['{field}']"),
+        format!("context[\"{field}\"]"),
+    ];
+    let mut from = 0;
+    while let Some(at) = find_ident(&src[from..], "context").map(|o| o + from) {
+        if let Some(form) = forms.iter().find(|f| src[at..].starts_with(f.as_str())) {
+            let end = at + form.len();
+            let whole_word = !src[end..].starts_with(|c: char| c.is_alphanumeric() || c == '_');
+            if whole_word || !form.ends_with(field) {
+                return Some(Span::new(at, form.len()));
+            }
+        }
+        from = at + "context".len();
+    }
+    None
+}
+
+/// Where `name(` (a call, global or method) first appears outside a string literal.
+fn find_call(src: &str, name: &str) -> Option<Span> {
+    let mut from = 0;
+    while let Some(at) = src[from..].find(name).map(|o| o + from) {
+        let before_ok = !src[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_');
+        let after = src[at + name.len()..].trim_start();
+        if before_ok && after.starts_with('(') && !in_string(src, at) {
+            return Some(Span::new(at, name.len()));
+        }
+        from = at + name.len();
+    }
+    None
+}
+
+/// Whether byte `at` of `src` is inside a quoted string (a rough scan: quotes and escapes).
+fn in_string(src: &str, at: usize) -> bool {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (i, c) in src.char_indices() {
+        if i >= at {
+            break;
+        }
+        match quote {
+            Some(_) if escaped => escaped = false,
+            Some(_) if c == '\\' => escaped = true,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None => {}
+        }
+    }
+    quote.is_some()
+}
+
+/// Where the string literal `'<text>'` (or `"<text>"`) first appears.
+fn find_string_literal(src: &str, text: &str) -> Option<Span> {
+    [format!("'{text}'"), format!("\"{text}\"")]
+        .iter()
+        .filter_map(|lit| src.find(lit.as_str()).map(|at| Span::new(at, lit.len())))
+        .min_by_key(|s| s.offset)
 }
 
 /// Byte offset of the first use of `name` as an identifier (not inside a string literal, not
@@ -357,6 +631,41 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn standard_functions_and_types_are_known() {
+        for src in [
+            "bool(\"1\")",
+            "bool(context.flag)",
+            "type(1) == int",
+            "type(context.x) == type(null) || type(context.x) == null_type",
+            "dyn(context.n) == 1 && uint(context.n) == 1u && double('1.5') > 1.0",
+            "string(context.n) == '1' && bytes('a') == b'a'",
+            "timestamp(context.at).getHours() > 3 && duration('1h') > duration('30m')",
+            "'abc'.startsWith('a') && 'abc'.endsWith('c') && 'abc'.matches('b')",
+            "size(context.xs) > 0 && context.xs.exists(x, x == 1)",
+            "optional.of(1).hasValue()",
+        ] {
+            assert!(check(src).is_ok(), "{src}: {:?}", check(src));
+        }
+    }
+
+    #[test]
+    fn unknown_functions_are_located_with_a_suggestion() {
+        let src = "context.name.lowerAscii() == 'x'";
+        let e = check(src).unwrap_err();
+        assert_eq!(&src[e.offset..e.offset + e.len], "lowerAscii", "{e:?}");
+        assert!(
+            e.message.contains("unknown CEL function `lowerAscii`"),
+            "{e:?}"
+        );
+        let src = "'startswith(' == 'x' || context.s.startswith('a')";
+        let e = check(src).unwrap_err();
+        assert_eq!(e.offset, 34, "{e:?}");
+        assert_eq!(e.help.as_deref(), Some("did you mean `startsWith`?"));
+        let e = check("optional.nothing()").unwrap_err();
+        assert!(e.message.contains("`optional.nothing`"), "{e:?}");
     }
 
     #[test]

@@ -291,6 +291,97 @@ pub struct ContextPath {
     pub span: Span,
 }
 
+/// A top-level context field compared with a string literal: `context.category == 'spam'`
+/// (`==` or `!=`, the field on either side).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldComparison {
+    /// The field (`category`).
+    pub field: String,
+    /// The string it is compared with.
+    pub value: String,
+    /// Where the string literal is in the source.
+    pub span: Span,
+}
+
+impl Node {
+    fn collect_string_comparisons(&self, out: &mut Vec<FieldComparison>) {
+        match &self.kind {
+            NodeKind::Literal(_) | NodeKind::Context => {}
+            NodeKind::Field { base, .. } => base.collect_string_comparisons(out),
+            NodeKind::Index { base, index } => {
+                base.collect_string_comparisons(out);
+                index.collect_string_comparisons(out);
+            }
+            NodeKind::Not(x) | NodeKind::Neg(x) => x.collect_string_comparisons(out),
+            NodeKind::Binary { lhs, rhs, .. } => {
+                lhs.collect_string_comparisons(out);
+                rhs.collect_string_comparisons(out);
+            }
+            NodeKind::Compare { first, rest } => {
+                let mut left = first.as_ref();
+                for (op, right) in rest {
+                    if matches!(op, CompareOp::Eq | CompareOp::Ne) {
+                        for (a, b) in [(left, right), (right, left)] {
+                            if let (Some(path), NodeKind::Literal(Literal::Str(value))) =
+                                (a.static_context_path(), &b.kind)
+                                && let [field] = path.as_slice()
+                            {
+                                out.push(FieldComparison {
+                                    field: field.clone(),
+                                    value: value.clone(),
+                                    span: b.span,
+                                });
+                            }
+                        }
+                    }
+                    left = right;
+                }
+                first.collect_string_comparisons(out);
+                for (_, n) in rest {
+                    n.collect_string_comparisons(out);
+                }
+            }
+            NodeKind::And(items) | NodeKind::Or(items) => {
+                for n in items {
+                    n.collect_string_comparisons(out);
+                }
+            }
+        }
+    }
+
+    /// Whether this expression compares `context.<field>` with `None` / `null` somewhere (the
+    /// condition expects the field to be missing).
+    fn compares_with_null(&self, field: &str) -> bool {
+        match &self.kind {
+            NodeKind::Literal(_) | NodeKind::Context => false,
+            NodeKind::Field { base, .. } => base.compares_with_null(field),
+            NodeKind::Index { base, index } => {
+                base.compares_with_null(field) || index.compares_with_null(field)
+            }
+            NodeKind::Not(x) | NodeKind::Neg(x) => x.compares_with_null(field),
+            NodeKind::Binary { lhs, rhs, .. } => {
+                lhs.compares_with_null(field) || rhs.compares_with_null(field)
+            }
+            NodeKind::Compare { first, rest } => {
+                let operands: Vec<&Node> = std::iter::once(first.as_ref())
+                    .chain(rest.iter().map(|(_, n)| n))
+                    .collect();
+                let reads = operands.iter().any(|n| {
+                    n.static_context_path()
+                        .is_some_and(|p| p.first().map(String::as_str) == Some(field))
+                });
+                let null = operands
+                    .iter()
+                    .any(|n| matches!(n.kind, NodeKind::Literal(Literal::Null)));
+                (reads && null) || operands.iter().any(|n| n.compares_with_null(field))
+            }
+            NodeKind::And(items) | NodeKind::Or(items) => {
+                items.iter().any(|n| n.compares_with_null(field))
+            }
+        }
+    }
+}
+
 /// A parsed condition expression.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Expr {
@@ -332,6 +423,18 @@ impl Expr {
         let mut out = Vec::new();
         self.root.collect_context_paths(&mut out);
         out
+    }
+
+    /// Every comparison of a top-level context field with a string literal, in source order.
+    pub fn string_comparisons(&self) -> Vec<FieldComparison> {
+        let mut out = Vec::new();
+        self.root.collect_string_comparisons(&mut out);
+        out
+    }
+
+    /// Whether the expression compares `context.<field>` (or a path below it) with `None`.
+    pub fn compares_with_null(&self, field: &str) -> bool {
+        self.root.compares_with_null(field)
     }
 }
 

@@ -25,10 +25,13 @@ pub struct AgentData {
     /// Agent name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// A profile name, a profile with overrides, or an inline model config.
-    pub model: ModelRef,
-    /// System prompt (template).
-    pub system: String,
+    /// A profile name, a profile with overrides, or an inline model config; without it, the
+    /// `default` profile of the `profiles.yml` that applies (as in the reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelRef>,
+    /// System prompt (template); without it, "You are a helpful assistant." (the reference's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
     /// User prompt (template).
     pub user: String,
     /// Appended to the prompt.
@@ -82,60 +85,94 @@ pub enum ModelRef {
     Config(ModelConfig),
 }
 
-/// Model settings; with `profile`, the other fields override the profile's.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
-pub struct ModelConfig {
-    /// Profile to start from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub profile: Option<String>,
-    /// Model name (required without `profile`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Provider (`openai`, `anthropic`, ...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<String>,
-    /// Sampling temperature.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f64>,
-    /// Most tokens to generate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<u64>,
-    /// Nucleus sampling.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f64>,
-    /// Top-k sampling.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_k: Option<u64>,
-    /// Frequency penalty.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub frequency_penalty: Option<f64>,
-    /// Presence penalty.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub presence_penalty: Option<f64>,
-    /// Sampling seed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<i64>,
-    /// Provider endpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_url: Option<String>,
-    /// Stream responses (accepted; responses are read whole).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream: Option<bool>,
-    /// Extension (not in FlatAgents 1.0.0): the environment variable holding the API key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_key_env: Option<String>,
-    /// Extension (LiteLLM's name): price of one prompt token, for cost accounting.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_cost_per_token: Option<f64>,
-    /// Extension (LiteLLM's name): price of one completion token, for cost accounting.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_cost_per_token: Option<f64>,
-    /// Extension: seconds allowed per HTTP call to the provider.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<f64>,
-    /// Extension: transport retries of rate-limit and server errors per call.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_retries: Option<u64>,
+/// Defines a struct holding the model settings that inline model configs and profiles share
+/// (one list, so the two formats cannot drift apart), after the struct's own fields.
+macro_rules! model_settings {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident { $($own:tt)* }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($own)*
+            /// Provider (`openai`, `anthropic`, `cerebras`, ...; see `flatmachine_providers`).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub provider: Option<String>,
+            /// Sampling temperature.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub temperature: Option<f64>,
+            /// Most tokens to generate.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub max_tokens: Option<u64>,
+            /// Nucleus sampling.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub top_p: Option<f64>,
+            /// Top-k sampling.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub top_k: Option<u64>,
+            /// Frequency penalty.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub frequency_penalty: Option<f64>,
+            /// Presence penalty.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub presence_penalty: Option<f64>,
+            /// Sampling seed.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub seed: Option<i64>,
+            /// Provider endpoint.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub base_url: Option<String>,
+            /// Stream responses (accepted; responses are read whole).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub stream: Option<bool>,
+            /// Extension (not in FlatAgents 1.0.0): the environment variable holding the API key.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub api_key_env: Option<String>,
+            /// Extension (LiteLLM's name): price of one prompt token, for cost accounting.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub input_cost_per_token: Option<f64>,
+            /// Extension (LiteLLM's name): price of one completion token, for cost accounting.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub output_cost_per_token: Option<f64>,
+            /// Extension: seconds allowed per HTTP call to the provider.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub timeout: Option<f64>,
+            /// Extension: transport retries of rate-limit and server errors per call.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub max_retries: Option<u64>,
+            /// Extension: how structured output is asked of an OpenAI-compatible server.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub json_mode: Option<JsonModeName>,
+            /// Extension: mark the system prompt for the provider's prompt cache (Anthropic
+            /// `cache_control`).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub prompt_caching: Option<bool>,
+        }
+    };
+}
+pub(crate) use model_settings;
+
+model_settings! {
+    /// Model settings; with `profile`, the other fields override the profile's.
+    #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+    pub struct ModelConfig {
+        /// Profile to start from.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub profile: Option<String>,
+        /// Model name (required without `profile`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub name: Option<String>,
+    }
+}
+
+/// `json_mode`: how structured output is asked of an OpenAI-compatible server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JsonModeName {
+    /// `response_format: {type: json_schema, ...}` with the agent's output schema (default).
+    JsonSchema,
+    /// `response_format: {type: json_object}`, what the Python reference sends.
+    JsonObject,
 }
 
 /// One structured output field.

@@ -48,6 +48,19 @@ pub struct MachineData {
     /// Hooks to load by class name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<HooksConfig>,
+    /// The `profiles.yml` of this machine's agents (relative to the machine file), as upstream
+    /// machines name it; without it, a `profiles.yml` beside the machine is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profiles: Option<String>,
+    /// The machine's input, declared in the agent `output` mini-language (a flatmachine
+    /// extension, see docs/typed.md): templates may read only these `input.<field>`s, and
+    /// the generated `Input` type has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<IndexMap<String, super::OutputFieldDef>>,
+    /// The machine's output, declared the same way: every final state's `output:` must set
+    /// exactly these keys (optional ones may be left out); the generated `Output` type has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<IndexMap<String, super::OutputFieldDef>>,
 }
 
 /// Which expression language conditions use.
@@ -140,6 +153,16 @@ pub struct MachineSettings {
     /// What to do when parallel execution is unavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallel_fallback: Option<ParallelFallback>,
+    /// Seconds between a distributed worker's heartbeats (the reference's example key; read by
+    /// `DistributedWorkerHooks::for_machine`, default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.001))]
+    pub heartbeat_interval: Option<f64>,
+    /// Seconds a job claimed by this worker machine stays claimed before the reaper may take it
+    /// back, heartbeats or not (flatmachine extension; default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.001))]
+    pub job_lease_seconds: Option<f64>,
     /// Backend selection (the spec's `BackendConfig`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backends: Option<BackendConfig>,
@@ -166,7 +189,10 @@ pub struct BackendConfig {
     /// Work pools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub work: Option<String>,
-    /// The SQLite file registration and work share.
+    /// Signals for `wait_for` states (FlatMachines 4.2.1 key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// The SQLite file registration, work and signals share.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sqlite_path: Option<String>,
 }
@@ -241,6 +267,11 @@ pub struct StateDefinition {
     /// Input for launched machines (templates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch_input: Option<JsonMap>,
+    /// Channel to wait on for an outside signal (a template over the context): the run
+    /// checkpoints and stops until a signal arrives there; the signal's data is the state's
+    /// output. `timeout` is then the most seconds to wait (FlatMachines 4.2.1 key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<String>,
 }
 
 /// `tool_loop:` — `true`/`false` (spec 1.0.0) or the object form of later specs

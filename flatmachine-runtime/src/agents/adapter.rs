@@ -13,12 +13,12 @@ use super::llm::{LlmBackend, Usage};
 use crate::engine::AgentFn;
 use crate::error::error_type;
 use crate::machine::{AgentSpec, MachineSpec};
+use crate::process::{CallError, CallLimits, ChildEnv, run_bounded};
 use crate::{Context, StateError, Value};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 
 /// What an adapter may use to build an executor.
 pub struct AdapterEnv {
@@ -108,8 +108,8 @@ impl AgentAdapter for FlatAgentAdapter {
         env: &AdapterEnv,
     ) -> Result<Arc<dyn AgentExecutor>, StateError> {
         let config = agent.flatagent.ok_or_else(|| match agent.reference {
-            // The compiler let a missing file through because every state calling the agent
-            // routes errors; fail as the reference does when it cannot open the file.
+            // The compiler rejects a missing agent file; a spec written by hand may still name
+            // one. Fail as the reference does when it cannot open the file.
             Some(path) => StateError::new(
                 "FileNotFoundError",
                 format!(
@@ -139,6 +139,23 @@ impl AgentAdapter for FlatAgentAdapter {
 /// JSON object, or a run past the timeout (default 300 s; the process is killed) fails the state
 /// with `AgentError` / `TimeoutError` and the program's stderr.
 ///
+/// Limits (see `docs/security.md`): the request is written while stdout and stderr are read,
+/// so a program may print before it reads; stdout is capped at
+/// [`DEFAULT_MAX_OUTPUT`](crate::process::DEFAULT_MAX_OUTPUT) (32 MiB,
+/// [`with_max_output`](Self::with_max_output)) — past it the program is killed and the call
+/// fails with an `AgentError` naming the limit; only the last 64 KiB of stderr are kept; a
+/// reply nested deeper than [`MAX_JSON_DEPTH`](super::output::MAX_JSON_DEPTH) is refused. The
+/// program runs in a process group of its own, killed when the call ends (exit, timeout,
+/// overflow, or the run dropping the call), so nothing it started in the background
+/// survives the call.
+///
+/// Environment: the program gets only `PATH`, `HOME` and the locale (`LANG`, `LANGUAGE`,
+/// `LC_*`) from this process, plus what the agent's `config` lists: `env` (a map of
+/// variables to set), `pass_env` (names of variables to copy from this process, e.g.
+/// `[OPENAI_API_KEY]`), or `inherit_env: true` to inherit the whole environment (the
+/// reference's behaviour). [`with_env`](Self::with_env) sets the same for every agent of the
+/// adapter. See [`ChildEnv`].
+///
 /// The command is the reference's `ref`, split on whitespace (`ref: "python3 agents/x.py"`),
 /// unless [`SubprocessAdapter::with_command`] fixes one.
 #[derive(Debug, Clone)]
@@ -146,6 +163,8 @@ pub struct SubprocessAdapter {
     type_name: String,
     command: Option<Vec<String>>,
     timeout: Duration,
+    max_output: usize,
+    env: ChildEnv,
 }
 
 impl SubprocessAdapter {
@@ -155,6 +174,8 @@ impl SubprocessAdapter {
             type_name: type_name.into(),
             command: None,
             timeout: Duration::from_secs(300),
+            max_output: crate::process::DEFAULT_MAX_OUTPUT,
+            env: ChildEnv::new(),
         }
     }
 
@@ -172,6 +193,20 @@ impl SubprocessAdapter {
     /// Kills a call after this long (default 300 s).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Most bytes a call may print on stdout (default 32 MiB); past it the program is killed
+    /// and the call fails.
+    pub fn with_max_output(mut self, bytes: usize) -> Self {
+        self.max_output = bytes;
+        self
+    }
+
+    /// The environment every agent of this adapter gets (default: [`ChildEnv::new`], only
+    /// `PATH`, `HOME` and the locale), before what each agent's `config` adds.
+    pub fn with_env(mut self, env: ChildEnv) -> Self {
+        self.env = env;
         self
     }
 }
@@ -202,24 +237,77 @@ impl AgentAdapter for SubprocessAdapter {
                 ),
             ));
         }
+        let env = agent_env(agent, self.env.clone())?;
         Ok(Arc::new(SubprocessExecutor {
             agent,
             command,
-            timeout: self.timeout,
+            limits: CallLimits {
+                timeout: self.timeout,
+                max_output: self.max_output,
+            },
+            env,
         }))
     }
+}
+
+/// `base` with what the agent's `config` adds: `env` (map), `pass_env` (list of names),
+/// `inherit_env` (bool).
+fn agent_env(agent: &AgentSpec, base: ChildEnv) -> Result<ChildEnv, StateError> {
+    let bad = |field: &str, must: &str| {
+        StateError::new(
+            error_type::AGENT,
+            format!("agent `{}`: `config.{field}` must be {must}", agent.name),
+        )
+    };
+    let Some(Value::Object(config)) = agent.config.map(|c| c.value()) else {
+        return Ok(base);
+    };
+    let mut env = match config.get("inherit_env") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => base,
+        Some(Value::Bool(true)) => base.inheriting_all(),
+        Some(_) => return Err(bad("inherit_env", "true or false")),
+    };
+    match config.get("pass_env") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(names)) => {
+            for name in names {
+                let name = name
+                    .as_str()
+                    .ok_or_else(|| bad("pass_env", "a list of variable names"))?;
+                env = env.pass(name);
+            }
+        }
+        Some(_) => return Err(bad("pass_env", "a list of variable names")),
+    }
+    match config.get("env") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(vars)) => {
+            for (name, value) in vars {
+                let value = match value {
+                    Value::String(s) => s.clone(),
+                    Value::Number(_) | Value::Bool(_) => value.to_string(),
+                    _ => return Err(bad("env", "a map of variable names to strings")),
+                };
+                env = env.set(name, value);
+            }
+        }
+        Some(_) => return Err(bad("env", "a map of variable names to strings")),
+    }
+    Ok(env)
 }
 
 struct SubprocessExecutor {
     agent: &'static AgentSpec,
     command: Vec<String>,
-    timeout: Duration,
+    limits: CallLimits,
+    env: ChildEnv,
 }
 
 #[async_trait]
 impl AgentExecutor for SubprocessExecutor {
     async fn execute(&self, input: &Value, context: &Context) -> Result<AgentResult, StateError> {
         let name = self.agent.name;
+        let program = &self.command[0];
         let fail =
             |msg: String| StateError::new(error_type::AGENT, format!("agent `{name}`: {msg}"));
         let request = serde_json::json!({
@@ -228,54 +316,39 @@ impl AgentExecutor for SubprocessExecutor {
             "input": input,
             "context": context,
         });
-        let mut child = tokio::process::Command::new(&self.command[0])
-            .args(&self.command[1..])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| fail(format!("cannot start `{}`: {e}", self.command[0])))?;
-        let mut stdin = child.stdin.take().ok_or_else(|| fail("no stdin".into()))?;
         let body = serde_json::to_vec(&request).map_err(|e| fail(e.to_string()))?;
-        let run = async move {
-            // A program that exits without reading its input closes the pipe: not an error here.
-            let _ = stdin.write_all(&body).await;
-            drop(stdin);
-            child.wait_with_output().await
-        };
-        let out = match tokio::time::timeout(self.timeout, run).await {
-            Ok(Ok(out)) => out,
-            Ok(Err(e)) => return Err(fail(format!("waiting for `{}`: {e}", self.command[0]))),
-            Err(_) => {
+        let mut command = tokio::process::Command::new(program);
+        command.args(&self.command[1..]);
+        self.env.apply_tokio(&mut command);
+        let out = match run_bounded(command, body, self.limits).await {
+            Ok(out) => out,
+            Err(CallError::Timeout(limit)) => {
                 return Err(StateError::new(
                     error_type::TIMEOUT,
                     format!(
-                        "agent `{name}`: `{}` did not answer within {:?} and was killed",
-                        self.command[0], self.timeout
+                        "agent `{name}`: `{program}` did not answer within {limit:?} and was killed"
                     ),
                 ));
             }
+            Err(error) => return Err(fail(format!("`{program}`: {error}"))),
         };
         let stderr = tail(&String::from_utf8_lossy(&out.stderr));
         if !out.status.success() {
             return Err(fail(format!(
-                "`{}` exited with {}; stderr: {stderr}",
-                self.command[0], out.status
+                "`{program}` exited with {}; stderr: {stderr}",
+                out.status
             )));
         }
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let reply: Value = serde_json::from_str(stdout.trim()).map_err(|e| {
+        let reply: Value = super::output::parse_bounded(stdout.trim()).map_err(|e| {
             fail(format!(
-                "`{}` did not print a JSON object ({e}); stdout: {}; stderr: {stderr}",
-                self.command[0],
+                "`{program}` did not print a JSON object ({e}); stdout: {}; stderr: {stderr}",
                 tail(&stdout)
             ))
         })?;
         let Value::Object(reply) = reply else {
             return Err(fail(format!(
-                "`{}` printed JSON that is not an object: {}",
-                self.command[0],
+                "`{program}` printed JSON that is not an object: {}",
                 tail(&stdout)
             )));
         };
@@ -399,5 +472,51 @@ impl LlmBackend for MissingBackend {
                 request.provider.as_deref().unwrap_or("(none)")
             ),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::EmbeddedJson;
+
+    fn spec(config: &'static EmbeddedJson) -> AgentSpec {
+        AgentSpec {
+            name: "tool",
+            kind: "subprocess",
+            flatagent: None,
+            reference: Some("prog"),
+            config: Some(config),
+        }
+    }
+
+    #[test]
+    fn agent_config_lists_the_environment() {
+        static CONFIG: EmbeddedJson =
+            EmbeddedJson::new(r#"{"pass_env": ["A"], "env": {"B": "1", "C": 2}}"#);
+        let env = agent_env(&spec(&CONFIG), ChildEnv::new()).unwrap();
+        assert_eq!(env, ChildEnv::new().pass("A").set("B", "1").set("C", "2"));
+        static ALL: EmbeddedJson = EmbeddedJson::new(r#"{"inherit_env": true}"#);
+        assert!(
+            agent_env(&spec(&ALL), ChildEnv::new())
+                .unwrap()
+                .inherits_all()
+        );
+    }
+
+    #[test]
+    fn malformed_environment_config_is_a_clear_error() {
+        static BAD: [EmbeddedJson; 4] = [
+            EmbeddedJson::new(r#"{"inherit_env": "yes"}"#),
+            EmbeddedJson::new(r#"{"pass_env": "A"}"#),
+            EmbeddedJson::new(r#"{"pass_env": [1]}"#),
+            EmbeddedJson::new(r#"{"env": {"A": [1]}}"#),
+        ];
+        for config in &BAD {
+            let error = agent_env(&spec(config), ChildEnv::new()).unwrap_err();
+            assert_eq!(error.error_type, error_type::AGENT);
+            assert!(error.message.contains("`config."), "{}", error.message);
+            assert!(error.message.contains("must be"), "{}", error.message);
+        }
     }
 }

@@ -87,7 +87,8 @@ pub struct AgentConfig {
     pub name: &'static str,
     /// The file the agent came from (as the compiler displayed it).
     pub source: &'static str,
-    /// `data.system`; `None` means the reference's default, "You are a helpful assistant.".
+    /// `data.system`; `None` (no `system` in the file) means the reference's default, "You are
+    /// a helpful assistant.".
     pub system: Option<&'static Prompt>,
     /// `data.user`.
     pub user: &'static Prompt,
@@ -145,6 +146,15 @@ pub struct ModelParams {
     pub timeout: Option<f64>,
     /// `max_retries` (extension): transport retries of 429/5xx per call.
     pub max_retries: Option<u64>,
+    /// `json_mode` (extension): how JSON output is asked of an OpenAI-compatible server
+    /// (`None` = the backend's choice, `json_schema` by default).
+    pub json_mode: Option<super::JsonMode>,
+    /// `prompt_caching` (extension): mark the system prompt for the provider's prompt cache
+    /// (Anthropic `cache_control`).
+    pub prompt_caching: bool,
+    /// The profile the agent names (else the `default` profile): run-time endpoint overrides
+    /// are keyed by it (`FLATMACHINE_BASE_URL_<PROFILE>`, `MachineBuilder::profile_base_url`).
+    pub profile: Option<&'static str>,
     /// The whole resolved config as JSON (custom keys included), bound as `model` in prompts.
     pub raw: &'static EmbeddedJson,
 }

@@ -11,8 +11,7 @@
 //! Python reference (errors instead of error payloads, exact api-call counts, ahead-by-k
 //! voting), `docs/agents-execution.md` says what the reference does.
 
-use super::executor::{AgentExecutor, AgentResult};
-use super::llm::Usage;
+use super::executor::{AgentCall, AgentExecutor, AgentResult, Billing};
 use crate::machine::ExecutionSpec;
 use crate::{Context, StateError, Value};
 use regex::Regex;
@@ -133,23 +132,29 @@ impl ExecutionType {
         }
     }
 
-    /// Runs the agent with this execution type.
+    /// Runs the agent with this execution type. Every call the provider billed is counted in
+    /// the result, or in the error's [`billed`](StateError::billed) when the state fails.
     pub async fn execute(
         &self,
         executor: &dyn AgentExecutor,
+        call: &AgentCall<'_>,
         input: &Value,
         context: &Context,
     ) -> Result<AgentResult, StateError> {
+        let sample = Sample {
+            executor,
+            call,
+            input,
+            context,
+        };
         match self {
-            ExecutionType::Default => executor.execute(input, context).await,
+            ExecutionType::Default => sample.take().await,
             ExecutionType::Retry {
                 backoffs,
                 jitter,
                 retry_on_empty,
-            } => run_retry(backoffs, *jitter, *retry_on_empty, executor, input, context).await,
-            ExecutionType::Parallel { n_samples } => {
-                run_parallel(*n_samples, executor, input, context).await
-            }
+            } => run_retry(backoffs, *jitter, *retry_on_empty, &sample).await,
+            ExecutionType::Parallel { n_samples } => run_parallel(*n_samples, &sample).await,
             ExecutionType::MdapVoting {
                 k_margin,
                 max_candidates,
@@ -161,9 +166,25 @@ impl ExecutionType {
                     *max_response_tokens,
                     executor.metadata(),
                 )?;
-                voting.run(executor, input, context).await
+                voting.run(&sample).await
             }
         }
+    }
+}
+
+/// One agent call as an execution type makes it, possibly many times.
+struct Sample<'a> {
+    executor: &'a dyn AgentExecutor,
+    call: &'a AgentCall<'a>,
+    input: &'a Value,
+    context: &'a Context,
+}
+
+impl Sample<'_> {
+    async fn take(&self) -> Result<AgentResult, StateError> {
+        self.executor
+            .execute_for(self.call, self.input, self.context)
+            .await
     }
 }
 
@@ -175,33 +196,40 @@ impl ExecutionType {
 pub async fn execute(
     spec: Option<&ExecutionSpec>,
     executor: &dyn AgentExecutor,
+    call: &AgentCall<'_>,
     input: &Value,
     context: &Context,
 ) -> Result<AgentResult, StateError> {
     ExecutionType::from_spec(spec)?
-        .execute(executor, input, context)
+        .execute(executor, call, input, context)
         .await
 }
 
-/// Usage, calls and cost summed over several calls.
+/// Usage, calls and cost summed over several calls, failed ones included.
 #[derive(Debug, Default)]
-struct Totals {
-    usage: Usage,
-    api_calls: u64,
-    cost: f64,
-}
+struct Totals(Billing);
 
 impl Totals {
     fn add(&mut self, result: &AgentResult) {
-        self.usage += result.usage;
-        self.api_calls += result.api_calls;
-        self.cost += result.cost;
+        self.0 += result.billing();
+    }
+
+    /// Counts what a failed call was billed; returns the error without it (the totals carry
+    /// it from now on).
+    fn add_error(&mut self, mut error: StateError) -> StateError {
+        if let Some(billed) = error.billed.take() {
+            self.0 += *billed;
+        }
+        error
     }
 
     fn apply(&self, result: &mut AgentResult) {
-        result.usage = self.usage;
-        result.api_calls = self.api_calls;
-        result.cost = self.cost;
+        result.set_billing(self.0);
+    }
+
+    /// The error with every call counted so far.
+    fn fail(&self, error: StateError) -> StateError {
+        error.with_billing(self.0)
     }
 }
 
@@ -220,15 +248,13 @@ async fn run_retry(
     backoffs: &[f64],
     jitter: f64,
     retry_on_empty: bool,
-    executor: &dyn AgentExecutor,
-    input: &Value,
-    context: &Context,
+    sample: &Sample<'_>,
 ) -> Result<AgentResult, StateError> {
     let attempts = backoffs.len() + 1;
     let mut totals = Totals::default();
     let mut last_error = execution_error("retry made no attempt");
     for attempt in 0..attempts {
-        match executor.execute(input, context).await {
+        match sample.take().await {
             Ok(mut result) => {
                 totals.add(&result);
                 if !(retry_on_empty && result.is_empty()) {
@@ -240,7 +266,9 @@ async fn run_retry(
                     format!("empty response from agent after {} attempt(s)", attempt + 1),
                 );
             }
-            Err(e) => last_error = e,
+            // The run tree's budget refused the call: retrying cannot help.
+            Err(e) if e.error_type == crate::error::error_type::MAX_AGENT_CALLS => return Err(e),
+            Err(e) => last_error = totals.add_error(e),
         }
         tracing::warn!(
             attempt = attempt + 1,
@@ -255,17 +283,11 @@ async fn run_retry(
         }
     }
     tracing::error!(attempts, error = %last_error, "all agent attempts failed");
-    Err(last_error)
+    Err(totals.fail(last_error))
 }
 
-async fn run_parallel(
-    n_samples: usize,
-    executor: &dyn AgentExecutor,
-    input: &Value,
-    context: &Context,
-) -> Result<AgentResult, StateError> {
-    let outcomes =
-        futures::future::join_all((0..n_samples).map(|_| executor.execute(input, context))).await;
+async fn run_parallel(n_samples: usize, sample: &Sample<'_>) -> Result<AgentResult, StateError> {
+    let outcomes = futures::future::join_all((0..n_samples).map(|_| sample.take())).await;
     let mut totals = Totals::default();
     let mut payloads = Vec::new();
     let mut raws = Vec::new();
@@ -282,7 +304,10 @@ async fn run_parallel(
                     metadata = result.metadata;
                 }
             }
+            // The run tree's budget refused a sample: the run fails on its limit.
+            Err(e) if e.error_type == crate::error::error_type::MAX_AGENT_CALLS => return Err(e),
             Err(e) => {
+                let e = totals.add_error(e);
                 tracing::warn!(error = %e, "parallel sample failed");
                 failures.push(serde_json::json!({
                     "error_type": e.error_type,
@@ -293,7 +318,8 @@ async fn run_parallel(
         }
     }
     if payloads.is_empty() {
-        return Err(first_error.unwrap_or_else(|| execution_error("parallel made no call")));
+        let error = first_error.unwrap_or_else(|| execution_error("parallel made no call"));
+        return Err(totals.fail(error));
     }
     let count = payloads.len();
     let mut result = AgentResult {
@@ -445,12 +471,7 @@ impl Voting {
     }
 
     /// Takes samples until a candidate is ahead by `k_margin`, or `max_candidates` samples.
-    async fn run(
-        &self,
-        executor: &dyn AgentExecutor,
-        input: &Value,
-        context: &Context,
-    ) -> Result<AgentResult, StateError> {
+    async fn run(&self, sample: &Sample<'_>) -> Result<AgentResult, StateError> {
         let mut totals = Totals::default();
         // Candidates in order of first appearance: (voting key, value, votes, metadata).
         let mut tally: Vec<(String, Value, u64, Option<Value>)> = Vec::new();
@@ -462,9 +483,14 @@ impl Voting {
         let mut winner = None;
 
         for _ in 0..self.max_candidates {
-            let result = match executor.execute(input, context).await {
+            let result = match sample.take().await {
                 Ok(r) => r,
+                // The run tree's budget refused the call: the run fails on its limit.
+                Err(e) if e.error_type == crate::error::error_type::MAX_AGENT_CALLS => {
+                    return Err(e);
+                }
                 Err(e) => {
+                    let e = totals.add_error(e);
                     tracing::warn!(error = %e, "voting sample failed");
                     failed += 1;
                     last_error = Some(e);
@@ -529,7 +555,7 @@ impl Voting {
             if samples == 0
                 && let Some(e) = last_error
             {
-                return Err(e);
+                return Err(totals.fail(e));
             }
             let mut message =
                 format!("mdap_voting found no valid candidate in {samples} sample(s)");
@@ -547,7 +573,7 @@ impl Voting {
             if let Some(detail) = last_flag_detail {
                 let _ = write!(message, "; last: {detail}");
             }
-            return Err(StateError::new(error_type::VOTING, message));
+            return Err(totals.fail(StateError::new(error_type::VOTING, message)));
         };
 
         let votes: serde_json::Map<String, Value> = tally
@@ -635,7 +661,7 @@ impl Voting {
                             )
                         })?
                 }
-                FieldType::Json => serde_json::from_str(text)
+                FieldType::Json => super::output::parse_bounded(text)
                     .map_err(|e| (RedFlag::FormatError, format!("`{name}` is not JSON: {e}")))?,
             };
             parsed.insert(name.clone(), value);

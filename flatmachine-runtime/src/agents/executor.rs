@@ -5,6 +5,38 @@ use crate::tools::ToolCall;
 use crate::{Context, StateError, Value};
 use async_trait::async_trait;
 
+/// What provider calls were billed: calls, tokens and money. An [`AgentResult`] carries it for
+/// the calls that made it; a [`StateError`] carries it in [`billed`](StateError::billed) for
+/// calls that were billed although the state failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Billing {
+    /// Model calls that returned a reply.
+    pub api_calls: u64,
+    /// Token counts over those calls.
+    pub usage: Usage,
+    /// Their cost.
+    pub cost: f64,
+}
+
+impl std::ops::AddAssign for Billing {
+    fn add_assign(&mut self, other: Billing) {
+        self.api_calls += other.api_calls;
+        self.usage += other.usage;
+        self.cost = crate::cost::add(self.cost, other.cost);
+    }
+}
+
+/// Where an agent call comes from: the machine and state running it. Executors may use it
+/// (the flatagent executor puts the state on the [`LlmRequest`](super::LlmRequest), so a
+/// scripted backend can answer by state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentCall<'a> {
+    /// The machine's name.
+    pub machine: &'a str,
+    /// The state calling the agent.
+    pub state: &'a str,
+}
+
 /// What one agent execution produced (the spec's `AgentResult`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentResult {
@@ -82,6 +114,22 @@ impl AgentResult {
         serde_json::from_value(self.output_payload())
     }
 
+    /// The calls, usage and cost this result carries.
+    pub fn billing(&self) -> Billing {
+        Billing {
+            api_calls: self.api_calls,
+            usage: self.usage,
+            cost: self.cost,
+        }
+    }
+
+    /// Replaces the calls, usage and cost this result carries.
+    pub fn set_billing(&mut self, billing: Billing) {
+        self.api_calls = billing.api_calls;
+        self.usage = billing.usage;
+        self.cost = billing.cost;
+    }
+
     /// Whether the payload is empty (no output, no text, or an empty object): what `retry`
     /// with `retry_on_empty` retries.
     pub fn is_empty(&self) -> bool {
@@ -100,6 +148,18 @@ impl AgentResult {
 pub trait AgentExecutor: Send + Sync {
     /// One execution with the state's rendered `input` and the machine context.
     async fn execute(&self, input: &Value, context: &Context) -> Result<AgentResult, StateError>;
+
+    /// One execution on behalf of a state: what the engine calls. The default ignores `call`
+    /// and runs [`execute`](Self::execute).
+    async fn execute_for(
+        &self,
+        call: &AgentCall<'_>,
+        input: &Value,
+        context: &Context,
+    ) -> Result<AgentResult, StateError> {
+        let _ = call;
+        self.execute(input, context).await
+    }
 
     /// The agent's metadata (read by `mdap_voting` for red-flag settings).
     fn metadata(&self) -> Option<&Value> {

@@ -1,7 +1,7 @@
 //! [`FlatAgentExecutor`]: one flatagent call — render the prompts, ask the model, read the reply.
 
 use super::config::{AgentConfig, ModelParams, Prompt};
-use super::executor::{AgentExecutor, AgentResult};
+use super::executor::{AgentCall, AgentExecutor, AgentResult, Billing};
 use super::llm::{LlmBackend, LlmRequest, LlmResponse, Message, ResponseFormat, Role, Usage};
 use super::output;
 use crate::error::error_type;
@@ -16,6 +16,16 @@ use std::time::Duration;
 /// assistant."), and the rendered `user` prompt followed by a blank line and the rendered
 /// `instruction_suffix` when there is one. Prompts see `input` (the state's rendered input),
 /// `model` (the resolved model config), `tools` (`[]`) and `tools_prompt` (`""`).
+///
+/// An input named `messages` holding a list of `{role, content}` is a conversation, as the
+/// reference's `FlatAgent.call(messages=…)` takes it: the messages are sent between the system
+/// prompt and the user prompt (`[system, …messages, user]`; the user prompt only when the
+/// input has other keys), and prompts do not see `input.messages`. Roles are `system`, `user`
+/// and `assistant`; contents are text. Anything else in `messages` is an `AgentError` naming
+/// the item.
+///
+/// A reply that arrives but does not parse or validate still counts as a call: its usage and
+/// cost travel on the error ([`StateError::billed`]).
 pub struct FlatAgentExecutor {
     config: &'static AgentConfig,
     backend: Arc<dyn LlmBackend>,
@@ -40,21 +50,31 @@ impl FlatAgentExecutor {
 
     /// The request one call with this input would send (prompts rendered, parameters set).
     pub fn request(&self, input: &Value) -> Result<LlmRequest, StateError> {
-        self.request_with_tools(input, &Value::Array(Vec::new()), "")
+        self.request_at(None, input)
     }
 
-    /// [`request`](Self::request) with the prompt variables `tools` (a list of tool objects)
-    /// and `tools_prompt` set, as a `tool_loop` state renders its opening messages.
+    /// [`request`](Self::request) made on behalf of `state` (put on the request).
+    pub fn request_at(&self, state: Option<&str>, input: &Value) -> Result<LlmRequest, StateError> {
+        self.request_with_tools(state, input, &Value::Array(Vec::new()), "")
+    }
+
+    /// [`request_at`](Self::request_at) with the prompt variables `tools` (a list of tool
+    /// objects) and `tools_prompt` set, as a `tool_loop` state renders its opening messages.
     pub(crate) fn request_with_tools(
         &self,
+        state: Option<&str>,
         input: &Value,
         tools: &Value,
         tools_prompt: &str,
     ) -> Result<LlmRequest, StateError> {
         let c = self.config;
         let m = &c.model;
+        let (history, prompt_input) = split_messages(c, input)?;
         let vars = minijinja::context! {
-            input => crate::template::json_to_mj(input),
+            input => match &prompt_input {
+                Some(stripped) => crate::template::json_to_mj(stripped),
+                None => crate::template::json_to_mj(input),
+            },
             model => crate::template::json_to_mj(&model_var(m)),
             tools => crate::template::json_to_mj(tools),
             tools_prompt => tools_prompt,
@@ -87,17 +107,28 @@ impl FlatAgentExecutor {
             }
             None => ResponseFormat::Text,
         };
-        let mut req = self.model_request(vec![
-            Message::new(Role::System, system),
-            Message::new(Role::User, user),
-        ]);
+        let mut messages = Vec::with_capacity(2 + history.len());
+        messages.push(Message::new(Role::System, system));
+        // With a conversation, the user prompt follows only when there is other input.
+        let send_user = history.is_empty()
+            || prompt_input
+                .as_ref()
+                .and_then(Value::as_object)
+                .is_some_and(|o| !o.is_empty());
+        messages.extend(history);
+        if send_user {
+            messages.push(Message::new(Role::User, user));
+        }
+        let mut req = self.model_request(state, messages);
         req.response_format = response_format;
         Ok(req)
     }
 
-    /// A request with these messages and the agent's model settings (no tools, free text).
-    pub(crate) fn model_request(&self, messages: Vec<Message>) -> LlmRequest {
-        let m = &self.config.model;
+    /// A request with these messages and the agent's model settings (no tools, free text),
+    /// made on behalf of `state`.
+    pub(crate) fn model_request(&self, state: Option<&str>, messages: Vec<Message>) -> LlmRequest {
+        let c = self.config;
+        let m = &c.model;
         let mut req = LlmRequest::new(m.wire_name(), messages);
         req.provider = m.provider_name().map(str::to_string);
         req.temperature = m.temperature.unwrap_or(ModelParams::DEFAULT_TEMPERATURE);
@@ -107,19 +138,36 @@ impl FlatAgentExecutor {
         req.frequency_penalty = m.frequency_penalty;
         req.presence_penalty = m.presence_penalty;
         req.seed = m.seed;
-        req.base_url = m.base_url.map(str::to_string);
+        req.base_url = super::endpoints::from_environment(m.profile)
+            .or_else(|| m.base_url.map(str::to_string));
         req.api_key_env = m.api_key_env.map(str::to_string);
         req.timeout = m
             .timeout
             .filter(|t| t.is_finite() && *t > 0.0)
             .map(Duration::from_secs_f64);
         req.max_retries = m.max_retries.map(|n| n.min(u64::from(u32::MAX)) as u32);
+        req.json_mode = m.json_mode;
+        req.prompt_caching = m.prompt_caching;
+        req.agent = Some(c.name.to_string());
+        req.state = state.map(str::to_string);
+        req.profile = m.profile.map(str::to_string);
+        // `stream` is read from the resolved profile as written (no typed field needed).
+        req.stream = m.raw.value().get("stream").and_then(Value::as_bool) == Some(true);
         req
     }
 
     /// The backend this executor calls.
     pub(crate) fn backend(&self) -> &Arc<dyn LlmBackend> {
         &self.backend
+    }
+
+    /// What a reply was billed: one call, its usage and cost.
+    fn billing(&self, reply: &LlmResponse) -> Billing {
+        Billing {
+            api_calls: 1,
+            usage: reply.usage,
+            cost: cost(&self.config.model, reply.usage),
+        }
     }
 
     /// Reads a reply: the structured output when the agent has an `output` schema (an
@@ -166,16 +214,34 @@ impl std::fmt::Debug for FlatAgentExecutor {
     }
 }
 
-#[async_trait]
-impl AgentExecutor for FlatAgentExecutor {
-    async fn execute(&self, input: &Value, _context: &Context) -> Result<AgentResult, StateError> {
-        let request = self.request(input)?;
+impl FlatAgentExecutor {
+    /// One call: render, send, read. A reply that fails to parse or validate carries its
+    /// billing on the error.
+    async fn call(&self, state: Option<&str>, input: &Value) -> Result<AgentResult, StateError> {
+        let request = self.request_at(state, input)?;
         let reply = self.backend.complete(&request).await.map_err(|e| {
             let mut err = StateError::from(e);
             err.message = format!("agent `{}`: {}", self.config.name, err.message);
             err
         })?;
-        self.read_reply(reply)
+        let billing = self.billing(&reply);
+        self.read_reply(reply).map_err(|e| e.with_billing(billing))
+    }
+}
+
+#[async_trait]
+impl AgentExecutor for FlatAgentExecutor {
+    async fn execute(&self, input: &Value, _context: &Context) -> Result<AgentResult, StateError> {
+        self.call(None, input).await
+    }
+
+    async fn execute_for(
+        &self,
+        call: &AgentCall<'_>,
+        input: &Value,
+        _context: &Context,
+    ) -> Result<AgentResult, StateError> {
+        self.call(Some(call.state), input).await
     }
 
     fn metadata(&self) -> Option<&Value> {
@@ -191,10 +257,12 @@ impl AgentExecutor for FlatAgentExecutor {
 /// reference's flat estimate `(input × 0.001 + output × 0.002) / 1000`.
 pub fn cost(model: &ModelParams, usage: Usage) -> f64 {
     let (i, o) = (usage.input_tokens as f64, usage.output_tokens as f64);
-    match (model.input_cost_per_token, model.output_cost_per_token) {
-        (None, None) => (i * 0.001 + o * 0.002) / 1000.0,
-        (pi, po) => i * pi.unwrap_or(0.0) + o * po.unwrap_or(0.0),
-    }
+    crate::cost::rounded(
+        match (model.input_cost_per_token, model.output_cost_per_token) {
+            (None, None) => (i * 0.001 + o * 0.002) / 1000.0,
+            (pi, po) => i * pi.unwrap_or(0.0) + o * po.unwrap_or(0.0),
+        },
+    )
 }
 
 /// The `model` prompt variable: the resolved config with the computed fields filled in (the
@@ -240,6 +308,66 @@ pub(crate) fn render(
     };
     let tmpl = prompt.template().map_err(|e| fail(e.to_string()))?;
     tmpl.render(vars).map_err(|e| fail(e.to_string()))
+}
+
+/// Takes a conversation out of the input: `(messages, Some(input without "messages"))` when
+/// the input has a `messages` key, `(vec![], None)` when it does not. `null` and `[]` are no
+/// conversation (the key is still hidden from the prompts, as in the reference).
+fn split_messages(
+    c: &AgentConfig,
+    input: &Value,
+) -> Result<(Vec<Message>, Option<Value>), StateError> {
+    let Some(map) = input.as_object().filter(|m| m.contains_key("messages")) else {
+        return Ok((Vec::new(), None));
+    };
+    let mut rest = map.clone();
+    let given = rest.remove("messages").unwrap_or(Value::Null);
+    let fail = |what: String| {
+        StateError::new(
+            error_type::AGENT,
+            format!(
+                "agent `{}`: input `messages` must be a list of {{role, content}} (role system, \
+                 user or assistant; content text): {what}",
+                c.name
+            ),
+        )
+    };
+    let items = match given {
+        Value::Null => Vec::new(),
+        Value::Array(items) => items,
+        other => {
+            let kind = match other {
+                Value::String(_) => "a string (was it rendered without `| tojson`?)",
+                Value::Object(_) => "a mapping",
+                _ => "a scalar",
+            };
+            return Err(fail(format!("got {kind}")));
+        }
+    };
+    let mut messages = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let Value::Object(mut item) = item else {
+            return Err(fail(format!("item {i} is not a mapping")));
+        };
+        let role = match item.get("role").and_then(Value::as_str) {
+            Some("system") => Role::System,
+            Some("user") => Role::User,
+            Some("assistant") => Role::Assistant,
+            Some(other) => {
+                let shown: String = other.chars().take(40).collect();
+                return Err(fail(format!("item {i} has role `{shown}`")));
+            }
+            None => return Err(fail(format!("item {i} has no text `role`"))),
+        };
+        let content = match item.remove("content") {
+            Some(Value::String(text)) => text,
+            Some(Value::Null) | None if role == Role::Assistant => String::new(),
+            Some(_) => return Err(fail(format!("item {i} has a `content` that is not text"))),
+            None => return Err(fail(format!("item {i} has no `content`"))),
+        };
+        messages.push(Message::new(role, content));
+    }
+    Ok((messages, Some(Value::Object(rest))))
 }
 
 /// A provider-safe schema name: ASCII letters, digits, `_` and `-`, at most 64 characters.

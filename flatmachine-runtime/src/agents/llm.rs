@@ -109,6 +109,32 @@ pub enum ResponseFormat {
     },
 }
 
+/// How [`ResponseFormat::Json`] is asked of an OpenAI-compatible server (a profile's
+/// `json_mode`, else the backend's setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JsonMode {
+    /// `response_format: {"type": "json_schema", "json_schema": {"name", "schema",
+    /// "strict": false}}`: the server is given the agent's output schema. The default: OpenAI,
+    /// vLLM, llama.cpp's server, Ollama (`/v1`), Groq, Cerebras and LM Studio accept it.
+    #[default]
+    JsonSchema,
+    /// `response_format: {"type": "json_object"}` (plain JSON mode, what the Python reference
+    /// sends), for servers that lack `json_schema`; the prompt's instruction describes the
+    /// fields.
+    JsonObject,
+}
+
+impl JsonMode {
+    /// The mode a profile's `json_mode` names (`json_schema`, `json_object`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "json_schema" => Some(JsonMode::JsonSchema),
+            "json_object" => Some(JsonMode::JsonObject),
+            _ => None,
+        }
+    }
+}
+
 /// One call to a model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlmRequest {
@@ -146,6 +172,21 @@ pub struct LlmRequest {
     pub tools: Vec<ToolDefinition>,
     /// Whether it must, may or must not call them (sent only with `tools`).
     pub tool_choice: ToolChoice,
+    /// How JSON output is asked for (the profile's `json_mode`; `None` = the backend's choice).
+    pub json_mode: Option<JsonMode>,
+    /// Mark the system prompt for the provider's prompt cache (the profile's `prompt_caching`;
+    /// Anthropic's `cache_control`, OpenAI caches without being asked).
+    pub prompt_caching: bool,
+    /// The agent making the call (its `data.name`), for backends and logs.
+    pub agent: Option<String>,
+    /// The state calling the agent, when a machine makes the call.
+    pub state: Option<String>,
+    /// The model profile the agent names (else the `default` profile), which run-time endpoint
+    /// overrides are keyed by.
+    pub profile: Option<String>,
+    /// Stream the reply (the profile's `stream`): text deltas go to the run's event stream as
+    /// they arrive; the response is the same as unstreamed.
+    pub stream: bool,
 }
 
 impl LlmRequest {
@@ -170,6 +211,12 @@ impl LlmRequest {
             max_retries: None,
             tools: Vec::new(),
             tool_choice: ToolChoice::Auto,
+            json_mode: None,
+            prompt_caching: false,
+            agent: None,
+            state: None,
+            profile: None,
+            stream: false,
         }
     }
 
@@ -281,7 +328,8 @@ pub enum LlmErrorKind {
     /// The provider refused the content.
     ContentPolicyViolation,
     /// 500, 529 (Anthropic "overloaded", as LiteLLM maps it) and other 5xx without a more
-    /// specific kind.
+    /// specific kind; also a 2xx reply that is not JSON or lacks the format's fields (as
+    /// LiteLLM raises it).
     InternalServer,
     /// 503.
     ServiceUnavailable,
@@ -289,7 +337,7 @@ pub enum LlmErrorKind {
     ApiConnection,
     /// The call took longer than its timeout.
     Timeout,
-    /// A reply that could not be read (not JSON, missing fields), or another API error.
+    /// Another API error (a status no other kind covers).
     Api,
     /// The backend is not configured (no key in the environment, provider not compiled in).
     Configuration,

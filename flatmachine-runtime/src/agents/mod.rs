@@ -1,11 +1,13 @@
 //! Agents: what runs an `agent:` state.
 //!
 //! - [`config`]: the compiled description of a flatagent (prompts, resolved model, output).
+//! - [`endpoints`]: where calls go at run time (builder and environment overrides).
 //! - [`llm`]: the provider boundary ([`LlmBackend`]); built-in providers sit in `providers`
 //!   behind the `openai` and `anthropic` features, and [`ScriptedBackend`] works offline.
 //! - [`executor`]: the [`AgentExecutor`] trait and [`AgentResult`].
 
 pub mod config;
+pub mod endpoints;
 pub mod execution;
 pub mod executor;
 pub mod llm;
@@ -15,11 +17,12 @@ pub mod scripted;
 pub mod tool_agent;
 
 pub use config::{AgentConfig, EmbeddedJson, ModelParams, OutputField, OutputKind, Prompt};
+pub use endpoints::EndpointOverrides;
 pub use execution::ExecutionType;
-pub use executor::{AgentExecutor, AgentResult};
+pub use executor::{AgentCall, AgentExecutor, AgentResult, Billing};
 pub use llm::{
-    LlmBackend, LlmError, LlmErrorKind, LlmRequest, LlmResponse, Message, ResponseFormat, Role,
-    ToolChoice, Usage,
+    JsonMode, LlmBackend, LlmError, LlmErrorKind, LlmRequest, LlmResponse, Message, ResponseFormat,
+    Role, ToolChoice, Usage,
 };
 #[cfg(any(feature = "openai", feature = "anthropic"))]
 pub use providers::*;

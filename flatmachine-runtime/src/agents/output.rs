@@ -13,6 +13,103 @@ pub const OUTPUT_VALIDATION_ERROR: &str = "OutputValidationError";
 /// Most characters of a reply quoted in an error message.
 const QUOTE_LIMIT: usize = 2000;
 
+/// Deepest nesting of arrays and objects accepted in JSON that enters a run from outside: a
+/// model's reply, a subprocess agent's reply, a webhook's response, the run's input. 64 levels
+/// (each `[` or `{` is one). Checkpoints nest at most 127 levels (the JSON parser's limit when
+/// they are loaded back), and the writer refuses deeper ones, so a value accepted here always
+/// leaves room for the context around it.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// How deeply `text` nests arrays and objects (brackets inside strings do not count); stops
+/// counting at `stop_above + 1`. Scans the bytes once, without parsing.
+pub fn json_depth(text: &str, stop_above: usize) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > deepest {
+                    deepest = depth;
+                    if deepest > stop_above {
+                        return deepest;
+                    }
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// How deeply `value` nests arrays and objects (a scalar is 0); stops counting at
+/// `stop_above + 1`. Walks the value without recursion.
+pub fn value_depth(value: &Value, stop_above: usize) -> usize {
+    let mut deepest = 0;
+    let mut pending: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((v, above)) = pending.pop() {
+        let here = above + 1;
+        match v {
+            Value::Array(items) => {
+                deepest = deepest.max(here);
+                if deepest > stop_above {
+                    return deepest;
+                }
+                pending.extend(items.iter().map(|x| (x, here)));
+            }
+            Value::Object(map) => {
+                deepest = deepest.max(here);
+                if deepest > stop_above {
+                    return deepest;
+                }
+                pending.extend(map.values().map(|x| (x, here)));
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Why JSON from outside a run was refused: it is not JSON, or it nests deeper than
+/// [`MAX_JSON_DEPTH`].
+#[derive(Debug, thiserror::Error)]
+pub enum BoundedJsonError {
+    /// Not valid JSON.
+    #[error(transparent)]
+    Syntax(#[from] serde_json::Error),
+    /// Valid or not, it nests too deeply to be kept in a run.
+    #[error(
+        "it nests arrays/objects more than {limit} levels deep (the limit for values entering a run)"
+    )]
+    TooDeep {
+        /// [`MAX_JSON_DEPTH`].
+        limit: usize,
+    },
+}
+
+/// Parses JSON that comes from outside a run (a reply, a response, an input), refusing
+/// nesting deeper than [`MAX_JSON_DEPTH`] before parsing.
+pub fn parse_bounded(text: &str) -> Result<Value, BoundedJsonError> {
+    if json_depth(text, MAX_JSON_DEPTH) > MAX_JSON_DEPTH {
+        return Err(BoundedJsonError::TooDeep {
+            limit: MAX_JSON_DEPTH,
+        });
+    }
+    Ok(serde_json::from_str(text)?)
+}
+
 /// The JSON Schema of an object with these fields (`additionalProperties: false`; every
 /// field with `required` left at its default `true` is listed in `required`).
 pub fn json_schema(fields: &[OutputField]) -> Value {
@@ -139,13 +236,14 @@ pub fn extract_json(text: &str) -> &str {
 /// [`OUTPUT_VALIDATION_ERROR`]; both quote the reply.
 pub fn parse_output(agent: &str, fields: &[OutputField], text: &str) -> Result<Value, StateError> {
     let json = extract_json(text);
-    let mut value: Value = serde_json::from_str(json).map_err(|e| {
+    let mut value: Value = parse_bounded(json).map_err(|e| {
+        let what = match e {
+            BoundedJsonError::TooDeep { .. } => format!("the reply is refused: {e}"),
+            BoundedJsonError::Syntax(e) => format!("the reply is not a JSON object ({e})"),
+        };
         StateError::new(
             OUTPUT_PARSE_ERROR,
-            format!(
-                "agent `{agent}`: the reply is not a JSON object ({e}); reply: {}",
-                quote(text)
-            ),
+            format!("agent `{agent}`: {what}; reply: {}", quote(text)),
         )
     })?;
     if !value.is_object() {
@@ -358,6 +456,21 @@ mod tests {
 
         let e = parse_output("a", FIELDS, "{\"verdict\": \"pass\"}").unwrap_err();
         assert!(e.message.contains("`score` is missing"), "{}", e.message);
+    }
+
+    #[test]
+    fn depth_counts_brackets_outside_strings() {
+        assert_eq!(json_depth("{\"a\": [1, {\"b\": \"[[[{\\\"\"}]}", 99), 3);
+        assert_eq!(json_depth("7", 99), 0);
+        let deep = format!("{}{}", "[".repeat(70), "]".repeat(70));
+        assert_eq!(json_depth(&deep, 64), 65);
+        let v: Value = serde_json::from_str(&deep).unwrap();
+        assert_eq!(value_depth(&v, 99), 70);
+        assert_eq!(value_depth(&json!({"a": [1, {"b": 2}]}), 99), 3);
+        assert!(matches!(
+            parse_bounded(&deep),
+            Err(BoundedJsonError::TooDeep { limit: 64 })
+        ));
     }
 
     #[test]

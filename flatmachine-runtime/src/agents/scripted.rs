@@ -12,9 +12,15 @@ type Script = Box<dyn Fn(&LlmRequest) -> Result<LlmResponse, LlmError> + Send + 
 /// Either a function of the request ([`ScriptedBackend::new`]) or a fixed sequence of replies
 /// ([`ScriptedBackend::replies`]). Every request is recorded, so tests can check the prompts
 /// and parameters that would have been sent.
+///
+/// A request with `stream` set (`stream: true` in the model profile) is answered word by
+/// word: each word (with the space after it) is a token delta on the run's event stream
+/// ([`events`](crate::events)), with a short pause between words when
+/// [`with_stream_delay`](Self::with_stream_delay) sets one — as a model would stream it.
 pub struct ScriptedBackend {
     script: Script,
     requests: Mutex<Vec<LlmRequest>>,
+    stream_delay: std::time::Duration,
 }
 
 impl ScriptedBackend {
@@ -25,7 +31,14 @@ impl ScriptedBackend {
         Self {
             script: Box::new(f),
             requests: Mutex::new(Vec::new()),
+            stream_delay: std::time::Duration::ZERO,
         }
+    }
+
+    /// Pauses `delay` between the words of a streamed reply (none by default).
+    pub fn with_stream_delay(mut self, delay: std::time::Duration) -> Self {
+        self.stream_delay = delay;
+        self
     }
 
     /// Answers with these replies in order; a request after the last one fails with an
@@ -80,6 +93,18 @@ impl LlmBackend for ScriptedBackend {
             .push(request.clone());
         let mut reply = (self.script)(request)?;
         reply.attempts = reply.attempts.max(1);
+        if request.stream {
+            for (i, word) in reply
+                .content
+                .split_inclusive(char::is_whitespace)
+                .enumerate()
+            {
+                if i > 0 && !self.stream_delay.is_zero() {
+                    tokio::time::sleep(self.stream_delay).await;
+                }
+                crate::events::emit_token_delta(word);
+            }
+        }
         Ok(reply)
     }
 }

@@ -28,16 +28,24 @@ pub trait ToolAgent: Send + Sync {
         None
     }
 
-    /// The conversation's opening messages (system, user) for the state's `input`, rendered
+    /// The conversation's opening messages (system, user) for the `input` of `state`, rendered
     /// once per visit. `tools` is the list bound as `tools` in the prompts (each offered tool as
     /// `{name, description, parameters, server}`); the MCP section's `tool_prompt`, rendered
     /// with it, is bound as `tools_prompt`.
-    fn opening_messages(&self, input: &Value, tools: &Value) -> Result<Vec<Message>, StateError>;
+    fn opening_messages(
+        &self,
+        state: &str,
+        input: &Value,
+        tools: &Value,
+    ) -> Result<Vec<Message>, StateError>;
 
-    /// One model call over `messages`, offering `tools`. The result carries the reply text,
-    /// the tool calls asked for, the finish reason, usage and cost (one API call).
+    /// One model call over `messages` made by `state`, offering `tools`. The result carries
+    /// the reply text, the tool calls asked for, the finish reason, usage and cost (one API
+    /// call). The engine draws every turn from the run tree's `max_agent_calls` budget before
+    /// calling this.
     async fn turn(
         &self,
+        state: &str,
         messages: &[Message],
         tools: &[ToolDefinition],
         choice: ToolChoice,
@@ -65,7 +73,12 @@ impl ToolAgent for FlatAgentExecutor {
         self.config().mcp
     }
 
-    fn opening_messages(&self, input: &Value, tools: &Value) -> Result<Vec<Message>, StateError> {
+    fn opening_messages(
+        &self,
+        state: &str,
+        input: &Value,
+        tools: &Value,
+    ) -> Result<Vec<Message>, StateError> {
         let c = self.config();
         let tools_prompt = match c.mcp.and_then(|m| m.tool_prompt) {
             Some(prompt) => {
@@ -75,17 +88,18 @@ impl ToolAgent for FlatAgentExecutor {
             None => String::new(),
         };
         Ok(self
-            .request_with_tools(input, tools, &tools_prompt)?
+            .request_with_tools(Some(state), input, tools, &tools_prompt)?
             .messages)
     }
 
     async fn turn(
         &self,
+        state: &str,
         messages: &[Message],
         tools: &[ToolDefinition],
         choice: ToolChoice,
     ) -> Result<AgentResult, StateError> {
-        let mut request = self.model_request(messages.to_vec());
+        let mut request = self.model_request(Some(state), messages.to_vec());
         request.tools = tools.to_vec();
         request.tool_choice = choice;
         let name = self.config().name;

@@ -21,6 +21,18 @@ pub enum DistributedError {
         /// Its current status.
         status: String,
     },
+    /// The job is claimed, but by another claim than the one given: this worker's claim was
+    /// taken back (reaped, lease expired, requeued) and the job claimed again since.
+    #[error(
+        "work item `{id}` is now held by another claim{}: this worker's claim was taken back (its worker was reaped, its lease expired or an operator requeued it)",
+        .holder.as_deref().map(|h| format!(" (worker `{h}`)")).unwrap_or_default()
+    )]
+    NotHolder {
+        /// The job id.
+        id: String,
+        /// The worker holding the job now.
+        holder: Option<String>,
+    },
     /// A job payload or result could not be (de)serialised.
     #[error("invalid job data: {0}")]
     Data(String),
@@ -50,11 +62,19 @@ pub enum DistributedError {
 /// The `on_error` type name distributed action failures carry.
 pub const DISTRIBUTED_ERROR_TYPE: &str = "DistributedError";
 
+/// The `on_error` type name of a failure because this worker's claim on its job was taken back
+/// ([`DistributedError::NotHolder`], or [`DistributedError::NotClaimed`] for a claimed job's
+/// completion).
+pub const CLAIM_LOST_ERROR_TYPE: &str = "ClaimLost";
+
 impl From<DistributedError> for StateError {
     fn from(error: DistributedError) -> Self {
         let kind = match &error {
             DistributedError::InvalidContext(_) => "ValueError",
             DistributedError::WorkerNotFound(_) | DistributedError::JobNotFound(_) => "KeyError",
+            DistributedError::NotHolder { .. } | DistributedError::NotClaimed { .. } => {
+                CLAIM_LOST_ERROR_TYPE
+            }
             _ => DISTRIBUTED_ERROR_TYPE,
         };
         StateError::new(kind, error.to_string())

@@ -232,4 +232,7 @@ pub trait RegistrationBackend: Send + Sync {
 
     /// Workers matching `filter`, in registration order.
     async fn list(&self, filter: &WorkerFilter) -> Result<Vec<WorkerRecord>, DistributedError>;
+
+    /// Deletes the worker's record (an operator cleaning up dead workers); whether it existed.
+    async fn remove(&self, worker_id: &str) -> Result<bool, DistributedError>;
 }

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use super::DistributedError;
 use crate::Value;
+use crate::process::ChildEnv;
 
 /// One worker to start.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,11 +39,16 @@ pub trait WorkerSpawner: Send + Sync {
 ///
 /// Children inherit stdout/stderr and get no stdin. They are kept so the owner can wait for or
 /// kill them ([`CommandSpawner::wait_all`], [`CommandSpawner::kill_all`]).
+///
+/// Environment: a worker gets only `PATH`, `HOME` and the locale (`LANG`, `LANGUAGE`,
+/// `LC_*`) from this process, plus the variables named with [`pass_env`](Self::pass_env)
+/// (e.g. the API keys its agents need) and those set with [`env`](Self::env);
+/// [`inherit_env`](Self::inherit_env) passes the whole environment. See [`ChildEnv`].
 #[derive(Debug)]
 pub struct CommandSpawner {
     program: PathBuf,
     args: Vec<String>,
-    env: Vec<(OsString, OsString)>,
+    env: ChildEnv,
     children: Mutex<Vec<(String, Child)>>,
 }
 
@@ -52,7 +58,7 @@ impl CommandSpawner {
         Self {
             program: program.into(),
             args: Vec::new(),
-            env: Vec::new(),
+            env: ChildEnv::new(),
             children: Mutex::new(Vec::new()),
         }
     }
@@ -69,7 +75,20 @@ impl CommandSpawner {
 
     /// Sets an environment variable for every child.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
-        self.env.push((key.into(), value.into()));
+        self.env = self.env.set(key, value);
+        self
+    }
+
+    /// Copies the variable `key` from this process's environment to every child (when set).
+    pub fn pass_env(mut self, key: impl Into<OsString>) -> Self {
+        self.env = self.env.pass(key);
+        self
+    }
+
+    /// Gives every child this process's whole environment (opt-in: every secret in it
+    /// reaches the workers), with the [`env`](Self::env) values on top.
+    pub fn inherit_env(mut self) -> Self {
+        self.env = self.env.inheriting_all();
         self
     }
 
@@ -153,9 +172,7 @@ impl WorkerSpawner for CommandSpawner {
         let (program, args) = self.command_line(request);
         let mut cmd = Command::new(&program);
         cmd.args(&args).stdin(Stdio::null());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
+        self.env.apply_std(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| DistributedError::Spawn(format!("{}: {e}", program.display())))?;

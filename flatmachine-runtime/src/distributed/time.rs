@@ -24,6 +24,56 @@ pub(crate) fn iso_seconds_ago(seconds: f64) -> String {
     iso_at(at)
 }
 
+/// Now, in milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// `ms` milliseconds after the Unix epoch, as fixed-width ISO 8601 UTC text.
+pub(crate) fn iso_ms(ms: u64) -> String {
+    iso_at(UNIX_EPOCH + Duration::from_millis(ms.min(1 << 50)))
+}
+
+/// Parses the fixed-width text [`now_iso`] writes back to milliseconds since the epoch
+/// (`None` for any other shape).
+pub(crate) fn parse_iso_ms(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| text.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let micros = match text.get(19..20) {
+        Some(".") => {
+            let frac: String = text[20..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            let digits = frac.len().min(6);
+            frac.get(..digits)?.parse::<i64>().unwrap_or(0) * 10_i64.pow((6 - digits) as u32)
+        }
+        _ => 0,
+    };
+    let days = days_from_civil(y, m, d);
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs * 1000 + micros / 1000).ok()
+}
+
+/// (year, month, day) → days since 1970-01-01 (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// `at` as fixed-width ISO 8601 UTC text.
 pub(crate) fn iso_at(at: SystemTime) -> String {
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -65,5 +115,17 @@ mod tests {
         assert_eq!(iso_at(t), "2024-02-29T23:59:59.123456+00:00");
         assert!(iso_seconds_ago(10.0) < now_iso());
         assert_eq!(iso_seconds_ago(f64::NAN).len(), now_iso().len());
+        assert_eq!(
+            iso_ms(1_709_251_199_123),
+            "2024-02-29T23:59:59.123000+00:00"
+        );
+        assert_eq!(
+            parse_iso_ms("2024-02-29T23:59:59.123456+00:00"),
+            Some(1_709_251_199_123)
+        );
+        assert_eq!(parse_iso_ms("1970-01-01T00:00:00+00:00"), Some(0));
+        assert_eq!(parse_iso_ms("yesterday"), None);
+        let now = now_ms();
+        assert!(parse_iso_ms(&now_iso()).is_some_and(|t| t.abs_diff(now) < 5_000));
     }
 }

@@ -10,6 +10,7 @@ use crate::machine::MachineSpec;
 use crate::persistence::CheckpointStore;
 use crate::results::{InMemoryResultBackend, ResultBackend};
 use crate::tools::{HandlerFn, Tool, ToolError, ToolInvocation, ToolOutput, Typed, TypedTool};
+use crate::signals::SignalBackend;
 use crate::{Context, StateError, Value};
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -52,6 +53,16 @@ pub enum BuildError {
         /// The backend name.
         backend: String,
     },
+    /// States use actions or agents that nothing was given to run (no named handler, no
+    /// fallback, no hooks; no closure or adapter for an agent).
+    #[error("{}", super::required::message(.machine, .missing))]
+    MissingHandlers {
+        /// The machine being built.
+        machine: String,
+        /// Every action and agent without a handler, in state order (children after their
+        /// parent).
+        missing: Vec<super::required::MissingHandler>,
+    },
     /// A backend the YAML names could not be set up.
     #[error("machine `{machine}`: {message}")]
     Backend {
@@ -60,11 +71,21 @@ pub enum BuildError {
         /// What went wrong.
         message: String,
     },
+    /// `build_typed::<M>()` / `TypedMachine::<M>::new` on a machine not built from `M`.
+    #[error(
+        "machine `{machine}` cannot run with the types of machine `{typed}`: build it with `Machine::of::<M>()`, `M` being the `Machine` generated for `{typed}`"
+    )]
+    NotThisMachine {
+        /// The machine that was built.
+        machine: String,
+        /// The machine whose types were asked for.
+        typed: String,
+    },
 }
 
 /// Builds a [`Machine`]: `Machine::builder(&my_machine::SPEC).action(..).build()?`.
 pub struct MachineBuilder {
-    spec: &'static MachineSpec,
+    pub(crate) spec: &'static MachineSpec,
     hooks: Option<Arc<dyn MachineHooks>>,
     registry: HooksRegistry,
     actions: HashMap<String, ActionFn>,
@@ -75,10 +96,12 @@ pub struct MachineBuilder {
     agents: HashMap<String, AgentFn>,
     adapters: AgentAdapterRegistry,
     llm: Option<Arc<dyn LlmBackend>>,
+    endpoints: crate::agents::EndpointOverrides,
     store: Option<Option<CheckpointStore>>,
     lock: Option<Arc<dyn ExecutionLock>>,
     max_steps: Option<u64>,
     max_agent_calls: Option<u64>,
+    max_foreach_items: Option<usize>,
     ignore_unhandled_actions: bool,
     rust_tools: Vec<Arc<dyn Tool>>,
     tool_handlers: HashMap<String, HandlerFn>,
@@ -86,6 +109,10 @@ pub struct MachineBuilder {
     checkpoint_dir: PathBuf,
     lock_dir: PathBuf,
     keep_last: Option<usize>,
+    signals: Option<Arc<dyn SignalBackend>>,
+    write_config_hash: bool,
+    keep_finished: Option<Option<usize>>,
+    checkpoint_on: Option<Vec<String>>,
 }
 
 impl MachineBuilder {
@@ -102,10 +129,12 @@ impl MachineBuilder {
             agents: HashMap::new(),
             adapters: AgentAdapterRegistry::new(),
             llm: None,
+            endpoints: crate::agents::EndpointOverrides::new(),
             store: None,
             lock: None,
             max_steps: None,
             max_agent_calls: None,
+            max_foreach_items: None,
             ignore_unhandled_actions: false,
             rust_tools: Vec::new(),
             tool_handlers: HashMap::new(),
@@ -113,6 +142,10 @@ impl MachineBuilder {
             checkpoint_dir: PathBuf::from(".checkpoints"),
             lock_dir: PathBuf::from(".locks"),
             keep_last: None,
+            signals: None,
+            write_config_hash: true,
+            keep_finished: None,
+            checkpoint_on: None,
         }
     }
 
@@ -243,6 +276,26 @@ impl MachineBuilder {
         self
     }
 
+    /// Sends every flatagent's calls to `base_url` (an OpenAI-compatible `.../v1` or an
+    /// Anthropic root, as the agent's provider speaks), whatever the profiles compiled in.
+    /// [`profile_base_url`](Self::profile_base_url) beats it; both beat the environment
+    /// (`$FLATMACHINE_BASE_URL`, `$FLATMACHINE_BASE_URL_<PROFILE>`). See
+    /// [`agents::endpoints`](crate::agents::endpoints) for the whole order.
+    pub fn base_url(mut self, base_url: impl Into<String>) -> Self {
+        self.endpoints = std::mem::take(&mut self.endpoints).global(base_url);
+        self
+    }
+
+    /// Sends the calls of flatagents using model profile `profile` to `base_url`.
+    pub fn profile_base_url(
+        mut self,
+        profile: impl Into<String>,
+        base_url: impl Into<String>,
+    ) -> Self {
+        self.endpoints = std::mem::take(&mut self.endpoints).profile(profile, base_url);
+        self
+    }
+
     /// Adds an adapter for agents declared as `{type: <name>, ref, config}` (replaces one of the
     /// same type; `flatagent` and `subprocess` are built in).
     pub fn agent_adapter(mut self, adapter: Arc<dyn AgentAdapter>) -> Self {
@@ -285,6 +338,26 @@ impl MachineBuilder {
         self
     }
 
+    /// Retention of finished executions: when a run ends, delete all but its newest `n`
+    /// checkpoints (`None`: keep everything). Default: keep everything, except for worker
+    /// machines (a state runs `claim_job`), which keep 1 — see
+    /// [`CheckpointStore::with_keep_finished`].
+    pub fn keep_finished_checkpoints(mut self, n: Option<usize>) -> Self {
+        self.keep_finished = Some(n);
+        self
+    }
+
+    /// Checkpoint only at these events (overrides the YAML's `persistence.checkpoint_on` and
+    /// the worker-machine default); `checkpoint_event::ALL` for every event.
+    pub fn checkpoint_on<I, S>(mut self, events: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.checkpoint_on = Some(events.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// The execution lock (default: a [`LocalFileLock`] in [`lock_dir`](Self::lock_dir) when
     /// checkpoints go to files — `backend: local` or a file store passed to
     /// [`persistence`](Self::persistence) — else [`NoOpLock`]).
@@ -299,9 +372,41 @@ impl MachineBuilder {
         self
     }
 
-    /// Stop once this many agent calls were made.
+    /// Most agent calls in one run tree: a run and every child it starts share one budget,
+    /// checked before every call (concurrent children reserve atomically; see
+    /// [`AgentCallBudget`](super::AgentCallBudget)). The call that would pass it is not made
+    /// and the run fails with `RunError::MaxAgentCalls`; a run that needs no more calls than
+    /// the limit finishes. `RunOptions::max_agent_calls` overrides it per run. Default:
+    /// unlimited.
     pub fn max_agent_calls(mut self, n: u64) -> Self {
         self.max_agent_calls = Some(n);
+        self
+    }
+
+    /// Most items one `foreach:` may yield (default
+    /// [`DEFAULT_MAX_FOREACH_ITEMS`](super::DEFAULT_MAX_FOREACH_ITEMS)): past it the state
+    /// fails with a `ForeachLimitError` (routable by `on_error`) before any child starts.
+    /// Applies to child machines too.
+    pub fn max_foreach_items(mut self, n: usize) -> Self {
+        self.max_foreach_items = Some(n);
+        self
+    }
+
+    /// Where `wait_for` states find their signals and register as waiters (overrides
+    /// `settings.backends.signal`; default: what the YAML names, else one
+    /// [`MemorySignalBackend`](crate::signals::MemorySignalBackend) per built machine, shared
+    /// with its children).
+    pub fn signal_backend(mut self, backend: Arc<dyn SignalBackend>) -> Self {
+        self.signals = Some(backend);
+        self
+    }
+
+    /// Whether checkpoints carry the machine's fingerprint, `config_hash` (default `true`).
+    /// Without it they are byte-identical to the reference 1.0.0's (whose loader refuses
+    /// fields it does not know), but `resume` cannot tell a checkpoint of another build's
+    /// shape from one of this build's. See `docs/signals.md`.
+    pub fn write_config_hash(mut self, yes: bool) -> Self {
+        self.write_config_hash = yes;
         self
     }
 
@@ -355,7 +460,12 @@ impl MachineBuilder {
         self
     }
 
-    /// Check the configuration and build the machine.
+    /// Check the configuration and build the machine: the hooks classes the YAML names are
+    /// registered, the persistence backend exists, and every `action:` and `agent:` of the
+    /// machine and its children has something to run it (a named handler, the generated
+    /// `Actions` trait, a fallback, hooks, or [`ignore_unhandled_actions`](Self::ignore_unhandled_actions)
+    /// for actions; a flatagent config, a closure or a registered adapter for agents) —
+    /// otherwise [`BuildError::MissingHandlers`] lists what is missing.
     pub fn build(self) -> Result<Machine, BuildError> {
         self.with_redis_from_yaml()?.build_checked()
     }
@@ -366,6 +476,22 @@ impl MachineBuilder {
         // theirs through the registry, so check those either way.
         check_hooks_classes(spec, &self.registry, self.hooks.is_some(), &mut Vec::new())?;
         check_tools(spec, &self.rust_tools, &self.tool_handlers)?;
+        let missing = super::required::missing_handlers(
+            spec,
+            &super::required::Available {
+                actions: &self.actions,
+                agents: &self.agents,
+                adapters: &self.adapters,
+                catch_all_actions: self.fallback.is_some() || self.ignore_unhandled_actions,
+                root_hooks: self.hooks.is_some(),
+            },
+        );
+        if !missing.is_empty() {
+            return Err(BuildError::MissingHandlers {
+                machine: spec.name.to_string(),
+                missing,
+            });
+        }
         let (store, lock) = match (self.store, &spec.persistence) {
             (Some(store), _) => {
                 // A store on files gets the same file lock as `backend: local`; a store in
@@ -430,11 +556,37 @@ impl MachineBuilder {
                 self.lock.unwrap_or_else(|| Arc::new(NoOpLock)),
             ),
         };
-        let checkpoint_on = spec
-            .persistence
-            .as_ref()
-            .and_then(|p| p.checkpoint_on)
-            .map(|v| v.iter().map(|s| s.to_string()).collect());
+        let signals = match self.signals {
+            Some(s) => s,
+            None => crate::signals::for_machine(spec).map_err(|e| BuildError::Backend {
+                machine: spec.name.to_string(),
+                message: format!("could not open its signal backend: {e}"),
+            })?,
+        };
+        // Worker machines checkpoint less and keep only their final checkpoint by default
+        // (see `distributed::WORKER_CHECKPOINT_ON`).
+        let worker = crate::distributed::is_worker_machine(spec);
+        let checkpoint_on = self.checkpoint_on.or_else(|| {
+            spec.persistence
+                .as_ref()
+                .and_then(|p| p.checkpoint_on)
+                .map(|v| v.iter().map(|s| s.to_string()).collect())
+                .or_else(|| {
+                    worker.then(|| {
+                        crate::distributed::WORKER_CHECKPOINT_ON
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect()
+                    })
+                })
+        });
+        let keep_finished = self
+            .keep_finished
+            .unwrap_or_else(|| worker.then_some(crate::distributed::WORKER_KEEP_FINISHED));
+        let store = store.map(|s| match (keep_finished, s.keep_finished()) {
+            (Some(n), None) => s.with_keep_finished(Some(n)),
+            _ => s,
+        });
         Ok(Machine::from_inner(Inner {
             spec,
             hooks: self.hooks,
@@ -449,19 +601,24 @@ impl MachineBuilder {
             invoker: self.invoker.unwrap_or_else(|| Arc::new(InProcessInvoker)),
             agents: Arc::new(self.agents),
             adapters: Arc::new(self.adapters),
-            llm: self.llm.unwrap_or_else(crate::agents::default_backend),
+            llm: self
+                .endpoints
+                .wrap(self.llm.unwrap_or_else(crate::agents::default_backend)),
             executors: Arc::default(),
             store,
             lock,
             checkpoint_on,
             max_steps: self.max_steps,
             max_agent_calls: self.max_agent_calls,
+            max_foreach_items: self.max_foreach_items,
             ignore_unhandled_actions: self.ignore_unhandled_actions,
             rust_tools: Arc::new(self.rust_tools),
             tool_handlers: Arc::new(self.tool_handlers),
             tool_concurrency: self.tool_concurrency,
             children: std::sync::Mutex::default(),
             state_actions: std::sync::OnceLock::new(),
+            signals,
+            write_config_hash: self.write_config_hash,
         }))
     }
 }

@@ -1,5 +1,6 @@
 //! `machine:` and `foreach:` children: built from the parent, run through the invoker.
 
+use super::budget::{AgentCallBudget, Budgeted};
 use super::invoker::InvokeRequest;
 use super::machine::{Inner, Machine};
 use super::result::{RunError, RunResult};
@@ -11,32 +12,52 @@ use crate::{Context, StateError, Value};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 
-/// A new execution id for a child run (`machine:`, `foreach`): a UUID (v4 layout) made from a
-/// per-process random seed (one `getrandom`) and a counter, so a foreach over 1,000 items
-/// makes no system call per child. Unique within the process (the counter goes through a
-/// bijection), and across processes as far as the 128-bit random seeds differ.
-pub(super) fn child_execution_id() -> String {
-    static SEED: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let (a, b) = *SEED.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair());
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&splitmix64(a.wrapping_add(n)).to_be_bytes());
-    bytes[8..].copy_from_slice(&splitmix64(b ^ n.rotate_left(32)).to_be_bytes());
-    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .hyphenated()
-        .encode_lower(&mut text)
-        .to_owned()
+/// The execution id of the `position`-th child that state `state` of execution `parent`
+/// started at step `step` with `machine:` or `foreach:` (position in the `machine:` list or
+/// the `foreach` items; 0 for a single `machine:`): a UUID (v4 layout) derived from those four
+/// the way launch ids are, in its own domain, so a resumed parent finds the children it
+/// started before a crash.
+pub(crate) fn child_id(parent: &str, step: u64, state: &str, position: usize) -> String {
+    super::launches::derive_id(&[
+        parent.as_bytes(),
+        &step.to_le_bytes(),
+        state.as_bytes(),
+        b"child",
+        &(position as u64).to_le_bytes(),
+    ])
 }
 
-/// SplitMix64's finalizer: a bijection on `u64` that spreads every input bit.
-pub(super) fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// Runs the futures `pending` yields, at most `cap` at a time: the next one starts as soon as
+/// any running one finishes (a slow child does not hold a slot for a fast one behind it).
+/// Returns the results in `pending`'s order and whether it stopped early: before starting
+/// each future it asks `stop`, and once that says so it starts no more (those already
+/// running finish; the rest are not in the result).
+pub(super) async fn run_capped<T: Send + 'static>(
+    pending: impl Iterator<Item = BoxFuture<'static, T>>,
+    cap: usize,
+    stop: impl Fn() -> bool,
+) -> (Vec<T>, bool) {
+    let mut pending = pending.peekable();
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut results: Vec<Option<T>> = Vec::new();
+    let mut stopped = false;
+    loop {
+        while running.len() < cap && !stopped && pending.peek().is_some() {
+            if stop() {
+                stopped = true;
+                break;
+            }
+            if let Some(f) = pending.next() {
+                running.push(tag(results.len(), f));
+                results.push(None);
+            }
+        }
+        match running.next().await {
+            Some((i, value)) => results[i] = Some(value),
+            None => break,
+        }
+    }
+    (results.into_iter().flatten().collect(), stopped)
 }
 
 /// Runs at most `cap` of `futures` at a time and returns the first to finish with its
@@ -61,6 +82,28 @@ pub(super) fn tag<T: Send + 'static>(
     f: BoxFuture<'static, T>,
 ) -> BoxFuture<'static, (usize, T)> {
     Box::pin(async move { (i, f.await) })
+}
+
+/// The error of a state whose child `name` (execution `child_id`) parked in a `wait_for` state.
+fn child_waiting_error(name: &str, child_id: &str, waiting: &super::result::Waiting) -> StateError {
+    StateError::new(
+        crate::signals::CHILD_WAITING,
+        format!(
+            "child machine `{name}` (execution {child_id}) is waiting for a signal on `{}` in state `{}`; a parent does not go on without its child's result. The child can be signalled and resumed on its own; to wait inside a composition, put the `wait_for` in the parent or `launch:` the child",
+            waiting.channel, waiting.state
+        ),
+    )
+}
+
+/// The first [`CHILD_WAITING`](crate::signals::CHILD_WAITING) error among a state's child
+/// results: such a state fails rather than record a waiting child as an entry.
+fn first_waiting<'a>(
+    results: impl IntoIterator<Item = &'a Result<RunResult, StateError>>,
+) -> Option<StateError> {
+    results.into_iter().find_map(|r| match r {
+        Err(e) if e.error_type == crate::signals::CHILD_WAITING => Some(e.clone()),
+        _ => None,
+    })
 }
 
 /// A child's result as an entry of a parallel/foreach result: its output, or `{_error, _error_type}`.
@@ -137,7 +180,10 @@ impl Machine {
             lock: self.inner.lock.clone(),
             checkpoint_on,
             max_steps: None,
-            max_agent_calls: None,
+            // A child run through the invoker draws from its parent's budget; these apply
+            // when the child machine is run on its own (`child_machine(..).run(..)`).
+            max_agent_calls: self.inner.max_agent_calls,
+            max_foreach_items: self.inner.max_foreach_items,
             max_concurrency: self.inner.max_concurrency,
             ignore_unhandled_actions: self.inner.ignore_unhandled_actions,
             rust_tools: self.inner.rust_tools.clone(),
@@ -148,27 +194,44 @@ impl Machine {
             invoker: self.inner.invoker.clone(),
             children: std::sync::Mutex::default(),
             state_actions: std::sync::OnceLock::new(),
+            signals: self.inner.signals.clone(),
+            write_config_hash: self.inner.write_config_hash,
         }))
     }
 
-    /// Runs the child `name` to completion through the invoker (a new execution id, this run
-    /// as its parent).
+    /// Runs the child `name` to completion through the invoker, as the `position`-th child of
+    /// the state `state` at this run's step (a derived execution id, this run as its parent,
+    /// the run tree's budget). When this run is a resume, a child that already has
+    /// checkpoints continues from them (a finished one returns its recorded result). A child
+    /// that parks in a `wait_for` state is a [`CHILD_WAITING`](crate::signals::CHILD_WAITING)
+    /// error, never a result: the parent must not go on as if the child had produced
+    /// something.
     pub(super) fn run_child(
         &self,
         run: &Run,
+        state: &str,
+        position: usize,
         name: &'static str,
         input: Value,
     ) -> BoxFuture<'static, Result<RunResult, StateError>> {
         let request = InvokeRequest {
             parent: self.clone(),
             machine: name,
-            execution_id: child_execution_id(),
+            execution_id: child_id(&run.execution_id, run.step, state, position),
             parent_execution_id: Some(run.execution_id.clone()),
             input,
-            resume: false,
+            resume: run.resumed,
+            agent_calls: run.budget.clone(),
         };
         let invoker = self.inner.invoker.clone();
-        Box::pin(async move { invoker.invoke(request).await })
+        let child_id = request.execution_id.clone();
+        Box::pin(async move {
+            let result = invoker.invoke(request).await?;
+            match result.waiting() {
+                Some(w) => Err(child_waiting_error(name, &child_id, w)),
+                None => Ok(result),
+            }
+        })
     }
 
     /// Starts (or, for `resume`, continues) a child run inside this process: what
@@ -190,7 +253,10 @@ impl Machine {
                 .await?
                 .is_some()
         {
-            return child.resume(&request.execution_id).await;
+            return child
+                .resume_run(&request.execution_id, None, request.agent_calls, false)
+                .await
+                .map_err(|f| f.error);
         }
         child
             .start(
@@ -198,8 +264,44 @@ impl Machine {
                 request.parent_execution_id,
                 request.input,
                 None,
+                request.agent_calls,
             )
             .await
+            .map_err(|f| f.error)
+    }
+
+    /// The machine named `machine_name` (`data.name`) in this machine's tree of children,
+    /// breadth-first (this machine included), configured like this one.
+    pub(super) fn find_in_tree(&self, machine_name: &str) -> Option<Machine> {
+        let mut queue = vec![self.clone()];
+        let mut seen: Vec<*const crate::MachineSpec> = Vec::new();
+        let mut i = 0;
+        while let Some(m) = queue.get(i).cloned() {
+            i += 1;
+            let spec = m.inner.spec;
+            if seen.contains(&(spec as *const _)) {
+                continue;
+            }
+            seen.push(spec as *const _);
+            if spec.name == machine_name {
+                return Some(m);
+            }
+            for (key, child) in spec.machines {
+                if child.is_some()
+                    && let Ok(c) = m.child(key)
+                {
+                    queue.push(c);
+                }
+            }
+        }
+        None
+    }
+
+    /// Most items one `foreach` may yield.
+    pub(super) fn max_foreach_items(&self) -> usize {
+        self.inner
+            .max_foreach_items
+            .unwrap_or(super::DEFAULT_MAX_FOREACH_ITEMS)
     }
 
     pub(super) fn concurrency(&self) -> usize {
@@ -223,6 +325,7 @@ impl Machine {
     ) -> Result<Value, StateError> {
         let base = ScopeRef::for_state(context);
         let cap = self.concurrency();
+        let budget = run.budget.clone();
         if let Some(fe) = &state.foreach {
             let items = match template::render_with(fe, &base)? {
                 Value::Array(items) => items,
@@ -236,6 +339,17 @@ impl Machine {
                     ));
                 }
             };
+            let limit = self.max_foreach_items();
+            if items.len() > limit {
+                return Err(StateError::new(
+                    error_type::FOREACH_LIMIT,
+                    format!(
+                        "foreach in state `{}` yielded {} items, more than max_foreach_items ({limit}): no child was started (raise the limit with `MachineBuilder::max_foreach_items`, or give a shorter list)",
+                        state.name,
+                        items.len()
+                    ),
+                ));
+            }
             let name = state.machine[0].name;
             let mut inputs = Vec::with_capacity(items.len());
             let mut keys = Vec::new();
@@ -254,10 +368,12 @@ impl Machine {
                 }
                 inputs.push(input);
             }
+            drop(items);
             if state.mode_any {
                 let futures: Vec<_> = inputs
                     .into_iter()
-                    .map(|input| self.run_child(run, name, input))
+                    .enumerate()
+                    .map(|(i, input)| self.run_child(run, state.name, i, name, input))
                     .collect();
                 // The first child to finish wins; the others are cancelled (dropped).
                 let Some((i, first)) = first_to_finish(futures, cap).await else {
@@ -267,8 +383,15 @@ impl Machine {
                         Value::Array(Vec::new())
                     });
                 };
-                if let Ok(r) = &first {
-                    run.add_child_totals(r);
+                if let Some(e) = first_waiting([&first]) {
+                    return Err(e);
+                }
+                match &first {
+                    Ok(r) => run.add_child_totals(r),
+                    Err(e) if e.error_type == error_type::MAX_AGENT_CALLS => {
+                        return Err(e.clone());
+                    }
+                    Err(_) => {}
                 }
                 let entry = child_entry(first);
                 return Ok(match keys.get(i) {
@@ -278,22 +401,37 @@ impl Machine {
                     _ => Value::Array(vec![entry]),
                 });
             }
-            // A child starts when a slot frees up (at most `cap` started at a time), and its
-            // result is cut down to its entry as it arrives: a foreach over many items holds
-            // the pending inputs and the entries, not every child's whole `RunResult`.
-            let results: Vec<(Option<ChildTotals>, Value)> = futures::stream::iter(inputs)
-                .map(|input| self.run_child(run, name, input))
-                .buffered(cap)
-                .map(|r| (r.as_ref().ok().map(ChildTotals::of), child_entry(r)))
-                .collect()
-                .await;
+            // A child starts as soon as a slot frees up (at most `cap` run at a time), and
+            // its result is cut down to its entry as it arrives: a foreach over many items
+            // holds the pending inputs and the entries, not every child's whole `RunResult`.
+            let count = inputs.len();
+            run.emit(|| crate::events::EventKind::Foreach {
+                state: state.name,
+                machine: name,
+                count,
+            })
+            .await;
+            type Entry = Result<(Option<ChildTotals>, Value), StateError>;
+            let children = inputs.into_iter().enumerate().map(|(i, input)| {
+                let child = self.run_child(run, state.name, i, name, input);
+                Box::pin(async move {
+                    let r = child.await;
+                    match first_waiting([&r]) {
+                        Some(e) => Err(e),
+                        None => Ok((r.as_ref().ok().map(ChildTotals::of), child_entry(r))),
+                    }
+                }) as BoxFuture<'static, Entry>
+            });
+            let (results, stopped) = run_capped(children, cap, || budget.was_refused()).await;
             let mut entries = Vec::with_capacity(results.len());
-            for (totals, entry) in results {
+            for item in results {
+                let (totals, entry) = item?;
                 if let Some(totals) = totals {
                     run.add_totals(totals);
                 }
                 entries.push(entry);
             }
+            out_of_budget(&budget, stopped, &entries)?;
             if state.key.is_some() {
                 return Ok(Value::Object(keys.into_iter().zip(entries).collect()));
             }
@@ -305,17 +443,19 @@ impl Machine {
         };
         if !state.machine_list {
             let call = &state.machine[0];
-            let result = self.run_child(run, call.name, shared_input).await?;
+            let result = self
+                .run_child(run, state.name, 0, call.name, shared_input)
+                .await?;
             run.add_child_totals(&result);
             return Ok(result.output);
         }
         let mut futures = Vec::new();
-        for call in state.machine {
+        for (i, call) in state.machine.iter().enumerate() {
             let input = match &call.input {
                 Some(tv) => template::render_with(tv, &base)?,
                 None => shared_input.clone(),
             };
-            futures.push(self.run_child(run, call.name, input));
+            futures.push(self.run_child(run, state.name, i, call.name, input));
         }
         if state.mode_any {
             // The first child to finish wins and is returned under its name (as the
@@ -323,15 +463,24 @@ impl Machine {
             let Some((i, first)) = first_to_finish(futures, cap).await else {
                 return Ok(Value::Object(Context::new()));
             };
-            if let Ok(r) = &first {
-                run.add_child_totals(r);
+            if let Some(e) = first_waiting([&first]) {
+                return Err(e);
+            }
+            match &first {
+                Ok(r) => run.add_child_totals(r),
+                Err(e) if e.error_type == error_type::MAX_AGENT_CALLS => return Err(e.clone()),
+                Err(_) => {}
             }
             let name = state.machine[i].name.to_string();
             return Ok(Value::Object(
                 std::iter::once((name, child_entry(first))).collect(),
             ));
         }
-        let results: Vec<_> = futures::stream::iter(futures).buffered(cap).collect().await;
+        let (results, stopped) =
+            run_capped(futures.into_iter(), cap, || budget.was_refused()).await;
+        if let Some(e) = first_waiting(&results) {
+            return Err(e);
+        }
         let mut out = Context::new();
         for (call, result) in state.machine.iter().zip(results) {
             if let Ok(r) = &result {
@@ -339,6 +488,25 @@ impl Machine {
             }
             out.insert(call.name.to_string(), child_entry(result));
         }
+        out_of_budget(&budget, stopped, out.values())?;
         Ok(Value::Object(out))
     }
+}
+
+/// The run tree's budget refused a call during a `foreach` / `machine: [..]` state: children
+/// were left unstarted, or one of them was refused. The state then fails with `MaxAgentCallsError`
+/// (not routed: the run ends with `RunError::MaxAgentCalls`) instead of passing on a partial
+/// result.
+fn out_of_budget<'a>(
+    budget: &AgentCallBudget,
+    stopped: bool,
+    entries: impl IntoIterator<Item = &'a Value>,
+) -> Result<(), StateError> {
+    let refused = entries
+        .into_iter()
+        .any(|e| e.get("_error_type").and_then(Value::as_str) == Some(error_type::MAX_AGENT_CALLS));
+    if stopped || refused {
+        return Err(Budgeted::refused(budget));
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! [`MachineInvoker`]: how a parent machine runs its children (`machine:`, `foreach`,
 //! `launch:`). The default, [`InProcessInvoker`], runs them as tasks in this process.
 
+use super::budget::AgentCallBudget;
 use super::machine::Machine;
 use super::result::RunResult;
 use crate::{StateError, Value};
@@ -20,9 +21,14 @@ pub struct InvokeRequest {
     pub parent_execution_id: Option<String>,
     /// The child's input.
     pub input: Value,
-    /// Continue the child from its checkpoints if it has any (a launch restarted by the
-    /// parent's `resume`), instead of starting it.
+    /// Continue the child from its checkpoints if it has any, instead of starting it: set
+    /// when the parent is a resumed run (its `machine:` / `foreach:` children and its
+    /// launches then continue where they were; a finished child returns its recorded result).
     pub resume: bool,
+    /// The run tree's agent-call budget the child draws from. An invoker that runs the child
+    /// elsewhere passes its [`remaining`](AgentCallBudget::remaining) calls on and
+    /// [`record`](AgentCallBudget::record)s the calls the child reports.
+    pub agent_calls: AgentCallBudget,
 }
 
 /// Runs child machines for a parent: returns the child's result once it finished.

@@ -1,9 +1,11 @@
 //! `launch:` children: the outbox, fire-and-forget tasks, joining them.
 
+use super::budget::AgentCallBudget;
 use super::invoker::InvokeRequest;
 use super::machine::Machine;
 use super::step::Run;
 use crate::error::error_type;
+use crate::events::{EventKind, RunEvents};
 use crate::machine::StateSpec;
 use crate::persistence::{LaunchIntent, MachineSnapshot, checkpoint_event};
 use crate::results::{DEFAULT_PATH, make_uri};
@@ -66,15 +68,21 @@ pub struct LaunchOutcome {
 
 /// The execution id of the `position`-th child launched by `state` at `step` of `parent`:
 /// a UUID (v4 layout) derived from those four, so a resumed parent finds the launches it
-/// recorded before a crash. FNV-1a over the parts, two independent 64-bit halves.
-pub(super) fn launch_id(parent: &str, step: u64, state: &str, position: usize) -> String {
-    let mut text = Vec::new();
-    for part in [
+/// recorded before a crash.
+pub(crate) fn launch_id(parent: &str, step: u64, state: &str, position: usize) -> String {
+    derive_id(&[
         parent.as_bytes(),
         &step.to_le_bytes(),
         state.as_bytes(),
         &(position as u64).to_le_bytes(),
-    ] {
+    ])
+}
+
+/// A UUID (v4 layout) derived from `parts` (each length-prefixed, so no two lists of parts
+/// collide by concatenation): FNV-1a over them, two independent 64-bit halves.
+pub(super) fn derive_id(parts: &[&[u8]]) -> String {
+    let mut text = Vec::new();
+    for part in parts {
         text.extend_from_slice(&(part.len() as u64).to_le_bytes());
         text.extend_from_slice(part);
     }
@@ -197,12 +205,21 @@ impl Machine {
             run.pending_launches
                 .push(LaunchIntent::new(id.clone(), *name, input_map.clone()));
             self.record_launches(run, state).await?;
+            // Before the child starts, so its events follow this one.
+            let child_execution_id = id.clone();
+            run.emit(|| EventKind::Launched {
+                state: state.name,
+                machine: name,
+                child_execution_id,
+            })
+            .await;
             self.spawn_launch(
                 name,
                 id.clone(),
                 input.clone(),
                 run.execution_id.clone(),
                 resume_child,
+                run.budget.clone(),
             );
             if let Some(intent) = run
                 .pending_launches
@@ -226,6 +243,7 @@ impl Machine {
         input: Value,
         parent: String,
         resume: bool,
+        budget: AgentCallBudget,
     ) {
         let Some(name) = self
             .inner
@@ -245,12 +263,15 @@ impl Machine {
             parent_execution_id: Some(parent),
             input,
             resume,
+            agent_calls: budget,
         };
         let invoker = self.inner.invoker.clone();
         let results = self.inner.results.clone();
         let launches = self.inner.launches.clone();
         let id = execution_id.clone();
-        let handle = tokio::spawn(async move {
+        // A launched child's events go to its parent's stream, if one listens.
+        let events = RunEvents::current();
+        let handle = tokio::spawn(RunEvents::scope(events, async move {
             let outcome = invoker.invoke(request).await;
             let value = match &outcome {
                 Ok(r) => r.output.clone(),
@@ -264,7 +285,7 @@ impl Machine {
                 tracing::error!(machine = name, execution_id = %id, error = %e, "launched machine failed");
             }
             outcome.map(|r| r.output)
-        });
+        }));
         self.inner.launches.push(LaunchTask {
             execution_id,
             machine: name.to_string(),
@@ -289,6 +310,7 @@ impl Machine {
                 Value::Object(intent.input.clone()),
                 run.execution_id.clone(),
                 true,
+                run.budget.clone(),
             );
             intent.launched = true;
         }

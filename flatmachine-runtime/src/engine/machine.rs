@@ -1,17 +1,20 @@
 //! A configured machine: its shared parts, starting a run, building its hooks.
 
+use super::budget::{AgentCallBudget, RunTotals};
 use super::builder::MachineBuilder;
 use super::handlers::{ActionFn, AgentFn, FallbackActionFn};
 use super::invoker::MachineInvoker;
 use super::launches::Launches;
-use super::result::{RunError, RunOptions, RunResult};
+use super::result::{RunError, RunFailure, RunOptions, RunResult};
 use super::step::{Entry, Run};
 use crate::agents::{AgentAdapterRegistry, AgentExecutor, LlmBackend};
+use crate::events::{EventKind, RunEvents, RunStream};
 use crate::hooks::{HooksFor, HooksRegistry, MachineHooks, NoopHooks};
 use crate::lock::ExecutionLock;
 use crate::machine::{MachineDef, MachineSpec};
 use crate::persistence::{CheckpointStore, CheckpointWriter};
 use crate::results::ResultBackend;
+use crate::signals::SignalBackend;
 use crate::template::{self, ScopeRef};
 use crate::{Context, Value};
 use std::collections::HashMap;
@@ -32,6 +35,7 @@ pub(crate) struct Inner {
     pub checkpoint_on: Option<Vec<String>>,
     pub max_steps: Option<u64>,
     pub max_agent_calls: Option<u64>,
+    pub max_foreach_items: Option<usize>,
     pub max_concurrency: Option<usize>,
     pub ignore_unhandled_actions: bool,
     /// Rust tools registered on the builder, in registration order.
@@ -47,6 +51,18 @@ pub(crate) struct Inner {
     pub children: std::sync::Mutex<Vec<(&'static str, Machine)>>,
     /// The named action handler of each state (by state index), looked up once.
     pub state_actions: std::sync::OnceLock<Box<[Option<ActionFn>]>>,
+    /// Signals for `wait_for` states (shared with children).
+    pub signals: Arc<dyn SignalBackend>,
+    /// Whether checkpoints carry the machine's fingerprint (`config_hash`).
+    pub write_config_hash: bool,
+}
+
+impl Inner {
+    /// The fingerprint written into this machine's checkpoints, if any.
+    pub(super) fn config_hash(&self) -> Option<&'static str> {
+        (self.write_config_hash && !self.spec.config_hash.is_empty())
+            .then_some(self.spec.config_hash)
+    }
 }
 
 /// A compiled machine, configured and ready to run (cheap to clone).
@@ -105,10 +121,15 @@ impl Machine {
         &self.inner.results
     }
 
+    /// The signal backend of `wait_for` states (`settings.backends.signal`, or the one given
+    /// to [`MachineBuilder::signal_backend`]); send signals through it.
+    pub fn signal_backend(&self) -> &Arc<dyn SignalBackend> {
+        &self.inner.signals
+    }
+
     /// Run with a new execution id.
     pub async fn run(&self, input: Value) -> Result<RunResult, RunError> {
-        self.run_with_id(uuid::Uuid::new_v4().to_string(), input)
-            .await
+        self.run_with(input, RunOptions::new()).await
     }
 
     /// Run with a given execution id (it must be a plain name: no `/`, no `..`).
@@ -117,16 +138,72 @@ impl Machine {
         execution_id: impl Into<String>,
         input: Value,
     ) -> Result<RunResult, RunError> {
-        self.start(execution_id.into(), None, input, None).await
+        self.run_with(input, RunOptions::new().execution_id(execution_id))
+            .await
     }
 
-    /// Run with per-run options (execution id, parent execution id, `max_steps`).
+    /// Run with per-run options (execution id, parent execution id, `max_steps`,
+    /// `max_agent_calls`, or resume).
     pub async fn run_with(&self, input: Value, options: RunOptions) -> Result<RunResult, RunError> {
+        self.execute(input, options).await.map_err(|f| f.error)
+    }
+
+    /// Run (or, with [`RunOptions::resume_from`], resume) with per-run options, like the
+    /// reference's `execute(input, max_steps, max_agent_calls, resume_from)`. On failure the
+    /// [`RunFailure`] carries, besides the error, what the run left: its context at the
+    /// failure and its totals (calls, cost, tokens) and steps.
+    pub async fn execute(
+        &self,
+        input: Value,
+        options: RunOptions,
+    ) -> Result<RunResult, Box<RunFailure>> {
+        let budget = AgentCallBudget::new(options.max_agent_calls.or(self.inner.max_agent_calls));
+        if options.resume {
+            let id = options.execution_id.unwrap_or_default();
+            return self
+                .resume_run(
+                    &id,
+                    options.max_steps,
+                    budget,
+                    options.allow_fingerprint_change,
+                )
+                .await;
+        }
         let id = options
             .execution_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        self.start(id, options.parent_execution_id, input, options.max_steps)
-            .await
+        self.start(
+            id,
+            options.parent_execution_id,
+            input,
+            options.max_steps,
+            budget,
+        )
+        .await
+    }
+
+    /// Starts a run (or, with [`RunOptions::resume_from`], resumes one) as a task and returns
+    /// the stream of its events as they happen, those of its children included (tagged with
+    /// their execution ids), then its result ([`RunStream::result`]). Buffers
+    /// [`events::DEFAULT_CAPACITY`](crate::events::DEFAULT_CAPACITY) events; see
+    /// [`events`](crate::events) for what happens when the consumer is slow. Needs a tokio
+    /// runtime.
+    pub fn stream(&self, input: Value, options: RunOptions) -> RunStream {
+        self.stream_with_capacity(input, options, crate::events::DEFAULT_CAPACITY)
+    }
+
+    /// [`stream`](Self::stream) with a buffer of `capacity` events (at least 1).
+    pub fn stream_with_capacity(
+        &self,
+        input: Value,
+        options: RunOptions,
+        capacity: usize,
+    ) -> RunStream {
+        let machine = self.clone();
+        RunStream::spawn(
+            capacity,
+            async move { machine.execute(input, options).await },
+        )
     }
 
     /// Blocking convenience for callers without an async runtime (the reference's `execute_sync`).
@@ -216,26 +293,55 @@ impl Machine {
             .map_err(|e| hook_error(e.to_string()))
     }
 
+    /// Starts a run: `budget` is the run tree's (a child shares its parent's).
     pub(super) async fn start(
         &self,
         execution_id: String,
         parent: Option<String>,
         input: Value,
         max_steps: Option<u64>,
-    ) -> Result<RunResult, RunError> {
+        budget: AgentCallBudget,
+    ) -> Result<RunResult, Box<RunFailure>> {
+        let early = |e: RunError| RunFailure::early(&execution_id, e);
         let spec = self.inner.spec;
-        let writer = CheckpointWriter::new(&execution_id)?;
-        let _guard = self.inner.lock.acquire(&execution_id).await?;
+        let writer = CheckpointWriter::new(&execution_id).map_err(|e| early(e.into()))?;
+        let guard = self
+            .inner
+            .lock
+            .acquire(&execution_id)
+            .await
+            .map_err(|e| early(e.into()))?;
         if let Some(store) = &self.inner.store {
-            store.clean_execution(&execution_id).await?;
+            store
+                .clean_execution(&execution_id)
+                .await
+                .map_err(|e| early(e.into()))?;
         }
         let input = match input {
             Value::Null => Value::Object(Context::new()),
             v => v,
         };
-        let hooks = self.build_hooks(&input, &execution_id, parent.clone(), false)?;
-        let mut run = Run::new(writer, parent, hooks, max_steps);
-        run.fencing_token = _guard.fencing_token();
+        let limit = crate::agents::output::MAX_JSON_DEPTH;
+        if crate::agents::output::value_depth(&input, limit) > limit {
+            return Err(early(RunError::Template {
+                machine: spec.name.to_string(),
+                execution_id: execution_id.clone(),
+                error: crate::StateError::new(
+                    "ValueError",
+                    format!(
+                        "the run's input nests arrays/objects more than {limit} levels deep (the limit for values entering a run)"
+                    ),
+                ),
+            }));
+        }
+        let hooks = self
+            .build_hooks(&input, &execution_id, parent.clone(), false)
+            .map_err(early)?;
+        let mut run = Run::new(writer, parent, hooks, max_steps, budget);
+        run.fencing_token = guard.fencing_token();
+        run.config_hash = self.inner.config_hash();
+        run.events =
+            RunEvents::for_run(&execution_id, run.parent_execution_id.as_deref(), spec.name);
         let empty = Context::new();
         let mut context = match &spec.context {
             Some(tv) => {
@@ -243,31 +349,43 @@ impl Machine {
                     Ok(Value::Object(m)) => m,
                     Ok(_) => Context::new(),
                     Err(e) => {
-                        return Err(RunError::Template {
+                        return Err(early(RunError::Template {
                             machine: spec.name.to_string(),
                             execution_id: run.execution_id.clone(),
                             error: e.into(),
-                        });
+                        }));
                     }
                 }
             }
             None => Context::new(),
         };
-        let initial_name = spec.states[spec.initial].name;
-        if self.checkpoints("machine_start") {
-            self.checkpoint(&mut run, "machine_start", initial_name, &context, None)
-                .await?;
-        }
-        if run.hooks_active
-            && let Err(e) = run.hooks.on_machine_start(&mut context).await
-        {
-            return Err(self.hook_error(&run, e));
-        }
-        let result = self
-            .run_loop(&mut run, context, spec.initial, Entry::Enter)
-            .await;
+        let live = run.live.clone();
+        let events = run.events.clone();
+        let ran = RunEvents::scope(
+            events,
+            RunTotals::scope(live, async {
+                run.emit(|| EventKind::MachineStart { resumed: false })
+                    .await;
+                let initial_name = spec.states[spec.initial].name;
+                if self.checkpoints("machine_start") {
+                    self.checkpoint(&mut run, "machine_start", initial_name, &context, None)
+                        .await?;
+                }
+                if run.hooks_active
+                    && let Err(e) = run.hooks.on_machine_start(&mut context).await
+                {
+                    return Err(self.hook_error(&run, e));
+                }
+                self.run_loop(&mut run, &mut context, spec.initial, Entry::Enter)
+                    .await
+            }),
+        )
+        .await;
         run.tools.close().await;
-        result
+        drop(guard);
+        let outcome = ran.map_err(|error| run.failure(error, context));
+        run.emit(|| crate::events::machine_finished(&outcome)).await;
+        outcome
     }
 
     pub(super) fn hook_error(&self, run: &Run, e: impl std::fmt::Display) -> RunError {

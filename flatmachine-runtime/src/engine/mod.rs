@@ -8,23 +8,32 @@
 //! then by the `on_error` hook, else the run fails with a [`RunError`] naming the state.
 
 mod actions;
+mod budget;
 mod builder;
 mod children;
+mod fork;
 mod handlers;
 mod invoker;
 mod launches;
 mod machine;
+mod required;
 mod result;
 mod resume;
 mod step;
 mod tool_loop;
+mod wait;
 
+pub use budget::{AgentCallBudget, RunTotals};
 pub use builder::{BuildError, MachineBuilder};
+pub(crate) use children::child_id;
+pub use fork::{Fork, ForkError, ForkOptions, fork_execution};
 pub use handlers::{ActionCall, ActionFn, AgentFn, AgentOutput, FallbackActionFn};
 pub use invoker::{InProcessInvoker, InvokeRequest, MachineInvoker};
 pub use launches::LaunchOutcome;
+pub(crate) use launches::launch_id;
 pub use machine::Machine;
-pub use result::{RunError, RunOptions, RunResult};
+pub use required::{HandlerKind, MissingHandler};
+pub use result::{ResumeOptions, RunError, RunFailure, RunOptions, RunResult, RunStatus, Waiting};
 pub use tool_loop::{DEFAULT_TOOL_CONCURRENCY, LOOP_RECORD_KEY, LoopRecord, NEXT_STATE_KEY};
 
 /// Default `max_steps` when neither the machine nor the caller sets one (the reference's).
@@ -33,3 +42,8 @@ pub const DEFAULT_MAX_STEPS: u64 = 1000;
 /// Default cap on the children one `foreach` / `machine: [..]` state runs at the same time
 /// (`settings.max_concurrency`, `MachineBuilder::max_concurrency`). The reference has no cap.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 64;
+
+/// Default cap on the items one `foreach:` may yield (`MachineBuilder::max_foreach_items`): a
+/// longer list (say, one a model wrote) fails the state with a `ForeachLimitError` before any
+/// child starts. The reference has no cap.
+pub const DEFAULT_MAX_FOREACH_ITEMS: usize = 10_000;

@@ -1,19 +1,24 @@
 //! What a run gives back: its result, its error, and per-run options.
 
+use super::budget::RunTotals;
 use crate::agents::Usage;
 use crate::error::error_type;
 use crate::lock::LockError;
 use crate::persistence::PersistenceError;
 use crate::{Context, StateError, Value};
 
-/// What a finished run returns.
+/// What a run that stopped without an error returns: it finished, or it waits for a signal
+/// (see [`RunStatus`]; waiting is not an error).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunResult {
-    /// The final output (`{}` when the final state has no `output`).
+    /// Whether the run finished or waits for a signal.
+    pub status: RunStatus,
+    /// The final output (`{}` when the final state has no `output`); `null` while the run
+    /// waits.
     pub output: Value,
     /// The run's execution id.
     pub execution_id: String,
-    /// The final state's name.
+    /// The state the run stopped in: the final state, or the `wait_for` state it waits in.
     pub final_state: String,
     /// State visits, the final state included.
     pub steps: u64,
@@ -27,6 +32,49 @@ pub struct RunResult {
     pub usage: Usage,
     /// The context at the end.
     pub context: Context,
+}
+
+impl RunResult {
+    /// Whether the run reached a final state.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status, RunStatus::Finished)
+    }
+
+    /// Whether the run waits for a signal.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self.status, RunStatus::Waiting(_))
+    }
+
+    /// What the run waits for, if it waits.
+    pub fn waiting(&self) -> Option<&Waiting> {
+        match &self.status {
+            RunStatus::Waiting(w) => Some(w),
+            RunStatus::Finished => None,
+        }
+    }
+}
+
+/// How a run that returned without an error stopped.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RunStatus {
+    /// It reached a final state; `output` is the final output.
+    Finished,
+    /// It reached a `wait_for` state and no signal was there: it is checkpointed (`waiting`)
+    /// and nothing runs for it. Send a signal on the channel, then dispatch it
+    /// ([`Dispatcher`](crate::signals::Dispatcher)) or [`resume`](super::Machine::resume) it.
+    Waiting(Waiting),
+}
+
+/// Where a waiting run waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// The channel (the state's `wait_for`, rendered).
+    pub channel: String,
+    /// The `wait_for` state.
+    pub state: String,
+    /// When it gives up (`timeout`), UTC `isoformat()` text.
+    pub deadline: Option<String>,
 }
 
 /// Why a run did not finish. Every variant about one execution names it (`execution_id`;
@@ -110,9 +158,41 @@ pub enum RunError {
         /// The name.
         state: String,
     },
+    /// `resume` was given the id of an execution another machine recorded, and that machine is
+    /// not this one nor one of its child machines (a child run is resumed with its own
+    /// machine when this machine has it).
+    #[error(
+        "execution `{execution_id}` is a run of machine `{recorded}`{}, not of `{machine}`, which has no child machine `{recorded}`: resume it with the program that runs `{recorded}` (an app built on `cli::main`: `app resume {execution_id} --machine <its name in machines:>`); its checkpoints are left as they are", .parent_execution_id.as_ref().map(|p| format!(" (a child of execution `{p}`)")).unwrap_or_default()
+    )]
+    OtherMachine {
+        /// This machine.
+        machine: String,
+        /// The execution.
+        execution_id: String,
+        /// The machine its checkpoints name.
+        recorded: String,
+        /// The execution that started it, if recorded.
+        parent_execution_id: Option<String>,
+    },
     /// `resume` was given an execution id with no checkpoint.
     #[error("no checkpoint for execution `{0}`")]
     UnknownExecution(String),
+    /// The checkpoint was written by a build of this machine with another shape (states,
+    /// transitions, actions or agent outputs changed): resuming, signalling or forking it
+    /// needs [`ResumeOptions::allow_fingerprint_change`].
+    #[error(
+        "execution `{execution_id}` of machine `{machine}` was checkpointed by a build with shape {checkpoint_hash}, but this build's shape is {machine_hash}: its states, transitions, actions or agent outputs changed since. Use the build that wrote it, or opt in to continuing with this one (`ResumeOptions::allow_fingerprint_change`, `--allow-fingerprint-change`)"
+    )]
+    FingerprintMismatch {
+        /// The machine.
+        machine: String,
+        /// The execution.
+        execution_id: String,
+        /// The `config_hash` of the checkpoint.
+        checkpoint_hash: String,
+        /// This build's `config_hash`.
+        machine_hash: String,
+    },
     /// Checkpoint storage failed (a corrupt snapshot names its file).
     #[error(transparent)]
     Persistence(#[from] PersistenceError),
@@ -150,6 +230,10 @@ impl RunError {
                 StateError::new(error_type::UNHANDLED_ACTION, self.to_string())
             }
             RunError::Lock(e) => StateError::new(crate::lock::LOCK_ERROR_TYPE, e.to_string()),
+            // A limit of the whole run tree: the parent does not route it either.
+            RunError::MaxAgentCalls { .. } => {
+                StateError::new(error_type::MAX_AGENT_CALLS, self.to_string())
+            }
             other => StateError::new(error_type::MACHINE, other.to_string()),
         }
     }
@@ -165,14 +249,17 @@ impl RunError {
             | RunError::NoTransition { execution_id, .. }
             | RunError::UnknownState { execution_id, .. }
             | RunError::Hook { execution_id, .. }
-            | RunError::Template { execution_id, .. } => Some(execution_id),
+            | RunError::Template { execution_id, .. }
+            | RunError::OtherMachine { execution_id, .. }
+            | RunError::FingerprintMismatch { execution_id, .. } => Some(execution_id),
             RunError::UnknownExecution(id) => Some(id),
             RunError::Persistence(_) | RunError::Lock(_) => None,
         }
     }
 }
 
-/// Per-run settings for [`Machine::run_with`].
+/// Per-run settings for [`Machine::run_with`](super::Machine::run_with) and
+/// [`Machine::execute`](super::Machine::execute).
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct RunOptions {
@@ -182,6 +269,15 @@ pub struct RunOptions {
     pub parent_execution_id: Option<String>,
     /// Most state visits in this run (overrides the builder's and `settings.max_steps`).
     pub max_steps: Option<u64>,
+    /// Most agent calls in this run tree — this run and every child it starts (overrides
+    /// [`MachineBuilder::max_agent_calls`](super::MachineBuilder::max_agent_calls)).
+    pub max_agent_calls: Option<u64>,
+    /// Continue `execution_id` from its latest checkpoint instead of starting it
+    /// ([`Machine::execute`](super::Machine::execute) then ignores the input).
+    pub resume: bool,
+    /// Resuming: continue a checkpoint written by a build of another shape (its
+    /// `config_hash` differs from this build's) instead of refusing it.
+    pub allow_fingerprint_change: bool,
 }
 
 impl RunOptions {
@@ -205,6 +301,86 @@ impl RunOptions {
     /// Limit this run to `n` state visits.
     pub fn max_steps(mut self, n: u64) -> Self {
         self.max_steps = Some(n);
+        self
+    }
+
+    /// Limit this run tree to `n` agent calls (the reference's `execute(max_agent_calls=)`).
+    pub fn max_agent_calls(mut self, n: u64) -> Self {
+        self.max_agent_calls = Some(n);
+        self
+    }
+
+    /// Resume execution `id` from its latest checkpoint (the reference's
+    /// `execute(resume_from=)`): sets [`execution_id`](Self::execution_id) and
+    /// [`resume`](Self::resume).
+    pub fn resume_from(mut self, id: impl Into<String>) -> Self {
+        self.execution_id = Some(id.into());
+        self.resume = true;
+        self
+    }
+
+    /// Resuming, accept a checkpoint written by a build of another shape (see
+    /// [`ResumeOptions`]).
+    pub fn allow_fingerprint_change(mut self, yes: bool) -> Self {
+        self.allow_fingerprint_change = yes;
+        self
+    }
+}
+
+/// A run that did not finish, with what it left: the error, and — when the run got as far as
+/// having a context — the context at the failure (`last_error` / `last_error_type` set when a
+/// state failed), the totals and the steps taken. Returned by
+/// [`Machine::execute`](super::Machine::execute); `run*` and `resume` return only the
+/// [`error`](Self::error).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+#[non_exhaustive]
+pub struct RunFailure {
+    /// Why the run did not finish.
+    pub error: RunError,
+    /// The execution.
+    pub execution_id: String,
+    /// The context when the run stopped; `None` when it failed before having one (a held
+    /// lock, an invalid id, hooks that could not be built, an unreadable checkpoint).
+    pub context: Option<Context>,
+    /// Agent calls, cost and tokens up to the failure, finished children included.
+    pub totals: RunTotals,
+    /// State visits made (for a resume: counted from the start of the execution).
+    pub steps: u64,
+}
+
+impl RunFailure {
+    /// A failure before the run had a context.
+    pub(crate) fn early(execution_id: &str, error: RunError) -> Box<Self> {
+        Box::new(Self {
+            error,
+            execution_id: execution_id.to_string(),
+            context: None,
+            totals: RunTotals::default(),
+            steps: 0,
+        })
+    }
+}
+
+/// Per-call settings for [`Machine::resume_with`](super::Machine::resume_with) (and the
+/// dispatcher and forks, which resume too).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResumeOptions {
+    /// Continue a checkpoint written by a build of another shape (its `config_hash` differs
+    /// from this build's); later checkpoints carry this build's fingerprint.
+    pub allow_fingerprint_change: bool,
+}
+
+impl ResumeOptions {
+    /// Defaults: a checkpoint of another shape is refused.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Accept a checkpoint written by a build of another shape.
+    pub fn allow_fingerprint_change(mut self, yes: bool) -> Self {
+        self.allow_fingerprint_change = yes;
         self
     }
 }

@@ -1,16 +1,21 @@
 //! The execution loop: one state after another, errors routed, checkpoints written.
 
 use super::DEFAULT_MAX_STEPS;
+use super::budget::{AgentCallBudget, Budgeted, LiveTotals, RunTotals};
 use super::handlers::ActionCall;
 use super::machine::Machine;
 use super::machine::noop_hooks;
-use super::result::{RunError, RunResult};
-use crate::agents::{AdapterEnv, AgentExecutor, ClosureExecutor, Usage};
+use super::result::{RunError, RunFailure, RunResult, RunStatus};
+use super::wait::WaitOutcome;
+use crate::agents::{AdapterEnv, AgentExecutor, AgentResult, ClosureExecutor, Usage};
 use crate::error::error_type;
+use crate::events::{ErrorRoute, EventKind, RunEvents};
 use crate::hooks::MachineHooks;
 use crate::machine::{MachineSpec, StateSpec};
 use crate::persistence::encoded::SnapshotParts;
-use crate::persistence::{CheckpointStore, CheckpointWriter, LaunchIntent, PersistenceError};
+use crate::persistence::{
+    CheckpointStore, CheckpointWriter, ForkOrigin, LaunchIntent, PersistenceError,
+};
 use crate::template::{self, ScopeRef, TemplateValue};
 use crate::{Context, StateError, Value};
 use std::sync::Arc;
@@ -58,6 +63,23 @@ pub(super) struct Run {
     pub(super) action_call: Option<Arc<ActionCall>>,
     /// The run's MCP sessions (closed when the run ends).
     pub(super) tools: crate::tools::RunTools,
+    /// The run tree's agent-call budget (shared with the parent for a child run).
+    pub(super) budget: AgentCallBudget,
+    /// Whether this run continues an execution (`resume`): its children then continue from
+    /// their own checkpoints, or return their recorded result, instead of starting again.
+    pub(super) resumed: bool,
+    /// The totals [`RunTotals::current`] reads, updated whenever they change.
+    pub(super) live: Arc<LiveTotals>,
+    /// The machine's fingerprint written into checkpoints (`None`: not written).
+    pub(super) config_hash: Option<&'static str>,
+    /// Where a forked run came from (written into every checkpoint).
+    pub(super) forked_from: Option<ForkOrigin>,
+    /// The deadline of the `wait_for` state a resumed run waits in (from its checkpoint).
+    pub(super) wait_deadline: Option<u64>,
+    /// The step whose `wait_for` signal is consumed once the state's exit is recorded.
+    pub(super) signal_ack: Option<u64>,
+    /// Where this execution's events go, when a stream listens.
+    pub(super) events: Option<Arc<RunEvents>>,
 }
 
 impl Run {
@@ -66,6 +88,7 @@ impl Run {
         parent: Option<String>,
         hooks: Option<Arc<dyn MachineHooks>>,
         max_steps: Option<u64>,
+        budget: AgentCallBudget,
     ) -> Self {
         let hooks_active = hooks.is_some();
         Run {
@@ -86,6 +109,22 @@ impl Run {
             fencing_token: None,
             action_call: None,
             tools: crate::tools::RunTools::default(),
+            budget,
+            resumed: false,
+            live: Arc::default(),
+            config_hash: None,
+            forked_from: None,
+            wait_deadline: None,
+            signal_ack: None,
+            events: None,
+        }
+    }
+
+    /// Emits the event `kind` builds, when a stream listens (nothing is built otherwise).
+    #[inline]
+    pub(super) async fn emit(&self, kind: impl FnOnce() -> EventKind) {
+        if let Some(events) = &self.events {
+            events.send(kind()).await;
         }
     }
 
@@ -95,8 +134,48 @@ impl Run {
 
     pub(super) fn add_totals(&mut self, child: ChildTotals) {
         self.api_calls += child.api_calls;
-        self.cost += child.cost;
+        self.cost = crate::cost::add(self.cost, child.cost);
         self.usage += child.usage;
+        self.publish_totals();
+    }
+
+    /// Adds one agent execution's calls, cost and tokens.
+    pub(super) fn add_agent(&mut self, result: &AgentResult) {
+        self.add_billed(result.api_calls, result.cost, result.usage);
+    }
+
+    /// Adds calls, cost and tokens to the totals (an agent's, or those a failed call was
+    /// still billed for).
+    pub(super) fn add_billed(&mut self, api_calls: u64, cost: f64, usage: Usage) {
+        self.api_calls += api_calls;
+        self.cost = crate::cost::add(self.cost, cost);
+        self.usage += usage;
+        self.publish_totals();
+    }
+
+    /// The totals so far.
+    pub(super) fn totals(&self) -> RunTotals {
+        RunTotals {
+            api_calls: self.api_calls,
+            cost: self.cost,
+            usage: self.usage,
+        }
+    }
+
+    /// What the run leaves when it fails with `error`.
+    pub(super) fn failure(&self, error: RunError, context: Context) -> Box<RunFailure> {
+        Box::new(RunFailure {
+            error,
+            execution_id: self.execution_id.clone(),
+            context: Some(context),
+            totals: self.totals(),
+            steps: self.step,
+        })
+    }
+
+    /// Makes the totals visible to [`RunTotals::current`].
+    pub(super) fn publish_totals(&self) {
+        self.live.set(self.totals());
     }
 }
 
@@ -139,6 +218,23 @@ impl Machine {
         context: &Context,
         output: Option<&Value>,
     ) -> Result<(), PersistenceError> {
+        self.write_checkpoint_with(store, run, event, state, context, output, None)
+            .await
+    }
+
+    /// [`write_checkpoint`](Self::write_checkpoint), with the channel and deadline of a
+    /// `waiting` checkpoint.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn write_checkpoint_with(
+        &self,
+        store: &CheckpointStore,
+        run: &mut Run,
+        event: &'static str,
+        state: &'static str,
+        context: &Context,
+        output: Option<&Value>,
+        waiting: Option<(&str, Option<&str>)>,
+    ) -> Result<(), PersistenceError> {
         let spec = self.inner.spec;
         if !run.pending_launches.is_empty() {
             let launches = &self.inner.launches;
@@ -164,6 +260,10 @@ impl Machine {
             parent_execution_id: run.parent_execution_id.as_deref(),
             pending_launches: (!run.pending_launches.is_empty())
                 .then_some(run.pending_launches.as_slice()),
+            waiting_channel: waiting.map(|(channel, _)| channel),
+            config_hash: run.config_hash,
+            wait_deadline: waiting.and_then(|(_, deadline)| deadline),
+            forked_from: run.forked_from.as_ref(),
             fencing_token: run.fencing_token,
         };
         store.write(&mut run.writer, parts).await
@@ -196,15 +296,26 @@ impl Machine {
         if !self.checkpoints(event) {
             return Ok(());
         }
+        let started = run.events.is_some().then(std::time::Instant::now);
         self.write_checkpoint(store, run, event, state, context, output)
             .await?;
+        let step = run.step;
+        run.emit(|| EventKind::CheckpointSaved {
+            event,
+            state,
+            step,
+            latency: started.map(|s| s.elapsed()).unwrap_or_default(),
+        })
+        .await;
         Ok(())
     }
 
+    /// Runs states from `start` until a final state; `context` is left as the run left it
+    /// (also on failure, for [`RunFailure`](super::RunFailure)).
     pub(super) async fn run_loop(
         &self,
         run: &mut Run,
-        mut context: Context,
+        context: &mut Context,
         start: usize,
         entry: Entry,
     ) -> Result<RunResult, RunError> {
@@ -235,33 +346,27 @@ impl Machine {
                         next: state.name.to_string(),
                     });
                 }
-                if let Some(limit) = self.inner.max_agent_calls
-                    && run.api_calls >= limit
-                {
-                    return Err(RunError::MaxAgentCalls {
-                        machine: spec.name.to_string(),
-                        execution_id: run.execution_id.clone(),
-                        limit,
-                        state: state.name.to_string(),
-                    });
-                }
                 run.step += 1;
+                let step = run.step;
+                run.emit(|| EventKind::StateEnter {
+                    state: state.name,
+                    step,
+                })
+                .await;
                 if self.checkpoints("state_enter") {
-                    self.checkpoint(run, "state_enter", state.name, &context, None)
+                    self.checkpoint(run, "state_enter", state.name, context, None)
                         .await?;
                 }
             }
             if phase <= 1 {
                 if run.hooks_active
-                    && let Err(e) = run.hooks.on_state_enter(state.name, &mut context).await
+                    && let Err(e) = run.hooks.on_state_enter(state.name, context).await
                 {
-                    current = self
-                        .route_error(run, current, e.into(), &mut context)
-                        .await?;
+                    current = self.route_error(run, current, e.into(), context).await?;
                     continue;
                 }
                 if self.checkpoints("execute") {
-                    self.checkpoint(run, "execute", state.name, &context, None)
+                    self.checkpoint(run, "execute", state.name, context, None)
                         .await?;
                 }
             }
@@ -271,51 +376,69 @@ impl Machine {
                     // The launch outbox rewrites this step's `execute` checkpoint with the
                     // context the step started from.
                     run.step_context = (!state.launch.is_empty()).then(|| context.clone());
-                    let executed = match state.timeout.filter(|t| *t > 0.0) {
-                        Some(secs) => {
-                            // On timeout the state's work is dropped and the context is left
-                            // as it was before the state ran.
-                            let mut work_ctx = context.clone();
-                            match tokio::time::timeout(
-                                std::time::Duration::from_secs_f64(secs),
-                                self.execute_state(run, current, &mut work_ctx),
-                            )
-                            .await
-                            {
-                                Ok(r) => {
-                                    context = work_ctx;
-                                    r
-                                }
-                                Err(_) => Err(StateError::new(
-                                    error_type::TIMEOUT,
-                                    format!("state `{}` timed out after {secs}s", state.name),
-                                )),
+                    let executed = if state.wait_for.is_some() {
+                        // A `wait_for` state takes a signal or parks the run (its `timeout` is
+                        // a durable deadline, not a bound on work: see `wait.rs`).
+                        match self.wait_for_signal(run, current, context).await {
+                            Ok(WaitOutcome::Received(output)) => Ok(Some(output)),
+                            Ok(WaitOutcome::Park(parked)) => {
+                                return self.park(run, current, context.clone(), parked).await;
                             }
+                            Err(e) => Err(e),
                         }
-                        None => match action_only(state) {
-                            // Most states only run an action: no `execute_state` future.
-                            Some(action) => self
-                                .run_action(run, current, action, &mut context)
+                    } else {
+                        match state.timeout.filter(|t| *t > 0.0) {
+                            Some(secs) => {
+                                // On timeout the state's work is dropped and the context is left
+                                // as it was before the state ran.
+                                let mut work_ctx = context.clone();
+                                match tokio::time::timeout(
+                                    std::time::Duration::from_secs_f64(secs),
+                                    self.execute_state(run, current, &mut work_ctx),
+                                )
                                 .await
-                                .map(|()| None),
-                            None => self.execute_state(run, current, &mut context).await,
-                        },
+                                {
+                                    Ok(r) => {
+                                        *context = work_ctx;
+                                        r
+                                    }
+                                    Err(_) => Err(StateError::new(
+                                        error_type::TIMEOUT,
+                                        format!("state `{}` timed out after {secs}s", state.name),
+                                    )),
+                                }
+                            }
+                            None => match action_only(state) {
+                                // Most states only run an action: no `execute_state` future.
+                                Some(action) => self
+                                    .run_action(run, current, action, context)
+                                    .await
+                                    .map(|()| None),
+                                None => self.execute_state(run, current, context).await,
+                            },
+                        }
                     };
                     run.launch_origin = None;
                     run.step_context = None;
                     let output = match executed {
                         Ok(o) => o,
                         Err(e) => {
-                            current = self.route_error(run, current, e, &mut context).await?;
+                            current = self.route_error(run, current, e, context).await?;
                             continue;
                         }
                     };
+                    let step = run.step;
+                    run.emit(|| EventKind::StateExit {
+                        state: state.name,
+                        step,
+                    })
+                    .await;
                     if self.checkpoints("state_exit") {
                         self.checkpoint(
                             run,
                             "state_exit",
                             state.name,
-                            &context,
+                            context,
                             if state.is_final {
                                 output.as_ref()
                             } else {
@@ -324,32 +447,34 @@ impl Machine {
                         )
                         .await?;
                     }
+                    if run.signal_ack.is_some() {
+                        self.ack_signal(run).await;
+                    }
                     output
                 }
             };
             if run.hooks_active
                 && let Err(e) = run
                     .hooks
-                    .on_state_exit(state.name, &mut context, &mut output)
+                    .on_state_exit(state.name, context, &mut output)
                     .await
             {
-                current = self
-                    .route_error(run, current, e.into(), &mut context)
-                    .await?;
+                current = self.route_error(run, current, e.into(), context).await?;
                 continue;
             }
             if state.is_final {
                 let mut final_output = output.unwrap_or_else(|| Value::Object(Context::new()));
                 if self.checkpoints("machine_end") {
-                    self.checkpoint(run, "machine_end", "end", &context, Some(&final_output))
+                    self.checkpoint(run, "machine_end", "end", context, Some(&final_output))
                         .await?;
                 }
                 if run.hooks_active
-                    && let Err(e) = run.hooks.on_machine_end(&context, &mut final_output).await
+                    && let Err(e) = run.hooks.on_machine_end(context, &mut final_output).await
                 {
                     return Err(self.hook_error(run, e));
                 }
                 return Ok(RunResult {
+                    status: RunStatus::Finished,
                     output: final_output,
                     execution_id: run.execution_id.clone(),
                     final_state: state.name.to_string(),
@@ -357,13 +482,13 @@ impl Machine {
                     total_api_calls: run.api_calls,
                     total_cost: run.cost,
                     usage: run.usage,
-                    context,
+                    context: std::mem::take(context),
                 });
             }
             // A tool loop that left through a transition names its target.
-            let chosen = super::tool_loop::take_next_state(spec, &mut context);
+            let chosen = super::tool_loop::take_next_state(spec, context);
             let next = match chosen
-                .map_or_else(|| (spec.transition)(current, &context), |n| Ok(Some(n)))
+                .map_or_else(|| (spec.transition)(current, context), |n| Ok(Some(n)))
             {
                 Ok(Some(n)) => n,
                 Ok(None) => {
@@ -375,22 +500,26 @@ impl Machine {
                 }
                 Err(e) => {
                     current = self
-                        .route_error(run, current, StateError::from(e), &mut context)
+                        .route_error(run, current, StateError::from(e), context)
                         .await?;
                     continue;
                 }
             };
             if !run.hooks_active {
+                let to = spec.states[next].name;
+                run.emit(|| EventKind::Transition {
+                    from: state.name,
+                    to,
+                })
+                .await;
                 current = next;
                 continue;
             }
             let to = spec.states[next].name;
-            let target = match run.hooks.on_transition(state.name, to, &mut context).await {
+            let target = match run.hooks.on_transition(state.name, to, context).await {
                 Ok(t) => t,
                 Err(e) => {
-                    current = self
-                        .route_error(run, current, e.into(), &mut context)
-                        .await?;
+                    current = self.route_error(run, current, e.into(), context).await?;
                     continue;
                 }
             };
@@ -409,12 +538,46 @@ impl Machine {
                     }
                 }
             };
+            let to = spec.states[current].name;
+            run.emit(|| EventKind::Transition {
+                from: state.name,
+                to,
+            })
+            .await;
         }
+    }
+
+    /// [`route_error_to`](Self::route_error_to), with an [`EventKind::Error`] naming the route.
+    pub(super) async fn route_error(
+        &self,
+        run: &mut Run,
+        state: usize,
+        error: StateError,
+        context: &mut Context,
+    ) -> Result<usize, RunError> {
+        let Some(events) = run.events.clone() else {
+            return self.route_error_to(run, state, error, context).await;
+        };
+        let reported = error.clone();
+        let routed = self.route_error_to(run, state, error, context).await;
+        let spec = self.inner.spec;
+        let route = match &routed {
+            Ok(i) => ErrorRoute::Recover(spec.states[*i].name),
+            Err(_) => ErrorRoute::Fails,
+        };
+        events
+            .send(EventKind::Error {
+                state: spec.states[state].name,
+                error: reported,
+                route,
+            })
+            .await;
+        routed
     }
 
     /// Record the error in the context and find the recovery state: `on_error` (by type, then
     /// `default`), then the `on_error` hook. `Ok(next)` to recover, `Err` to fail the run.
-    pub(super) async fn route_error(
+    async fn route_error_to(
         &self,
         run: &mut Run,
         state: usize,
@@ -429,6 +592,10 @@ impl Machine {
             "last_error_type".into(),
             Value::String(error.error_type.clone()),
         );
+        if error.error_type == error_type::MAX_AGENT_CALLS {
+            // A limit of the run tree, like `max_steps`: not routed.
+            return Err(self.max_agent_calls_error(run, st.name));
+        }
         let by_type = st
             .on_error
             .iter()
@@ -472,6 +639,16 @@ impl Machine {
         }
     }
 
+    /// `RunError::MaxAgentCalls` for `state`.
+    pub(super) fn max_agent_calls_error(&self, run: &Run, state: &str) -> RunError {
+        RunError::MaxAgentCalls {
+            machine: self.inner.spec.name.to_string(),
+            execution_id: run.execution_id.clone(),
+            limit: run.budget.limit().unwrap_or(0),
+            state: state.to_string(),
+        }
+    }
+
     /// Run one state's work in the reference's order. Returns the state's output.
     pub(super) async fn execute_state(
         &self,
@@ -499,17 +676,40 @@ impl Machine {
         } else if let Some(agent) = state.agent {
             let input = self.render_state_input(state, context)?;
             let executor = self.executor(agent)?;
-            let result = crate::agents::execution::execute(
+            let call = crate::agents::AgentCall {
+                machine: self.inner.spec.name,
+                state: state.name,
+            };
+            // Every call (each retry, sample or vote) first draws from the tree's budget.
+            let budgeted = Budgeted {
+                inner: executor.as_ref(),
+                budget: &run.budget,
+            };
+            run.emit(|| EventKind::AgentCallStart {
+                state: state.name,
+                agent,
+            })
+            .await;
+            let started = std::time::Instant::now();
+            let outcome = crate::agents::execution::execute(
                 state.execution.as_ref(),
-                executor.as_ref(),
+                &budgeted,
+                &call,
                 &input,
                 context,
             )
-            .await?;
-            run.api_calls += result.api_calls;
-            run.cost += result.cost;
-            run.usage += result.usage;
+            .await;
+            run.emit(|| crate::events::agent_call_end(state.name, agent, &outcome, started))
+                .await;
+            // Calls billed before the state failed (a reply that did not parse) still count.
+            let result = outcome.inspect_err(|e| {
+                if let Some(b) = &e.billed {
+                    run.add_billed(b.api_calls, b.cost, b.usage);
+                }
+            })?;
+            run.add_agent(&result);
             let out = result.into_output_payload();
+            crate::typed::record_agent_output(self.inner.spec, state.name, &out);
             self.output_to_context(state, context, &out)?;
             output = Some(out);
         }

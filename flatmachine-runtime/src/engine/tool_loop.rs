@@ -192,7 +192,8 @@ impl Machine {
             Some(record) => record,
             None => {
                 let input = self.render_state_input(state, context)?;
-                let messages = agent.opening_messages(&input, &tools_variable(&tools))?;
+                let messages =
+                    agent.opening_messages(state.name, &input, &tools_variable(&tools))?;
                 LoopRecord {
                     state: state.name.to_string(),
                     agent: agent_name.to_string(),
@@ -229,7 +230,7 @@ impl Machine {
             }
             let reply = within_total(&limits, started, state.name, async {
                 agent
-                    .turn(&record.messages, &definitions, ToolChoice::Auto)
+                    .turn(state.name, &record.messages, &definitions, ToolChoice::Auto)
                     .await
             })
             .await?;
@@ -376,7 +377,7 @@ impl Machine {
             record.messages.push(Message::new(Role::User, LIMIT_NOTICE));
             let reply = within_total(&limits, started, state.name, async {
                 agent
-                    .turn(&record.messages, &definitions, ToolChoice::None)
+                    .turn(state.name, &record.messages, &definitions, ToolChoice::None)
                     .await
             })
             .await?;

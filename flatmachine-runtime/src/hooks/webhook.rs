@@ -43,7 +43,10 @@ const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// returns the pass-through value.
 ///
 /// Requests carry `User-Agent: flatmachine-runtime/<version>` and, with an API key,
-/// `Authorization: Bearer <key>`.
+/// `Authorization: Bearer <key>` (refused over plain `http://` to a host that is not
+/// loopback). Logs and `Debug` show the endpoint as `scheme://host[:port]` only; a response
+/// nesting deeper than [`MAX_JSON_DEPTH`](crate::agents::output::MAX_JSON_DEPTH) is ignored
+/// like one that is not JSON.
 ///
 /// TLS: `https://` endpoints use rustls with the platform's root certificates; if the process
 /// has no default rustls crypto provider yet, the `ring` provider is installed as the default
@@ -52,7 +55,8 @@ const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Clone)]
 pub struct WebhookHooks {
     endpoint: Url,
-    /// The endpoint as logged: any password in the URL is masked.
+    /// The endpoint as logged: `scheme://host[:port]` only (paths and queries often hold
+    /// tokens, e.g. Slack-style webhook URLs).
     endpoint_display: String,
     timeout: Duration,
     authorization: Option<HeaderValue>,
@@ -93,14 +97,10 @@ impl WebhookHooks {
             ));
         }
         let client = build_client(&endpoint)?;
-        let mut shown = endpoint.clone();
-        if shown.password().is_some() {
-            let _ = shown.set_password(Some("***"));
-        }
         let user_agent =
             HeaderValue::from_static(concat!("flatmachine-runtime/", env!("CARGO_PKG_VERSION")));
         Ok(Self {
-            endpoint_display: shown.to_string(),
+            endpoint_display: origin(&endpoint),
             endpoint,
             timeout: Self::DEFAULT_TIMEOUT,
             authorization: None,
@@ -116,7 +116,19 @@ impl WebhookHooks {
     }
 
     /// Sends `Authorization: Bearer <api_key>` with every request.
+    ///
+    /// Refused for a plain `http://` endpoint unless its host is loopback (`localhost`,
+    /// `127.0.0.0/8`, `::1`): the key would cross the network in clear text.
     pub fn with_api_key(mut self, api_key: &str) -> Result<Self, HookError> {
+        if self.endpoint.scheme() == "http" && !is_loopback(&self.endpoint) {
+            return Err(HookError::invalid_args(
+                CLASS,
+                format!(
+                    "`api_key` is refused for the plain http:// endpoint {}: the key would be sent in clear text; use https://, or a loopback host",
+                    self.endpoint_display
+                ),
+            ));
+        }
         let mut value = HeaderValue::from_str(&format!("Bearer {api_key}")).map_err(|_| {
             HookError::invalid_args(CLASS, "api_key contains characters not allowed in a header")
         })?;
@@ -263,7 +275,14 @@ impl WebhookHooks {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return None;
         }
-        match serde_json::from_slice::<Value>(&bytes) {
+        let text = match std::str::from_utf8(&bytes) {
+            Ok(text) => text,
+            Err(_) => {
+                self.log_failure(event, "response is not UTF-8 text");
+                return None;
+            }
+        };
+        match crate::agents::output::parse_bounded(text) {
             Ok(Value::Object(map)) => Some(map),
             Ok(_) => {
                 tracing::debug!(
@@ -322,6 +341,31 @@ impl WebhookHooks {
                 false
             }
             None => false,
+        }
+    }
+}
+
+/// `scheme://host[:port]` of a URL: what logs and `Debug` show of an endpoint (no user,
+/// password, path, query or fragment).
+fn origin(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    }
+}
+
+/// Whether the URL's host is this machine (`localhost`, a loopback address).
+fn is_loopback(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let name = bare.to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
         }
     }
 }

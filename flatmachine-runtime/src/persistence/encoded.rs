@@ -13,7 +13,8 @@ use serde::Serialize;
 use super::record::{CheckpointRecord, RecordCache};
 use super::snapshot::to_python_json;
 use super::{
-    LaunchIntent, MachineSnapshot, PersistenceError, checkpoint_event, validate_execution_id,
+    ForkOrigin, LaunchIntent, MachineSnapshot, PersistenceError, checkpoint_event,
+    validate_execution_id,
 };
 use crate::Context;
 
@@ -82,7 +83,7 @@ impl EncodedCheckpoint {
     }
 
     /// The event as written in the key (`unknown` for an event outside
-    /// [`checkpoint_event::ALL`]; the JSON has the snapshot's own).
+    /// [`checkpoint_event::WRITTEN`]; the JSON has the snapshot's own).
     pub fn event(&self) -> &'static str {
         self.event
     }
@@ -114,10 +115,7 @@ impl EncodedCheckpoint {
 
 /// The event name as a `'static` string (keys only ever hold these).
 fn static_event(event: &str) -> &'static str {
-    if event == checkpoint_event::TOOL_CALL {
-        return checkpoint_event::TOOL_CALL;
-    }
-    checkpoint_event::ALL
+    checkpoint_event::WRITTEN
         .iter()
         .find(|e| **e == event)
         .copied()
@@ -141,6 +139,14 @@ pub(crate) struct SnapshotParts<'a> {
     pub total_cost: Option<f64>,
     pub parent_execution_id: Option<&'a str>,
     pub pending_launches: Option<&'a [LaunchIntent]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_deadline: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<&'a ForkOrigin>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fencing_token: Option<u64>,
 }
@@ -419,7 +425,11 @@ mod tests {
         output.insert("x".into(), json!("y"));
         let launches = vec![LaunchIntent::new("c1", "child", ctx.clone())];
         let mut writer = CheckpointWriter::new("exec-1").unwrap();
-        for (out, parent, pending, fence, totals) in [
+        let origin = ForkOrigin {
+            execution_id: "source".into(),
+            step: 4,
+        };
+        for (i, (out, parent, pending, fence, totals)) in [
             (None, None, None, None, (None, None)),
             (
                 Some(&output),
@@ -429,7 +439,12 @@ mod tests {
                 (Some(2), Some(0.5)),
             ),
             (Some(&output), None, None, None, (Some(0), Some(-0.0))),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // The second case is a waiting checkpoint of a fork, with every optional field.
+            let waiting = i == 1;
             let parts = || SnapshotParts {
                 execution_id: "",
                 machine_name: "m",
@@ -444,6 +459,10 @@ mod tests {
                 total_cost: totals.1,
                 parent_execution_id: parent,
                 pending_launches: pending,
+                waiting_channel: waiting.then_some("approval/7"),
+                config_hash: (i > 0).then_some("fm-shape1:00112233445566778899aabbccddeeff"),
+                wait_deadline: waiting.then_some("2026-11-24T19:15:37.123456+00:00"),
+                forked_from: waiting.then_some(&origin),
                 fencing_token: fence,
             };
             let encoded = writer.encode(parts()).unwrap();

@@ -49,10 +49,22 @@ use super::{
 ///
 /// Reading a file that is not a valid snapshot reports [`PersistenceError::Corrupt`] with the
 /// file's path and leaves the file untouched.
+///
+/// # Files on a shared host
+///
+/// Files are created `0600` and directories `0700` (on Unix; existing ones keep their
+/// mode), temporary files exclusively (`O_EXCL`) and without following a symlink at their
+/// name. Reads never follow a symlink either and accept only regular files: a snapshot of at
+/// most [`DEFAULT_MAX_SNAPSHOT_BYTES`](Self::DEFAULT_MAX_SNAPSHOT_BYTES) (256 MiB,
+/// [`with_max_snapshot_bytes`](Self::with_max_snapshot_bytes)), a `latest` pointer or checksum
+/// file of at most [`MAX_SMALL_FILE_BYTES`](Self::MAX_SMALL_FILE_BYTES) (4 KiB). Anything else is
+/// [`PersistenceError::Corrupt`] naming the file, and the content of a refused pointer is never
+/// quoted.
 #[derive(Debug, Clone)]
 pub struct LocalFileBackend {
     root: PathBuf,
     fsync: bool,
+    max_snapshot_bytes: u64,
 }
 
 impl Default for LocalFileBackend {
@@ -71,7 +83,21 @@ impl LocalFileBackend {
         Self {
             root: root.into(),
             fsync: true,
+            max_snapshot_bytes: Self::DEFAULT_MAX_SNAPSHOT_BYTES,
         }
+    }
+
+    /// The largest snapshot file read by default: 256 MiB.
+    pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 256 * 1024 * 1024;
+
+    /// The largest `latest` pointer or checksum file read: 4 KiB.
+    pub const MAX_SMALL_FILE_BYTES: u64 = 4096;
+
+    /// Refuses to read snapshot files larger than `bytes` (default
+    /// [`DEFAULT_MAX_SNAPSHOT_BYTES`](Self::DEFAULT_MAX_SNAPSHOT_BYTES)).
+    pub fn with_max_snapshot_bytes(mut self, bytes: u64) -> Self {
+        self.max_snapshot_bytes = bytes;
+        self
     }
 
     /// Turns fsync of written files and their directories on (the default) or off.
@@ -156,7 +182,8 @@ impl LocalFileBackend {
         snapshot: &MachineSnapshot,
     ) -> Result<(), PersistenceError> {
         let sum_key = checksum_key(key);
-        let Some((sum_path, record)) = self.read(&sum_key).await? else {
+        let Some((sum_path, record)) = self.read(&sum_key, Self::MAX_SMALL_FILE_BYTES).await?
+        else {
             return Ok(());
         };
         let corrupt = |reason: String| PersistenceError::Corrupt {
@@ -201,16 +228,17 @@ impl LocalFileBackend {
         Ok(())
     }
 
-    async fn read(&self, key: &str) -> Result<Option<(PathBuf, Vec<u8>)>, PersistenceError> {
+    /// The bytes of `key`'s file, at most `limit` of them (see the type's docs).
+    async fn read(
+        &self,
+        key: &str,
+        limit: u64,
+    ) -> Result<Option<(PathBuf, Vec<u8>)>, PersistenceError> {
         let path = self.path_for(key)?;
-        blocking(move || match fs::read(&path) {
-            Ok(bytes) => Ok(Some((path, bytes))),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(PersistenceError::Io {
-                op: "read",
-                path,
-                source,
-            }),
+        let key = key.to_owned();
+        blocking(move || {
+            let bytes = read_regular_file(&key, &path, limit)?;
+            Ok(bytes.map(|bytes| (path, bytes)))
         })
         .await
     }
@@ -251,7 +279,7 @@ impl PersistenceBackend for LocalFileBackend {
     }
 
     async fn load(&self, key: &str) -> Result<Option<MachineSnapshot>, PersistenceError> {
-        let Some((path, bytes)) = self.read(key).await? else {
+        let Some((path, bytes)) = self.read(key, self.max_snapshot_bytes).await? else {
             return Ok(None);
         };
         let snapshot = MachineSnapshot::from_json_slice(&bytes).map_err(|error| {
@@ -270,7 +298,13 @@ impl PersistenceBackend for LocalFileBackend {
     }
 
     async fn load_text(&self, key: &str) -> Result<Option<String>, PersistenceError> {
-        let Some((path, bytes)) = self.read(key).await? else {
+        // Texts are `latest` pointers, except when a snapshot is read as text (`copy_executions`).
+        let limit = if key.ends_with(".json") {
+            self.max_snapshot_bytes
+        } else {
+            Self::MAX_SMALL_FILE_BYTES
+        };
+        let Some((path, bytes)) = self.read(key, limit).await? else {
             return Ok(None);
         };
         String::from_utf8(bytes)
@@ -278,7 +312,10 @@ impl PersistenceBackend for LocalFileBackend {
             .map_err(|error| PersistenceError::Corrupt {
                 key: key.to_owned(),
                 path: Some(path),
-                reason: format!("not UTF-8 text: {error}"),
+                reason: format!(
+                    "not UTF-8 text (invalid byte at offset {})",
+                    error.utf8_error().valid_up_to()
+                ),
             })
     }
 
@@ -485,28 +522,11 @@ fn write_atomic(
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let temp = parent.join(format!(".{name}.{}-{n}.tmp", std::process::id()));
     let io_error = |op, path: &Path| {
         let path = path.to_owned();
         move |source| PersistenceError::Io { op, path, source }
     };
-    // The directory exists but for the first write of an execution: create it when the
-    // file cannot be created, rather than checking before every write.
-    let mut file = match File::create(&temp) {
-        Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            ensure_dir(parent, fsync)?;
-            File::create(&temp).map_err(io_error("create", &temp))?
-        }
-        Err(source) => {
-            return Err(PersistenceError::Io {
-                op: "create",
-                path: temp,
-                source,
-            });
-        }
-    };
+    let (temp, mut file) = create_temporary(parent, &name, fsync)?;
     let result = (|| {
         file.write_all(bytes).map_err(io_error("write", &temp))?;
         if fsync {
@@ -525,6 +545,42 @@ fn write_atomic(
     Ok(())
 }
 
+/// Creates a new temporary file `.<name>.<pid>-<n>.tmp` in `parent` (see [`create_private`]);
+/// a name left by an earlier process is skipped, not reused.
+fn create_temporary(
+    parent: &Path,
+    name: &str,
+    fsync: bool,
+) -> Result<(PathBuf, File), PersistenceError> {
+    let mut attempts = 0;
+    loop {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let temp = parent.join(format!(".{name}.{}-{n}.tmp", std::process::id()));
+        // The directory exists but for the first write of an execution: create it when the
+        // file cannot be created, rather than checking before every write.
+        let created = match create_private(&temp) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                ensure_dir(parent, fsync)?;
+                create_private(&temp)
+            }
+            other => other,
+        };
+        match created {
+            Ok(file) => return Ok((temp, file)),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists && attempts < 16 => {
+                attempts += 1;
+            }
+            Err(source) => {
+                return Err(PersistenceError::Io {
+                    op: "create",
+                    path: temp,
+                    source,
+                });
+            }
+        }
+    }
+}
+
 /// Creates `dir` (and missing parents); with `fsync`, fsyncs the directories that gained an
 /// entry so the new directories survive a crash.
 fn ensure_dir(dir: &Path, fsync: bool) -> Result<(), PersistenceError> {
@@ -540,7 +596,7 @@ fn ensure_dir(dir: &Path, fsync: bool) -> Result<(), PersistenceError> {
         missing.push(path.to_owned());
         current = path.parent();
     }
-    fs::create_dir_all(dir).map_err(|source| PersistenceError::Io {
+    create_private_dir_all(dir).map_err(|source| PersistenceError::Io {
         op: "create directory",
         path: dir.to_owned(),
         source,
@@ -570,4 +626,107 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 fn sync_dir(_dir: &Path) -> io::Result<()> {
     // Directories cannot be opened for fsync on this platform; the rename is still atomic.
     Ok(())
+}
+
+/// Creates a new file for writing, readable by its owner only (`0600` on Unix), failing if the
+/// name exists (`O_EXCL`, which also refuses a symlink planted at the name).
+pub(crate) fn create_private(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+/// `create_dir_all`, new directories `0700` on Unix.
+pub(crate) fn create_private_dir_all(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Opens `path` for reading without following a symlink at its name and without blocking
+/// on a FIFO (Unix).
+pub(crate) fn open_no_follow(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+        options.custom_flags(flags.bits() as i32);
+    }
+    options.open(path)
+}
+
+/// Whether an open error means the name is a symlink (`ELOOP` from `O_NOFOLLOW`).
+fn is_symlink_refusal(error: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = error;
+        false
+    }
+}
+
+/// The content of the regular file `path` (storing `key`), at most `limit` bytes; `None` when
+/// it does not exist. A symlink, a non-regular file or a larger file is
+/// [`PersistenceError::Corrupt`] (naming the file, never quoting it).
+fn read_regular_file(
+    key: &str,
+    path: &Path,
+    limit: u64,
+) -> Result<Option<Vec<u8>>, PersistenceError> {
+    use std::io::Read as _;
+    let corrupt = |reason: String| PersistenceError::Corrupt {
+        key: key.to_owned(),
+        path: Some(path.to_owned()),
+        reason,
+    };
+    let io_error = |source| PersistenceError::Io {
+        op: "read",
+        path: path.to_owned(),
+        source,
+    };
+    let file = match open_no_follow(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) if is_symlink_refusal(&error) => {
+            return Err(corrupt(
+                "it is a symbolic link, and checkpoint files are never read through links".into(),
+            ));
+        }
+        Err(source) => return Err(io_error(source)),
+    };
+    let metadata = file.metadata().map_err(io_error)?;
+    if !metadata.is_file() {
+        return Err(corrupt("it is not a regular file".into()));
+    }
+    let too_large = |size: String| {
+        corrupt(format!(
+            "it is {size} bytes, more than the {limit} bytes read from such a file"
+        ))
+    };
+    if metadata.len() > limit {
+        return Err(too_large(metadata.len().to_string()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(format!("more than {limit}")));
+    }
+    Ok(Some(bytes))
 }

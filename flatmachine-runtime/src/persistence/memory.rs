@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::record::EVENTS_BY_RANK;
+use super::record::EVENTS_IN_ORDER;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -41,7 +41,7 @@ struct Entries {
     other: BTreeMap<Box<str>, Entry>,
 }
 
-/// Where a checkpoint sits among its execution's: (step, event rank).
+/// Where a checkpoint sits among its execution's: (step, event in run order).
 type Position = (u64, u8);
 
 #[derive(Debug, Default)]
@@ -118,14 +118,10 @@ enum Entry {
     Pointer(u64, u8),
 }
 
-/// The events a checkpoint key can hold, by rank.
-const EVENTS: [&str; 6] = EVENTS_BY_RANK;
+/// The events a checkpoint key can hold, in run order.
+const EVENTS: [&str; 8] = EVENTS_IN_ORDER;
 
 fn event_index(event: &str) -> Option<u8> {
-    if event == super::checkpoint_event::UNKNOWN {
-        // Shares rank 3 with `tool_call` (a snapshot saved without an event).
-        return Some(3);
-    }
     EVENTS.iter().position(|e| *e == event).map(|i| i as u8)
 }
 
@@ -386,7 +382,7 @@ impl PersistenceBackend for MemoryBackend {
     fn save_record_now(&self, record: CheckpointRecord) -> Result<(), PersistenceError> {
         // The execution id of a record was validated when its writer was made, so both keys
         // are valid.
-        let at = (record.step(), record.rank());
+        let at = (record.step(), record.order());
         let mut entries = self.entries();
         let id = record.execution_id_shared();
         let execution = match entries.executions.get_mut(&**id) {

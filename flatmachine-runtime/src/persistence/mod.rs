@@ -47,7 +47,7 @@ pub(crate) mod encoded;
 mod key;
 mod local;
 mod memory;
-mod record;
+pub(crate) mod record;
 pub mod snapshot;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -59,9 +59,12 @@ pub use convert::{CopyReport, copy_executions};
 pub use encoded::{CheckpointWriter, EncodedCheckpoint};
 pub use key::{InvalidKey, MAX_EXECUTION_ID_LEN, validate_execution_id, validate_key};
 pub use local::LocalFileBackend;
+#[cfg(feature = "sqlite")]
+pub(crate) use local::create_private as create_private_file;
+pub(crate) use local::create_private_dir_all;
 pub use memory::MemoryBackend;
 pub use record::CheckpointRecord;
-pub use snapshot::{LaunchIntent, MachineSnapshot, utc_now_isoformat};
+pub use snapshot::{ForkOrigin, LaunchIntent, MachineSnapshot, utc_now_isoformat};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqlitePersistence;
 pub use store::{CheckpointStore, latest_key, parse_snapshot_key, snapshot_key};
@@ -74,6 +77,9 @@ pub mod checkpoint_event {
     pub const STATE_ENTER: &str = "state_enter";
     /// A state is about to run its action/agent/machine.
     pub const EXECUTE: &str = "execute";
+    /// A `wait_for` state found no signal: the run stops here until one arrives (written
+    /// whenever there is a store, whatever `checkpoint_on` says; the reference 4.2.1's event).
+    pub const WAITING: &str = "waiting";
     /// A state finished (not written when the state failed and `on_error` routed away).
     pub const STATE_EXIT: &str = "state_exit";
     /// The run ended.
@@ -85,13 +91,26 @@ pub mod checkpoint_event {
     pub const TOOL_CALL: &str = "tool_call";
     /// Written in a key when a snapshot has no event (reference behaviour).
     pub const UNKNOWN: &str = "unknown";
-    /// The default `checkpoint_on` set: every event above except [`UNKNOWN`], in run order.
+    /// The default `checkpoint_on` set: every event above except [`WAITING`] (always
+    /// written) and [`UNKNOWN`], in run order.
     pub const ALL: [&str; 5] = [MACHINE_START, STATE_ENTER, EXECUTE, STATE_EXIT, MACHINE_END];
 
+    /// Every event a run writes, in run order within a step (`tool_call`, once per round of a
+    /// `tool_loop` state, and `waiting` come after `execute`; `waiting` is followed by the same
+    /// step's `state_exit` once the signal is there).
+    pub const WRITTEN: [&str; 7] = [
+        MACHINE_START,
+        STATE_ENTER,
+        EXECUTE,
+        TOOL_CALL,
+        WAITING,
+        STATE_EXIT,
+        MACHINE_END,
+    ];
+
     /// Position of an event within one step, in run order (`machine_start` 0, `state_enter`
-    /// 1, `execute` 2, `tool_call` and any other event 3, `state_exit` 4, `machine_end` 5):
-    /// how every store
-    /// orders, prunes and resumes the checkpoints of one step.
+    /// 1, `execute` 2, `tool_call`, `waiting` and any other event 3, `state_exit` 4,
+    /// `machine_end` 5): how every store orders, prunes and resumes the checkpoints of one step.
     pub fn rank(event: &str) -> u8 {
         match event {
             MACHINE_START => 0,

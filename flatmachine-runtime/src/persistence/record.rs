@@ -20,21 +20,31 @@ use serde_json::{Number, Value};
 use super::encoded::{IsoTimestamp, SnapshotParts};
 use super::snapshot::write_python_json;
 use super::{
-    LaunchIntent, MachineSnapshot, PersistenceError, checkpoint_event, latest_key, snapshot_key,
+    ForkOrigin, LaunchIntent, MachineSnapshot, PersistenceError, checkpoint_event, latest_key,
+    snapshot_key,
 };
 use crate::Context;
 
-/// The events in run order: a record's `event` is its index here
-/// ([`checkpoint_event::rank`]). Rank 3 is `tool_call`, the only event of that rank the
-/// execution loop writes (a snapshot without an event is never a record).
-pub(crate) const EVENTS_BY_RANK: [&str; 6] = [
+/// The events in run order within a step: a record's `event` is its index here (the order
+/// of [`checkpoint_event::rank`], with `tool_call` and `waiting` placed after any other event).
+pub(crate) const EVENTS_IN_ORDER: [&str; 8] = [
     checkpoint_event::MACHINE_START,
     checkpoint_event::STATE_ENTER,
     checkpoint_event::EXECUTE,
+    checkpoint_event::UNKNOWN,
     checkpoint_event::TOOL_CALL,
+    checkpoint_event::WAITING,
     checkpoint_event::STATE_EXIT,
     checkpoint_event::MACHINE_END,
 ];
+
+/// The index of `event` in [`EVENTS_IN_ORDER`] (an unknown event is `unknown`'s).
+pub(crate) fn event_order(event: &str) -> u8 {
+    EVENTS_IN_ORDER
+        .iter()
+        .position(|e| *e == event)
+        .unwrap_or(3) as u8
+}
 
 /// A checkpoint in compact parts (the context as shared JSON), made by the execution loop for
 /// a backend that [keeps records](super::PersistenceBackend::keeps_records).
@@ -57,7 +67,7 @@ pub struct CheckpointRecord {
     fencing_token: u64,
     /// Which of the three fields above are set ([`HAS_API_CALLS`], …).
     flags: u8,
-    /// Index in [`EVENTS_BY_RANK`].
+    /// Index in [`EVENTS_IN_ORDER`].
     event: u8,
 }
 
@@ -72,12 +82,16 @@ struct ExecutionParts {
     machine_name: &'static str,
     spec_version: &'static str,
     parent_execution_id: Option<Box<str>>,
+    config_hash: Option<&'static str>,
+    forked_from: Option<ForkOrigin>,
 }
 
 #[derive(Debug, Default)]
 struct RecordExtra {
     output: Option<Arc<[u8]>>,
     pending_launches: Option<Box<[u8]>>,
+    waiting_channel: Option<Box<str>>,
+    wait_deadline: Option<Box<str>>,
 }
 
 impl CheckpointRecord {
@@ -96,13 +110,13 @@ impl CheckpointRecord {
         self.step
     }
 
-    /// The event (one of [`checkpoint_event::ALL`], or `tool_call`).
+    /// The event (one of [`checkpoint_event::WRITTEN`], or `unknown`).
     pub fn event(&self) -> &'static str {
-        EVENTS_BY_RANK[usize::from(self.event)]
+        EVENTS_IN_ORDER[usize::from(self.event)]
     }
 
-    /// The event's position within its step ([`checkpoint_event::rank`]).
-    pub fn rank(&self) -> u8 {
+    /// The event's position within its step, in run order.
+    pub(crate) fn order(&self) -> u8 {
         self.event
     }
 
@@ -172,6 +186,22 @@ impl CheckpointRecord {
         write_python_json(out, &execution.parent_execution_id)?;
         out.extend_from_slice(b", \"pending_launches\": ");
         raw(out, extra.and_then(|e| e.pending_launches.as_deref()));
+        if let Some(channel) = extra.and_then(|e| e.waiting_channel.as_deref()) {
+            out.extend_from_slice(b", \"waiting_channel\": ");
+            write_python_json(out, channel)?;
+        }
+        if let Some(hash) = execution.config_hash {
+            out.extend_from_slice(b", \"config_hash\": ");
+            write_python_json(out, hash)?;
+        }
+        if let Some(deadline) = extra.and_then(|e| e.wait_deadline.as_deref()) {
+            out.extend_from_slice(b", \"wait_deadline\": ");
+            write_python_json(out, deadline)?;
+        }
+        if let Some(origin) = &execution.forked_from {
+            out.extend_from_slice(b", \"forked_from\": ");
+            write_python_json(out, origin)?;
+        }
         if flag(HAS_FENCING_TOKEN) {
             let _ = write!(out, ", \"fencing_token\": {}", self.fencing_token);
         }
@@ -222,7 +252,9 @@ impl RecordCache {
                 if *e.execution_id == *parts.execution_id
                     && e.machine_name == parts.machine_name
                     && e.spec_version == parts.spec_version
-                    && e.parent_execution_id.as_deref() == parts.parent_execution_id =>
+                    && e.parent_execution_id.as_deref() == parts.parent_execution_id
+                    && e.config_hash == parts.config_hash
+                    && e.forked_from.as_ref() == parts.forked_from =>
             {
                 Arc::clone(e)
             }
@@ -231,6 +263,8 @@ impl RecordCache {
                 machine_name: parts.machine_name,
                 spec_version: parts.spec_version,
                 parent_execution_id: parts.parent_execution_id.map(Box::from),
+                config_hash: parts.config_hash,
+                forked_from: parts.forked_from.cloned(),
             }))),
         };
         let context = share(&mut self.context, parts.context)?;
@@ -243,10 +277,18 @@ impl RecordCache {
             .map(super::snapshot::to_python_json::<[LaunchIntent]>)
             .transpose()?
             .map(Vec::into_boxed_slice);
-        let extra = (output.is_some() || pending_launches.is_some()).then(|| {
+        let waiting_channel = parts.waiting_channel.map(Box::from);
+        let wait_deadline = parts.wait_deadline.map(Box::from);
+        let extra = (output.is_some()
+            || pending_launches.is_some()
+            || waiting_channel.is_some()
+            || wait_deadline.is_some())
+        .then(|| {
             Arc::new(RecordExtra {
                 output,
                 pending_launches,
+                waiting_channel,
+                wait_deadline,
             })
         });
         let mut flags = 0;
@@ -270,7 +312,7 @@ impl RecordCache {
             total_cost: parts.total_cost.unwrap_or(0.0),
             fencing_token: parts.fencing_token.unwrap_or(0),
             flags,
-            event: checkpoint_event::rank(parts.event.unwrap_or(checkpoint_event::UNKNOWN)),
+            event: event_order(parts.event.unwrap_or(checkpoint_event::UNKNOWN)),
         })
     }
 }

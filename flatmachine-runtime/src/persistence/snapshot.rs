@@ -61,6 +61,22 @@ pub struct MachineSnapshot {
     /// are none (the reference writes `null`, never `[]`).
     #[serde(default)]
     pub pending_launches: Option<Vec<LaunchIntent>>,
+    /// The channel the run waits on: set on the `waiting` checkpoint of a `wait_for` state
+    /// (the reference 4.2.1's field). Not written when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_channel: Option<String>,
+    /// The fingerprint of the machine's shape (`fm-shape1:…`; the reference 4.2.1 writes the
+    /// SHA-256 of its config text under the same name): a resume, signal or fork with a build
+    /// of another shape is refused unless the caller opts in. Not written when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// When a waiting run gives up (`timeout` of its `wait_for` state), UTC, `isoformat()`
+    /// style; on `waiting` checkpoints only. Not written when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_deadline: Option<String>,
+    /// The execution and step this run was forked from. Not written when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<ForkOrigin>,
     /// The fencing token of the execution lock held when the snapshot was made (locks that
     /// issue them: `RedisLock`). Not written when `None`, so snapshots stay byte-identical to
     /// the reference's; a store that checks it refuses snapshots older than the newest token.
@@ -93,6 +109,10 @@ impl MachineSnapshot {
             total_cost: None,
             parent_execution_id: None,
             pending_launches: None,
+            waiting_channel: None,
+            config_hash: None,
+            wait_deadline: None,
+            forked_from: None,
             fencing_token: None,
         }
     }
@@ -122,6 +142,16 @@ impl MachineSnapshot {
     pub fn from_json_slice(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
+}
+
+/// Where a forked execution came from: the execution and the step of the checkpoint it was
+/// copied from (written into every checkpoint of the fork).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkOrigin {
+    /// The execution forked.
+    pub execution_id: String,
+    /// The step of the checkpoint the fork started from.
+    pub step: u64,
 }
 
 /// A child launch recorded in a snapshot before it happens (the reference's `LaunchIntent`).
@@ -204,19 +234,62 @@ pub fn to_python_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde
     Ok(out)
 }
 
+/// Deepest nesting of arrays and objects the checkpoint writer accepts in one serialized part
+/// (a whole snapshot, or a context, output or outbox spliced into one): 126 levels. A snapshot
+/// therefore nests at most 127 levels, the most `serde_json` parses back, so every checkpoint
+/// written can be loaded; a deeper one is refused when written
+/// ([`PersistenceError::Serialize`](super::PersistenceError::Serialize) naming this limit)
+/// instead of leaving an execution that cannot resume. Values entering a run from outside are
+/// held to [`MAX_JSON_DEPTH`](crate::agents::output::MAX_JSON_DEPTH) (64), far below it.
+pub const MAX_WRITE_DEPTH: usize = 126;
+
 /// [`to_python_json`] appending to `out`.
 pub(crate) fn write_python_json<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
     value: &T,
 ) -> Result<(), serde_json::Error> {
-    let mut serializer = serde_json::Serializer::with_formatter(out, PythonFormatter);
+    let mut serializer = serde_json::Serializer::with_formatter(out, PythonFormatter::default());
     value.serialize(&mut serializer)
 }
 
-/// `serde_json` formatter reproducing Python's `json.dumps` defaults.
-struct PythonFormatter;
+/// `serde_json` formatter reproducing Python's `json.dumps` defaults, refusing nesting deeper
+/// than [`MAX_WRITE_DEPTH`].
+#[derive(Default)]
+struct PythonFormatter {
+    depth: usize,
+}
+
+impl PythonFormatter {
+    fn open<W: ?Sized + io::Write>(&mut self, w: &mut W, bracket: &[u8]) -> io::Result<()> {
+        self.depth += 1;
+        if self.depth > MAX_WRITE_DEPTH {
+            return Err(io::Error::other(format!(
+                "the value nests arrays/objects more than {MAX_WRITE_DEPTH} levels deep, more than a checkpoint can hold and load back"
+            )));
+        }
+        w.write_all(bracket)
+    }
+}
 
 impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.open(w, b"[")
+    }
+
+    fn end_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.depth -= 1;
+        w.write_all(b"]")
+    }
+
+    fn begin_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.open(w, b"{")
+    }
+
+    fn end_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.depth -= 1;
+        w.write_all(b"}")
+    }
+
     fn begin_array_value<W: ?Sized + io::Write>(
         &mut self,
         w: &mut W,

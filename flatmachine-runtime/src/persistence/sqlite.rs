@@ -10,7 +10,9 @@ use super::{
     CheckpointStore, EncodedCheckpoint, MachineSnapshot, PersistenceBackend, PersistenceError,
     checkpoint_event, parse_snapshot_key, validate_execution_id, validate_key,
 };
-use crate::sqlite::{Db, SqliteError, SqliteOptions, check_version, immediate};
+use crate::sqlite::{
+    Db, SqliteError, SqliteOptions, check_version, check_version_read_only, immediate,
+};
 
 /// Schema version of the `flatmachine_checkpoints` table this release writes.
 const CHECKPOINT_SCHEMA: i64 = 1;
@@ -76,6 +78,19 @@ impl SqlitePersistence {
     ) -> Result<Self, PersistenceError> {
         let path = path.as_ref().to_path_buf();
         let db = Db::open(&path, options, schema).map_err(|e| convert_error(&path, e))?;
+        Ok(Self { db, path, options })
+    }
+
+    /// Opens an existing checkpoint database for reading only (what `flatmachine inspect`
+    /// and the source of `flatmachine convert` use): the file is opened read-only, so nothing
+    /// is created or changed in it (no table, no switch to WAL), and a file without the
+    /// checkpoint table (another application's database, not SQLite at all) is refused. Every
+    /// write through it fails.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, PersistenceError> {
+        let path = path.as_ref().to_path_buf();
+        let options = SqliteOptions::default();
+        let db = Db::open_read_only(&path, options, check_read_only)
+            .map_err(|e| convert_error(&path, e))?;
         Ok(Self { db, path, options })
     }
 
@@ -156,6 +171,14 @@ impl CheckpointStore {
         Ok(Self::new(Arc::new(SqlitePersistence::open(path)?)))
     }
 
+    /// A store reading an existing checkpoint database (see
+    /// [`SqlitePersistence::open_read_only`]).
+    pub fn sqlite_read_only(path: impl AsRef<Path>) -> Result<Self, PersistenceError> {
+        Ok(Self::new(Arc::new(SqlitePersistence::open_read_only(
+            path,
+        )?)))
+    }
+
     /// A store on a [`SqlitePersistence`] at `path` with explicit settings
     /// (`SqliteOptions { synchronous_full: true, .. }` survives power loss).
     pub fn sqlite_with(
@@ -166,6 +189,16 @@ impl CheckpointStore {
             path, options,
         )?)))
     }
+}
+
+fn check_read_only(conn: &rusqlite::Connection) -> Result<(), SqliteError> {
+    check_version_read_only(
+        conn,
+        "checkpoints",
+        "flatmachine_checkpoints",
+        CHECKPOINT_SCHEMA,
+    )
+    .map(|_| ())
 }
 
 fn schema(conn: &mut rusqlite::Connection) -> Result<(), SqliteError> {

@@ -46,12 +46,14 @@ pub fn parse_snapshot_key(key: &str) -> Option<(&str, u64, &str)> {
 pub struct CheckpointStore {
     backend: Arc<dyn PersistenceBackend>,
     keep_last: Option<usize>,
+    keep_finished: Option<usize>,
 }
 
 impl std::fmt::Debug for CheckpointStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CheckpointStore")
             .field("keep_last", &self.keep_last)
+            .field("keep_finished", &self.keep_finished)
             .finish_non_exhaustive()
     }
 }
@@ -62,6 +64,7 @@ impl CheckpointStore {
         Self {
             backend,
             keep_last: None,
+            keep_finished: None,
         }
     }
 
@@ -86,6 +89,30 @@ impl CheckpointStore {
     /// The pruning setting (see [`with_keep_last`](Self::with_keep_last)).
     pub fn keep_last(&self) -> Option<usize> {
         self.keep_last
+    }
+
+    /// Retention of finished executions: when an execution's `machine_end` checkpoint is saved,
+    /// delete all but its newest `n` checkpoints (`None`: keep all; `Some(0)` counts as 1, so
+    /// the final checkpoint stays for `inspect` and resume). One prune per run instead of one
+    /// per checkpoint; the default for worker machines (see `docs/many-hosts.md`).
+    pub fn with_keep_finished(mut self, keep: Option<usize>) -> Self {
+        self.keep_finished = keep.map(|n| n.max(1));
+        self
+    }
+
+    /// The retention of finished executions (see [`with_keep_finished`](Self::with_keep_finished)).
+    pub fn keep_finished(&self) -> Option<usize> {
+        self.keep_finished
+    }
+
+    /// How many checkpoints to keep after saving `key`, if pruning is due.
+    fn prune_after(&self, key: &str) -> Option<usize> {
+        self.keep_last.or_else(|| {
+            self.keep_finished.filter(|_| {
+                parse_snapshot_key(key)
+                    .is_some_and(|(_, _, event)| event == checkpoint_event::MACHINE_END)
+            })
+        })
     }
 
     /// The backend.
@@ -116,7 +143,7 @@ impl CheckpointStore {
         self.backend
             .save_checkpoint(&key, &latest_key(&execution_id), snapshot)
             .await?;
-        if let Some(keep) = self.keep_last {
+        if let Some(keep) = self.prune_after(&key) {
             self.backend
                 .prune_checkpoints(&execution_id, &key, keep)
                 .await?;
@@ -133,7 +160,7 @@ impl CheckpointStore {
         checkpoint: EncodedCheckpoint,
     ) -> Result<(), PersistenceError> {
         let pruning = self
-            .keep_last
+            .prune_after(checkpoint.key_shared())
             .map(|keep| (keep, checkpoint.key_shared().clone()));
         match self.backend.save_encoded_now(&checkpoint) {
             Some(result) => result?,
@@ -160,9 +187,14 @@ impl CheckpointStore {
             return self.save_encoded(writer.encode(parts)?).await;
         }
         let record = writer.record(parts)?;
-        let pruning = self
-            .keep_last
-            .map(|keep| (keep, record.key(), Arc::clone(record.execution_id_shared())));
+        // The key is built only when some pruning is configured.
+        let pruning = if self.keep_last.is_some() || self.keep_finished.is_some() {
+            let key = record.key();
+            self.prune_after(&key)
+                .map(|keep| (keep, key, Arc::clone(record.execution_id_shared())))
+        } else {
+            None
+        };
         self.backend.save_record_now(record)?;
         if let Some((keep, key, execution_id)) = pruning {
             self.backend
@@ -192,8 +224,13 @@ impl CheckpointStore {
         if target.is_empty() {
             return Err(corrupt("the latest pointer is empty".to_owned()));
         }
-        if let Err(invalid) = validate_key(target) {
-            return Err(corrupt(format!("the latest pointer names an {invalid}")));
+        // The pointer's text is quoted in no message unless it is a checkpoint key: a pointer
+        // replaced by (or linked to) another file must not leak that file into logs.
+        if validate_key(target).is_err() || parse_snapshot_key(target).is_none() {
+            return Err(corrupt(format!(
+                "the latest pointer does not hold a checkpoint key ({} bytes; its content is not shown)",
+                text.len()
+            )));
         }
         Ok(Some(target.to_owned()))
     }

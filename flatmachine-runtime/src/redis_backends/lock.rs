@@ -23,11 +23,17 @@ use crate::lock::{ExecutionLock, LockError, LockGuard};
 use crate::persistence::validate_execution_id;
 
 /// KEYS = lock key, fence counter; ARGV = token, lease ms. The new fencing token, or 0 if held.
+/// A lock that already holds this token is this hold (a repeated acquire whose reply was
+/// lost): its fencing token is returned again (no acquire can have run since, the key being
+/// held).
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return redis.call('INCR', KEYS[2])
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return tonumber(redis.call('GET', KEYS[2]) or '0')
 end
 return 0
 ",
@@ -123,13 +129,17 @@ impl ExecutionLock for RedisLock {
         let key = self.lock_key(execution_id);
         let token = uuid::Uuid::new_v4().to_string();
         let lease = self.lease_ms();
-        let mut conn = self.conn.manager().await.map_err(other)?;
-        let fence: u64 = ACQUIRE
-            .key(&key)
+        let mut inv = ACQUIRE.prepare_invoke();
+        inv.key(&key)
             .key(RedisPersistence::lock_fence_key(&self.conn, execution_id))
             .arg(&token)
-            .arg(lease)
-            .invoke_async(&mut conn)
+            .arg(lease);
+        let inv = &inv;
+        let fence: u64 = self
+            .conn
+            .run("lock acquire", |mut c, _| async move {
+                inv.invoke_async(&mut c).await
+            })
             .await
             .map_err(other)?;
         if fence == 0 {
@@ -138,8 +148,8 @@ impl ExecutionLock for RedisLock {
             });
         }
         let renewal = self.options.renew_every.map(|every| {
-            let (mut conn, key, token, id) = (
-                conn.clone(),
+            let (conn, key, token, id) = (
+                self.conn.clone(),
                 key.clone(),
                 token.clone(),
                 execution_id.to_owned(),
@@ -147,11 +157,12 @@ impl ExecutionLock for RedisLock {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    let renewed: Result<i64, _> = RENEW
-                        .key(&key)
-                        .arg(&token)
-                        .arg(lease)
-                        .invoke_async(&mut conn)
+                    let renewed: Result<i64, _> = conn
+                        .run("lock renewal", |mut c, _| {
+                            let mut inv = RENEW.prepare_invoke();
+                            inv.key(&key).arg(&token).arg(lease);
+                            async move { inv.invoke_async(&mut c).await }
+                        })
                         .await;
                     match renewed {
                         Ok(1) => {}
@@ -169,14 +180,20 @@ impl ExecutionLock for RedisLock {
                 }
             })
         });
+        let conn = self.conn.clone();
         let guard = LockGuard::new(execution_id, move || {
             if let Some(task) = renewal {
                 task.abort();
             }
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
-                    let released: Result<i64, _> =
-                        RELEASE.key(&key).arg(&token).invoke_async(&mut conn).await;
+                    let released: Result<i64, _> = conn
+                        .run("lock release", |mut c, _| {
+                            let mut inv = RELEASE.prepare_invoke();
+                            inv.key(&key).arg(&token);
+                            async move { inv.invoke_async(&mut c).await }
+                        })
+                        .await;
                     if let Err(e) = released {
                         tracing::warn!(error = %e, "could not release a Redis lock; it expires with its lease");
                     }

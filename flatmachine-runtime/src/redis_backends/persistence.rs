@@ -152,9 +152,8 @@ impl RedisPersistence {
             ),
             None => (String::new(), String::new()),
         };
-        let mut conn = self.conn.manager().await.map_err(other)?;
-        let reply: Vec<String> = SAVE
-            .key(self.data_key(key))
+        let mut inv = SAVE.prepare_invoke();
+        inv.key(self.data_key(key))
             .key(self.index_key())
             .key(exec)
             .key(latest.map(|l| self.data_key(l)).unwrap_or_default())
@@ -164,10 +163,17 @@ impl RedisPersistence {
             .arg(bytes)
             .arg(score)
             .arg(latest.unwrap_or(""))
-            .arg(token.map(|t| t.to_string()).unwrap_or_default())
-            .invoke_async(&mut conn)
+            .arg(token.map(|t| t.to_string()).unwrap_or_default());
+        let inv = &inv;
+        let started = std::time::Instant::now();
+        let reply: Vec<String> = self
+            .conn
+            .run("checkpoint save", |mut c, _| async move {
+                inv.invoke_async(&mut c).await
+            })
             .await
             .map_err(other)?;
+        crate::distributed::metrics().checkpoint_saved(started.elapsed());
         match reply.as_slice() {
             [ok] if ok == "0" => Ok(()),
             [refused, newest] if refused == "1" => Err(other(FencingError {
@@ -184,10 +190,12 @@ impl RedisPersistence {
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PersistenceError> {
         validate_key(key)?;
-        let mut conn = self.conn.manager().await.map_err(other)?;
-        redis::cmd("GET")
-            .arg(self.data_key(key))
-            .query_async(&mut conn)
+        let data_key = self.data_key(key);
+        self.conn
+            .run("checkpoint read", |mut c, _| {
+                let data_key = data_key.clone();
+                async move { redis::cmd("GET").arg(data_key).query_async(&mut c).await }
+            })
             .await
             .map_err(other)
     }
@@ -227,14 +235,18 @@ impl PersistenceBackend for RedisPersistence {
         keep: usize,
     ) -> Result<(), PersistenceError> {
         validate_execution_id(execution_id)?;
-        let mut conn = self.conn.manager().await.map_err(other)?;
-        let _: i64 = PRUNE
-            .key(self.exec_key(execution_id))
+        let mut inv = PRUNE.prepare_invoke();
+        inv.key(self.exec_key(execution_id))
             .key(self.index_key())
             .arg(self.conn.key("cp:"))
             .arg(keep)
-            .arg(saved)
-            .invoke_async(&mut conn)
+            .arg(saved);
+        let inv = &inv;
+        let _: i64 = self
+            .conn
+            .run("checkpoint prune", |mut c, _| async move {
+                inv.invoke_async(&mut c).await
+            })
             .await
             .map_err(other)?;
         Ok(())
@@ -272,7 +284,6 @@ impl PersistenceBackend for RedisPersistence {
 
     async fn delete(&self, key: &str) -> Result<(), PersistenceError> {
         validate_key(key)?;
-        let mut conn = self.conn.manager().await.map_err(other)?;
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("DEL")
@@ -283,22 +294,28 @@ impl PersistenceBackend for RedisPersistence {
         if let Some((id, _, _)) = parse_snapshot_key(key) {
             pipe.cmd("ZREM").arg(self.exec_key(id)).arg(key);
         }
-        pipe.query_async::<()>(&mut conn).await.map_err(other)
+        let pipe = &pipe;
+        self.conn
+            .run("checkpoint delete", |mut c, _| async move {
+                pipe.query_async::<()>(&mut c).await
+            })
+            .await
+            .map_err(other)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, PersistenceError> {
-        let mut conn = self.conn.manager().await.map_err(other)?;
         let mut min = b"[".to_vec();
         min.extend_from_slice(prefix.as_bytes());
         let mut max = min.clone();
         max.push(0xff);
-        let keys: Vec<String> = redis::cmd("ZRANGEBYLEX")
-            .arg(self.index_key())
-            .arg(min)
-            .arg(max)
-            .query_async(&mut conn)
+        let mut cmd = redis::cmd("ZRANGEBYLEX");
+        cmd.arg(self.index_key()).arg(min).arg(max);
+        let cmd = &cmd;
+        self.conn
+            .run("checkpoint list", |mut c, _| async move {
+                cmd.query_async(&mut c).await
+            })
             .await
-            .map_err(other)?;
-        Ok(keys)
+            .map_err(other)
     }
 }

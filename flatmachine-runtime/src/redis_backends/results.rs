@@ -73,10 +73,11 @@ impl RedisResults {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Value>, ResultError> {
-        let mut conn = self.conn.manager().await.map_err(other)?;
-        let text: Option<String> = redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut conn)
+        let text: Option<String> = self
+            .conn
+            .run("result read", |mut c, _| async move {
+                redis::cmd("GET").arg(key).query_async(&mut c).await
+            })
             .await
             .map_err(other)?;
         text.map(|t| serde_json::from_str(&t).map_err(other))
@@ -123,12 +124,14 @@ impl ResultBackend for RedisResults {
     async fn write(&self, uri: &str, data: Value) -> Result<(), ResultError> {
         let (key, channel) = self.keys(uri)?;
         let text = serde_json::to_string(&data).map_err(other)?;
-        let mut conn = self.conn.manager().await.map_err(other)?;
-        let written: i64 = WRITE
-            .key(key)
-            .key(channel)
-            .arg(text)
-            .invoke_async(&mut conn)
+        let mut inv = WRITE.prepare_invoke();
+        inv.key(key).key(channel).arg(text);
+        let inv = &inv;
+        let written: i64 = self
+            .conn
+            .run("result write", |mut c, _| async move {
+                inv.invoke_async(&mut c).await
+            })
             .await
             .map_err(other)?;
         if written == 0 {
@@ -161,20 +164,22 @@ impl ResultBackend for RedisResults {
 
     async fn exists(&self, uri: &str) -> Result<bool, ResultError> {
         let (key, _) = self.keys(uri)?;
-        let mut conn = self.conn.manager().await.map_err(other)?;
-        redis::cmd("EXISTS")
-            .arg(key)
-            .query_async(&mut conn)
+        let key = &key;
+        self.conn
+            .run("result exists", |mut c, _| async move {
+                redis::cmd("EXISTS").arg(key).query_async(&mut c).await
+            })
             .await
             .map_err(other)
     }
 
     async fn delete(&self, uri: &str) -> Result<(), ResultError> {
         let (key, _) = self.keys(uri)?;
-        let mut conn = self.conn.manager().await.map_err(other)?;
-        redis::cmd("DEL")
-            .arg(key)
-            .query_async::<()>(&mut conn)
+        let key = &key;
+        self.conn
+            .run("result delete", |mut c, _| async move {
+                redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await
+            })
             .await
             .map_err(other)
     }

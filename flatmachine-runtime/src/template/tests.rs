@@ -412,12 +412,19 @@ fn fromjson_and_tojson() {
     let e = err("{{ input.zp | fromjson }}");
     assert!(e.message.contains("fromjson"), "{}", e.message);
 
-    // tojson gives a string (a single expression keeps its type).
+    // A single `{{ x | tojson }}` gives x back (the corpus passes lists to agents this way);
+    // inside text it is JSON text.
     assert_eq!(
         r("{{ input.d2 | tojson }}"),
-        json!("{\"ok\": true, \"none\": null}")
+        json!({"ok": true, "none": null})
     );
+    assert_eq!(r("{{ input.sl | tojson }}"), json!(["a", "b"]));
+    assert_eq!(r(" {{ input.s | tojson }} "), json!("1000"));
+    assert_eq!(r("{{ input.lst | tojson(indent=2) }}"), json!([1, 2]));
     assert_eq!(r("x{{ input.lst | tojson }}"), json!("x[1, 2]"));
+    // Only when tojson is the last operation: `| length` after it is a number of characters.
+    assert_eq!(r("{{ input.lst | tojson | length }}"), json!(6));
+    assert!(r("{{ input.d2 | string }}").is_string());
 }
 
 // --- Rule 7: variables in scope -----------------------------------------------------------

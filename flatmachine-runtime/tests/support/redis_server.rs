@@ -47,6 +47,11 @@ impl RedisServer {
         self.port
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The server's working directory (AOF files, `redis.log`).
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -1,33 +1,36 @@
 //! [`AnthropicBackend`]: the Anthropic Messages API (feature `anthropic`).
 
 use std::fmt;
-use std::time::Duration;
 
 use async_trait::async_trait;
+use flatmachine_providers::Wire;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, json};
 
-use super::http::{self, Call, Transport};
+use super::http::{self, Auth, Post, Transport};
+use super::stream::StreamFormat;
 use super::tool_wire;
 use crate::Value;
-use crate::agents::llm::{
-    LlmBackend, LlmError, LlmErrorKind, LlmRequest, LlmResponse, Role, Usage,
-};
+use crate::agents::llm::{LlmBackend, LlmError, LlmRequest, LlmResponse, Role, Usage};
 
 /// Calls the Anthropic Messages API: `POST {base}/v1/messages` with `x-api-key`,
 /// `anthropic-version: 2023-06-01` and `content-type: application/json`.
 ///
-/// * **Endpoint**: the request's `base_url`, else `$ANTHROPIC_BASE_URL`, else
+/// * **Endpoint**: the request's `base_url`, else `$ANTHROPIC_API_BASE` or
+///   `$ANTHROPIC_BASE_URL` (LiteLLM's order), else
 ///   [`DEFAULT_BASE_URL`](Self::DEFAULT_BASE_URL), followed by `/v1/messages` (a base already
 ///   ending in `/v1` or `/v1/messages` is not doubled).
 /// * **Key**: read at call time from the variable named by the request's `api_key_env`, else
 ///   `$ANTHROPIC_API_KEY`. A missing (or blank) key is a
-///   [`Configuration`](LlmErrorKind::Configuration) error naming the variable — unless the
-///   request has a `base_url` (a proxy or local server): then no `x-api-key` is sent.
+///   [`Configuration`](crate::agents::LlmErrorKind::Configuration) error naming the variable
+///   when calling Anthropic's own endpoint; a proxy named by `base_url` or the environment is
+///   called without `x-api-key` when no key is set.
 /// * **Body**: `model` (as given), `max_tokens` (the request's, else
 ///   [`DEFAULT_MAX_TOKENS`](Self::DEFAULT_MAX_TOKENS): the API requires it), the system
-///   message(s) in the top-level `system` field (several are joined by a blank line), the
-///   other messages in `messages`, `temperature` always, `top_p` and `top_k` when set.
+///   message(s) in the top-level `system` field as text blocks (the last one with
+///   `cache_control` when the request asks for [prompt caching](LlmRequest::prompt_caching)),
+///   the other messages in `messages` with their content as a text block, `temperature`
+///   always, `top_p` and `top_k` when set.
 ///   `frequency_penalty`, `presence_penalty` and `seed` have no Messages API equivalent and
 ///   are not sent (the API rejects unknown fields). There is no JSON mode in this API version:
 ///   for [`ResponseFormat::Json`](crate::agents::ResponseFormat::Json) the backend relies on
@@ -40,8 +43,8 @@ use crate::agents::llm::{
 ///   `stop_reason` as the finish reason; `model`; usage — `input_tokens` reported **includes**
 ///   cached tokens (the API's `input_tokens` + `cache_read_input_tokens` +
 ///   `cache_creation_input_tokens`), `cached_tokens` is `cache_read_input_tokens`, and
-///   `output_tokens` as given. A reply without a `content` array is an
-///   [`Api`](LlmErrorKind::Api) error.
+///   `output_tokens` as given. A 2xx reply that is not JSON or has no `content` list is an
+///   [`InternalServer`](crate::agents::LlmErrorKind::InternalServer) error.
 /// * **Transport**: as described in the [`providers`](super) module; a 529 ("overloaded") is
 ///   retried and, if it persists, is an [`InternalServer`](LlmErrorKind::InternalServer)
 ///   error, as LiteLLM maps it.
@@ -70,7 +73,8 @@ impl Default for AnthropicBackend {
 impl AnthropicBackend {
     /// The endpoint used when neither the request nor the environment gives one.
     pub const DEFAULT_BASE_URL: &'static str = "https://api.anthropic.com";
-    /// The environment variable overriding the default endpoint.
+    /// An environment variable overriding the default endpoint (`ANTHROPIC_API_BASE` is read
+    /// first, as LiteLLM does).
     pub const BASE_URL_ENV: &'static str = "ANTHROPIC_BASE_URL";
     /// The environment variable holding the key when the request names none.
     pub const API_KEY_ENV: &'static str = "ANTHROPIC_API_KEY";
@@ -86,42 +90,33 @@ impl AnthropicBackend {
         }
     }
 
-    /// Sets the per-call timeout (each attempt; a request's `timeout` overrides it).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.transport.settings.timeout = timeout;
-        self
-    }
+    http::transport_settings!();
 
-    /// Sets the transport retries (a request's `max_retries` overrides it).
-    pub fn with_max_retries(mut self, max_retries: u32) -> Self {
-        self.transport.settings.max_retries = max_retries;
-        self
-    }
-
-    /// Sets the exponential backoff used when the provider sends no `retry-after`: the first
-    /// delay, doubled per attempt up to `max` (defaults 500 ms and 8 s).
-    pub fn with_retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.transport.settings.initial_backoff = initial;
-        self.transport.settings.max_backoff = max;
-        self
-    }
-
-    /// The JSON body sent for `request`.
+    /// The JSON body sent for `request`. The system prompt and every message's content go as
+    /// lists of text blocks (`[{"type": "text", "text": …}]`), as LiteLLM sends them; with
+    /// the request's [`prompt_caching`](LlmRequest::prompt_caching) the system block carries
+    /// `cache_control: {"type": "ephemeral"}`.
     pub fn request_body(&self, request: &LlmRequest) -> Value {
+        let block = |text: &str| json!({"type": "text", "text": text});
         let mut body = Map::new();
         body.insert("model".into(), json!(request.model));
         body.insert(
             "max_tokens".into(),
             json!(request.max_tokens.unwrap_or(Self::DEFAULT_MAX_TOKENS)),
         );
-        let system: Vec<&str> = request
+        let mut system: Vec<Value> = request
             .messages
             .iter()
             .filter(|m| m.role == Role::System)
-            .map(|m| m.content.as_str())
+            .map(|m| block(&m.content))
             .collect();
+        if request.prompt_caching
+            && let Some(Value::Object(last)) = system.last_mut()
+        {
+            last.insert("cache_control".into(), json!({"type": "ephemeral"}));
+        }
         if !system.is_empty() {
-            body.insert("system".into(), json!(system.join("\n\n")));
+            body.insert("system".into(), Value::Array(system));
         }
         let messages = if tool_wire::uses_tools(request) {
             tool_wire::anthropic_messages(&request.messages)
@@ -130,7 +125,7 @@ impl AnthropicBackend {
                 .messages
                 .iter()
                 .filter(|m| m.role != Role::System)
-                .map(|m| json!({"role": m.role, "content": m.content}))
+                .map(|m| json!({"role": m.role, "content": [block(&m.content)]}))
                 .collect()
         };
         body.insert("messages".into(), Value::Array(messages));
@@ -141,6 +136,9 @@ impl AnthropicBackend {
         }
         if let Some(top_k) = request.top_k {
             body.insert("top_k".into(), json!(top_k));
+        }
+        if request.stream {
+            body.insert("stream".into(), json!(true));
         }
         Value::Object(body)
     }
@@ -153,39 +151,12 @@ impl LlmBackend for AnthropicBackend {
     }
 
     async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
-        let key_env = request.api_key_env.as_deref().unwrap_or(Self::API_KEY_ENV);
-        let key = http::read_key(key_env);
+        let target = http::target(request, Wire::Anthropic, "anthropic")?;
         let mut headers = HeaderMap::new();
         headers.insert(
             HeaderName::from_static("anthropic-version"),
             HeaderValue::from_static(Self::API_VERSION),
         );
-        match &key {
-            Some(key) => {
-                let value = http::secret_header(key).ok_or_else(|| {
-                    LlmError::new(
-                        LlmErrorKind::Configuration,
-                        format!(
-                            "anthropic: the key in `{key_env}` has characters not allowed in an \
-                             HTTP header"
-                        ),
-                    )
-                })?;
-                headers.insert(HeaderName::from_static("x-api-key"), value);
-            }
-            None if http::has_base_url(request) => {
-                tracing::debug!(
-                    key_env,
-                    "anthropic: no key set; calling the request's base_url without x-api-key"
-                );
-            }
-            None => {
-                return Err(LlmError::new(
-                    LlmErrorKind::Configuration,
-                    format!("anthropic: no API key: set the environment variable `{key_env}`"),
-                ));
-            }
-        }
         if request.frequency_penalty.is_some()
             || request.presence_penalty.is_some()
             || request.seed.is_some()
@@ -196,59 +167,42 @@ impl LlmBackend for AnthropicBackend {
                  (no Messages API equivalent)"
             );
         }
-        let base = http::base_url(request, Self::BASE_URL_ENV, Self::DEFAULT_BASE_URL);
+        let url = http::endpoint(&target.base, "/v1/messages");
         let body = self.request_body(request);
-        let reply = self
-            .transport
-            .post_json(
-                Call {
-                    provider: "anthropic",
-                    url: http::endpoint(&base, "/v1/messages"),
+        self.transport
+            .complete(
+                &target,
+                Post {
+                    url,
+                    auth: Auth::XApiKey,
                     headers,
                     body: &body,
-                    secret: key.as_deref(),
+                    stream: request.stream.then_some(StreamFormat::Anthropic),
                 },
                 request,
+                parse_reply,
             )
-            .await?;
-        parse_reply(&reply.body, reply.attempts)
+            .await
     }
 }
 
-/// Reads a Messages API reply.
+/// Reads a Messages API reply. A body without a `content` list (or an error object sent with
+/// a 2xx status) is an [`InternalServer`](LlmErrorKind::InternalServer) error.
 fn parse_reply(body: &Value, attempts: u32) -> Result<LlmResponse, LlmError> {
-    let malformed = |what: &str| {
-        LlmError::new(
-            LlmErrorKind::Api,
-            format!(
-                "anthropic: malformed reply ({what}): {}",
-                http::truncate(&body.to_string())
-            ),
-        )
-        .with_status(200)
-    };
     if body.get("type").and_then(Value::as_str) == Some("error") {
-        let message = body
-            .get("error")
-            .and_then(|e| e.get("message"))
-            .and_then(Value::as_str)
-            .unwrap_or("error reply");
-        return Err(LlmError::new(
-            LlmErrorKind::Api,
-            format!("anthropic: {}", http::truncate(message)),
-        )
-        .with_status(200));
+        return Err(http::malformed("anthropic", "an error object", body));
     }
     let blocks = body
         .get("content")
         .and_then(Value::as_array)
-        .ok_or_else(|| malformed("no content array"))?;
+        .ok_or_else(|| http::malformed("anthropic", "no content list", body))?;
     let content: String = blocks
         .iter()
         .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
         .filter_map(|b| b.get("text").and_then(Value::as_str))
         .collect();
-    let tool_calls = tool_wire::anthropic_tool_calls(blocks).map_err(|e| malformed(&e))?;
+    let tool_calls = tool_wire::anthropic_tool_calls(blocks)
+        .map_err(|e| http::malformed("anthropic", &e, body))?;
     let count = |name: &str| {
         body.get("usage")
             .and_then(|u| u.get(name))
@@ -266,14 +220,8 @@ fn parse_reply(body: &Value, attempts: u32) -> Result<LlmResponse, LlmError> {
     Ok(LlmResponse {
         content,
         usage,
-        model: body
-            .get("model")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        finish_reason: body
-            .get("stop_reason")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        model: http::text(body, "model"),
+        finish_reason: http::text(body, "stop_reason"),
         attempts,
         tool_calls,
     })

@@ -8,10 +8,12 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use flatmachine_providers::{Provider, Wire};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
+use super::stream::StreamFormat;
 use crate::Value;
-use crate::agents::llm::{LlmError, LlmErrorKind, LlmRequest};
+use crate::agents::llm::{LlmError, LlmErrorKind, LlmRequest, LlmResponse};
 
 /// Default per-call timeout of the built-in providers: 120 seconds (connect, send, and reading
 /// the whole reply; each attempt gets the full timeout).
@@ -42,6 +44,37 @@ const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 /// Statuses retried by the transport.
 const RETRY_STATUSES: [u16; 6] = [429, 500, 502, 503, 504, 529];
+
+/// The `with_timeout`, `with_max_retries` and `with_retry_backoff` builder methods of a backend
+/// holding a `transport: Transport` (written once for every built-in provider).
+macro_rules! transport_settings {
+    () => {
+        /// Sets the per-call timeout (each attempt; a request's `timeout` overrides it).
+        pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.transport.settings.timeout = timeout;
+            self
+        }
+
+        /// Sets the transport retries (a request's `max_retries` overrides it).
+        pub fn with_max_retries(mut self, max_retries: u32) -> Self {
+            self.transport.settings.max_retries = max_retries;
+            self
+        }
+
+        /// Sets the exponential backoff used when the provider sends no `retry-after`: the
+        /// first delay, doubled per attempt up to `max` (defaults 500 ms and 8 s).
+        pub fn with_retry_backoff(
+            mut self,
+            initial: std::time::Duration,
+            max: std::time::Duration,
+        ) -> Self {
+            self.transport.settings.initial_backoff = initial;
+            self.transport.settings.max_backoff = max;
+            self
+        }
+    };
+}
+pub(crate) use transport_settings;
 
 /// Timeout, retry and backoff settings of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +121,7 @@ pub(crate) struct Reply {
 
 /// What one call sends.
 pub(crate) struct Call<'a> {
-    /// The provider name for messages and logs (`openai`, `anthropic`).
+    /// The provider name for messages and logs (`openai`, `cerebras`, `anthropic`, ...).
     pub provider: &'a str,
     /// The full endpoint URL.
     pub url: String,
@@ -98,6 +131,121 @@ pub(crate) struct Call<'a> {
     pub body: &'a Value,
     /// The key sent, if any: scrubbed from every error message.
     pub secret: Option<&'a str>,
+    /// Read a 2xx reply as this stream of server-sent events (`stream: true`).
+    pub stream: Option<StreamFormat>,
+}
+
+/// What one provider call POSTs: where, how the key is sent, extra headers and the JSON body.
+pub(crate) struct Post<'a> {
+    /// The endpoint.
+    pub(crate) url: String,
+    /// How the key goes in the headers.
+    pub(crate) auth: Auth,
+    /// Headers beside the key's.
+    pub(crate) headers: HeaderMap,
+    /// The request body.
+    pub(crate) body: &'a Value,
+    /// Read a 2xx reply as this stream of server-sent events (`stream: true`).
+    pub(crate) stream: Option<StreamFormat>,
+}
+
+/// How a backend sends its key.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Auth {
+    /// `Authorization: Bearer <key>` (OpenAI-compatible servers).
+    Bearer,
+    /// `x-api-key: <key>` (Anthropic).
+    #[cfg_attr(not(feature = "anthropic"), allow(dead_code))]
+    XApiKey,
+}
+
+/// Where one call goes and with which key, after the provider table and the environment.
+pub(crate) struct Target {
+    /// The provider's name for messages and logs.
+    pub provider: &'static str,
+    /// The endpoint's base URL (no trailing slash).
+    pub base: String,
+    /// The provider entry, when the provider is a known one.
+    pub known: Option<&'static Provider>,
+    /// The key, when one is set.
+    pub key: Option<String>,
+}
+
+/// Resolves where `request` goes: the provider named by the request (else `default`), its
+/// endpoint — the request's `base_url`, else the provider's environment variables (LiteLLM's
+/// names: `OPENAI_BASE_URL`, `CEREBRAS_API_BASE`, ...), else its public endpoint — and its key —
+/// from the request's `api_key_env`, else the provider's key variables.
+///
+/// A key is required only for the provider's public endpoint: a server named by `base_url` or
+/// the environment (a local vLLM, llama.cpp or Ollama) is called without one when none is set.
+/// An unknown provider needs a `base_url`, and gets a key only from `api_key_env`.
+pub(crate) fn target(
+    request: &LlmRequest,
+    wire: Wire,
+    default: &'static str,
+) -> Result<Target, LlmError> {
+    let name = request.provider.as_deref().unwrap_or(default);
+    // A backend called directly speaks its own API: a provider of the other wire format gets
+    // this backend's own entry (`ProviderRouter` never sends one here).
+    let known = match flatmachine_providers::find(name) {
+        Some(p) if p.wire != wire => flatmachine_providers::find(default),
+        found => found,
+    };
+    let label: &'static str = known.map_or(
+        match wire {
+            Wire::OpenAi => "openai-compatible",
+            Wire::Anthropic => "anthropic",
+        },
+        |p| p.name,
+    );
+    let nonblank = |s: String| Some(s).filter(|s| !s.trim().is_empty());
+    let from_request = request.base_url.clone().and_then(nonblank);
+    let from_env = || {
+        known
+            .into_iter()
+            .flat_map(|p| p.base_url_env.iter())
+            .find_map(|var| std::env::var(var).ok().and_then(nonblank))
+    };
+    let (base, custom) = match from_request.or_else(from_env) {
+        Some(base) => (base, true),
+        None => match known {
+            Some(p) => (p.base_url.to_string(), false),
+            None => {
+                return Err(LlmError::new(
+                    LlmErrorKind::Configuration,
+                    format!(
+                        "unknown provider `{name}` and no base_url: give the model a `base_url` \
+                         (known providers: {})",
+                        flatmachine_providers::names()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        },
+    };
+    let key_vars: Vec<&str> = match (&request.api_key_env, known) {
+        (Some(var), _) => vec![var.as_str()],
+        (None, Some(p)) => p.api_key_env.to_vec(),
+        (None, None) => Vec::new(),
+    };
+    let key = key_vars.iter().find_map(|var| read_key(var));
+    if key.is_none() && !custom && known.is_some_and(Provider::needs_key) {
+        return Err(LlmError::new(
+            LlmErrorKind::Configuration,
+            format!(
+                "{label}: no API key: set the environment variable `{}` (or give the model a \
+                 base_url for a local server that needs no key)",
+                key_vars.join("` or `")
+            ),
+        ));
+    }
+    Ok(Target {
+        provider: label,
+        base: base.trim().trim_end_matches('/').to_string(),
+        known,
+        key,
+    })
 }
 
 impl Transport {
@@ -118,6 +266,52 @@ impl Transport {
             client,
             settings: Settings::default(),
         }
+    }
+
+    /// One provider call: the key header for `target`, `extra` headers, `body` POSTed to `url`,
+    /// the 2xx body read by `parse`. Every error leaves here with the key scrubbed from its
+    /// message before the message is cut to length.
+    pub async fn complete(
+        &self,
+        target: &Target,
+        post: Post<'_>,
+        request: &LlmRequest,
+        parse: fn(&Value, u32) -> Result<LlmResponse, LlmError>,
+    ) -> Result<LlmResponse, LlmError> {
+        let Post {
+            url,
+            auth,
+            mut headers,
+            body,
+            stream,
+        } = post;
+        let provider = target.provider;
+        if let Some(key) = &target.key {
+            let (name, value) = match auth {
+                Auth::Bearer => (AUTHORIZATION, secret_header(&format!("Bearer {key}"))),
+                Auth::XApiKey => (HeaderName::from_static("x-api-key"), secret_header(key)),
+            };
+            let value = value.ok_or_else(|| {
+                LlmError::new(
+                    LlmErrorKind::Configuration,
+                    format!("{provider}: the API key has characters not allowed in an HTTP header"),
+                )
+            })?;
+            headers.insert(name, value);
+        } else {
+            tracing::debug!(provider, "no key set; calling the endpoint without one");
+        }
+        let secret = target.key.as_deref();
+        let call = Call {
+            provider,
+            url,
+            headers,
+            body,
+            secret,
+            stream,
+        };
+        let reply = self.post_json(call, request).await?;
+        parse(&reply.body, reply.attempts).map_err(|e| seal(e, secret))
     }
 
     /// POSTs `call.body` as JSON, retrying transient failures, and returns the parsed 2xx body.
@@ -150,7 +344,10 @@ impl Transport {
                 }
                 Err(e) => e,
             };
-            let error = scrub(error, call.secret);
+            let error = Failure {
+                error: seal(error.error, call.secret),
+                retryable: error.retryable,
+            };
             if !error.retryable || attempt > max_retries {
                 let mut error = error.error;
                 if attempt > 1 {
@@ -200,24 +397,38 @@ impl Transport {
                 .await?;
             let status = response.status();
             let headers = response.headers().clone();
+            if let Some(format) = call.stream.filter(|_| status.is_success()) {
+                let streamed = super::stream::read(format, response, provider, MAX_BODY_BYTES);
+                return Ok((status, headers, Body::Streamed(streamed.await)));
+            }
             let mut bytes = Vec::new();
             while let Some(chunk) = response.chunk().await? {
                 if bytes.len() + chunk.len() > MAX_BODY_BYTES {
-                    return Ok((status, headers, None));
+                    return Ok((status, headers, Body::Read(None)));
                 }
                 bytes.extend_from_slice(&chunk);
             }
-            Ok::<_, reqwest::Error>((status, headers, Some(bytes)))
+            Ok::<_, reqwest::Error>((status, headers, Body::Read(Some(bytes))))
         };
-        let (status, headers, bytes) = match tokio::time::timeout(timeout, send).await {
+        let (status, headers, body) = match tokio::time::timeout(timeout, send).await {
             Err(_) => {
-                return Err(Failure::retry(LlmError::new(
+                let error = LlmError::new(
                     LlmErrorKind::Timeout,
                     format!("{provider}: no complete reply within {timeout:?}"),
-                )));
+                );
+                // Part of a streamed reply may have been shown already: not sent again.
+                return Err(match call.stream {
+                    Some(_) => Failure::fatal(error),
+                    None => Failure::retry(error),
+                });
             }
             Ok(Err(e)) => return Err(transport_failure(provider, e, timeout)),
             Ok(Ok(parts)) => parts,
+        };
+        let bytes = match body {
+            Body::Streamed(Ok(value)) => return Ok(value),
+            Body::Streamed(Err(e)) => return Err(Failure::fatal(e.with_status(status.as_u16()))),
+            Body::Read(bytes) => bytes,
         };
         let Some(bytes) = bytes else {
             return Err(Failure::fatal(
@@ -230,14 +441,17 @@ impl Transport {
         };
         let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
         if status.is_success() {
+            // LiteLLM raises InternalServerError for a 2xx body it cannot read; only the start
+            // of the body is quoted (a proxy's error page says enough there).
             return match parsed {
                 Some(value) => Ok(value),
                 None => Err(Failure::fatal(
                     LlmError::new(
-                        LlmErrorKind::Api,
+                        LlmErrorKind::InternalServer,
                         format!(
-                            "{provider}: reply is not JSON: {}",
-                            truncate(&String::from_utf8_lossy(&bytes))
+                            "{provider}: reply is not JSON ({} bytes): {}",
+                            bytes.len(),
+                            excerpt(&String::from_utf8_lossy(&bytes))
                         ),
                     )
                     .with_status(status.as_u16()),
@@ -250,7 +464,6 @@ impl Transport {
             None if bytes.is_empty() => status.canonical_reason().unwrap_or("no body").to_string(),
             None => String::from_utf8_lossy(&bytes).into_owned(),
         };
-        let message = truncate(&message);
         let kind = kind_for_status(code, &message);
         let mut error = LlmError::new(kind, format!("{provider}: {message}")).with_status(code);
         let retryable = RETRY_STATUSES.contains(&code);
@@ -259,6 +472,12 @@ impl Transport {
         }
         Err(Failure { error, retryable })
     }
+}
+
+/// A reply body: read whole (`None` past the size cap), or a streamed reply put back together.
+enum Body {
+    Read(Option<Vec<u8>>),
+    Streamed(Result<Value, LlmError>),
 }
 
 /// A failed attempt and whether the transport may retry it.
@@ -294,18 +513,47 @@ fn transport_failure(provider: &str, error: reqwest::Error, timeout: Duration) -
     let detail = describe(&error.without_url());
     Failure::retry(LlmError::new(
         LlmErrorKind::ApiConnection,
-        format!("{provider}: connection failed: {}", truncate(&detail)),
+        format!("{provider}: connection failed: {detail}"),
     ))
 }
 
-/// Removes the key from the message, should a server have echoed it.
-fn scrub(mut failure: Failure, secret: Option<&str>) -> Failure {
-    if let Some(secret) = secret.filter(|s| s.len() >= 4)
-        && failure.error.message.contains(secret)
-    {
-        failure.error.message = failure.error.message.replace(secret, "[redacted]");
+/// The error as it leaves a provider call: the key removed from the message (should a server
+/// have echoed it), then the message cut to [`MAX_MESSAGE_CHARS`]. Scrubbing first means a cut
+/// cannot split a key and leave its prefix; a prefix of the key at the very end (a server that
+/// echoed part of it) is removed too.
+pub(crate) fn seal(mut error: LlmError, secret: Option<&str>) -> LlmError {
+    if let Some(secret) = secret {
+        error.message = redact(&error.message, secret);
     }
-    failure
+    error.message = truncate(&error.message);
+    if let Some(secret) = secret {
+        error.message = redact(&error.message, secret);
+    }
+    error
+}
+
+/// `text` without `secret`: every occurrence replaced, and a trailing prefix of it (eight
+/// characters or more, or the whole key when shorter) removed. Keys under four characters are
+/// not looked for (every short word would match).
+fn redact(text: &str, secret: &str) -> String {
+    const REDACTED: &str = "[redacted]";
+    if secret.len() < 4 {
+        return text.to_string();
+    }
+    let mut out = text.replace(secret, REDACTED);
+    let body = out.trim_end_matches('…');
+    let min = secret.len().min(8);
+    for len in (min..secret.len()).rev() {
+        if secret.is_char_boundary(len) && body.ends_with(&secret[..len]) {
+            let cut = body.len() - len;
+            let rest = out[body.len()..].to_string();
+            out.truncate(cut);
+            out.push_str(REDACTED);
+            out.push_str(&rest);
+            break;
+        }
+    }
+    out
 }
 
 /// The error kind for a non-2xx status, as LiteLLM's `exception_type` maps it
@@ -467,6 +715,55 @@ fn backoff(settings: &Settings, attempt: u32) -> Duration {
     base.mul_f64(1.0 - jitter)
 }
 
+/// A 2xx reply without what the provider's format promises: an
+/// [`InternalServer`](LlmErrorKind::InternalServer) error (LiteLLM's type for it) naming what is
+/// missing and the body's top-level keys, or the body's own `error.message` when it has one
+/// (gateways answer errors with 200 too); the body's other values are not quoted.
+pub(crate) fn malformed(provider: &str, what: &str, body: &Value) -> LlmError {
+    let detail = match (error_message(body), body.as_object()) {
+        (Some(message), _) => format!("the body says: {message}"),
+        (None, Some(map)) => {
+            let keys: Vec<String> = map.keys().take(10).map(|k| excerpt(k)).collect();
+            format!("a JSON object with keys [{}]", keys.join(", "))
+        }
+        (None, None) => format!("a JSON {}", json_type(body)),
+    };
+    LlmError::new(
+        LlmErrorKind::InternalServer,
+        format!("{provider}: malformed reply ({what}): {detail}"),
+    )
+    .with_status(200)
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "list",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The string at `key` of a JSON object.
+pub(crate) fn text(value: &Value, key: &str) -> Option<String> {
+    value.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+/// The first 100 characters of a body that is not what was expected, on one line.
+pub(crate) fn excerpt(body: &str) -> String {
+    let flat: String = body
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match flat.char_indices().nth(100) {
+        Some((at, _)) => format!("{}…", &flat[..at]),
+        None => flat,
+    }
+}
+
 /// Cuts a message to [`MAX_MESSAGE_CHARS`] characters.
 pub(crate) fn truncate(message: &str) -> String {
     let message = message.trim();
@@ -501,20 +798,8 @@ pub(crate) fn read_key(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|k| !k.trim().is_empty())
 }
 
-/// The first non-blank of the request's `base_url`, environment variable `env`, `default`;
-/// without a trailing slash.
-pub(crate) fn base_url(request: &LlmRequest, env: &str, default: &str) -> String {
-    let base = request
-        .base_url
-        .clone()
-        .filter(|b| !b.trim().is_empty())
-        .or_else(|| std::env::var(env).ok().filter(|b| !b.trim().is_empty()))
-        .unwrap_or_else(|| default.to_string());
-    base.trim().trim_end_matches('/').to_string()
-}
-
-/// `base` followed by `path` (`/chat/completions`, `/v1/messages`), unless `base` already ends
-/// with `path`; a base ending in `/v1` is not given a second one.
+/// `base` followed by `path` (`/v1/messages`), unless `base` already ends with `path`; a base
+/// ending in `/v1` is not given a second one.
 pub(crate) fn endpoint(base: &str, path: &str) -> String {
     if base.ends_with(path) {
         return base.to_string();
@@ -523,14 +808,6 @@ pub(crate) fn endpoint(base: &str, path: &str) -> String {
         Some(rest) if base.ends_with("/v1") => format!("{base}/{rest}"),
         _ => format!("{base}{path}"),
     }
-}
-
-/// Whether the request names its own endpoint (then a key is optional).
-pub(crate) fn has_base_url(request: &LlmRequest) -> bool {
-    request
-        .base_url
-        .as_deref()
-        .is_some_and(|b| !b.trim().is_empty())
 }
 
 #[cfg(test)]
@@ -612,6 +889,24 @@ mod tests {
         assert!(backoff(&s, 1) <= Duration::from_millis(500));
         assert!(backoff(&s, 1) >= Duration::from_millis(375));
         assert!(backoff(&s, 10) <= DEFAULT_MAX_BACKOFF);
+    }
+
+    #[test]
+    fn keys_are_scrubbed_before_the_cut_and_a_trailing_prefix_goes_too() {
+        let key = "sk-test-0123456789abcdef";
+        // The key straddles the 500-character cut.
+        let text = format!("{}{key} tail", "x".repeat(490));
+        let sealed = seal(LlmError::new(LlmErrorKind::Api, text), Some(key));
+        assert!(!sealed.message.contains("sk-test-01"), "{}", sealed.message);
+        assert!(sealed.message.contains("[redacted]"));
+        // A server that echoed only the start of the key.
+        let sealed = seal(
+            LlmError::new(LlmErrorKind::Api, "echo: Bearer sk-test-0123"),
+            Some(key),
+        );
+        assert_eq!(sealed.message, "echo: Bearer [redacted]");
+        // Short keys are not looked for.
+        assert_eq!(redact("abc abc", "abc"), "abc abc");
     }
 
     #[test]

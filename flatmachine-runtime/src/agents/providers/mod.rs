@@ -6,6 +6,17 @@
 //! - [`ProviderRouter`]: one [`LlmBackend`] dispatching on [`LlmRequest::provider`]:
 //!   `anthropic` to Anthropic, everything else to the OpenAI-compatible backend.
 //!
+//! # Providers
+//!
+//! The provider names the reference's LiteLLM knows, with its endpoints and key variables, are
+//! in one table (`flatmachine_providers::PROVIDERS`): `openai`, `anthropic`, `cerebras`, `groq`,
+//! `together_ai` (`together`), `fireworks_ai` (`fireworks`), `mistral`, `deepseek`,
+//! `openrouter`, `xai`, `ollama` (no key). A request for a known provider goes to the
+//! request's `base_url`, else the provider's endpoint variable (`$CEREBRAS_API_BASE`, ...),
+//! else its public endpoint, with the key from `api_key_env`, else the provider's variable
+//! (`$CEREBRAS_API_KEY`, ...). A key is required only for the public endpoint. An unknown
+//! provider needs a `base_url` (the compiler says so; at run time it is a `ConfigurationError`).
+//!
 //! # Transport
 //!
 //! Each backend owns one `reqwest` client (rustls; the `ring` crypto provider is installed as
@@ -43,11 +54,15 @@
 //! | other | `Api` |
 //!
 //! A refused or reset connection is [`ApiConnection`](LlmErrorKind::ApiConnection); a 2xx reply
-//! that is not JSON or lacks the expected fields is [`Api`](LlmErrorKind::Api); a missing key
-//! is [`Configuration`](LlmErrorKind::Configuration), naming the variable. Messages carry the
-//! provider's `error.message` when the body has one (else the body), cut to 500 characters.
-//! Keys are read from the environment at each call, never stored, never logged, never shown by
-//! `Debug`, and scrubbed from error messages should a server echo one.
+//! that is not JSON or lacks the expected fields is
+//! [`InternalServer`](LlmErrorKind::InternalServer) (LiteLLM's type for it; the message names
+//! what is missing and quotes at most the first 100 characters of a non-JSON body); a missing
+//! key is [`Configuration`](LlmErrorKind::Configuration), naming the variable. Messages carry
+//! the provider's `error.message` when the body has one (else the body), cut to 500
+//! characters. Keys are read from the environment at each call, never stored, never logged,
+//! never shown by `Debug`; every error leaves a provider call with the key scrubbed from its
+//! message *before* the message is cut (so a cut cannot leave a key's prefix), whether a
+//! server echoed it in an error body or in a 2xx reply.
 
 #[cfg(feature = "anthropic")]
 mod anthropic;
@@ -56,6 +71,7 @@ mod http;
 mod openai;
 #[cfg(any(feature = "openai", feature = "anthropic"))]
 mod tool_wire;
+mod stream;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -72,16 +88,24 @@ pub use http::{
     MAX_RETRY_AFTER,
 };
 #[cfg(feature = "openai")]
-pub use openai::{JsonMode, OpenAiBackend};
+pub use openai::OpenAiBackend;
 #[cfg(any(feature = "openai", feature = "anthropic"))]
 pub use tool_wire::{MAX_TOOL_CALLS_PER_REPLY, MAX_TOOL_NAME};
 
+/// Whether `provider` speaks the Anthropic Messages API (per the provider table).
+fn is_anthropic(provider: Option<&str>) -> bool {
+    provider
+        .and_then(flatmachine_providers::find)
+        .is_some_and(|p| p.wire == flatmachine_providers::Wire::Anthropic)
+}
+
 /// The built-in backend for `provider`: `anthropic` (any case) gets an `AnthropicBackend`,
-/// every other provider (`openai`, `ollama`, `groq`, `cerebras`, `vllm`, none, ...) an
-/// `OpenAiBackend`. When the needed feature is not compiled in, the backend returned fails
+/// every other provider (`openai`, `cerebras`, `groq`, `ollama`, a custom one with a
+/// `base_url`, none, ...) an `OpenAiBackend`, which picks the provider's endpoint and key from
+/// the provider table. When the needed feature is not compiled in, the backend returned fails
 /// every call with a [`Configuration`](LlmErrorKind::Configuration) error naming the feature.
 pub fn default_backend_for(provider: Option<&str>) -> Arc<dyn LlmBackend> {
-    if provider.is_some_and(|p| p.eq_ignore_ascii_case("anthropic")) {
+    if is_anthropic(provider) {
         #[cfg(feature = "anthropic")]
         return Arc::new(AnthropicBackend::new());
         #[cfg(not(feature = "anthropic"))]
@@ -227,7 +251,7 @@ impl LlmBackend for ProviderRouter {
         match self.backend_for(provider) {
             Some(backend) => backend.complete(request).await,
             None => {
-                let feature = if provider.is_some_and(|p| p.eq_ignore_ascii_case("anthropic")) {
+                let feature = if is_anthropic(provider) {
                     "anthropic"
                 } else {
                     "openai"

@@ -1,55 +1,54 @@
 //! [`OpenAiBackend`]: OpenAI-compatible chat completions (feature `openai`).
 
 use std::fmt;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::header::{AUTHORIZATION, HeaderMap};
+use flatmachine_providers::Wire;
+use reqwest::header::HeaderMap;
 use serde_json::{Map, json};
 
-use super::http::{self, Call, Transport};
+use super::http::{self, Auth, Post, Transport};
+use super::stream::StreamFormat;
 use super::tool_wire;
 use crate::Value;
-use crate::agents::llm::{
-    LlmBackend, LlmError, LlmErrorKind, LlmRequest, LlmResponse, ResponseFormat, Usage,
-};
-
-/// How [`ResponseFormat::Json`] is asked of an OpenAI-compatible server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum JsonMode {
-    /// `response_format: {"type": "json_schema", "json_schema": {"name", "schema",
-    /// "strict": false}}`: the server is given the agent's output schema. The default: OpenAI,
-    /// vLLM, llama.cpp's server, Ollama (`/v1`), Groq, Cerebras and LM Studio accept it.
-    #[default]
-    JsonSchema,
-    /// `response_format: {"type": "json_object"}` (plain JSON mode), for servers that lack
-    /// `json_schema`; the prompt's instruction describes the fields.
-    JsonObject,
-}
+pub use crate::agents::llm::JsonMode;
+use crate::agents::llm::{LlmBackend, LlmError, LlmRequest, LlmResponse, ResponseFormat, Usage};
 
 /// Calls an OpenAI-compatible chat completions endpoint: `POST {base}/chat/completions`.
 ///
-/// * **Endpoint**: the request's `base_url`, else `$OPENAI_BASE_URL`, else
-///   [`DEFAULT_BASE_URL`](Self::DEFAULT_BASE_URL), followed by `/chat/completions` (unless it
-///   already ends so).
+/// The request's `provider` (default `openai`) picks an entry of the provider table
+/// (`flatmachine_providers`: openai, cerebras, groq, together_ai, fireworks_ai, mistral,
+/// deepseek, openrouter, xai, ollama, with LiteLLM's endpoints and key variables).
+///
+/// * **Endpoint**: the request's `base_url`, else the provider's environment variable
+///   (`$OPENAI_BASE_URL` / `$OPENAI_API_BASE`, `$CEREBRAS_API_BASE`, `$OLLAMA_API_BASE`, ...),
+///   else the provider's public endpoint, followed by `/chat/completions` (unless it already
+///   ends so). An unknown provider without `base_url` is a
+///   [`Configuration`](crate::agents::LlmErrorKind::Configuration) error: its prompts are never
+///   sent to another vendor.
 /// * **Key**: read at call time from the variable named by the request's `api_key_env`, else
-///   `$OPENAI_API_KEY`, and sent as `Authorization: Bearer <key>`. A missing (or blank) key is a
-///   [`Configuration`](LlmErrorKind::Configuration) error naming the variable — unless the
-///   request has a `base_url` (local servers such as Ollama, llama.cpp or vLLM need no key):
-///   then no `Authorization` header is sent.
+///   the provider's (`$OPENAI_API_KEY`, `$CEREBRAS_API_KEY`, ...), and sent as
+///   `Authorization: Bearer <key>`. A missing (or blank) key is a `Configuration` error naming
+///   the variable only when calling the provider's public endpoint: a server named by
+///   `base_url` or the environment (vLLM, llama.cpp, Ollama) is called without
+///   `Authorization` when no key is set. An unknown provider reads a key only from
+///   `api_key_env`.
 /// * **Body**: `model` (as given), `messages`, `temperature` always; `max_tokens`, `top_p`,
 ///   `top_k`, `frequency_penalty`, `presence_penalty` and `seed` only when set (`top_k` is not
 ///   an OpenAI parameter: api.openai.com rejects it, vLLM/llama.cpp/Ollama accept it).
-///   [`ResponseFormat::Json`] becomes a `response_format` per [`JsonMode`] (default
-///   `json_schema`).
+///   [`ResponseFormat::Json`] becomes a `response_format` per the request's
+///   [`json_mode`](LlmRequest::json_mode) (the profile's `json_mode`), else the backend's
+///   [`JsonMode`] (default `json_schema`).
 /// * **Tools**: with [`LlmRequest::tools`], `tools` (function format) and `tool_choice`;
 ///   assistant messages carry `tool_calls`, results go as `role: tool` messages with their
 ///   `tool_call_id`. A reply's `choices[0].message.tool_calls` become
-///   [`LlmResponse::tool_calls`] (arguments kept as the model wrote them; at most 128 calls).
+///   [`LlmResponse::tool_calls`] (arguments kept as the model wrote them; at most 128 calls);
+///   a streamed reply's `tool_calls` deltas are joined into the same calls.
 /// * **Reply**: `choices[0].message.content` (a `null` content is an empty reply),
 ///   `choices[0].finish_reason`, `model`, and `usage.prompt_tokens` / `completion_tokens` /
-///   `prompt_tokens_details.cached_tokens`. A reply without `choices[0].message` is an
-///   [`Api`](LlmErrorKind::Api) error.
+///   `prompt_tokens_details.cached_tokens`. A 2xx reply that is not JSON or has no
+///   `choices[0].message` is an [`InternalServer`](crate::agents::LlmErrorKind::InternalServer)
+///   error (as LiteLLM raises it).
 /// * **Transport**: per-call timeout (default 120 s), transport retries of 429/5xx/529,
 ///   connection failures and timeouts (default 2, honouring `retry-after`), errors mapped to
 ///   LiteLLM's types; see the [`providers`](super) module.
@@ -106,25 +105,7 @@ impl OpenAiBackend {
         self
     }
 
-    /// Sets the per-call timeout (each attempt; a request's `timeout` overrides it).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.transport.settings.timeout = timeout;
-        self
-    }
-
-    /// Sets the transport retries (a request's `max_retries` overrides it).
-    pub fn with_max_retries(mut self, max_retries: u32) -> Self {
-        self.transport.settings.max_retries = max_retries;
-        self
-    }
-
-    /// Sets the exponential backoff used when the provider sends no `retry-after`: the first
-    /// delay, doubled per attempt up to `max` (defaults 500 ms and 8 s).
-    pub fn with_retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.transport.settings.initial_backoff = initial;
-        self.transport.settings.max_backoff = max;
-        self
-    }
+    http::transport_settings!();
 
     /// The JSON body sent for `request`.
     pub fn request_body(&self, request: &LlmRequest) -> Value {
@@ -162,7 +143,7 @@ impl OpenAiBackend {
         }
         tool_wire::openai_tools(request, &mut body);
         if let ResponseFormat::Json { name, schema } = &request.response_format {
-            let format = match self.json_mode {
+            let format = match request.json_mode.unwrap_or(self.json_mode) {
                 JsonMode::JsonSchema => json!({
                     "type": "json_schema",
                     "json_schema": {"name": name, "schema": schema, "strict": false},
@@ -170,6 +151,11 @@ impl OpenAiBackend {
                 JsonMode::JsonObject => json!({"type": "json_object"}),
             };
             body.insert("response_format".into(), format);
+        }
+        if request.stream {
+            body.insert("stream".into(), json!(true));
+            // Usage (and so cost) comes in a last chunk only when asked for.
+            body.insert("stream_options".into(), json!({"include_usage": true}));
         }
         Value::Object(body)
     }
@@ -182,69 +168,34 @@ impl LlmBackend for OpenAiBackend {
     }
 
     async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
-        let key_env = request.api_key_env.as_deref().unwrap_or(Self::API_KEY_ENV);
-        let key = http::read_key(key_env);
-        let mut headers = HeaderMap::new();
-        match &key {
-            Some(key) => {
-                let value = http::secret_header(&format!("Bearer {key}")).ok_or_else(|| {
-                    LlmError::new(
-                        LlmErrorKind::Configuration,
-                        format!(
-                            "openai: the key in `{key_env}` has characters not allowed in an \
-                             HTTP header"
-                        ),
-                    )
-                })?;
-                headers.insert(AUTHORIZATION, value);
-            }
-            None if http::has_base_url(request) => {
-                tracing::debug!(
-                    key_env,
-                    "openai: no key set; calling the request's base_url without authorization"
-                );
-            }
-            None => {
-                return Err(LlmError::new(
-                    LlmErrorKind::Configuration,
-                    format!(
-                        "openai: no API key: set the environment variable `{key_env}` (or give \
-                         the model a base_url for a local server that needs no key)"
-                    ),
-                ));
-            }
-        }
-        let base = http::base_url(request, Self::BASE_URL_ENV, Self::DEFAULT_BASE_URL);
+        let target = http::target(request, Wire::OpenAi, "openai")?;
+        let url = match target.known {
+            Some(p) => p.openai_endpoint(&target.base),
+            None => http::endpoint(&target.base, "/chat/completions"),
+        };
         let body = self.request_body(request);
-        let reply = self
-            .transport
-            .post_json(
-                Call {
-                    provider: "openai",
-                    url: http::endpoint(&base, "/chat/completions"),
-                    headers,
+        self.transport
+            .complete(
+                &target,
+                Post {
+                    url,
+                    auth: Auth::Bearer,
+                    headers: HeaderMap::new(),
                     body: &body,
-                    secret: key.as_deref(),
+                    stream: request.stream.then_some(StreamFormat::OpenAi),
                 },
                 request,
+                parse_reply,
             )
-            .await?;
-        parse_reply(&reply.body, reply.attempts)
+            .await
     }
 }
 
-/// Reads a chat completion.
+/// Reads a chat completion. A body without `choices[0].message` is an
+/// [`InternalServer`](LlmErrorKind::InternalServer) error, as LiteLLM raises it; the message
+/// names what is missing and the body's top-level keys, not its values.
 fn parse_reply(body: &Value, attempts: u32) -> Result<LlmResponse, LlmError> {
-    let malformed = |what: &str| {
-        LlmError::new(
-            LlmErrorKind::Api,
-            format!(
-                "openai: malformed reply ({what}): {}",
-                http::truncate(&body.to_string())
-            ),
-        )
-        .with_status(200)
-    };
+    let malformed = |what: &str| http::malformed("openai", what, body);
     let choice = body
         .get("choices")
         .and_then(|c| c.get(0))
@@ -273,14 +224,8 @@ fn parse_reply(body: &Value, attempts: u32) -> Result<LlmResponse, LlmError> {
     Ok(LlmResponse {
         content,
         usage,
-        model: body
-            .get("model")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        finish_reason: choice
-            .get("finish_reason")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        model: http::text(body, "model"),
+        finish_reason: http::text(choice, "finish_reason"),
         attempts,
         tool_calls,
     })

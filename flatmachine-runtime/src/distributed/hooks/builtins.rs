@@ -1,81 +1,18 @@
-//! [`DistributedWorkerHooks`]: the reference's ready-made actions for checker, worker and reaper
-//! machines.
+//! The built-in actions of [`DistributedWorkerHooks`].
 
-use async_trait::async_trait;
-use futures::future::BoxFuture;
 use serde_json::json;
-use std::collections::HashMap;
-use std::future::Future;
-use std::sync::Arc;
+use std::time::Duration;
 
-use super::registration::{RegistrationBackend, WorkerFilter, WorkerRegistration, worker_status};
-use super::spawn::{SpawnRequest, WorkerSpawner};
-use super::work::WorkBackend;
-use super::{Backends, DistributedError};
-use crate::hooks::{ActionOutcome, HookError, MachineHooks};
+use super::DistributedWorkerHooks;
+use super::liveness::{Beat, HeldClaim, LostClaim, claim_gone, mark_for, write_mark};
+use crate::distributed::metrics::metrics;
+use crate::distributed::registration::{WorkerFilter, WorkerRegistration, worker_status};
+use crate::distributed::spawn::SpawnRequest;
+use crate::distributed::superseded::SupersededMark;
+use crate::distributed::work::{Claim, ClaimRequest, ClaimToken, ReleasedJob};
+use crate::distributed::{DistributedError, now_iso};
+use crate::engine::ActionCall;
 use crate::{Context, StateError, Value};
-
-/// A user action added to [`DistributedWorkerHooks`]: takes the context, returns the new one.
-pub type JobAction =
-    Arc<dyn Fn(Context) -> BoxFuture<'static, Result<Context, StateError>> + Send + Sync>;
-
-/// Hooks whose `on_action` implements the distributed worker actions of the reference
-/// (`flatmachines` `DistributedWorkerHooks`), with the same names and context keys:
-///
-/// | action | reads | writes |
-/// |---|---|---|
-/// | `get_pool_state` | `pool_id` | `queue_depth`, `active_workers` |
-/// | `claim_job` | `pool_id`, `worker_id` | `job`, `job_id` (null when empty), `job_attempts` |
-/// | `complete_job` | `pool_id`, `job_id`, `result` | |
-/// | `fail_job` | `pool_id`, `job_id`, `error` (else `last_error`) | `job_status` |
-/// | `register_worker` | `worker_id`, `capabilities`, `pool_id` | `worker_id`, `status`, `registered_at` |
-/// | `deregister_worker` | `worker_id` | |
-/// | `heartbeat` | `worker_id`, `heartbeat_metadata` | |
-/// | `list_stale_workers` | `stale_threshold_seconds` (default 2 × heartbeat interval) | `workers`, `stale_count` |
-/// | `reap_worker` | `worker`, `pool_id` | `reaped_worker_id`, `jobs_released` |
-/// | `reap_stale_workers` | `stale_workers` (else `workers`), `pool_id` | `reaped_workers`, `reaped_count`, `total_jobs_released` |
-/// | `calculate_spawn` | `queue_depth`, `active_workers`, `max_workers` (default 3) | `workers_needed`, `workers_to_spawn`, `spawn_list` |
-/// | `spawn_workers` | `workers_to_spawn`, `pool_id`, `worker_config_path` | `spawned_ids`, `spawned_count` |
-///
-/// `pool_id` defaults to `"default"`. Numbers may be given as numeric strings (templates render
-/// `{{ input.max_workers | default(3) }}` as text).
-///
-/// Add job-processing actions with [`DistributedWorkerHooks::action`] (they are tried first, so
-/// one can also replace a built-in, e.g. a custom `calculate_spawn`), and register the hooks under
-/// the class name the YAML uses:
-///
-/// ```
-/// # use flatmachine_runtime::distributed::*;
-/// # use flatmachine_runtime::hooks::HooksRegistry;
-/// # use std::sync::Arc;
-/// let hooks = DistributedWorkerHooks::new(Backends::memory())
-///     .action("echo_delay", |mut ctx| async move {
-///         ctx.insert("processed".into(), true.into());
-///         Ok(ctx)
-///     });
-/// let mut registry = HooksRegistry::new();
-/// registry.register_instance("DistributedWorkerHooks", Arc::new(hooks));
-/// ```
-pub struct DistributedWorkerHooks {
-    registration: Arc<dyn RegistrationBackend>,
-    work: Arc<dyn WorkBackend>,
-    spawner: Option<Arc<dyn WorkerSpawner>>,
-    heartbeat_interval: f64,
-    actions: HashMap<String, JobAction>,
-    fallback: Option<Arc<dyn MachineHooks>>,
-}
-
-impl std::fmt::Debug for DistributedWorkerHooks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut actions: Vec<_> = self.actions.keys().collect();
-        actions.sort();
-        f.debug_struct("DistributedWorkerHooks")
-            .field("heartbeat_interval", &self.heartbeat_interval)
-            .field("actions", &actions)
-            .field("spawner", &self.spawner.is_some())
-            .finish_non_exhaustive()
-    }
-}
 
 /// The built-in action names.
 pub const BUILTIN_ACTIONS: &[&str] = &[
@@ -87,6 +24,7 @@ pub const BUILTIN_ACTIONS: &[&str] = &[
     "deregister_worker",
     "heartbeat",
     "list_stale_workers",
+    "reclaim_expired_jobs",
     "reap_worker",
     "reap_stale_workers",
     "calculate_spawn",
@@ -111,6 +49,20 @@ fn required_str(ctx: &Context, key: &str, action: &str) -> Result<String, StateE
         Some(Value::Number(n)) => Ok(n.to_string()),
         _ => Err(invalid(format!("{key} is required for {action}"))),
     }
+}
+
+/// The claim `job_id` + `job_claim_token` of the context.
+fn context_claim(ctx: &Context, action: &str) -> Result<Claim, StateError> {
+    let job_id = required_str(ctx, "job_id", action)?;
+    let token = match ctx.get("job_claim_token") {
+        Some(Value::String(s)) if !s.is_empty() => ClaimToken::parse(s)?,
+        _ => {
+            return Err(invalid(format!(
+                "job_claim_token is required for {action} (claim_job sets it; it proves this worker still holds job `{job_id}`)"
+            )));
+        }
+    };
+    Ok(Claim::new(job_id, token))
 }
 
 /// A number, or a string holding one.
@@ -142,62 +94,14 @@ fn hostname() -> Option<String> {
         })
 }
 
+/// The execution running the current action, if any.
+fn current_execution() -> Option<String> {
+    ActionCall::current()
+        .map(|c| c.execution_id)
+        .filter(|e| !e.is_empty())
+}
+
 impl DistributedWorkerHooks {
-    /// Hooks over these backends, heartbeat interval 30 s, no spawner, no extra actions.
-    pub fn new(backends: Backends) -> Self {
-        Self {
-            registration: backends.registration,
-            work: backends.work,
-            spawner: None,
-            heartbeat_interval: 30.0,
-            actions: HashMap::new(),
-            fallback: None,
-        }
-    }
-
-    /// How `spawn_workers` starts workers (without one, spawning more than zero is an error).
-    pub fn spawner(mut self, spawner: Arc<dyn WorkerSpawner>) -> Self {
-        self.spawner = Some(spawner);
-        self
-    }
-
-    /// The workers' heartbeat interval in seconds (the worker YAML's
-    /// `settings.heartbeat_interval`); `list_stale_workers` defaults to twice this.
-    pub fn heartbeat_interval(mut self, seconds: f64) -> Self {
-        if seconds.is_finite() && seconds > 0.0 {
-            self.heartbeat_interval = seconds;
-        }
-        self
-    }
-
-    /// Adds (or replaces) an action handled before the built-ins.
-    pub fn action<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
-    where
-        F: Fn(Context) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Context, StateError>> + Send + 'static,
-    {
-        self.actions
-            .insert(name.into(), Arc::new(move |ctx| Box::pin(f(ctx))));
-        self
-    }
-
-    /// Hooks asked for every other event, and for actions neither the user actions nor the
-    /// built-ins know.
-    pub fn fallback(mut self, hooks: Arc<dyn MachineHooks>) -> Self {
-        self.fallback = Some(hooks);
-        self
-    }
-
-    /// The registration backend.
-    pub fn registration(&self) -> &Arc<dyn RegistrationBackend> {
-        &self.registration
-    }
-
-    /// The work backend.
-    pub fn work(&self) -> &Arc<dyn WorkBackend> {
-        &self.work
-    }
-
     /// Runs the built-in action `action`; `Ok(false)` if it is not one.
     pub async fn run_builtin(&self, action: &str, ctx: &mut Context) -> Result<bool, StateError> {
         match action {
@@ -209,6 +113,7 @@ impl DistributedWorkerHooks {
             "deregister_worker" => self.deregister_worker(ctx).await?,
             "heartbeat" => self.heartbeat(ctx).await?,
             "list_stale_workers" => self.list_stale_workers(ctx).await?,
+            "reclaim_expired_jobs" => self.reclaim_expired_jobs(ctx).await?,
             "reap_worker" => self.reap_worker(ctx).await?,
             "reap_stale_workers" => self.reap_stale_workers(ctx).await?,
             "calculate_spawn" => Self::calculate_spawn(ctx),
@@ -216,6 +121,15 @@ impl DistributedWorkerHooks {
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    fn beat(&self) -> Beat {
+        Beat {
+            registration: self.registration.clone(),
+            work: self.work.clone(),
+            store: self.checkpoints.clone(),
+            interval: Duration::from_secs_f64(self.heartbeat_interval),
+        }
     }
 
     /// `get_pool_state`: pending jobs of the pool and active workers of the pool.
@@ -232,54 +146,164 @@ impl DistributedWorkerHooks {
         Ok(())
     }
 
-    /// `claim_job`: claims the next job for `worker_id`.
+    /// `claim_job`: claims the next job for `worker_id` with a fresh token and the job lease,
+    /// recording the current execution with the claim; the worker's heartbeats check it from
+    /// now on.
     pub async fn claim_job(&self, ctx: &mut Context) -> Result<(), StateError> {
         let pool_id = pool_id(ctx);
         let worker_id = required_str(ctx, "worker_id", "claim_job")?;
-        let item = self.work.pool(&pool_id).claim(&worker_id).await?;
-        match item {
-            Some(item) => {
-                ctx.insert("job".into(), item.data);
-                ctx.insert("job_id".into(), Value::String(item.id));
-                ctx.insert("job_attempts".into(), json!(item.attempts));
+        let execution = current_execution();
+        let mut request = ClaimRequest::new(worker_id.clone()).lease(self.job_lease);
+        if let Some(e) = &execution {
+            request = request.execution_id(e.clone());
+        }
+        let item = self.work.pool(&pool_id).claim_with(&request).await?.pop();
+        let Some(item) = item else {
+            for key in ["job", "job_id", "job_attempts", "job_claim_token"] {
+                ctx.insert(key.into(), Value::Null);
             }
-            None => {
-                ctx.insert("job".into(), Value::Null);
-                ctx.insert("job_id".into(), Value::Null);
-                ctx.insert("job_attempts".into(), Value::Null);
+            return Ok(());
+        };
+        metrics().claimed(1);
+        self.live.start(&worker_id, self.beat());
+        self.live.hold(
+            &worker_id,
+            HeldClaim {
+                pool: pool_id.clone(),
+                claim: Claim::new(item.id.clone(), request.token.clone()),
+                execution_id: execution.clone(),
+            },
+        );
+        // The execution the job was taken back from last time is superseded by this claim.
+        if let (Some(previous), Some(store)) = (&item.previous_execution_id, &self.checkpoints)
+            && execution.as_ref() != Some(previous)
+        {
+            let mark = match crate::distributed::superseded::superseded(store, previous).await {
+                Ok(Some(mark)) => mark,
+                _ => SupersededMark {
+                    execution_id: previous.clone(),
+                    pool: pool_id.clone(),
+                    job_id: item.id.clone(),
+                    worker_id: None,
+                    reason: "its claim was taken back".to_string(),
+                    holder: None,
+                    holder_execution_id: None,
+                    at: now_iso(),
+                },
+            };
+            let mark = SupersededMark {
+                holder: Some(worker_id.clone()),
+                holder_execution_id: execution.clone(),
+                ..mark
+            };
+            if let Err(e) = crate::distributed::superseded::mark_superseded(store, &mark).await {
+                tracing::warn!(execution_id = %previous, error = %e, "could not name the new holder in a superseded mark");
             }
         }
+        ctx.insert("job".into(), item.data);
+        ctx.insert("job_id".into(), Value::String(item.id));
+        ctx.insert("job_attempts".into(), json!(item.attempts));
+        ctx.insert(
+            "job_claim_token".into(),
+            Value::String(request.token.to_string()),
+        );
         Ok(())
     }
 
-    /// `complete_job`: marks `job_id` done with `result`.
+    /// What a refused `complete_job` / `fail_job` leaves behind: the claim recorded lost, the
+    /// execution marked superseded.
+    async fn claim_refused(
+        &self,
+        ctx: &Context,
+        pool: &str,
+        claim: &Claim,
+        error: &DistributedError,
+    ) {
+        if !claim_gone(error) {
+            return;
+        }
+        metrics().claim_lost();
+        let worker = ctx
+            .get("worker_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        self.live.release(&worker, claim);
+        let held = HeldClaim {
+            pool: pool.to_string(),
+            claim: claim.clone(),
+            execution_id: current_execution(),
+        };
+        if let Some(execution) = &held.execution_id {
+            self.live.lost(
+                execution,
+                LostClaim {
+                    pool: pool.to_string(),
+                    job_id: claim.job_id.clone(),
+                    worker_id: worker.clone(),
+                    error: error.clone(),
+                },
+            );
+        }
+        write_mark(self.checkpoints.as_ref(), mark_for(&held, &worker, error)).await;
+    }
+
+    /// `complete_job`: marks `job_id` done with `result`, if `job_claim_token` still holds it.
     pub async fn complete_job(&self, ctx: &mut Context) -> Result<(), StateError> {
         let pool_id = pool_id(ctx);
-        let job_id = required_str(ctx, "job_id", "complete_job")?;
+        let claim = context_claim(ctx, "complete_job")?;
         let result = ctx.get("result").cloned();
-        self.work.pool(&pool_id).complete(&job_id, result).await?;
-        Ok(())
+        // No longer checked by the heartbeat from here: its check could otherwise meet the
+        // job done by this very call and take the claim for lost.
+        if let Some(worker) = super::context_worker(ctx) {
+            self.live.release(&worker, &claim);
+        }
+        match self.work.pool(&pool_id).complete(&claim, result).await {
+            Ok(()) => {
+                metrics().completed();
+                Ok(())
+            }
+            Err(e) => {
+                self.claim_refused(ctx, &pool_id, &claim, &e).await;
+                Err(e.into())
+            }
+        }
     }
 
-    /// `fail_job`: returns `job_id` to the pool, or poisons it at `max_retries`.
+    /// `fail_job`: returns `job_id` to the pool, or poisons it at `max_retries`, if
+    /// `job_claim_token` still holds it.
     pub async fn fail_job(&self, ctx: &mut Context) -> Result<(), StateError> {
         let pool_id = pool_id(ctx);
-        let job_id = required_str(ctx, "job_id", "fail_job")?;
+        let claim = context_claim(ctx, "fail_job")?;
         let error = match ctx.get("error").or_else(|| ctx.get("last_error")) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
             Some(other) => Some(other.to_string()),
         };
-        let status = self
+        // As in `complete_job`: settled by this call, not by the heartbeat.
+        if let Some(worker) = super::context_worker(ctx) {
+            self.live.release(&worker, &claim);
+        }
+        match self
             .work
             .pool(&pool_id)
-            .fail(&job_id, error.as_deref())
-            .await?;
-        ctx.insert("job_status".into(), json!(status.as_str()));
-        Ok(())
+            .fail(&claim, error.as_deref())
+            .await
+        {
+            Ok(status) => {
+                metrics().failed();
+                ctx.insert("job_status".into(), json!(status.as_str()));
+                Ok(())
+            }
+            Err(e) => {
+                self.claim_refused(ctx, &pool_id, &claim, &e).await;
+                Err(e.into())
+            }
+        }
     }
 
-    /// `register_worker`: registers `worker_id` (host, pid, capabilities, pool).
+    /// `register_worker`: registers `worker_id` (host, pid, capabilities, pool) and starts its
+    /// heartbeat task.
     pub async fn register_worker(&self, ctx: &mut Context) -> Result<(), StateError> {
         let worker_id = required_str(ctx, "worker_id", "register_worker")?;
         let capabilities = match ctx.get("capabilities") {
@@ -296,26 +320,29 @@ impl DistributedWorkerHooks {
             pid: Some(std::process::id()),
             capabilities,
             pool_id: Some(pool_id(ctx)),
-            ..WorkerRegistration::new(worker_id)
+            ..WorkerRegistration::new(worker_id.clone())
         };
         let record = self.registration.register(registration).await?;
+        self.live.start(&worker_id, self.beat());
         ctx.insert("worker_id".into(), Value::String(record.worker_id));
         ctx.insert("status".into(), Value::String(record.status));
         ctx.insert("registered_at".into(), json!(record.started_at));
         Ok(())
     }
 
-    /// `deregister_worker`: marks `worker_id` terminated.
+    /// `deregister_worker`: marks `worker_id` terminated and stops its heartbeat task.
     pub async fn deregister_worker(&self, ctx: &mut Context) -> Result<(), StateError> {
         let worker_id = required_str(ctx, "worker_id", "deregister_worker")?;
+        self.live.stop(&worker_id);
         self.registration
             .update_status(&worker_id, worker_status::TERMINATED)
             .await?;
         Ok(())
     }
 
-    /// `heartbeat`: refreshes `worker_id`'s heartbeat (merging `heartbeat_metadata` if an
-    /// object).
+    /// `heartbeat`: refreshes `worker_id`'s heartbeat now (merging `heartbeat_metadata` if an
+    /// object). The heartbeat task does this on its own; the action is for machines that want
+    /// to beat at a particular step.
     pub async fn heartbeat(&self, ctx: &mut Context) -> Result<(), StateError> {
         let worker_id = required_str(ctx, "worker_id", "heartbeat")?;
         let metadata = match ctx.get("heartbeat_metadata") {
@@ -323,11 +350,56 @@ impl DistributedWorkerHooks {
             _ => None,
         };
         self.registration.heartbeat(&worker_id, metadata).await?;
+        metrics().heartbeat(true);
         Ok(())
     }
 
-    /// `list_stale_workers`: active workers whose heartbeat is older than the threshold.
+    /// Marks the executions of `released` jobs superseded (when there is a store).
+    async fn mark_released(&self, pool: &str, released: &[ReleasedJob], reason: &str) {
+        let Some(store) = &self.checkpoints else {
+            return;
+        };
+        for job in released {
+            let Some(execution) = &job.execution_id else {
+                continue;
+            };
+            let mark = SupersededMark {
+                execution_id: execution.clone(),
+                pool: pool.to_string(),
+                job_id: job.id.clone(),
+                worker_id: job.worker_id.clone(),
+                reason: reason.to_string(),
+                holder: None,
+                holder_execution_id: None,
+                at: now_iso(),
+            };
+            // The reaper's mark replaces any older one: this claim is the newest to end.
+            if let Err(e) = crate::distributed::superseded::mark_superseded(store, &mark).await {
+                tracing::warn!(execution_id = %execution, error = %e, "could not mark a worker execution superseded");
+            }
+        }
+    }
+
+    /// `reclaim_expired_jobs`: takes back the pool's jobs whose lease ended (stuck jobs, even
+    /// of live workers); writes `expired_jobs_released`.
+    pub async fn reclaim_expired_jobs(&self, ctx: &mut Context) -> Result<(), StateError> {
+        let pool_id = pool_id(ctx);
+        let released = self.work.pool(&pool_id).reclaim_expired().await?;
+        if !released.is_empty() {
+            tracing::warn!(pool = %pool_id, jobs = released.len(), "took back jobs whose lease expired");
+            metrics().reaped(0, released.len() as u64);
+            self.mark_released(&pool_id, &released, "its lease expired")
+                .await;
+        }
+        ctx.insert("expired_jobs_released".into(), json!(released.len()));
+        Ok(())
+    }
+
+    /// `list_stale_workers`: active workers whose heartbeat is older than the threshold. It
+    /// first takes back the pool's expired leases (`reclaim_expired_jobs`), so the reference's
+    /// reaper machine, which starts here, reclaims stuck jobs on every cycle.
     pub async fn list_stale_workers(&self, ctx: &mut Context) -> Result<(), StateError> {
+        self.reclaim_expired_jobs(ctx).await?;
         let threshold = number(ctx, "stale_threshold_seconds")
             .filter(|n| n.is_finite() && *n >= 0.0)
             .unwrap_or(2.0 * self.heartbeat_interval);
@@ -373,9 +445,21 @@ impl DistributedWorkerHooks {
         self.registration
             .update_status(worker_id, worker_status::LOST)
             .await?;
-        Ok(Some(
-            self.work.pool(pool_id).release_by_worker(worker_id).await?,
-        ))
+        let released = self.work.pool(pool_id).release_worker(worker_id).await?;
+        metrics().reaped(1, released.len() as u64);
+        tracing::warn!(
+            worker_id,
+            pool = pool_id,
+            jobs = released.len(),
+            "reaped a stale worker"
+        );
+        self.mark_released(
+            pool_id,
+            &released,
+            &format!("worker `{worker_id}` was lost (no heartbeat)"),
+        )
+        .await;
+        Ok(Some(released.len() as u64))
     }
 
     /// `reap_worker`: marks `worker` lost and releases its jobs.
@@ -476,85 +560,5 @@ impl DistributedWorkerHooks {
         ctx.insert("spawned_count".into(), json!(spawned.len()));
         ctx.insert("spawned_ids".into(), Value::Array(spawned));
         Ok(())
-    }
-}
-
-#[async_trait]
-impl MachineHooks for DistributedWorkerHooks {
-    async fn on_machine_start(&self, context: &mut Context) -> Result<(), HookError> {
-        match &self.fallback {
-            Some(f) => f.on_machine_start(context).await,
-            None => Ok(()),
-        }
-    }
-
-    async fn on_machine_end(&self, context: &Context, output: &mut Value) -> Result<(), HookError> {
-        match &self.fallback {
-            Some(f) => f.on_machine_end(context, output).await,
-            None => Ok(()),
-        }
-    }
-
-    async fn on_state_enter(&self, state: &str, context: &mut Context) -> Result<(), HookError> {
-        match &self.fallback {
-            Some(f) => f.on_state_enter(state, context).await,
-            None => Ok(()),
-        }
-    }
-
-    async fn on_state_exit(
-        &self,
-        state: &str,
-        context: &mut Context,
-        output: &mut Option<Value>,
-    ) -> Result<(), HookError> {
-        match &self.fallback {
-            Some(f) => f.on_state_exit(state, context, output).await,
-            None => Ok(()),
-        }
-    }
-
-    async fn on_transition(
-        &self,
-        from: &str,
-        to: &str,
-        context: &mut Context,
-    ) -> Result<String, HookError> {
-        match &self.fallback {
-            Some(f) => f.on_transition(from, to, context).await,
-            None => Ok(to.to_string()),
-        }
-    }
-
-    async fn on_error(
-        &self,
-        state: &str,
-        error: &StateError,
-        context: &mut Context,
-    ) -> Result<Option<String>, HookError> {
-        match &self.fallback {
-            Some(f) => f.on_error(state, error, context).await,
-            None => Ok(None),
-        }
-    }
-
-    async fn on_action(
-        &self,
-        action: &str,
-        context: &mut Context,
-    ) -> Result<ActionOutcome, HookError> {
-        if let Some(f) = self.actions.get(action) {
-            // A failing action leaves the context as it was.
-            *context = f(context.clone()).await?;
-            return Ok(ActionOutcome::Handled);
-        }
-        // Built-ins write only after their backend call succeeded.
-        if self.run_builtin(action, context).await? {
-            return Ok(ActionOutcome::Handled);
-        }
-        match &self.fallback {
-            Some(f) => f.on_action(action, context).await,
-            None => Ok(ActionOutcome::NotHandled),
-        }
     }
 }

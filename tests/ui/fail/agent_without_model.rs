@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/users/no_model/machine.yml");
+
+fn main() {}

@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/cel_unknown_function.yml");
+
+fn main() {}

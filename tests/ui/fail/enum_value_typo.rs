@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/enum_value_typo.yml");
+
+fn main() {}

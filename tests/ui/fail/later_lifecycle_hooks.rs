@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/later_lifecycle_hooks.yml");
+
+fn main() {}

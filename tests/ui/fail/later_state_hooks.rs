@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/later_state_hooks.yml");
+
+fn main() {}

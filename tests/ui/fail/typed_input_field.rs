@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/typed_input_field.yml");
+
+fn main() {}

@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/typed_output_missing.yml");
+
+fn main() {}

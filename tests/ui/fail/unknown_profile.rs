@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/users/profile_typo/machine.yml");
+
+fn main() {}

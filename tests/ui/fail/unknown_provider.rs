@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/users/provider/machine.yml");
+
+fn main() {}

@@ -1,0 +1,3 @@
+flatmachine_runtime::flatmachine!("ui/machines/wait_for_scope.yml");
+
+fn main() {}
