@@ -579,3 +579,120 @@ async fn a_total_timeout_fails_the_state_through_on_error() {
         result.output
     );
 }
+
+/// The run's event stream carries one `ToolCall` per call the model asked for and one
+/// `ToolResult` per result, in order, between the turn's `AgentCallStart` / `AgentCallEnd`
+/// pairs.
+#[tokio::test]
+async fn a_tool_loop_run_streams_its_tool_calls_and_results_in_order() {
+    use flatmachine_runtime::RunOptions;
+    use flatmachine_runtime::events::EventKind;
+    use futures::StreamExt;
+
+    let backend = Arc::new(ScriptedBackend::new(|req| {
+        Ok(match turns(req) {
+            0 => LlmResponse::text("")
+                .with_tool_call("c1", "lookup", json!({"word": "kettle"}))
+                .with_tool_call("c2", "add", json!({"a": 2, "b": 3}))
+                .with_tool_call("c3", "lookup", json!({"word": "missing"})),
+            1 => LlmResponse::text("").with_tool_call("c4", "secret", json!({})),
+            _ => LlmResponse::text("done"),
+        })
+    }));
+    let machine = machine(backend).build().unwrap();
+    let mut stream = machine.stream(input("q"), RunOptions::new());
+    let mut seen: Vec<String> = Vec::new();
+    while let Some(event) = stream.next().await {
+        match event.kind {
+            EventKind::AgentCallStart { state, agent } => {
+                seen.push(format!("start {state} {agent}"))
+            }
+            EventKind::AgentCallEnd {
+                api_calls, error, ..
+            } => seen.push(format!("end {api_calls} {}", error.is_none())),
+            EventKind::ToolCall {
+                id,
+                name,
+                arguments,
+            } => seen.push(format!("call {id} {name} {arguments}")),
+            EventKind::ToolResult { id, name, is_error } => {
+                seen.push(format!("result {id} {name} {is_error}"))
+            }
+            _ => {}
+        }
+    }
+    let result = stream.result().await.unwrap();
+    assert_eq!(result.output["stop"], "complete");
+    assert_eq!(
+        seen,
+        [
+            "start research researcher",
+            "end 1 true",
+            r#"call c1 lookup {"word":"kettle"}"#,
+            r#"call c2 add {"a":2,"b":3}"#,
+            r#"call c3 lookup {"word":"missing"}"#,
+            "result c1 lookup false",
+            "result c2 add false",
+            "result c3 lookup true",
+            "start research researcher",
+            "end 1 true",
+            "call c4 secret {}",
+            // Denied: not offered, answered "not allowed" (an error result).
+            "result c4 secret true",
+            "start research researcher",
+            "end 1 true",
+        ]
+    );
+}
+
+/// Every model call of a loop draws from the run tree's `max_agent_calls` budget: a loop that
+/// would go on is stopped when the budget is spent, and the run fails with `MaxAgentCalls`
+/// (a limit, not routed by `on_error`), its calls counted.
+#[tokio::test]
+async fn tool_loop_turns_draw_from_the_max_agent_calls_budget() {
+    use flatmachine_runtime::{RunError, RunOptions};
+
+    let backend = Arc::new(ScriptedBackend::new(|req| {
+        Ok(LlmResponse::text("").with_tool_call(
+            format!("c{}", turns(req)),
+            "add",
+            json!({"a": 1, "b": 1}),
+        ))
+    }));
+    let machine = machine(backend.clone()).build().unwrap();
+    let failure = machine
+        .execute(input("q"), RunOptions::new().max_agent_calls(2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(failure.error, RunError::MaxAgentCalls { limit: 2, ref state, .. } if state == "research"),
+        "{}",
+        failure.error
+    );
+    assert_eq!(backend.requests().len(), 2, "no call past the budget");
+    assert_eq!(failure.totals.api_calls, 2);
+
+    // Within the budget the same loop runs to its own `max_turns` (4) and the final answer.
+    let machine = machine_with_answer_after(3).build().unwrap();
+    let result = machine
+        .execute(input("q"), RunOptions::new().max_agent_calls(3))
+        .await
+        .unwrap();
+    assert_eq!(result.total_api_calls, 3);
+    assert_eq!(result.output["stop"], "complete");
+}
+
+/// A machine whose model asks for `add` on its first `n - 1` turns, then answers.
+fn machine_with_answer_after(n: usize) -> MachineBuilder {
+    machine(Arc::new(ScriptedBackend::new(move |req| {
+        Ok(if turns(req) + 1 < n {
+            LlmResponse::text("").with_tool_call(
+                format!("c{}", turns(req)),
+                "add",
+                json!({"a": 1, "b": 1}),
+            )
+        } else {
+            LlmResponse::text("two")
+        })
+    })))
+}

@@ -8,10 +8,12 @@
 //! continues the same conversation after the last recorded round (tools whose results were
 //! recorded do not run again). The record is removed when the visit ends.
 
+use super::budget::Budgeted;
 use super::machine::Machine;
 use super::step::Run;
 use crate::agents::tool_agent::not_a_tool_agent;
-use crate::agents::{Message, Role, ToolAgent, ToolChoice};
+use crate::agents::{AgentResult, Message, Role, ToolAgent, ToolChoice};
+use crate::events::{self, EventKind};
 use crate::error::error_type;
 use crate::hooks::{PendingToolCall, ToolLoopControl, ToolResultRecord};
 use crate::machine::{StateSpec, ToolLoopSpec};
@@ -228,17 +230,18 @@ impl Machine {
                     ),
                 ));
             }
-            let reply = within_total(&limits, started, state.name, async {
-                agent
-                    .turn(state.name, &record.messages, &definitions, ToolChoice::Auto)
-                    .await
-            })
-            .await?;
+            let turn = ModelTurn {
+                state,
+                agent_name,
+                agent,
+                tools: &definitions,
+                choice: ToolChoice::Auto,
+                limits: &limits,
+                started,
+            };
+            let reply = self.model_turn(run, &turn, &record.messages).await?;
             record.turns += 1;
-            record.cost += reply.cost;
-            run.api_calls += reply.api_calls;
-            run.cost += reply.cost;
-            run.usage += reply.usage;
+            record.cost = crate::cost::add(record.cost, reply.cost);
             let content = reply.content.unwrap_or_default();
             let calls = reply.tool_calls;
             record.messages.push(Message::assistant_with_tools(
@@ -249,6 +252,11 @@ impl Machine {
             if calls.is_empty() {
                 break Stop::Complete;
             }
+            // One `ToolCall` event per call the model asked for, each answered by one
+            // `ToolResult` (a call that does not run is answered with an error result).
+            for call in &calls {
+                events::emit_tool_call(&call.id, &call.name, &call.arguments_value()).await;
+            }
             if let Some(max) = limits.max_tool_calls
                 && record.tool_calls + calls.len() as u64 > max
             {
@@ -258,6 +266,7 @@ impl Machine {
                     record
                         .messages
                         .push(Message::tool_result(&call.id, &note, true));
+                    events::emit_tool_result(&call.id, &call.name, true).await;
                 }
                 break Stop::MaxToolCalls;
             }
@@ -291,6 +300,7 @@ impl Machine {
                         "Not run: the tool loop was stopped.",
                         true,
                     ));
+                    events::emit_tool_result(&p.call.id, &p.call.name, true).await;
                 }
                 progress(context, &record, Some(&content));
                 self.checkpoint_round(run, state, context, &mut record, started)
@@ -347,16 +357,21 @@ impl Machine {
                             abort = true;
                         }
                         let output = result.output.bounded();
+                        events::emit_tool_result(&result.call.id, &result.call.name, output.is_error)
+                            .await;
                         Message::tool_result(&result.call.id, output.content, output.is_error)
                     }
-                    None => Message::tool_result(
-                        &p.call.id,
-                        format!(
-                            "Not run: {}",
-                            p.veto.as_deref().unwrap_or("the call was refused")
-                        ),
-                        true,
-                    ),
+                    None => {
+                        events::emit_tool_result(&p.call.id, &p.call.name, true).await;
+                        Message::tool_result(
+                            &p.call.id,
+                            format!(
+                                "Not run: {}",
+                                p.veto.as_deref().unwrap_or("the call was refused")
+                            ),
+                            true,
+                        )
+                    }
                 };
                 record.messages.push(message);
             }
@@ -375,17 +390,18 @@ impl Machine {
         let last_text = last_assistant_text(&record.messages);
         if matches!(stop, Stop::MaxTurns | Stop::MaxToolCalls) && last_text.trim().is_empty() {
             record.messages.push(Message::new(Role::User, LIMIT_NOTICE));
-            let reply = within_total(&limits, started, state.name, async {
-                agent
-                    .turn(state.name, &record.messages, &definitions, ToolChoice::None)
-                    .await
-            })
-            .await?;
+            let turn = ModelTurn {
+                state,
+                agent_name,
+                agent,
+                tools: &definitions,
+                choice: ToolChoice::None,
+                limits: &limits,
+                started,
+            };
+            let reply = self.model_turn(run, &turn, &record.messages).await?;
             record.turns += 1;
-            record.cost += reply.cost;
-            run.api_calls += reply.api_calls;
-            run.cost += reply.cost;
-            run.usage += reply.usage;
+            record.cost = crate::cost::add(record.cost, reply.cost);
             // Calls the model asks for despite `tool_choice: none` are dropped: nothing answers
             // them, and a reply with unanswered calls would make the conversation invalid.
             record.messages.push(Message::new(
@@ -401,9 +417,13 @@ impl Machine {
         }
         let mut output = serde_json::Map::new();
         if matches!(stop, Stop::Complete | Stop::MaxTurns | Stop::MaxToolCalls)
-            && let Some(Value::Object(fields)) = agent.final_output(&content)?
+            && let Some(parsed) = agent.final_output(&content)?
         {
-            output.extend(fields);
+            // What passed the agent's `output` schema is its typed output (docs/typed.md).
+            crate::typed::record_agent_output(spec, state.name, &parsed);
+            if let Value::Object(fields) = parsed {
+                output.extend(fields);
+            }
         }
         output.insert("content".into(), Value::String(content));
         output.insert("_tool_calls_count".into(), Value::from(record.tool_calls));
@@ -415,6 +435,53 @@ impl Machine {
             serde_json::to_value(&record.messages).unwrap_or(Value::Null),
         );
         Ok(Value::Object(output))
+    }
+
+    /// One model call of a loop: drawn from the run tree's `max_agent_calls` budget (refused
+    /// calls fail the run with `MaxAgentCalls`, as a plain agent state's would), cut off at
+    /// the visit's `total_timeout`, reported as `AgentCallStart` / `AgentCallEnd` events, and
+    /// added to the run's totals.
+    async fn model_turn(
+        &self,
+        run: &mut Run,
+        turn: &ModelTurn<'_>,
+        messages: &[Message],
+    ) -> Result<AgentResult, StateError> {
+        let state = turn.state.name;
+        let agent = turn.agent_name;
+        run.emit(|| EventKind::AgentCallStart { state, agent }).await;
+        let began = Instant::now();
+        let outcome = if run.budget.try_reserve() {
+            let outcome = within_total(turn.limits, turn.started, state, async {
+                turn.agent
+                    .turn(state, messages, turn.tools, turn.choice.clone())
+                    .await
+            })
+            .await;
+            // The reservation becomes the calls made (a failure without billing keeps it).
+            match &outcome {
+                Ok(reply) => run.budget.settle(reply.api_calls),
+                Err(e) => {
+                    if let Some(b) = &e.billed {
+                        run.budget.settle(b.api_calls);
+                    }
+                }
+            }
+            outcome
+        } else {
+            Err(Budgeted::refused(&run.budget))
+        };
+        run.emit(|| events::agent_call_end(state, agent, &outcome, began))
+            .await;
+        match &outcome {
+            Ok(reply) => run.add_agent(reply),
+            Err(e) => {
+                if let Some(b) = &e.billed {
+                    run.add_billed(b.api_calls, b.cost, b.usage);
+                }
+            }
+        }
+        outcome
     }
 
     /// The tools of one visit: the agent's inline tools (with their handlers), the Rust tools,
@@ -486,6 +553,17 @@ impl Machine {
         context.remove(LOOP_RECORD_KEY);
         written.map_err(|e| e.to_state_error())
     }
+}
+
+/// What one model call of a loop needs besides the conversation.
+struct ModelTurn<'a> {
+    state: &'static StateSpec,
+    agent_name: &'static str,
+    agent: &'a dyn ToolAgent,
+    tools: &'a [ToolDefinition],
+    choice: ToolChoice,
+    limits: &'a Limits,
+    started: Instant,
 }
 
 /// Runs `calls` on `tools`, at most `concurrency` at a time; the outputs in call order.
