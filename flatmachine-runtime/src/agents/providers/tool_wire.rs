@@ -13,7 +13,8 @@
 //!   API wants strictly alternating roles. Replies: the `tool_use` blocks of `content`.
 //!
 //! A reply's tool calls are untrusted: at most [`MAX_TOOL_CALLS_PER_REPLY`], each with a string
-//! name of at most [`MAX_TOOL_NAME`] bytes (else the reply is malformed, an `APIError`); the
+//! name of at most [`MAX_TOOL_NAME`] bytes (else the reply is malformed, an
+//! `InternalServerError` like any other malformed 2xx reply); the
 //! arguments are kept as the model wrote them, so arguments that are not valid JSON reach the
 //! tool loop, which answers the call with an error the model can fix.
 
