@@ -8,7 +8,8 @@
 //! adds `crash` (the process exits mid-call), `hang` (never answers) and `env` (lists the
 //! environment the server got); `--garbage` answers every line on stdin with text that is not
 //! JSON-RPC; `--fail-start` prints an error to stderr and exits 3; `--pid-file <path>` writes
-//! the process id there.
+//! the process id there; `--background-child <path>` starts `sleep 600` in the background (in
+//! the server's process group) and writes its process id there.
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -157,14 +158,14 @@ impl ServerHandler for FsServer {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: mcp_fs_server <root> [--http ADDR] [--test-tools] [--garbage] [--fail-start] [--pid-file PATH]"
+        "usage: mcp_fs_server <root> [--http ADDR] [--test-tools] [--garbage] [--fail-start] [--pid-file PATH] [--background-child PATH]"
     );
     std::process::exit(2);
 }
 
 /// Runs the server with command-line arguments (without the program name): `<root>
-/// [--http ADDR] [--test-tools] [--garbage] [--fail-start]`. Exits the process on bad
-/// arguments.
+/// [--http ADDR] [--test-tools] [--garbage] [--fail-start] [--pid-file PATH]
+/// [--background-child PATH]`. Exits the process on bad arguments.
 pub async fn main_with_args(args: impl IntoIterator<Item = String>) {
     let mut root = None;
     let mut http = None;
@@ -180,6 +181,20 @@ pub async fn main_with_args(args: impl IntoIterator<Item = String>) {
                 let path = args.next().unwrap_or_else(|| usage());
                 if let Err(e) = std::fs::write(&path, std::process::id().to_string()) {
                     eprintln!("mcp_fs_server: {path}: {e}");
+                    std::process::exit(2);
+                }
+            }
+            "--background-child" => {
+                let path = args.next().unwrap_or_else(|| usage());
+                let child = std::process::Command::new("sleep")
+                    .arg("600")
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn();
+                let written = child.and_then(|c| std::fs::write(&path, c.id().to_string()));
+                if let Err(e) = written {
+                    eprintln!("mcp_fs_server: --background-child {path}: {e}");
                     std::process::exit(2);
                 }
             }

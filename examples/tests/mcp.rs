@@ -130,6 +130,46 @@ async fn shutdown_ends_the_server_process() {
     assert!(!proc.exists(), "server {pid} still running after shutdown");
 }
 
+/// Whether process `pid` is still alive (a zombie nobody reaped yet counts as gone).
+fn alive(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// A stdio server runs in a process group of its own: what it left running in the background
+/// goes with it at shutdown (as with subprocess agents).
+#[tokio::test]
+async fn shutdown_ends_what_the_server_started_in_the_background() {
+    let dir = shelf();
+    let child_file = dir.path().join("child.pid");
+    let root = dir.path().join("sub");
+    let server = McpServer::start(stdio_spec(
+        "fs",
+        SERVER,
+        &[
+            root.to_str().unwrap(),
+            "--background-child",
+            child_file.to_str().unwrap(),
+        ],
+        &[("PATH", "/usr/bin:/bin")],
+        None,
+    ))
+    .await
+    .unwrap();
+    let child = std::fs::read_to_string(&child_file).unwrap();
+    assert!(alive(&child), "the background child {child} runs");
+    server.shutdown().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while alive(&child) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!alive(&child), "background child {child} survived the server's shutdown");
+}
+
 #[tokio::test]
 async fn a_server_that_cannot_start_is_named() {
     let err = McpServer::start(stdio_spec(

@@ -10,8 +10,12 @@
 //!   and started with **only** the variables listed in `env` (not this process's
 //!   environment: list `PATH`, `HOME`, keys, ... where the server needs them). `${VAR}` in
 //!   `command`, `args`, `env` values, `server_url` and `headers` is replaced by this process's variable `VAR` (empty
-//!   when unset), so keys stay out of the YAML. Its stderr is kept (the last 4 KiB) for error
-//!   messages. Shutdown closes its stdin, then sends `SIGTERM`, then kills it.
+//!   when unset), so keys stay out of the YAML. It runs in a process group of its own; its
+//!   stderr is read in bounded chunks and only the last 4 KiB are kept (for error messages);
+//!   a message on its stdout is at most 16 MiB (`rmcp`'s line cap: a longer one is dropped).
+//!   Shutdown closes its stdin, then sends `SIGTERM`, then kills it, and then kills what is
+//!   left of its process group (anything it started in the background), as when the run
+//!   drops the server without a shutdown.
 //! - **streamable HTTP** (`server_url`, `headers`): `rmcp`'s client over reqwest.
 //!
 //! Failures name the server: one that will not start or does not finish the handshake within
@@ -34,7 +38,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncBufReadExt;
 
 /// Seconds allowed for a server's handshake and for each request when its `timeout` is unset.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -100,6 +103,8 @@ pub struct McpServer {
     peer: Peer<RoleClient>,
     stderr: Arc<Mutex<String>>,
     secrets: Vec<String>,
+    /// A stdio server's process group, killed at shutdown (and when dropped).
+    group: Option<crate::process::GroupKiller>,
 }
 
 impl std::fmt::Debug for McpServer {
@@ -215,6 +220,7 @@ impl McpServer {
         let tool_error = |message: String| tool_error(scrub(&secrets, message));
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut stderr_reader = None;
+        let mut group = None;
         let handshake = match (spec.command, spec.server_url) {
             (Some(command), _) => {
                 let command = expand_env(command);
@@ -228,6 +234,9 @@ impl McpServer {
                     .env_clear()
                     .envs(spec.env.iter().map(|(k, v)| (*k, expand_env(v))))
                     .kill_on_drop(true);
+                // Its own process group, so what it starts goes with it at shutdown.
+                #[cfg(unix)]
+                cmd.process_group(0);
                 let (transport, child_stderr) = TokioChildProcess::builder(cmd)
                     .stderr(std::process::Stdio::piped())
                     .spawn()
@@ -237,6 +246,7 @@ impl McpServer {
                             program.display()
                         ))
                     })?;
+                group = Some(crate::process::GroupKiller::of_leader(transport.id()));
                 if let Some(child_stderr) = child_stderr {
                     stderr_reader =
                         Some(keep_stderr(name.to_string(), child_stderr, stderr.clone()));
@@ -307,6 +317,7 @@ impl McpServer {
             peer,
             stderr,
             secrets,
+            group,
         })
     }
 
@@ -394,6 +405,9 @@ impl McpServer {
                 }
             }
         }
+        if let Some(group) = &self.group {
+            group.kill();
+        }
     }
 }
 
@@ -416,19 +430,21 @@ fn stderr_note(stderr: &Mutex<String>) -> String {
     }
 }
 
-/// Reads a stdio server's stderr into a bounded tail (and the debug log).
+/// Reads a stdio server's stderr into a bounded tail (and the debug log), in chunks: a server
+/// printing without end, or one endless line, cannot grow this process's memory.
 fn keep_stderr(
     server: String,
-    stderr: tokio::process::ChildStderr,
+    stderr: impl tokio::io::AsyncRead + Unpin + Send + 'static,
     tail: Arc<Mutex<String>>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::debug!(server = %server, "mcp stderr: {line}");
+    tokio::spawn(crate::process::read_tail_into(
+        stderr,
+        STDERR_TAIL,
+        move |chunk| {
+            let text = String::from_utf8_lossy(chunk);
+            tracing::debug!(server = %server, "mcp stderr: {text}");
             let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
-            t.push_str(&line);
-            t.push('\n');
+            t.push_str(&text);
             if t.len() > STDERR_TAIL {
                 let mut cut = t.len() - STDERR_TAIL;
                 while !t.is_char_boundary(cut) {
@@ -436,8 +452,8 @@ fn keep_stderr(
                 }
                 t.drain(..cut);
             }
-        }
-    })
+        },
+    ))
 }
 
 /// The tool result for the model: text blocks joined by newlines, other blocks as JSON;
@@ -492,6 +508,26 @@ impl Tool for McpTool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn stderr_keeps_a_bounded_tail_of_an_endless_line() {
+        use tokio::io::AsyncWriteExt;
+        let (mut writer, reader) = tokio::io::duplex(64 * 1024);
+        let tail = Arc::new(Mutex::new(String::new()));
+        let reading = keep_stderr("s".into(), reader, tail.clone());
+        // 1 MiB without a newline, then the end that matters.
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..16 {
+            writer.write_all(&chunk).await.unwrap();
+            assert!(tail.lock().unwrap().len() <= STDERR_TAIL);
+        }
+        writer.write_all(b"\nfatal: the end\n").await.unwrap();
+        drop(writer);
+        reading.await.unwrap();
+        let tail = tail.lock().unwrap();
+        assert!(tail.len() <= STDERR_TAIL, "{}", tail.len());
+        assert!(tail.ends_with("fatal: the end\n"));
+    }
 
     #[test]
     fn variables_are_expanded_from_this_process() {

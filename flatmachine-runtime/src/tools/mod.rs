@@ -112,13 +112,17 @@ impl ToolCall {
         if text.is_empty() {
             return Ok(Value::Object(serde_json::Map::new()));
         }
-        match serde_json::from_str::<Value>(text) {
+        // Untrusted: nesting is bounded before parsing, as for every value entering a run.
+        match crate::agents::output::parse_bounded(text) {
             Ok(v @ Value::Object(_)) => Ok(v),
             Ok(other) => Err(format!(
                 "the arguments must be a JSON object, got {}",
                 json_kind(&other)
             )),
-            Err(e) => Err(format!("the arguments are not valid JSON ({e})")),
+            Err(crate::agents::output::BoundedJsonError::Syntax(e)) => {
+                Err(format!("the arguments are not valid JSON ({e})"))
+            }
+            Err(e) => Err(format!("the arguments are refused: {e}")),
         }
     }
 
@@ -303,4 +307,40 @@ pub trait Tool: Send + Sync {
         arguments: Value,
         invocation: &ToolInvocation,
     ) -> Result<ToolOutput, ToolError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_nested_past_the_run_limit_are_refused_before_parsing() {
+        let depth = crate::agents::output::MAX_JSON_DEPTH;
+        let nested = |levels: usize| {
+            format!(
+                "{{\"a\":{}1{}}}",
+                "[".repeat(levels - 1),
+                "]".repeat(levels - 1)
+            )
+        };
+        let ok = ToolCall {
+            id: "c".into(),
+            name: "t".into(),
+            arguments: nested(depth),
+        };
+        assert!(ok.parsed_arguments().is_ok());
+        let deep = ToolCall {
+            arguments: nested(depth + 1),
+            ..ok
+        };
+        let err = deep.parsed_arguments().unwrap_err();
+        assert!(err.contains("levels deep"), "{err}");
+        // Shown as text in events, never parsed.
+        assert!(deep.arguments_value().is_string());
+        let bad = ToolCall {
+            arguments: "{\"a\": ".into(),
+            ..deep
+        };
+        assert!(bad.parsed_arguments().unwrap_err().contains("not valid JSON"));
+    }
 }
