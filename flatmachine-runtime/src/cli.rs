@@ -266,6 +266,9 @@ where
                 );
                 stats["status"] = "waiting".into();
                 stats["channel"] = w.channel.clone().into();
+                if let Some(child) = &w.child {
+                    stats["waiting_child"] = child.clone().into();
+                }
             }
             eprintln!("{stats}");
             ExitCode::SUCCESS
@@ -797,6 +800,7 @@ impl MachineInvoker for SubprocessInvoker {
                     .unwrap_or_default()
                     .to_string(),
                 deadline: None,
+                child: stats["waiting_child"].as_str().map(str::to_string),
             }),
             None => crate::RunStatus::Finished,
         };

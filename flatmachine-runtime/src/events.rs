@@ -28,7 +28,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// Events a stream buffers before the policy above applies.
 pub const DEFAULT_CAPACITY: usize = 256;
@@ -222,10 +221,134 @@ impl EventKind {
     }
 }
 
-/// Where one execution's events go: the stream's channel, tagged with the execution.
+/// The buffer between a run (and its children) and the [`RunStream`] reading it: one queue of
+/// events in emission order, bounded by `capacity` for events that are never dropped.
+///
+/// Cheaper than a channel send per event: emitting is a short lock and a push, and the
+/// consumer is woken once per time it runs dry (not once per event) and takes everything
+/// queued in one lock.
+#[derive(Debug)]
+struct Buffer {
+    state: Mutex<BufferState>,
+    /// Signalled when the consumer makes room or leaves (a producer waits for it when full).
+    room: tokio::sync::Notify,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct BufferState {
+    queue: std::collections::VecDeque<RunEvent>,
+    /// The consumer's waker, while it waits for events.
+    waker: Option<std::task::Waker>,
+    /// The consumer left: emitting stops.
+    closed: bool,
+    /// Producers alive ([`RunEvents`] values); none left ends the stream.
+    producers: usize,
+}
+
+impl Buffer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BufferState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Queues `event`, waiting for room while the queue is full.
+    async fn push(&self, event: RunEvent) {
+        loop {
+            let room = self.room.notified();
+            {
+                let mut st = self.lock();
+                if st.closed {
+                    return;
+                }
+                if st.queue.len() < self.capacity {
+                    st.queue.push_back(event);
+                    let waker = st.waker.take();
+                    drop(st);
+                    if let Some(w) = waker {
+                        w.wake();
+                    }
+                    return;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Queues `event` only if there is room; gives it back (`Some`) when the queue is full.
+    fn try_push(&self, event: RunEvent) -> Option<RunEvent> {
+        let mut st = self.lock();
+        if st.closed {
+            return None;
+        }
+        if st.queue.len() >= self.capacity {
+            return Some(event);
+        }
+        st.queue.push_back(event);
+        let waker = st.waker.take();
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        None
+    }
+
+    /// Moves every queued event into `into`; `Ready(false)` once no producer is left and the
+    /// queue is empty (the stream ends), `Pending` (waker kept) when there is nothing yet.
+    fn poll_drain(
+        &self,
+        into: &mut std::collections::VecDeque<RunEvent>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<bool> {
+        let mut st = self.lock();
+        if !st.queue.is_empty() {
+            std::mem::swap(into, &mut st.queue);
+            drop(st);
+            self.room.notify_waiters();
+            return Poll::Ready(true);
+        }
+        if st.producers == 0 {
+            return Poll::Ready(false);
+        }
+        st.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// The consumer leaves: queued events go, waiting producers return.
+    fn close(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        st.queue.clear();
+        drop(st);
+        self.room.notify_waiters();
+    }
+
+    fn add_producer(&self) {
+        self.lock().producers += 1;
+    }
+
+    fn remove_producer(&self) {
+        let mut st = self.lock();
+        st.producers -= 1;
+        let waker = if st.producers == 0 {
+            st.waker.take()
+        } else {
+            None
+        };
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// Where one execution's events go: the stream's buffer, tagged with the execution.
 #[derive(Debug)]
 pub(crate) struct RunEvents {
-    tx: mpsc::Sender<RunEvent>,
+    buffer: Arc<Buffer>,
     execution_id: Arc<str>,
     parent: Option<Arc<str>>,
     machine: &'static str,
@@ -233,17 +356,29 @@ pub(crate) struct RunEvents {
     pending: Mutex<String>,
 }
 
+impl Drop for RunEvents {
+    fn drop(&mut self) {
+        self.buffer.remove_producer();
+    }
+}
+
 tokio::task_local! {
     static CURRENT: Arc<RunEvents>;
 }
 
 impl RunEvents {
-    fn root(tx: mpsc::Sender<RunEvent>) -> Arc<Self> {
+    fn with_buffer(
+        buffer: Arc<Buffer>,
+        execution_id: Arc<str>,
+        parent: Option<Arc<str>>,
+        machine: &'static str,
+    ) -> Arc<Self> {
+        buffer.add_producer();
         Arc::new(Self {
-            tx,
-            execution_id: Arc::from(""),
-            parent: None,
-            machine: "",
+            buffer,
+            execution_id,
+            parent,
+            machine,
             pending: Mutex::new(String::new()),
         })
     }
@@ -255,17 +390,16 @@ impl RunEvents {
         parent: Option<&str>,
         machine: &'static str,
     ) -> Option<Arc<Self>> {
-        let tx = CURRENT.try_with(|c| c.tx.clone()).ok()?;
-        if tx.is_closed() {
+        let buffer = CURRENT.try_with(|c| c.buffer.clone()).ok()?;
+        if buffer.is_closed() {
             return None;
         }
-        Some(Arc::new(Self {
-            tx,
-            execution_id: Arc::from(execution_id),
-            parent: parent.map(Arc::from),
+        Some(Self::with_buffer(
+            buffer,
+            Arc::from(execution_id),
+            parent.map(Arc::from),
             machine,
-            pending: Mutex::new(String::new()),
-        }))
+        ))
     }
 
     /// The stream of the current task, if any (to carry into a spawned task).
@@ -300,33 +434,30 @@ impl RunEvents {
     }
 
     /// Sends an event that is never dropped: waits for room (after the token text kept
-    /// aside, so the order holds).
+    /// aside, so the order holds). A stream whose consumer left takes nothing.
     pub(crate) async fn send(&self, kind: EventKind) {
         if let Some(text) = self.take_pending() {
-            let _ = self
-                .tx
-                .send(self.event(EventKind::TokenDelta { text }))
+            self.buffer
+                .push(self.event(EventKind::TokenDelta { text }))
                 .await;
         }
-        // A closed stream (the consumer left) is not an error of the run.
-        let _ = self.tx.send(self.event(kind)).await;
+        self.buffer.push(self.event(kind)).await;
     }
 
     /// Sends token text without waiting: kept aside (and joined) while the buffer is full.
     pub(crate) fn delta(&self, text: &str) {
-        if text.is_empty() || self.tx.is_closed() {
+        if text.is_empty() || self.buffer.is_closed() {
             return;
         }
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.push_str(text);
         let text = std::mem::take(&mut *pending);
-        match self.tx.try_send(self.event(EventKind::TokenDelta { text })) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(event)) => {
-                if let EventKind::TokenDelta { text } = event.kind {
-                    *pending = text;
-                }
-            }
+        if let Some(event) = self
+            .buffer
+            .try_push(self.event(EventKind::TokenDelta { text }))
+            && let EventKind::TokenDelta { text } = event.kind
+        {
+            *pending = text;
         }
     }
 }
@@ -340,7 +471,7 @@ pub fn emit_token_delta(text: &str) {
 
 /// Whether a stream listens to the run of the current task (a backend may stream only then).
 pub fn is_streaming() -> bool {
-    CURRENT.try_with(|c| !c.tx.is_closed()).unwrap_or(false)
+    CURRENT.try_with(|c| !c.buffer.is_closed()).unwrap_or(false)
 }
 
 /// Emits a [`EventKind::ToolCall`] on the current run's stream (for a tool loop).
@@ -372,7 +503,9 @@ pub async fn emit_tool_result(id: &str, name: &str, is_error: bool) {
 /// The stream ends once the run and every child it launched have finished.
 #[derive(Debug)]
 pub struct RunStream {
-    rx: mpsc::Receiver<RunEvent>,
+    buffer: Arc<Buffer>,
+    /// Events taken from the buffer, not yet handed out.
+    ready: std::collections::VecDeque<RunEvent>,
     handle: tokio::task::JoinHandle<Result<RunResult, Box<RunFailure>>>,
 }
 
@@ -382,17 +515,26 @@ impl RunStream {
     where
         F: std::future::Future<Output = Result<RunResult, Box<RunFailure>>> + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let root = RunEvents::root(tx);
+        let buffer = Arc::new(Buffer {
+            state: Mutex::new(BufferState::default()),
+            room: tokio::sync::Notify::new(),
+            capacity: capacity.max(1),
+        });
+        let root = RunEvents::with_buffer(buffer.clone(), Arc::from(""), None, "");
         let handle = tokio::spawn(CURRENT.scope(root, run));
-        Self { rx, handle }
+        Self {
+            buffer,
+            ready: std::collections::VecDeque::new(),
+            handle,
+        }
     }
 
     /// Stops reading events and waits for the run's result (the run goes on without
     /// emitting).
-    pub async fn result(self) -> Result<RunResult, Box<RunFailure>> {
-        drop(self.rx);
-        match self.handle.await {
+    pub async fn result(mut self) -> Result<RunResult, Box<RunFailure>> {
+        self.buffer.close();
+        self.ready.clear();
+        match (&mut self.handle).await {
             Ok(r) => r,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => Err(RunFailure::early(
@@ -407,11 +549,26 @@ impl RunStream {
     }
 }
 
+impl Drop for RunStream {
+    fn drop(&mut self) {
+        // The run goes on without emitting (and without waiting for room).
+        self.buffer.close();
+    }
+}
+
 impl futures::Stream for RunStream {
     type Item = RunEvent;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<RunEvent>> {
-        self.rx.poll_recv(cx)
+        let this = &mut *self;
+        if let Some(event) = this.ready.pop_front() {
+            return Poll::Ready(Some(event));
+        }
+        match this.buffer.poll_drain(&mut this.ready, cx) {
+            Poll::Ready(true) => Poll::Ready(this.ready.pop_front()),
+            Poll::Ready(false) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! `wait_for` states, signals, the dispatcher, durable timeouts, forks and fingerprints,
-//! through the public API, on the memory backends (SQLite and Redis: `signal_backends.rs`).
+//! through the public API, on the memory backends (SQLite and Redis: `signal_backends.rs`;
+//! children that wait: `signals_children.rs`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,8 +9,8 @@ use std::time::Duration;
 use flatmachine_runtime::engine::{ForkOptions, fork_execution};
 use flatmachine_runtime::persistence::{CheckpointStore, checkpoint_event};
 use flatmachine_runtime::signals::{
-    CHILD_WAITING, DispatchOptions, Dispatcher, MemorySignalBackend, SIGNAL_TIMEOUT, SendOptions,
-    SignalBackend, waiting_runs,
+    DispatchOptions, Dispatcher, MemorySignalBackend, SIGNAL_TIMEOUT, SendOptions, SignalBackend,
+    waiting_runs,
 };
 use flatmachine_runtime::{Machine, ResumeOptions, RunError, RunStatus, Value};
 use serde_json::json;
@@ -20,8 +21,6 @@ flatmachine_runtime::flatmachine!("tests/machines/signals/timed.yml");
 flatmachine_runtime::flatmachine!("tests/machines/signals/timed_unrouted.yml");
 flatmachine_runtime::flatmachine!("tests/machines/signals/numbered.yml");
 flatmachine_runtime::flatmachine!("tests/machines/signals/steps.yml");
-flatmachine_runtime::flatmachine!("tests/machines/signals/waiting_child.yml");
-flatmachine_runtime::flatmachine!("tests/machines/signals/waiting_foreach.yml");
 
 /// `approval.yml` after an edit that changes its shape (same machine name).
 mod edited {
@@ -813,83 +812,4 @@ async fn a_fork_of_a_waiting_run_waits_on_its_own_channel() {
         forked.status,
         RunStatus::Waiting(ref w) if w.state == "wait_decision"
     ));
-}
-
-#[tokio::test]
-async fn a_child_that_waits_fails_its_parents_state_and_stays_resumable_on_its_own() {
-    let (store, signals) = memory();
-    let parent = Machine::of::<waiting_child::Machine>()
-        .persistence(store.clone())
-        .signal_backend(signals.clone())
-        .build()
-        .unwrap();
-    let result = parent
-        .run_with_id("p-1", json!({"ticket": 7}))
-        .await
-        .unwrap();
-    // The parent does not go on with a made-up child result: `ChildWaiting`, routed.
-    assert!(result.is_finished());
-    assert_eq!(result.final_state, "blocked");
-    assert_eq!(result.output["error_type"], json!(CHILD_WAITING));
-    let message = result.output["error"].as_str().unwrap();
-    assert!(message.contains("approval/7"), "{message}");
-    assert!(result.context.get("child").is_none());
-
-    // The child is parked on its own channel, with the parent recorded.
-    let waiters = signals.waiters(Some("approval/7")).await.unwrap();
-    assert_eq!(waiters.len(), 1);
-    let child_id = waiters[0].execution_id.clone();
-    assert_ne!(child_id, "p-1");
-    let snap = store.load_latest(&child_id).await.unwrap().unwrap();
-    assert_eq!(snap.event.as_deref(), Some(checkpoint_event::WAITING));
-    assert_eq!(snap.parent_execution_id.as_deref(), Some("p-1"));
-
-    // A dispatcher built on the parent finds the child machine and resumes it.
-    signals
-        .send(
-            "approval/7",
-            json!({"decision": "approve", "by": "li"}),
-            SendOptions::default(),
-        )
-        .await
-        .unwrap();
-    let report = Dispatcher::new(&parent).dispatch_once().await.unwrap();
-    let resumed: Vec<_> = report.resumed().collect();
-    assert_eq!(resumed.len(), 1);
-    assert_eq!(resumed[0].execution_id, child_id);
-    assert_eq!(resumed[0].final_state, "approved");
-}
-
-#[tokio::test]
-async fn a_foreach_whose_items_wait_fails_instead_of_recording_them() {
-    let (store, signals) = memory();
-    // One item's signal is already there, the other's is not.
-    signals
-        .send(
-            "approval/a",
-            json!({"decision": "approve", "by": "ana"}),
-            SendOptions::default(),
-        )
-        .await
-        .unwrap();
-    let parent = Machine::of::<waiting_foreach::Machine>()
-        .persistence(store.clone())
-        .signal_backend(signals.clone())
-        .build()
-        .unwrap();
-    let error = parent
-        .run_with_id("fe-1", json!({"tickets": ["a", "b"]}))
-        .await
-        .unwrap_err();
-    match error {
-        RunError::State { state, error, .. } => {
-            assert_eq!(state, "start");
-            assert_eq!(error.error_type, CHILD_WAITING, "{}", error.message);
-            assert!(error.message.contains("approval/b"), "{}", error.message);
-        }
-        other => panic!("expected a state error, got {other}"),
-    }
-    // The item with a signal took it; the other waits.
-    assert!(signals.peek("approval/a").await.unwrap().is_empty());
-    assert_eq!(signals.waiters(Some("approval/b")).await.unwrap().len(), 1);
 }

@@ -4,7 +4,7 @@ use super::budget::{AgentCallBudget, Budgeted};
 use super::invoker::InvokeRequest;
 use super::machine::{Inner, Machine};
 use super::result::{RunError, RunResult};
-use super::step::{ChildTotals, Run};
+use super::step::{ChildTotals, Run, WaitingChild};
 use crate::error::error_type;
 use crate::machine::StateSpec;
 use crate::template::{self, ScopeRef};
@@ -89,7 +89,7 @@ fn child_waiting_error(name: &str, child_id: &str, waiting: &super::result::Wait
     StateError::new(
         crate::signals::CHILD_WAITING,
         format!(
-            "child machine `{name}` (execution {child_id}) is waiting for a signal on `{}` in state `{}`; a parent does not go on without its child's result. The child can be signalled and resumed on its own; to wait inside a composition, put the `wait_for` in the parent or `launch:` the child",
+            "child machine `{name}` (execution {child_id}) is waiting for a signal on `{}` in state `{}`; a parent does not go on without its child's result, and this one has no checkpoint store to park in until the child is signalled (give it a `persistence` section)",
             waiting.channel, waiting.state
         ),
     )
@@ -205,7 +205,8 @@ impl Machine {
     /// checkpoints continues from them (a finished one returns its recorded result). A child
     /// that parks in a `wait_for` state is a [`CHILD_WAITING`](crate::signals::CHILD_WAITING)
     /// error, never a result: the parent must not go on as if the child had produced
-    /// something.
+    /// something. The child is also recorded in `run.waiting_child`, so the loop parks the
+    /// parent with it (when the parent has a checkpoint store) instead of routing the error.
     pub(super) fn run_child(
         &self,
         run: &Run,
@@ -225,10 +226,23 @@ impl Machine {
         };
         let invoker = self.inner.invoker.clone();
         let child_id = request.execution_id.clone();
+        let slot = run.waiting_child.clone();
         Box::pin(async move {
             let result = invoker.invoke(request).await?;
             match result.waiting() {
-                Some(w) => Err(child_waiting_error(name, &child_id, w)),
+                Some(w) => {
+                    let mut slot = slot
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if slot.is_none() {
+                        *slot = Some(WaitingChild {
+                            // Through nested children, the one that holds the waiter.
+                            execution_id: w.child.clone().unwrap_or_else(|| child_id.clone()),
+                            waiting: w.clone(),
+                        });
+                    }
+                    Err(child_waiting_error(name, &child_id, w))
+                }
                 None => Ok(result),
             }
         })

@@ -69,12 +69,17 @@ pub enum RunStatus {
 /// Where a waiting run waits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Waiting {
-    /// The channel (the state's `wait_for`, rendered).
+    /// The channel (the state's `wait_for`, rendered; for a run parked for a child, the
+    /// channel that child waits on).
     pub channel: String,
-    /// The `wait_for` state.
+    /// The `wait_for` state (for a run parked for a child, its `machine:`/`foreach` state).
     pub state: String,
     /// When it gives up (`timeout`), UTC `isoformat()` text.
     pub deadline: Option<String>,
+    /// When this run is parked because a `machine:`/`foreach` child waits: the execution id
+    /// of the child that waits (the deepest one, through nested children). `None` when this
+    /// run itself waits in a `wait_for` state.
+    pub child: Option<String>,
 }
 
 /// Why a run did not finish. Every variant about one execution names it (`execution_id`;

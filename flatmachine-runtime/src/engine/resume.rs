@@ -25,6 +25,8 @@ impl Machine {
     ///
     /// * `waiting` — runs the `wait_for` state's work again: the signal delivered to it (or
     ///   pending on its channel) is taken, else the run waits again (same step, same deadline).
+    ///   A run parked for a waiting `machine:`/`foreach` child runs that state again: its
+    ///   children continue from their checkpoints, and it parks again while one still waits.
     ///
     /// A distributed worker execution marked superseded (its claim on its job was taken back
     /// and the job runs again elsewhere; see [`crate::distributed::superseded`]) is refused
@@ -203,6 +205,12 @@ impl Machine {
                         .wait_deadline
                         .as_deref()
                         .and_then(crate::signals::millis_from_iso);
+                    Entry::AfterExecute
+                }
+                // Parked for a `machine:`/`foreach` child that waits: the state runs again and
+                // its children continue from their own checkpoints (finished ones return their
+                // results, a child still without its signal parks again, and so does this run).
+                checkpoint_event::WAITING if !spec.states[state].machine.is_empty() => {
                     Entry::AfterExecute
                 }
                 checkpoint_event::STATE_EXIT => Entry::AfterExit(

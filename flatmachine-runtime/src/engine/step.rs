@@ -6,7 +6,7 @@ use super::handlers::ActionCall;
 use super::machine::Machine;
 use super::machine::noop_hooks;
 use super::result::{RunError, RunFailure, RunResult, RunStatus};
-use super::wait::WaitOutcome;
+use super::wait::{Parked, WaitOutcome};
 use crate::agents::{AdapterEnv, AgentExecutor, AgentResult, ClosureExecutor, Usage};
 use crate::error::error_type;
 use crate::events::{ErrorRoute, EventKind, RunEvents};
@@ -80,6 +80,18 @@ pub(super) struct Run {
     pub(super) signal_ack: Option<u64>,
     /// Where this execution's events go, when a stream listens.
     pub(super) events: Option<Arc<RunEvents>>,
+    /// The first `machine:`/`foreach` child of the current state that parked in a `wait_for`
+    /// state (set by the child's future, taken when the state fails with `ChildWaiting`).
+    pub(super) waiting_child: Arc<std::sync::Mutex<Option<WaitingChild>>>,
+}
+
+/// A child run that parked in a `wait_for` state: its parent parks with it.
+#[derive(Debug, Clone)]
+pub(super) struct WaitingChild {
+    /// The child execution that waits (the deepest one, through nested children).
+    pub(super) execution_id: String,
+    /// Where it waits.
+    pub(super) waiting: crate::engine::result::Waiting,
 }
 
 impl Run {
@@ -117,7 +129,16 @@ impl Run {
             wait_deadline: None,
             signal_ack: None,
             events: None,
+            waiting_child: Arc::default(),
         }
+    }
+
+    /// Takes the child recorded as waiting by the current state's children, if any.
+    pub(super) fn take_waiting_child(&self) -> Option<WaitingChild> {
+        self.waiting_child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// Emits the event `kind` builds, when a stream listens (nothing is built otherwise).
@@ -420,9 +441,21 @@ impl Machine {
                     };
                     run.launch_origin = None;
                     run.step_context = None;
+                    // Taken whatever the outcome: a `mode: any` state may succeed while a
+                    // child it no longer needs parked.
+                    let waiting_child = run.take_waiting_child();
                     let output = match executed {
                         Ok(o) => o,
                         Err(e) => {
+                            if e.error_type == crate::signals::CHILD_WAITING
+                                && self.inner.store.is_some()
+                                && let Some(child) = waiting_child
+                            {
+                                // The parent parks with its child; resuming it runs the state
+                                // again, and the child continues from its own checkpoints.
+                                let parked = Parked::for_child(child);
+                                return self.park(run, current, context.clone(), parked).await;
+                            }
                             current = self.route_error(run, current, e, context).await?;
                             continue;
                         }

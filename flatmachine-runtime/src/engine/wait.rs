@@ -36,6 +36,25 @@ pub(super) enum WaitOutcome {
 pub(super) struct Parked {
     channel: String,
     deadline_ms: Option<u64>,
+    /// The `machine:`/`foreach` child this run parks for (`None`: its own `wait_for`).
+    child: Option<String>,
+}
+
+impl Parked {
+    /// A parent parked because its child `child` waits: on the child's channel and deadline.
+    /// The parent registers no waiter of its own (the signal is the child's); a dispatcher
+    /// that resumes the child resumes the parent instead (see [`crate::signals::Dispatcher`]).
+    pub(super) fn for_child(child: super::step::WaitingChild) -> Self {
+        Self {
+            deadline_ms: child
+                .waiting
+                .deadline
+                .as_deref()
+                .and_then(signals::millis_from_iso),
+            channel: child.waiting.channel,
+            child: Some(child.execution_id),
+        }
+    }
 }
 
 /// The channel a `wait_for` template renders to: text (a number or boolean is its text), at
@@ -128,13 +147,15 @@ impl Machine {
                 _ => Ok(WaitOutcome::Park(Parked {
                     channel,
                     deadline_ms,
+                    child: None,
                 })),
             },
         }
     }
 
     /// Parks the run: the `waiting` checkpoint (written whenever there is a store), then the
-    /// waiting result.
+    /// waiting result. A run parked for a child records the child's channel and deadline in
+    /// its checkpoint (what `flatmachine waiting` and `inspect` show) but no waiter.
     pub(super) async fn park(
         &self,
         run: &mut Run,
@@ -156,12 +177,20 @@ impl Machine {
             )
             .await?;
         }
-        tracing::info!(machine = self.inner.spec.name, execution_id = %run.execution_id, state = state.name, channel = %parked.channel, "waiting for a signal");
+        match &parked.child {
+            None => {
+                tracing::info!(machine = self.inner.spec.name, execution_id = %run.execution_id, state = state.name, channel = %parked.channel, "waiting for a signal");
+            }
+            Some(child) => {
+                tracing::info!(machine = self.inner.spec.name, execution_id = %run.execution_id, state = state.name, channel = %parked.channel, child = %child, "waiting for a child that waits for a signal");
+            }
+        }
         Ok(RunResult {
             status: RunStatus::Waiting(Waiting {
                 channel: parked.channel,
                 state: state.name.to_string(),
                 deadline,
+                child: parked.child,
             }),
             output: Value::Null,
             execution_id: run.execution_id.clone(),

@@ -9,6 +9,10 @@
 //!    other dispatcher resumes it meanwhile), checked against its run's latest checkpoint, and
 //!    resumed — at most [`DispatchOptions::max_concurrency`] at a time.
 //!
+//! A waiter that is a `machine:`/`foreach` child whose parent parked for it is resumed through
+//! that parent (the topmost parked ancestor): the parent runs its state again and the child
+//! continues inside it with its signal, so the report holds the parent's result.
+//!
 //! A waiter whose run has moved on (its latest checkpoint is past the `wait_for` state: the
 //! run consumed the signal but could not acknowledge it) is removed. A waiter whose run has
 //! not written its `waiting` checkpoint yet (it registers just before) is left for a later
@@ -35,6 +39,9 @@ use super::{SignalBackend, SignalError, WaitRequest, Waiter};
 use crate::engine::{Machine, ResumeOptions, RunError, RunResult};
 use crate::lock::LockError;
 use crate::persistence::{MachineSnapshot, checkpoint_event};
+
+/// Most parents [`Dispatcher`] climbs from a waiting child to the run it resumes.
+const MAX_PARENT_DEPTH: usize = 64;
 
 /// How a [`Dispatcher`] works.
 #[derive(Debug, Clone, PartialEq)]
@@ -272,8 +279,11 @@ impl Dispatcher {
             }
         }
         let cap = self.options.max_concurrency.max(1);
+        // Runs resumed this round: waiters of one parked tree (several `foreach` items) share
+        // their parent, which is resumed once.
+        let resuming = std::sync::Mutex::new(HashSet::new());
         report.outcomes = futures::stream::iter(ready)
-            .map(|(w, machine)| self.dispatch_one(w, machine))
+            .map(|(w, machine)| self.dispatch_one(w, machine, &resuming))
             .buffer_unordered(cap)
             .filter_map(|o| async move { o })
             .collect()
@@ -283,7 +293,12 @@ impl Dispatcher {
 
     /// Claims, checks and resumes one waiter; `None` when another dispatcher had it or its
     /// run is not parked yet.
-    async fn dispatch_one(&self, w: Waiter, machine: Machine) -> Option<Dispatched> {
+    async fn dispatch_one(
+        &self,
+        w: Waiter,
+        machine: Machine,
+        resuming: &std::sync::Mutex<HashSet<String>>,
+    ) -> Option<Dispatched> {
         let id = w.execution_id.clone();
         match self
             .signals
@@ -328,10 +343,24 @@ impl Dispatcher {
             }
             Readiness::Ready => {}
         }
-        tracing::info!(execution_id = %id, channel = %w.channel, timed_out = w.delivered.is_none(), "resuming a waiting run");
+        let (target, machine) = match &latest {
+            Ok(Some(snap)) => self.parked_ancestor(snap, machine).await,
+            _ => (id.clone(), machine),
+        };
+        let first = resuming
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(target.clone());
+        if !first {
+            // Another waiter of the same tree resumes it this round; this run, holding its
+            // signal, continues inside that resume.
+            release().await;
+            return None;
+        }
+        tracing::info!(execution_id = %id, resumed = %target, channel = %w.channel, timed_out = w.delivered.is_none(), "resuming a waiting run");
         let options =
             ResumeOptions::new().allow_fingerprint_change(self.options.allow_fingerprint_change);
-        let resumed = machine.resume_with(&id, options).await;
+        let resumed = machine.resume_with(&target, options).await;
         match resumed {
             Ok(result) => {
                 release().await;
@@ -353,6 +382,41 @@ impl Dispatcher {
                 })
             }
         }
+    }
+
+    /// The run to resume for a waiter whose latest checkpoint is `snap`: the topmost ancestor
+    /// parked for it (a parent whose latest checkpoint is `waiting` in a `machine:`/`foreach`
+    /// state, and its parent in turn), so the whole tree goes on — resuming the parent runs
+    /// its state again and the child, holding its signal, continues inside it. The waiter's
+    /// own run when it has no parked parent this dispatcher knows.
+    async fn parked_ancestor(&self, snap: &MachineSnapshot, machine: Machine) -> (String, Machine) {
+        let mut target = (snap.execution_id.clone(), machine);
+        let Some(store) = self.machine.store() else {
+            return target;
+        };
+        let mut parent = snap.parent_execution_id.clone();
+        // Bounded: a corrupt store could hold a cycle of parents.
+        for _ in 0..MAX_PARENT_DEPTH {
+            let Some(id) = parent.take() else { break };
+            let Ok(Some(up)) = store.load_latest(&id).await else {
+                break;
+            };
+            let parked_for_child = up.event.as_deref() == Some(checkpoint_event::WAITING)
+                && self.machine_named(&up.machine_name).is_some_and(|m| {
+                    m.spec()
+                        .state(&up.current_state)
+                        .is_some_and(|(_, st)| st.wait_for.is_none() && !st.machine.is_empty())
+                });
+            if !parked_for_child {
+                break;
+            }
+            let Some(m) = self.machine_named(&up.machine_name) else {
+                break;
+            };
+            parent = up.parent_execution_id.clone();
+            target = (up.execution_id, m);
+        }
+        target
     }
 
     /// Whether the run of waiter `w` is parked in its `wait_for` state (see the module docs).
@@ -418,7 +482,14 @@ impl Dispatcher {
             else {
                 continue;
             };
-            if self.machine_named(&snap.machine_name).is_none() {
+            // Only runs waiting in a `wait_for` state hold a waiter; a parent parked for its
+            // child has none (the child's waiter brings it back).
+            let waits_itself = self.machine_named(&snap.machine_name).is_some_and(|m| {
+                m.spec()
+                    .state(&snap.current_state)
+                    .is_some_and(|(_, st)| st.wait_for.is_some())
+            });
+            if !waits_itself {
                 continue;
             }
             let request = WaitRequest {

@@ -72,8 +72,9 @@ pub const MAX_SIGNAL_DATA_LEN: usize = 1 << 20;
 pub const SIGNAL_TIMEOUT: &str = "SignalTimeout";
 
 /// The `error_type` of the state error a `machine:` or `foreach` state raises when a child run
-/// parks in a `wait_for` state instead of finishing (routed by `on_error`). The child stays
-/// waiting and can be signalled and resumed on its own; see `docs/signals.md`.
+/// parks in a `wait_for` state and the parent has no checkpoint store to park in with it
+/// (routed by `on_error`; with a store the parent parks instead). The child stays waiting and
+/// can be signalled and resumed on its own; see `docs/signals.md`.
 pub const CHILD_WAITING: &str = "ChildWaiting";
 
 /// The `error_type` of a signal backend failure raised in a `wait_for` state.
