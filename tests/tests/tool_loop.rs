@@ -696,3 +696,43 @@ fn machine_with_answer_after(n: usize) -> MachineBuilder {
         })
     })))
 }
+
+mod typed {
+    flatmachine_runtime::flatmachine!("machines/tools/typed_loop.yml");
+    pub use typed_loop::*;
+}
+
+/// A final answer that fits the agent's `output` schema is the state's typed agent output in a
+/// typed run, and hooks read the state's output (with the loop's own keys) as that struct.
+#[tokio::test]
+async fn a_typed_run_reads_the_loops_final_answer_as_its_agent_output() {
+    use typed::agents::{AnyOutput, DefinerOutput};
+
+    let backend = Arc::new(ScriptedBackend::new(|req| {
+        Ok(match turns(req) {
+            0 => LlmResponse::text("").with_tool_call("c1", "lookup", json!({"word": "kettle"})),
+            _ => LlmResponse::text(r#"{"meaning": "a pot for boiling water", "letters": 6}"#),
+        })
+    }));
+    let machine = Machine::of::<typed::Machine>()
+        .llm_backend(backend)
+        .tool_handler("lookup", |args: Value, _call| async move {
+            Ok::<_, ToolError>(format!("{}: a pot", args["word"]))
+        })
+        .no_persistence()
+        .build_typed::<typed::Machine>()
+        .unwrap();
+    let run = machine.run(&json!({"word": "kettle"})).await.unwrap();
+    assert_eq!(run.output["meaning"], "a pot for boiling water");
+    assert_eq!(
+        run.agent_outputs,
+        vec![(
+            typed::State::Start,
+            AnyOutput::Definer(DefinerOutput {
+                meaning: "a pot for boiling water".into(),
+                letters: 6
+            })
+        )]
+    );
+    assert_eq!(run.result.total_api_calls, 2);
+}
