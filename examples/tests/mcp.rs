@@ -167,7 +167,10 @@ async fn shutdown_ends_what_the_server_started_in_the_background() {
     while alive(&child) && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert!(!alive(&child), "background child {child} survived the server's shutdown");
+    assert!(
+        !alive(&child),
+        "background child {child} survived the server's shutdown"
+    );
 }
 
 #[tokio::test]

@@ -39,5 +39,8 @@ fn the_fingerprint_covers_tool_loops_only_where_they_are() {
     assert!(plain_shape["states"][0].get("tool_loop").is_none());
     assert_ne!(plain, looped);
     assert_eq!(looped_shape["states"][0]["tool_loop"], true);
-    assert_eq!(looped, limits, "limits change what a step computes, not the shape");
+    assert_eq!(
+        looped, limits,
+        "limits change what a step computes, not the shape"
+    );
 }

@@ -273,7 +273,12 @@ async fn runs_are_exported_as_a_span_tree_with_genai_attributes_and_metrics() {
             s.name == "execute_tool lookup" && text(s, "flatmachine.execution_id") == "library-1"
         })
         .collect();
-    assert_eq!(tools.len(), 2, "{:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>());
+    assert_eq!(
+        tools.len(),
+        2,
+        "{:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
     let turns: Vec<&Span> = spans
         .iter()
         .filter(|s| {
@@ -290,13 +295,24 @@ async fn runs_are_exported_as_a_span_tree_with_genai_attributes_and_metrics() {
         assert!(tool.start_time_unix_nano >= turns[0].end_time_unix_nano);
         assert!(tool.end_time_unix_nano <= turns[1].start_time_unix_nano);
     }
-    let mut ids: Vec<String> = tools.iter().map(|t| text(t, "gen_ai.tool.call.id")).collect();
+    let mut ids: Vec<String> = tools
+        .iter()
+        .map(|t| text(t, "gen_ai.tool.call.id"))
+        .collect();
     ids.sort();
     assert_eq!(ids, ["call-1", "call-2"]);
     let failed = |t: &Span| t.status.as_ref().map(|s| s.code) == Some(StatusCode::Error as i32);
-    let by_id = |id: &str| *tools.iter().find(|t| text(t, "gen_ai.tool.call.id") == id).unwrap();
+    let by_id = |id: &str| {
+        *tools
+            .iter()
+            .find(|t| text(t, "gen_ai.tool.call.id") == id)
+            .unwrap()
+    };
     assert!(!failed(by_id("call-1")));
-    assert!(failed(by_id("call-2")), "arguments missing `word` fail the schema check");
+    assert!(
+        failed(by_id("call-2")),
+        "arguments missing `word` fail the schema check"
+    );
 
     // watched-1: the foreach children are child spans of the foreach state's span.
     let root = named("run watched", "watched-1");

@@ -310,7 +310,10 @@ async fn openai_streamed_tool_calls_answer_as_unstreamed() {
         openai_chunk(json!({"tool_calls": [call]}), Value::Null)
     };
     let events = sse(&[
-        openai_chunk(json!({"role": "assistant", "content": "Looking."}), Value::Null),
+        openai_chunk(
+            json!({"role": "assistant", "content": "Looking."}),
+            Value::Null,
+        ),
         piece(0, Some("c1"), Some("lookup"), ""),
         piece(0, None, None, "{\"word\":"),
         piece(1, Some("c2"), Some("lookup"), "{\"word\": "),

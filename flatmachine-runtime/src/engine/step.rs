@@ -520,24 +520,23 @@ impl Machine {
             }
             // A tool loop that left through a transition names its target.
             let chosen = super::tool_loop::take_next_state(spec, context);
-            let next = match chosen
-                .map_or_else(|| (spec.transition)(current, context), |n| Ok(Some(n)))
-            {
-                Ok(Some(n)) => n,
-                Ok(None) => {
-                    return Err(RunError::NoTransition {
-                        machine: spec.name.to_string(),
-                        execution_id: run.execution_id.clone(),
-                        state: state.name.to_string(),
-                    });
-                }
-                Err(e) => {
-                    current = self
-                        .route_error(run, current, StateError::from(e), context)
-                        .await?;
-                    continue;
-                }
-            };
+            let next =
+                match chosen.map_or_else(|| (spec.transition)(current, context), |n| Ok(Some(n))) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => {
+                        return Err(RunError::NoTransition {
+                            machine: spec.name.to_string(),
+                            execution_id: run.execution_id.clone(),
+                            state: state.name.to_string(),
+                        });
+                    }
+                    Err(e) => {
+                        current = self
+                            .route_error(run, current, StateError::from(e), context)
+                            .await?;
+                        continue;
+                    }
+                };
             if !run.hooks_active {
                 let to = spec.states[next].name;
                 run.emit(|| EventKind::Transition {

@@ -13,8 +13,8 @@ use super::machine::Machine;
 use super::step::Run;
 use crate::agents::tool_agent::not_a_tool_agent;
 use crate::agents::{AgentResult, Message, Role, ToolAgent, ToolChoice};
-use crate::events::{self, EventKind};
 use crate::error::error_type;
+use crate::events::{self, EventKind};
 use crate::hooks::{PendingToolCall, ToolLoopControl, ToolResultRecord};
 use crate::machine::{StateSpec, ToolLoopSpec};
 use crate::persistence::checkpoint_event;
@@ -357,8 +357,12 @@ impl Machine {
                             abort = true;
                         }
                         let output = result.output.bounded();
-                        events::emit_tool_result(&result.call.id, &result.call.name, output.is_error)
-                            .await;
+                        events::emit_tool_result(
+                            &result.call.id,
+                            &result.call.name,
+                            output.is_error,
+                        )
+                        .await;
                         Message::tool_result(&result.call.id, output.content, output.is_error)
                     }
                     None => {
@@ -449,7 +453,8 @@ impl Machine {
     ) -> Result<AgentResult, StateError> {
         let state = turn.state.name;
         let agent = turn.agent_name;
-        run.emit(|| EventKind::AgentCallStart { state, agent }).await;
+        run.emit(|| EventKind::AgentCallStart { state, agent })
+            .await;
         let began = Instant::now();
         let outcome = if run.budget.try_reserve() {
             let outcome = within_total(turn.limits, turn.started, state, async {

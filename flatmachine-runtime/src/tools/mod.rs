@@ -341,6 +341,10 @@ mod tests {
             arguments: "{\"a\": ".into(),
             ..deep
         };
-        assert!(bad.parsed_arguments().unwrap_err().contains("not valid JSON"));
+        assert!(
+            bad.parsed_arguments()
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
     }
 }

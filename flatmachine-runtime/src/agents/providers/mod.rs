@@ -69,9 +69,9 @@ mod anthropic;
 mod http;
 #[cfg(feature = "openai")]
 mod openai;
+mod stream;
 #[cfg(any(feature = "openai", feature = "anthropic"))]
 mod tool_wire;
-mod stream;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -199,14 +199,16 @@ impl Assembler {
             .get("index")
             .and_then(Value::as_u64)
             .filter(|i| *i < MAX_STREAMED_TOOL_CALLS)
-            .ok_or_else(|| StreamError::Malformed("a tool call delta without a valid index".into()))?
-            as usize;
+            .ok_or_else(|| {
+                StreamError::Malformed("a tool call delta without a valid index".into())
+            })? as usize;
         if self.tool_calls.len() <= index {
             self.tool_calls.resize(index + 1, Value::Null);
         }
         let call = &mut self.tool_calls[index];
         if call.is_null() {
-            *call = json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}});
+            *call =
+                json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}});
         }
         let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
         if let Some(id) = text(piece, "id").filter(|id| !id.is_empty()) {
@@ -221,7 +223,9 @@ impl Assembler {
                 }
             }
             match function.get("arguments") {
-                Some(Value::String(fragment)) => append(&mut call["function"], "arguments", fragment),
+                Some(Value::String(fragment)) => {
+                    append(&mut call["function"], "arguments", fragment)
+                }
                 // A server sending the arguments as an object sends them whole.
                 Some(other @ Value::Object(_)) => {
                     call["function"]["arguments"] = Value::String(other.to_string());
