@@ -7,12 +7,21 @@
 //! ```
 //!
 //! Scenarios: `loop-off`, `loop-memory`, `loop-local`, `loop-local-fsync`, `loop-sqlite`,
-//! `loop-sqlite-full`, `templates20`, `foreach`, `parallel`, and the agent scenarios
+//! `loop-sqlite-full`, `templates20`, `foreach`, `parallel`, the agent scenarios
 //! `agent-first`, `agent-calls`, `agent-foreach`, whose agents call `$OPENAI_BASE_URL` (the
-//! loopback server `flatmachine-bench serve <port-file>` runs, see `server.rs`). Files
-//! (checkpoints, locks) go below `<workdir>`. The time covers the run only (building the
-//! machine included), not process start-up; `cpu_s` is the process's CPU time over the same
-//! span.
+//! loopback server `flatmachine-bench serve <port-file>` runs, see `server.rs`), and
+//! `tool-rounds` (a `tool_loop` state against the OpenAI-compatible server at
+//! `$OPENAI_BASE_URL`, see `bench/tool_rounds`). Files (checkpoints, locks) go below
+//! `<workdir>`. The time covers the run only (building the machine included), not process
+//! start-up; `cpu_s` is the process's CPU time over the same span.
+//!
+//! ```text
+//! flatmachine-bench serve-llm <rounds>
+//! ```
+//!
+//! serves the chat completions API on a free loopback port (printing its base URL): each
+//! request is answered with one call of the `step` tool until the conversation holds `<rounds>`
+//! tool results, then with a final answer — the server both sides of `bench/tool_rounds` use.
 
 mod server;
 
@@ -39,8 +48,11 @@ mod sqlite {
 flatmachine_runtime::flatmachine!("machines/templates20.yml");
 flatmachine_runtime::flatmachine!("machines/foreach.yml");
 flatmachine_runtime::flatmachine!("machines/parallel.yml");
+flatmachine_runtime::flatmachine!("machines/tool_rounds.yml");
 flatmachine_runtime::flatmachine!("machines/agent_loop.yml");
 flatmachine_runtime::flatmachine!("machines/agent_foreach.yml");
+
+mod llm_server;
 
 /// CPU time of this process so far (user + system, all threads), from `/proc/self/stat`.
 fn cpu_seconds() -> f64 {
@@ -131,6 +143,14 @@ fn builder(scenario: &str, dir: &Path) -> Result<MachineBuilder, String> {
         "agent-first" | "agent-calls" => Machine::of::<bench_agent_loop::Machine>(),
         "agent-foreach" => Machine::of::<bench_agent_foreach::Machine>(),
         "parallel" => Machine::of::<bench_parallel::Machine>(),
+        // The `step` tool (`step` in bench/python/tool_rounds.py does the same): n + 1.
+        "tool-rounds" => Machine::of::<bench_tool_rounds::Machine>().tool_handler(
+            "step",
+            |args: Value, _call| async move {
+                let n = args["n"].as_i64().unwrap_or(0);
+                Ok::<_, flatmachine_runtime::tools::ToolError>((n + 1).to_string())
+            },
+        ),
         other => return Err(format!("unknown scenario `{other}`")),
     })
 }
@@ -138,6 +158,7 @@ fn builder(scenario: &str, dir: &Path) -> Result<MachineBuilder, String> {
 fn input(scenario: &str, n: u64) -> Value {
     match scenario {
         "foreach" | "agent-foreach" => json!({ "numbers": (0..n).collect::<Vec<_>>() }),
+        "tool-rounds" => json!({ "start": 0 }),
         _ => json!({ "n": n }),
     }
 }
@@ -145,6 +166,11 @@ fn input(scenario: &str, n: u64) -> Value {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [cmd, rounds] = &args[..]
+        && cmd == "serve-llm"
+    {
+        return llm_server::serve(rounds.parse()?).await;
+    }
     if let [serve, port_file] = &args[..]
         && serve == "serve"
     {
@@ -152,7 +178,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let [scenario, dir, n] = &args[..] else {
         return Err(
-            "usage: flatmachine-bench <scenario> <workdir> <n> | flatmachine-bench serve <port-file>"
+            "usage: flatmachine-bench <scenario> <workdir> <n> | flatmachine-bench serve <port-file> | flatmachine-bench serve-llm <rounds>"
                 .into(),
         );
     };

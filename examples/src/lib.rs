@@ -3,6 +3,8 @@
 use flatmachine_runtime::{Context, Machine, MachineBuilder, StateError, Value};
 
 pub mod compose;
+pub mod librarian;
+pub mod mcp_fs;
 
 flatmachine_runtime::flatmachine!("machines/order.yml");
 flatmachine_runtime::flatmachine!("machines/launcher.yml");
@@ -226,6 +228,71 @@ mod killing {
         }
     }
 
+    /// A backend that SIGKILLs its process after the n-th `tool_call` checkpoint.
+    pub(super) struct RoundKiller {
+        pub(super) inner: Arc<dyn PersistenceBackend>,
+        pub(super) rounds_left: std::sync::atomic::AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl PersistenceBackend for RoundKiller {
+        async fn save(
+            &self,
+            key: &str,
+            snapshot: &MachineSnapshot,
+        ) -> Result<(), PersistenceError> {
+            self.inner.save(key, snapshot).await
+        }
+
+        async fn save_checkpoint(
+            &self,
+            key: &str,
+            latest_key: &str,
+            snapshot: Arc<MachineSnapshot>,
+        ) -> Result<(), PersistenceError> {
+            self.inner
+                .save_checkpoint(key, latest_key, snapshot)
+                .await?;
+            if key.ends_with("_tool_call.json")
+                && self
+                    .rounds_left
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+                    == 1
+            {
+                die();
+            }
+            Ok(())
+        }
+
+        async fn load(&self, key: &str) -> Result<Option<MachineSnapshot>, PersistenceError> {
+            self.inner.load(key).await
+        }
+
+        async fn save_text(&self, key: &str, text: &str) -> Result<(), PersistenceError> {
+            self.inner.save_text(key, text).await
+        }
+
+        async fn load_text(&self, key: &str) -> Result<Option<String>, PersistenceError> {
+            self.inner.load_text(key).await
+        }
+
+        async fn delete(&self, key: &str) -> Result<(), PersistenceError> {
+            self.inner.delete(key).await
+        }
+
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, PersistenceError> {
+            self.inner.list(prefix).await
+        }
+
+        async fn remove_temporaries(&self, execution_id: &str) -> Result<(), PersistenceError> {
+            self.inner.remove_temporaries(execution_id).await
+        }
+
+        fn file_path(&self, key: &str) -> Option<std::path::PathBuf> {
+            self.inner.file_path(key)
+        }
+    }
+
     /// SIGKILL, from outside (`kill -KILL <pid>`): no destructor, no flush, no unwinding.
     fn die() -> ! {
         let pid = std::process::id().to_string();
@@ -308,5 +375,24 @@ mod killing {
         fn file_path(&self, key: &str) -> Option<std::path::PathBuf> {
             self.inner.file_path(key)
         }
+    }
+}
+
+/// Checkpoints in files below `<dir>/.checkpoints` (fsync off); with `kill_after_round`, the
+/// process SIGKILLs itself right after the n-th `tool_call` checkpoint (the n-th tool round)
+/// is written and `latest` names it.
+pub fn round_killing_store(
+    dir: &std::path::Path,
+    kill_after_round: Option<u64>,
+) -> std::sync::Arc<dyn flatmachine_runtime::persistence::PersistenceBackend> {
+    use flatmachine_runtime::persistence::LocalFileBackend;
+    let files =
+        std::sync::Arc::new(LocalFileBackend::new(dir.join(".checkpoints")).with_fsync(false));
+    match kill_after_round {
+        Some(n) => std::sync::Arc::new(killing::RoundKiller {
+            inner: files,
+            rounds_left: std::sync::atomic::AtomicU64::new(n),
+        }),
+        None => files,
     }
 }

@@ -7,6 +7,35 @@ use serde_json::{Map, Value};
 /// The variables a flatagent's prompts (`system`, `user`, `instruction_suffix`) may read.
 pub const PROMPT_SCOPE: &[&str] = &["input", "model", "tools", "tools_prompt"];
 
+/// Whether a tool pattern of `allowed_tools` / `denied_tools` (a name, `*` wildcards allowed)
+/// names the tool `name` (as the runtime's `tools::matches_pattern` for a tool without an MCP
+/// server).
+pub fn tool_pattern_matches(pattern: &str, name: &str) -> bool {
+    if pattern.contains(':') {
+        return false;
+    }
+    // `*`-only glob, linear: backtrack to the last `*` on a mismatch.
+    let (p, t) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == b'*')
+}
+
 /// The profiles of one `profiles.yml`, as JSON (custom keys kept).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProfileSet {

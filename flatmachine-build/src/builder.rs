@@ -25,6 +25,7 @@ pub struct Builder {
     runtime_path: Option<String>,
     cargo_output: Option<bool>,
     cargo_warnings: Option<bool>,
+    rust_tools: Vec<String>,
     /// The user's own input / output types per machine file (typed runs, docs/typed.md).
     io_types: Vec<(PathBuf, Option<String>, Option<String>)>,
 }
@@ -193,6 +194,13 @@ impl Builder {
         self
     }
 
+    /// Declares the Rust tools the application registers on the `MachineBuilder` (as
+    /// `flatmachine!("m.yml", tools = [..])` does), for every machine of this builder.
+    pub fn tools<S: Into<String>>(&mut self, names: impl IntoIterator<Item = S>) -> &mut Self {
+        self.rust_tools.extend(names.into_iter().map(Into::into));
+        self
+    }
+
     /// `opts` with the user's own types for `path`, if [`typed_machine`](Self::typed_machine)
     /// named any; a type that is not Rust syntax is an error message.
     fn io_options(&self, path: &Path, opts: &CodegenOptions) -> Result<CodegenOptions, String> {
@@ -221,7 +229,10 @@ impl Builder {
 
     /// The codegen options this builder uses.
     pub fn codegen_options(&self) -> CodegenOptions {
-        let mut opts = CodegenOptions::default();
+        let mut opts = CodegenOptions {
+            rust_tools: self.rust_tools.clone(),
+            ..CodegenOptions::default()
+        };
         if let Some(p) = &self.runtime_path
             && let Ok(ts) = p.parse::<TokenStream>()
         {

@@ -30,6 +30,9 @@ pub struct CodegenOptions {
     pub warnings_as_deprecations: bool,
     /// Warning texts to surface that way (filled in by [`compile`](crate::compile)).
     pub warnings: Vec<String>,
+    /// Names of the Rust tools the application registers on the builder
+    /// (`flatmachine!("m.yml", tools = [..])`): checked against the YAML's tool lists.
+    pub rust_tools: Vec<String>,
     /// The root machine's input as the user's own type (`flatmachine!("m.yml", input =
     /// my::Ticket)`): `TypedMachineDef::Input` instead of the generated `Input`, with a
     /// compile-time check that it has every field the templates read (docs/typed.md).
@@ -47,6 +50,7 @@ impl Default for CodegenOptions {
             track_files: Vec::new(),
             warnings_as_deprecations: false,
             warnings: Vec::new(),
+            rust_tools: Vec::new(),
             input_type: None,
             output_type: None,
         }
@@ -288,6 +292,8 @@ fn machine_items(
     let actions: Vec<&String> = m.actions.iter().collect();
     let actions = (!actions.is_empty()).then(|| quote!(actions: &[#(#actions),*],));
     let cel = (m.engine == crate::model::ExpressionEngine::Cel).then(|| quote!(cel: true,));
+    let rust_tools = &m.rust_tools;
+    let rust_tools = (!rust_tools.is_empty()).then(|| quote!(rust_tools: &[#(#rust_tools),*],));
     let slot_statics = slots.statics(rt);
     let typed_actions = actions_items(m, irs, rt);
     let typed_io = typed_io::io_items(m, rt, user_io, any_output.as_ref());
@@ -388,6 +394,7 @@ fn machine_items(
             #machines
             #actions
             #cel
+            #rust_tools
             transition: transition_by_index,
             ..MachineSpec::DEFAULT
         };
@@ -639,6 +646,8 @@ fn flat_agent_statics(
         let fields = o.iter().map(|(n, d)| output_field(n, d, rt));
         quote!(&[#(#fields),*])
     }));
+    let tools = inline_tools(i, &f.tools, rt, statics);
+    let mcp = opt(f.mcp.as_ref().map(|m| mcp_spec(i, m, rt, statics)));
     let agent_name = &f.name;
     let source = &f.source;
     let doc = format!(" Agent `{key}` (from `{source}`).");
@@ -673,6 +682,8 @@ fn flat_agent_statics(
             },
             output: #output,
             metadata: &#meta_id,
+            tools: #tools,
+            mcp: #mcp,
         };
     });
     id
@@ -887,6 +898,70 @@ fn output_field(name: &str, d: &crate::model::OutputFieldDef, rt: &TokenStream) 
         items: #items,
         properties: &[#(#props),*],
     })
+}
+
+/// `&[InlineToolSpec, ..]` for an agent's inline tools (each schema in its own static).
+fn inline_tools(
+    agent: usize,
+    tools: &[crate::ir::InlineToolIr],
+    rt: &TokenStream,
+    statics: &mut Vec<TokenStream>,
+) -> TokenStream {
+    let specs = tools.iter().enumerate().map(|(j, t)| {
+        let pid = format_ident!("AGENT_{}_TOOL_{}_PARAMETERS", agent, j);
+        let (name, description, parameters) = (&t.name, &t.description, &t.parameters);
+        statics.push(quote! {
+            static #pid: #rt::agents::EmbeddedJson = #rt::agents::EmbeddedJson::new(#parameters);
+        });
+        quote!(#rt::tools::InlineToolSpec { name: #name, description: #description, parameters: &#pid })
+    });
+    let specs: Vec<TokenStream> = specs.collect();
+    quote!(&[#(#specs),*])
+}
+
+/// `&McpSpec` for an agent's `mcp:` section (its tool prompt in its own static).
+fn mcp_spec(
+    agent: usize,
+    mcp: &crate::ir::McpIr,
+    rt: &TokenStream,
+    statics: &mut Vec<TokenStream>,
+) -> TokenStream {
+    let sid = format_ident!("AGENT_{}_MCP", agent);
+    let tool_prompt = opt(mcp.tool_prompt.as_ref().map(|src| {
+        let pid = format_ident!("AGENT_{}_TOOL_PROMPT", agent);
+        statics.push(quote! {
+            static #pid: #rt::agents::Prompt = #rt::agents::Prompt::new(#src);
+        });
+        quote!(&#pid)
+    }));
+    let servers = mcp.servers.iter().map(|s| {
+        let name = &s.name;
+        let command = opt(s.command.as_ref().map(|c| quote!(#c)));
+        let args = &s.args;
+        let env = s.env.iter().map(|(k, v)| quote!((#k, #v)));
+        let url = opt(s.server_url.as_ref().map(|u| quote!(#u)));
+        let headers = s.headers.iter().map(|(k, v)| quote!((#k, #v)));
+        let timeout = opt(s.timeout.map(f64_lit));
+        quote!(#rt::tools::McpServerSpec {
+            name: #name,
+            command: #command,
+            args: &[#(#args),*],
+            env: &[#(#env),*],
+            server_url: #url,
+            headers: &[#(#headers),*],
+            timeout: #timeout,
+        })
+    });
+    let (allow, deny) = (&mcp.allow, &mcp.deny);
+    statics.push(quote! {
+        static #sid: #rt::tools::McpSpec = #rt::tools::McpSpec {
+            servers: &[#(#servers),*],
+            allow: &[#(#allow),*],
+            deny: &[#(#deny),*],
+            tool_prompt: #tool_prompt,
+        };
+    });
+    quote!(&#sid)
 }
 
 /// Serde types for the agents' structured outputs, in a `pub mod agents`.
@@ -1281,8 +1356,31 @@ fn state_spec(
         let max_response_tokens = opt(e.max_response_tokens.map(|v| quote!(#v)));
         fields.push(quote!(execution: Some(#rt::machine::ExecutionSpec { kind: #kind, backoffs: #backoffs, jitter: #jitter, n_samples: #n_samples, k_margin: #k_margin, max_candidates: #max_candidates, retry_on_empty: #retry_on_empty, max_response_tokens: #max_response_tokens }),));
     }
-    if d.tool_loop == Some(true) {
-        fields.push(quote!(tool_loop: true,));
+    if let Some(tl) = &s.tool_loop {
+        let mut limit = |field: &str| {
+            opt(tl
+                .limits
+                .iter()
+                .find(|(f, _)| *f == field)
+                .map(|(_, t)| template_value(&t.0, slots)))
+        };
+        let (max_turns, max_tool_calls, max_cost, tool_timeout, total_timeout) = (
+            limit("max_turns"),
+            limit("max_tool_calls"),
+            limit("max_cost"),
+            limit("tool_timeout"),
+            limit("total_timeout"),
+        );
+        let (allowed, denied) = (&tl.allowed, &tl.denied);
+        fields.push(quote!(tool_loop: Some(#rt::machine::ToolLoopSpec {
+            max_turns: #max_turns,
+            max_tool_calls: #max_tool_calls,
+            max_cost: #max_cost,
+            tool_timeout: #tool_timeout,
+            total_timeout: #total_timeout,
+            allowed_tools: &[#(#allowed),*],
+            denied_tools: &[#(#denied),*],
+        }),));
     }
     if !s.transitions.is_empty() {
         let transitions = s

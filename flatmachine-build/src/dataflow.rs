@@ -1,7 +1,9 @@
 //! Where a machine's context keys come from, and the reads that no writer can satisfy.
 //!
 //! A key is *set* by an entry of `data.context`, an `output_to_context` entry of any state, the
-//! runtime (`last_error`, `last_error_type`), or a declaration of what an action or the hooks
+//! runtime (`last_error`, `last_error_type`; and, when a state has a `tool_loop`, the loop's
+//! progress keys `_tool_loop_turns`, `_tool_calls_count`, `_tool_loop_cost`,
+//! `_tool_loop_content`, `_tool_loop_stop`), or a declaration of what an action or the hooks
 //! class writes:
 //!
 //! ```yaml
@@ -35,6 +37,15 @@ use serde_json::Value;
 
 /// Keys the runtime itself writes (the error route).
 const RUNTIME_KEYS: &[&str] = &["last_error", "last_error_type"];
+
+/// Keys a `tool_loop` state keeps up to date while it runs (docs/tools.md).
+const TOOL_LOOP_KEYS: &[&str] = &[
+    "_tool_loop_turns",
+    "_tool_calls_count",
+    "_tool_loop_cost",
+    "_tool_loop_content",
+    "_tool_loop_stop",
+];
 
 /// Most key names listed in a note.
 const NOTE_KEYS: usize = 16;
@@ -112,6 +123,17 @@ fn writers(
         keys.entry(key.to_string())
             .or_default()
             .push(Source::Opaque);
+    }
+    if data
+        .states
+        .values()
+        .any(|s| s.tool_loop.as_ref().and_then(|t| t.config()).is_some())
+    {
+        for key in TOOL_LOOP_KEYS {
+            keys.entry(key.to_string())
+                .or_default()
+                .push(Source::Opaque);
+        }
     }
     for def in data.states.values() {
         for (key, value) in def.output_to_context.iter().flatten() {

@@ -10,7 +10,9 @@
 //! * per state, in file order: name, final or not, `action`, `agent`, the child machines it
 //!   runs or launches (`machine`, `foreach` present or not, `mode`, `launch`), the `wait_for`
 //!   channel template, the context keys `output_to_context` writes, `on_error` routes, and the
-//!   transitions (condition text and target);
+//!   transitions (condition text and target); a state with a `tool_loop` also has
+//!   `"tool_loop": true` (its `tool_call` checkpoints hold a conversation only a loop
+//!   continues; the key is absent otherwise, so machines without loops keep their hash);
 //! * per declared agent: its name, kind and output schema (field names, types, enums, items);
 //! * the names of the child machines (each child has a fingerprint of its own).
 //!
@@ -63,7 +65,7 @@ pub fn shape(m: &MachineIr) -> Value {
                     ])
                 })
                 .collect();
-            json!({
+            let mut state = json!({
                 "name": s.name,
                 "final": s.is_final,
                 "action": d.action,
@@ -76,7 +78,11 @@ pub fn shape(m: &MachineIr) -> Value {
                 "writes": writes,
                 "on_error": on_error,
                 "transitions": transitions,
-            })
+            });
+            if d.tool_loop.as_ref().and_then(|t| t.config()).is_some() {
+                state["tool_loop"] = Value::Bool(true);
+            }
+            state
         })
         .collect();
     let agents: Vec<Value> = m

@@ -86,6 +86,19 @@ pub struct StateIr {
     pub on_error: Vec<(String, usize)>,
     /// Transitions in order.
     pub transitions: Vec<TransitionIr>,
+    /// `tool_loop:` (`None`: no loop).
+    pub tool_loop: Option<ToolLoopIr>,
+}
+
+/// A state's `tool_loop:`, checked.
+#[derive(Debug, Clone, Default)]
+pub struct ToolLoopIr {
+    /// Limits by field name (`max_turns`, ...), each a number or a checked template.
+    pub limits: Vec<(&'static str, TemplateIr)>,
+    /// `allowed_tools`.
+    pub allowed: Vec<String>,
+    /// `denied_tools`.
+    pub denied: Vec<String>,
 }
 
 /// One machine, ready for code generation.
@@ -129,6 +142,8 @@ pub struct MachineIr {
     pub actions: BTreeSet<String>,
     /// Expression engine.
     pub engine: ExpressionEngine,
+    /// Names of the Rust tools the application registers (`flatmachine!(.., tools = [..])`).
+    pub rust_tools: Vec<String>,
     /// The fingerprint of the machine's shape (see `crate::fingerprint`), written into every
     /// checkpoint as `config_hash`.
     pub config_hash: String,
@@ -186,6 +201,53 @@ pub struct FlatAgentIr {
     pub output: Option<indexmap::IndexMap<String, crate::model::OutputFieldDef>>,
     /// `metadata` as JSON text (`{}` when absent).
     pub metadata: String,
+    /// `data.tools`, each `parameters` checked as a JSON Schema.
+    pub tools: Vec<InlineToolIr>,
+    /// `data.mcp`.
+    pub mcp: Option<McpIr>,
+}
+
+/// One inline tool (`data.tools[i]`), checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InlineToolIr {
+    /// `function.name`.
+    pub name: String,
+    /// `function.description` (empty when absent).
+    pub description: String,
+    /// `function.parameters` as JSON text.
+    pub parameters: String,
+}
+
+/// A flatagent's `mcp:` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpIr {
+    /// `servers`, in file order.
+    pub servers: Vec<McpServerIr>,
+    /// `tool_filter.allow`.
+    pub allow: Vec<String>,
+    /// `tool_filter.deny`.
+    pub deny: Vec<String>,
+    /// `tool_prompt` (a template over `tools`; `None` when empty).
+    pub tool_prompt: Option<String>,
+}
+
+/// One MCP server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpServerIr {
+    /// Its name under `servers`.
+    pub name: String,
+    /// `command` (stdio).
+    pub command: Option<String>,
+    /// `args`.
+    pub args: Vec<String>,
+    /// `env`.
+    pub env: Vec<(String, String)>,
+    /// `server_url` (streamable HTTP).
+    pub server_url: Option<String>,
+    /// `headers`.
+    pub headers: Vec<(String, String)>,
+    /// `timeout` in seconds.
+    pub timeout: Option<f64>,
 }
 
 const KEYWORDS: &[&str] = &[

@@ -71,8 +71,14 @@ impl Checked {
 /// Load and check a machine file and everything it references. `display` is how the root file
 /// is named in diagnostics (defaults to the path as given).
 pub fn check(path: &Path, display: Option<String>) -> Checked {
+    check_with_tools(path, display, &[])
+}
+
+/// [`check`], knowing the names of the Rust tools the application registers on the builder
+/// (`flatmachine!("m.yml", tools = [..])`, `Builder::tools`, `flatmachine check --tool`).
+pub fn check_with_tools(path: &Path, display: Option<String>, rust_tools: &[String]) -> Checked {
     let project = loader::load_with_display(path, display);
-    let (irs, more) = analyze::analyze(&project);
+    let (irs, more) = analyze::analyze_with_tools(&project, rust_tools);
     let mut diagnostics = project.diagnostics.clone();
     diagnostics.extend(more.into_vec());
     diagnostics.sort();
@@ -116,7 +122,7 @@ pub fn compile(
     display: Option<String>,
     opts: &CodegenOptions,
 ) -> Result<Compiled, Box<Checked>> {
-    let checked = check(path, display);
+    let checked = check_with_tools(path, display, &opts.rust_tools);
     if checked.has_errors() || checked.irs.is_empty() || checked.irs.iter().any(Option::is_none) {
         return Err(Box::new(checked));
     }

@@ -120,6 +120,46 @@ fn silencing_warnings_keeps_rerun_if_changed() {
     );
 }
 
+/// A `tool_loop` machine whose agent's only tools are Rust ones, with that agent.
+fn rust_tool_machine(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::write(
+        dir.join("counter.yml"),
+        "spec: flatagent\nspec_version: \"1.0.0\"\ndata:\n  name: counter\n  model: {provider: openai, name: m}\n  system: You count.\n  user: \"{{ input.q }}\"\n",
+    )
+    .unwrap();
+    let m = dir.join("counting.yml");
+    std::fs::write(
+        &m,
+        "spec: flatmachine\nspec_version: \"1.0.0\"\ndata:\n  name: counting\n  agents:\n    counter: ./counter.yml\n  states:\n    start:\n      type: initial\n      agent: counter\n      input: {q: hi}\n      tool_loop: {allowed_tools: [word_count]}\n      transitions:\n        - to: done\n    done:\n      type: final\n",
+    )
+    .unwrap();
+    m
+}
+
+#[test]
+fn declared_rust_tools_reach_the_compiler() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let m = rust_tool_machine(dir.path());
+    // Undeclared, the agent has no tools and `word_count` is unknown.
+    let err = Builder::new()
+        .machine(&m)
+        .out_dir(&out)
+        .cargo_output(false)
+        .compile()
+        .unwrap_err();
+    assert!(err.rendered.contains("has no tools"), "{err}");
+    Builder::new()
+        .machine(&m)
+        .tools(["word_count"])
+        .out_dir(&out)
+        .cargo_output(false)
+        .compile()
+        .unwrap();
+    assert!(out.join("counting.rs").exists());
+}
+
 /// Issue 18 #9: with cargo output off, warnings come back as values, located, on success and
 /// on failure (the warnings of machines that compiled are not lost with the error).
 #[test]

@@ -208,3 +208,33 @@ fn agent_inputs_a_state_does_not_pass() {
     assert_eq!(w.len(), 2, "{}", c.render(false));
     assert!(w[0].notes[0].ends_with("with no `input:`, so the agent's input is empty"));
 }
+
+/// A `tool_loop` state keeps `_tool_calls_count`, `_tool_loop_turns`, ... in the context: reads
+/// of them are satisfied in a machine with a loop, and reported in one without.
+#[test]
+fn a_tool_loop_sets_its_progress_keys() {
+    const HELPER: &str = "spec: flatagent\nspec_version: \"1.0.0\"\ndata:\n  name: helper\n  model: { provider: openai, name: m }\n  system: s\n  user: \"{{ input.q }}\"\n  tools:\n    - type: function\n      function:\n        name: lookup\n        parameters: { type: object, properties: {} }\n";
+    let body = |tool_loop: &str| {
+        machine(&format!(
+            "data:\n  name: m\n  agents:\n    helper: ./helper.yml\n  states:\n    start:\n      type: initial\n      agent: helper\n{tool_loop}      input:\n        q: hi\n      transitions:\n        - condition: \"context._tool_calls_count > 3\"\n          to: done\n        - to: done\n    done:\n      type: final\n      output:\n        turns: \"{{{{ context._tool_loop_turns }}}}\"\n        stop: \"{{{{ context._tool_loop_stop }}}}\"\n"
+        ))
+    };
+    let (_d, c) = check(&[
+        ("m.yml", &body("      tool_loop: true\n")),
+        ("helper.yml", HELPER),
+    ]);
+    for key in ["_tool_calls_count", "_tool_loop_turns", "_tool_loop_stop"] {
+        assert!(
+            find(&c, &format!("`context.{key}`")).is_empty(),
+            "{}",
+            c.render(false)
+        );
+    }
+    let (_d, c) = check(&[("m.yml", &body("")), ("helper.yml", HELPER)]);
+    assert_eq!(
+        find(&c, "`context._tool_calls_count` is read here").len(),
+        1,
+        "{}",
+        c.render(false)
+    );
+}

@@ -37,6 +37,10 @@ enum Command {
         /// Colour the output (default: when stderr is a terminal).
         #[arg(long)]
         color: Option<bool>,
+        /// A Rust tool the application registers (as `flatmachine!(.., tools = [..])`
+        /// declares it); repeat for several.
+        #[arg(long = "tool", value_name = "NAME")]
+        tools: Vec<String>,
     },
     /// Print the Rust code generated for a machine.
     Expand {
@@ -192,11 +196,15 @@ fn emit(text: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { files, color } => {
+        Command::Check {
+            files,
+            color,
+            tools,
+        } => {
             let color = color.unwrap_or_else(|| std::io::stderr().is_terminal());
             let mut failed = false;
             for f in files {
-                let checked = flatmachine_build::check(&f, None);
+                let checked = flatmachine_build::check_with_tools(&f, None, &tools);
                 eprint!("{}", checked.render(color));
                 let errors = checked.diagnostics.errors().count();
                 let warnings = checked.diagnostics.warnings().count();

@@ -439,6 +439,34 @@ fn convert_moves_python_checkpoints_to_sqlite_and_back_and_inspect_reads_both() 
     assert!(stderr.contains("same store"), "{stderr}");
 }
 
+#[test]
+fn cli_check_knows_rust_tools_given_with_tool() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("counter.yml"),
+        "spec: flatagent\nspec_version: \"1.0.0\"\ndata:\n  name: counter\n  model: {provider: openai, name: m}\n  system: You count.\n  user: \"{{ input.q }}\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("counting.yml"),
+        "spec: flatmachine\nspec_version: \"1.0.0\"\ndata:\n  name: counting\n  agents:\n    counter: ./counter.yml\n  states:\n    start:\n      type: initial\n      agent: counter\n      input: {q: hi}\n      tool_loop: {allowed_tools: [word_count]}\n      transitions:\n        - to: done\n    done:\n      type: final\n",
+    )
+    .unwrap();
+    let check = |extra: &[&str]| {
+        run(Command::new(env!("CARGO_BIN_EXE_flatmachine"))
+            .current_dir(tmp.path())
+            .args(["check", "--color=false"])
+            .args(extra)
+            .arg("counting.yml"))
+    };
+    let (code, _, stderr) = check(&[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("has no tools"), "{stderr}");
+    let (code, _, stderr) = check(&["--tool", "word_count"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("counting.yml: 0 error(s)"), "{stderr}");
+}
+
 // ---- signal send, waiting, fork ------------------------------------------------------------
 
 /// A run the Python reference 4.2.1 parked in `wait_decision` on `approval/py`, saved into a

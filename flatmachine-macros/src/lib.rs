@@ -16,6 +16,11 @@ use syn::{LitStr, parse_macro_input};
 /// `flatmachine!("m.yml", input = my::Ticket, output = my::Triaged)` names your own serde types
 /// as the machine's `TypedMachineDef::Input` / `Output` (typed runs, docs/typed.md); they must
 /// have every `input.<field>` the templates read and every key a final state outputs.
+///
+/// `tools = [name, ..]` declares the Rust tools the application registers on the builder
+/// (`MachineBuilder::tool`), so the compiler can check `tool_loop` states and their
+/// `allowed_tools` / `denied_tools` against them: `flatmachine!("m.yml", tools = [word_count,
+/// "read-notes"])` (identifiers or string literals).
 #[proc_macro]
 pub fn flatmachine(input: TokenStream) -> TokenStream {
     let args = parse_macro_input!(input as Args);
@@ -41,12 +46,14 @@ pub fn flatagent(input: TokenStream) -> TokenStream {
 }
 
 /// `"path.yml"`, then optionally, comma-separated: `allow_warnings`, `input = Type`,
-/// `output = Type` (the user's own types for typed runs, docs/typed.md).
+/// `output = Type` (the user's own types for typed runs, docs/typed.md), `tools = [..]` (the
+/// Rust tools registered on the builder).
 struct Args {
     path: LitStr,
     allow_warnings: bool,
     input: Option<syn::Type>,
     output: Option<syn::Type>,
+    tools: Option<Vec<String>>,
 }
 
 impl syn::parse::Parse for Args {
@@ -57,6 +64,7 @@ impl syn::parse::Parse for Args {
             allow_warnings: false,
             input: None,
             output: None,
+            tools: None,
         };
         while input.parse::<Option<syn::Token![,]>>()?.is_some() && !input.is_empty() {
             let flag: syn::Ident = input.parse()?;
@@ -67,10 +75,18 @@ impl syn::parse::Parse for Args {
                 }
                 "input" => &mut args.input,
                 "output" => &mut args.output,
+                "tools" => {
+                    if args.tools.is_some() {
+                        return Err(syn::Error::new(flag.span(), "`tools` is given twice"));
+                    }
+                    input.parse::<syn::Token![=]>()?;
+                    args.tools = Some(parse_tool_names(input)?);
+                    continue;
+                }
                 _ => {
                     return Err(syn::Error::new(
                         flag.span(),
-                        "expected `allow_warnings`, `input = Type` or `output = Type`",
+                        "expected `allow_warnings`, `input = Type`, `output = Type` or `tools = [..]`",
                     ));
                 }
             };
@@ -88,6 +104,27 @@ impl syn::parse::Parse for Args {
         }
         Ok(args)
     }
+}
+
+/// `[name, "name", ..]`: the names of Rust tools, identifiers or string literals.
+fn parse_tool_names(input: syn::parse::ParseStream) -> syn::Result<Vec<String>> {
+    let list;
+    syn::bracketed!(list in input);
+    let mut tools = Vec::new();
+    while !list.is_empty() {
+        if list.peek(LitStr) {
+            tools.push(list.parse::<LitStr>()?.value());
+        } else {
+            tools.push(list.parse::<syn::Ident>()?.to_string());
+        }
+        if list.parse::<Option<syn::Token![,]>>()?.is_none() {
+            break;
+        }
+    }
+    if !list.is_empty() {
+        return Err(list.error("expected `,` between tool names"));
+    }
+    Ok(tools)
 }
 
 /// The file `lit` names, relative to the crate root, or the compile error saying why not.
@@ -203,6 +240,7 @@ fn expand(args: &Args) -> proc_macro2::TokenStream {
         warnings_as_deprecations: !allow_warnings,
         input_type: args.input.as_ref().map(|t| quote!(#t)),
         output_type: args.output.as_ref().map(|t| quote!(#t)),
+        rust_tools: args.tools.clone().unwrap_or_default(),
         ..Default::default()
     };
     match flatmachine_build::compile(&path, Some(rel.clone()), &opts) {

@@ -21,6 +21,12 @@ pub mod error_type {
     pub const MACHINE: &str = "MachineError";
     /// A hook failed.
     pub const HOOK: &str = "HookError";
+    /// A `tool_loop` state's tools could not be set up (a missing handler, two tools with one
+    /// name, an MCP server that would not start, ...). A failing tool *call* is not a state
+    /// error: the model gets the error as the call's result.
+    pub const TOOL: &str = "ToolError";
+    /// A `tool_loop` state reached its `max_cost`.
+    pub const TOOL_LOOP_LIMIT: &str = "ToolLoopLimitError";
     /// The run tree's `max_agent_calls` budget refused an agent call. A limit, like
     /// `max_steps`: `on_error` does not route it, the run fails with `RunError::MaxAgentCalls`.
     pub const MAX_AGENT_CALLS: &str = "MaxAgentCallsError";

@@ -38,6 +38,7 @@ pub mod signals;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 pub mod template;
+pub mod tools;
 pub mod typed;
 
 pub use context::{Context, Value};

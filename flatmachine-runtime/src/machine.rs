@@ -52,6 +52,10 @@ pub struct MachineSpec {
     /// Whether conditions are CEL (evaluated at run time by [`crate::cel::CelProgram`]) instead
     /// of simple expressions compiled to Rust.
     pub cel: bool,
+    /// The Rust tools the application declared to the compiler
+    /// (`flatmachine!("m.yml", tools = [..])`); `MachineBuilder::build` checks that exactly these
+    /// are registered.
+    pub rust_tools: &'static [&'static str],
     /// Picks the next state: `transition(state_index, context)` → next state index, or `None`
     /// when no transition matches (or the state is final).
     pub transition: fn(usize, &Context) -> Result<Option<usize>, ExprError>,
@@ -79,6 +83,7 @@ impl MachineSpec {
         machines: &[],
         actions: &[],
         cel: false,
+        rust_tools: &[],
         transition: crate::generated::no_transition,
     };
 
@@ -151,8 +156,9 @@ pub struct StateSpec {
     pub on_error: &'static [(&'static str, usize)],
     /// `execution:`.
     pub execution: Option<ExecutionSpec>,
-    /// `tool_loop: true`.
-    pub tool_loop: bool,
+    /// `tool_loop:` (`true` or the object form with limits): the agent is called in a loop
+    /// that runs the tools it asks for (see `docs/tools.md`).
+    pub tool_loop: Option<ToolLoopSpec>,
     /// Transitions in order, with their compiled conditions (see [`StateSpec::next`]).
     pub transitions: &'static [TransitionSpec],
 }
@@ -180,7 +186,7 @@ impl StateSpec {
         wait_for: None,
         on_error: &[],
         execution: None,
-        tool_loop: false,
+        tool_loop: None,
         transitions: &[],
     };
 
@@ -296,6 +302,39 @@ pub struct ExecutionSpec {
     pub retry_on_empty: bool,
     /// Voting: red-flag replies longer than this many tokens (about 4 characters each).
     pub max_response_tokens: Option<u64>,
+}
+
+/// `tool_loop:` of a state. Every limit is optional (unset or `0`: no limit) and may be a
+/// template over the context, rendered when the state starts.
+#[derive(Debug)]
+pub struct ToolLoopSpec {
+    /// Most model calls (turns) in one visit.
+    pub max_turns: Option<TemplateValue>,
+    /// Most tool calls in one visit.
+    pub max_tool_calls: Option<TemplateValue>,
+    /// Most cost (in the provider's currency) of the visit's model calls.
+    pub max_cost: Option<TemplateValue>,
+    /// Seconds one tool call may take.
+    pub tool_timeout: Option<TemplateValue>,
+    /// Seconds the whole visit may take.
+    pub total_timeout: Option<TemplateValue>,
+    /// Tools offered (patterns; empty: every tool of the agent).
+    pub allowed_tools: &'static [&'static str],
+    /// Tools never offered or run (patterns; wins over `allowed_tools`).
+    pub denied_tools: &'static [&'static str],
+}
+
+impl ToolLoopSpec {
+    /// `tool_loop: true`: no limits, every tool.
+    pub const ENABLED: ToolLoopSpec = ToolLoopSpec {
+        max_turns: None,
+        max_tool_calls: None,
+        max_cost: None,
+        tool_timeout: None,
+        total_timeout: None,
+        allowed_tools: &[],
+        denied_tools: &[],
+    };
 }
 
 /// `persistence:` of a machine.

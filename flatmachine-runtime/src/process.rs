@@ -159,29 +159,35 @@ pub(crate) enum CallError {
 }
 
 /// Kills a process group when dropped (or when told to).
-struct GroupKiller {
+pub(crate) struct GroupKiller {
     #[cfg(unix)]
     group: Option<rustix::process::Pid>,
 }
 
 impl GroupKiller {
     fn of(child: &tokio::process::Child) -> Self {
+        Self::of_leader(child.id())
+    }
+
+    /// The group led by process `pid` (started with `process_group(0)`); `None`: nothing to
+    /// kill.
+    pub(crate) fn of_leader(pid: Option<u32>) -> Self {
         #[cfg(unix)]
         {
-            let group = child
-                .id()
+            let group = pid
                 .and_then(|id| i32::try_from(id).ok())
                 .and_then(rustix::process::Pid::from_raw);
             Self { group }
         }
         #[cfg(not(unix))]
         {
-            let _ = child;
+            let _ = pid;
             Self {}
         }
     }
 
-    fn kill(&self) {
+    /// Sends `SIGKILL` to every process of the group.
+    pub(crate) fn kill(&self) {
         #[cfg(unix)]
         if let Some(group) = self.group {
             // ESRCH (the group is gone already) is the usual, harmless outcome.
@@ -274,24 +280,36 @@ async fn read_capped<R: AsyncRead + Unpin>(reader: R, limit: usize) -> Result<Ve
 }
 
 /// Reads `reader` to the end, keeping only its last `keep` bytes (a read error ends it).
-async fn read_tail<R: AsyncRead + Unpin>(mut reader: R, keep: usize) -> Vec<u8> {
+async fn read_tail<R: AsyncRead + Unpin>(reader: R, keep: usize) -> Vec<u8> {
     let mut tail = Vec::new();
-    let mut chunk = vec![0u8; 16 * 1024];
-    loop {
-        match reader.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                tail.extend_from_slice(&chunk[..n]);
-                if tail.len() > 2 * keep {
-                    tail.drain(..tail.len() - keep);
-                }
-            }
+    read_tail_into(reader, keep, |chunk| {
+        tail.extend_from_slice(chunk);
+        if tail.len() > 2 * keep {
+            tail.drain(..tail.len() - keep);
         }
-    }
+    })
+    .await;
     if tail.len() > keep {
         tail.drain(..tail.len() - keep);
     }
     tail
+}
+
+/// Reads `reader` to the end in chunks of at most `keep` bytes, handing each to `take` (a
+/// read error ends it): a long-running child's stderr is read this way, so memory stays
+/// bounded however much it prints and however long its lines are.
+pub(crate) async fn read_tail_into<R: AsyncRead + Unpin>(
+    mut reader: R,
+    keep: usize,
+    mut take: impl FnMut(&[u8]),
+) {
+    let mut chunk = vec![0u8; keep.clamp(1, 16 * 1024)];
+    loop {
+        match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => take(&chunk[..n]),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -627,10 +627,10 @@ struct Root {
 
 impl Root {
     fn get(&self, key: &str) -> Option<&Arc<Var>> {
-        if let Some((name, item)) = &self.item {
-            if &**name == key {
-                return Some(item);
-            }
+        if let Some((name, item)) = &self.item
+            && &**name == key
+        {
+            return Some(item);
         }
         match key {
             "context" => Some(&self.context),
@@ -662,10 +662,10 @@ impl Object for Root {
         if self.output.is_some() {
             names.push(MjValue::from("output"));
         }
-        if let Some((name, _)) = &self.item {
-            if !matches!(&**name, "context" | "input" | "output") {
-                names.push(MjValue::from(name.clone()));
-            }
+        if let Some((name, _)) = &self.item
+            && !matches!(&**name, "context" | "input" | "output")
+        {
+            names.push(MjValue::from(name.clone()));
         }
         Enumerator::Values(names)
     }

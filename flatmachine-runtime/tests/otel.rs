@@ -1,6 +1,7 @@
 //! OpenTelemetry export (feature `otel`) against a loopback OTLP/HTTP receiver that decodes
 //! the protobuf requests: the span tree of a run with an agent call and `foreach` children,
-//! their GenAI and flatmachine attributes, and the metrics.
+//! a tool loop's `execute_tool` spans, their GenAI and flatmachine attributes, and the
+//! metrics.
 #![cfg(feature = "otel")]
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use serde_json::json;
 
 flatmachine_runtime::flatmachine!("tests/machines/events/watched.yml");
 flatmachine_runtime::flatmachine!("tests/machines/events/storyteller.yml");
+flatmachine_runtime::flatmachine!("tests/machines/events/librarian.yml");
 
 #[derive(Default)]
 struct Received {
@@ -163,6 +165,34 @@ async fn runs_are_exported_as_a_span_tree_with_genai_attributes_and_metrics() {
         )
         .await
         .unwrap();
+    // A tool loop: two calls of `lookup` in one reply, then the answer.
+    let library = Machine::of::<librarian::Machine>()
+        .llm_backend(Arc::new(ScriptedBackend::new(|req| {
+            let asked = req
+                .messages
+                .iter()
+                .any(|m| m.role == flatmachine_runtime::agents::Role::Tool);
+            Ok(if asked {
+                LlmResponse::text("A kettle boils water.")
+            } else {
+                LlmResponse::text("")
+                    .with_tool_call("call-1", "lookup", json!({"word": "kettle"}))
+                    .with_tool_call("call-2", "lookup", json!({}))
+            })
+        })))
+        .tool_handler("lookup", |args: Value, _call| async move {
+            Ok::<_, flatmachine_runtime::tools::ToolError>(format!("{}: a word", args["word"]))
+        })
+        .build()
+        .unwrap();
+    telemetry
+        .run(
+            &library,
+            json!({"question": "kettle?"}),
+            RunOptions::new().execution_id("library-1"),
+        )
+        .await
+        .unwrap();
     // Children, an error routed, checkpoints.
     let watched = Machine::of::<watched::Machine>()
         .agent("writer", |_i: Value, _c: Context| async move {
@@ -233,6 +263,56 @@ async fn runs_are_exported_as_a_span_tree_with_genai_attributes_and_metrics() {
     );
     assert!(call.start_time_unix_nano >= tell.start_time_unix_nano);
     assert!(call.end_time_unix_nano <= tell.end_time_unix_nano);
+
+    // library-1: one `execute_tool` span per call, under the tool-loop state's span, after the
+    // turn that asked for it; a call the tool rejected (no `word`) has the error status.
+    let research = named("state research", "library-1");
+    let tools: Vec<&Span> = spans
+        .iter()
+        .filter(|s| {
+            s.name == "execute_tool lookup" && text(s, "flatmachine.execution_id") == "library-1"
+        })
+        .collect();
+    assert_eq!(
+        tools.len(),
+        2,
+        "{:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    let turns: Vec<&Span> = spans
+        .iter()
+        .filter(|s| {
+            s.name == "invoke_agent helper" && text(s, "flatmachine.execution_id") == "library-1"
+        })
+        .collect();
+    assert_eq!(turns.len(), 2, "one span per model call of the loop");
+    for tool in tools.iter().copied() {
+        assert_eq!(tool.parent_span_id, research.span_id);
+        assert_eq!(tool.trace_id, research.trace_id);
+        assert_eq!(text(tool, "gen_ai.operation.name"), "execute_tool");
+        assert_eq!(text(tool, "gen_ai.tool.name"), "lookup");
+        assert_eq!(text(tool, "flatmachine.state"), "research");
+        assert!(tool.start_time_unix_nano >= turns[0].end_time_unix_nano);
+        assert!(tool.end_time_unix_nano <= turns[1].start_time_unix_nano);
+    }
+    let mut ids: Vec<String> = tools
+        .iter()
+        .map(|t| text(t, "gen_ai.tool.call.id"))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["call-1", "call-2"]);
+    let failed = |t: &Span| t.status.as_ref().map(|s| s.code) == Some(StatusCode::Error as i32);
+    let by_id = |id: &str| {
+        *tools
+            .iter()
+            .find(|t| text(t, "gen_ai.tool.call.id") == id)
+            .unwrap()
+    };
+    assert!(!failed(by_id("call-1")));
+    assert!(
+        failed(by_id("call-2")),
+        "arguments missing `word` fail the schema check"
+    );
 
     // watched-1: the foreach children are child spans of the foreach state's span.
     let root = named("run watched", "watched-1");
@@ -312,5 +392,6 @@ async fn runs_are_exported_as_a_span_tree_with_genai_attributes_and_metrics() {
         );
     }
     assert_eq!(sums.get("flatagents.agent.tokens:input"), Some(&11.0));
-    assert_eq!(sums.get("flatagents.agent.executions"), Some(&2.0));
+    // The storyteller's call, the writer closure, and the tool loop's two model calls.
+    assert_eq!(sums.get("flatagents.agent.executions"), Some(&4.0));
 }

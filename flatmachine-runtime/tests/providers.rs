@@ -472,6 +472,7 @@ async fn openai_reply_is_parsed() {
             model: Some("gpt-test-2025".into()),
             finish_reason: Some("stop".into()),
             attempts: 1,
+            tool_calls: Vec::new(),
         }
     );
 }

@@ -277,6 +277,125 @@ async fn anthropic_streams_deltas_in_order_and_answers_as_unstreamed() {
     assert_eq!(seen.lock().unwrap()[1]["stream"], json!(true));
 }
 
+/// A request offering one tool, as a `tool_loop` state's turn sends it.
+fn tool_request(provider: &str, base: String, stream: bool) -> LlmRequest {
+    let mut request = request(provider, base, stream);
+    request.tools = vec![flatmachine_runtime::tools::ToolDefinition::new(
+        "lookup",
+        "Looks a word up",
+        json!({"type": "object", "properties": {"word": {"type": "string"}}}),
+    )];
+    request
+}
+
+#[tokio::test]
+async fn openai_streamed_tool_calls_answer_as_unstreamed() {
+    let unstreamed = json!({"id": "chatcmpl-9", "object": "chat.completion", "created": 7,
+        "model": "gpt-test",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Looking.",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{\"word\":\"kettle\"}"}},
+                {"id": "c2", "type": "function", "function": {"name": "lookup", "arguments": "{\"word\": "}}
+            ]}, "finish_reason": "tool_calls"}],
+        "usage": openai_usage()});
+    let piece = |index: u64, id: Option<&str>, name: Option<&str>, args: &str| {
+        let mut call = json!({"index": index, "function": {"arguments": args}});
+        if let Some(id) = id {
+            call["id"] = json!(id);
+            call["type"] = json!("function");
+        }
+        if let Some(name) = name {
+            call["function"]["name"] = json!(name);
+        }
+        openai_chunk(json!({"tool_calls": [call]}), Value::Null)
+    };
+    let events = sse(&[
+        openai_chunk(
+            json!({"role": "assistant", "content": "Looking."}),
+            Value::Null,
+        ),
+        piece(0, Some("c1"), Some("lookup"), ""),
+        piece(0, None, None, "{\"word\":"),
+        piece(1, Some("c2"), Some("lookup"), "{\"word\": "),
+        piece(0, None, None, "\"kettle\"}"),
+        openai_chunk(json!({}), json!("tool_calls")),
+        json!({"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 7,
+               "model": "gpt-test", "choices": [], "usage": openai_usage()}),
+    ]) + "data: [DONE]\n\n";
+    let (addr, seen) = server(unstreamed, events, End::Close).await;
+    let base = format!("http://{addr}/v1");
+    let backend: Arc<dyn LlmBackend> = Arc::new(OpenAiBackend::new());
+    let plain = backend
+        .complete(&tool_request("openai", base.clone(), false))
+        .await
+        .unwrap();
+    let (deltas, streamed) = call_in_a_run(backend, tool_request("openai", base, true)).await;
+    assert_eq!(deltas, ["Looking."]);
+    let streamed = streamed.unwrap();
+    assert_eq!(streamed, plain);
+    assert_eq!(streamed.tool_calls.len(), 2);
+    assert_eq!(streamed.tool_calls[0].arguments, "{\"word\":\"kettle\"}");
+    // Arguments that are not JSON arrive as the model wrote them (the loop answers the error).
+    assert_eq!(streamed.tool_calls[1].arguments, "{\"word\": ");
+    assert_eq!(streamed.finish_reason.as_deref(), Some("tool_calls"));
+    let bodies = seen.lock().unwrap().clone();
+    assert_eq!(bodies[1]["stream"], json!(true));
+    assert_eq!(bodies[1]["tools"][0]["function"]["name"], "lookup");
+}
+
+#[tokio::test]
+async fn anthropic_streamed_tool_use_answers_as_unstreamed() {
+    let unstreamed = json!({"id": "msg_1", "type": "message", "role": "assistant",
+        "model": "claude-test",
+        "content": [
+            {"type": "text", "text": "Looking."},
+            {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"word": "kettle"}}
+        ],
+        "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 20, "output_tokens": 7}});
+    let events = [
+        json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
+            "role": "assistant", "model": "claude-test", "content": [], "stop_reason": null,
+            "stop_sequence": null, "usage": {"input_tokens": 20, "output_tokens": 1}}}),
+        json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": "Looking."}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_start", "index": 1, "content_block":
+            {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}}),
+        json!({"type": "content_block_delta", "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": "{\"word\": "}}),
+        json!({"type": "content_block_delta", "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": "\"kettle\"}"}}),
+        json!({"type": "content_block_stop", "index": 1}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use",
+            "stop_sequence": null}, "usage": {"output_tokens": 7}}),
+        json!({"type": "message_stop"}),
+    ];
+    let events: String = events
+        .iter()
+        .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
+        .collect();
+    let (addr, _) = server(unstreamed, events, End::Close).await;
+    let base = format!("http://{addr}");
+    let backend: Arc<dyn LlmBackend> = Arc::new(AnthropicBackend::new());
+    let plain = backend
+        .complete(&tool_request("anthropic", base.clone(), false))
+        .await
+        .unwrap();
+    let (deltas, streamed) = call_in_a_run(backend, tool_request("anthropic", base, true)).await;
+    assert_eq!(deltas, ["Looking."]);
+    let streamed = streamed.unwrap();
+    assert_eq!(streamed, plain);
+    assert_eq!(streamed.tool_calls.len(), 1);
+    assert_eq!(streamed.tool_calls[0].name, "lookup");
+    assert_eq!(
+        serde_json::from_str::<Value>(&streamed.tool_calls[0].arguments).unwrap(),
+        json!({"word": "kettle"})
+    );
+}
+
 /// Streams `events` (then `end`) and returns the error the backend gives.
 async fn stream_error(provider: &str, events: String, end: End) -> (Vec<String>, LlmError) {
     let (addr, _) = server(json!({}), events, end).await;

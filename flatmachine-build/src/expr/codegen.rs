@@ -240,17 +240,17 @@ impl Generator<'_> {
             NodeKind::And(items) => self.junction(items, false),
             NodeKind::Or(items) => self.junction(items, true),
             NodeKind::Compare { first, rest } => {
-                if let [(op, rhs)] = rest.as_slice() {
-                    if let Some(func) = ordering_fn(*op) {
-                        let ((lhs, rhs), operands_fallible) =
-                            self.tracking(|g| (g.value_expr(first), g.value_expr(rhs)));
-                        self.fallible = true;
-                        let call = quote!(#ex::#func(&#lhs, &#rhs));
-                        return BoolCode {
-                            result: Some((call.clone(), operands_fallible)),
-                            ..BoolCode::atom(quote!(#call?), true)
-                        };
-                    }
+                if let [(op, rhs)] = rest.as_slice()
+                    && let Some(func) = ordering_fn(*op)
+                {
+                    let ((lhs, rhs), operands_fallible) =
+                        self.tracking(|g| (g.value_expr(first), g.value_expr(rhs)));
+                    self.fallible = true;
+                    let call = quote!(#ex::#func(&#lhs, &#rhs));
+                    return BoolCode {
+                        result: Some((call.clone(), operands_fallible)),
+                        ..BoolCode::atom(quote!(#call?), true)
+                    };
                 }
                 let (tokens, fallible) = self.tracking(|g| g.compare(first, rest));
                 BoolCode::atom(tokens, fallible)

@@ -255,15 +255,15 @@ impl<'s> Parser<'s> {
             Tok::Minus => {
                 self.bump()?;
                 // `-9223372036854775808` is only representable as a whole.
-                if let Tok::Int(magnitude) = self.peek()?.tok {
-                    if magnitude == 1 << 63 {
-                        let literal = self.bump()?;
-                        let node = Node::new(
-                            NodeKind::Literal(Literal::Int(i64::MIN)),
-                            token.span.to(literal.span),
-                        )?;
-                        return self.parse_postfix_from(node);
-                    }
+                if let Tok::Int(magnitude) = self.peek()?.tok
+                    && magnitude == 1 << 63
+                {
+                    let literal = self.bump()?;
+                    let node = Node::new(
+                        NodeKind::Literal(Literal::Int(i64::MIN)),
+                        token.span.to(literal.span),
+                    )?;
+                    return self.parse_postfix_from(node);
                 }
                 let operand = self.nested(token.span, Self::parse_unary)?;
                 let span = token.span.to(operand.span);

@@ -43,6 +43,36 @@ pub struct AgentData {
     /// Tool servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp: Option<McpConfig>,
+    /// Tools written inline, in the OpenAI function format (later specs' `tools`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<ToolDefinitionDef>>,
+}
+
+/// An inline tool: `{type: function, function: {name, description, parameters}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolDefinitionDef {
+    /// Always `function`.
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    /// The function the model may call.
+    pub function: FunctionDef,
+}
+
+fn function_type() -> String {
+    "function".into()
+}
+
+/// The function of an inline tool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FunctionDef {
+    /// The name the model calls it by.
+    pub name: String,
+    /// What it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// JSON Schema of the arguments object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<JsonMap>,
 }
 
 /// `model:` — a profile name or a config.

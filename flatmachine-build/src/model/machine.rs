@@ -240,9 +240,9 @@ pub struct StateDefinition {
     /// Ordered transitions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transitions: Option<Vec<Transition>>,
-    /// Call tools until the model stops asking.
+    /// Call tools until the model stops asking: `true`, or the object form with limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_loop: Option<bool>,
+    pub tool_loop: Option<ToolLoopField>,
     /// `single` or `multi` sampling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<Sampling>,
@@ -272,6 +272,65 @@ pub struct StateDefinition {
     /// output. `timeout` is then the most seconds to wait (FlatMachines 4.2.1 key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for: Option<String>,
+}
+
+/// `tool_loop:` — `true`/`false` (spec 1.0.0) or the object form of later specs
+/// (`ToolLoopStateConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ToolLoopField {
+    /// `tool_loop: true` (no limits) or `false` (off).
+    Enabled(bool),
+    /// Limits and tool lists.
+    Config(ToolLoopConfig),
+}
+
+impl ToolLoopField {
+    /// The loop's settings, or `None` when it is off (`false`).
+    pub fn config(&self) -> Option<ToolLoopConfig> {
+        match self {
+            ToolLoopField::Enabled(true) => Some(ToolLoopConfig::default()),
+            ToolLoopField::Enabled(false) => None,
+            ToolLoopField::Config(c) => Some(c.clone()),
+        }
+    }
+}
+
+/// The object form of `tool_loop:`. Numbers may be templates over the context; `0` or unset
+/// means no limit.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ToolLoopConfig {
+    /// Most tool calls in one visit of the state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tool_calls: Option<NumberOrTemplate>,
+    /// Most model calls in one visit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<NumberOrTemplate>,
+    /// Tools offered (names or `server:tool` patterns with `*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_tools: Option<Vec<String>>,
+    /// Tools never offered or run (wins over `allowed_tools`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied_tools: Option<Vec<String>>,
+    /// Seconds one tool call may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_timeout: Option<NumberOrTemplate>,
+    /// Seconds the whole visit may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_timeout: Option<NumberOrTemplate>,
+    /// Most cost of the visit's model calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost: Option<NumberOrTemplate>,
+}
+
+/// A number, or a template that renders to one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum NumberOrTemplate {
+    /// A number.
+    Number(f64),
+    /// A template (`"{{ context.budget }}"`).
+    Template(String),
 }
 
 /// `type: initial | final`.

@@ -410,6 +410,7 @@ fn reply_to_result(
         api_calls,
         cost: reply.get("cost").and_then(Value::as_f64).unwrap_or(0.0),
         metadata: reply.remove("metadata").filter(|m| !m.is_null()),
+        ..AgentResult::default()
     })
 }
 

@@ -101,6 +101,11 @@ pub struct AgentConfig {
     pub output: Option<&'static [OutputField]>,
     /// The file's `metadata` (read by `mdap_voting` for `parsing`, `validation`, `mdap`).
     pub metadata: &'static EmbeddedJson,
+    /// `data.tools`: tools written inline (OpenAI function format), run by the handlers
+    /// registered with `MachineBuilder::tool_handler` in `tool_loop` states.
+    pub tools: &'static [crate::tools::InlineToolSpec],
+    /// `data.mcp`: MCP servers whose tools the agent is offered in `tool_loop` states.
+    pub mcp: Option<&'static crate::tools::McpSpec>,
 }
 
 impl AgentConfig {

@@ -1,6 +1,7 @@
 //! What runs an `agent:` state: the [`AgentExecutor`] trait and its result.
 
 use super::llm::Usage;
+use crate::tools::ToolCall;
 use crate::{Context, StateError, Value};
 use async_trait::async_trait;
 
@@ -54,6 +55,11 @@ pub struct AgentResult {
     pub cost: f64,
     /// The agent's metadata.
     pub metadata: Option<Value>,
+    /// The tools the model asked to call in its last reply (empty: a final answer).
+    pub tool_calls: Vec<ToolCall>,
+    /// Why the model stopped (`stop`, `tool_calls`, `length`, `end_turn`, `tool_use`, ...), as
+    /// the provider said it.
+    pub finish_reason: Option<String>,
 }
 
 impl AgentResult {
@@ -157,6 +163,12 @@ pub trait AgentExecutor: Send + Sync {
 
     /// The agent's metadata (read by `mdap_voting` for red-flag settings).
     fn metadata(&self) -> Option<&Value> {
+        None
+    }
+
+    /// This executor as an agent that can drive a `tool_loop` state (flatagents can; `None`:
+    /// a `tool_loop` state calling it fails with an `AgentError`).
+    fn tool_agent(&self) -> Option<&dyn super::ToolAgent> {
         None
     }
 }

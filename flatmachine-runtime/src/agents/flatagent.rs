@@ -55,6 +55,18 @@ impl FlatAgentExecutor {
 
     /// [`request`](Self::request) made on behalf of `state` (put on the request).
     pub fn request_at(&self, state: Option<&str>, input: &Value) -> Result<LlmRequest, StateError> {
+        self.request_with_tools(state, input, &Value::Array(Vec::new()), "")
+    }
+
+    /// [`request_at`](Self::request_at) with the prompt variables `tools` (a list of tool
+    /// objects) and `tools_prompt` set, as a `tool_loop` state renders its opening messages.
+    pub(crate) fn request_with_tools(
+        &self,
+        state: Option<&str>,
+        input: &Value,
+        tools: &Value,
+        tools_prompt: &str,
+    ) -> Result<LlmRequest, StateError> {
         let c = self.config;
         let m = &c.model;
         let (history, prompt_input) = split_messages(c, input)?;
@@ -64,8 +76,8 @@ impl FlatAgentExecutor {
                 None => crate::template::json_to_mj(input),
             },
             model => crate::template::json_to_mj(&model_var(m)),
-            tools => minijinja::Value::from(Vec::<minijinja::Value>::new()),
-            tools_prompt => "",
+            tools => crate::template::json_to_mj(tools),
+            tools_prompt => tools_prompt,
         };
         let mut system = match c.system {
             Some(p) => render(c, "system", p, &vars)?,
@@ -107,6 +119,16 @@ impl FlatAgentExecutor {
         if send_user {
             messages.push(Message::new(Role::User, user));
         }
+        let mut req = self.model_request(state, messages);
+        req.response_format = response_format;
+        Ok(req)
+    }
+
+    /// A request with these messages and the agent's model settings (no tools, free text),
+    /// made on behalf of `state`.
+    pub(crate) fn model_request(&self, state: Option<&str>, messages: Vec<Message>) -> LlmRequest {
+        let c = self.config;
+        let m = &c.model;
         let mut req = LlmRequest::new(m.wire_name(), messages);
         req.provider = m.provider_name().map(str::to_string);
         req.temperature = m.temperature.unwrap_or(ModelParams::DEFAULT_TEMPERATURE);
@@ -116,7 +138,6 @@ impl FlatAgentExecutor {
         req.frequency_penalty = m.frequency_penalty;
         req.presence_penalty = m.presence_penalty;
         req.seed = m.seed;
-        req.response_format = response_format;
         req.base_url = super::endpoints::from_environment(m.profile)
             .or_else(|| m.base_url.map(str::to_string));
         req.api_key_env = m.api_key_env.map(str::to_string);
@@ -132,7 +153,12 @@ impl FlatAgentExecutor {
         req.profile = m.profile.map(str::to_string);
         // `stream` is read from the resolved profile as written (no typed field needed).
         req.stream = m.raw.value().get("stream").and_then(Value::as_bool) == Some(true);
-        Ok(req)
+        req
+    }
+
+    /// The backend this executor calls.
+    pub(crate) fn backend(&self) -> &Arc<dyn LlmBackend> {
+        &self.backend
     }
 
     /// What a reply was billed: one call, its usage and cost.
@@ -173,6 +199,8 @@ impl FlatAgentExecutor {
             api_calls: 1,
             cost,
             metadata: Some(self.metadata.clone()),
+            tool_calls: reply.tool_calls,
+            finish_reason: reply.finish_reason,
         })
     }
 }
@@ -219,6 +247,10 @@ impl AgentExecutor for FlatAgentExecutor {
     fn metadata(&self) -> Option<&Value> {
         Some(&self.metadata)
     }
+
+    fn tool_agent(&self) -> Option<&dyn super::ToolAgent> {
+        Some(self)
+    }
 }
 
 /// Cost of one call: per-token prices from the model config when given, otherwise the
@@ -262,7 +294,7 @@ fn model_var(m: &ModelParams) -> Value {
     Value::Object(map)
 }
 
-fn render(
+pub(crate) fn render(
     c: &AgentConfig,
     field: &str,
     prompt: &Prompt,

@@ -6,6 +6,7 @@
 //! other service.
 
 use crate::Value;
+use crate::tools::{ToolCall, ToolDefinition};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -21,6 +22,8 @@ pub enum Role {
     User,
     /// A previous model reply.
     Assistant,
+    /// The result of a tool call (answers the assistant's call with `tool_call_id`).
+    Tool,
 }
 
 /// One chat message.
@@ -30,6 +33,15 @@ pub struct Message {
     pub role: Role,
     /// The text.
     pub content: String,
+    /// The tools an assistant message asks to call (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a [`Role::Tool`] message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// Whether a [`Role::Tool`] message reports an error (Anthropic's `is_error`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_error: bool,
 }
 
 impl Message {
@@ -38,8 +50,46 @@ impl Message {
         Self {
             role,
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            is_error: false,
         }
     }
+
+    /// An assistant reply asking for `tool_calls` (with its text, possibly empty).
+    pub fn assistant_with_tools(content: impl Into<String>, tool_calls: Vec<ToolCall>) -> Self {
+        Self {
+            tool_calls,
+            ..Self::new(Role::Assistant, content)
+        }
+    }
+
+    /// The result of the tool call `tool_call_id`.
+    pub fn tool_result(
+        tool_call_id: impl Into<String>,
+        content: impl Into<String>,
+        is_error: bool,
+    ) -> Self {
+        Self {
+            tool_call_id: Some(tool_call_id.into()),
+            is_error,
+            ..Self::new(Role::Tool, content)
+        }
+    }
+}
+
+/// Whether and how the model may call tools (sent only with tools).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ToolChoice {
+    /// The model decides (`auto`).
+    #[default]
+    Auto,
+    /// The model must answer in text (`none`).
+    None,
+    /// The model must call some tool (`required`; Anthropic's `any`).
+    Required,
+    /// The model must call this tool.
+    Tool(String),
 }
 
 /// How the reply should be shaped.
@@ -118,6 +168,10 @@ pub struct LlmRequest {
     pub timeout: Option<Duration>,
     /// Transport retries override (the profile's `max_retries`).
     pub max_retries: Option<u32>,
+    /// Tools the model may call (none: a plain completion).
+    pub tools: Vec<ToolDefinition>,
+    /// Whether it must, may or must not call them (sent only with `tools`).
+    pub tool_choice: ToolChoice,
     /// How JSON output is asked for (the profile's `json_mode`; `None` = the backend's choice).
     pub json_mode: Option<JsonMode>,
     /// Mark the system prompt for the provider's prompt cache (the profile's `prompt_caching`;
@@ -155,6 +209,8 @@ impl LlmRequest {
             api_key_env: None,
             timeout: None,
             max_retries: None,
+            tools: Vec::new(),
+            tool_choice: ToolChoice::Auto,
             json_mode: None,
             prompt_caching: false,
             agent: None,
@@ -205,6 +261,8 @@ pub struct LlmResponse {
     pub finish_reason: Option<String>,
     /// Transport attempts made for this reply (1 without retries; 0 for non-HTTP backends).
     pub attempts: u32,
+    /// The tools the model asks to call, in order (empty: a final answer).
+    pub tool_calls: Vec<ToolCall>,
 }
 
 impl LlmResponse {
@@ -215,6 +273,29 @@ impl LlmResponse {
             attempts: 1,
             ..Self::default()
         }
+    }
+
+    /// A reply asking for these tool calls (no text), with the finish reason `tool_calls`.
+    pub fn calling(tool_calls: Vec<ToolCall>) -> Self {
+        Self {
+            finish_reason: Some("tool_calls".into()),
+            tool_calls,
+            attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    /// Adds one tool call (the scripted backend's way to ask for a tool):
+    /// `LlmResponse::text("").with_tool_call("c1", "read_file", json!({"path": "a.md"}))`.
+    pub fn with_tool_call(
+        mut self,
+        id: impl Into<String>,
+        name: impl Into<String>,
+        arguments: Value,
+    ) -> Self {
+        self.tool_calls.push(ToolCall::new(id, name, arguments));
+        self.finish_reason = Some("tool_calls".into());
+        self
     }
 
     /// Sets the token counts.

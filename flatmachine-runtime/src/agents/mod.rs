@@ -14,6 +14,7 @@ pub mod llm;
 #[cfg(any(feature = "openai", feature = "anthropic"))]
 pub mod providers;
 pub mod scripted;
+pub mod tool_agent;
 
 pub use config::{AgentConfig, EmbeddedJson, ModelParams, OutputField, OutputKind, Prompt};
 pub use endpoints::EndpointOverrides;
@@ -21,11 +22,12 @@ pub use execution::ExecutionType;
 pub use executor::{AgentCall, AgentExecutor, AgentResult, Billing};
 pub use llm::{
     JsonMode, LlmBackend, LlmError, LlmErrorKind, LlmRequest, LlmResponse, Message, ResponseFormat,
-    Role, Usage,
+    Role, ToolChoice, Usage,
 };
 #[cfg(any(feature = "openai", feature = "anthropic"))]
 pub use providers::*;
 pub use scripted::ScriptedBackend;
+pub use tool_agent::ToolAgent;
 
 pub mod adapter;
 pub mod flatagent;

@@ -10,6 +10,7 @@ use crate::machine::MachineSpec;
 use crate::persistence::CheckpointStore;
 use crate::results::{InMemoryResultBackend, ResultBackend};
 use crate::signals::SignalBackend;
+use crate::tools::{HandlerFn, Tool, ToolError, ToolInvocation, ToolOutput, Typed, TypedTool};
 use crate::{Context, StateError, Value};
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -31,6 +32,16 @@ pub enum BuildError {
         registered: Vec<String>,
         /// The closest registered name.
         suggestion: Option<String>,
+    },
+    /// The Rust tools registered on the builder are not the ones the machine declared to the
+    /// compiler (`flatmachine!("m.yml", tools = [..])`), or an inline tool handler names no
+    /// inline tool.
+    #[error("machine `{machine}`: {message}")]
+    Tools {
+        /// The machine.
+        machine: String,
+        /// What does not match, and how to fix it.
+        message: String,
     },
     /// The YAML names a persistence backend this runtime does not have.
     #[error(
@@ -92,6 +103,9 @@ pub struct MachineBuilder {
     max_agent_calls: Option<u64>,
     max_foreach_items: Option<usize>,
     ignore_unhandled_actions: bool,
+    rust_tools: Vec<Arc<dyn Tool>>,
+    tool_handlers: HashMap<String, HandlerFn>,
+    tool_concurrency: usize,
     checkpoint_dir: PathBuf,
     lock_dir: PathBuf,
     keep_last: Option<usize>,
@@ -122,6 +136,9 @@ impl MachineBuilder {
             max_agent_calls: None,
             max_foreach_items: None,
             ignore_unhandled_actions: false,
+            rust_tools: Vec::new(),
+            tool_handlers: HashMap::new(),
+            tool_concurrency: super::DEFAULT_TOOL_CONCURRENCY,
             checkpoint_dir: PathBuf::from(".checkpoints"),
             lock_dir: PathBuf::from(".locks"),
             keep_last: None,
@@ -400,6 +417,49 @@ impl MachineBuilder {
         self
     }
 
+    /// Offers a Rust tool to every `tool_loop` state of this machine and its children (a
+    /// state's `allowed_tools` / `denied_tools` narrow it down). Its name must be declared to
+    /// the compiler, `flatmachine!("m.yml", tools = [name, ..])`, and must not be the name of
+    /// an inline tool; [`build`](Self::build) checks both. See [`tools::tool_fn`](crate::tools::tool_fn)
+    /// for a closure over a typed argument.
+    pub fn tool(mut self, tool: impl Tool + 'static) -> Self {
+        self.rust_tools.push(Arc::new(tool));
+        self
+    }
+
+    /// [`tool`](Self::tool) for a [`TypedTool`] (a type with its argument struct, name and
+    /// description).
+    pub fn typed_tool(self, tool: impl TypedTool) -> Self {
+        self.tool(Typed::new(tool))
+    }
+
+    /// Implements the inline tool `name` (defined in an agent's `tools:`) with an async
+    /// closure over its arguments (already checked against the tool's `parameters` schema) and
+    /// the [`ToolInvocation`]. An `Err` goes back to the model as an error result.
+    pub fn tool_handler<F, Fut, O>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Value, ToolInvocation) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, ToolError>> + Send + 'static,
+        O: Into<ToolOutput>,
+    {
+        let f = Arc::new(f);
+        self.tool_handlers.insert(
+            name.into(),
+            Arc::new(move |args, invocation| {
+                let fut = f(args, invocation);
+                Box::pin(async move { fut.await.map(Into::into) })
+            }),
+        );
+        self
+    }
+
+    /// Most tool calls of one model reply run at the same time (default
+    /// [`DEFAULT_TOOL_CONCURRENCY`](super::DEFAULT_TOOL_CONCURRENCY); `0` is treated as `1`).
+    pub fn tool_concurrency(mut self, n: usize) -> Self {
+        self.tool_concurrency = n.max(1);
+        self
+    }
+
     /// Check the configuration and build the machine: the hooks classes the YAML names are
     /// registered, the persistence backend exists, and every `action:` and `agent:` of the
     /// machine and its children has something to run it (a named handler, the generated
@@ -415,6 +475,7 @@ impl MachineBuilder {
         // Hooks given in Rust replace the root machine's YAML class; children still resolve
         // theirs through the registry, so check those either way.
         check_hooks_classes(spec, &self.registry, self.hooks.is_some(), &mut Vec::new())?;
+        check_tools(spec, &self.rust_tools, &self.tool_handlers)?;
         let missing = super::required::missing_handlers(
             spec,
             &super::required::Available {
@@ -551,6 +612,9 @@ impl MachineBuilder {
             max_agent_calls: self.max_agent_calls,
             max_foreach_items: self.max_foreach_items,
             ignore_unhandled_actions: self.ignore_unhandled_actions,
+            rust_tools: Arc::new(self.rust_tools),
+            tool_handlers: Arc::new(self.tool_handlers),
+            tool_concurrency: self.tool_concurrency,
             children: std::sync::Mutex::default(),
             state_actions: std::sync::OnceLock::new(),
             signals,
@@ -596,6 +660,77 @@ impl MachineBuilder {
             });
         }
         Ok(self)
+    }
+}
+
+/// The Rust tools registered are exactly those the machine declared to the compiler (so its
+/// checks of `tool_loop` states held), and every inline tool handler names an inline tool of
+/// some flatagent in the machine's tree.
+fn check_tools(
+    spec: &'static MachineSpec,
+    tools: &[Arc<dyn Tool>],
+    handlers: &HashMap<String, HandlerFn>,
+) -> Result<(), BuildError> {
+    let fail = |message: String| BuildError::Tools {
+        machine: spec.name.to_string(),
+        message,
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for tool in tools {
+        let name = tool.definition().name.as_str();
+        if seen.contains(&name) {
+            return Err(fail(format!("two Rust tools are named `{name}`")));
+        }
+        seen.push(name);
+        if !spec.rust_tools.contains(&name) {
+            return Err(fail(format!(
+                "Rust tool `{name}` is registered but not declared: add it to `flatmachine!(\"{}\", tools = [..])` so the compiler can check the machine's tool loops against it",
+                spec.source
+            )));
+        }
+    }
+    if let Some(missing) = spec.rust_tools.iter().find(|d| !seen.contains(d)) {
+        return Err(fail(format!(
+            "Rust tool `{missing}` is declared in `flatmachine!(.., tools = [..])` but not registered: add `.tool(..)` for it to the builder"
+        )));
+    }
+    let mut inline = Vec::new();
+    inline_tool_names(spec, &mut inline, &mut Vec::new());
+    for name in handlers.keys() {
+        if !inline.contains(&name.as_str()) {
+            let hint = if inline.is_empty() {
+                "the machine's agents define no inline tools".to_string()
+            } else {
+                format!("inline tools: {}", inline.join(", "))
+            };
+            return Err(fail(format!(
+                "`tool_handler(\"{name}\", ..)` names no inline tool of the machine's agents ({hint}); a Rust tool with its own schema is registered with `.tool(..)`"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn inline_tool_names(
+    spec: &'static MachineSpec,
+    out: &mut Vec<&'static str>,
+    seen: &mut Vec<*const MachineSpec>,
+) {
+    if seen.contains(&(spec as *const _)) {
+        return;
+    }
+    seen.push(spec as *const _);
+    for agent in spec.agents {
+        for tool in agent.flatagent.map(|c| c.tools).unwrap_or_default() {
+            if !out.contains(&tool.name) {
+                out.push(tool.name);
+            }
+        }
+    }
+    for (_, child) in spec.machines {
+        if let Some(child) = child {
+            inline_tool_names(child, out, seen);
+        }
     }
 }
 

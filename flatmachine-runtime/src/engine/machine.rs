@@ -38,6 +38,12 @@ pub(crate) struct Inner {
     pub max_foreach_items: Option<usize>,
     pub max_concurrency: Option<usize>,
     pub ignore_unhandled_actions: bool,
+    /// Rust tools registered on the builder, in registration order.
+    pub rust_tools: Arc<Vec<Arc<dyn crate::tools::Tool>>>,
+    /// Handlers of inline (YAML) tools, by tool name.
+    pub tool_handlers: Arc<HashMap<String, crate::tools::HandlerFn>>,
+    /// Most tool calls of one reply run at the same time.
+    pub tool_concurrency: usize,
     pub results: Arc<dyn ResultBackend>,
     pub launches: Arc<Launches>,
     pub invoker: Arc<dyn MachineInvoker>,
@@ -375,6 +381,7 @@ impl Machine {
             }),
         )
         .await;
+        run.tools.close().await;
         drop(guard);
         let outcome = ran.map_err(|error| run.failure(error, context));
         run.emit(|| crate::events::machine_finished(&outcome)).await;

@@ -20,6 +20,7 @@ mod required;
 mod result;
 mod resume;
 mod step;
+mod tool_loop;
 mod wait;
 
 pub use budget::{AgentCallBudget, RunTotals};
@@ -33,6 +34,7 @@ pub(crate) use launches::launch_id;
 pub use machine::Machine;
 pub use required::{HandlerKind, MissingHandler};
 pub use result::{ResumeOptions, RunError, RunFailure, RunOptions, RunResult, RunStatus, Waiting};
+pub use tool_loop::{DEFAULT_TOOL_CONCURRENCY, LOOP_RECORD_KEY, LoopRecord, NEXT_STATE_KEY};
 
 /// Default `max_steps` when neither the machine nor the caller sets one (the reference's).
 pub const DEFAULT_MAX_STEPS: u64 = 1000;

@@ -15,6 +15,8 @@ impl Machine {
     /// * `machine_start` — runs `on_machine_start`, then the initial state;
     /// * `state_enter` — runs `on_state_enter` and the state (same step number);
     /// * `execute` — runs the state's work again (actions are at-least-once here);
+    /// * `tool_call` — continues a `tool_loop` state after its last recorded round (tools whose
+    ///   results were recorded do not run again; see `docs/tools.md`);
     /// * `state_exit` — does **not** run the state again: runs `on_state_exit`, then its
     ///   transitions (or ends the run if it is final);
     /// * `machine_end` — returns the stored output (nothing runs).
@@ -195,7 +197,9 @@ impl Machine {
             };
             let entry = match event {
                 checkpoint_event::STATE_ENTER => Entry::AfterEnter,
-                checkpoint_event::EXECUTE => Entry::AfterExecute,
+                // After a tool round the state's work continues: the loop finds its record
+                // in the context and goes on after the last recorded round.
+                checkpoint_event::EXECUTE | checkpoint_event::TOOL_CALL => Entry::AfterExecute,
                 checkpoint_event::WAITING if spec.states[state].wait_for.is_some() => {
                     run.wait_deadline = snap
                         .wait_deadline
@@ -249,6 +253,7 @@ impl Machine {
             }),
         )
         .await;
+        run.tools.close().await;
         drop(guard);
         let outcome = ran.map_err(|error| run.failure(error, context));
         run.emit(|| crate::events::machine_finished(&outcome)).await;

@@ -61,6 +61,8 @@ pub(super) struct Run {
     pub(super) fencing_token: Option<u64>,
     /// The [`ActionCall`] of the last action, reused (updated in place) by the next one.
     pub(super) action_call: Option<Arc<ActionCall>>,
+    /// The run's MCP sessions (closed when the run ends).
+    pub(super) tools: crate::tools::RunTools,
     /// The run tree's agent-call budget (shared with the parent for a child run).
     pub(super) budget: AgentCallBudget,
     /// Whether this run continues an execution (`resume`): its children then continue from
@@ -118,6 +120,7 @@ impl Run {
             unhandled_action: None,
             fencing_token: None,
             action_call: None,
+            tools: crate::tools::RunTools::default(),
             budget,
             resumed: false,
             live: Arc::default(),
@@ -515,22 +518,25 @@ impl Machine {
                     context: std::mem::take(context),
                 });
             }
-            let next = match (spec.transition)(current, context) {
-                Ok(Some(n)) => n,
-                Ok(None) => {
-                    return Err(RunError::NoTransition {
-                        machine: spec.name.to_string(),
-                        execution_id: run.execution_id.clone(),
-                        state: state.name.to_string(),
-                    });
-                }
-                Err(e) => {
-                    current = self
-                        .route_error(run, current, StateError::from(e), context)
-                        .await?;
-                    continue;
-                }
-            };
+            // A tool loop that left through a transition names its target.
+            let chosen = super::tool_loop::take_next_state(spec, context);
+            let next =
+                match chosen.map_or_else(|| (spec.transition)(current, context), |n| Ok(Some(n))) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => {
+                        return Err(RunError::NoTransition {
+                            machine: spec.name.to_string(),
+                            execution_id: run.execution_id.clone(),
+                            state: state.name.to_string(),
+                        });
+                    }
+                    Err(e) => {
+                        current = self
+                            .route_error(run, current, StateError::from(e), context)
+                            .await?;
+                        continue;
+                    }
+                };
             if !run.hooks_active {
                 let to = spec.states[next].name;
                 run.emit(|| EventKind::Transition {
@@ -695,7 +701,11 @@ impl Machine {
             self.output_to_context(state, context, &out)?;
             output = Some(out);
         }
-        if let Some(agent) = state.agent {
+        if state.agent.is_some() && state.tool_loop.is_some() {
+            let out = self.run_tool_loop(run, index, context).await?;
+            self.output_to_context(state, context, &out)?;
+            output = Some(out);
+        } else if let Some(agent) = state.agent {
             let input = self.render_state_input(state, context)?;
             let executor = self.executor(agent)?;
             let call = crate::agents::AgentCall {

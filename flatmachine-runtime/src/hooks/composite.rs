@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{ActionOutcome, HookError, MachineHooks};
+use super::{
+    ActionOutcome, HookError, MachineHooks, PendingToolCall, ToolLoopControl, ToolResultRecord,
+};
 use crate::engine::ActionCall;
 use crate::{Context, StateError, Value};
 
@@ -20,6 +22,10 @@ use crate::{Context, StateError, Value};
 /// * `on_action`: **every** hook is called in order, each seeing the context left by the previous
 ///   one (as the reference, which chains `on_action` through all hooks); the outcome is
 ///   [`ActionOutcome::Handled`] if any hook handled the action.
+///
+/// * `on_tool_calls`, `on_tool_result`: every hook is called in order, each seeing the calls
+///   (or result) and context as left by the previous one; the loop is aborted if any hook
+///   asks for it.
 ///
 /// The first hook that fails stops the chain and its error is returned.
 #[derive(Clone, Default)]
@@ -141,6 +147,36 @@ impl MachineHooks for CompositeHooks {
         for hook in &self.hooks {
             hook.on_action_done(call, context, error).await;
         }
+    }
+
+    async fn on_tool_calls(
+        &self,
+        state: &str,
+        calls: &mut [PendingToolCall],
+        context: &mut Context,
+    ) -> Result<ToolLoopControl, HookError> {
+        let mut control = ToolLoopControl::Continue;
+        for hook in &self.hooks {
+            if hook.on_tool_calls(state, calls, context).await? == ToolLoopControl::Abort {
+                control = ToolLoopControl::Abort;
+            }
+        }
+        Ok(control)
+    }
+
+    async fn on_tool_result(
+        &self,
+        state: &str,
+        result: &mut ToolResultRecord,
+        context: &mut Context,
+    ) -> Result<ToolLoopControl, HookError> {
+        let mut control = ToolLoopControl::Continue;
+        for hook in &self.hooks {
+            if hook.on_tool_result(state, result, context).await? == ToolLoopControl::Abort {
+                control = ToolLoopControl::Abort;
+            }
+        }
+        Ok(control)
     }
 
     async fn on_action(

@@ -149,6 +149,35 @@ impl MachineHooks for LoggingHooks {
         Ok(to.to_string())
     }
 
+    async fn on_tool_calls(
+        &self,
+        state: &str,
+        calls: &mut [super::PendingToolCall],
+        _context: &mut Context,
+    ) -> Result<super::ToolLoopControl, HookError> {
+        let names: Vec<&str> = calls.iter().map(|c| c.call.name.as_str()).collect();
+        let tools = names.join(", ");
+        log_at!(self.level, state, tools = %tools, "Tool calls in {state}: {tools}");
+        Ok(super::ToolLoopControl::Continue)
+    }
+
+    async fn on_tool_result(
+        &self,
+        state: &str,
+        result: &mut super::ToolResultRecord,
+        _context: &mut Context,
+    ) -> Result<super::ToolLoopControl, HookError> {
+        let (tool, is_error) = (result.call.name.as_str(), result.output.is_error);
+        log_at!(
+            self.level,
+            state,
+            tool,
+            is_error,
+            "Tool {tool} in {state} done (error: {is_error})"
+        );
+        Ok(super::ToolLoopControl::Continue)
+    }
+
     async fn on_action_done(
         &self,
         call: &ActionCall,

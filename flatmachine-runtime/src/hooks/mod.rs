@@ -23,6 +23,7 @@
 use async_trait::async_trait;
 
 use crate::engine::ActionCall;
+use crate::tools::{ToolCall, ToolOutput};
 use crate::{Context, StateError, Value, error_type};
 
 mod composite;
@@ -54,6 +55,36 @@ impl ActionOutcome {
     pub fn is_handled(self) -> bool {
         matches!(self, Self::Handled)
     }
+}
+
+/// One tool call of a model reply, as [`MachineHooks::on_tool_calls`] sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingToolCall {
+    /// The call; a hook may edit its `arguments` (or `name`) before it runs. The id is kept.
+    pub call: ToolCall,
+    /// Set to veto the call: it does not run, and the model gets this text as an error
+    /// result.
+    pub veto: Option<String>,
+}
+
+/// What a tool-loop hook asks of the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ToolLoopControl {
+    /// Go on (the default).
+    #[default]
+    Continue,
+    /// Stop the loop after this point: calls not yet run are answered "not run" and the state
+    /// ends with stop reason `aborted` (its transitions are taken as usual).
+    Abort,
+}
+
+/// One tool call's result, as [`MachineHooks::on_tool_result`] sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolResultRecord {
+    /// The call that ran (with the arguments it ran with).
+    pub call: ToolCall,
+    /// What the model will be sent; a hook may edit it (e.g. redact a secret).
+    pub output: ToolOutput,
 }
 
 /// An error raised by a hook, or by building hooks from a registry.
@@ -203,6 +234,35 @@ pub trait MachineHooks: Send + Sync {
         error: Option<&StateError>,
     ) {
         let _ = (call, context, error);
+    }
+
+    /// Called in a `tool_loop` state once per model reply that asks for tools, before any of
+    /// them runs (the reference's order). The hook may edit a call's arguments, veto single
+    /// calls ([`PendingToolCall::veto`]), change the context, or return
+    /// [`ToolLoopControl::Abort`] to stop the loop. A vetoed call and the calls of an aborted
+    /// round are answered with an error result, so the conversation stays valid.
+    async fn on_tool_calls(
+        &self,
+        state: &str,
+        calls: &mut [PendingToolCall],
+        context: &mut Context,
+    ) -> Result<ToolLoopControl, HookError> {
+        let _ = (state, calls, context);
+        Ok(ToolLoopControl::Continue)
+    }
+
+    /// Called in a `tool_loop` state once per tool call that ran (vetoed calls excluded), in
+    /// the order the model asked for them, after every call of the round finished and before
+    /// the round's checkpoint. The hook may edit the result the model is sent, change the
+    /// context, or return [`ToolLoopControl::Abort`] to stop the loop after this round.
+    async fn on_tool_result(
+        &self,
+        state: &str,
+        result: &mut ToolResultRecord,
+        context: &mut Context,
+    ) -> Result<ToolLoopControl, HookError> {
+        let _ = (state, result, context);
+        Ok(ToolLoopControl::Continue)
     }
 
     /// Untyped action route. Return [`ActionOutcome::Handled`] if this hook handled the action

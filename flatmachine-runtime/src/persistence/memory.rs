@@ -119,7 +119,7 @@ enum Entry {
 }
 
 /// The events a checkpoint key can hold, in run order.
-const EVENTS: [&str; 7] = EVENTS_IN_ORDER;
+const EVENTS: [&str; 8] = EVENTS_IN_ORDER;
 
 fn event_index(event: &str) -> Option<u8> {
     EVENTS.iter().position(|e| *e == event).map(|i| i as u8)

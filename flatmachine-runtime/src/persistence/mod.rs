@@ -84,26 +84,33 @@ pub mod checkpoint_event {
     pub const STATE_EXIT: &str = "state_exit";
     /// The run ended.
     pub const MACHINE_END: &str = "machine_end";
+    /// After a round of a `tool_loop` state (the model's calls and their results, kept in the
+    /// context's `_tool_loop` record): resuming from it continues the loop after that round.
+    /// One key per step, like the reference: each round replaces the previous round's
+    /// checkpoint, whose whole conversation it contains.
+    pub const TOOL_CALL: &str = "tool_call";
     /// Written in a key when a snapshot has no event (reference behaviour).
     pub const UNKNOWN: &str = "unknown";
     /// The default `checkpoint_on` set: every event above except [`WAITING`] (always
     /// written) and [`UNKNOWN`], in run order.
     pub const ALL: [&str; 5] = [MACHINE_START, STATE_ENTER, EXECUTE, STATE_EXIT, MACHINE_END];
 
-    /// Every event a run writes, in run order within a step (`waiting` comes after
-    /// `execute`, and is followed by the same step's `state_exit` once the signal is there).
-    pub const WRITTEN: [&str; 6] = [
+    /// Every event a run writes, in run order within a step (`tool_call`, once per round of a
+    /// `tool_loop` state, and `waiting` come after `execute`; `waiting` is followed by the same
+    /// step's `state_exit` once the signal is there).
+    pub const WRITTEN: [&str; 7] = [
         MACHINE_START,
         STATE_ENTER,
         EXECUTE,
+        TOOL_CALL,
         WAITING,
         STATE_EXIT,
         MACHINE_END,
     ];
 
     /// Position of an event within one step, in run order (`machine_start` 0, `state_enter`
-    /// 1, `execute` 2, `waiting` and any other event 3, `state_exit` 4, `machine_end` 5): how
-    /// every store orders, prunes and resumes the checkpoints of one step.
+    /// 1, `execute` 2, `tool_call`, `waiting` and any other event 3, `state_exit` 4,
+    /// `machine_end` 5): how every store orders, prunes and resumes the checkpoints of one step.
     pub fn rank(event: &str) -> u8 {
         match event {
             MACHINE_START => 0,

@@ -26,12 +26,13 @@ use super::{
 use crate::Context;
 
 /// The events in run order within a step: a record's `event` is its index here (the order
-/// of [`checkpoint_event::rank`], with `waiting` placed after any other event).
-pub(crate) const EVENTS_IN_ORDER: [&str; 7] = [
+/// of [`checkpoint_event::rank`], with `tool_call` and `waiting` placed after any other event).
+pub(crate) const EVENTS_IN_ORDER: [&str; 8] = [
     checkpoint_event::MACHINE_START,
     checkpoint_event::STATE_ENTER,
     checkpoint_event::EXECUTE,
     checkpoint_event::UNKNOWN,
+    checkpoint_event::TOOL_CALL,
     checkpoint_event::WAITING,
     checkpoint_event::STATE_EXIT,
     checkpoint_event::MACHINE_END,

@@ -272,10 +272,10 @@ impl Dispatcher {
                 }
                 continue;
             }
-            if w.is_claimable(now, &self.owner) {
-                if let Some(machine) = self.machine_named(&w.machine) {
-                    ready.push((w, machine));
-                }
+            if w.is_claimable(now, &self.owner)
+                && let Some(machine) = self.machine_named(&w.machine)
+            {
+                ready.push((w, machine));
             }
         }
         let cap = self.options.max_concurrency.max(1);

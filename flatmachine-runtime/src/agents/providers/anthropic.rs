@@ -9,6 +9,7 @@ use serde_json::{Map, json};
 
 use super::http::{self, Auth, Post, Transport};
 use super::stream::StreamFormat;
+use super::tool_wire;
 use crate::Value;
 use crate::agents::llm::{LlmBackend, LlmError, LlmRequest, LlmResponse, Role, Usage};
 
@@ -34,6 +35,10 @@ use crate::agents::llm::{LlmBackend, LlmError, LlmRequest, LlmResponse, Role, Us
 ///   are not sent (the API rejects unknown fields). There is no JSON mode in this API version:
 ///   for [`ResponseFormat::Json`](crate::agents::ResponseFormat::Json) the backend relies on
 ///   the prompt's instruction (which the caller adds); no assistant prefill is used.
+/// * **Tools**: with [`LlmRequest::tools`], `tools` (`name`, `description`, `input_schema`)
+///   and `tool_choice`; assistant tool calls become `tool_use` blocks and results
+///   `tool_result` blocks in the following user turn (consecutive user turns merged). The
+///   reply's `tool_use` blocks become [`LlmResponse::tool_calls`] (their `input` as JSON text).
 /// * **Reply**: the `text` of every `content` block of type `text`, concatenated;
 ///   `stop_reason` as the finish reason; `model`; usage — `input_tokens` reported **includes**
 ///   cached tokens (the API's `input_tokens` + `cache_read_input_tokens` +
@@ -113,17 +118,18 @@ impl AnthropicBackend {
         if !system.is_empty() {
             body.insert("system".into(), Value::Array(system));
         }
-        body.insert(
-            "messages".into(),
-            Value::Array(
-                request
-                    .messages
-                    .iter()
-                    .filter(|m| m.role != Role::System)
-                    .map(|m| json!({"role": m.role, "content": [block(&m.content)]}))
-                    .collect(),
-            ),
-        );
+        let messages = if tool_wire::uses_tools(request) {
+            tool_wire::anthropic_messages(&request.messages)
+        } else {
+            request
+                .messages
+                .iter()
+                .filter(|m| m.role != Role::System)
+                .map(|m| json!({"role": m.role, "content": [block(&m.content)]}))
+                .collect()
+        };
+        body.insert("messages".into(), Value::Array(messages));
+        tool_wire::anthropic_tools(request, &mut body);
         body.insert("temperature".into(), json!(request.temperature));
         if let Some(top_p) = request.top_p {
             body.insert("top_p".into(), json!(top_p));
@@ -195,6 +201,8 @@ fn parse_reply(body: &Value, attempts: u32) -> Result<LlmResponse, LlmError> {
         .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
         .filter_map(|b| b.get("text").and_then(Value::as_str))
         .collect();
+    let tool_calls = tool_wire::anthropic_tool_calls(blocks)
+        .map_err(|e| http::malformed("anthropic", &e, body))?;
     let count = |name: &str| {
         body.get("usage")
             .and_then(|u| u.get(name))
@@ -215,5 +223,6 @@ fn parse_reply(body: &Value, attempts: u32) -> Result<LlmResponse, LlmError> {
         model: http::text(body, "model"),
         finish_reason: http::text(body, "stop_reason"),
         attempts,
+        tool_calls,
     })
 }

@@ -70,6 +70,8 @@ mod http;
 #[cfg(feature = "openai")]
 mod openai;
 mod stream;
+#[cfg(any(feature = "openai", feature = "anthropic"))]
+mod tool_wire;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -87,6 +89,8 @@ pub use http::{
 };
 #[cfg(feature = "openai")]
 pub use openai::OpenAiBackend;
+#[cfg(any(feature = "openai", feature = "anthropic"))]
+pub use tool_wire::{MAX_TOOL_CALLS_PER_REPLY, MAX_TOOL_NAME};
 
 /// Whether `provider` speaks the Anthropic Messages API (per the provider table).
 fn is_anthropic(provider: Option<&str>) -> bool {

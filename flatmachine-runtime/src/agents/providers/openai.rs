@@ -9,6 +9,7 @@ use serde_json::{Map, json};
 
 use super::http::{self, Auth, Post, Transport};
 use super::stream::StreamFormat;
+use super::tool_wire;
 use crate::Value;
 pub use crate::agents::llm::JsonMode;
 use crate::agents::llm::{LlmBackend, LlmError, LlmRequest, LlmResponse, ResponseFormat, Usage};
@@ -38,6 +39,11 @@ use crate::agents::llm::{LlmBackend, LlmError, LlmRequest, LlmResponse, Response
 ///   [`ResponseFormat::Json`] becomes a `response_format` per the request's
 ///   [`json_mode`](LlmRequest::json_mode) (the profile's `json_mode`), else the backend's
 ///   [`JsonMode`] (default `json_schema`).
+/// * **Tools**: with [`LlmRequest::tools`], `tools` (function format) and `tool_choice`;
+///   assistant messages carry `tool_calls`, results go as `role: tool` messages with their
+///   `tool_call_id`. A reply's `choices[0].message.tool_calls` become
+///   [`LlmResponse::tool_calls`] (arguments kept as the model wrote them; at most 128 calls);
+///   a streamed reply's `tool_calls` deltas are joined into the same calls.
 /// * **Reply**: `choices[0].message.content` (a `null` content is an empty reply),
 ///   `choices[0].finish_reason`, `model`, and `usage.prompt_tokens` / `completion_tokens` /
 ///   `prompt_tokens_details.cached_tokens`. A 2xx reply that is not JSON or has no
@@ -111,7 +117,7 @@ impl OpenAiBackend {
                 request
                     .messages
                     .iter()
-                    .map(|m| json!({"role": m.role, "content": m.content}))
+                    .map(tool_wire::openai_message)
                     .collect(),
             ),
         );
@@ -135,6 +141,7 @@ impl OpenAiBackend {
                 body.insert(name.into(), value);
             }
         }
+        tool_wire::openai_tools(request, &mut body);
         if let ResponseFormat::Json { name, schema } = &request.response_format {
             let format = match request.json_mode.unwrap_or(self.json_mode) {
                 JsonMode::JsonSchema => json!({
@@ -202,6 +209,7 @@ fn parse_reply(body: &Value, attempts: u32) -> Result<LlmResponse, LlmError> {
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(malformed("choices[0].message.content is not text")),
     };
+    let tool_calls = tool_wire::openai_tool_calls(message).map_err(|e| malformed(&e))?;
     let count = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
     let usage = body.get("usage");
     let usage = Usage {
@@ -219,5 +227,6 @@ fn parse_reply(body: &Value, attempts: u32) -> Result<LlmResponse, LlmError> {
         model: http::text(body, "model"),
         finish_reason: http::text(choice, "finish_reason"),
         attempts,
+        tool_calls,
     })
 }

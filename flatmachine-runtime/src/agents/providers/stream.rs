@@ -4,7 +4,11 @@
 //! ([`emit_token_delta`](crate::events::emit_token_delta)) as it arrives; the events are put
 //! back together into the body the same call would have returned unstreamed, which the
 //! provider's usual reply parser then reads — so a streamed call gives the same
-//! `LlmResponse` (content, usage, model, finish reason) as an unstreamed one.
+//! `LlmResponse` (content, tool calls, usage, model, finish reason) as an unstreamed one.
+//! Tool calls arrive in pieces (OpenAI: `delta.tool_calls[]` by `index`, the arguments text
+//! in fragments; Anthropic: a `tool_use` block whose input comes as `input_json_delta`
+//! fragments) and are joined here; input that does not parse as JSON is kept as its text, so
+//! the tool loop answers that call with an error instead of failing the whole reply.
 //!
 //! A stream that ends before its last event (`data: [DONE]`, `message_stop`), an event that is
 //! not valid SSE or JSON, an error event, or a stream past the size cap is a provider error;
@@ -16,6 +20,10 @@ use sse_stream::SseStream;
 
 use crate::Value;
 use crate::agents::llm::{LlmError, LlmErrorKind};
+
+/// Highest tool-call `index` + 1 accepted in a stream (the reply parser then refuses more than
+/// [`MAX_TOOL_CALLS_PER_REPLY`](super::MAX_TOOL_CALLS_PER_REPLY) calls, as unstreamed).
+const MAX_STREAMED_TOOL_CALLS: u64 = 1024;
 
 /// The wire format of a streamed reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +112,9 @@ struct Assembler {
     finish_reason: Value,
     /// Anthropic: the content blocks by index (text accumulated; tool input as JSON text).
     blocks: Vec<(Value, String)>,
+    /// OpenAI: the tool calls by `index` (`{id, type, function: {name, arguments}}`, the
+    /// arguments text joined from its fragments).
+    tool_calls: Vec<Value>,
     started: bool,
     done: bool,
 }
@@ -116,6 +127,7 @@ impl Assembler {
             content: String::new(),
             finish_reason: Value::Null,
             blocks: Vec::new(),
+            tool_calls: Vec::new(),
             started: false,
             done: false,
         }
@@ -158,6 +170,15 @@ impl Assembler {
                         self.content.push_str(text);
                         delta_text = Some(text.to_string());
                     }
+                    if let Some(calls) = choice
+                        .get("delta")
+                        .and_then(|d| d.get("tool_calls"))
+                        .and_then(Value::as_array)
+                    {
+                        for call in calls {
+                            self.openai_tool_call(call)?;
+                        }
+                    }
                     if let Some(reason) = choice.get("finish_reason").filter(|r| !r.is_null()) {
                         self.finish_reason = reason.clone();
                     }
@@ -170,6 +191,49 @@ impl Assembler {
             }
         }
         Ok(delta_text)
+    }
+
+    /// Adds one `delta.tool_calls[]` piece to the call at its `index`.
+    fn openai_tool_call(&mut self, piece: &Value) -> Result<(), StreamError> {
+        let index = piece
+            .get("index")
+            .and_then(Value::as_u64)
+            .filter(|i| *i < MAX_STREAMED_TOOL_CALLS)
+            .ok_or_else(|| {
+                StreamError::Malformed("a tool call delta without a valid index".into())
+            })? as usize;
+        if self.tool_calls.len() <= index {
+            self.tool_calls.resize(index + 1, Value::Null);
+        }
+        let call = &mut self.tool_calls[index];
+        if call.is_null() {
+            *call =
+                json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}});
+        }
+        let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
+        if let Some(id) = text(piece, "id").filter(|id| !id.is_empty()) {
+            call["id"] = Value::String(id);
+        }
+        if let Some(function) = piece.get("function") {
+            // The name comes whole in one piece (some servers repeat it in every piece).
+            if let Some(name) = text(function, "name").filter(|n| !n.is_empty()) {
+                let known = call["function"]["name"].as_str().unwrap_or_default();
+                if known != name {
+                    call["function"]["name"] = Value::String(format!("{known}{name}"));
+                }
+            }
+            match function.get("arguments") {
+                Some(Value::String(fragment)) => {
+                    append(&mut call["function"], "arguments", fragment)
+                }
+                // A server sending the arguments as an object sends them whole.
+                Some(other @ Value::Object(_)) => {
+                    call["function"]["arguments"] = Value::String(other.to_string());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn anthropic(&mut self, name: Option<&str>, data: &str) -> Result<Option<String>, StreamError> {
@@ -223,7 +287,10 @@ impl Assembler {
                 if let Some((block, partial_json)) = self.blocks.get_mut(index)
                     && !partial_json.is_empty()
                 {
-                    let input = parse(partial_json)?;
+                    // Input that is not JSON stays text: the tool loop answers that call with
+                    // an error, the rest of the reply is kept.
+                    let input = serde_json::from_str(partial_json)
+                        .unwrap_or_else(|_| Value::String(partial_json.clone()));
                     if let Value::Object(b) = block {
                         b.insert("input".into(), input);
                     }
@@ -271,11 +338,20 @@ impl Assembler {
         match self.format {
             StreamFormat::OpenAi => {
                 self.body.insert("object".into(), json!("chat.completion"));
+                let mut message = json!({"role": "assistant", "content": self.content});
+                let calls: Vec<Value> = self
+                    .tool_calls
+                    .into_iter()
+                    .filter(|c| !c.is_null())
+                    .collect();
+                if !calls.is_empty() {
+                    message["tool_calls"] = Value::Array(calls);
+                }
                 self.body.insert(
                     "choices".into(),
                     json!([{
                         "index": 0,
-                        "message": {"role": "assistant", "content": self.content},
+                        "message": message,
                         "finish_reason": self.finish_reason,
                     }]),
                 );
@@ -380,6 +456,76 @@ mod tests {
             ],
         );
         assert_eq!(body.unwrap()["content"][0]["input"], json!({"a": 1}));
+    }
+
+    #[test]
+    fn openai_tool_call_pieces_are_joined_by_index() {
+        let (deltas, body) = feed(
+            StreamFormat::OpenAi,
+            &[
+                (
+                    None,
+                    r#"{"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"Let me see."}}]}"#,
+                ),
+                (
+                    None,
+                    r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"lookup","arguments":"{\"wo"}}]}}]}"#,
+                ),
+                (
+                    None,
+                    r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"c2","function":{"name":"count","arguments":"{}"}},{"index":0,"function":{"arguments":"rd\":\"x\"}"}}]}}]}"#,
+                ),
+                (
+                    None,
+                    r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+                ),
+                (None, "[DONE]"),
+            ],
+        );
+        assert_eq!(deltas, vec!["Let me see.".to_string()]);
+        let body = body.unwrap();
+        let message = &body["choices"][0]["message"];
+        assert_eq!(message["content"], "Let me see.");
+        assert_eq!(
+            message["tool_calls"],
+            json!([
+                {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{\"word\":\"x\"}"}},
+                {"id": "c2", "type": "function", "function": {"name": "count", "arguments": "{}"}},
+            ])
+        );
+        assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+        let (_, bad) = feed(
+            StreamFormat::OpenAi,
+            &[(
+                None,
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"function":{"name":"f"}}]}}]}"#,
+            )],
+        );
+        assert!(bad.unwrap_err().contains("valid index"));
+    }
+
+    #[test]
+    fn anthropic_tool_input_that_is_not_json_is_kept_as_text() {
+        let (_, body) = feed(
+            StreamFormat::Anthropic,
+            &[
+                (
+                    None,
+                    r#"{"type":"message_start","message":{"model":"m","content":[]}}"#,
+                ),
+                (
+                    None,
+                    r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t1","name":"f","input":{}}}"#,
+                ),
+                (
+                    None,
+                    r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"a\":"}}"#,
+                ),
+                (None, r#"{"type":"content_block_stop","index":0}"#),
+                (None, r#"{"type":"message_stop"}"#),
+            ],
+        );
+        assert_eq!(body.unwrap()["content"][0]["input"], json!("{\"a\":"));
     }
 
     #[test]
