@@ -401,18 +401,19 @@ impl Dispatcher {
             let Ok(Some(up)) = store.load_latest(&id).await else {
                 break;
             };
-            let parked_for_child = up.event.as_deref() == Some(checkpoint_event::WAITING)
-                && self.machine_named(&up.machine_name).is_some_and(|m| {
-                    m.spec()
-                        .state(&up.current_state)
-                        .is_some_and(|(_, st)| st.wait_for.is_none() && !st.machine.is_empty())
-                });
-            if !parked_for_child {
+            if up.event.as_deref() != Some(checkpoint_event::WAITING) {
                 break;
             }
             let Some(m) = self.machine_named(&up.machine_name) else {
                 break;
             };
+            let parked_for_child = m
+                .spec()
+                .state(&up.current_state)
+                .is_some_and(|(_, st)| st.wait_for.is_none() && !st.machine.is_empty());
+            if !parked_for_child {
+                break;
+            }
             parent = up.parent_execution_id.clone();
             target = (up.execution_id, m);
         }
