@@ -369,4 +369,18 @@ mod tests {
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(e[0].help, vec!["did you mean `review`?".to_string()]);
     }
+
+    #[test]
+    fn a_waiting_state_cannot_also_run_a_tool_loop() {
+        let (_, _, d) = run(
+            "spec: flatmachine\nspec_version: \"1.0.0\"\ndata:\n  states:\n    start:\n      type: initial\n      wait_for: approvals\n      tool_loop: true\n      transitions:\n        - to: done\n    done:\n      type: final\n",
+        );
+        let messages: Vec<String> = d.errors().map(|e| e.message.clone()).collect();
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("waits for a signal") && m.contains("`tool_loop`")),
+            "{messages:?}"
+        );
+    }
 }

@@ -347,6 +347,10 @@ impl Cx<'_> {
             ("machine", def.machine.is_some()),
             ("foreach", def.foreach.is_some()),
             ("launch", def.launch.is_some()),
+            (
+                "tool_loop",
+                def.tool_loop.as_ref().is_some_and(|t| t.config().is_some()),
+            ),
         ];
         for (key, present) in other_work {
             if present {
