@@ -94,6 +94,39 @@ fn the_context_is_converted_per_evaluation() {
     assert_eq!(P.eval(&context), Ok(true));
 }
 
+/// The compiler and the runtime keep their own lists of CEL names (the runtime does not
+/// depend on the compiler): the type identifiers must be the same, and every function the
+/// compiler lets a condition call must exist at run time. A function called with no arguments
+/// fails with a complaint about its arguments; one the runtime lacks fails as undeclared.
+#[test]
+fn the_compiler_and_the_runtime_know_the_same_cel_names() {
+    use flatmachine_build::expr::cel::{FUNCTIONS, TYPE_NAMES};
+    assert_eq!(flatmachine_runtime::cel::TYPE_NAMES, TYPE_NAMES);
+    const MACROS: &[&str] = &["has", "all", "exists", "exists_one", "map", "filter"];
+    let context = Context::new();
+    let mut missing = Vec::new();
+    for name in FUNCTIONS.iter().filter(|f| !MACROS.contains(f)) {
+        let src = leak_str(&format!("{name}() == null"));
+        match CelProgram::new(src, None).eval(&context) {
+            Err(e) if e.message().to_lowercase().contains("undeclared") => {
+                missing.push(format!("{name}: {}", e.message()))
+            }
+            _ => {}
+        }
+    }
+    // The check above can fail: a name the runtime does not bind is reported as undeclared.
+    let unknown = CelProgram::new("noSuchFunction() == null", None).eval(&context);
+    assert!(
+        unknown.is_err_and(|e| e.message().to_lowercase().contains("undeclared")),
+        "an unknown function must be reported as undeclared"
+    );
+    assert!(
+        missing.is_empty(),
+        "functions the runtime lacks:\n{}",
+        missing.join("\n")
+    );
+}
+
 // -------------------------------------------------------------------------------------------
 // Machines with `expression_engine: cel`, end to end
 // -------------------------------------------------------------------------------------------
