@@ -43,7 +43,9 @@
 //! machine is configured with — whatever its backend — see [`crate::inspect`]; `--tree`
 //! prints run trees instead (see [`crate::run_tree`]). The operator commands (`pool`,
 //! `workers`, `stats`, `prune`) work on the pools, registry and checkpoints the machine's YAML
-//! names — see [`crate::distributed::admin::command`].
+//! names — see [`crate::distributed::admin::command`]. When `FLATMACHINE_EVENT_STREAM` is set
+//! (by a [`SubprocessInvoker`] whose parent run is streamed), `run` and `resume` also write the
+//! run's events on stderr, one line each starting with that variable's value.
 
 use std::process::ExitCode;
 
@@ -52,7 +54,7 @@ use clap::{Parser, Subcommand};
 
 use crate::cli_signals;
 use crate::engine::{InvokeRequest, MachineInvoker};
-use crate::process::{CallError, CallLimits, ChildEnv, run_bounded};
+use crate::process::{CallError, CallLimits, ChildEnv, run_bounded_with};
 use crate::{
     Machine, MachineBuilder, RunFailure, RunOptions, RunResult, StateError, Value, error_type,
 };
@@ -462,7 +464,10 @@ async fn watch(
     let telemetry = telemetry_from_env();
     #[cfg(not(feature = "otel"))]
     let telemetry: Option<()> = None;
-    if progress.is_none() && telemetry.is_none() {
+    // A parent process that runs this one as its child machine and streams its own run asks
+    // for the events on stderr (`SubprocessInvoker`).
+    let mut parent = crate::events::wire::ParentPipe::from_env();
+    if progress.is_none() && telemetry.is_none() && parent.is_none() {
         return machine.execute(input, options).await;
     }
     let mut stream = machine.stream(input, options);
@@ -473,6 +478,29 @@ async fn watch(
         #[cfg(feature = "otel")]
         if let Some(t) = &telemetry {
             t.record(&event);
+        }
+        if let Some(pipe) = &mut parent {
+            pipe.push(&event);
+            // Whatever else is queued goes in the same write.
+            while pipe.pending() < 64 * 1024 {
+                let Some(Some(next)) =
+                    futures::FutureExt::now_or_never(futures::StreamExt::next(&mut stream))
+                else {
+                    break;
+                };
+                if let Some(p) = &mut progress {
+                    p.record(&next);
+                }
+                #[cfg(feature = "otel")]
+                if let Some(t) = &telemetry {
+                    t.record(&next);
+                }
+                pipe.push(&next);
+            }
+            if !pipe.flush() {
+                // The parent stopped reading: the run goes on without sending.
+                parent = None;
+            }
         }
     }
     let result = stream.result().await;
@@ -620,6 +648,11 @@ fn find_child(root: &Machine, name: &str) -> Option<Machine> {
 /// (`--max-agent-calls`) and counts what the child reports; children running at the same
 /// time each get the whole remainder, so together they can pass the limit by what they make
 /// concurrently. Child machine names must be unique within the tree.
+///
+/// When the parent's run is streamed ([`Machine::stream`]), the child is asked for its events
+/// (a token in `FLATMACHINE_EVENT_STREAM`), writes them as lines on stderr, and the invoker
+/// re-emits them on the parent's stream, checked and bounded as untrusted input (see
+/// `docs/observability.md`, "Children in other processes").
 #[derive(Debug, Clone)]
 pub struct SubprocessInvoker {
     program: std::path::PathBuf,
@@ -706,11 +739,29 @@ impl MachineInvoker for SubprocessInvoker {
             command.args(["--max-agent-calls", n.as_str()]);
         }
         self.env.apply_tokio(&mut command);
+        // When the parent's run is streamed, the child sends its events (see
+        // `events::wire`); a token inherited from further up is never passed on.
+        command.env_remove(crate::events::wire::ENV);
+        let mut events = crate::events::RunEvents::current()
+            .filter(|e| e.is_listening())
+            .and_then(|target| {
+                crate::events::wire::ChildEvents::new(
+                    target,
+                    crate::events::wire::new_token(),
+                    request.parent.spec(),
+                    request.machine,
+                    &request.execution_id,
+                    request.parent_execution_id.as_deref(),
+                )
+            });
+        if let Some(e) = &events {
+            command.env(crate::events::wire::ENV, e.token());
+        }
         let limits = CallLimits {
             timeout: self.timeout,
             max_output: self.max_output,
         };
-        let out = match run_bounded(command, input, limits).await {
+        let out = match run_bounded_with(command, input, limits, events.as_mut()).await {
             Ok(out) => out,
             Err(CallError::Timeout(limit)) => {
                 return Err(StateError::new(

@@ -21,6 +21,9 @@
 //! A consumer that drops the stream (or calls [`RunStream::result`]) stops the events: the run
 //! goes on without emitting. With no stream at all, a run builds no event.
 
+#[cfg(feature = "cli")]
+pub(crate) mod wire;
+
 use crate::agents::Usage;
 use crate::engine::{RunFailure, RunResult, RunTotals};
 use crate::{StateError, Value};
@@ -453,6 +456,21 @@ impl RunEvents {
         if let Some(event) = self.buffer.try_push(self.event(kind)) {
             self.buffer.push(event).await;
         }
+    }
+
+    /// Re-emits an event of a child run in another process, as it is (never dropped: waits
+    /// for room).
+    #[cfg(feature = "cli")]
+    pub(crate) async fn forward(&self, event: RunEvent) {
+        if let Some(event) = self.buffer.try_push(event) {
+            self.buffer.push(event).await;
+        }
+    }
+
+    /// Whether a consumer still reads the stream.
+    #[cfg(feature = "cli")]
+    pub(crate) fn is_listening(&self) -> bool {
+        !self.buffer.is_closed()
     }
 
     /// Sends token text without waiting: kept aside (and joined) while the buffer is full.

@@ -206,9 +206,20 @@ impl Drop for GroupKiller {
 /// `limits`, in a process group of its own that is killed when the call ends (see the
 /// [module docs](self)). The command's stdio and process group are set here.
 pub(crate) async fn run_bounded(
+    command: tokio::process::Command,
+    input: Vec<u8>,
+    limits: CallLimits,
+) -> Result<CallOutput, CallError> {
+    run_bounded_with(command, input, limits, None).await
+}
+
+/// [`run_bounded`], with the event lines of the child's stderr (those that start with the
+/// token of `events`) handed to `events` instead of kept with the rest of stderr.
+pub(crate) async fn run_bounded_with(
     mut command: tokio::process::Command,
     input: Vec<u8>,
     limits: CallLimits,
+    events: Option<&mut StderrEvents>,
 ) -> Result<CallOutput, CallError> {
     command
         .stdin(Stdio::piped())
@@ -238,9 +249,10 @@ pub(crate) async fn run_bounded(
         }
     };
     let read_err = async move {
-        match stderr {
-            Some(err) => Ok(read_tail(err, STDERR_TAIL).await),
-            None => Ok(Vec::new()),
+        match (stderr, events) {
+            (Some(err), None) => Ok(read_tail(err, STDERR_TAIL).await),
+            (Some(err), Some(events)) => Ok(read_stderr_events(err, STDERR_TAIL, events).await),
+            (None, _) => Ok(Vec::new()),
         }
     };
     let group_ref = &group;
@@ -289,6 +301,127 @@ async fn read_tail<R: AsyncRead + Unpin>(reader: R, keep: usize) -> Vec<u8> {
         }
     })
     .await;
+    if tail.len() > keep {
+        tail.drain(..tail.len() - keep);
+    }
+    tail
+}
+
+/// Where the event lines of a child's stderr go.
+#[cfg(feature = "cli")]
+pub(crate) type StderrEvents = crate::events::wire::ChildEvents;
+/// Where the event lines of a child's stderr go (none without the `cli` feature).
+#[cfg(not(feature = "cli"))]
+pub(crate) enum StderrEvents {}
+
+#[cfg(not(feature = "cli"))]
+impl StderrEvents {
+    fn token(&self) -> &str {
+        match *self {}
+    }
+    async fn line(&mut self, _line: &[u8]) {
+        match *self {}
+    }
+    fn oversized(&mut self) {
+        match *self {}
+    }
+    fn finish(&self) {
+        match *self {}
+    }
+}
+
+/// Where the current line of a child's stderr stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LineKind {
+    /// Too short yet to tell whether it starts with the token.
+    Undecided,
+    /// An event line, collected (at most [`wire::MAX_LINE`] bytes).
+    Event,
+    /// An event line past the limit: the rest of it is skipped.
+    Oversized,
+    /// Any other line: goes to the tail as it comes.
+    Other,
+}
+
+/// [`read_tail`], but lines that start with `events`' token and a space are event lines,
+/// handed to `events` one by one (each at most `wire::MAX_LINE` bytes; a longer one is
+/// dropped) rather than kept in the tail.
+async fn read_stderr_events<R: AsyncRead + Unpin>(
+    mut reader: R,
+    keep: usize,
+    events: &mut StderrEvents,
+) -> Vec<u8> {
+    #[cfg(feature = "cli")]
+    let max_line = crate::events::wire::MAX_LINE;
+    #[cfg(not(feature = "cli"))]
+    let max_line = 0;
+    let prefix = format!("{} ", events.token()).into_bytes();
+    let mut tail = Vec::new();
+    let mut keep_tail = |bytes: &[u8]| {
+        tail.extend_from_slice(bytes);
+        if tail.len() > 2 * keep {
+            tail.drain(..tail.len() - keep);
+        }
+    };
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut line: Vec<u8> = Vec::new();
+    let mut kind = LineKind::Undecided;
+    loop {
+        let n = match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut rest = &chunk[..n];
+        while !rest.is_empty() {
+            let newline = rest.iter().position(|b| *b == b'\n');
+            let (part, ended) = match newline {
+                Some(i) => (&rest[..i], true),
+                None => (rest, false),
+            };
+            rest = match newline {
+                Some(i) => &rest[i + 1..],
+                None => &[],
+            };
+            if kind == LineKind::Undecided {
+                line.extend_from_slice(part);
+                if line.len() >= prefix.len() || ended {
+                    if line.starts_with(&prefix) {
+                        kind = LineKind::Event;
+                        line.drain(..prefix.len());
+                    } else {
+                        kind = LineKind::Other;
+                        keep_tail(&line);
+                        line.clear();
+                    }
+                }
+            } else if kind == LineKind::Event {
+                line.extend_from_slice(part);
+            } else if kind == LineKind::Other {
+                keep_tail(part);
+            }
+            if kind == LineKind::Event && line.len() > max_line {
+                kind = LineKind::Oversized;
+                line = Vec::new();
+            }
+            if ended {
+                match kind {
+                    LineKind::Event => events.line(&line).await,
+                    LineKind::Oversized => events.oversized(),
+                    LineKind::Other | LineKind::Undecided => keep_tail(b"\n"),
+                }
+                line.clear();
+                kind = LineKind::Undecided;
+            }
+        }
+    }
+    // A last line without its newline.
+    match kind {
+        LineKind::Event => events.line(&line).await,
+        LineKind::Oversized => events.oversized(),
+        LineKind::Undecided => keep_tail(&line),
+        LineKind::Other => {}
+    }
+    events.finish();
     if tail.len() > keep {
         tail.drain(..tail.len() - keep);
     }

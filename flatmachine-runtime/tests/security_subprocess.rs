@@ -317,6 +317,140 @@ mod invoker {
         assert!(args.len() < 1000, "{} bytes of arguments", args.len());
     }
 
+    /// Issue 23: a streamed parent asks its child process for events (a token in the
+    /// environment, events as lines on stderr). The child's lines are untrusted: garbage, a
+    /// line without the token, events claiming the parent's execution or an execution outside
+    /// the child's tree, names the child's machine does not have, and a 2 MiB line are dropped;
+    /// the well-formed events of the child's own execution reach the parent's stream, tagged
+    /// with the child's id and the parent's. An unstreamed parent passes no token.
+    #[tokio::test]
+    async fn a_child_process_events_are_checked_before_they_reach_the_parent_stream() {
+        use flatmachine_runtime::RunOptions;
+        use flatmachine_runtime::events::EventKind;
+        use futures::StreamExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("token");
+        let app = script(
+            dir.path(),
+            "events.sh",
+            &format!(
+                r#"T="$FLATMACHINE_EVENT_STREAM"
+id=''; parent=''; last=''
+for a in "$@"; do
+  case "$last" in --execution-id) id="$a";; --parent-id) parent="$a";; esac
+  last="$a"
+done
+cat > /dev/null
+echo "${{T:-none}}" > {marker}
+ev() {{
+  printf '%s {{"execution_id":"%s","parent_execution_id":"%s","machine":"%s","at":1700000000000000000,"event":%s}}\n' "$T" "$1" "$2" "$3" "$4" >&2
+}}
+if [ -n "$T" ]; then
+  ev "$id" "$parent" invoke_child '{{"type":"MachineStart","resumed":false}}'
+  echo "$T this is not json" >&2
+  echo "$T" >&2
+  echo 'fm-event-00000000000000000000000000000000 {{"execution_id":"x"}}' >&2
+  ev "$parent" "" invoke_parent '{{"type":"StateEnter","state":"done","step":9}}'
+  ev "$id" "$parent" invoke_child '{{"type":"StateEnter","state":"nowhere","step":1}}'
+  ev "$id" "$parent" invoke_parent '{{"type":"StateEnter","state":"start","step":1}}'
+  ev stranger "$id" invoke_child '{{"type":"StateEnter","state":"start","step":1}}'
+  ev grandchild "$id" invoke_parent '{{"type":"MachineStart","resumed":false}}'
+  ev "$id" "$parent" invoke_child '{{"type":"CheckpointSaved","event":"bogus","state":"start","step":1,"latency_ns":0}}'
+  {{ printf '%s {{"execution_id":"%s","parent_execution_id":"%s","machine":"invoke_child","at":0,"event":{{"type":"TokenDelta","text":"' "$T" "$id" "$parent"
+     head -c 2097152 /dev/zero | tr '\0' a
+     printf '"}}}}\n'; }} >&2
+  ev "$id" "$parent" invoke_child '{{"type":"StateEnter","state":"start","step":1}}'
+  ev "$id" "$parent" invoke_child '{{"type":"Transition","from":"start","to":"done"}}'
+fi
+echo "a log line" >&2
+echo '{{"size": 7}}'
+"#,
+                marker = marker.display()
+            ),
+        );
+        let m = Machine::of::<invoke_parent::Machine>()
+            .invoker(Arc::new(SubprocessInvoker::new(&app)))
+            .no_persistence()
+            .build()
+            .unwrap();
+
+        // Unstreamed: no token, no event lines.
+        let r = m.run(json!({"blob": "x"})).await.unwrap();
+        assert_eq!(r.output["got"]["size"], 7, "{:?}", r.output);
+        assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "none");
+
+        let mut stream = m.stream(
+            json!({"blob": "x"}),
+            RunOptions::new().execution_id("root-sub"),
+        );
+        let mut seen = Vec::new();
+        while let Some(e) = stream.next().await {
+            seen.push(e);
+        }
+        let r = stream.result().await.unwrap();
+        assert_eq!(r.output["got"]["size"], 7, "{:?}", r.output);
+        let token = std::fs::read_to_string(&marker).unwrap();
+        assert!(token.trim().starts_with("fm-event-"), "{token}");
+
+        // Only the child's three well-formed events, tagged, between the parent's state
+        // enter and exit.
+        let child: Vec<_> = seen
+            .iter()
+            .filter(|e| &*e.execution_id != "root-sub")
+            .collect();
+        assert_eq!(child.len(), 3, "{child:#?}");
+        for e in &child {
+            assert_eq!(e.parent_execution_id.as_deref(), Some("root-sub"));
+            assert_eq!(e.machine, "invoke_child");
+            assert_eq!(
+                e.at,
+                std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+            );
+        }
+        assert_eq!(child[0].kind, EventKind::MachineStart { resumed: false });
+        assert_eq!(
+            child[1].kind,
+            EventKind::StateEnter {
+                state: "start",
+                step: 1
+            }
+        );
+        assert_eq!(
+            child[2].kind,
+            EventKind::Transition {
+                from: "start",
+                to: "done"
+            }
+        );
+        let root: Vec<_> = seen
+            .iter()
+            .filter(|e| &*e.execution_id == "root-sub")
+            .map(|e| &e.kind)
+            .collect();
+        assert!(
+            !root.contains(&&EventKind::StateEnter {
+                state: "done",
+                step: 9
+            }),
+            "a forged parent event got through: {root:#?}"
+        );
+        let pos = |k: &EventKind| seen.iter().position(|e| &e.kind == k).unwrap();
+        let enter = pos(&EventKind::StateEnter {
+            state: "start",
+            step: 1,
+        });
+        let exit = pos(&EventKind::StateExit {
+            state: "start",
+            step: 1,
+        });
+        let child_at = seen
+            .iter()
+            .position(|e| &*e.execution_id != "root-sub")
+            .unwrap();
+        assert!(enter < child_at && child_at < exit, "{seen:#?}");
+    }
+
     /// Item 11: a child machine that never ends is killed after the invoker's timeout.
     #[tokio::test]
     async fn child_machine_call_has_its_own_timeout() {
