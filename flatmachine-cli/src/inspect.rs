@@ -170,7 +170,7 @@ async fn run_on_defaults(execution_id: Option<&str>, json: bool) -> Result<Outpu
 
 /// The checkpoints of a Redis server (`RedisPersistence`), keys under `prefix`.
 /// The store `dir` names: a directory, `sqlite:PATH`, or `redis://…` with its key `prefix`.
-fn open(dir: &str, prefix: Option<&str>) -> Result<CheckpointStore, String> {
+pub fn open(dir: &str, prefix: Option<&str>) -> Result<CheckpointStore, String> {
     if dir.starts_with("redis://") || dir.starts_with("rediss://") {
         redis_store(dir, prefix)
     } else {

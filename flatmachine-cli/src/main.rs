@@ -6,6 +6,7 @@
 mod convert;
 mod inspect;
 mod signals;
+mod ui;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use flatmachine_build::graph::GraphFormat;
@@ -139,6 +140,32 @@ enum Command {
         /// The fork's execution id (default: a new UUID).
         #[arg(long = "id")]
         new_id: Option<String>,
+    },
+    /// Serve the console: a local web UI over a checkpoint store — runs, graphs, timelines,
+    /// prompts and replies, live updates, signals for waiting runs.
+    ///
+    /// Example: `flatmachine ui --dir sqlite:.checkpoints/checkpoints.sqlite --port 8765`.
+    Ui {
+        /// The checkpoint store: a directory, `sqlite:PATH` or `redis://HOST:PORT/DB`
+        /// (default: `.checkpoints/checkpoints.sqlite` when it exists, else `.checkpoints`).
+        #[arg(long)]
+        dir: Option<String>,
+        /// The port (0: any free one).
+        #[arg(long, default_value_t = flatmachine_runtime::console::DEFAULT_PORT)]
+        port: u16,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        /// Listen on an address that is not a loopback one (the console has no login).
+        #[arg(long)]
+        allow_remote: bool,
+        /// Where signals sent from the page go: `sqlite:PATH`, `redis` or `redis://HOST:PORT`
+        /// (without it the page cannot send signals).
+        #[arg(long)]
+        signals: Option<String>,
+        /// The Redis key prefix (default `FLATMACHINE_REDIS_PREFIX`, else `flatmachine`).
+        #[arg(long)]
+        prefix: Option<String>,
     },
     /// Operator commands for distributed workers: pools, workers, stats, retention.
     #[command(flatten)]
@@ -352,6 +379,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Ui {
+            dir,
+            port,
+            bind,
+            allow_remote,
+            signals,
+            prefix,
+        } => finish(ui::run(ui::UiArgs {
+            dir,
+            prefix,
+            signals,
+            bind,
+            port,
+            allow_remote,
+        })),
         Command::Admin(command) => match admin(command) {
             Ok(text) => {
                 emit(&text);

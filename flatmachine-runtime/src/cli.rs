@@ -17,6 +17,7 @@
 //! app waiting [--json]
 //! app dispatch [--once] [--poll-ms N] [--allow-fingerprint-change]
 //! app fork ID [--step N] [--event EVENT] [--set KEY=JSON]... [--id NEW_ID] [--allow-fingerprint-change]
+//! app ui [--port N] [--bind ADDR] [--allow-remote] [--dispatch]
 //! app pool list | pool jobs POOL | pool requeue POOL … | pool drop-poisoned POOL …
 //! app workers list | workers remove …
 //! app stats | app prune
@@ -162,6 +163,22 @@ enum Command {
         /// run stands and whether anything will resume it.
         #[arg(long)]
         tree: bool,
+    },
+    /// Serve the console: a local web UI over the machine's checkpoints (runs, graphs,
+    /// timelines, prompts and replies, live updates, signals for waiting runs).
+    Ui {
+        /// The port (0: any free one).
+        #[arg(long, default_value_t = crate::console::DEFAULT_PORT)]
+        port: u16,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        /// Listen on an address that is not a loopback one (the console has no login).
+        #[arg(long)]
+        allow_remote: bool,
+        /// Also deliver signals and resume the runs they wake (as `dispatch` does).
+        #[arg(long)]
+        dispatch: bool,
     },
     /// Operator commands for distributed workers (pools, workers, stats, retention), on the
     /// stores the machine's YAML names.
@@ -444,6 +461,16 @@ async fn execute(builder: MachineBuilder, command: Command) -> Result<Outcome, F
                 fork.execution_id, fork.from.execution_id, fork.from.step
             );
             Ok(result)
+        }
+        Command::Ui {
+            port,
+            bind,
+            allow_remote,
+            dispatch,
+        } => {
+            let text = crate::cli_ui::ui(&root, bind, port, allow_remote, dispatch).await;
+            join(&root).await;
+            return text.map(Outcome::Text).map_err(Failure::from);
         }
         Command::Admin(command) => return admin(&root, command).await.map_err(Failure::from),
     };

@@ -9,6 +9,10 @@ pub mod cel;
 pub mod cli;
 #[cfg(feature = "cli")]
 mod cli_signals;
+#[cfg(feature = "cli")]
+mod cli_ui;
+#[cfg(feature = "console")]
+pub mod console;
 pub mod context;
 pub mod cost;
 pub mod distributed;
@@ -39,6 +43,7 @@ pub mod signals;
 mod sqlite;
 pub mod template;
 pub mod tools;
+pub mod trace;
 pub mod typed;
 
 pub use context::{Context, Value};

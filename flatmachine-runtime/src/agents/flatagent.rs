@@ -219,11 +219,13 @@ impl FlatAgentExecutor {
     /// billing on the error.
     async fn call(&self, state: Option<&str>, input: &Value) -> Result<AgentResult, StateError> {
         let request = self.request_at(state, input)?;
-        let reply = self.backend.complete(&request).await.map_err(|e| {
-            let mut err = StateError::from(e);
-            err.message = format!("agent `{}`: {}", self.config.name, err.message);
-            err
-        })?;
+        let reply = crate::trace::observe(&request, self.backend.complete(&request))
+            .await
+            .map_err(|e| {
+                let mut err = StateError::from(e);
+                err.message = format!("agent `{}`: {}", self.config.name, err.message);
+                err
+            })?;
         let billing = self.billing(&reply);
         self.read_reply(reply).map_err(|e| e.with_billing(billing))
     }

@@ -103,11 +103,13 @@ impl ToolAgent for FlatAgentExecutor {
         request.tools = tools.to_vec();
         request.tool_choice = choice;
         let name = self.config().name;
-        let reply = self.backend().complete(&request).await.map_err(|e| {
-            let mut err = StateError::from(e);
-            err.message = format!("agent `{name}`: {}", err.message);
-            err
-        })?;
+        let reply = crate::trace::observe(&request, self.backend().complete(&request))
+            .await
+            .map_err(|e| {
+                let mut err = StateError::from(e);
+                err.message = format!("agent `{name}`: {}", err.message);
+                err
+            })?;
         let cost = cost(&self.config().model, reply.usage);
         Ok(AgentResult {
             output: None,

@@ -111,6 +111,7 @@ pub struct MachineBuilder {
     keep_last: Option<usize>,
     signals: Option<Arc<dyn SignalBackend>>,
     write_config_hash: bool,
+    trace: bool,
     keep_finished: Option<Option<usize>>,
     checkpoint_on: Option<Vec<String>>,
 }
@@ -144,6 +145,7 @@ impl MachineBuilder {
             keep_last: None,
             signals: None,
             write_config_hash: true,
+            trace: true,
             keep_finished: None,
             checkpoint_on: None,
         }
@@ -410,6 +412,15 @@ impl MachineBuilder {
         self
     }
 
+    /// Whether runs write trace records beside their checkpoints (default `true`): each agent
+    /// call's prompts, reply, usage and latency, state errors with their route, failures, and
+    /// the machine's graph, for the console (`docs/console.md`). Only stores outside this
+    /// process (files, SQLite, Redis) get them. See [`crate::trace`].
+    pub fn trace(mut self, yes: bool) -> Self {
+        self.trace = yes;
+        self
+    }
+
     /// Treat an `action:` no handler accepts as a no-op (the reference's behaviour) instead of an
     /// `UnhandledActionError`.
     pub fn ignore_unhandled_actions(mut self, yes: bool) -> Self {
@@ -619,6 +630,7 @@ impl MachineBuilder {
             state_actions: std::sync::OnceLock::new(),
             signals,
             write_config_hash: self.write_config_hash,
+            trace: self.trace,
         }))
     }
 }

@@ -196,6 +196,7 @@ impl Machine {
             state_actions: std::sync::OnceLock::new(),
             signals: self.inner.signals.clone(),
             write_config_hash: self.inner.write_config_hash,
+            trace: self.inner.trace,
         }))
     }
 

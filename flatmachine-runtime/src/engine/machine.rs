@@ -55,6 +55,8 @@ pub(crate) struct Inner {
     pub signals: Arc<dyn SignalBackend>,
     /// Whether checkpoints carry the machine's fingerprint (`config_hash`).
     pub write_config_hash: bool,
+    /// Whether runs write trace records ([`crate::trace`]) to a store outside this process.
+    pub trace: bool,
 }
 
 impl Inner {
@@ -62,6 +64,15 @@ impl Inner {
     pub(super) fn config_hash(&self) -> Option<&'static str> {
         (self.write_config_hash && !self.spec.config_hash.is_empty())
             .then_some(self.spec.config_hash)
+    }
+
+    /// The store trace records go to: the checkpoint store, when tracing is on and the store
+    /// is not this process's memory.
+    pub(super) fn trace_store(&self) -> Option<&CheckpointStore> {
+        if !self.trace {
+            return None;
+        }
+        self.store.as_ref().filter(|s| !s.backend().keeps_records())
     }
 }
 
@@ -359,6 +370,12 @@ impl Machine {
             }
             None => Context::new(),
         };
+        if let Some(store) = self.inner.trace_store()
+            && let Err(e) =
+                Box::pin(crate::trace::write_graph(store, &run.execution_id, spec)).await
+        {
+            tracing::warn!(execution_id = %run.execution_id, error = %e, "cannot write the machine's graph");
+        }
         let live = run.live.clone();
         let events = run.events.clone();
         let ran = RunEvents::scope(
@@ -383,6 +400,19 @@ impl Machine {
         .await;
         run.tools.close().await;
         drop(guard);
+        if let (Err(error), Some(store)) = (&ran, self.inner.trace_store()) {
+            let state_error = error.to_state_error();
+            let record = crate::trace::TraceRecord::Failure(crate::trace::FailureTrace {
+                step: run.step,
+                error: crate::trace::TracedError::new(state_error.error_type, error.to_string()),
+                at: crate::persistence::utc_now_isoformat(),
+            });
+            if let Err(e) =
+                Box::pin(crate::trace::write_record(store, &run.execution_id, record)).await
+            {
+                tracing::warn!(execution_id = %run.execution_id, error = %e, "cannot write a trace record");
+            }
+        }
         let outcome = ran.map_err(|error| run.failure(error, context));
         run.emit(|| crate::events::machine_finished(&outcome)).await;
         outcome

@@ -587,12 +587,19 @@ impl Machine {
         error: StateError,
         context: &mut Context,
     ) -> Result<usize, RunError> {
-        let Some(events) = run.events.clone() else {
+        let trace = self.inner.trace_store().cloned();
+        if run.events.is_none() && trace.is_none() {
             return self.route_error_to(run, state, error, context).await;
-        };
+        }
         let reported = error.clone();
         let routed = self.route_error_to(run, state, error, context).await;
         let spec = self.inner.spec;
+        if let Some(store) = trace {
+            Box::pin(self.trace_error(&store, run, state, &reported, &routed)).await;
+        }
+        let Some(events) = run.events.clone() else {
+            return routed;
+        };
         let route = match &routed {
             Ok(i) => ErrorRoute::Recover(spec.states[*i].name),
             Err(_) => ErrorRoute::Fails,
@@ -702,7 +709,11 @@ impl Machine {
             output = Some(out);
         }
         if state.agent.is_some() && state.tool_loop.is_some() {
-            let out = self.run_tool_loop(run, index, context).await?;
+            let out = match self.inner.trace_store().cloned() {
+                None => self.run_tool_loop(run, index, context).await?,
+                // Boxed: the traced path stays off the stack of untraced runs.
+                Some(store) => Box::pin(self.traced_tool_loop(store, run, index, context)).await?,
+            };
             self.output_to_context(state, context, &out)?;
             output = Some(out);
         } else if let Some(agent) = state.agent {
@@ -723,14 +734,47 @@ impl Machine {
             })
             .await;
             let started = std::time::Instant::now();
-            let outcome = crate::agents::execution::execute(
+            let trace = self.inner.trace_store().cloned();
+            let work = crate::agents::execution::execute(
                 state.execution.as_ref(),
                 &budgeted,
                 &call,
                 &input,
                 context,
-            )
-            .await;
+            );
+            let (outcome, traced) = match trace {
+                None => (work.await, None),
+                Some(store) => {
+                    let started_at = crate::persistence::utc_now_isoformat();
+                    let (outcome, exchanges, omitted) = Box::pin(crate::trace::collect(work)).await;
+                    (outcome, Some((store, started_at, exchanges, omitted)))
+                }
+            };
+            if let Some((store, started_at, exchanges, omitted)) = traced {
+                let payload = outcome.as_ref().map(AgentResult::output_payload);
+                let call = CallTrace {
+                    state: state.name,
+                    agent,
+                    tool_loop: false,
+                    started_at,
+                    started,
+                    input: input.clone(),
+                    exchanges,
+                    omitted,
+                    before: TotalsMark::of(run),
+                };
+                let billed = match &outcome {
+                    Ok(r) => r.billing(),
+                    Err(e) => e.billed.as_deref().copied().unwrap_or_default(),
+                };
+                Box::pin(call.write_billed(
+                    &store,
+                    run,
+                    payload.as_ref().map(Some).map_err(|e| *e),
+                    billed,
+                ))
+                .await;
+            }
             run.emit(|| crate::events::agent_call_end(state.name, agent, &outcome, started))
                 .await;
             // Calls billed before the state failed (a reply that did not parse) still count.
@@ -752,6 +796,61 @@ impl Machine {
             output = Some(out);
         }
         Ok(output)
+    }
+
+    /// [`run_tool_loop`](Self::run_tool_loop), its model calls recorded as one trace record.
+    async fn traced_tool_loop(
+        &self,
+        store: CheckpointStore,
+        run: &mut Run,
+        index: usize,
+        context: &mut Context,
+    ) -> Result<Value, StateError> {
+        let state = &self.inner.spec.states[index];
+        let input = self.render_state_input(state, context).unwrap_or_default();
+        let before = TotalsMark::of(run);
+        let started_at = crate::persistence::utc_now_isoformat();
+        let started = std::time::Instant::now();
+        let (outcome, exchanges, omitted) =
+            crate::trace::collect(self.run_tool_loop(run, index, context)).await;
+        let call = CallTrace {
+            state: state.name,
+            agent: state.agent.unwrap_or_default(),
+            tool_loop: true,
+            started_at,
+            started,
+            input,
+            exchanges,
+            omitted,
+            before,
+        };
+        call.write(&store, run, outcome.as_ref().map(Some)).await;
+        outcome
+    }
+
+    /// Records a state error and where it was routed.
+    async fn trace_error(
+        &self,
+        store: &CheckpointStore,
+        run: &Run,
+        state: usize,
+        error: &StateError,
+        routed: &Result<usize, RunError>,
+    ) {
+        let spec = self.inner.spec;
+        let record = crate::trace::TraceRecord::Error(crate::trace::ErrorTrace {
+            step: run.step,
+            state: spec.states[state].name.to_owned(),
+            error: crate::trace::TracedError::new(error.error_type.clone(), error.message.clone()),
+            route: routed
+                .as_ref()
+                .ok()
+                .map(|i| spec.states[*i].name.to_owned()),
+            at: crate::persistence::utc_now_isoformat(),
+        });
+        if let Err(e) = crate::trace::write_record(store, &run.execution_id, record).await {
+            tracing::warn!(execution_id = %run.execution_id, error = %e, "cannot write a trace record");
+        }
     }
 
     /// The executor for `agent:` in this machine: a closure registered under that name, else
@@ -830,5 +929,103 @@ impl Machine {
             context.insert(key.to_string(), value);
         }
         Ok(())
+    }
+}
+
+/// The run's totals before a traced agent call (the call's share is the difference).
+#[derive(Clone, Copy)]
+struct TotalsMark {
+    api_calls: u64,
+    cost: f64,
+    usage: Usage,
+}
+
+impl TotalsMark {
+    fn of(run: &Run) -> Self {
+        Self {
+            api_calls: run.api_calls,
+            cost: run.cost,
+            usage: run.usage,
+        }
+    }
+}
+
+/// What a traced agent call collected, written as a [`crate::trace::AgentCallTrace`].
+struct CallTrace {
+    state: &'static str,
+    agent: &'static str,
+    tool_loop: bool,
+    started_at: String,
+    started: std::time::Instant,
+    input: Value,
+    exchanges: Vec<crate::trace::ModelExchange>,
+    omitted: usize,
+    before: TotalsMark,
+}
+
+impl CallTrace {
+    /// Writes the record; the call's billing is what the run's totals grew by.
+    async fn write(
+        self,
+        store: &CheckpointStore,
+        run: &Run,
+        outcome: Result<Option<&Value>, &StateError>,
+    ) {
+        let billed = crate::agents::Billing {
+            api_calls: run.api_calls.saturating_sub(self.before.api_calls),
+            cost: run.cost - self.before.cost,
+            usage: Usage {
+                input_tokens: run
+                    .usage
+                    .input_tokens
+                    .saturating_sub(self.before.usage.input_tokens),
+                output_tokens: run
+                    .usage
+                    .output_tokens
+                    .saturating_sub(self.before.usage.output_tokens),
+                cached_tokens: run
+                    .usage
+                    .cached_tokens
+                    .saturating_sub(self.before.usage.cached_tokens),
+            },
+        };
+        self.write_billed(store, run, outcome, billed).await;
+    }
+
+    /// Writes the record with this billing. A record that cannot be written is logged.
+    async fn write_billed(
+        self,
+        store: &CheckpointStore,
+        run: &Run,
+        outcome: Result<Option<&Value>, &StateError>,
+        billed: crate::agents::Billing,
+    ) {
+        use crate::trace::{AgentCallTrace, MAX_TEXT, TraceRecord, TracedError, bounded_value};
+        let (output, error) = match outcome {
+            Ok(output) => (output.map(|v| bounded_value(v.clone(), MAX_TEXT)), None),
+            Err(e) => (
+                None,
+                Some(TracedError::new(e.error_type.clone(), e.message.clone())),
+            ),
+        };
+        let record = TraceRecord::AgentCall(Box::new(AgentCallTrace {
+            step: run.step,
+            state: self.state.to_owned(),
+            agent: self.agent.to_owned(),
+            tool_loop: self.tool_loop,
+            started_at: self.started_at,
+            latency_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            input: bounded_value(self.input, MAX_TEXT),
+            exchanges: self.exchanges,
+            omitted_exchanges: self.omitted,
+            output,
+            api_calls: billed.api_calls,
+            cost: billed.cost,
+            usage: billed.usage,
+            error,
+        }));
+        if let Err(e) = crate::trace::write_record(store, &run.execution_id, record).await {
+            tracing::warn!(execution_id = %run.execution_id, error = %e, "cannot write a trace record");
+        }
     }
 }

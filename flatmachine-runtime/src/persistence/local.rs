@@ -381,6 +381,48 @@ impl PersistenceBackend for LocalFileBackend {
     fn file_path(&self, key: &str) -> Option<PathBuf> {
         self.path_for(key).ok()
     }
+
+    async fn execution_ids_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, PersistenceError> {
+        // One directory read of the root, then a `latest` check for the page's ids only.
+        let root = self.root.clone();
+        let after = after.map(str::to_owned);
+        blocking(move || {
+            let entries = match fs::read_dir(&root) {
+                Ok(entries) => entries,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(source) => {
+                    return Err(PersistenceError::Io {
+                        op: "list",
+                        path: root.clone(),
+                        source,
+                    });
+                }
+            };
+            let mut names: Vec<String> = entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|name| {
+                    !name.starts_with('.') && after.as_deref().is_none_or(|a| name.as_str() > a)
+                })
+                .collect();
+            names.sort_unstable();
+            let mut ids = Vec::new();
+            for name in names {
+                if ids.len() >= limit {
+                    break;
+                }
+                let latest = root.join(&name).join("latest");
+                if fs::symlink_metadata(&latest).is_ok_and(|m| m.is_file()) {
+                    ids.push(name);
+                }
+            }
+            Ok(ids)
+        })
+        .await
+    }
 }
 
 /// Runs blocking file-system work off the async worker threads.

@@ -323,4 +323,22 @@ pub trait PersistenceBackend: Send + Sync {
         let _ = key;
         None
     }
+
+    /// At most `limit` execution ids that have a `latest` pointer and sort after `after`
+    /// (all when `None`), in order: one page of a store's executions, for listings of any
+    /// size (the console's). The default lists every key; backends that can seek override it.
+    async fn execution_ids_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, PersistenceError> {
+        let keys = self.list("").await?;
+        Ok(keys
+            .iter()
+            .filter_map(|key| key.strip_suffix("/latest"))
+            .filter(|id| !id.contains('/') && after.is_none_or(|a| *id > a))
+            .take(limit)
+            .map(str::to_owned)
+            .collect())
+    }
 }

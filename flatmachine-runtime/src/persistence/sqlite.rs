@@ -390,4 +390,24 @@ impl PersistenceBackend for SqlitePersistence {
         let _ = key;
         Some(self.path.clone())
     }
+
+    async fn execution_ids_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, PersistenceError> {
+        let after = after.unwrap_or("").to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // The primary key's order from `after` on, stopping at the page's end.
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT execution_id FROM flatmachine_checkpoints
+                 WHERE execution_id > ?1 AND key = execution_id || '/latest'
+                 ORDER BY execution_id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
 }

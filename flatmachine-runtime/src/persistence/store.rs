@@ -370,6 +370,19 @@ impl CheckpointStore {
             .collect())
     }
 
+    /// One page of [`execution_ids`](Self::execution_ids): at most `limit` ids after `after`
+    /// (an id; `None` for the first page), sorted. Backends that can seek read only the page.
+    pub async fn execution_ids_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, PersistenceError> {
+        if let Some(after) = after {
+            validate_execution_id(after)?;
+        }
+        self.backend.execution_ids_after(after, limit).await
+    }
+
     /// Deletes every checkpoint of an execution and its `latest` pointer.
     pub async fn delete_execution(&self, execution_id: &str) -> Result<(), PersistenceError> {
         validate_execution_id(execution_id)?;

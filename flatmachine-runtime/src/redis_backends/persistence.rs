@@ -303,6 +303,59 @@ impl PersistenceBackend for RedisPersistence {
             .map_err(other)
     }
 
+    async fn execution_ids_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, PersistenceError> {
+        // The index is sorted by key: read it in batches from just past `after`'s pointer (the
+        // ids come in the order of their pointers' keys, the same on every page).
+        const BATCH: usize = 2000;
+        let mut ids = Vec::new();
+        let mut min = match after {
+            Some(a) => {
+                let mut m = b"(".to_vec();
+                m.extend_from_slice(a.as_bytes());
+                m.extend_from_slice(b"/latest");
+                m
+            }
+            None => b"-".to_vec(),
+        };
+        while ids.len() < limit {
+            let mut cmd = redis::cmd("ZRANGEBYLEX");
+            cmd.arg(self.index_key())
+                .arg(&min)
+                .arg("+")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(BATCH);
+            let cmd = &cmd;
+            let keys: Vec<String> = self
+                .conn
+                .run("checkpoint list", |mut c, _| async move {
+                    cmd.query_async(&mut c).await
+                })
+                .await
+                .map_err(other)?;
+            for key in &keys {
+                if let Some(id) = key.strip_suffix("/latest")
+                    && !id.contains('/')
+                    && ids.len() < limit
+                {
+                    ids.push(id.to_owned());
+                }
+            }
+            match keys.last() {
+                Some(last) if keys.len() == BATCH => {
+                    min = b"(".to_vec();
+                    min.extend_from_slice(last.as_bytes());
+                }
+                _ => break,
+            }
+        }
+        Ok(ids)
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>, PersistenceError> {
         let mut min = b"[".to_vec();
         min.extend_from_slice(prefix.as_bytes());
