@@ -14,7 +14,8 @@
 //!
 //! Prints a Markdown table: wall-clock jobs/s, and CPU per job — the worker processes' user +
 //! system time (orchestration: engine, hooks, client side of the store) and, for Redis, the
-//! server's — from `/proc` (Linux). The bench starts its own `redis-server` (AOF everysec).
+//! server's — from `/proc` (Linux); for Redis also the round trips per job (the scripts the
+//! server ran, from `INFO commandstats`). The bench starts its own `redis-server` (AOF everysec).
 
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
@@ -57,9 +58,9 @@ fn main() {
         .contains("redis")
         .then(redis_server::RedisServer::start);
     println!(
-        "| store | checkpoints | processes | jobs | seconds | jobs/s | worker CPU ms/job | server CPU ms/job |"
+        "| store | checkpoints | processes | jobs | seconds | jobs/s | worker CPU ms/job | server CPU ms/job | Redis round trips/job |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut run = 0;
     for store in stores.split(',').map(str::trim) {
         for mode in modes.split(',').map(str::trim) {
@@ -70,6 +71,7 @@ fn main() {
                 let url = server.as_ref().map(|s| s.url()).unwrap_or_default();
                 push(store, dir.path(), &url, &prefix, jobs);
                 let server_cpu = || server.as_ref().and_then(|s| s.pid()).map_or(0.0, proc_cpu);
+                let calls_before = redis_calls(store, &url);
                 let (cpu_before, server_before) = (children_cpu(), server_cpu());
                 let started = Instant::now();
                 let children: Vec<_> = (0..n)
@@ -92,13 +94,17 @@ fn main() {
                 let server_ms = (server_cpu() - server_before) * 1000.0 / jobs as f64;
                 let done = done(store, dir.path(), &url, &prefix);
                 assert_eq!(done, jobs as u64, "every job done");
-                let server_col = if store == "redis" {
-                    format!("{server_ms:.2}")
+                let (server_col, calls_col) = if store == "redis" {
+                    let calls = redis_calls(store, &url) - calls_before;
+                    (
+                        format!("{server_ms:.2}"),
+                        format!("{:.1}", calls as f64 / jobs as f64),
+                    )
                 } else {
-                    "-".to_string()
+                    ("-".to_string(), "-".to_string())
                 };
                 println!(
-                    "| {store} | {mode} | {n} | {jobs} | {secs:.2} | {:.0} | {worker_ms:.2} | {server_col} |",
+                    "| {store} | {mode} | {n} | {jobs} | {secs:.2} | {:.0} | {worker_ms:.2} | {server_col} | {calls_col} |",
                     jobs as f64 / secs
                 );
             }
@@ -141,6 +147,34 @@ fn done(store: &str, dir: &Path, url: &str, prefix: &str) -> u64 {
         .block_on(work.pool(POOL).stats())
         .expect("stats")
         .done
+}
+
+/// Scripts the Redis server has run so far (`EVALSHA` + `EVAL` of `INFO commandstats`): every
+/// call the backends make on a worker's path is one script, one round trip (the commands a
+/// script runs are counted under their own names and left out). 0 for SQLite.
+fn redis_calls(store: &str, url: &str) -> u64 {
+    if store != "redis" {
+        return 0;
+    }
+    let mut conn = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("redis");
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .expect("INFO");
+    stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split_once("calls=")?
+                .1
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 /// CPU seconds of this process's waited-for children (`/proc/self/stat` cutime + cstime).
@@ -192,11 +226,10 @@ fn worker(spec: &str) {
                 Ok(())
             })
         });
-        let store_for_all = hooks.checkpoint_store().cloned();
+        let hooks = Arc::new(hooks);
         let mut registry = HooksRegistry::new();
-        registry.register_instance("DistributedWorkerHooks", Arc::new(hooks));
+        registry.register_instance("DistributedWorkerHooks", hooks.clone());
         let builder = builder.hooks_registry(registry);
-        let _ = store_for_all;
         let builder = match mode {
             "none" => builder.no_persistence(),
             "default" => builder,
@@ -213,5 +246,6 @@ fn worker(spec: &str) {
                 break;
             }
         }
+        hooks.shutdown().await.expect("shutdown");
     });
 }

@@ -16,6 +16,8 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 
@@ -62,11 +64,55 @@ impl From<LockError> for StateError {
     }
 }
 
+/// A hold that a checkpoint store in the same *fencing domain* (the same server and key
+/// space, see [`PersistenceBackend::fencing_domain`](crate::persistence::PersistenceBackend::fencing_domain))
+/// may release in the same operation as the run's last checkpoint, sparing the release its
+/// own round trip. Clones share the "released" flag: once a store released the hold
+/// ([`mark_released`](Self::mark_released)), the guard's own release does nothing remote.
+#[derive(Debug, Clone)]
+pub struct FusedRelease {
+    domain: Arc<str>,
+    token: Arc<str>,
+    released: Arc<AtomicBool>,
+}
+
+impl FusedRelease {
+    /// A hold in `domain` whose lock value is `token` (released only while it still holds it).
+    pub fn new(domain: impl Into<Arc<str>>, token: impl Into<Arc<str>>) -> Self {
+        Self {
+            domain: domain.into(),
+            token: token.into(),
+            released: Arc::default(),
+        }
+    }
+
+    /// The fencing domain of the lock.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The value the lock holds while this hold lives.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Records that a store released the hold (the guard then skips its own release).
+    pub fn mark_released(&self) {
+        self.released.store(true, Ordering::Release);
+    }
+
+    /// Whether a store released the hold.
+    pub fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+}
+
 /// Proof of holding an execution lock; releases it when dropped.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
     execution_id: String,
     fencing_token: Option<u64>,
+    fused: Option<FusedRelease>,
     release: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
@@ -80,6 +126,7 @@ impl LockGuard {
         Self {
             execution_id: execution_id.into(),
             fencing_token: None,
+            fused: None,
             release: Some(Box::new(release)),
         }
     }
@@ -89,6 +136,7 @@ impl LockGuard {
         Self {
             execution_id: execution_id.into(),
             fencing_token: None,
+            fused: None,
             release: None,
         }
     }
@@ -109,6 +157,19 @@ impl LockGuard {
     /// The fencing token of this hold, if the lock issues them.
     pub fn fencing_token(&self) -> Option<u64> {
         self.fencing_token
+    }
+
+    /// Lets a checkpoint store of the same fencing domain release this hold with the run's
+    /// last checkpoint (see [`FusedRelease`]); the `release` closure given to
+    /// [`new`](Self::new) should check [`FusedRelease::is_released`].
+    pub fn with_fused_release(mut self, fused: FusedRelease) -> Self {
+        self.fused = Some(fused);
+        self
+    }
+
+    /// The hold a store may release with the last checkpoint, if the lock allows it.
+    pub fn fused_release(&self) -> Option<&FusedRelease> {
+        self.fused.as_ref()
     }
 
     /// Releases the lock now (same as dropping the guard).

@@ -138,6 +138,30 @@ async fn heartbeat_merges_metadata_and_deregister_terminates() {
         Some(json!({"load": 0.5, "jobs": 3}))
     );
 
+    // The end of a run: the worker stays registered (and heartbeating) for the process's
+    // next run, which registers nothing again.
+    act(&hooks, "deregister_worker", &mut c).await;
+    let record = backends.registration.get("w1").await.unwrap().unwrap();
+    assert_eq!(record.status, worker_status::ACTIVE);
+    assert!(hooks.heartbeating("w1"));
+    let mut again = ctx(json!({"worker_id": "w1", "pool_id": "p"}));
+    act(&hooks, "register_worker", &mut again).await;
+    assert_eq!(again["registered_at"], json!(record.started_at));
+    let unchanged = backends.registration.get("w1").await.unwrap().unwrap();
+    assert_eq!(unchanged.metadata, record.metadata, "not registered again");
+    // Shutting the process's workers down terminates them and stops the heartbeats.
+    hooks.shutdown().await.unwrap();
+    let record = backends.registration.get("w1").await.unwrap().unwrap();
+    assert_eq!(record.status, worker_status::TERMINATED);
+    assert!(!hooks.heartbeating("w1"));
+    // Without a heartbeat task here, `deregister_worker` terminates at once.
+    act(&hooks, "register_worker", &mut c).await;
+    hooks.shutdown().await.unwrap();
+    backends
+        .registration
+        .update_status("w1", worker_status::ACTIVE)
+        .await
+        .unwrap();
     act(&hooks, "deregister_worker", &mut c).await;
     let record = backends.registration.get("w1").await.unwrap().unwrap();
     assert_eq!(record.status, worker_status::TERMINATED);

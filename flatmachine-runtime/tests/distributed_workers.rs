@@ -51,8 +51,11 @@ async fn a_machine_driven_worker_heartbeats_while_its_job_runs() {
                 Ok(())
             })
         });
+    let hooks = Arc::new(hooks);
+    let mut hooks_registry = HooksRegistry::new();
+    hooks_registry.register_instance("DistributedWorkerHooks", hooks.clone());
     let machine = Machine::of::<memory_worker::Machine>()
-        .hooks_registry(registry(hooks))
+        .hooks_registry(hooks_registry)
         .build()
         .unwrap();
     let run = tokio::spawn({
@@ -78,11 +81,25 @@ async fn a_machine_driven_worker_heartbeats_while_its_job_runs() {
         "the heartbeat moved {} times in 300 ms",
         beats.len()
     );
+    // Between runs the worker stays registered and heartbeating: the process runs the
+    // machine again for the next job.
     let w = backends.registration.get("w1").await.unwrap().unwrap();
-    assert_eq!(w.status, worker_status::TERMINATED);
+    assert_eq!(w.status, worker_status::ACTIVE);
+    assert!(hooks.heartbeating("w1"));
     let published = w.metadata.unwrap();
     assert!(published[METRICS_METADATA_KEY]["claims"].as_u64().unwrap() >= 1);
-    // Deregistered: the heartbeat stops.
+    // The second run registers nothing again (the record keeps its start time).
+    let second = machine
+        .run(json!({"pool_id": "jobs", "worker_id": "w1"}))
+        .await
+        .unwrap();
+    assert_eq!(second.output["status"], json!("no_work_available"));
+    let again = backends.registration.get("w1").await.unwrap().unwrap();
+    assert_eq!(again.started_at, w.started_at);
+    // Shut down: terminated, and the heartbeat stops.
+    hooks.shutdown().await.unwrap();
+    let w = backends.registration.get("w1").await.unwrap().unwrap();
+    assert_eq!(w.status, worker_status::TERMINATED);
     let last = w.last_heartbeat;
     tokio::time::sleep(Duration::from_millis(150)).await;
     let after = backends.registration.get("w1").await.unwrap().unwrap();

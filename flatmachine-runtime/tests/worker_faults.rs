@@ -115,8 +115,9 @@ async fn worker(store: String, id: String, dir: PathBuf) {
             })
         }
     });
+    let hooks = Arc::new(hooks);
     let mut registry = HooksRegistry::new();
-    registry.register_instance("DistributedWorkerHooks", Arc::new(hooks));
+    registry.register_instance("DistributedWorkerHooks", hooks.clone());
     let machine = builder.hooks_registry(registry).build().unwrap();
     let input = json!({"pool_id": POOL, "worker_id": id});
     while !dir.join("stop").exists() {
@@ -131,6 +132,7 @@ async fn worker(store: String, id: String, dir: PathBuf) {
             }
         }
     }
+    hooks.shutdown().await.unwrap();
     let snapshot = serde_json::to_string(&metrics().snapshot()).unwrap();
     std::fs::write(dir.join(format!("{id}.metrics")), snapshot).unwrap();
 }

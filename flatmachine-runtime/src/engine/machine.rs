@@ -350,6 +350,7 @@ impl Machine {
             .map_err(early)?;
         let mut run = Run::new(writer, parent, hooks, max_steps, budget);
         run.fencing_token = guard.fencing_token();
+        run.lock_release = guard.fused_release().cloned();
         run.config_hash = self.inner.config_hash();
         run.events =
             RunEvents::for_run(&execution_id, run.parent_execution_id.as_deref(), spec.name);

@@ -145,6 +145,7 @@ impl Machine {
             budget,
         );
         run.fencing_token = guard.fencing_token();
+        run.lock_release = guard.fused_release().cloned();
         run.resumed = true;
         run.config_hash = self.inner.config_hash();
         run.forked_from = snap.forked_from.clone();

@@ -14,7 +14,8 @@ use crate::hooks::MachineHooks;
 use crate::machine::{MachineSpec, StateSpec};
 use crate::persistence::encoded::SnapshotParts;
 use crate::persistence::{
-    CheckpointStore, CheckpointWriter, ForkOrigin, LaunchIntent, PersistenceError,
+    CheckpointStore, CheckpointWriter, EncodedCheckpoint, ForkOrigin, LaunchIntent,
+    PersistenceError, checkpoint_event,
 };
 use crate::template::{self, ScopeRef, TemplateValue};
 use crate::{Context, StateError, Value};
@@ -83,6 +84,20 @@ pub(super) struct Run {
     /// The first `machine:`/`foreach` child of the current state that parked in a `wait_for`
     /// state (set by the child's future, taken when the state fails with `ChildWaiting`).
     pub(super) waiting_child: Arc<std::sync::Mutex<Option<WaitingChild>>>,
+    /// `execute` checkpoints of states that do no work, not saved yet: they go with the next
+    /// checkpoint, in one batch (see [`Machine::defer_checkpoint`]).
+    pub(super) deferred: Vec<DeferredCheckpoint>,
+    /// The execution lock's hold, when a store of its fencing domain may release it with the
+    /// `machine_end` checkpoint.
+    pub(super) lock_release: Option<crate::lock::FusedRelease>,
+}
+
+/// A checkpoint encoded but not saved yet, with what its `CheckpointSaved` event reports.
+pub(super) struct DeferredCheckpoint {
+    checkpoint: EncodedCheckpoint,
+    event: &'static str,
+    state: &'static str,
+    step: u64,
 }
 
 /// A child run that parked in a `wait_for` state: its parent parks with it.
@@ -130,6 +145,8 @@ impl Run {
             signal_ack: None,
             events: None,
             waiting_child: Arc::default(),
+            deferred: Vec::new(),
+            lock_release: None,
         }
     }
 
@@ -227,6 +244,21 @@ pub(super) fn action_only(state: &StateSpec) -> Option<&'static str> {
     if only { state.action } else { None }
 }
 
+/// Whether a state does no work between its `execute` checkpoint and the next one: no action,
+/// agent, child machine, launch, `wait_for` or tool loop (a routing state, or a final state
+/// whose output is a template). Its `execute` checkpoint can wait for the next checkpoint and
+/// be saved with it: a crash in between resumes from the checkpoint before, which re-runs
+/// nothing but this state's routing.
+pub(super) fn does_no_work(state: &StateSpec) -> bool {
+    state.action.is_none()
+        && state.agent.is_none()
+        && state.machine.is_empty()
+        && state.launch.is_empty()
+        && state.wait_for.is_none()
+        && state.tool_loop.is_none()
+        && state.foreach.is_none()
+}
+
 impl Machine {
     /// Writes one checkpoint of `run`: serialized once, straight from the borrowed context, or
     /// as a record sharing the context for a store in memory ([`CheckpointStore::write`]).
@@ -287,7 +319,116 @@ impl Machine {
             forked_from: run.forked_from.as_ref(),
             fencing_token: run.fencing_token,
         };
-        store.write(&mut run.writer, parts).await
+        // The lock goes with the last checkpoint when the store shares its fencing domain.
+        let release = if event == checkpoint_event::MACHINE_END && !store.backend().keeps_records()
+        {
+            run.lock_release.clone()
+        } else {
+            None
+        };
+        if run.deferred.is_empty() && release.is_none() {
+            return store.write(&mut run.writer, parts).await;
+        }
+        let checkpoint = run.writer.encode(parts)?;
+        let deferred = std::mem::take(&mut run.deferred);
+        let mut batch: Vec<EncodedCheckpoint> = Vec::with_capacity(deferred.len() + 1);
+        batch.extend(deferred.iter().map(|d| d.checkpoint.clone()));
+        batch.push(checkpoint);
+        let started = std::time::Instant::now();
+        store.save_encoded_batch(batch, release.as_ref()).await?;
+        Self::announce(run, &deferred, started.elapsed()).await;
+        Ok(())
+    }
+
+    /// Emits `CheckpointSaved` for checkpoints saved late (`latency`: the batch's).
+    async fn announce(run: &Run, saved: &[DeferredCheckpoint], latency: std::time::Duration) {
+        for d in saved {
+            run.emit(|| EventKind::CheckpointSaved {
+                event: d.event,
+                state: d.state,
+                step: d.step,
+                latency,
+            })
+            .await;
+        }
+    }
+
+    /// The `execute` checkpoint of a state that does no work ([`does_no_work`]), encoded now
+    /// and saved with the next checkpoint (one round trip for both on a networked store). A
+    /// store that keeps records in memory saves it at once: there is no round trip to spare.
+    async fn defer_checkpoint(
+        &self,
+        run: &mut Run,
+        state: &'static str,
+        context: &Context,
+    ) -> Result<(), RunError> {
+        let Some(store) = &self.inner.store else {
+            return Ok(());
+        };
+        if store.backend().keeps_records() {
+            return self
+                .checkpoint(run, checkpoint_event::EXECUTE, state, context, None)
+                .await;
+        }
+        let parts = SnapshotParts {
+            execution_id: "",
+            machine_name: self.inner.spec.name,
+            spec_version: self.inner.spec.spec_version,
+            current_state: state,
+            context,
+            step: run.step,
+            created_at: "",
+            event: Some(checkpoint_event::EXECUTE),
+            output: None,
+            total_api_calls: Some(run.api_calls),
+            total_cost: Some(run.cost),
+            parent_execution_id: run.parent_execution_id.as_deref(),
+            pending_launches: (!run.pending_launches.is_empty())
+                .then_some(run.pending_launches.as_slice()),
+            waiting_channel: None,
+            config_hash: run.config_hash,
+            wait_deadline: None,
+            forked_from: run.forked_from.as_ref(),
+            fencing_token: run.fencing_token,
+        };
+        let checkpoint = run.writer.encode(parts)?;
+        run.deferred.push(DeferredCheckpoint {
+            checkpoint,
+            event: checkpoint_event::EXECUTE,
+            state,
+            step: run.step,
+        });
+        Ok(())
+    }
+
+    /// Saves the checkpoints still deferred when the loop returned (a run that ended without a
+    /// later checkpoint). A failure to save fails a run that succeeded; a run that failed
+    /// keeps its own error (the save failure is logged).
+    async fn settle_deferred(
+        &self,
+        run: &mut Run,
+        result: Result<RunResult, RunError>,
+    ) -> Result<RunResult, RunError> {
+        if run.deferred.is_empty() {
+            return result;
+        }
+        let Some(store) = &self.inner.store else {
+            return result;
+        };
+        let deferred = std::mem::take(&mut run.deferred);
+        let batch = deferred.iter().map(|d| d.checkpoint.clone()).collect();
+        let started = std::time::Instant::now();
+        match (store.save_encoded_batch(batch, None).await, result) {
+            (Ok(()), result) => {
+                Self::announce(run, &deferred, started.elapsed()).await;
+                result
+            }
+            (Err(e), Ok(_)) => Err(e.into()),
+            (Err(e), Err(error)) => {
+                tracing::warn!(execution_id = %run.execution_id, error = %e, "could not save the last checkpoints of a failed run");
+                Err(error)
+            }
+        }
     }
 
     /// Whether `event` gets a checkpoint: there is a store and `checkpoint_on` (if set) lists
@@ -334,6 +475,17 @@ impl Machine {
     /// Runs states from `start` until a final state; `context` is left as the run left it
     /// (also on failure, for [`RunFailure`](super::RunFailure)).
     pub(super) async fn run_loop(
+        &self,
+        run: &mut Run,
+        context: &mut Context,
+        start: usize,
+        entry: Entry,
+    ) -> Result<RunResult, RunError> {
+        let result = self.run_states(run, context, start, entry).await;
+        self.settle_deferred(run, result).await
+    }
+
+    async fn run_states(
         &self,
         run: &mut Run,
         context: &mut Context,
@@ -387,8 +539,12 @@ impl Machine {
                     continue;
                 }
                 if self.checkpoints("execute") {
-                    self.checkpoint(run, "execute", state.name, context, None)
-                        .await?;
+                    if does_no_work(state) {
+                        self.defer_checkpoint(run, state.name, context).await?;
+                    } else {
+                        self.checkpoint(run, "execute", state.name, context, None)
+                            .await?;
+                    }
                 }
             }
             let mut output = match resumed_output {

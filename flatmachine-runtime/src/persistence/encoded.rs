@@ -32,6 +32,7 @@ pub struct EncodedCheckpoint {
     event: &'static str,
     created_at: IsoTimestamp,
     json: Arc<[u8]>,
+    fencing_token: Option<u64>,
 }
 
 impl EncodedCheckpoint {
@@ -54,6 +55,7 @@ impl EncodedCheckpoint {
             event: static_event(event),
             created_at: IsoTimestamp::parse(&snapshot.created_at),
             json: Arc::from(json),
+            fencing_token: snapshot.fencing_token,
         })
     }
 
@@ -101,6 +103,12 @@ impl EncodedCheckpoint {
     /// The snapshot's JSON, shared.
     pub fn json_shared(&self) -> &Arc<[u8]> {
         &self.json
+    }
+
+    /// The fencing token the snapshot carries (its `fencing_token` field), if any: what a
+    /// store that checks fencing compares with the newest token of the execution.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.fencing_token
     }
 
     /// Parses the JSON back into a snapshot (for backends that store structs).
@@ -235,6 +243,7 @@ impl CheckpointWriter {
             event,
             created_at,
             json: Arc::from(json),
+            fencing_token: parts.fencing_token,
         })
     }
 

@@ -275,6 +275,48 @@ pub trait PersistenceBackend: Send + Sync {
         ))
     }
 
+    /// Saves checkpoints of one execution, in run order, then (with `keep`) deletes all but
+    /// its newest `keep` checkpoints, never the last one saved — what
+    /// [`CheckpointStore`] calls when the run loop hands it several checkpoints at once, or
+    /// one that retention prunes after. The `latest` pointer ends on the last one. With
+    /// `release` (a hold of the execution's lock in this backend's
+    /// [`fencing_domain`](Self::fencing_domain)) a backend that can also releases the lock in
+    /// the same operation and calls [`FusedRelease::mark_released`](crate::lock::FusedRelease::mark_released).
+    ///
+    /// Backends that can do it all in one operation (one transaction, one server-side script)
+    /// override this. The default saves each checkpoint
+    /// ([`save_encoded_now`](Self::save_encoded_now), else [`save_encoded`](Self::save_encoded)),
+    /// then prunes ([`prune_checkpoints`](Self::prune_checkpoints)), and leaves the lock to its
+    /// guard. Nothing is pruned unless every save succeeded.
+    async fn save_encoded_batch(
+        &self,
+        checkpoints: Vec<EncodedCheckpoint>,
+        keep: Option<usize>,
+        release: Option<&crate::lock::FusedRelease>,
+    ) -> Result<(), PersistenceError> {
+        let _ = release;
+        let last = checkpoints.last().map(|c| c.key_shared().clone());
+        for checkpoint in checkpoints {
+            match self.save_encoded_now(&checkpoint) {
+                Some(result) => result?,
+                None => self.save_encoded(checkpoint).await?,
+            }
+        }
+        if let (Some(keep), Some(key)) = (keep, last) {
+            let execution_id = &key[..key.rfind('/').unwrap_or(0)];
+            self.prune_checkpoints(execution_id, &key, keep).await?;
+        }
+        Ok(())
+    }
+
+    /// The fencing domain of this backend: a name shared with the execution locks that keep
+    /// their keys and fencing tokens in the same place (the same Redis server, database and
+    /// key prefix), so [`save_encoded_batch`](Self::save_encoded_batch) can release such a
+    /// lock. `None` (the default): no lock shares this backend's domain.
+    fn fencing_domain(&self) -> Option<String> {
+        None
+    }
+
     /// Deletes all but the newest `keep` checkpoints of `execution_id` (ordered by step, then
     /// event in run order), never the checkpoint `saved` (the one `latest` names). Backends that
     /// can prune where the data lives (a server-side script, one `DELETE`) override this; the

@@ -138,21 +138,8 @@ impl SqlitePersistence {
         for (key, _) in &rows {
             validate_key(key)?;
         }
-        self.call(move |conn| {
-            immediate(conn, |tx| {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO flatmachine_checkpoints
-                         (execution_id, key, step, event_rank, data)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?;
-                for (key, data) in &rows {
-                    let (execution_id, step, rank) = row_meta(key);
-                    stmt.execute(params![execution_id, key, step, rank, data])?;
-                }
-                Ok::<_, SqliteError>(())
-            })
-        })
-        .await
+        self.call(move |conn| immediate(conn, |tx| insert_rows(tx, &rows)))
+            .await
     }
 
     fn corrupt(&self, key: &str, reason: String) -> PersistenceError {
@@ -189,6 +176,41 @@ impl CheckpointStore {
             path, options,
         )?)))
     }
+}
+
+/// Writes `(key, bytes)` rows (replacing what was there).
+fn insert_rows(conn: &rusqlite::Connection, rows: &[(String, Vec<u8>)]) -> Result<(), SqliteError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO flatmachine_checkpoints
+             (execution_id, key, step, event_rank, data)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (key, data) in rows {
+        let (execution_id, step, rank) = row_meta(key);
+        stmt.execute(params![execution_id, key, step, rank, data])?;
+    }
+    Ok(())
+}
+
+/// Deletes the snapshots of `execution_id` older than the newest `keep` (by step, event rank,
+/// key: the order `CheckpointStore` uses), never `saved`.
+fn prune(
+    conn: &rusqlite::Connection,
+    execution_id: &str,
+    saved: &str,
+    keep: i64,
+) -> Result<(), SqliteError> {
+    let mut stmt = conn.prepare_cached(
+        "DELETE FROM flatmachine_checkpoints
+         WHERE execution_id = ?1 AND step IS NOT NULL AND key <> ?2
+           AND key NOT IN (
+               SELECT key FROM flatmachine_checkpoints
+               WHERE execution_id = ?1 AND step IS NOT NULL
+               ORDER BY step DESC, event_rank DESC, key DESC
+               LIMIT ?3)",
+    )?;
+    stmt.execute(params![execution_id, saved, keep])?;
+    Ok(())
 }
 
 fn check_read_only(conn: &rusqlite::Connection) -> Result<(), SqliteError> {
@@ -282,6 +304,38 @@ impl PersistenceBackend for SqlitePersistence {
         .await
     }
 
+    /// The checkpoints, the `latest` pointer and the pruning in one transaction.
+    async fn save_encoded_batch(
+        &self,
+        checkpoints: Vec<EncodedCheckpoint>,
+        keep: Option<usize>,
+        _release: Option<&crate::lock::FusedRelease>,
+    ) -> Result<(), PersistenceError> {
+        let Some(last) = checkpoints.last() else {
+            return Ok(());
+        };
+        let saved = last.key().to_owned();
+        let mut rows: Vec<(String, Vec<u8>)> = Vec::with_capacity(checkpoints.len() + 1);
+        rows.extend(
+            checkpoints
+                .iter()
+                .map(|c| (c.key().to_owned(), c.json().to_vec())),
+        );
+        rows.push((last.latest_key().to_owned(), saved.as_bytes().to_vec()));
+        let execution_id = last.execution_id().to_owned();
+        let keep = keep.map(|k| i64::try_from(k).unwrap_or(i64::MAX));
+        self.call(move |conn| {
+            immediate(conn, |tx| {
+                insert_rows(tx, &rows)?;
+                if let Some(keep) = keep {
+                    prune(tx, &execution_id, &saved, keep)?;
+                }
+                Ok::<_, SqliteError>(())
+            })
+        })
+        .await
+    }
+
     async fn prune_checkpoints(
         &self,
         execution_id: &str,
@@ -292,22 +346,8 @@ impl PersistenceBackend for SqlitePersistence {
         let execution_id = execution_id.to_owned();
         let saved = saved.to_owned();
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
-        self.call(move |conn| {
-            // Deletes the snapshots older than the newest `keep` (by step, event rank, key:
-            // the order `CheckpointStore` uses), never `saved`.
-            let mut stmt = conn.prepare_cached(
-                "DELETE FROM flatmachine_checkpoints
-                 WHERE execution_id = ?1 AND step IS NOT NULL AND key <> ?2
-                   AND key NOT IN (
-                       SELECT key FROM flatmachine_checkpoints
-                       WHERE execution_id = ?1 AND step IS NOT NULL
-                       ORDER BY step DESC, event_rank DESC, key DESC
-                       LIMIT ?3)",
-            )?;
-            stmt.execute(params![execution_id, saved, keep])?;
-            Ok(())
-        })
-        .await
+        self.call(move |conn| prune(conn, &execution_id, &saved, keep))
+            .await
     }
 
     async fn load(&self, key: &str) -> Result<Option<MachineSnapshot>, PersistenceError> {

@@ -154,25 +154,53 @@ impl CheckpointStore {
     /// Saves a checkpoint serialized once by a [`CheckpointWriter`](super::CheckpointWriter)
     /// (what the execution loop calls): like [`save`](Self::save), without building or
     /// copying a [`MachineSnapshot`], and done on the spot when the backend can
-    /// ([`PersistenceBackend::save_encoded_now`]).
+    /// ([`PersistenceBackend::save_encoded_now`]). When retention prunes after it, the save
+    /// and the pruning are one [`PersistenceBackend::save_encoded_batch`] (one transaction or
+    /// round trip where the backend can).
     pub async fn save_encoded(
         &self,
         checkpoint: EncodedCheckpoint,
     ) -> Result<(), PersistenceError> {
-        let pruning = self
-            .prune_after(checkpoint.key_shared())
-            .map(|keep| (keep, checkpoint.key_shared().clone()));
+        if let Some(keep) = self.prune_after(checkpoint.key_shared()) {
+            return self
+                .backend
+                .save_encoded_batch(vec![checkpoint], Some(keep), None)
+                .await;
+        }
         match self.backend.save_encoded_now(&checkpoint) {
-            Some(result) => result?,
-            None => self.backend.save_encoded(checkpoint).await?,
+            Some(result) => result,
+            None => self.backend.save_encoded(checkpoint).await,
         }
-        if let Some((keep, key)) = pruning {
-            let execution_id = &key[..key.rfind('/').unwrap_or(0)];
+    }
+
+    /// Saves several checkpoints of one execution, in run order (the `latest` pointer ends
+    /// on the last), then prunes as configured after the last one — one
+    /// [`PersistenceBackend::save_encoded_batch`]. With `release`, a backend sharing the
+    /// lock's fencing domain also releases the execution's lock in the same operation.
+    pub async fn save_encoded_batch(
+        &self,
+        mut checkpoints: Vec<EncodedCheckpoint>,
+        release: Option<&crate::lock::FusedRelease>,
+    ) -> Result<(), PersistenceError> {
+        let Some(last) = checkpoints.last() else {
+            return Ok(());
+        };
+        let keep = self.prune_after(last.key_shared());
+        let release = release.filter(|r| {
             self.backend
-                .prune_checkpoints(execution_id, &key, keep)
-                .await?;
+                .fencing_domain()
+                .is_some_and(|d| d == r.domain())
+        });
+        if checkpoints.len() == 1
+            && keep.is_none()
+            && release.is_none()
+            && let Some(only) = checkpoints.pop()
+        {
+            return self.save_encoded(only).await;
         }
-        Ok(())
+        self.backend
+            .save_encoded_batch(checkpoints, keep, release)
+            .await
     }
 
     /// Saves one checkpoint of the execution `writer` writes (what the execution loop calls):

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use redis::Script;
 
 use super::{RedisConnection, RedisPersistence, RedisSetupError};
-use crate::lock::{ExecutionLock, LockError, LockGuard};
+use crate::lock::{ExecutionLock, FusedRelease, LockError, LockGuard};
 use crate::persistence::validate_execution_id;
 
 /// KEYS = lock key, fence counter; ARGV = token, lease ms. The new fencing token, or 0 if held.
@@ -63,6 +63,11 @@ return 0
 ",
     )
 });
+
+/// The key of `execution_id`'s lock.
+pub(crate) fn lock_key(conn: &RedisConnection, execution_id: &str) -> String {
+    conn.key(&format!("lock:{execution_id}"))
+}
 
 /// Lease settings of a [`RedisLock`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +117,7 @@ impl RedisLock {
     }
 
     fn lock_key(&self, execution_id: &str) -> String {
-        self.conn.key(&format!("lock:{execution_id}"))
+        lock_key(&self.conn, execution_id)
     }
 
     fn lease_ms(&self) -> u64 {
@@ -147,6 +152,8 @@ impl ExecutionLock for RedisLock {
                 execution_id: execution_id.to_owned(),
             });
         }
+        // The run's last checkpoint may release the lock in the same script (same domain).
+        let fused = FusedRelease::new(self.conn.domain(), token.clone());
         let renewal = self.options.renew_every.map(|every| {
             let (conn, key, token, id) = (
                 self.conn.clone(),
@@ -154,9 +161,13 @@ impl ExecutionLock for RedisLock {
                 token.clone(),
                 execution_id.to_owned(),
             );
+            let fused = fused.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
+                    if fused.is_released() {
+                        break;
+                    }
                     let renewed: Result<i64, _> = conn
                         .run("lock renewal", |mut c, _| {
                             let mut inv = RENEW.prepare_invoke();
@@ -166,6 +177,7 @@ impl ExecutionLock for RedisLock {
                         .await;
                     match renewed {
                         Ok(1) => {}
+                        Ok(_) if fused.is_released() => break,
                         Ok(_) => {
                             tracing::warn!(
                                 execution_id = %id,
@@ -181,9 +193,13 @@ impl ExecutionLock for RedisLock {
             })
         });
         let conn = self.conn.clone();
+        let released = fused.clone();
         let guard = LockGuard::new(execution_id, move || {
             if let Some(task) = renewal {
                 task.abort();
+            }
+            if released.is_released() {
+                return;
             }
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
@@ -200,6 +216,6 @@ impl ExecutionLock for RedisLock {
                 });
             }
         });
-        Ok(guard.with_fencing_token(fence))
+        Ok(guard.with_fencing_token(fence).with_fused_release(fused))
     }
 }

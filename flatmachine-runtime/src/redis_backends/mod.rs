@@ -277,6 +277,18 @@ impl RedisConnection {
         &self.inner.client
     }
 
+    /// The fencing domain of the backends on this connection: server address, database and
+    /// key prefix. A [`RedisLock`] and a [`RedisPersistence`] with the same domain keep the
+    /// lock and the checkpoints' fencing records side by side, so the last checkpoint of a
+    /// run can release the lock in the same script.
+    pub fn domain(&self) -> String {
+        let info = self.inner.client.get_connection_info();
+        format!(
+            "redis {} db {} prefix {}",
+            info.addr, info.redis.db, self.inner.prefix
+        )
+    }
+
     /// Whether two handles share one connection.
     pub fn same_connection(&self, other: &RedisConnection) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)

@@ -23,9 +23,10 @@ use async_trait::async_trait;
 use redis::Script;
 
 use super::{RedisConnection, RedisSetupError};
+use crate::lock::FusedRelease;
 use crate::persistence::{
-    MachineSnapshot, PersistenceBackend, PersistenceError, checkpoint_event, parse_snapshot_key,
-    validate_execution_id, validate_key,
+    EncodedCheckpoint, MachineSnapshot, PersistenceBackend, PersistenceError, checkpoint_event,
+    parse_snapshot_key, validate_execution_id, validate_key,
 };
 
 /// A checkpoint refused because its fencing token is older than the execution's newest one:
@@ -87,6 +88,53 @@ for _, key in ipairs(redis.call('ZRANGE', KEYS[1], 0, excess - 1)) do
   end
 end
 return n
+",
+    )
+});
+
+/// KEYS = index, exec zset, latest data key, lock counter, fence record, lock key (or '').
+/// ARGV = data key prefix (`F:cp:`), token (or ''), keep (or ''), lock value to release (or
+/// ''), latest key, then (key, bytes, score) per checkpoint, in run order.
+/// `{0, released}` saved (released: 1 when the lock was deleted); `{1, newest}` refused by the
+/// fencing check (nothing written, nothing pruned, the lock left alone).
+static SAVE_BATCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[2] ~= '' then
+  local token = tonumber(ARGV[2])
+  local issued = tonumber(redis.call('GET', KEYS[4]) or '0')
+  local recorded = tonumber(redis.call('GET', KEYS[5]) or '0')
+  local newest = math.max(issued, recorded)
+  if token < newest then return {'1', tostring(newest)} end
+  if token > recorded then redis.call('SET', KEYS[5], ARGV[2]) end
+end
+local last
+for i = 6, #ARGV, 3 do
+  redis.call('SET', ARGV[1] .. ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[1], 0, ARGV[i])
+  redis.call('ZADD', KEYS[2], ARGV[i + 2], ARGV[i])
+  last = ARGV[i]
+end
+redis.call('SET', KEYS[3], last)
+redis.call('ZADD', KEYS[1], 0, ARGV[5])
+if ARGV[3] ~= '' then
+  local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
+  if excess > 0 then
+    for _, key in ipairs(redis.call('ZRANGE', KEYS[2], 0, excess - 1)) do
+      if key ~= last then
+        redis.call('DEL', ARGV[1] .. key)
+        redis.call('ZREM', KEYS[2], key)
+        redis.call('ZREM', KEYS[1], key)
+      end
+    end
+  end
+end
+local released = '0'
+if ARGV[4] ~= '' and redis.call('GET', KEYS[6]) == ARGV[4] then
+  redis.call('DEL', KEYS[6])
+  released = '1'
+end
+return {'0', released}
 ",
     )
 });
@@ -201,8 +249,106 @@ impl RedisPersistence {
     }
 }
 
+impl RedisPersistence {
+    /// Saves `checkpoints` (one execution's, in run order) with the `latest` pointer, then
+    /// prunes to `keep` and releases the lock hold `release`, in one script.
+    async fn store_batch(
+        &self,
+        checkpoints: &[EncodedCheckpoint],
+        keep: Option<usize>,
+        release: Option<&FusedRelease>,
+    ) -> Result<(), PersistenceError> {
+        let Some(last) = checkpoints.last() else {
+            return Ok(());
+        };
+        let execution_id = last.execution_id();
+        let token = last.fencing_token();
+        let mut inv = SAVE_BATCH.prepare_invoke();
+        inv.key(self.index_key())
+            .key(self.exec_key(execution_id))
+            .key(self.data_key(last.latest_key()))
+            .key(Self::lock_fence_key(&self.conn, execution_id))
+            .key(self.conn.key(&format!("cp-fence:{execution_id}")))
+            .key(
+                release
+                    .map(|_| super::lock::lock_key(&self.conn, execution_id))
+                    .unwrap_or_default(),
+            )
+            .arg(self.conn.key("cp:"))
+            .arg(token.map(|t| t.to_string()).unwrap_or_default())
+            .arg(keep.map(|k| k.to_string()).unwrap_or_default())
+            .arg(release.map(FusedRelease::token).unwrap_or(""))
+            .arg(last.latest_key());
+        for c in checkpoints {
+            let score = c
+                .step()
+                .saturating_mul(8)
+                .saturating_add(u64::from(checkpoint_event::rank(c.event())));
+            inv.arg(c.key()).arg(c.json()).arg(score);
+        }
+        let inv = &inv;
+        let started = std::time::Instant::now();
+        let reply: Vec<String> = self
+            .conn
+            .run("checkpoint save", |mut c, _| async move {
+                inv.invoke_async(&mut c).await
+            })
+            .await
+            .map_err(other)?;
+        let metrics = crate::distributed::metrics();
+        for _ in checkpoints {
+            metrics.checkpoint_saved(started.elapsed());
+        }
+        match reply.as_slice() {
+            [ok, released] if ok == "0" => {
+                if released == "1"
+                    && let Some(release) = release
+                {
+                    release.mark_released();
+                }
+                Ok(())
+            }
+            [refused, newest] if refused == "1" => Err(other(FencingError {
+                execution_id: execution_id.to_owned(),
+                key: checkpoints
+                    .first()
+                    .map(|c| c.key().to_owned())
+                    .unwrap_or_default(),
+                token: token.unwrap_or_default(),
+                newest: newest.parse().unwrap_or_default(),
+            })),
+            _ => Err(PersistenceError::Other(
+                format!("unexpected reply to a checkpoint save: {reply:?}").into(),
+            )),
+        }
+    }
+}
+
 #[async_trait]
 impl PersistenceBackend for RedisPersistence {
+    /// The loop's checkpoint stored as serialized (snapshot + `latest` in one script).
+    async fn save_encoded(&self, checkpoint: EncodedCheckpoint) -> Result<(), PersistenceError> {
+        self.store_batch(std::slice::from_ref(&checkpoint), None, None)
+            .await
+    }
+
+    /// Every checkpoint, the pointer, the pruning and the lock release in one script (one
+    /// round trip).
+    async fn save_encoded_batch(
+        &self,
+        checkpoints: Vec<EncodedCheckpoint>,
+        keep: Option<usize>,
+        release: Option<&FusedRelease>,
+    ) -> Result<(), PersistenceError> {
+        self.store_batch(&checkpoints, keep, release).await
+    }
+
+    /// The server, database and key prefix ([`RedisLock`](super::RedisLock)s on the same
+    /// connection settings share it).
+    fn fencing_domain(&self) -> Option<String> {
+        Some(self.conn.domain())
+    }
+
     async fn save(&self, key: &str, snapshot: &MachineSnapshot) -> Result<(), PersistenceError> {
         self.store(
             key,

@@ -303,9 +303,21 @@ impl DistributedWorkerHooks {
     }
 
     /// `register_worker`: registers `worker_id` (host, pid, capabilities, pool) and starts its
-    /// heartbeat task.
+    /// heartbeat task — once per process: a later run of the worker machine in the same
+    /// process finds it registered and heartbeating and writes nothing (see
+    /// [`deregister_worker`](Self::deregister_worker)).
     pub async fn register_worker(&self, ctx: &mut Context) -> Result<(), StateError> {
         let worker_id = required_str(ctx, "worker_id", "register_worker")?;
+        // Registered by an earlier run of this process and heartbeating since: nothing to write.
+        if let Some(registered_at) = self.live.registration(&worker_id) {
+            ctx.insert("worker_id".into(), Value::String(worker_id));
+            ctx.insert(
+                "status".into(),
+                Value::String(worker_status::ACTIVE.to_string()),
+            );
+            ctx.insert("registered_at".into(), registered_at);
+            return Ok(());
+        }
         let capabilities = match ctx.get("capabilities") {
             Some(Value::Array(items)) => Some(
                 items
@@ -324,20 +336,52 @@ impl DistributedWorkerHooks {
         };
         let record = self.registration.register(registration).await?;
         self.live.start(&worker_id, self.beat());
+        let registered_at = json!(record.started_at);
+        self.live
+            .registered(&record.worker_id, registered_at.clone());
         ctx.insert("worker_id".into(), Value::String(record.worker_id));
         ctx.insert("status".into(), Value::String(record.status));
-        ctx.insert("registered_at".into(), json!(record.started_at));
+        ctx.insert("registered_at".into(), registered_at);
         Ok(())
     }
 
-    /// `deregister_worker`: marks `worker_id` terminated and stops its heartbeat task.
+    /// `deregister_worker`: the end of one run of a worker machine. The worker stays
+    /// registered and heartbeating for as long as this process lives — the process runs the
+    /// machine again for the next job — until [`shutdown`](Self::shutdown) marks it
+    /// `terminated`. Without a heartbeat task running here (the worker was registered
+    /// elsewhere, or the action is called on its own) it is marked `terminated` at once.
     pub async fn deregister_worker(&self, ctx: &mut Context) -> Result<(), StateError> {
         let worker_id = required_str(ctx, "worker_id", "deregister_worker")?;
+        if self.live.registration(&worker_id).is_some() {
+            return Ok(());
+        }
         self.live.stop(&worker_id);
         self.registration
             .update_status(&worker_id, worker_status::TERMINATED)
             .await?;
         Ok(())
+    }
+
+    /// Deregisters every worker registered through these hooks: stops their heartbeats and
+    /// marks them `terminated`. Call it once before the worker process exits (a process that
+    /// exits without it leaves its workers `active` until the reaper finds their heartbeat
+    /// stale and marks them `lost`). Every worker is tried; the first error is returned.
+    pub async fn shutdown(&self) -> Result<(), DistributedError> {
+        let mut first = None;
+        for worker_id in self.live.registered_workers() {
+            self.live.stop(&worker_id);
+            match self
+                .registration
+                .update_status(&worker_id, worker_status::TERMINATED)
+                .await
+            {
+                Ok(()) | Err(DistributedError::WorkerNotFound(_)) => {}
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// `heartbeat`: refreshes `worker_id`'s heartbeat now (merging `heartbeat_metadata` if an

@@ -46,6 +46,10 @@ const MAX_LOST: usize = 4096;
 #[derive(Default)]
 pub(super) struct Liveness {
     workers: Mutex<HashMap<String, WorkerLife>>,
+    /// Workers registered through these hooks and not deregistered since, with the
+    /// registration time the registry recorded: `register_worker` skips the write for them
+    /// while their heartbeat task runs (one registration per worker per process).
+    registered: Mutex<HashMap<String, serde_json::Value>>,
     /// Lost claims by the execution that made them, in the order found.
     lost: Mutex<(
         HashMap<String, LostClaim>,
@@ -97,11 +101,35 @@ impl Liveness {
         workers.insert(worker_id.to_string(), WorkerLife { task, claims });
     }
 
-    /// Stops the heartbeat task of `worker_id` and forgets its claims.
+    /// Stops the heartbeat task of `worker_id` and forgets its claims and its registration
+    /// (the next `register_worker` writes it again).
     pub(super) fn stop(&self, worker_id: &str) {
         if let Some(life) = lock(&self.workers).remove(worker_id) {
             life.task.abort();
         }
+        self.forget_registration(worker_id);
+    }
+
+    /// Records that `worker_id` is registered (at `registered_at`) by this process.
+    pub(super) fn registered(&self, worker_id: &str, registered_at: serde_json::Value) {
+        lock(&self.registered).insert(worker_id.to_string(), registered_at);
+    }
+
+    /// The registration time of `worker_id` if this process registered it and its heartbeat
+    /// task still runs (so the registry record is being kept alive).
+    pub(super) fn registration(&self, worker_id: &str) -> Option<serde_json::Value> {
+        let at = lock(&self.registered).get(worker_id).cloned()?;
+        self.running(worker_id).then_some(at)
+    }
+
+    /// Forgets that `worker_id` is registered (it must be registered again).
+    pub(super) fn forget_registration(&self, worker_id: &str) {
+        lock(&self.registered).remove(worker_id);
+    }
+
+    /// The workers this process registered and has not stopped.
+    pub(super) fn registered_workers(&self) -> Vec<String> {
+        lock(&self.registered).keys().cloned().collect()
     }
 
     /// Whether a heartbeat task runs for `worker_id`.
@@ -215,8 +243,13 @@ async fn heartbeat_loop(
             .await
         {
             Ok(()) => metrics().heartbeat(true),
-            // A worker that never registered still gets its claims checked.
-            Err(DistributedError::WorkerNotFound(_)) => {}
+            // A worker that never registered (or whose record an operator removed) still
+            // gets its claims checked; its next `register_worker` writes the record again.
+            Err(DistributedError::WorkerNotFound(_)) => {
+                if let Some(live) = live.upgrade() {
+                    live.forget_registration(&worker_id);
+                }
+            }
             Err(e) => {
                 metrics().heartbeat(false);
                 tracing::warn!(worker_id = %worker_id, error = %e, "heartbeat failed");
