@@ -533,12 +533,6 @@ impl ChildEvents {
         }
     }
 
-    /// Lines dropped so far.
-    #[cfg(test)]
-    pub(crate) fn dropped(&self) -> u64 {
-        self.dropped
-    }
-
     /// The event a line stands for, checked against the run tree and the specs.
     fn accept(&mut self, line: &[u8]) -> Result<RunEvent, Refusal> {
         if line.len() > MAX_LINE {
