@@ -333,7 +333,10 @@ pub struct Timeline {
 }
 
 /// The run's checkpoint keys in run order.
-async fn ordered_keys(store: &CheckpointStore, id: &str) -> Result<Vec<String>, PersistenceError> {
+pub async fn ordered_keys(
+    store: &CheckpointStore,
+    id: &str,
+) -> Result<Vec<String>, PersistenceError> {
     let mut keys: Vec<(u64, u8, String)> = store
         .checkpoint_keys(id)
         .await?
@@ -487,6 +490,50 @@ pub struct Path {
 #[derive(Deserialize)]
 struct StateOnly {
     current_state: String,
+}
+
+/// Which checkpoints a path was computed from: the execution, how many, the newest.
+type PathKey = (String, usize, String);
+
+/// Paths computed lately, by execution and the checkpoint keys they were computed from: the
+/// run page and its graph image ask for the same path one after the other.
+#[derive(Debug, Default)]
+pub struct PathCache {
+    entries: std::sync::Mutex<Vec<(PathKey, std::sync::Arc<Path>)>>,
+}
+
+impl PathCache {
+    const SIZE: usize = 16;
+
+    /// The path of `id` whose ordered checkpoint keys are `keys`, computed or remembered.
+    pub async fn path(
+        &self,
+        store: &CheckpointStore,
+        id: &str,
+        keys: &[String],
+    ) -> std::sync::Arc<Path> {
+        let key = (
+            id.to_owned(),
+            keys.len(),
+            keys.last().cloned().unwrap_or_default(),
+        );
+        if let Some((_, p)) = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(k, _)| *k == key)
+        {
+            return p.clone();
+        }
+        let computed = std::sync::Arc::new(path(store, keys).await);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= Self::SIZE {
+            entries.remove(0);
+        }
+        entries.push((key, computed.clone()));
+        computed
+    }
 }
 
 /// The path of a run, from the first checkpoint of each step (only the state is read).
@@ -652,6 +699,7 @@ pub struct RunDetail {
 /// The run page of `id`; `None` when the store has no checkpoint of it.
 pub async fn run_detail(
     store: &CheckpointStore,
+    paths: &PathCache,
     id: &str,
     timeline_limit: usize,
 ) -> Result<Option<RunDetail>, PersistenceError> {
@@ -669,7 +717,7 @@ pub async fn run_detail(
     let run = summary(store, id).await;
     let latest = store.load_latest(id).await.ok().flatten();
     let traces = trace::load_trace(store, id).await?;
-    let path = path(store, &keys).await;
+    let path: Path = (*paths.path(store, id, &keys).await).clone();
     let timeline = timeline(store, id, &keys, None, timeline_limit).await;
     let children = children(store, id, traces.graph.as_ref(), &path, latest.as_ref()).await;
     let parent = match &run.parent {

@@ -134,6 +134,7 @@ struct AppState {
     /// `Host` values accepted (`None`: any, with `allow_remote`).
     hosts: Option<Vec<String>>,
     store_name: String,
+    paths: data::PathCache,
 }
 
 impl Console {
@@ -164,6 +165,7 @@ impl Console {
             token,
             hosts,
             store_name: options.store_name,
+            paths: data::PathCache::default(),
         });
         let app = Router::new()
             .route("/", get(index))
@@ -357,7 +359,7 @@ async fn run_detail(
         return r;
     }
     let limit = params.timeline.unwrap_or(200).clamp(1, data::MAX_TIMELINE);
-    match data::run_detail(&state.store, &id, limit).await {
+    match data::run_detail(&state.store, &state.paths, &id, limit).await {
         Ok(Some(detail)) => {
             let mut body = match serde_json::to_value(&detail) {
                 Ok(v) => v,
@@ -407,17 +409,11 @@ async fn graph_svg(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<Stri
             "this run wrote no graph (it ran without trace records)",
         );
     };
-    let keys = match state.store.checkpoint_keys(&id).await {
-        Ok(mut keys) => {
-            keys.sort_by_key(|k| {
-                crate::persistence::parse_snapshot_key(k)
-                    .map(|(_, s, e)| (s, checkpoint_event::rank(e)))
-            });
-            keys
-        }
+    let keys = match data::ordered_keys(&state.store, &id).await {
+        Ok(keys) => keys,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
-    let path = data::path(&state.store, &keys).await;
+    let path = state.paths.path(&state.store, &id, &keys).await;
     let run = data::summary(&state.store, &id).await;
     let current = match run.status {
         // A finished run's newest checkpoint names `end`: its last state is the final one.
