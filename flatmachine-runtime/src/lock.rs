@@ -184,9 +184,9 @@ impl StoreHold {
         }
     }
 
-    /// Drops the `on_acquired` callback of a hold that will not be taken any more (its guard
-    /// is gone).
-    pub(crate) fn abandon(&self) {
+    /// Drops the `on_acquired` callback of a pending hold that will not be taken any more (a
+    /// lock's guard calls it when dropped before any checkpoint took the hold).
+    pub fn abandon(&self) {
         self.inner
             .on_acquired
             .lock()
