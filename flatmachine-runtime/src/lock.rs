@@ -17,7 +17,7 @@ use std::fmt;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 
@@ -64,47 +64,162 @@ impl From<LockError> for StateError {
     }
 }
 
-/// A hold that a checkpoint store in the same *fencing domain* (the same server and key
-/// space, see [`PersistenceBackend::fencing_domain`](crate::persistence::PersistenceBackend::fencing_domain))
-/// may release in the same operation as the run's last checkpoint, sparing the release its
-/// own round trip. Clones share the "released" flag: once a store released the hold
-/// ([`mark_released`](Self::mark_released)), the guard's own release does nothing remote.
-#[derive(Debug, Clone)]
-pub struct FusedRelease {
-    domain: Arc<str>,
-    token: Arc<str>,
-    released: Arc<AtomicBool>,
+/// A hold of an execution lock that a checkpoint store in the same *fencing domain* (the
+/// same server and key space, see
+/// [`PersistenceBackend::fencing_domain`](crate::persistence::PersistenceBackend::fencing_domain))
+/// may act on in the same operation as a batch of checkpoints, sparing the lock its own round
+/// trips:
+///
+/// * **release** with the run's last checkpoint ([`mark_released`](Self::mark_released): the
+///   guard's own release then does nothing remote);
+/// * **acquire** with the first checkpoint of a fresh execution
+///   ([`ExecutionLock::acquire_fresh`]): the hold starts *pending* and the store's script takes
+///   the lock (with the fencing token the guard announced) before it writes anything, then
+///   calls [`mark_acquired`](Self::mark_acquired).
+///
+/// Clones share the state.
+#[derive(Clone)]
+pub struct StoreHold {
+    inner: Arc<HoldInner>,
 }
 
-impl FusedRelease {
-    /// A hold in `domain` whose lock value is `token` (released only while it still holds it).
-    pub fn new(domain: impl Into<Arc<str>>, token: impl Into<Arc<str>>) -> Self {
+struct HoldInner {
+    domain: Arc<str>,
+    token: Arc<str>,
+    lease_ms: u64,
+    /// 0 pending (not acquired yet), 1 held, 2 released by a store.
+    state: std::sync::atomic::AtomicU8,
+    on_acquired: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl fmt::Debug for StoreHold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreHold")
+            .field("domain", &self.inner.domain)
+            .field("acquired", &self.is_acquired())
+            .field("released", &self.is_released())
+            .finish_non_exhaustive()
+    }
+}
+
+const PENDING: u8 = 0;
+const HELD: u8 = 1;
+const RELEASED: u8 = 2;
+
+impl StoreHold {
+    fn with_state(
+        domain: impl Into<Arc<str>>,
+        token: impl Into<Arc<str>>,
+        lease_ms: u64,
+        state: u8,
+        on_acquired: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Self {
         Self {
-            domain: domain.into(),
-            token: token.into(),
-            released: Arc::default(),
+            inner: Arc::new(HoldInner {
+                domain: domain.into(),
+                token: token.into(),
+                lease_ms,
+                state: std::sync::atomic::AtomicU8::new(state),
+                on_acquired: std::sync::Mutex::new(on_acquired),
+            }),
         }
+    }
+
+    /// A hold already taken, in `domain`, whose lock value is `token` (a store releases it
+    /// only while the lock still holds that value).
+    pub fn held(domain: impl Into<Arc<str>>, token: impl Into<Arc<str>>) -> Self {
+        Self::with_state(domain, token, 0, HELD, None)
+    }
+
+    /// A hold not taken yet: the first checkpoint batch of the execution takes the lock with
+    /// value `token` and a lease of `lease_ms`, then runs `on_acquired` (e.g. to start renewing
+    /// the lease).
+    pub fn pending(
+        domain: impl Into<Arc<str>>,
+        token: impl Into<Arc<str>>,
+        lease_ms: u64,
+        on_acquired: impl FnOnce() + Send + 'static,
+    ) -> Self {
+        Self::with_state(
+            domain,
+            token,
+            lease_ms,
+            PENDING,
+            Some(Box::new(on_acquired)),
+        )
     }
 
     /// The fencing domain of the lock.
     pub fn domain(&self) -> &str {
-        &self.domain
+        &self.inner.domain
     }
 
     /// The value the lock holds while this hold lives.
     pub fn token(&self) -> &str {
-        &self.token
+        &self.inner.token
+    }
+
+    /// The lease a pending hold is taken with, in milliseconds.
+    pub fn lease_ms(&self) -> u64 {
+        self.inner.lease_ms
+    }
+
+    /// Records that a store took the lock (runs the `on_acquired` of [`pending`](Self::pending)).
+    pub fn mark_acquired(&self) {
+        if self
+            .inner
+            .state
+            .compare_exchange(PENDING, HELD, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let callback = self
+                .inner
+                .on_acquired
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(callback) = callback {
+                callback();
+            }
+        }
+    }
+
+    /// Drops the `on_acquired` callback of a pending hold that will not be taken any more (a
+    /// lock's guard calls it when dropped before any checkpoint took the hold).
+    pub fn abandon(&self) {
+        self.inner
+            .on_acquired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+    }
+
+    /// Whether the lock was taken (always, for a hold made [`held`](Self::held)).
+    pub fn is_acquired(&self) -> bool {
+        self.inner.state.load(Ordering::Acquire) != PENDING
     }
 
     /// Records that a store released the hold (the guard then skips its own release).
     pub fn mark_released(&self) {
-        self.released.store(true, Ordering::Release);
+        self.inner.state.store(RELEASED, Ordering::Release);
     }
 
     /// Whether a store released the hold.
     pub fn is_released(&self) -> bool {
-        self.released.load(Ordering::Acquire)
+        self.inner.state.load(Ordering::Acquire) == RELEASED
     }
+}
+
+/// What a batch of checkpoints does to its execution's lock (see
+/// [`PersistenceBackend::save_encoded_batch`](crate::persistence::PersistenceBackend::save_encoded_batch)):
+/// take `hold` first if it is still pending, and release it after the checkpoints when
+/// `release`.
+#[derive(Debug, Clone, Copy)]
+pub struct HoldOps<'a> {
+    /// The hold.
+    pub hold: &'a StoreHold,
+    /// Release it after the batch (the run's last checkpoint).
+    pub release: bool,
 }
 
 /// Proof of holding an execution lock; releases it when dropped.
@@ -112,7 +227,7 @@ impl FusedRelease {
 pub struct LockGuard {
     execution_id: String,
     fencing_token: Option<u64>,
-    fused: Option<FusedRelease>,
+    hold: Option<StoreHold>,
     release: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
@@ -126,7 +241,7 @@ impl LockGuard {
         Self {
             execution_id: execution_id.into(),
             fencing_token: None,
-            fused: None,
+            hold: None,
             release: Some(Box::new(release)),
         }
     }
@@ -136,7 +251,7 @@ impl LockGuard {
         Self {
             execution_id: execution_id.into(),
             fencing_token: None,
-            fused: None,
+            hold: None,
             release: None,
         }
     }
@@ -159,17 +274,18 @@ impl LockGuard {
         self.fencing_token
     }
 
-    /// Lets a checkpoint store of the same fencing domain release this hold with the run's
-    /// last checkpoint (see [`FusedRelease`]); the `release` closure given to
-    /// [`new`](Self::new) should check [`FusedRelease::is_released`].
-    pub fn with_fused_release(mut self, fused: FusedRelease) -> Self {
-        self.fused = Some(fused);
+    /// Lets a checkpoint store of the same fencing domain release (or, pending, take) this
+    /// hold with the run's checkpoints (see [`StoreHold`]); the `release` closure given to
+    /// [`new`](Self::new) should check [`StoreHold::is_released`] and
+    /// [`StoreHold::is_acquired`].
+    pub fn with_store_hold(mut self, hold: StoreHold) -> Self {
+        self.hold = Some(hold);
         self
     }
 
-    /// The hold a store may release with the last checkpoint, if the lock allows it.
-    pub fn fused_release(&self) -> Option<&FusedRelease> {
-        self.fused.as_ref()
+    /// The hold a checkpoint store may act on, if the lock allows it.
+    pub fn store_hold(&self) -> Option<&StoreHold> {
+        self.hold.as_ref()
     }
 
     /// Releases the lock now (same as dropping the guard).
@@ -200,6 +316,24 @@ pub trait ExecutionLock: Send + Sync {
     /// Takes the lock for `execution_id` without waiting: a guard if it was free,
     /// [`LockError::Held`] if another holder has it.
     async fn acquire(&self, execution_id: &str) -> Result<LockGuard, LockError>;
+
+    /// Takes the lock of an execution no checkpoint names yet (a run that just made up its
+    /// id). A lock whose keys live with the checkpoints (the same
+    /// [`fencing_domain`](Self::fencing_domain) as the store) may return a guard whose
+    /// [`StoreHold`] is still pending: the execution's first checkpoint batch takes the lock
+    /// in the same operation, with fencing token 1 (the guard's), and fails if the lock is
+    /// held or has issued tokens before. Nothing can race for the lock before that: no one
+    /// knows the id until a checkpoint names it. The default calls [`acquire`](Self::acquire).
+    async fn acquire_fresh(&self, execution_id: &str) -> Result<LockGuard, LockError> {
+        self.acquire(execution_id).await
+    }
+
+    /// The fencing domain of this lock (see
+    /// [`PersistenceBackend::fencing_domain`](crate::persistence::PersistenceBackend::fencing_domain));
+    /// `None` (the default): no store shares it.
+    fn fencing_domain(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A lock that always succeeds (the reference's `NoOpLock`; the default without

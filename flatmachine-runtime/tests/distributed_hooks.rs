@@ -397,3 +397,27 @@ async fn the_deprecated_by_value_action_form_still_runs() {
     act_err(&hooks, "explode", &mut c).await;
     assert!(c.get("half_done").is_none());
 }
+
+/// A worker registered once per process that the reaper marked `lost` while it was alive
+/// (paused between runs) is found out by its next heartbeat and registered again (`active`)
+/// by its next run — otherwise no reaper would ever reap it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_marked_lost_while_alive_registers_again() {
+    let backends = Backends::memory();
+    let hooks = DistributedWorkerHooks::new(backends.clone()).heartbeat_interval(0.05);
+    let mut c = ctx(json!({"worker_id": "w1", "pool_id": "p"}));
+    act(&hooks, "register_worker", &mut c).await;
+    let first = backends.registration.get("w1").await.unwrap().unwrap();
+    backends
+        .registration
+        .update_status("w1", worker_status::LOST)
+        .await
+        .unwrap();
+    // Before a heartbeat noticed, a run would skip the registration; after, it writes it.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    act(&hooks, "register_worker", &mut c).await;
+    let record = backends.registration.get("w1").await.unwrap().unwrap();
+    assert_eq!(record.status, worker_status::ACTIVE);
+    assert_ne!(record.started_at, first.started_at, "registered again");
+    hooks.shutdown().await.unwrap();
+}

@@ -509,3 +509,152 @@ async fn yaml_selects_redis_for_every_role() {
     let direct = flatmachine_runtime::distributed::RedisWorkBackend::new(conn(&server, "yaml"));
     assert!(direct.pool("p").get(&id).await.unwrap().is_some());
 }
+
+/// A fresh run (its id made up by the engine) on a Redis store and a Redis lock of the same
+/// server and prefix: the lock is taken by the first checkpoint's script and released by the
+/// last one's — no round trip of its own — with fencing token 1, and the counter says one
+/// acquire happened. A "fresh" id used before is refused without writing anything; a hold
+/// that another runner has is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_run_takes_and_releases_its_lock_with_its_checkpoints() {
+    let server = RedisServer::start();
+    let lock = RedisLock::new(conn(&server, "fresh"));
+    let backend = RedisPersistence::new(conn(&server, "fresh"));
+    assert_eq!(
+        lock.fencing_domain(),
+        PersistenceBackend::fencing_domain(&backend)
+    );
+    let store = CheckpointStore::new(Arc::new(backend));
+    let m = Machine::of::<resumable::Machine>()
+        .persistence(store.clone())
+        .lock(Arc::new(lock.clone()))
+        .action_mut("first", |ctx, _| {
+            Box::pin(async move {
+                push_trail(ctx, "first");
+                Ok(())
+            })
+        })
+        .action_mut("flaky", |ctx, _| {
+            Box::pin(async move {
+                push_trail(ctx, "flaky");
+                Ok(())
+            })
+        })
+        .build()
+        .unwrap();
+    let out = m.run(json!({})).await.unwrap();
+    let id = out.execution_id.clone();
+    let redis = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let get = |key: String| {
+        let mut c = redis.clone();
+        async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    // Released by the machine_end script, not by a later task: gone at once.
+    assert_eq!(get(format!("fresh:lock:{id}")).await, None);
+    assert_eq!(
+        get(format!("fresh:lock-fence:{id}")).await.as_deref(),
+        Some("1")
+    );
+    for key in store.checkpoint_keys(&id).await.unwrap() {
+        let s = store.backend().load(&key).await.unwrap().unwrap();
+        assert_eq!(s.fencing_token, Some(1), "{key}");
+    }
+    assert_eq!(
+        store
+            .load_latest(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .event
+            .as_deref(),
+        Some("machine_end")
+    );
+
+    // The hold of acquire_fresh is pending until a batch takes it.
+    let guard = lock.acquire_fresh("fresh-2").await.unwrap();
+    assert_eq!(guard.fencing_token(), Some(1));
+    let hold = guard.store_hold().unwrap().clone();
+    assert!(!hold.is_acquired());
+    assert_eq!(get("fresh:lock:fresh-2".to_string()).await, None);
+    let mut first = snap("fresh-2", "s1", 1, checkpoint_event::EXECUTE);
+    first.fencing_token = Some(1);
+    let encoded =
+        flatmachine_runtime::persistence::EncodedCheckpoint::from_snapshot(&first).unwrap();
+    let ops = flatmachine_runtime::lock::HoldOps {
+        hold: &hold,
+        release: false,
+    };
+    store
+        .save_encoded_batch(vec![encoded.clone()], Some(ops))
+        .await
+        .unwrap();
+    assert!(hold.is_acquired());
+    assert_eq!(
+        get("fresh:lock:fresh-2".to_string()).await.as_deref(),
+        Some(hold.token())
+    );
+    assert!(matches!(
+        lock.acquire("fresh-2").await,
+        Err(LockError::Held { .. })
+    ));
+    // Held by this hold: a second fresh hold of the same id is refused ("held").
+    let other = lock.acquire_fresh("fresh-2").await.unwrap();
+    let other_hold = other.store_hold().unwrap().clone();
+    let err = store
+        .save_encoded_batch(
+            vec![encoded.clone()],
+            Some(flatmachine_runtime::lock::HoldOps {
+                hold: &other_hold,
+                release: false,
+            }),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already running"), "{err}");
+    drop(other);
+    // Dropping the guard releases the lock (a task, as for every hold).
+    drop(guard);
+    let started = Instant::now();
+    while get("fresh:lock:fresh-2".to_string()).await.is_some() {
+        assert!(started.elapsed() < Duration::from_secs(5), "never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Free again, but its lock issued a token already: not fresh, nothing written.
+    let again = lock.acquire_fresh("fresh-2").await.unwrap();
+    let again_hold = again.store_hold().unwrap().clone();
+    let mut later = snap("fresh-2", "s9", 9, checkpoint_event::EXECUTE);
+    later.fencing_token = Some(1);
+    let err = store
+        .save_encoded_batch(
+            vec![
+                flatmachine_runtime::persistence::EncodedCheckpoint::from_snapshot(&later).unwrap(),
+            ],
+            Some(flatmachine_runtime::lock::HoldOps {
+                hold: &again_hold,
+                release: false,
+            }),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("issued 2 fencing token"), "{err}");
+    assert!(!again_hold.is_acquired());
+    assert_eq!(get("fresh:lock:fresh-2".to_string()).await, None);
+    assert_eq!(
+        store
+            .latest_checkpoint_key("fresh-2")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(encoded.key())
+    );
+}

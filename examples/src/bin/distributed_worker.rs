@@ -143,16 +143,19 @@ async fn worker(db: &Path, input: Value) -> Result<(), Error> {
                 Ok(())
             })
         });
+    let hooks = Arc::new(hooks);
     let mut registry = HooksRegistry::new();
-    registry.register_instance("DistributedWorkerHooks", Arc::new(hooks));
+    registry.register_instance("DistributedWorkerHooks", hooks.clone());
     let machine = Machine::of::<job_worker::Machine>()
         .hooks_registry(registry)
         .no_persistence()
         .build()?;
 
+    // The worker stays registered across runs (one per job); shutdown() terminates it.
     loop {
         let result = machine.run(input.clone()).await?;
         if result.output["status"] == json!("no_work_available") {
+            hooks.shutdown().await?;
             return Ok(());
         }
     }

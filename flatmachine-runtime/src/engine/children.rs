@@ -273,6 +273,9 @@ impl Machine {
                 .await
                 .map_err(|f| f.error);
         }
+        // A child of a run that was never resumed has an id no one used: fresh. (A
+        // resumed parent's child may have run before, its lock issued tokens.)
+        let fresh = !request.resume;
         child
             .start(
                 request.execution_id,
@@ -280,6 +283,7 @@ impl Machine {
                 request.input,
                 None,
                 request.agent_calls,
+                fresh,
             )
             .await
             .map_err(|f| f.error)

@@ -180,6 +180,7 @@ impl Machine {
                 )
                 .await;
         }
+        let fresh = options.execution_id.is_none();
         let id = options
             .execution_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -189,6 +190,7 @@ impl Machine {
             input,
             options.max_steps,
             budget,
+            fresh,
         )
         .await
     }
@@ -304,7 +306,20 @@ impl Machine {
             .map_err(|e| hook_error(e.to_string()))
     }
 
-    /// Starts a run: `budget` is the run tree's (a child shares its parent's).
+    /// Whether the checkpoint store writes through a backend of the lock fencing domain
+    /// `domain` (so its batches can take and release the lock).
+    pub(super) fn shares_fencing_domain(&self, domain: Option<&str>) -> bool {
+        match (&self.inner.store, domain) {
+            (Some(store), Some(domain)) => {
+                !store.backend().keeps_records()
+                    && store.backend().fencing_domain().as_deref() == Some(domain)
+            }
+            _ => false,
+        }
+    }
+
+    /// Starts a run: `budget` is the run tree's (a child shares its parent's). `fresh`: the
+    /// execution id was just made up (no checkpoint can name it yet).
     pub(super) async fn start(
         &self,
         execution_id: String,
@@ -312,16 +327,20 @@ impl Machine {
         input: Value,
         max_steps: Option<u64>,
         budget: AgentCallBudget,
+        fresh: bool,
     ) -> Result<RunResult, Box<RunFailure>> {
         let early = |e: RunError| RunFailure::early(&execution_id, e);
         let spec = self.inner.spec;
         let writer = CheckpointWriter::new(&execution_id).map_err(|e| early(e.into()))?;
-        let guard = self
-            .inner
-            .lock
-            .acquire(&execution_id)
-            .await
-            .map_err(|e| early(e.into()))?;
+        // A fresh id no checkpoint names yet: a lock sharing the store's fencing domain is
+        // taken by the first checkpoint, in the same round trip.
+        let lock = &self.inner.lock;
+        let guard = if fresh && self.shares_fencing_domain(lock.fencing_domain().as_deref()) {
+            lock.acquire_fresh(&execution_id).await
+        } else {
+            lock.acquire(&execution_id).await
+        }
+        .map_err(|e| early(e.into()))?;
         if let Some(store) = &self.inner.store {
             store
                 .clean_execution(&execution_id)
@@ -350,7 +369,10 @@ impl Machine {
             .map_err(early)?;
         let mut run = Run::new(writer, parent, hooks, max_steps, budget);
         run.fencing_token = guard.fencing_token();
-        run.lock_release = guard.fused_release().cloned();
+        run.store_hold = guard
+            .store_hold()
+            .filter(|h| self.shares_fencing_domain(Some(h.domain())))
+            .cloned();
         run.config_hash = self.inner.config_hash();
         run.events =
             RunEvents::for_run(&execution_id, run.parent_execution_id.as_deref(), spec.name);

@@ -145,7 +145,10 @@ impl Machine {
             budget,
         );
         run.fencing_token = guard.fencing_token();
-        run.lock_release = guard.fused_release().cloned();
+        run.store_hold = guard
+            .store_hold()
+            .filter(|h| self.shares_fencing_domain(Some(h.domain())))
+            .cloned();
         run.resumed = true;
         run.config_hash = self.inner.config_hash();
         run.forked_from = snap.forked_from.clone();

@@ -11,6 +11,7 @@ use crate::agents::{AdapterEnv, AgentExecutor, AgentResult, ClosureExecutor, Usa
 use crate::error::error_type;
 use crate::events::{ErrorRoute, EventKind, RunEvents};
 use crate::hooks::MachineHooks;
+use crate::lock::HoldOps;
 use crate::machine::{MachineSpec, StateSpec};
 use crate::persistence::encoded::SnapshotParts;
 use crate::persistence::{
@@ -87,9 +88,9 @@ pub(super) struct Run {
     /// `execute` checkpoints of states that do no work, not saved yet: they go with the next
     /// checkpoint, in one batch (see [`Machine::defer_checkpoint`]).
     pub(super) deferred: Vec<DeferredCheckpoint>,
-    /// The execution lock's hold, when a store of its fencing domain may release it with the
-    /// `machine_end` checkpoint.
-    pub(super) lock_release: Option<crate::lock::FusedRelease>,
+    /// The execution lock's hold, when a store of its fencing domain may take it with the
+    /// first checkpoint (a fresh execution) and release it with the `machine_end` one.
+    pub(super) store_hold: Option<crate::lock::StoreHold>,
 }
 
 /// A checkpoint encoded but not saved yet, with what its `CheckpointSaved` event reports.
@@ -146,7 +147,7 @@ impl Run {
             events: None,
             waiting_child: Arc::default(),
             deferred: Vec::new(),
-            lock_release: None,
+            store_hold: None,
         }
     }
 
@@ -319,14 +320,13 @@ impl Machine {
             forked_from: run.forked_from.as_ref(),
             fencing_token: run.fencing_token,
         };
-        // The lock goes with the last checkpoint when the store shares its fencing domain.
-        let release = if event == checkpoint_event::MACHINE_END && !store.backend().keeps_records()
-        {
-            run.lock_release.clone()
-        } else {
-            None
-        };
-        if run.deferred.is_empty() && release.is_none() {
+        // A store sharing the lock's fencing domain takes a fresh execution's lock with its
+        // first checkpoint and releases it with the last.
+        let hold = run
+            .store_hold
+            .clone()
+            .filter(|h| event == checkpoint_event::MACHINE_END || !h.is_acquired());
+        if run.deferred.is_empty() && hold.is_none() {
             return store.write(&mut run.writer, parts).await;
         }
         let checkpoint = run.writer.encode(parts)?;
@@ -335,7 +335,11 @@ impl Machine {
         batch.extend(deferred.iter().map(|d| d.checkpoint.clone()));
         batch.push(checkpoint);
         let started = std::time::Instant::now();
-        store.save_encoded_batch(batch, release.as_ref()).await?;
+        let ops = hold.as_ref().map(|hold| HoldOps {
+            hold,
+            release: event == checkpoint_event::MACHINE_END,
+        });
+        store.save_encoded_batch(batch, ops).await?;
         Self::announce(run, &deferred, started.elapsed()).await;
         Ok(())
     }
@@ -418,7 +422,13 @@ impl Machine {
         let deferred = std::mem::take(&mut run.deferred);
         let batch = deferred.iter().map(|d| d.checkpoint.clone()).collect();
         let started = std::time::Instant::now();
-        match (store.save_encoded_batch(batch, None).await, result) {
+        // A fresh execution whose only checkpoints these are takes its lock with them.
+        let hold = run.store_hold.clone().filter(|h| !h.is_acquired());
+        let ops = hold.as_ref().map(|hold| HoldOps {
+            hold,
+            release: false,
+        });
+        match (store.save_encoded_batch(batch, ops).await, result) {
             (Ok(()), result) => {
                 Self::announce(run, &deferred, started.elapsed()).await;
                 result

@@ -276,25 +276,27 @@ pub trait PersistenceBackend: Send + Sync {
     }
 
     /// Saves checkpoints of one execution, in run order, then (with `keep`) deletes all but
-    /// its newest `keep` checkpoints, never the last one saved — what
-    /// [`CheckpointStore`] calls when the run loop hands it several checkpoints at once, or
-    /// one that retention prunes after. The `latest` pointer ends on the last one. With
-    /// `release` (a hold of the execution's lock in this backend's
-    /// [`fencing_domain`](Self::fencing_domain)) a backend that can also releases the lock in
-    /// the same operation and calls [`FusedRelease::mark_released`](crate::lock::FusedRelease::mark_released).
+    /// its newest `keep` checkpoints, never the last one saved — what [`CheckpointStore`]
+    /// calls when the run loop hands it several checkpoints at once, or one that retention
+    /// prunes after. The `latest` pointer ends on the last one. With `lock` (a hold of the
+    /// execution's lock in this backend's [`fencing_domain`](Self::fencing_domain)), a
+    /// backend that can takes a pending hold before writing (calling
+    /// [`StoreHold::mark_acquired`](crate::lock::StoreHold::mark_acquired)) and releases it
+    /// after when asked ([`StoreHold::mark_released`](crate::lock::StoreHold::mark_released)).
     ///
     /// Backends that can do it all in one operation (one transaction, one server-side script)
     /// override this. The default saves each checkpoint
     /// ([`save_encoded_now`](Self::save_encoded_now), else [`save_encoded`](Self::save_encoded)),
     /// then prunes ([`prune_checkpoints`](Self::prune_checkpoints)), and leaves the lock to its
-    /// guard. Nothing is pruned unless every save succeeded.
+    /// guard (it has no fencing domain, so no hold is ever pending on it). Nothing is pruned
+    /// unless every save succeeded.
     async fn save_encoded_batch(
         &self,
         checkpoints: Vec<EncodedCheckpoint>,
         keep: Option<usize>,
-        release: Option<&crate::lock::FusedRelease>,
+        lock: Option<crate::lock::HoldOps<'_>>,
     ) -> Result<(), PersistenceError> {
-        let _ = release;
+        let _ = lock;
         let last = checkpoints.last().map(|c| c.key_shared().clone());
         for checkpoint in checkpoints {
             match self.save_encoded_now(&checkpoint) {

@@ -309,7 +309,7 @@ impl PersistenceBackend for SqlitePersistence {
         &self,
         checkpoints: Vec<EncodedCheckpoint>,
         keep: Option<usize>,
-        _release: Option<&crate::lock::FusedRelease>,
+        _lock: Option<crate::lock::HoldOps<'_>>,
     ) -> Result<(), PersistenceError> {
         let Some(last) = checkpoints.last() else {
             return Ok(());

@@ -175,31 +175,34 @@ impl CheckpointStore {
 
     /// Saves several checkpoints of one execution, in run order (the `latest` pointer ends
     /// on the last), then prunes as configured after the last one — one
-    /// [`PersistenceBackend::save_encoded_batch`]. With `release`, a backend sharing the
-    /// lock's fencing domain also releases the execution's lock in the same operation.
+    /// [`PersistenceBackend::save_encoded_batch`]. With `lock`, a backend sharing the hold's
+    /// fencing domain also takes (pending) or releases the execution's lock in the same
+    /// operation; a hold of another domain is left alone.
     pub async fn save_encoded_batch(
         &self,
         mut checkpoints: Vec<EncodedCheckpoint>,
-        release: Option<&crate::lock::FusedRelease>,
+        lock: Option<crate::lock::HoldOps<'_>>,
     ) -> Result<(), PersistenceError> {
         let Some(last) = checkpoints.last() else {
             return Ok(());
         };
         let keep = self.prune_after(last.key_shared());
-        let release = release.filter(|r| {
-            self.backend
-                .fencing_domain()
-                .is_some_and(|d| d == r.domain())
+        let lock = lock.filter(|ops| {
+            (ops.release || !ops.hold.is_acquired())
+                && self
+                    .backend
+                    .fencing_domain()
+                    .is_some_and(|d| d == ops.hold.domain())
         });
         if checkpoints.len() == 1
             && keep.is_none()
-            && release.is_none()
+            && lock.is_none()
             && let Some(only) = checkpoints.pop()
         {
             return self.save_encoded(only).await;
         }
         self.backend
-            .save_encoded_batch(checkpoints, keep, release)
+            .save_encoded_batch(checkpoints, keep, lock)
             .await
     }
 

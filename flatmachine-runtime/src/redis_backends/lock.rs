@@ -12,14 +12,14 @@
 //! network partition): another runner may then acquire the lock. Fencing is what keeps the
 //! first runner from overwriting the second one's checkpoints when it wakes.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
 
 use super::{RedisConnection, RedisPersistence, RedisSetupError};
-use crate::lock::{ExecutionLock, FusedRelease, LockError, LockGuard};
+use crate::lock::{ExecutionLock, LockError, LockGuard, StoreHold};
 use crate::persistence::validate_execution_id;
 
 /// KEYS = lock key, fence counter; ARGV = token, lease ms. The new fencing token, or 0 if held.
@@ -153,52 +153,152 @@ impl ExecutionLock for RedisLock {
             });
         }
         // The run's last checkpoint may release the lock in the same script (same domain).
-        let fused = FusedRelease::new(self.conn.domain(), token.clone());
-        let renewal = self.options.renew_every.map(|every| {
-            let (conn, key, token, id) = (
-                self.conn.clone(),
+        let hold = StoreHold::held(self.conn.domain(), token.clone());
+        let renewal: Renewal = Arc::default();
+        if let Some(every) = self.options.renew_every {
+            renewal.start(self.renewal(execution_id, &key, &token, every, &hold));
+        }
+        Ok(self
+            .guard(execution_id, key, token, renewal, &hold)
+            .with_fencing_token(fence)
+            .with_store_hold(hold))
+    }
+
+    /// A fresh execution's lock, taken by its first checkpoint (one script for both, see
+    /// [`ExecutionLock::acquire_fresh`]): the guard's fencing token is 1, its hold pending;
+    /// renewals start once the checkpoint took the lock.
+    async fn acquire_fresh(&self, execution_id: &str) -> Result<LockGuard, LockError> {
+        validate_execution_id(execution_id)?;
+        let key = self.lock_key(execution_id);
+        let token = uuid::Uuid::new_v4().to_string();
+        let renewal: Renewal = Arc::default();
+        // The renewal task watches the hold it renews (to stop once a store released it).
+        let slot: Arc<std::sync::OnceLock<StoreHold>> = Arc::default();
+        let hold = StoreHold::pending(self.conn.domain(), token.clone(), self.lease_ms(), {
+            let this = self.clone();
+            let (id, key, token, renewal, slot) = (
+                execution_id.to_owned(),
                 key.clone(),
                 token.clone(),
-                execution_id.to_owned(),
+                renewal.clone(),
+                slot.clone(),
             );
-            let fused = fused.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    if fused.is_released() {
+            move || {
+                if let (Some(every), Some(hold)) = (this.options.renew_every, slot.get()) {
+                    renewal.start(this.renewal(&id, &key, &token, every, hold));
+                }
+            }
+        });
+        let _ = slot.set(hold.clone());
+        Ok(self
+            .guard(execution_id, key, token, renewal, &hold)
+            .with_fencing_token(1)
+            .with_store_hold(hold))
+    }
+
+    fn fencing_domain(&self) -> Option<String> {
+        Some(self.conn.domain())
+    }
+}
+
+/// The renewal task of a hold, once started.
+type Renewal = Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>;
+
+trait RenewalSlot {
+    fn start(&self, task: tokio::task::JoinHandle<()>);
+    fn stop(&self);
+}
+
+impl RenewalSlot for Renewal {
+    fn start(&self, task: tokio::task::JoinHandle<()>) {
+        let mut slot = self
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = slot.replace(task) {
+            old.abort();
+        }
+    }
+
+    fn stop(&self) {
+        if let Some(task) = self
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl RedisLock {
+    /// The task renewing the lease of `key` while it holds `token`, every `every`; it stops
+    /// once a store released the hold, or the lock is found held by another runner.
+    fn renewal(
+        &self,
+        execution_id: &str,
+        key: &str,
+        token: &str,
+        every: Duration,
+        hold: &StoreHold,
+    ) -> tokio::task::JoinHandle<()> {
+        let (conn, key, token, id, hold) = (
+            self.conn.clone(),
+            key.to_owned(),
+            token.to_owned(),
+            execution_id.to_owned(),
+            hold.clone(),
+        );
+        let lease = self.lease_ms();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if hold.is_released() {
+                    break;
+                }
+                let renewed: Result<i64, _> = conn
+                    .run("lock renewal", |mut c, _| {
+                        let mut inv = RENEW.prepare_invoke();
+                        inv.key(&key).arg(&token).arg(lease);
+                        async move { inv.invoke_async(&mut c).await }
+                    })
+                    .await;
+                match renewed {
+                    Ok(1) => {}
+                    Ok(_) if hold.is_released() => break,
+                    Ok(_) => {
+                        tracing::warn!(
+                            execution_id = %id,
+                            "the Redis lock lease expired and is held by another runner; its checkpoints will be refused"
+                        );
                         break;
                     }
-                    let renewed: Result<i64, _> = conn
-                        .run("lock renewal", |mut c, _| {
-                            let mut inv = RENEW.prepare_invoke();
-                            inv.key(&key).arg(&token).arg(lease);
-                            async move { inv.invoke_async(&mut c).await }
-                        })
-                        .await;
-                    match renewed {
-                        Ok(1) => {}
-                        Ok(_) if fused.is_released() => break,
-                        Ok(_) => {
-                            tracing::warn!(
-                                execution_id = %id,
-                                "the Redis lock lease expired and is held by another runner; its checkpoints will be refused"
-                            );
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(execution_id = %id, error = %e, "could not renew the Redis lock lease; retrying");
-                        }
+                    Err(e) => {
+                        tracing::warn!(execution_id = %id, error = %e, "could not renew the Redis lock lease; retrying");
                     }
                 }
-            })
-        });
-        let conn = self.conn.clone();
-        let released = fused.clone();
-        let guard = LockGuard::new(execution_id, move || {
-            if let Some(task) = renewal {
-                task.abort();
             }
-            if released.is_released() {
+        })
+    }
+
+    /// The guard of a hold: dropping it stops the renewals and deletes the key if it still
+    /// holds `token` — unless a store released the hold already, or never took it.
+    fn guard(
+        &self,
+        execution_id: &str,
+        key: String,
+        token: String,
+        renewal: Renewal,
+        hold: &StoreHold,
+    ) -> LockGuard {
+        let conn = self.conn.clone();
+        let hold = hold.clone();
+        LockGuard::new(execution_id, move || {
+            renewal.stop();
+            if !hold.is_acquired() {
+                hold.abandon();
+                return;
+            }
+            if hold.is_released() {
                 return;
             }
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -215,7 +315,6 @@ impl ExecutionLock for RedisLock {
                     }
                 });
             }
-        });
-        Ok(guard.with_fencing_token(fence).with_fused_release(fused))
+        })
     }
 }

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use redis::Script;
 
 use super::{RedisConnection, RedisSetupError};
-use crate::lock::FusedRelease;
+use crate::lock::{HoldOps, LockError};
 use crate::persistence::{
     EncodedCheckpoint, MachineSnapshot, PersistenceBackend, PersistenceError, checkpoint_event,
     parse_snapshot_key, validate_execution_id, validate_key,
@@ -94,12 +94,26 @@ return n
 
 /// KEYS = index, exec zset, latest data key, lock counter, fence record, lock key (or '').
 /// ARGV = data key prefix (`F:cp:`), token (or ''), keep (or ''), lock value to release (or
-/// ''), latest key, then (key, bytes, score) per checkpoint, in run order.
+/// ''), latest key, lock value to acquire (or ''), its lease ms (or ''), then (key, bytes,
+/// score) per checkpoint, in run order.
 /// `{0, released}` saved (released: 1 when the lock was deleted); `{1, newest}` refused by the
-/// fencing check (nothing written, nothing pruned, the lock left alone).
+/// fencing check; `{2, ''}` the lock to acquire is held by another runner; `{3, issued}` the
+/// lock to acquire for a fresh execution had issued tokens before. Nothing is written unless
+/// `{0, ...}`.
 static SAVE_BATCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+if ARGV[6] ~= '' then
+  if redis.call('SET', KEYS[6], ARGV[6], 'NX', 'PX', ARGV[7]) then
+    local fence = redis.call('INCR', KEYS[4])
+    if fence ~= tonumber(ARGV[2]) then
+      redis.call('DEL', KEYS[6])
+      return {'3', tostring(fence)}
+    end
+  elseif redis.call('GET', KEYS[6]) ~= ARGV[6] then
+    return {'2', ''}
+  end
+end
 if ARGV[2] ~= '' then
   local token = tonumber(ARGV[2])
   local issued = tonumber(redis.call('GET', KEYS[4]) or '0')
@@ -109,7 +123,7 @@ if ARGV[2] ~= '' then
   if token > recorded then redis.call('SET', KEYS[5], ARGV[2]) end
 end
 local last
-for i = 6, #ARGV, 3 do
+for i = 8, #ARGV, 3 do
   redis.call('SET', ARGV[1] .. ARGV[i], ARGV[i + 1])
   redis.call('ZADD', KEYS[1], 0, ARGV[i])
   redis.call('ZADD', KEYS[2], ARGV[i + 2], ARGV[i])
@@ -251,18 +265,21 @@ impl RedisPersistence {
 
 impl RedisPersistence {
     /// Saves `checkpoints` (one execution's, in run order) with the `latest` pointer, then
-    /// prunes to `keep` and releases the lock hold `release`, in one script.
+    /// prunes to `keep`, in one script; with `lock`, the script first takes a pending hold and
+    /// releases the hold at the end when asked.
     async fn store_batch(
         &self,
         checkpoints: &[EncodedCheckpoint],
         keep: Option<usize>,
-        release: Option<&FusedRelease>,
+        lock: Option<HoldOps<'_>>,
     ) -> Result<(), PersistenceError> {
         let Some(last) = checkpoints.last() else {
             return Ok(());
         };
         let execution_id = last.execution_id();
         let token = last.fencing_token();
+        let acquire = lock.filter(|ops| !ops.hold.is_acquired());
+        let release = lock.filter(|ops| ops.release);
         let mut inv = SAVE_BATCH.prepare_invoke();
         inv.key(self.index_key())
             .key(self.exec_key(execution_id))
@@ -270,15 +287,20 @@ impl RedisPersistence {
             .key(Self::lock_fence_key(&self.conn, execution_id))
             .key(self.conn.key(&format!("cp-fence:{execution_id}")))
             .key(
-                release
-                    .map(|_| super::lock::lock_key(&self.conn, execution_id))
+                lock.map(|_| super::lock::lock_key(&self.conn, execution_id))
                     .unwrap_or_default(),
             )
             .arg(self.conn.key("cp:"))
             .arg(token.map(|t| t.to_string()).unwrap_or_default())
             .arg(keep.map(|k| k.to_string()).unwrap_or_default())
-            .arg(release.map(FusedRelease::token).unwrap_or(""))
-            .arg(last.latest_key());
+            .arg(release.map(|ops| ops.hold.token()).unwrap_or(""))
+            .arg(last.latest_key())
+            .arg(acquire.map(|ops| ops.hold.token()).unwrap_or(""))
+            .arg(
+                acquire
+                    .map(|ops| ops.hold.lease_ms().max(1).to_string())
+                    .unwrap_or_default(),
+            );
         for c in checkpoints {
             let score = c
                 .step()
@@ -301,10 +323,13 @@ impl RedisPersistence {
         }
         match reply.as_slice() {
             [ok, released] if ok == "0" => {
+                if let Some(ops) = acquire {
+                    ops.hold.mark_acquired();
+                }
                 if released == "1"
-                    && let Some(release) = release
+                    && let Some(ops) = release
                 {
-                    release.mark_released();
+                    ops.hold.mark_released();
                 }
                 Ok(())
             }
@@ -317,6 +342,15 @@ impl RedisPersistence {
                 token: token.unwrap_or_default(),
                 newest: newest.parse().unwrap_or_default(),
             })),
+            [held, _] if held == "2" => Err(other(LockError::Held {
+                execution_id: execution_id.to_owned(),
+            })),
+            [used, issued] if used == "3" => Err(PersistenceError::Other(
+                format!(
+                    "execution `{execution_id}` was started as new, but its lock has issued {issued} fencing token(s): another run of it exists (a runner whose lease expired, or an id used twice); nothing was saved"
+                )
+                .into(),
+            )),
             _ => Err(PersistenceError::Other(
                 format!("unexpected reply to a checkpoint save: {reply:?}").into(),
             )),
@@ -332,15 +366,15 @@ impl PersistenceBackend for RedisPersistence {
             .await
     }
 
-    /// Every checkpoint, the pointer, the pruning and the lock release in one script (one
-    /// round trip).
+    /// Every checkpoint, the pointer, the pruning and the lock's acquire or release in one
+    /// script (one round trip).
     async fn save_encoded_batch(
         &self,
         checkpoints: Vec<EncodedCheckpoint>,
         keep: Option<usize>,
-        release: Option<&FusedRelease>,
+        lock: Option<HoldOps<'_>>,
     ) -> Result<(), PersistenceError> {
-        self.store_batch(&checkpoints, keep, release).await
+        self.store_batch(&checkpoints, keep, lock).await
     }
 
     /// The server, database and key prefix ([`RedisLock`](super::RedisLock)s on the same

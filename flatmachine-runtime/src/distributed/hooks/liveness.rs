@@ -242,7 +242,21 @@ async fn heartbeat_loop(
             .heartbeat(&worker_id, Some(metadata))
             .await
         {
-            Ok(()) => metrics().heartbeat(true),
+            Ok(()) => {
+                metrics().heartbeat(true);
+                // Registered once per process: if the reaper marked the worker `lost` while
+                // this process was paused, the next `register_worker` must make it `active`
+                // again (a `lost` worker is never reaped again, so a later crash would leave
+                // its job to the lease).
+                if let Some(live) = live.upgrade()
+                    && live.registration(&worker_id).is_some()
+                    && let Ok(Some(record)) = beat.registration.get(&worker_id).await
+                    && record.status != crate::distributed::worker_status::ACTIVE
+                {
+                    tracing::warn!(worker_id = %worker_id, status = %record.status, "this worker was marked inactive while alive; it registers again at its next run");
+                    live.forget_registration(&worker_id);
+                }
+            }
             // A worker that never registered (or whose record an operator removed) still
             // gets its claims checked; its next `register_worker` writes the record again.
             Err(DistributedError::WorkerNotFound(_)) => {
