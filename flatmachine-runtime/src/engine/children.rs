@@ -229,7 +229,7 @@ impl Machine {
         let child_id = request.execution_id.clone();
         let slot = run.waiting_child.clone();
         Box::pin(async move {
-            let result = invoker.invoke(request).await?;
+            let result = GrowStack(invoker.invoke(request)).await?;
             match result.waiting() {
                 Some(w) => {
                     let mut slot = slot
@@ -528,4 +528,32 @@ fn out_of_budget<'a>(
         return Err(Budgeted::refused(budget));
     }
     Ok(())
+}
+
+/// Polls a child machine's run on a fresh stack segment when this thread's stack runs low.
+///
+/// A child runs inside its parent's task (task-locals such as the run's budget, events and
+/// trace collectors stay in scope), so each level of `machine:` nesting adds its poll frames
+/// to the same stack; unoptimized builds keep those frames large enough for three levels to
+/// overflow a 2 MiB thread. Past [`STACK_RED_ZONE`] of headroom the poll moves to a new
+/// [`STACK_SEGMENT`]-byte segment ([`stacker`]); with room to spare it costs one comparison.
+pub(super) struct GrowStack<F>(pub(super) F);
+
+/// Headroom below which a child's poll moves to a new stack segment.
+const STACK_RED_ZONE: usize = 1024 * 1024;
+/// Size of a new stack segment for a child's poll.
+const STACK_SEGMENT: usize = 4 * 1024 * 1024;
+
+impl<F: Future + Unpin> Future for GrowStack<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let inner = &mut self.get_mut().0;
+        stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || {
+            std::pin::Pin::new(&mut *inner).poll(cx)
+        })
+    }
 }
