@@ -658,3 +658,54 @@ async fn a_fresh_run_takes_and_releases_its_lock_with_its_checkpoints() {
         Some(encoded.key())
     );
 }
+
+/// The console pages through executions with `execution_ids_after`: on Redis every id comes
+/// exactly once across pages, whatever the page size, ids that sort around each other's
+/// `/latest` keys (`a`, `a-b`, `a.b`, `ab`) included, and a checkpoint's other keys are not
+/// taken for executions.
+#[tokio::test]
+async fn redis_execution_ids_come_once_each_a_page_at_a_time() {
+    let server = RedisServer::start();
+    let store = CheckpointStore::new(Arc::new(RedisPersistence::new(conn(&server, "pages"))));
+    let mut ids: Vec<String> = ["a", "a-b", "a.b", "ab", "b", "a-b-c", "Z", "0"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    ids.extend((0..17).map(|i| format!("run-{i:03}")));
+    for id in &ids {
+        for s in run_events(id, 2) {
+            store.save(s).await.unwrap();
+        }
+    }
+    let all = store.execution_ids().await.unwrap();
+    let mut expected = ids.clone();
+    expected.sort();
+    let mut listed = all.clone();
+    listed.sort();
+    assert_eq!(listed, expected);
+    for limit in [1, 3, 4, 25, 100] {
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = store
+                .execution_ids_after(cursor.as_deref(), limit)
+                .await
+                .unwrap();
+            assert!(page.len() <= limit);
+            if page.is_empty() {
+                break;
+            }
+            cursor = page.last().cloned();
+            seen.extend(page);
+        }
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(
+            sorted.len(),
+            seen.len(),
+            "an id came twice with pages of {limit}: {seen:?}"
+        );
+        assert_eq!(sorted, expected, "pages of {limit}");
+    }
+}
