@@ -3,7 +3,8 @@
 //!
 //! Every event names the execution that emitted it, so the events of `machine:`, `foreach:`
 //! and `launch:` children reach the parent's stream tagged with their own execution id (and
-//! their parent's).
+//! their parent's) — also when `cli::SubprocessInvoker` runs them as other processes (they send
+//! their events back on stderr, checked before they are re-emitted).
 //!
 //! # Buffering and a slow consumer
 //!
