@@ -3,11 +3,18 @@
 //! `otel`) with `otel::Telemetry` exporting spans and metrics to a loopback OTLP/HTTP receiver.
 //!
 //! `cargo bench -p flatmachine-runtime --features otel --bench observability`
+//!
+//! With `FLATMACHINE_BENCH_CPU_TIME=1` (Unix) the figures are the bench thread's CPU time
+//! instead of wall time: the runs and the stream's consumer all run on that one thread (a
+//! current-thread runtime), so this leaves out the time other processes of a loaded machine
+//! take the CPU away. (The OTLP exporter's own thread is then left out too.)
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::{Criterion, criterion_group};
 use flatmachine_runtime::{Context, Machine, RunOptions, StateError, Value};
 use futures::StreamExt;
 use serde_json::json;
+use std::time::Duration;
 
 flatmachine_runtime::flatmachine!("benches/machines/loop.yml");
 flatmachine_runtime::flatmachine!("benches/machines/foreach.yml");
@@ -101,7 +108,56 @@ fn loopback_otlp() -> String {
     format!("http://{addr}")
 }
 
-fn bench(c: &mut Criterion) {
+/// The calling thread's CPU time (criterion measures with it under
+/// `FLATMACHINE_BENCH_CPU_TIME=1`).
+struct ThreadCpuTime;
+
+fn thread_cpu_time() -> Duration {
+    #[cfg(unix)]
+    {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        Duration::new(
+            u64::try_from(t.tv_sec).unwrap_or(0),
+            u32::try_from(t.tv_nsec).unwrap_or(0),
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        panic!("FLATMACHINE_BENCH_CPU_TIME needs a Unix thread CPU clock")
+    }
+}
+
+impl Measurement for ThreadCpuTime {
+    type Intermediate = Duration;
+    type Value = Duration;
+
+    fn start(&self) -> Duration {
+        thread_cpu_time()
+    }
+
+    fn end(&self, started: Duration) -> Duration {
+        thread_cpu_time().saturating_sub(started)
+    }
+
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+
+    fn formatter(&self) -> &dyn ValueFormatter {
+        static WALL: WallTime = WallTime;
+        WALL.formatter()
+    }
+}
+
+fn bench<M: Measurement>(c: &mut Criterion<M>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -134,5 +190,18 @@ fn bench(c: &mut Criterion) {
     telemetry.shutdown().unwrap();
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+criterion_group!(wall_time, bench);
+criterion_group! {
+    name = cpu_time;
+    config = Criterion::default().with_measurement(ThreadCpuTime);
+    targets = bench
+}
+
+fn main() {
+    if std::env::var_os("FLATMACHINE_BENCH_CPU_TIME").is_some_and(|v| v == "1") {
+        cpu_time();
+    } else {
+        wall_time();
+    }
+    Criterion::default().configure_from_args().final_summary();
+}

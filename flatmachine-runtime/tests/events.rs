@@ -254,6 +254,48 @@ async fn a_failing_run_reports_the_error_its_route_and_the_failure() {
     }
 }
 
+/// Events are handed over in batches, but never held back while the run waits: here the
+/// state's action waits until the consumer has seen the state's `StateEnter` (a run that kept
+/// it in its batch would never finish).
+async fn events_reach_the_consumer_while_the_run_waits() {
+    let seen = std::sync::Arc::new(tokio::sync::Notify::new());
+    let waiting = seen.clone();
+    let machine = Machine::of::<error_unrouted::Machine>()
+        .action_mut("risky", move |_ctx, _call| {
+            let waiting = waiting.clone();
+            Box::pin(async move {
+                waiting.notified().await;
+                Ok(())
+            })
+        })
+        .build()
+        .unwrap();
+    let mut stream = machine.stream(json!({}), RunOptions::new());
+    let watched = async {
+        while let Some(event) = stream.next().await {
+            if matches!(event.kind, EventKind::StateEnter { state: "start", .. }) {
+                seen.notify_one();
+            }
+        }
+        stream.result().await
+    };
+    let result = tokio::time::timeout(std::time::Duration::from_secs(20), watched)
+        .await
+        .expect("the consumer never saw the state the run waits in")
+        .unwrap();
+    assert_eq!(result.output["route"], "ok");
+}
+
+#[tokio::test]
+async fn events_reach_a_consumer_on_the_same_thread_while_the_run_waits() {
+    events_reach_the_consumer_while_the_run_waits().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_a_consumer_on_another_thread_while_the_run_waits() {
+    events_reach_the_consumer_while_the_run_waits().await;
+}
+
 /// A buffer of one event and a consumer that is not reading: token deltas are joined (none
 /// lost, order kept), and no other event is dropped (the run waits for the consumer).
 #[tokio::test]

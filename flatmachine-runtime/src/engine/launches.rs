@@ -271,7 +271,7 @@ impl Machine {
         let id = execution_id.clone();
         // A launched child's events go to its parent's stream, if one listens.
         let events = RunEvents::current();
-        let handle = tokio::spawn(RunEvents::scope(events, async move {
+        let handle = tokio::spawn(RunEvents::task_scope(events, async move {
             let outcome = invoker.invoke(request).await;
             let value = match &outcome {
                 Ok(r) => r.output.clone(),

@@ -162,8 +162,10 @@ impl Run {
     /// Emits the event `kind` builds, when a stream listens (nothing is built otherwise).
     #[inline]
     pub(super) async fn emit(&self, kind: impl FnOnce() -> EventKind) {
-        if let Some(events) = &self.events {
-            events.send(kind()).await;
+        if let Some(events) = &self.events
+            && let Some(wait) = events.try_send(kind)
+        {
+            wait.await;
         }
     }
 
