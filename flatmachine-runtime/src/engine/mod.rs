@@ -10,6 +10,7 @@
 mod actions;
 mod budget;
 mod builder;
+mod checkpointing;
 mod children;
 mod fork;
 mod handlers;
@@ -21,6 +22,7 @@ mod result;
 mod resume;
 mod step;
 mod tool_loop;
+mod traced;
 mod wait;
 
 pub use budget::{AgentCallBudget, RunTotals};

@@ -6,18 +6,14 @@ use super::handlers::ActionCall;
 use super::machine::Machine;
 use super::machine::noop_hooks;
 use super::result::{RunError, RunFailure, RunResult, RunStatus};
+use super::traced::{CallTrace, TotalsMark};
 use super::wait::{Parked, WaitOutcome};
 use crate::agents::{AdapterEnv, AgentExecutor, AgentResult, ClosureExecutor, Usage};
 use crate::error::error_type;
 use crate::events::{ErrorRoute, EventKind, RunEvents};
 use crate::hooks::MachineHooks;
-use crate::lock::HoldOps;
 use crate::machine::{MachineSpec, StateSpec};
-use crate::persistence::encoded::SnapshotParts;
-use crate::persistence::{
-    CheckpointStore, CheckpointWriter, EncodedCheckpoint, ForkOrigin, LaunchIntent,
-    PersistenceError, checkpoint_event,
-};
+use crate::persistence::{CheckpointWriter, EncodedCheckpoint, ForkOrigin, LaunchIntent};
 use crate::template::{self, ScopeRef, TemplateValue};
 use crate::{Context, StateError, Value};
 use std::sync::Arc;
@@ -95,10 +91,10 @@ pub(super) struct Run {
 
 /// A checkpoint encoded but not saved yet, with what its `CheckpointSaved` event reports.
 pub(super) struct DeferredCheckpoint {
-    checkpoint: EncodedCheckpoint,
-    event: &'static str,
-    state: &'static str,
-    step: u64,
+    pub(super) checkpoint: EncodedCheckpoint,
+    pub(super) event: &'static str,
+    pub(super) state: &'static str,
+    pub(super) step: u64,
 }
 
 /// A child run that parked in a `wait_for` state: its parent parks with it.
@@ -263,227 +259,6 @@ pub(super) fn does_no_work(state: &StateSpec) -> bool {
 }
 
 impl Machine {
-    /// Writes one checkpoint of `run`: serialized once, straight from the borrowed context, or
-    /// as a record sharing the context for a store in memory ([`CheckpointStore::write`]).
-    pub(super) async fn write_checkpoint(
-        &self,
-        store: &CheckpointStore,
-        run: &mut Run,
-        event: &'static str,
-        state: &'static str,
-        context: &Context,
-        output: Option<&Value>,
-    ) -> Result<(), PersistenceError> {
-        self.write_checkpoint_with(store, run, event, state, context, output, None)
-            .await
-    }
-
-    /// [`write_checkpoint`](Self::write_checkpoint), with the channel and deadline of a
-    /// `waiting` checkpoint.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn write_checkpoint_with(
-        &self,
-        store: &CheckpointStore,
-        run: &mut Run,
-        event: &'static str,
-        state: &'static str,
-        context: &Context,
-        output: Option<&Value>,
-        waiting: Option<(&str, Option<&str>)>,
-    ) -> Result<(), PersistenceError> {
-        let spec = self.inner.spec;
-        if !run.pending_launches.is_empty() {
-            let launches = &self.inner.launches;
-            run.pending_launches
-                .retain(|intent| !launches.is_done(&intent.execution_id));
-        }
-        let empty = Context::new();
-        let parts = SnapshotParts {
-            execution_id: "",
-            machine_name: spec.name,
-            spec_version: spec.spec_version,
-            current_state: state,
-            context,
-            step: run.step,
-            created_at: "",
-            event: Some(event),
-            output: output.map(|o| match o {
-                Value::Object(m) => m,
-                _ => &empty,
-            }),
-            total_api_calls: Some(run.api_calls),
-            total_cost: Some(run.cost),
-            parent_execution_id: run.parent_execution_id.as_deref(),
-            pending_launches: (!run.pending_launches.is_empty())
-                .then_some(run.pending_launches.as_slice()),
-            waiting_channel: waiting.map(|(channel, _)| channel),
-            config_hash: run.config_hash,
-            wait_deadline: waiting.and_then(|(_, deadline)| deadline),
-            forked_from: run.forked_from.as_ref(),
-            fencing_token: run.fencing_token,
-        };
-        // A store sharing the lock's fencing domain takes a fresh execution's lock with its
-        // first checkpoint and releases it with the last.
-        let hold = run
-            .store_hold
-            .clone()
-            .filter(|h| event == checkpoint_event::MACHINE_END || !h.is_acquired());
-        if run.deferred.is_empty() && hold.is_none() {
-            return store.write(&mut run.writer, parts).await;
-        }
-        let checkpoint = run.writer.encode(parts)?;
-        let deferred = std::mem::take(&mut run.deferred);
-        let mut batch: Vec<EncodedCheckpoint> = Vec::with_capacity(deferred.len() + 1);
-        batch.extend(deferred.iter().map(|d| d.checkpoint.clone()));
-        batch.push(checkpoint);
-        let started = std::time::Instant::now();
-        let ops = hold.as_ref().map(|hold| HoldOps {
-            hold,
-            release: event == checkpoint_event::MACHINE_END,
-        });
-        store.save_encoded_batch(batch, ops).await?;
-        Self::announce(run, &deferred, started.elapsed()).await;
-        Ok(())
-    }
-
-    /// Emits `CheckpointSaved` for checkpoints saved late (`latency`: the batch's).
-    async fn announce(run: &Run, saved: &[DeferredCheckpoint], latency: std::time::Duration) {
-        for d in saved {
-            run.emit(|| EventKind::CheckpointSaved {
-                event: d.event,
-                state: d.state,
-                step: d.step,
-                latency,
-            })
-            .await;
-        }
-    }
-
-    /// The `execute` checkpoint of a state that does no work ([`does_no_work`]), encoded now
-    /// and saved with the next checkpoint (one round trip for both on a networked store). A
-    /// store that keeps records in memory saves it at once: there is no round trip to spare.
-    async fn defer_checkpoint(
-        &self,
-        run: &mut Run,
-        state: &'static str,
-        context: &Context,
-    ) -> Result<(), RunError> {
-        let Some(store) = &self.inner.store else {
-            return Ok(());
-        };
-        if store.backend().keeps_records() {
-            return self
-                .checkpoint(run, checkpoint_event::EXECUTE, state, context, None)
-                .await;
-        }
-        let parts = SnapshotParts {
-            execution_id: "",
-            machine_name: self.inner.spec.name,
-            spec_version: self.inner.spec.spec_version,
-            current_state: state,
-            context,
-            step: run.step,
-            created_at: "",
-            event: Some(checkpoint_event::EXECUTE),
-            output: None,
-            total_api_calls: Some(run.api_calls),
-            total_cost: Some(run.cost),
-            parent_execution_id: run.parent_execution_id.as_deref(),
-            pending_launches: (!run.pending_launches.is_empty())
-                .then_some(run.pending_launches.as_slice()),
-            waiting_channel: None,
-            config_hash: run.config_hash,
-            wait_deadline: None,
-            forked_from: run.forked_from.as_ref(),
-            fencing_token: run.fencing_token,
-        };
-        let checkpoint = run.writer.encode(parts)?;
-        run.deferred.push(DeferredCheckpoint {
-            checkpoint,
-            event: checkpoint_event::EXECUTE,
-            state,
-            step: run.step,
-        });
-        Ok(())
-    }
-
-    /// Saves the checkpoints still deferred when the loop returned (a run that ended without a
-    /// later checkpoint). A failure to save fails a run that succeeded; a run that failed
-    /// keeps its own error (the save failure is logged).
-    async fn settle_deferred(
-        &self,
-        run: &mut Run,
-        result: Result<RunResult, RunError>,
-    ) -> Result<RunResult, RunError> {
-        if run.deferred.is_empty() {
-            return result;
-        }
-        let Some(store) = &self.inner.store else {
-            return result;
-        };
-        let deferred = std::mem::take(&mut run.deferred);
-        let batch = deferred.iter().map(|d| d.checkpoint.clone()).collect();
-        let started = std::time::Instant::now();
-        // A fresh execution whose only checkpoints these are takes its lock with them.
-        let hold = run.store_hold.clone().filter(|h| !h.is_acquired());
-        let ops = hold.as_ref().map(|hold| HoldOps {
-            hold,
-            release: false,
-        });
-        match (store.save_encoded_batch(batch, ops).await, result) {
-            (Ok(()), result) => {
-                Self::announce(run, &deferred, started.elapsed()).await;
-                result
-            }
-            (Err(e), Ok(_)) => Err(e.into()),
-            (Err(e), Err(error)) => {
-                tracing::warn!(execution_id = %run.execution_id, error = %e, "could not save the last checkpoints of a failed run");
-                Err(error)
-            }
-        }
-    }
-
-    /// Whether `event` gets a checkpoint: there is a store and `checkpoint_on` (if set) lists
-    /// it. The run loop asks before calling [`checkpoint`](Self::checkpoint), so a run without
-    /// checkpoints builds and polls no checkpoint future.
-    #[inline]
-    pub(super) fn checkpoints(&self, event: &str) -> bool {
-        self.inner.store.is_some()
-            && self
-                .inner
-                .checkpoint_on
-                .as_ref()
-                .is_none_or(|on| on.iter().any(|e| e == event))
-    }
-
-    pub(super) async fn checkpoint(
-        &self,
-        run: &mut Run,
-        event: &'static str,
-        state: &'static str,
-        context: &Context,
-        output: Option<&Value>,
-    ) -> Result<(), RunError> {
-        let Some(store) = &self.inner.store else {
-            return Ok(());
-        };
-        if !self.checkpoints(event) {
-            return Ok(());
-        }
-        let started = run.events.is_some().then(std::time::Instant::now);
-        self.write_checkpoint(store, run, event, state, context, output)
-            .await?;
-        let step = run.step;
-        run.emit(|| EventKind::CheckpointSaved {
-            event,
-            state,
-            step,
-            latency: started.map(|s| s.elapsed()).unwrap_or_default(),
-        })
-        .await;
-        Ok(())
-    }
-
     /// Runs states from `start` until a final state; `context` is left as the run left it
     /// (also on failure, for [`RunFailure`](super::RunFailure)).
     pub(super) async fn run_loop(
@@ -966,61 +741,6 @@ impl Machine {
         Ok(output)
     }
 
-    /// [`run_tool_loop`](Self::run_tool_loop), its model calls recorded as one trace record.
-    async fn traced_tool_loop(
-        &self,
-        store: CheckpointStore,
-        run: &mut Run,
-        index: usize,
-        context: &mut Context,
-    ) -> Result<Value, StateError> {
-        let state = &self.inner.spec.states[index];
-        let input = self.render_state_input(state, context).unwrap_or_default();
-        let before = TotalsMark::of(run);
-        let started_at = crate::persistence::utc_now_isoformat();
-        let started = std::time::Instant::now();
-        let (outcome, exchanges, omitted) =
-            crate::trace::collect(self.run_tool_loop(run, index, context)).await;
-        let call = CallTrace {
-            state: state.name,
-            agent: state.agent.unwrap_or_default(),
-            tool_loop: true,
-            started_at,
-            started,
-            input,
-            exchanges,
-            omitted,
-            before,
-        };
-        call.write(&store, run, outcome.as_ref().map(Some)).await;
-        outcome
-    }
-
-    /// Records a state error and where it was routed.
-    async fn trace_error(
-        &self,
-        store: &CheckpointStore,
-        run: &Run,
-        state: usize,
-        error: &StateError,
-        routed: &Result<usize, RunError>,
-    ) {
-        let spec = self.inner.spec;
-        let record = crate::trace::TraceRecord::Error(crate::trace::ErrorTrace {
-            step: run.step,
-            state: spec.states[state].name.to_owned(),
-            error: crate::trace::TracedError::new(error.error_type.clone(), error.message.clone()),
-            route: routed
-                .as_ref()
-                .ok()
-                .map(|i| spec.states[*i].name.to_owned()),
-            at: crate::persistence::utc_now_isoformat(),
-        });
-        if let Err(e) = crate::trace::write_record(store, &run.execution_id, record).await {
-            tracing::warn!(execution_id = %run.execution_id, error = %e, "cannot write a trace record");
-        }
-    }
-
     /// The executor for `agent:` in this machine: a closure registered under that name, else
     /// the adapter for the agent's type (built once, then cached).
     pub(super) fn executor(&self, agent: &str) -> Result<Arc<dyn AgentExecutor>, StateError> {
@@ -1097,103 +817,5 @@ impl Machine {
             context.insert(key.to_string(), value);
         }
         Ok(())
-    }
-}
-
-/// The run's totals before a traced agent call (the call's share is the difference).
-#[derive(Clone, Copy)]
-struct TotalsMark {
-    api_calls: u64,
-    cost: f64,
-    usage: Usage,
-}
-
-impl TotalsMark {
-    fn of(run: &Run) -> Self {
-        Self {
-            api_calls: run.api_calls,
-            cost: run.cost,
-            usage: run.usage,
-        }
-    }
-}
-
-/// What a traced agent call collected, written as a [`crate::trace::AgentCallTrace`].
-struct CallTrace {
-    state: &'static str,
-    agent: &'static str,
-    tool_loop: bool,
-    started_at: String,
-    started: std::time::Instant,
-    input: Value,
-    exchanges: Vec<crate::trace::ModelExchange>,
-    omitted: usize,
-    before: TotalsMark,
-}
-
-impl CallTrace {
-    /// Writes the record; the call's billing is what the run's totals grew by.
-    async fn write(
-        self,
-        store: &CheckpointStore,
-        run: &Run,
-        outcome: Result<Option<&Value>, &StateError>,
-    ) {
-        let billed = crate::agents::Billing {
-            api_calls: run.api_calls.saturating_sub(self.before.api_calls),
-            cost: run.cost - self.before.cost,
-            usage: Usage {
-                input_tokens: run
-                    .usage
-                    .input_tokens
-                    .saturating_sub(self.before.usage.input_tokens),
-                output_tokens: run
-                    .usage
-                    .output_tokens
-                    .saturating_sub(self.before.usage.output_tokens),
-                cached_tokens: run
-                    .usage
-                    .cached_tokens
-                    .saturating_sub(self.before.usage.cached_tokens),
-            },
-        };
-        self.write_billed(store, run, outcome, billed).await;
-    }
-
-    /// Writes the record with this billing. A record that cannot be written is logged.
-    async fn write_billed(
-        self,
-        store: &CheckpointStore,
-        run: &Run,
-        outcome: Result<Option<&Value>, &StateError>,
-        billed: crate::agents::Billing,
-    ) {
-        use crate::trace::{AgentCallTrace, MAX_TEXT, TraceRecord, TracedError, bounded_value};
-        let (output, error) = match outcome {
-            Ok(output) => (output.map(|v| bounded_value(v.clone(), MAX_TEXT)), None),
-            Err(e) => (
-                None,
-                Some(TracedError::new(e.error_type.clone(), e.message.clone())),
-            ),
-        };
-        let record = TraceRecord::AgentCall(Box::new(AgentCallTrace {
-            step: run.step,
-            state: self.state.to_owned(),
-            agent: self.agent.to_owned(),
-            tool_loop: self.tool_loop,
-            started_at: self.started_at,
-            latency_ms: self.started.elapsed().as_secs_f64() * 1000.0,
-            input: bounded_value(self.input, MAX_TEXT),
-            exchanges: self.exchanges,
-            omitted_exchanges: self.omitted,
-            output,
-            api_calls: billed.api_calls,
-            cost: billed.cost,
-            usage: billed.usage,
-            error,
-        }));
-        if let Err(e) = crate::trace::write_record(store, &run.execution_id, record).await {
-            tracing::warn!(execution_id = %run.execution_id, error = %e, "cannot write a trace record");
-        }
     }
 }
