@@ -265,18 +265,8 @@ impl Machine {
         .await;
         run.tools.close().await;
         drop(guard);
-        if let (Err(error), Some(store)) = (&ran, self.inner.trace_store()) {
-            let state_error = error.to_state_error();
-            let record = crate::trace::TraceRecord::Failure(crate::trace::FailureTrace {
-                step: run.step,
-                error: crate::trace::TracedError::new(state_error.error_type, error.to_string()),
-                at: crate::persistence::utc_now_isoformat(),
-            });
-            if let Err(e) =
-                Box::pin(crate::trace::write_record(store, &run.execution_id, record)).await
-            {
-                tracing::warn!(execution_id = %run.execution_id, error = %e, "cannot write a trace record");
-            }
+        if let Err(error) = &ran {
+            self.trace_failure(&run, error).await;
         }
         let outcome = ran.map_err(|error| run.failure(error, context));
         run.emit(|| crate::events::machine_finished(&outcome)).await;

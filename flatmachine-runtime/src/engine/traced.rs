@@ -9,6 +9,26 @@ use crate::persistence::CheckpointStore;
 use crate::{Context, StateError, Value};
 
 impl Machine {
+    /// Records a run's failure for the console (when its store keeps trace records); a record
+    /// that cannot be written is logged, never an error of the run.
+    pub(super) async fn trace_failure(&self, run: &Run, error: &RunError) {
+        let Some(store) = self.inner.trace_store() else {
+            return;
+        };
+        let record = crate::trace::TraceRecord::Failure(crate::trace::FailureTrace {
+            step: run.step,
+            error: crate::trace::TracedError::new(
+                error.to_state_error().error_type,
+                error.to_string(),
+            ),
+            at: crate::persistence::utc_now_isoformat(),
+        });
+        if let Err(e) = Box::pin(crate::trace::write_record(store, &run.execution_id, record)).await
+        {
+            tracing::warn!(execution_id = %run.execution_id, error = %e, "cannot write a trace record");
+        }
+    }
+
     /// [`run_tool_loop`](Self::run_tool_loop), its model calls recorded as one trace record.
     pub(super) async fn traced_tool_loop(
         &self,
