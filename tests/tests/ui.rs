@@ -53,6 +53,12 @@ fn stage_machines() {
 #[test]
 fn ui() {
     stage_machines();
+    // trybuild's generated crate has no `[profile]` of its own, so cargo's default (full debug
+    // info, for every dependency too) would make its target directory ~6 GB: it ran a CI
+    // machine out of disk. The cases need no debug info; cargo reads this variable in the
+    // `cargo` processes trybuild starts (they inherit the environment).
+    // SAFETY: this binary holds this one test, and nothing else runs while it is set.
+    unsafe { std::env::set_var("CARGO_PROFILE_DEV_DEBUG", "0") };
     let t = trybuild::TestCases::new();
     t.compile_fail("ui/fail/*.rs");
     t.pass("ui/pass/*.rs");
