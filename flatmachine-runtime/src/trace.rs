@@ -379,23 +379,20 @@ pub async fn write_record(
     store.backend().save_text(&key, &json).await
 }
 
-/// Writes the graph of `spec` for `execution_id` unless it has one already.
-pub async fn write_graph(
-    store: &CheckpointStore,
+/// The graph record of `spec` for `execution_id`: its key and JSON, for the run to save with
+/// its next checkpoint (a fresh execution) or on its own.
+pub fn graph_text(
     execution_id: &str,
     spec: &MachineSpec,
-) -> Result<(), PersistenceError> {
+) -> Result<(String, String), PersistenceError> {
     let key = graph_key(execution_id);
-    if store.backend().load_text(&key).await?.is_some() {
-        return Ok(());
-    }
     let json = serde_json::to_string(&GraphTrace::of(spec)).map_err(|source| {
         PersistenceError::Serialize {
             key: key.clone(),
             source,
         }
     })?;
-    store.backend().save_text(&key, &json).await
+    Ok((key, json))
 }
 
 /// Serializes `record`, shrinking it until it fits in [`MAX_RECORD_BYTES`].

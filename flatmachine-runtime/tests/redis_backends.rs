@@ -659,6 +659,118 @@ async fn a_fresh_run_takes_and_releases_its_lock_with_its_checkpoints() {
     );
 }
 
+/// Round trips since the last `CONFIG RESETSTAT`, by `INFO commandstats`: the scripts
+/// (`EVALSHA`, `EVAL`: what every save is) and the `GET`s (what a load is; the commands a script
+/// runs are counted under their own names, and the scripts of these runs take no `GET`).
+async fn round_trips(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(redis)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|l| {
+            ["cmdstat_evalsha:", "cmdstat_eval:", "cmdstat_get:"]
+                .iter()
+                .any(|name| l.starts_with(name))
+        })
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// A run's machine graph (the console's trace record) goes to Redis in the script of its first
+/// checkpoint: a traced run makes exactly as many round trips as one with tracing off, and the
+/// graph is there afterwards. A run that saves no checkpoint writes it at its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_graph_costs_no_round_trip_of_its_own() {
+    let server = RedisServer::start();
+    let mut redis = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let build = |trace: bool, checkpoint_on: &[&str]| {
+        let store = CheckpointStore::new(Arc::new(RedisPersistence::new(conn(&server, "graph"))));
+        let m = Machine::of::<resumable::Machine>()
+            .persistence(store.clone())
+            .trace(trace)
+            .checkpoint_on(checkpoint_on.iter().copied())
+            .action_mut("first", |ctx, _| {
+                Box::pin(async move {
+                    push_trail(ctx, "first");
+                    Ok(())
+                })
+            })
+            .action_mut("flaky", |ctx, _| {
+                Box::pin(async move {
+                    push_trail(ctx, "flaky");
+                    Ok(())
+                })
+            })
+            .build()
+            .unwrap();
+        (m, store)
+    };
+    let mut counts = Vec::new();
+    for trace in [false, true, false, true] {
+        let (m, store) = build(trace, &checkpoint_event::ALL);
+        // Warm: the scripts are loaded and the connection is up before counting.
+        m.run(json!({})).await.unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let out = m.run(json!({})).await.unwrap();
+        counts.push(round_trips(&mut redis).await);
+        let graph = store
+            .backend()
+            .load_text(&flatmachine_runtime::trace::graph_key(&out.execution_id))
+            .await
+            .unwrap();
+        assert_eq!(graph.is_some(), trace, "trace {trace}: graph {graph:?}");
+        if let Some(graph) = graph {
+            let g: serde_json::Value = serde_json::from_str(&graph).unwrap();
+            assert_eq!(g["machine"], "resumable");
+        }
+    }
+    assert!(counts[0] > 0, "{counts:?}");
+    assert_eq!(
+        counts[0], counts[1],
+        "untraced vs traced round trips: {counts:?}"
+    );
+    assert_eq!(
+        counts[2], counts[3],
+        "untraced vs traced round trips: {counts:?}"
+    );
+
+    // No checkpoint at all: the graph is written when the run ends.
+    let (m, store) = build(true, &[]);
+    let out = m.run(json!({})).await.unwrap();
+    assert!(
+        store
+            .checkpoint_keys(&out.execution_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .backend()
+            .load_text(&flatmachine_runtime::trace::graph_key(&out.execution_id))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
 /// The console pages through executions with `execution_ids_after`: on Redis every id comes
 /// exactly once across pages, whatever the page size, ids that sort around each other's
 /// `/latest` keys (`a`, `a-b`, `a.b`, `ab`) included, and a checkpoint's other keys are not

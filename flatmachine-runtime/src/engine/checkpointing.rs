@@ -76,7 +76,7 @@ impl Machine {
             .store_hold
             .clone()
             .filter(|h| event == checkpoint_event::MACHINE_END || !h.is_acquired());
-        if run.deferred.is_empty() && hold.is_none() {
+        if run.deferred.is_empty() && hold.is_none() && run.pending_texts.is_empty() {
             return store.write(&mut run.writer, parts).await;
         }
         let checkpoint = run.writer.encode(parts)?;
@@ -89,7 +89,8 @@ impl Machine {
             hold,
             release: event == checkpoint_event::MACHINE_END,
         });
-        store.save_encoded_batch(batch, ops).await?;
+        let texts = std::mem::take(&mut run.pending_texts);
+        store.save_encoded_batch_with(batch, &texts, ops).await?;
         Self::announce(run, &deferred, started.elapsed()).await;
         Ok(())
     }
@@ -160,19 +161,22 @@ impl Machine {
     }
 
     /// Saves the checkpoints still deferred when the loop returned (a run that ended without a
-    /// later checkpoint). A failure to save fails a run that succeeded; a run that failed
-    /// keeps its own error (the save failure is logged).
+    /// later checkpoint), and the trace texts no checkpoint took. A failure to save a
+    /// checkpoint fails a run that succeeded; a run that failed keeps its own error (the save
+    /// failure is logged). A trace text that cannot be saved is logged only.
     pub(super) async fn settle_deferred(
         &self,
         run: &mut Run,
         result: Result<RunResult, RunError>,
     ) -> Result<RunResult, RunError> {
-        if run.deferred.is_empty() {
-            return result;
-        }
         let Some(store) = &self.inner.store else {
             return result;
         };
+        if run.deferred.is_empty() {
+            self.save_pending_texts(store, run).await;
+            return result;
+        }
+        let texts = std::mem::take(&mut run.pending_texts);
         let deferred = std::mem::take(&mut run.deferred);
         let batch = deferred.iter().map(|d| d.checkpoint.clone()).collect();
         let started = std::time::Instant::now();
@@ -182,7 +186,10 @@ impl Machine {
             hold,
             release: false,
         });
-        match (store.save_encoded_batch(batch, ops).await, result) {
+        match (
+            store.save_encoded_batch_with(batch, &texts, ops).await,
+            result,
+        ) {
             (Ok(()), result) => {
                 Self::announce(run, &deferred, started.elapsed()).await;
                 result
@@ -191,6 +198,16 @@ impl Machine {
             (Err(e), Err(error)) => {
                 tracing::warn!(execution_id = %run.execution_id, error = %e, "could not save the last checkpoints of a failed run");
                 Err(error)
+            }
+        }
+    }
+
+    /// Saves the trace texts no checkpoint batch took (a run that wrote no checkpoint since
+    /// they were queued), each on its own; failures are logged, never the run's.
+    pub(super) async fn save_pending_texts(&self, store: &CheckpointStore, run: &mut Run) {
+        for (key, text) in std::mem::take(&mut run.pending_texts) {
+            if let Err(e) = store.backend().save_text(&key, &text).await {
+                tracing::warn!(execution_id = %run.execution_id, key = %key, error = %e, "cannot write a trace record");
             }
         }
     }

@@ -393,11 +393,14 @@ impl Machine {
             }
             None => Context::new(),
         };
-        if let Some(store) = self.inner.trace_store()
-            && let Err(e) =
-                Box::pin(crate::trace::write_graph(store, &run.execution_id, spec)).await
-        {
-            tracing::warn!(execution_id = %run.execution_id, error = %e, "cannot write the machine's graph");
+        if self.inner.trace_store().is_some() {
+            // Saved with the first checkpoint (no round trip of its own), else at the end.
+            match crate::trace::graph_text(&run.execution_id, spec) {
+                Ok(text) => run.pending_texts.push(text),
+                Err(e) => {
+                    tracing::warn!(execution_id = %run.execution_id, error = %e, "cannot write the machine's graph");
+                }
+            }
         }
         let live = run.live.clone();
         let events = run.events.clone();
@@ -424,7 +427,7 @@ impl Machine {
         run.tools.close().await;
         drop(guard);
         if let Err(error) = &ran {
-            self.trace_failure(&run, error).await;
+            self.trace_failure(&mut run, error).await;
         }
         let outcome = ran.map_err(|error| run.failure(error, context));
         run.emit(|| crate::events::machine_finished(&outcome)).await;

@@ -231,11 +231,22 @@ impl Machine {
             };
             (Some(state), entry)
         };
-        if let Some(store) = self.inner.trace_store()
-            && let Err(e) =
-                Box::pin(crate::trace::write_graph(store, &run.execution_id, spec)).await
-        {
-            tracing::warn!(execution_id = %run.execution_id, error = %e, "cannot write the machine's graph");
+        // The graph its start wrote stays (with its start time); one is queued only for an
+        // execution that has none (tracing was off, or it never saved a checkpoint).
+        if let Some(store) = self.inner.trace_store() {
+            let key = crate::trace::graph_key(&run.execution_id);
+            match Box::pin(store.backend().load_text(&key)).await {
+                Ok(Some(_)) => {}
+                Ok(None) => match crate::trace::graph_text(&run.execution_id, spec) {
+                    Ok(text) => run.pending_texts.push(text),
+                    Err(e) => {
+                        tracing::warn!(execution_id = %run.execution_id, error = %e, "cannot write the machine's graph");
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(execution_id = %run.execution_id, error = %e, "cannot read the machine's graph");
+                }
+            }
         }
         let live = run.live.clone();
         run.events = RunEvents::for_run(
@@ -266,7 +277,7 @@ impl Machine {
         run.tools.close().await;
         drop(guard);
         if let Err(error) = &ran {
-            self.trace_failure(&run, error).await;
+            self.trace_failure(&mut run, error).await;
         }
         let outcome = ran.map_err(|error| run.failure(error, context));
         run.emit(|| crate::events::machine_finished(&outcome)).await;

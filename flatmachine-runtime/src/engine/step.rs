@@ -84,6 +84,9 @@ pub(super) struct Run {
     /// `execute` checkpoints of states that do no work, not saved yet: they go with the next
     /// checkpoint, in one batch (see [`Machine::defer_checkpoint`]).
     pub(super) deferred: Vec<DeferredCheckpoint>,
+    /// Trace texts (key, text) not saved yet: they go with the next checkpoint's batch (the
+    /// run's graph, so a worker job pays no round trip for it), or at the end of the run.
+    pub(super) pending_texts: Vec<(String, String)>,
     /// The execution lock's hold, when a store of its fencing domain may take it with the
     /// first checkpoint (a fresh execution) and release it with the `machine_end` one.
     pub(super) store_hold: Option<crate::lock::StoreHold>,
@@ -143,6 +146,7 @@ impl Run {
             events: None,
             waiting_child: Arc::default(),
             deferred: Vec::new(),
+            pending_texts: Vec::new(),
             store_hold: None,
         }
     }

@@ -11,10 +11,11 @@ use crate::{Context, StateError, Value};
 impl Machine {
     /// Records a run's failure for the console (when its store keeps trace records); a record
     /// that cannot be written is logged, never an error of the run.
-    pub(super) async fn trace_failure(&self, run: &Run, error: &RunError) {
+    pub(super) async fn trace_failure(&self, run: &mut Run, error: &RunError) {
         let Some(store) = self.inner.trace_store() else {
             return;
         };
+        self.save_pending_texts(store, run).await;
         let record = crate::trace::TraceRecord::Failure(crate::trace::FailureTrace {
             step: run.step,
             error: crate::trace::TracedError::new(

@@ -290,9 +290,15 @@ pub trait PersistenceBackend: Send + Sync {
     /// then prunes ([`prune_checkpoints`](Self::prune_checkpoints)), and leaves the lock to its
     /// guard (it has no fencing domain, so no hold is ever pending on it). Nothing is pruned
     /// unless every save succeeded.
+    ///
+    /// `texts` are (key, text) pairs of the same execution stored as
+    /// [`save_text`](Self::save_text) would, with the checkpoints (the run's trace graph goes
+    /// with its first checkpoint this way, at no round trip of its own). The default saves
+    /// them after the checkpoints.
     async fn save_encoded_batch(
         &self,
         checkpoints: Vec<EncodedCheckpoint>,
+        texts: &[(String, String)],
         keep: Option<usize>,
         lock: Option<crate::lock::HoldOps<'_>>,
     ) -> Result<(), PersistenceError> {
@@ -303,6 +309,9 @@ pub trait PersistenceBackend: Send + Sync {
                 Some(result) => result?,
                 None => self.save_encoded(checkpoint).await?,
             }
+        }
+        for (key, text) in texts {
+            self.save_text(key, text).await?;
         }
         if let (Some(keep), Some(key)) = (keep, last) {
             let execution_id = &key[..key.rfind('/').unwrap_or(0)];

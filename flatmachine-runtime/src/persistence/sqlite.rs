@@ -308,6 +308,7 @@ impl PersistenceBackend for SqlitePersistence {
     async fn save_encoded_batch(
         &self,
         checkpoints: Vec<EncodedCheckpoint>,
+        texts: &[(String, String)],
         keep: Option<usize>,
         _lock: Option<crate::lock::HoldOps<'_>>,
     ) -> Result<(), PersistenceError> {
@@ -315,7 +316,12 @@ impl PersistenceBackend for SqlitePersistence {
             return Ok(());
         };
         let saved = last.key().to_owned();
-        let mut rows: Vec<(String, Vec<u8>)> = Vec::with_capacity(checkpoints.len() + 1);
+        let mut rows: Vec<(String, Vec<u8>)> =
+            Vec::with_capacity(checkpoints.len() + texts.len() + 1);
+        for (key, text) in texts {
+            validate_key(key)?;
+            rows.push((key.clone(), text.as_bytes().to_vec()));
+        }
         rows.extend(
             checkpoints
                 .iter()

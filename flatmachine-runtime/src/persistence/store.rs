@@ -164,7 +164,7 @@ impl CheckpointStore {
         if let Some(keep) = self.prune_after(checkpoint.key_shared()) {
             return self
                 .backend
-                .save_encoded_batch(vec![checkpoint], Some(keep), None)
+                .save_encoded_batch(vec![checkpoint], &[], Some(keep), None)
                 .await;
         }
         match self.backend.save_encoded_now(&checkpoint) {
@@ -180,7 +180,19 @@ impl CheckpointStore {
     /// operation; a hold of another domain is left alone.
     pub async fn save_encoded_batch(
         &self,
+        checkpoints: Vec<EncodedCheckpoint>,
+        lock: Option<crate::lock::HoldOps<'_>>,
+    ) -> Result<(), PersistenceError> {
+        self.save_encoded_batch_with(checkpoints, &[], lock).await
+    }
+
+    /// [`save_encoded_batch`](Self::save_encoded_batch), with texts of the same execution
+    /// (key, text) saved in the same operation (see
+    /// [`PersistenceBackend::save_encoded_batch`]).
+    pub async fn save_encoded_batch_with(
+        &self,
         mut checkpoints: Vec<EncodedCheckpoint>,
+        texts: &[(String, String)],
         lock: Option<crate::lock::HoldOps<'_>>,
     ) -> Result<(), PersistenceError> {
         let Some(last) = checkpoints.last() else {
@@ -195,6 +207,7 @@ impl CheckpointStore {
                     .is_some_and(|d| d == ops.hold.domain())
         });
         if checkpoints.len() == 1
+            && texts.is_empty()
             && keep.is_none()
             && lock.is_none()
             && let Some(only) = checkpoints.pop()
@@ -202,7 +215,7 @@ impl CheckpointStore {
             return self.save_encoded(only).await;
         }
         self.backend
-            .save_encoded_batch(checkpoints, keep, lock)
+            .save_encoded_batch(checkpoints, texts, keep, lock)
             .await
     }
 

@@ -94,8 +94,8 @@ return n
 
 /// KEYS = index, exec zset, latest data key, lock counter, fence record, lock key (or '').
 /// ARGV = data key prefix (`F:cp:`), token (or ''), keep (or ''), lock value to release (or
-/// ''), latest key, lock value to acquire (or ''), its lease ms (or ''), then (key, bytes,
-/// score) per checkpoint, in run order.
+/// ''), latest key, lock value to acquire (or ''), its lease ms (or ''), the number of texts
+/// `n`, then (key, text) per text, then (key, bytes, score) per checkpoint, in run order.
 /// `{0, released}` saved (released: 1 when the lock was deleted); `{1, newest}` refused by the
 /// fencing check; `{2, ''}` the lock to acquire is held by another runner; `{3, issued}` the
 /// lock to acquire for a fresh execution had issued tokens before. Nothing is written unless
@@ -122,8 +122,13 @@ if ARGV[2] ~= '' then
   if token < newest then return {'1', tostring(newest)} end
   if token > recorded then redis.call('SET', KEYS[5], ARGV[2]) end
 end
+local texts = 9 + 2 * tonumber(ARGV[8])
+for i = 9, texts - 1, 2 do
+  redis.call('SET', ARGV[1] .. ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[1], 0, ARGV[i])
+end
 local last
-for i = 8, #ARGV, 3 do
+for i = texts, #ARGV, 3 do
   redis.call('SET', ARGV[1] .. ARGV[i], ARGV[i + 1])
   redis.call('ZADD', KEYS[1], 0, ARGV[i])
   redis.call('ZADD', KEYS[2], ARGV[i + 2], ARGV[i])
@@ -270,6 +275,7 @@ impl RedisPersistence {
     async fn store_batch(
         &self,
         checkpoints: &[EncodedCheckpoint],
+        texts: &[(String, String)],
         keep: Option<usize>,
         lock: Option<HoldOps<'_>>,
     ) -> Result<(), PersistenceError> {
@@ -300,7 +306,12 @@ impl RedisPersistence {
                 acquire
                     .map(|ops| ops.hold.lease_ms().max(1).to_string())
                     .unwrap_or_default(),
-            );
+            )
+            .arg(texts.len());
+        for (key, text) in texts {
+            validate_key(key)?;
+            inv.arg(key).arg(text);
+        }
         for c in checkpoints {
             let score = c
                 .step()
@@ -362,7 +373,7 @@ impl RedisPersistence {
 impl PersistenceBackend for RedisPersistence {
     /// The loop's checkpoint stored as serialized (snapshot + `latest` in one script).
     async fn save_encoded(&self, checkpoint: EncodedCheckpoint) -> Result<(), PersistenceError> {
-        self.store_batch(std::slice::from_ref(&checkpoint), None, None)
+        self.store_batch(std::slice::from_ref(&checkpoint), &[], None, None)
             .await
     }
 
@@ -371,10 +382,11 @@ impl PersistenceBackend for RedisPersistence {
     async fn save_encoded_batch(
         &self,
         checkpoints: Vec<EncodedCheckpoint>,
+        texts: &[(String, String)],
         keep: Option<usize>,
         lock: Option<HoldOps<'_>>,
     ) -> Result<(), PersistenceError> {
-        self.store_batch(&checkpoints, keep, lock).await
+        self.store_batch(&checkpoints, texts, keep, lock).await
     }
 
     /// The server, database and key prefix ([`RedisLock`](super::RedisLock)s on the same
