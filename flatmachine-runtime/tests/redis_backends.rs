@@ -771,6 +771,75 @@ async fn a_runs_graph_costs_no_round_trip_of_its_own() {
     );
 }
 
+/// Hooks handling `resumable`'s two actions, saying `first` is idempotent when told so.
+struct TrailHooks {
+    first_is_idempotent: bool,
+}
+
+#[async_trait::async_trait]
+impl flatmachine_runtime::hooks::MachineHooks for TrailHooks {
+    fn is_idempotent_action(&self, action: &str) -> bool {
+        self.first_is_idempotent && action == "first"
+    }
+
+    async fn on_action(
+        &self,
+        action: &str,
+        context: &mut Context,
+    ) -> Result<flatmachine_runtime::hooks::ActionOutcome, flatmachine_runtime::hooks::HookError>
+    {
+        push_trail(context, action);
+        Ok(flatmachine_runtime::hooks::ActionOutcome::Handled)
+    }
+}
+
+/// A state whose only work is an action its hooks call idempotent saves its `execute`
+/// checkpoint in the next checkpoint's script: one round trip fewer, the same checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_actions_checkpoint_goes_with_the_next_one() {
+    let server = RedisServer::start();
+    let mut redis = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for first_is_idempotent in [false, true] {
+        let store = CheckpointStore::new(Arc::new(RedisPersistence::new(conn(&server, "idem"))));
+        let m = Machine::of::<resumable::Machine>()
+            .persistence(store.clone())
+            .trace(false)
+            .checkpoint_on(["execute", "machine_end"])
+            .hooks(Arc::new(TrailHooks {
+                first_is_idempotent,
+            }))
+            .build()
+            .unwrap();
+        m.run(json!({})).await.unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let out = m.run(json!({})).await.unwrap();
+        let trips = round_trips(&mut redis).await;
+        assert_eq!(out.output["trail"], json!(["first", "flaky"]));
+        let keys: Vec<String> = store
+            .checkpoint_keys(&out.execution_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k[out.execution_id.len()..].to_owned())
+            .collect();
+        seen.push((trips, keys));
+    }
+    // start (first) + flaky + done's execute with machine_end: 3 scripts; 2 when the
+    // `execute` of `start` waits for `flaky`'s.
+    assert_eq!(seen[0].0, 3, "{seen:?}");
+    assert_eq!(seen[1].0, 2, "{seen:?}");
+    assert_eq!(seen[0].1, seen[1].1);
+}
+
 /// The console pages through executions with `execution_ids_after`: on Redis every id comes
 /// exactly once across pages, whatever the page size, ids that sort around each other's
 /// `/latest` keys (`a`, `a-b`, `a.b`, `ab`) included, and a checkpoint's other keys are not

@@ -263,6 +263,26 @@ pub(super) fn does_no_work(state: &StateSpec) -> bool {
 }
 
 impl Machine {
+    /// Whether the state's only work is an action its hooks say can run twice harmlessly
+    /// ([`MachineHooks::is_idempotent_action`](crate::hooks::MachineHooks::is_idempotent_action)) — and no handler registered on the builder
+    /// replaces theirs: its `execute` checkpoint, like a state's that does no work, waits
+    /// for the next one.
+    fn only_idempotent_action(&self, run: &Run, index: usize) -> bool {
+        let state = &self.inner.spec.states[index];
+        let Some(action) = state.action else {
+            return false;
+        };
+        run.hooks_active
+            && state.agent.is_none()
+            && state.machine.is_empty()
+            && state.launch.is_empty()
+            && state.wait_for.is_none()
+            && state.tool_loop.is_none()
+            && state.foreach.is_none()
+            && self.state_action(index).is_none()
+            && run.hooks.is_idempotent_action(action)
+    }
+
     /// Runs states from `start` until a final state; `context` is left as the run left it
     /// (also on failure, for [`RunFailure`](super::RunFailure)).
     pub(super) async fn run_loop(
@@ -330,7 +350,7 @@ impl Machine {
                     continue;
                 }
                 if self.checkpoints("execute") {
-                    if does_no_work(state) {
+                    if does_no_work(state) || self.only_idempotent_action(run, current) {
                         self.defer_checkpoint(run, state.name, context).await?;
                     } else {
                         self.checkpoint(run, "execute", state.name, context, None)

@@ -265,6 +265,18 @@ pub trait MachineHooks: Send + Sync {
         Ok(ToolLoopControl::Continue)
     }
 
+    /// Whether running `action` (as these hooks handle it in [`on_action`](Self::on_action))
+    /// twice is harmless: idempotent, with no effect a second run would repeat. The engine then
+    /// saves the `execute` checkpoint of a state whose only work is this action together with
+    /// the next checkpoint (a round trip fewer on a networked store); a crash during the action
+    /// resumes from the checkpoint before and runs it again. Default `false`.
+    /// [`DistributedWorkerHooks`](crate::distributed::DistributedWorkerHooks) says `true` for
+    /// `register_worker`, `deregister_worker` and `heartbeat`.
+    fn is_idempotent_action(&self, action: &str) -> bool {
+        let _ = action;
+        false
+    }
+
     /// Untyped action route. Return [`ActionOutcome::Handled`] if this hook handled the action
     /// (it may have changed the context), [`ActionOutcome::NotHandled`] otherwise (default).
     async fn on_action(

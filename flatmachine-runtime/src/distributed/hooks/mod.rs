@@ -405,6 +405,24 @@ impl MachineHooks for DistributedWorkerHooks {
         Ok(recovery)
     }
 
+    /// The registration built-ins (`register_worker`, `deregister_worker`, `heartbeat`: upserts
+    /// of this worker's record) unless an action of the same name replaces them; the fallback
+    /// hooks' answer for the actions they handle.
+    fn is_idempotent_action(&self, action: &str) -> bool {
+        if self.actions.contains_key(action) {
+            return false;
+        }
+        if matches!(
+            action,
+            "register_worker" | "deregister_worker" | "heartbeat"
+        ) {
+            return true;
+        }
+        self.fallback
+            .as_ref()
+            .is_some_and(|f| f.is_idempotent_action(action))
+    }
+
     async fn on_action(
         &self,
         action: &str,
