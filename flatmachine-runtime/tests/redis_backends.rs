@@ -771,6 +771,70 @@ async fn a_runs_graph_costs_no_round_trip_of_its_own() {
     );
 }
 
+/// A batch ending an execution that keeps its last checkpoint writes only that one: the
+/// others would be deleted by the same script (one `SET` for it, one for `latest`).
+#[tokio::test]
+async fn a_finishing_batch_skips_the_checkpoints_its_pruning_deletes() {
+    let server = RedisServer::start();
+    let mut redis = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let store = CheckpointStore::new(Arc::new(RedisPersistence::new(conn(&server, "doomed"))))
+        .with_keep_finished(Some(1));
+    let encode = |state: &str, step: u64, event: &str| {
+        flatmachine_runtime::persistence::EncodedCheckpoint::from_snapshot(&snap(
+            "doomed-1", state, step, event,
+        ))
+        .unwrap()
+    };
+    store
+        .save_encoded_batch(vec![encode("a", 1, checkpoint_event::EXECUTE)], None)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let last = encode("done", 3, checkpoint_event::MACHINE_END);
+    store
+        .save_encoded_batch(
+            vec![
+                encode("b", 2, checkpoint_event::EXECUTE),
+                encode("done", 3, checkpoint_event::EXECUTE),
+                last.clone(),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let sets = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_set:calls="))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert_eq!(sets, Some(2), "{info}");
+    assert_eq!(
+        store.checkpoint_keys("doomed-1").await.unwrap(),
+        vec![last.key().to_owned()]
+    );
+    assert_eq!(
+        store
+            .latest_checkpoint_key("doomed-1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(last.key())
+    );
+}
+
 /// Hooks handling `resumable`'s two actions, saying `first` is idempotent when told so.
 struct TrailHooks {
     first_is_idempotent: bool,

@@ -199,6 +199,13 @@ impl CheckpointStore {
             return Ok(());
         };
         let keep = self.prune_after(last.key_shared());
+        // Checkpoints the pruning after this batch would delete at once are not written: only
+        // the batch's newest `keep` (at least its last) can survive it. (A finished worker
+        // execution keeping 1 skips its final state's `execute` checkpoint this way.)
+        if let Some(keep) = keep {
+            let doomed = checkpoints.len().saturating_sub(keep.max(1));
+            checkpoints.drain(..doomed);
+        }
         let lock = lock.filter(|ops| {
             (ops.release || !ops.hold.is_acquired())
                 && self
