@@ -772,7 +772,8 @@ async fn a_runs_graph_costs_no_round_trip_of_its_own() {
 }
 
 /// A batch ending an execution that keeps its last checkpoint writes only that one: the
-/// others would be deleted by the same script (one `SET` for it, one for `latest`).
+/// others would be deleted by the same script. Measured by the server's count of changes
+/// (`rdb_changes_since_last_save`): the batch of three changes as much as the last alone.
 #[tokio::test]
 async fn a_finishing_batch_skips_the_checkpoints_its_pruning_deletes() {
     let server = RedisServer::start();
@@ -783,56 +784,55 @@ async fn a_finishing_batch_skips_the_checkpoints_its_pruning_deletes() {
         .unwrap();
     let store = CheckpointStore::new(Arc::new(RedisPersistence::new(conn(&server, "doomed"))))
         .with_keep_finished(Some(1));
-    let encode = |state: &str, step: u64, event: &str| {
+    let encode = |id: &str, state: &str, step: u64, event: &str| {
         flatmachine_runtime::persistence::EncodedCheckpoint::from_snapshot(&snap(
-            "doomed-1", state, step, event,
+            id, state, step, event,
         ))
         .unwrap()
     };
-    store
-        .save_encoded_batch(vec![encode("a", 1, checkpoint_event::EXECUTE)], None)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let last = encode("done", 3, checkpoint_event::MACHINE_END);
-    store
-        .save_encoded_batch(
-            vec![
-                encode("b", 2, checkpoint_event::EXECUTE),
-                encode("done", 3, checkpoint_event::EXECUTE),
-                last.clone(),
-            ],
-            None,
-        )
-        .await
-        .unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let sets = info
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_set:calls="))
-        .and_then(|l| l.split(',').next())
-        .and_then(|n| n.parse::<u64>().ok());
-    assert_eq!(sets, Some(2), "{info}");
-    assert_eq!(
-        store.checkpoint_keys("doomed-1").await.unwrap(),
-        vec![last.key().to_owned()]
-    );
-    assert_eq!(
+    let mut changes = Vec::new();
+    for (id, whole) in [("doomed-1", true), ("doomed-2", false)] {
         store
-            .latest_checkpoint_key("doomed-1")
+            .save_encoded_batch(vec![encode(id, "a", 1, checkpoint_event::EXECUTE)], None)
             .await
-            .unwrap()
-            .as_deref(),
-        Some(last.key())
+            .unwrap();
+        let mut batch = Vec::new();
+        if whole {
+            batch.push(encode(id, "b", 2, checkpoint_event::EXECUTE));
+            batch.push(encode(id, "done", 3, checkpoint_event::EXECUTE));
+        }
+        let last = encode(id, "done", 3, checkpoint_event::MACHINE_END);
+        batch.push(last.clone());
+        let before = dirty(&mut redis).await;
+        store.save_encoded_batch(batch, None).await.unwrap();
+        changes.push(dirty(&mut redis).await - before);
+        assert_eq!(
+            store.checkpoint_keys(id).await.unwrap(),
+            vec![last.key().to_owned()]
+        );
+        assert_eq!(
+            store.latest_checkpoint_key(id).await.unwrap().as_deref(),
+            Some(last.key())
+        );
+    }
+    assert!(changes[1] > 0, "{changes:?}");
+    assert_eq!(
+        changes[0], changes[1],
+        "three checkpoints vs the last alone"
     );
+}
+
+/// The server's count of changes since the last save (`INFO persistence`).
+async fn dirty(redis: &mut redis::aio::MultiplexedConnection) -> i64 {
+    let info: String = redis::cmd("INFO")
+        .arg("persistence")
+        .query_async(redis)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("rdb_changes_since_last_save:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("rdb_changes_since_last_save")
 }
 
 /// Hooks handling `resumable`'s two actions, saying `first` is idempotent when told so.

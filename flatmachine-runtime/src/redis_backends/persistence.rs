@@ -114,39 +114,64 @@ if ARGV[6] ~= '' then
     return {'2', ''}
   end
 end
+-- Commands over many keys or members go in chunks (`unpack` has a limit); 1000 keeps pairs.
+local function bulk(cmd, key, items)
+  local i, n = 1, #items
+  while i <= n do
+    local j = math.min(i + 999, n)
+    if key then
+      redis.call(cmd, key, unpack(items, i, j))
+    else
+      redis.call(cmd, unpack(items, i, j))
+    end
+    i = j + 1
+  end
+end
 if ARGV[2] ~= '' then
   local token = tonumber(ARGV[2])
-  local issued = tonumber(redis.call('GET', KEYS[4]) or '0')
-  local recorded = tonumber(redis.call('GET', KEYS[5]) or '0')
+  local fences = redis.call('MGET', KEYS[4], KEYS[5])
+  local issued = tonumber(fences[1] or '0')
+  local recorded = tonumber(fences[2] or '0')
   local newest = math.max(issued, recorded)
   if token < newest then return {'1', tostring(newest)} end
   if token > recorded then redis.call('SET', KEYS[5], ARGV[2]) end
 end
 local texts = 9 + 2 * tonumber(ARGV[8])
+local values, indexed, scored = {}, {}, {}
 for i = 9, texts - 1, 2 do
-  redis.call('SET', ARGV[1] .. ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', KEYS[1], 0, ARGV[i])
+  values[#values + 1] = ARGV[1] .. ARGV[i]
+  values[#values + 1] = ARGV[i + 1]
+  indexed[#indexed + 1] = 0
+  indexed[#indexed + 1] = ARGV[i]
 end
 local last
 for i = texts, #ARGV, 3 do
-  redis.call('SET', ARGV[1] .. ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', KEYS[1], 0, ARGV[i])
-  redis.call('ZADD', KEYS[2], ARGV[i + 2], ARGV[i])
+  values[#values + 1] = ARGV[1] .. ARGV[i]
+  values[#values + 1] = ARGV[i + 1]
+  indexed[#indexed + 1] = 0
+  indexed[#indexed + 1] = ARGV[i]
+  scored[#scored + 1] = ARGV[i + 2]
+  scored[#scored + 1] = ARGV[i]
   last = ARGV[i]
 end
-redis.call('SET', KEYS[3], last)
-redis.call('ZADD', KEYS[1], 0, ARGV[5])
+values[#values + 1] = KEYS[3]
+values[#values + 1] = last
+indexed[#indexed + 1] = 0
+indexed[#indexed + 1] = ARGV[5]
+bulk('MSET', nil, values)
+bulk('ZADD', KEYS[1], indexed)
+bulk('ZADD', KEYS[2], scored)
 if ARGV[3] ~= '' then
-  local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
-  if excess > 0 then
-    for _, key in ipairs(redis.call('ZRANGE', KEYS[2], 0, excess - 1)) do
-      if key ~= last then
-        redis.call('DEL', ARGV[1] .. key)
-        redis.call('ZREM', KEYS[2], key)
-        redis.call('ZREM', KEYS[1], key)
-      end
+  local doomed, data = {}, {}
+  for _, key in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1 - tonumber(ARGV[3]))) do
+    if key ~= last then
+      doomed[#doomed + 1] = key
+      data[#data + 1] = ARGV[1] .. key
     end
   end
+  bulk('DEL', nil, data)
+  bulk('ZREM', KEYS[2], doomed)
+  bulk('ZREM', KEYS[1], doomed)
 end
 local released = '0'
 if ARGV[4] ~= '' and redis.call('GET', KEYS[6]) == ARGV[4] then
