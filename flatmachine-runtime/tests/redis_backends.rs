@@ -271,6 +271,25 @@ fn push_trail(ctx: &mut Context, what: &str) {
     }
 }
 
+/// `resumable`'s two actions, each adding its name to the context's `trail`.
+fn trail_actions(
+    builder: flatmachine_runtime::MachineBuilder,
+) -> flatmachine_runtime::MachineBuilder {
+    builder
+        .action_mut("first", |ctx, _| {
+            Box::pin(async move {
+                push_trail(ctx, "first");
+                Ok(())
+            })
+        })
+        .action_mut("flaky", |ctx, _| {
+            Box::pin(async move {
+                push_trail(ctx, "flaky");
+                Ok(())
+            })
+        })
+}
+
 /// `resumable` on Redis checkpoints and a Redis lock; `flaky` sleeps `pause` first (a runner
 /// frozen mid-state) when `pause` is set.
 fn machine(
@@ -525,23 +544,13 @@ async fn a_fresh_run_takes_and_releases_its_lock_with_its_checkpoints() {
         PersistenceBackend::fencing_domain(&backend)
     );
     let store = CheckpointStore::new(Arc::new(backend));
-    let m = Machine::of::<resumable::Machine>()
-        .persistence(store.clone())
-        .lock(Arc::new(lock.clone()))
-        .action_mut("first", |ctx, _| {
-            Box::pin(async move {
-                push_trail(ctx, "first");
-                Ok(())
-            })
-        })
-        .action_mut("flaky", |ctx, _| {
-            Box::pin(async move {
-                push_trail(ctx, "flaky");
-                Ok(())
-            })
-        })
-        .build()
-        .unwrap();
+    let m = trail_actions(
+        Machine::of::<resumable::Machine>()
+            .persistence(store.clone())
+            .lock(Arc::new(lock.clone())),
+    )
+    .build()
+    .unwrap();
     let out = m.run(json!({})).await.unwrap();
     let id = out.execution_id.clone();
     let redis = redis::Client::open(server.url())
@@ -659,16 +668,49 @@ async fn a_fresh_run_takes_and_releases_its_lock_with_its_checkpoints() {
     );
 }
 
+/// A new server, and a connection to it for reading its statistics.
+async fn server_and_client() -> (RedisServer, redis::aio::MultiplexedConnection) {
+    let server = RedisServer::start();
+    let client = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    (server, client)
+}
+
+/// Runs `m` twice (the first warms: scripts loaded, connection up) and returns the second
+/// run's result and [`round_trips`].
+async fn counted_run(
+    m: &Machine,
+    redis: &mut redis::aio::MultiplexedConnection,
+) -> (flatmachine_runtime::RunResult, u64) {
+    m.run(json!({})).await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(redis)
+        .await
+        .unwrap();
+    let out = m.run(json!({})).await.unwrap();
+    (out, round_trips(redis).await)
+}
+
+/// A section of the server's `INFO`.
+async fn info(redis: &mut redis::aio::MultiplexedConnection, section: &str) -> String {
+    redis::cmd("INFO")
+        .arg(section)
+        .query_async(redis)
+        .await
+        .unwrap()
+}
+
 /// Round trips since the last `CONFIG RESETSTAT`, by `INFO commandstats`: the scripts
 /// (`EVALSHA`, `EVAL`: what every save is) and the `GET`s (what a load is; the commands a script
 /// runs are counted under their own names, and the scripts of these runs take no `GET`).
 async fn round_trips(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(redis)
+    info(redis, "commandstats")
         .await
-        .unwrap();
-    info.lines()
+        .lines()
         .filter(|l| {
             ["cmdstat_evalsha:", "cmdstat_eval:", "cmdstat_get:"]
                 .iter()
@@ -690,46 +732,24 @@ async fn round_trips(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
 /// graph is there afterwards. A run that saves no checkpoint writes it at its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runs_graph_costs_no_round_trip_of_its_own() {
-    let server = RedisServer::start();
-    let mut redis = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let (server, mut redis) = server_and_client().await;
     let build = |trace: bool, checkpoint_on: &[&str]| {
         let store = CheckpointStore::new(Arc::new(RedisPersistence::new(conn(&server, "graph"))));
-        let m = Machine::of::<resumable::Machine>()
-            .persistence(store.clone())
-            .trace(trace)
-            .checkpoint_on(checkpoint_on.iter().copied())
-            .action_mut("first", |ctx, _| {
-                Box::pin(async move {
-                    push_trail(ctx, "first");
-                    Ok(())
-                })
-            })
-            .action_mut("flaky", |ctx, _| {
-                Box::pin(async move {
-                    push_trail(ctx, "flaky");
-                    Ok(())
-                })
-            })
-            .build()
-            .unwrap();
+        let m = trail_actions(
+            Machine::of::<resumable::Machine>()
+                .persistence(store.clone())
+                .trace(trace)
+                .checkpoint_on(checkpoint_on.iter().copied()),
+        )
+        .build()
+        .unwrap();
         (m, store)
     };
     let mut counts = Vec::new();
     for trace in [false, true, false, true] {
         let (m, store) = build(trace, &checkpoint_event::ALL);
-        // Warm: the scripts are loaded and the connection is up before counting.
-        m.run(json!({})).await.unwrap();
-        let _: () = redis::cmd("CONFIG")
-            .arg("RESETSTAT")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        let out = m.run(json!({})).await.unwrap();
-        counts.push(round_trips(&mut redis).await);
+        let (out, trips) = counted_run(&m, &mut redis).await;
+        counts.push(trips);
         let graph = store
             .backend()
             .load_text(&flatmachine_runtime::trace::graph_key(&out.execution_id))
@@ -776,12 +796,7 @@ async fn a_runs_graph_costs_no_round_trip_of_its_own() {
 /// (`rdb_changes_since_last_save`): the batch of three changes as much as the last alone.
 #[tokio::test]
 async fn a_finishing_batch_skips_the_checkpoints_its_pruning_deletes() {
-    let server = RedisServer::start();
-    let mut redis = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let (server, mut redis) = server_and_client().await;
     let store = CheckpointStore::new(Arc::new(RedisPersistence::new(conn(&server, "doomed"))))
         .with_keep_finished(Some(1));
     let encode = |id: &str, state: &str, step: u64, event: &str| {
@@ -824,12 +839,9 @@ async fn a_finishing_batch_skips_the_checkpoints_its_pruning_deletes() {
 
 /// The server's count of changes since the last save (`INFO persistence`).
 async fn dirty(redis: &mut redis::aio::MultiplexedConnection) -> i64 {
-    let info: String = redis::cmd("INFO")
-        .arg("persistence")
-        .query_async(redis)
+    info(redis, "persistence")
         .await
-        .unwrap();
-    info.lines()
+        .lines()
         .find_map(|l| l.strip_prefix("rdb_changes_since_last_save:"))
         .and_then(|n| n.trim().parse().ok())
         .expect("rdb_changes_since_last_save")
@@ -861,12 +873,7 @@ impl flatmachine_runtime::hooks::MachineHooks for TrailHooks {
 /// checkpoint in the next checkpoint's script: one round trip fewer, the same checkpoints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotent_actions_checkpoint_goes_with_the_next_one() {
-    let server = RedisServer::start();
-    let mut redis = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let (server, mut redis) = server_and_client().await;
     let mut seen = Vec::new();
     for first_is_idempotent in [false, true] {
         let store = CheckpointStore::new(Arc::new(RedisPersistence::new(conn(&server, "idem"))));
@@ -879,14 +886,7 @@ async fn an_idempotent_actions_checkpoint_goes_with_the_next_one() {
             }))
             .build()
             .unwrap();
-        m.run(json!({})).await.unwrap();
-        let _: () = redis::cmd("CONFIG")
-            .arg("RESETSTAT")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        let out = m.run(json!({})).await.unwrap();
-        let trips = round_trips(&mut redis).await;
+        let (out, trips) = counted_run(&m, &mut redis).await;
         assert_eq!(out.output["trail"], json!(["first", "flaky"]));
         let keys: Vec<String> = store
             .checkpoint_keys(&out.execution_id)

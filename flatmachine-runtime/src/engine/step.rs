@@ -253,8 +253,13 @@ pub(super) fn action_only(state: &StateSpec) -> Option<&'static str> {
 /// be saved with it: a crash in between resumes from the checkpoint before, which re-runs
 /// nothing but this state's routing.
 pub(super) fn does_no_work(state: &StateSpec) -> bool {
-    state.action.is_none()
-        && state.agent.is_none()
+    state.action.is_none() && no_work_but_its_action(state)
+}
+
+/// Whether a state has no agent, child machine, launch, `wait_for`, tool loop or `foreach`
+/// (its only work, if any, is its action).
+fn no_work_but_its_action(state: &StateSpec) -> bool {
+    state.agent.is_none()
         && state.machine.is_empty()
         && state.launch.is_empty()
         && state.wait_for.is_none()
@@ -273,12 +278,7 @@ impl Machine {
             return false;
         };
         run.hooks_active
-            && state.agent.is_none()
-            && state.machine.is_empty()
-            && state.launch.is_empty()
-            && state.wait_for.is_none()
-            && state.tool_loop.is_none()
-            && state.foreach.is_none()
+            && no_work_but_its_action(state)
             && self.state_action(index).is_none()
             && run.hooks.is_idempotent_action(action)
     }
