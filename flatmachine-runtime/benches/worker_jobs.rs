@@ -7,7 +7,8 @@
 //!
 //! * `FM_BENCH_JOBS` — jobs per run (default 4,000);
 //! * `FM_BENCH_PROCS` — worker process counts (default `1,2,4,8`);
-//! * `FM_BENCH_STORES` — `sqlite`, `redis` or both (default `sqlite,redis`);
+//! * `FM_BENCH_STORES` — `sqlite`, `redis`, `redis-unix` (the same server over its Unix
+//!   socket), comma-separated (default `sqlite,redis`);
 //! * `FM_BENCH_CHECKPOINTS` — `default` (the worker-machine defaults), `all` (every event and
 //!   no retention, what other machines get), `none`, or events joined by `+`
 //!   (`machine_end`), comma-separated (default `default`).
@@ -68,7 +69,12 @@ fn main() {
                 run += 1;
                 let dir = tempfile::tempdir().expect("tempdir");
                 let prefix = format!("bench{run}");
-                let url = server.as_ref().map(|s| s.url()).unwrap_or_default();
+                // `redis-unix`: the same server over its Unix socket (a single-host deployment).
+                let url = match (&server, store) {
+                    (Some(s), "redis-unix") => s.unix_url(),
+                    (Some(s), _) => s.url(),
+                    (None, _) => String::new(),
+                };
                 push(store, dir.path(), &url, &prefix, jobs);
                 let server_cpu = || server.as_ref().and_then(|s| s.pid()).map_or(0.0, proc_cpu);
                 let calls_before = redis_calls(store, &url);
@@ -94,7 +100,7 @@ fn main() {
                 let server_ms = (server_cpu() - server_before) * 1000.0 / jobs as f64;
                 let done = done(store, dir.path(), &url, &prefix);
                 assert_eq!(done, jobs as u64, "every job done");
-                let (server_col, calls_col) = if store == "redis" {
+                let (server_col, calls_col) = if store.starts_with("redis") {
                     let calls = redis_calls(store, &url) - calls_before;
                     (
                         format!("{server_ms:.2}"),
@@ -153,7 +159,7 @@ fn done(store: &str, dir: &Path, url: &str, prefix: &str) -> u64 {
 /// call the backends make on a worker's path is one script, one round trip (the commands a
 /// script runs are counted under their own names and left out). 0 for SQLite.
 fn redis_calls(store: &str, url: &str) -> u64 {
-    if store != "redis" {
+    if !store.starts_with("redis") {
         return 0;
     }
     let mut conn = redis::Client::open(url)

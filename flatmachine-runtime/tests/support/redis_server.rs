@@ -42,6 +42,14 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// `redis+unix://{dir}/redis.sock`: the same server over its Unix socket.
+    pub fn unix_url(&self) -> String {
+        format!(
+            "redis+unix://{}",
+            self.dir.path().join("redis.sock").display()
+        )
+    }
+
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
@@ -77,6 +85,9 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
+            .arg("--unixsocket")
+            .arg(self.dir.path().join("redis.sock"))
+            .args(["--unixsocketperm", "700"])
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--save", ""])
