@@ -192,6 +192,8 @@ async fn a_tool_loop_records_every_model_call() {
         .await
         .json();
     assert_eq!(d["run"]["status"], "finished");
+    // The graph went to SQLite in the transaction of the run's first checkpoint.
+    assert!(!d["graph"]["states"].as_array().unwrap().is_empty(), "{d}");
     let calls = d["calls"].as_array().unwrap();
     assert_eq!(calls.len(), 1, "{d}");
     assert_eq!(calls[0]["tool_loop"], true);

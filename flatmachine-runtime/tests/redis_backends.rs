@@ -791,6 +791,44 @@ async fn a_runs_graph_costs_no_round_trip_of_its_own() {
     );
 }
 
+/// A resumed run keeps the graph its start wrote (with its start time) and writes no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_run_keeps_the_graph_of_its_start() {
+    let (server, _redis) = server_and_client().await;
+    let store = CheckpointStore::new(Arc::new(RedisPersistence::new(conn(&server, "keep"))));
+    let failing = Arc::new(AtomicBool::new(true));
+    let fails = failing.clone();
+    let m = Machine::of::<resumable::Machine>()
+        .persistence(store.clone())
+        .action_mut("first", |ctx, _| {
+            Box::pin(async move {
+                push_trail(ctx, "first");
+                Ok(())
+            })
+        })
+        .action_mut("flaky", move |ctx, _| {
+            let fail = fails.swap(false, Ordering::SeqCst);
+            Box::pin(async move {
+                if fail {
+                    return Err(flatmachine_runtime::StateError::new("Flaky", "not yet"));
+                }
+                push_trail(ctx, "flaky");
+                Ok(())
+            })
+        })
+        .build()
+        .unwrap();
+    m.run_with_id("keep-1", json!({})).await.unwrap_err();
+    let key = flatmachine_runtime::trace::graph_key("keep-1");
+    let before = store.backend().load_text(&key).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let out = m.resume("keep-1").await.unwrap();
+    assert_eq!(out.output["trail"], json!(["first", "flaky"]));
+    assert!(!failing.load(Ordering::SeqCst));
+    let after = store.backend().load_text(&key).await.unwrap().unwrap();
+    assert_eq!(before, after);
+}
+
 /// A batch ending an execution that keeps its last checkpoint writes only that one: the
 /// others would be deleted by the same script. Measured by the server's count of changes
 /// (`rdb_changes_since_last_save`): the batch of three changes as much as the last alone.

@@ -61,6 +61,20 @@ pub struct MachineUnit {
     pub profiles: Option<ProfilesId>,
 }
 
+impl MachineUnit {
+    /// A unit at `origin` with nothing loaded yet.
+    fn empty(origin: Origin, dir: PathBuf) -> Self {
+        MachineUnit {
+            origin,
+            dir,
+            config: None,
+            agents: IndexMap::new(),
+            machines: IndexMap::new(),
+            profiles: None,
+        }
+    }
+}
+
 /// Index of a profiles file in [`Project::profiles`].
 pub type ProfilesId = usize;
 
@@ -163,14 +177,7 @@ pub fn load(path: &Path) -> Project {
 
 /// Like [`load`], showing the root file as `display` in diagnostics.
 pub fn load_with_display(path: &Path, display: Option<String>) -> Project {
-    let mut loader = Loader {
-        project: Project::default(),
-        machine_by_path: HashMap::new(),
-        profiles_by_dir: HashMap::new(),
-        profiles_by_path: HashMap::new(),
-        display_base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-        root_display: display,
-    };
+    let mut loader = Loader::new(path, display);
     match loader.read_file(path, None) {
         Ok(file) => {
             let origin = Origin { file, base: vec![] };
@@ -187,14 +194,7 @@ pub fn load_with_display(path: &Path, display: Option<String>) -> Project {
 /// no config, whose single agent (named after the file) is the file, with the `profiles.yml`
 /// beside it.
 pub fn load_agent_file(path: &Path, display: Option<String>) -> Project {
-    let mut loader = Loader {
-        project: Project::default(),
-        machine_by_path: HashMap::new(),
-        profiles_by_dir: HashMap::new(),
-        profiles_by_path: HashMap::new(),
-        display_base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-        root_display: display,
-    };
+    let mut loader = Loader::new(path, display);
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let file_name = path
         .file_name()
@@ -203,14 +203,10 @@ pub fn load_agent_file(path: &Path, display: Option<String>) -> Project {
     let unit = match loader.read_file(path, None) {
         Ok(file) => {
             let origin = Origin { file, base: vec![] };
-            loader.project.machines.push(MachineUnit {
-                origin: origin.clone(),
-                dir: dir.clone(),
-                config: None,
-                agents: IndexMap::new(),
-                machines: IndexMap::new(),
-                profiles: None,
-            });
+            loader
+                .project
+                .machines
+                .push(MachineUnit::empty(origin.clone(), dir.clone()));
             loader.agent_at(origin, dir.clone(), &dir, None)
         }
         Err(d) => {
@@ -260,6 +256,18 @@ fn seg(key: &str) -> PathSeg {
 }
 
 impl Loader {
+    /// A loader whose root file is `path`, shown as `display` in diagnostics when given.
+    fn new(path: &Path, display: Option<String>) -> Self {
+        Loader {
+            project: Project::default(),
+            machine_by_path: HashMap::new(),
+            profiles_by_dir: HashMap::new(),
+            profiles_by_path: HashMap::new(),
+            display_base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            root_display: display,
+        }
+    }
+
     fn display_of(&self, path: &Path) -> String {
         if self.project.db.files().next().is_none()
             && let Some(d) = &self.root_display
@@ -400,14 +408,9 @@ impl Loader {
 
     fn load_machine(&mut self, origin: Origin, dir: PathBuf) -> MachineId {
         let id = self.project.machines.len();
-        self.project.machines.push(MachineUnit {
-            origin: origin.clone(),
-            dir: dir.clone(),
-            config: None,
-            agents: IndexMap::new(),
-            machines: IndexMap::new(),
-            profiles: None,
-        });
+        self.project
+            .machines
+            .push(MachineUnit::empty(origin.clone(), dir.clone()));
         if !self.check_spec(&origin, "flatmachine") {
             return id;
         }
