@@ -174,7 +174,6 @@ impl ExecutionHistory {
                 .ok()
                 .flatten(),
         };
-        let empty = Context::new();
         let mut previous: Option<MachineSnapshot> = None;
         for (step, _, key) in keys {
             let event = parse_snapshot_key(&key)
@@ -194,30 +193,13 @@ impl ExecutionHistory {
                     continue;
                 }
             };
-            let before = previous.as_ref().map_or(&empty, |p| &p.context);
-            let error = recorded_error(&snapshot.context).filter(|now| {
-                previous
-                    .as_ref()
-                    .and_then(|p| recorded_error(&p.context))
-                    .as_ref()
-                    != Some(now)
-            });
-            history.checkpoints.push(CheckpointRecord {
+            history.checkpoints.push(CheckpointRecord::of(
                 key,
                 step,
                 event,
-                state: Some(snapshot.current_state.clone()),
-                created_at: Some(snapshot.created_at.clone()),
-                changes: ContextChanges::between(before, &snapshot.context),
-                error,
-                pending_launches: snapshot.pending_launches.clone().unwrap_or_default(),
-                total_api_calls: snapshot.total_api_calls,
-                total_cost: snapshot.total_cost,
-                output: snapshot.output.clone(),
-                waiting_channel: snapshot.waiting_channel.clone(),
-                wait_deadline: snapshot.wait_deadline.clone(),
-                unreadable: None,
-            });
+                &snapshot,
+                previous.as_ref(),
+            ));
             history.machine_name.clone_from(&snapshot.machine_name);
             history.config_hash.clone_from(&snapshot.config_hash);
             if snapshot.forked_from.is_some() {
@@ -334,7 +316,40 @@ fn push_output(out: &mut String, record: &CheckpointRecord) {
 }
 
 impl CheckpointRecord {
-    fn unreadable(key: String, step: u64, event: String, reason: String) -> Self {
+    /// The record of checkpoint `key` holding `snapshot`: its context compared with the
+    /// readable checkpoint `previous` (none for the first), its error when `previous` did not
+    /// show the same one.
+    pub(crate) fn of(
+        key: String,
+        step: u64,
+        event: String,
+        snapshot: &MachineSnapshot,
+        previous: Option<&MachineSnapshot>,
+    ) -> Self {
+        let empty = Context::new();
+        let before = previous.map_or(&empty, |p| &p.context);
+        let error = recorded_error(&snapshot.context)
+            .filter(|now| previous.and_then(|p| recorded_error(&p.context)).as_ref() != Some(now));
+        Self {
+            key,
+            step,
+            event,
+            state: Some(snapshot.current_state.clone()),
+            created_at: Some(snapshot.created_at.clone()),
+            changes: ContextChanges::between(before, &snapshot.context),
+            error,
+            pending_launches: snapshot.pending_launches.clone().unwrap_or_default(),
+            total_api_calls: snapshot.total_api_calls,
+            total_cost: snapshot.total_cost,
+            output: snapshot.output.clone(),
+            waiting_channel: snapshot.waiting_channel.clone(),
+            wait_deadline: snapshot.wait_deadline.clone(),
+            unreadable: None,
+        }
+    }
+
+    /// The record of checkpoint `key`, which cannot be read (`reason`).
+    pub(crate) fn unreadable(key: String, step: u64, event: String, reason: String) -> Self {
         Self {
             key,
             step,

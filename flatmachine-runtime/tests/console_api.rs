@@ -16,6 +16,8 @@ use flatmachine_runtime::signals::{Dispatcher, SignalBackend, SqliteSignalBacken
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+flatmachine_runtime::flatmachine!("tests/machines/parent_launch.yml");
+
 fn sqlite_signals(dir: &std::path::Path) -> Arc<dyn SignalBackend> {
     Arc::new(SqliteSignalBackend::open(dir.join("signals.sqlite")).unwrap())
 }
@@ -636,4 +638,54 @@ async fn a_hundred_thousand_runs_are_listed_a_page_at_a_time() {
         .map(|r| r["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["run-050010", "run-050020", "run-050030"]);
+}
+
+/// A run's timeline shows its launch outbox where it changed: the launch intent on the
+/// checkpoint that recorded it, not again on the checkpoints after that carry it unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeline_shows_launches_where_the_outbox_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::sqlite(dir.path().join("cp.sqlite")).unwrap();
+    let machine = flatmachine_runtime::Machine::of::<parent_launch::Machine>()
+        .persistence(store.clone())
+        .action_mut("double", |ctx, _call| {
+            Box::pin(async move {
+                let x = ctx
+                    .get("x")
+                    .and_then(flatmachine_runtime::Value::as_i64)
+                    .unwrap_or(0);
+                ctx.insert("y".into(), json!(x * 2));
+                Ok(())
+            })
+        })
+        .build()
+        .unwrap();
+    machine
+        .run_with_id("launcher-1", json!({"x": 4}))
+        .await
+        .unwrap();
+    let console = start_console(&store, None).await;
+    let d = http(console.addr, "GET", "/api/runs/launcher-1", &[], None)
+        .await
+        .json();
+    let entries = d["timeline"]["entries"].as_array().unwrap();
+    let with_launches: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| !e["pending_launches"].as_array().unwrap().is_empty())
+        .collect();
+    assert!(!with_launches.is_empty(), "{entries:#?}");
+    assert_eq!(with_launches[0]["pending_launches"][0]["machine"], "child");
+    for pair in entries.windows(2) {
+        let (a, b) = (&pair[0]["pending_launches"], &pair[1]["pending_launches"]);
+        assert!(
+            a.as_array().unwrap().is_empty() || a != b,
+            "an unchanged outbox shown twice: {entries:#?}"
+        );
+    }
+    // `inspect`'s fields, beside the timeline's index.
+    assert!(entries[0]["index"].is_u64());
+    assert!(
+        entries.iter().any(|e| e["total_api_calls"].is_u64()),
+        "{entries:#?}"
+    );
 }

@@ -5,14 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
-use crate::inspect::{ContextChanges, RecordedError};
+use crate::inspect::CheckpointRecord;
 use crate::persistence::{
-    CheckpointStore, LaunchIntent, MachineSnapshot, PersistenceError, checkpoint_event,
-    parse_snapshot_key,
+    CheckpointStore, MachineSnapshot, PersistenceError, checkpoint_event, parse_snapshot_key,
 };
 use crate::signals::millis_from_iso;
 use crate::trace::{self, GraphTrace, TraceRecord};
-use crate::{Context, Value};
 
 /// Most runs one page lists.
 pub const MAX_PAGE: usize = 200;
@@ -288,37 +286,15 @@ fn failure_after(key: &str, latest: &MachineSnapshot) -> bool {
     }
 }
 
-/// One checkpoint in a run's timeline.
+/// One checkpoint in a run's timeline: what `inspect` records of it (in the JSON, its fields
+/// sit beside `index`), with `pending_launches` only where the outbox changed.
 #[derive(Debug, Clone, Serialize)]
 pub struct TimelineEntry {
     /// Position in the run's checkpoints (0 = first).
     pub index: usize,
-    /// Its key.
-    pub key: String,
-    /// Step.
-    pub step: u64,
-    /// Event.
-    pub event: String,
-    /// State (`None` when unreadable).
-    pub state: Option<String>,
-    /// When it was written.
-    pub created_at: Option<String>,
-    /// Context changes since the checkpoint before.
-    pub changes: ContextChanges,
-    /// The error recorded, when this checkpoint is the first to show it.
-    pub error: Option<RecordedError>,
-    /// Launches in the outbox, where they changed.
-    pub launches: Vec<LaunchIntent>,
-    /// Cumulative agent calls.
-    pub api_calls: Option<u64>,
-    /// Cumulative cost.
-    pub cost: Option<f64>,
-    /// The output, on final checkpoints.
-    pub output: Option<Context>,
-    /// The channel of a `waiting` checkpoint.
-    pub waiting_channel: Option<String>,
-    /// Why it cannot be read.
-    pub unreadable: Option<String>,
+    /// The checkpoint.
+    #[serde(flatten)]
+    pub checkpoint: CheckpointRecord,
 }
 
 /// A window of a run's timeline.
@@ -387,7 +363,6 @@ pub async fn timeline(
     let from = start.saturating_sub(1);
     let loaded = load_many(store, &keys[from..end]).await;
     let _ = id;
-    let empty = Context::new();
     let mut previous: Option<MachineSnapshot> = None;
     let mut entries = Vec::with_capacity(end - start);
     for (i, (key, snapshot)) in keys[from..end].iter().zip(loaded).enumerate() {
@@ -399,58 +374,30 @@ pub async fn timeline(
                 if index >= start {
                     entries.push(TimelineEntry {
                         index,
-                        key: key.clone(),
-                        step,
-                        event: event.to_owned(),
-                        state: None,
-                        created_at: None,
-                        changes: ContextChanges::default(),
-                        error: None,
-                        launches: Vec::new(),
-                        api_calls: None,
-                        cost: None,
-                        output: None,
-                        waiting_channel: None,
-                        unreadable: Some(reason),
+                        checkpoint: CheckpointRecord::unreadable(
+                            key.clone(),
+                            step,
+                            event.to_owned(),
+                            reason,
+                        ),
                     });
                 }
                 continue;
             }
         };
         if index >= start {
-            let before = previous.as_ref().map_or(&empty, |p| &p.context);
-            let error = recorded_error(&snapshot.context).filter(|now| {
-                previous
-                    .as_ref()
-                    .and_then(|p| recorded_error(&p.context))
-                    .as_ref()
-                    != Some(now)
-            });
-            let launches = snapshot.pending_launches.clone().unwrap_or_default();
-            let launches_before = previous
-                .as_ref()
-                .and_then(|p| p.pending_launches.clone())
-                .unwrap_or_default();
-            entries.push(TimelineEntry {
-                index,
-                key: key.clone(),
+            let mut checkpoint = CheckpointRecord::of(
+                key.clone(),
                 step,
-                event: event.to_owned(),
-                state: Some(snapshot.current_state.clone()),
-                created_at: Some(snapshot.created_at.clone()),
-                changes: ContextChanges::between(before, &snapshot.context),
-                error,
-                launches: if launches == launches_before {
-                    Vec::new()
-                } else {
-                    launches
-                },
-                api_calls: snapshot.total_api_calls,
-                cost: snapshot.total_cost,
-                output: snapshot.output.clone(),
-                waiting_channel: snapshot.waiting_channel.clone(),
-                unreadable: None,
-            });
+                event.to_owned(),
+                &snapshot,
+                previous.as_ref(),
+            );
+            let launches_before = previous.as_ref().and_then(|p| p.pending_launches.as_ref());
+            if snapshot.pending_launches.as_ref() == launches_before {
+                checkpoint.pending_launches.clear();
+            }
+            entries.push(TimelineEntry { index, checkpoint });
         }
         previous = Some(snapshot);
     }
@@ -459,21 +406,6 @@ pub async fn timeline(
         offset: start,
         entries,
     }
-}
-
-fn recorded_error(context: &Context) -> Option<RecordedError> {
-    let message = context.get("last_error").filter(|v| !v.is_null())?;
-    Some(RecordedError {
-        error_type: context
-            .get("last_error_type")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        message: match message {
-            Value::String(text) => text.clone(),
-            other => other.to_string(),
-        },
-    })
 }
 
 /// The states a run went through: one per step, in order.

@@ -135,7 +135,7 @@ function timelineRow(e) {
   if (e.error) extra.push(el("div", { class: "error" }, (e.error.error_type || "error") + ": " + e.error.message));
   if (e.waiting_channel) extra.push(el("div", null, "waiting on ", el("code", null, e.waiting_channel)));
   if (e.unreadable) extra.push(el("div", { class: "error" }, "unreadable: " + e.unreadable));
-  for (const l of e.launches || []) extra.push(el("div", null, "launch ", el("code", null, l.machine), " → ", runLink(l.execution_id), l.launched ? " (started)" : " (not started)"));
+  for (const l of e.pending_launches || []) extra.push(el("div", null, "launch ", el("code", null, l.machine), " → ", runLink(l.execution_id), l.launched ? " (started)" : " (not started)"));
   if (e.output) extra.push(el("details", null, el("summary", null, "output"), el("pre", null, json(e.output))));
   return el("tr", { "data-index": e.index },
     el("td", { class: "num" }, String(e.step)),
