@@ -646,10 +646,16 @@ async fn a_hundred_thousand_runs_are_listed_a_page_at_a_time() {
 async fn the_timeline_shows_launches_where_the_outbox_changed() {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::sqlite(dir.path().join("cp.sqlite")).unwrap();
+    // The child waits until the parent is done, so the parent's checkpoints see the launch
+    // pending (a launch that finished first leaves the outbox before the next checkpoint).
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let child_gate = gate.clone();
     let machine = flatmachine_runtime::Machine::of::<parent_launch::Machine>()
         .persistence(store.clone())
-        .action_mut("double", |ctx, _call| {
+        .action_mut("double", move |ctx, _call| {
+            let gate = child_gate.clone();
             Box::pin(async move {
+                gate.notified().await;
                 let x = ctx
                     .get("x")
                     .and_then(flatmachine_runtime::Value::as_i64)
@@ -682,6 +688,7 @@ async fn the_timeline_shows_launches_where_the_outbox_changed() {
             "an unchanged outbox shown twice: {entries:#?}"
         );
     }
+    gate.notify_one();
     // `inspect`'s fields, beside the timeline's index.
     assert!(entries[0]["index"].is_u64());
     assert!(
