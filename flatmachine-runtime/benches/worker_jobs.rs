@@ -244,6 +244,11 @@ fn worker(spec: &str) {
                 .keep_finished_checkpoints(None),
             events => builder.checkpoint_on(events.split('+')),
         };
+        let builder = if std::env::var("FM_BENCH_TRACE").as_deref() == Ok("0") {
+            builder.trace(false)
+        } else {
+            builder
+        };
         let machine = builder.build().expect("build");
         let input = json!({"pool_id": POOL, "worker_id": id});
         loop {

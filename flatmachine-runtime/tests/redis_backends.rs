@@ -892,7 +892,7 @@ struct TrailHooks {
 
 #[async_trait::async_trait]
 impl flatmachine_runtime::hooks::MachineHooks for TrailHooks {
-    fn is_idempotent_action(&self, action: &str) -> bool {
+    fn may_defer_checkpoint(&self, action: &str) -> bool {
         self.first_is_idempotent && action == "first"
     }
 

@@ -268,11 +268,11 @@ fn no_work_but_its_action(state: &StateSpec) -> bool {
 }
 
 impl Machine {
-    /// Whether the state's only work is an action its hooks say can run twice harmlessly
-    /// ([`MachineHooks::is_idempotent_action`](crate::hooks::MachineHooks::is_idempotent_action)) — and no handler registered on the builder
-    /// replaces theirs: its `execute` checkpoint, like a state's that does no work, waits
-    /// for the next one.
-    fn only_idempotent_action(&self, run: &Run, index: usize) -> bool {
+    /// Whether the state's only work is an action whose hooks say its checkpoint may wait
+    /// ([`MachineHooks::may_defer_checkpoint`](crate::hooks::MachineHooks::may_defer_checkpoint))
+    /// — and no handler registered on the builder replaces theirs: its `execute`
+    /// checkpoint, like a state's that does no work, waits for the next one.
+    fn only_deferrable_action(&self, run: &Run, index: usize) -> bool {
         let state = &self.inner.spec.states[index];
         let Some(action) = state.action else {
             return false;
@@ -280,7 +280,7 @@ impl Machine {
         run.hooks_active
             && no_work_but_its_action(state)
             && self.state_action(index).is_none()
-            && run.hooks.is_idempotent_action(action)
+            && run.hooks.may_defer_checkpoint(action)
     }
 
     /// Runs states from `start` until a final state; `context` is left as the run left it
@@ -350,7 +350,7 @@ impl Machine {
                     continue;
                 }
                 if self.checkpoints("execute") {
-                    if does_no_work(state) || self.only_idempotent_action(run, current) {
+                    if does_no_work(state) || self.only_deferrable_action(run, current) {
                         self.defer_checkpoint(run, state.name, context).await?;
                     } else {
                         self.checkpoint(run, "execute", state.name, context, None)

@@ -265,14 +265,18 @@ pub trait MachineHooks: Send + Sync {
         Ok(ToolLoopControl::Continue)
     }
 
-    /// Whether running `action` (as these hooks handle it in [`on_action`](Self::on_action))
-    /// twice is harmless: idempotent, with no effect a second run would repeat. The engine then
-    /// saves the `execute` checkpoint of a state whose only work is this action together with
-    /// the next checkpoint (a round trip fewer on a networked store); a crash during the action
-    /// resumes from the checkpoint before and runs it again. Default `false`.
+    /// Whether the `execute` checkpoint of a state whose only work is `action` (as these hooks
+    /// handle it in [`on_action`](Self::on_action)) may be saved with the next checkpoint
+    /// instead of before the action — a round trip fewer on a networked store. Say `true` when
+    /// a crash during the action needs no resume point of its own: the action is idempotent
+    /// (a resume from the checkpoint before runs it again, harmlessly), or what it leaves
+    /// behind is recovered another way. Default `false`.
+    ///
     /// [`DistributedWorkerHooks`](crate::distributed::DistributedWorkerHooks) says `true` for
-    /// `register_worker`, `deregister_worker` and `heartbeat`.
-    fn is_idempotent_action(&self, action: &str) -> bool {
+    /// the registration built-ins (`register_worker`, `deregister_worker`, `heartbeat`:
+    /// idempotent) and the job built-ins (`claim_job`, `complete_job`, `fail_job`: a claimed
+    /// job whose worker died goes back through the reaper, never through a resume).
+    fn may_defer_checkpoint(&self, action: &str) -> bool {
         let _ = action;
         false
     }

@@ -406,21 +406,28 @@ impl MachineHooks for DistributedWorkerHooks {
     }
 
     /// The registration built-ins (`register_worker`, `deregister_worker`, `heartbeat`: upserts
-    /// of this worker's record) unless an action of the same name replaces them; the fallback
-    /// hooks' answer for the actions they handle.
-    fn is_idempotent_action(&self, action: &str) -> bool {
+    /// of this worker's record, idempotent) and the job built-ins (`claim_job`, `complete_job`,
+    /// `fail_job`: a worker execution is never the way back for its job — the reaper is — so
+    /// a checkpoint before them would be a resume point nobody uses), unless an action of the
+    /// same name replaces them; the fallback hooks' answer for the actions they handle.
+    fn may_defer_checkpoint(&self, action: &str) -> bool {
         if self.actions.contains_key(action) {
             return false;
         }
         if matches!(
             action,
-            "register_worker" | "deregister_worker" | "heartbeat"
+            "register_worker"
+                | "deregister_worker"
+                | "heartbeat"
+                | "claim_job"
+                | "complete_job"
+                | "fail_job"
         ) {
             return true;
         }
         self.fallback
             .as_ref()
-            .is_some_and(|f| f.is_idempotent_action(action))
+            .is_some_and(|f| f.may_defer_checkpoint(action))
     }
 
     async fn on_action(
