@@ -1,7 +1,8 @@
 //! What one job of a machine-driven worker costs on Redis with the worker defaults: the
 //! runbook's worker machine (`tests/machines/distributed/redis_worker.yml`, a child machine for
-//! the job) makes 6 round trips per job — claim, complete, and one checkpoint script per
-//! execution's start and end — while keeping every checkpoint it kept before the batching.
+//! the job) makes 5 round trips per job — claim, complete, one checkpoint script as each
+//! execution starts its work, and one for both ends (the child hands its last checkpoints to
+//! the worker) — while keeping every checkpoint it kept before the batching.
 //! (Its own binary: it points `FLATMACHINE_REDIS_URL` at its server.)
 
 #![cfg(feature = "redis")]
@@ -83,7 +84,7 @@ async fn run_job(machine: &Machine) -> RunResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_job_costs_six_round_trips_and_keeps_its_checkpoints() {
+async fn a_worker_job_costs_five_round_trips_and_keeps_its_checkpoints() {
     let server = RedisServer::start();
     // SAFETY: the only test of this binary; set before any backend is opened.
     unsafe {
@@ -117,7 +118,7 @@ async fn a_worker_job_costs_six_round_trips_and_keeps_its_checkpoints() {
         .unwrap();
     let out = run_job(&machine).await;
     assert_eq!(out.output["result"]["value"], json!(1));
-    assert_eq!(round_trips(&mut redis).await, 6);
+    assert_eq!(round_trips(&mut redis).await, 5);
     // A finished worker execution keeps its last checkpoint.
     assert_eq!(
         store.checkpoint_keys(&out.execution_id).await.unwrap(),
@@ -148,6 +149,24 @@ async fn a_worker_job_costs_six_round_trips_and_keeps_its_checkpoints() {
     .chain([("end".to_owned(), checkpoint_event::MACHINE_END.to_owned())])
     .collect();
     assert_eq!(saved, expected);
+    // The child's end went in the worker's last script: saved, its lock released.
+    let mut children = Vec::new();
+    for id in store.execution_ids().await.unwrap() {
+        let latest = store.load_latest(&id).await.unwrap().unwrap();
+        if latest.parent_execution_id.as_deref() == Some(out.execution_id.as_str()) {
+            children.push((id, latest));
+        }
+    }
+    assert_eq!(children.len(), 1, "{children:?}");
+    let (child, latest) = &children[0];
+    assert_eq!(latest.event.as_deref(), Some(checkpoint_event::MACHINE_END));
+    assert_eq!(latest.output.as_ref().unwrap()["value"], json!(2));
+    let lock: Option<String> = redis::cmd("GET")
+        .arg(format!("{PREFIX}:lock:{child}"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(lock, None, "the child's lock is released");
     // The job's result and claim are the worker's: done, by this execution.
     let job = work
         .pool("jobs")

@@ -1,6 +1,7 @@
 //! Checkpoints of a run: written at each event `checkpoint_on` selects, deferred for states
 //! that do no work and saved with the next one, announced on the event stream.
 
+use super::handover::{HandOver, HandedOver};
 use super::machine::Machine;
 use super::result::{RunError, RunResult};
 use super::step::{DeferredCheckpoint, Run};
@@ -76,7 +77,31 @@ impl Machine {
             .store_hold
             .clone()
             .filter(|h| event == checkpoint_event::MACHINE_END || !h.is_acquired());
-        if run.deferred.is_empty() && hold.is_none() && run.pending_texts.is_empty() {
+        // A child whose parent saves its end: left in the parent's hand-over.
+        if event == checkpoint_event::MACHINE_END
+            && run.events.is_none()
+            && let Some(hand_over) = run.hand_over.as_ref().filter(|h| h.accepts(store))
+        {
+            let checkpoint = run.writer.encode(parts)?;
+            let mut checkpoints: Vec<EncodedCheckpoint> = std::mem::take(&mut run.deferred)
+                .into_iter()
+                .map(|d| d.checkpoint)
+                .collect();
+            checkpoints.push(checkpoint);
+            hand_over.push(HandedOver {
+                checkpoints,
+                texts: std::mem::take(&mut run.pending_texts),
+                hold: run.store_hold.clone(),
+                guard: None,
+            });
+            run.handed_over = true;
+            return Ok(());
+        }
+        if run.deferred.is_empty()
+            && hold.is_none()
+            && run.pending_texts.is_empty()
+            && !run.has_adopted()
+        {
             return store.write(&mut run.writer, parts).await;
         }
         let checkpoint = run.writer.encode(parts)?;
@@ -90,9 +115,36 @@ impl Machine {
             release: event == checkpoint_event::MACHINE_END,
         });
         let texts = std::mem::take(&mut run.pending_texts);
-        store.save_encoded_batch_with(batch, &texts, ops).await?;
+        let adopted = run.adopted.get().map(HandOver::take).unwrap_or_default();
+        if adopted.is_empty() {
+            store.save_encoded_batch_with(batch, &texts, ops).await?;
+        } else {
+            Self::save_with_adopted(store, adopted, Some((batch, &texts, ops))).await?;
+        }
         Self::announce(run, &deferred, started.elapsed()).await;
         Ok(())
+    }
+
+    /// Saves the batches children left in `adopted` (releasing their locks) and `own`, this
+    /// run's, in one backend operation; the children's lock guards go after it.
+    async fn save_with_adopted(
+        store: &CheckpointStore,
+        mut adopted: Vec<HandedOver>,
+        own: Option<crate::persistence::store::ExecutionBatch<'_>>,
+    ) -> Result<(), PersistenceError> {
+        let checkpoints: Vec<Vec<EncodedCheckpoint>> = adopted
+            .iter_mut()
+            .map(|a| std::mem::take(&mut a.checkpoints))
+            .collect();
+        let mut batches: Vec<_> = adopted
+            .iter()
+            .zip(checkpoints)
+            .map(|(a, checkpoints)| (checkpoints, a.texts.as_slice(), a.lock()))
+            .collect();
+        batches.extend(own);
+        let saved = store.save_encoded_batches_with(batches).await;
+        drop(adopted);
+        saved
     }
 
     /// Emits `CheckpointSaved` for checkpoints saved late (`latency`: the batch's).
@@ -161,7 +213,8 @@ impl Machine {
     }
 
     /// Saves the checkpoints still deferred when the loop returned (a run that ended without a
-    /// later checkpoint), and the trace texts no checkpoint took. A failure to save a
+    /// later checkpoint), the last batches its children handed over, and the trace texts no
+    /// checkpoint took. A failure to save a
     /// checkpoint fails a run that succeeded; a run that failed keeps its own error (the save
     /// failure is logged). A trace text that cannot be saved is logged only.
     pub(super) async fn settle_deferred(
@@ -172,13 +225,17 @@ impl Machine {
         let Some(store) = &self.inner.store else {
             return result;
         };
-        if run.deferred.is_empty() {
+        if run.deferred.is_empty() && !run.has_adopted() {
             self.save_pending_texts(store, run).await;
             return result;
         }
-        let texts = std::mem::take(&mut run.pending_texts);
         let deferred = std::mem::take(&mut run.deferred);
-        let batch = deferred.iter().map(|d| d.checkpoint.clone()).collect();
+        // The texts go with this run's checkpoints when it has some to save, else on their own.
+        let texts = match deferred.is_empty() {
+            true => Vec::new(),
+            false => std::mem::take(&mut run.pending_texts),
+        };
+        let batch: Vec<EncodedCheckpoint> = deferred.iter().map(|d| d.checkpoint.clone()).collect();
         let started = std::time::Instant::now();
         // A fresh execution whose only checkpoints these are takes its lock with them.
         let hold = run.store_hold.clone().filter(|h| !h.is_acquired());
@@ -186,10 +243,16 @@ impl Machine {
             hold,
             release: false,
         });
-        match (
-            store.save_encoded_batch_with(batch, &texts, ops).await,
-            result,
-        ) {
+        let adopted = run.adopted.get().map(HandOver::take).unwrap_or_default();
+        let saved = match adopted.is_empty() {
+            true => store.save_encoded_batch_with(batch, &texts, ops).await,
+            false => {
+                let own = (!batch.is_empty()).then_some((batch, texts.as_slice(), ops));
+                Self::save_with_adopted(store, adopted, own).await
+            }
+        };
+        self.save_pending_texts(store, run).await;
+        match (saved, result) {
             (Ok(()), result) => {
                 Self::announce(run, &deferred, started.elapsed()).await;
                 result

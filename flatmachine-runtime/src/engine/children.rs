@@ -1,6 +1,7 @@
 //! `machine:` and `foreach:` children: built from the parent, run through the invoker.
 
 use super::budget::{AgentCallBudget, Budgeted};
+use super::handover::HandOver;
 use super::invoker::InvokeRequest;
 use super::machine::{Inner, Machine};
 use super::result::{RunError, RunResult};
@@ -224,6 +225,7 @@ impl Machine {
             input,
             resume: run.resumed,
             agent_calls: run.budget.clone(),
+            hand_over: self.hand_over_for(run, state),
         };
         let invoker = self.inner.invoker.clone();
         let child_id = request.execution_id.clone();
@@ -247,6 +249,26 @@ impl Machine {
                 None => Ok(result),
             }
         })
+    }
+
+    /// The hand-over a child of the state `state` leaves its last checkpoints in (see
+    /// [`super::handover`]): for the one child of a `machine:` state (no `foreach`, no
+    /// parallel children) of a run nobody watches, whose store saves several executions in
+    /// one operation and which checkpoints `execute` events (its next checkpoint then comes
+    /// before its next work).
+    fn hand_over_for(&self, run: &Run, state: &str) -> Option<HandOver> {
+        let store = self.inner.store.as_ref()?;
+        if !store.backend().saves_executions_together()
+            || run.events.is_some()
+            || !self.checkpoints(crate::persistence::checkpoint_event::EXECUTE)
+        {
+            return None;
+        }
+        let spec = self.inner.spec.states.iter().find(|s| s.name == state)?;
+        if spec.machine.len() != 1 || spec.foreach.is_some() {
+            return None;
+        }
+        Some(run.adopted.get_or_init(|| HandOver::new(store)).clone())
     }
 
     /// Starts (or, for `resume`, continues) a child run inside this process: what
@@ -284,6 +306,7 @@ impl Machine {
                 None,
                 request.agent_calls,
                 fresh,
+                request.hand_over,
             )
             .await
             .map_err(|f| f.error)

@@ -3,6 +3,7 @@
 use super::budget::{AgentCallBudget, RunTotals};
 use super::builder::MachineBuilder;
 use super::handlers::{ActionFn, AgentFn, FallbackActionFn};
+use super::handover::HandOver;
 use super::invoker::MachineInvoker;
 use super::launches::Launches;
 use super::result::{RunError, RunFailure, RunOptions, RunResult};
@@ -191,6 +192,7 @@ impl Machine {
             options.max_steps,
             budget,
             fresh,
+            None,
         )
         .await
     }
@@ -320,6 +322,7 @@ impl Machine {
 
     /// Starts a run: `budget` is the run tree's (a child shares its parent's). `fresh`: the
     /// execution id was just made up (no checkpoint can name it yet).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn start(
         &self,
         execution_id: String,
@@ -328,6 +331,7 @@ impl Machine {
         max_steps: Option<u64>,
         budget: AgentCallBudget,
         fresh: bool,
+        hand_over: Option<HandOver>,
     ) -> Result<RunResult, Box<RunFailure>> {
         let early = |e: RunError| RunFailure::early(&execution_id, e);
         let spec = self.inner.spec;
@@ -376,6 +380,8 @@ impl Machine {
         run.config_hash = self.inner.config_hash();
         run.events =
             RunEvents::for_run(&execution_id, run.parent_execution_id.as_deref(), spec.name);
+        run.hand_over =
+            hand_over.filter(|h| self.inner.store.as_ref().is_some_and(|s| h.accepts(s)));
         let empty = Context::new();
         let mut context = match &spec.context {
             Some(tv) => {
@@ -425,7 +431,11 @@ impl Machine {
         )
         .await;
         run.tools.close().await;
-        drop(guard);
+        match &run.hand_over {
+            // Its lock is released when the parent saves the batch.
+            Some(hand_over) if run.handed_over => hand_over.keep_guard(&run.execution_id, guard),
+            _ => drop(guard),
+        }
         if let Err(error) = &ran {
             self.trace_failure(&mut run, error).await;
         }

@@ -14,6 +14,7 @@ mod checkpointing;
 mod children;
 mod fork;
 mod handlers;
+mod handover;
 mod invoker;
 mod launches;
 mod machine;

@@ -3,6 +3,7 @@
 use super::DEFAULT_MAX_STEPS;
 use super::budget::{AgentCallBudget, Budgeted, LiveTotals, RunTotals};
 use super::handlers::ActionCall;
+use super::handover::HandOver;
 use super::machine::Machine;
 use super::machine::noop_hooks;
 use super::result::{RunError, RunFailure, RunResult, RunStatus};
@@ -90,6 +91,14 @@ pub(super) struct Run {
     /// The execution lock's hold, when a store of its fencing domain may take it with the
     /// first checkpoint (a fresh execution) and release it with the `machine_end` one.
     pub(super) store_hold: Option<crate::lock::StoreHold>,
+    /// Where this child run leaves its `machine_end` batch for its parent to save (see
+    /// [`super::handover`]); `None`: it saves its own.
+    pub(super) hand_over: Option<HandOver>,
+    /// Whether this run left its last batch in `hand_over`.
+    pub(super) handed_over: bool,
+    /// Where this run's children leave their last batches; saved with this run's next
+    /// checkpoint (made when a child is first given it).
+    pub(super) adopted: std::sync::OnceLock<HandOver>,
 }
 
 /// A checkpoint encoded but not saved yet, with what its `CheckpointSaved` event reports.
@@ -148,7 +157,15 @@ impl Run {
             deferred: Vec::new(),
             pending_texts: Vec::new(),
             store_hold: None,
+            hand_over: None,
+            handed_over: false,
+            adopted: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether children left batches this run has not saved yet.
+    pub(super) fn has_adopted(&self) -> bool {
+        self.adopted.get().is_some_and(|h| !h.is_empty())
     }
 
     /// Takes the child recorded as waiting by the current state's children, if any.

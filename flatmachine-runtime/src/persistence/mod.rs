@@ -51,7 +51,7 @@ pub(crate) mod record;
 pub mod snapshot;
 #[cfg(feature = "sqlite")]
 mod sqlite;
-mod store;
+pub(crate) mod store;
 
 #[cfg(feature = "sqlite")]
 pub use crate::sqlite::SqliteOptions;
@@ -70,6 +70,20 @@ pub use sqlite::SqlitePersistence;
 pub use store::{CheckpointStore, latest_key, parse_snapshot_key, snapshot_key};
 
 /// Checkpoint event names, written to [`MachineSnapshot::event`] and into snapshot keys.
+/// One execution's part of [`PersistenceBackend::save_encoded_batches`]: what
+/// [`save_encoded_batch`](PersistenceBackend::save_encoded_batch) takes.
+#[derive(Debug)]
+pub struct BatchPart<'a> {
+    /// The execution's checkpoints, in run order.
+    pub checkpoints: Vec<EncodedCheckpoint>,
+    /// Texts of the same execution, saved with them.
+    pub texts: &'a [(String, String)],
+    /// Keep only the newest `keep` checkpoints after saving.
+    pub keep: Option<usize>,
+    /// What the part does to the execution's lock.
+    pub lock: Option<crate::lock::HoldOps<'a>>,
+}
+
 pub mod checkpoint_event {
     /// Before the first state (step 0).
     pub const MACHINE_START: &str = "machine_start";
@@ -316,6 +330,29 @@ pub trait PersistenceBackend: Send + Sync {
         if let (Some(keep), Some(key)) = (keep, last) {
             let execution_id = &key[..key.rfind('/').unwrap_or(0)];
             self.prune_checkpoints(execution_id, &key, keep).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether [`save_encoded_batches`](Self::save_encoded_batches) saves several executions'
+    /// batches in one operation (all or nothing). The engine then has a child machine's last
+    /// checkpoints saved with its parent's next ones, sparing a round trip. `false` by default.
+    fn saves_executions_together(&self) -> bool {
+        false
+    }
+
+    /// Saves the batches of several executions (each as
+    /// [`save_encoded_batch`](Self::save_encoded_batch) would, in the order given) — a child
+    /// machine's last checkpoints with its parent's next ones. A backend that can do it in one
+    /// operation overrides this and writes nothing unless every part may be written; the
+    /// default saves the parts one after the other.
+    async fn save_encoded_batches(
+        &self,
+        parts: Vec<BatchPart<'_>>,
+    ) -> Result<(), PersistenceError> {
+        for part in parts {
+            self.save_encoded_batch(part.checkpoints, part.texts, part.keep, part.lock)
+                .await?;
         }
         Ok(())
     }

@@ -6,9 +6,18 @@ use std::sync::Arc;
 
 use super::encoded::SnapshotParts;
 use super::{
-    CheckpointWriter, EncodedCheckpoint, LocalFileBackend, MachineSnapshot, MemoryBackend,
-    PersistenceBackend, PersistenceError, checkpoint_event, validate_execution_id, validate_key,
+    BatchPart, CheckpointWriter, EncodedCheckpoint, LocalFileBackend, MachineSnapshot,
+    MemoryBackend, PersistenceBackend, PersistenceError, checkpoint_event, validate_execution_id,
+    validate_key,
 };
+
+/// One execution's checkpoints, texts and lock operation, as
+/// [`CheckpointStore::save_encoded_batch_with`] takes them.
+pub(crate) type ExecutionBatch<'a> = (
+    Vec<EncodedCheckpoint>,
+    &'a [(String, String)],
+    Option<crate::lock::HoldOps<'a>>,
+);
 
 /// The key of one checkpoint: `{execution_id}/step_{step:06}_{event}.json` (reference layout).
 pub fn snapshot_key(execution_id: &str, step: u64, event: &str) -> String {
@@ -191,13 +200,59 @@ impl CheckpointStore {
     /// [`PersistenceBackend::save_encoded_batch`]).
     pub async fn save_encoded_batch_with(
         &self,
-        mut checkpoints: Vec<EncodedCheckpoint>,
+        checkpoints: Vec<EncodedCheckpoint>,
         texts: &[(String, String)],
         lock: Option<crate::lock::HoldOps<'_>>,
     ) -> Result<(), PersistenceError> {
-        let Some(last) = checkpoints.last() else {
+        let Some(mut part) = self.batch_part(checkpoints, texts, lock) else {
             return Ok(());
         };
+        if part.checkpoints.len() == 1
+            && texts.is_empty()
+            && part.keep.is_none()
+            && part.lock.is_none()
+            && let Some(only) = part.checkpoints.pop()
+        {
+            return self.save_encoded(only).await;
+        }
+        self.backend
+            .save_encoded_batch(part.checkpoints, part.texts, part.keep, part.lock)
+            .await
+    }
+
+    /// The batches of several executions — (checkpoints, texts, lock) each, as
+    /// [`save_encoded_batch_with`](Self::save_encoded_batch_with) takes them — in one
+    /// [`PersistenceBackend::save_encoded_batches`] (one script on Redis).
+    pub(crate) async fn save_encoded_batches_with<'a>(
+        &self,
+        batches: Vec<ExecutionBatch<'a>>,
+    ) -> Result<(), PersistenceError> {
+        let parts: Vec<BatchPart<'a>> = batches
+            .into_iter()
+            .filter_map(|(checkpoints, texts, lock)| self.batch_part(checkpoints, texts, lock))
+            .collect();
+        match parts.len() {
+            0 => Ok(()),
+            1 => {
+                let part = parts.into_iter().next().expect("one part");
+                self.backend
+                    .save_encoded_batch(part.checkpoints, part.texts, part.keep, part.lock)
+                    .await
+            }
+            _ => self.backend.save_encoded_batches(parts).await,
+        }
+    }
+
+    /// One execution's batch as the backend gets it: the retention to apply after it, without
+    /// the checkpoints that retention would delete at once, and the lock operation only when
+    /// the backend shares the hold's fencing domain. `None` without checkpoints.
+    fn batch_part<'a>(
+        &self,
+        mut checkpoints: Vec<EncodedCheckpoint>,
+        texts: &'a [(String, String)],
+        lock: Option<crate::lock::HoldOps<'a>>,
+    ) -> Option<BatchPart<'a>> {
+        let last = checkpoints.last()?;
         let keep = self.prune_after(last.key_shared());
         // Checkpoints the pruning after this batch would delete at once are not written: only
         // the batch's newest `keep` (at least its last) can survive it. (A finished worker
@@ -213,17 +268,12 @@ impl CheckpointStore {
                     .fencing_domain()
                     .is_some_and(|d| d == ops.hold.domain())
         });
-        if checkpoints.len() == 1
-            && texts.is_empty()
-            && keep.is_none()
-            && lock.is_none()
-            && let Some(only) = checkpoints.pop()
-        {
-            return self.save_encoded(only).await;
-        }
-        self.backend
-            .save_encoded_batch(checkpoints, texts, keep, lock)
-            .await
+        Some(BatchPart {
+            checkpoints,
+            texts,
+            keep,
+            lock,
+        })
     }
 
     /// Saves one checkpoint of the execution `writer` writes (what the execution loop calls):

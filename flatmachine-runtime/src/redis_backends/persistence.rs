@@ -25,8 +25,8 @@ use redis::Script;
 use super::{RedisConnection, RedisSetupError};
 use crate::lock::{HoldOps, LockError};
 use crate::persistence::{
-    EncodedCheckpoint, MachineSnapshot, PersistenceBackend, PersistenceError, checkpoint_event,
-    parse_snapshot_key, validate_execution_id, validate_key,
+    BatchPart, EncodedCheckpoint, MachineSnapshot, PersistenceBackend, PersistenceError,
+    checkpoint_event, parse_snapshot_key, validate_execution_id, validate_key,
 };
 
 /// A checkpoint refused because its fencing token is older than the execution's newest one:
@@ -92,26 +92,59 @@ return n
     )
 });
 
-/// KEYS = index, exec zset, latest data key, lock counter, fence record, lock key (or '').
-/// ARGV = data key prefix (`F:cp:`), token (or ''), keep (or ''), lock value to release (or
-/// ''), latest key, lock value to acquire (or ''), its lease ms (or ''), the number of texts
-/// `n`, then (key, text) per text, then (key, bytes, score) per checkpoint, in run order.
-/// `{0, released}` saved (released: 1 when the lock was deleted); `{1, newest}` refused by the
-/// fencing check; `{2, ''}` the lock to acquire is held by another runner; `{3, issued}` the
-/// lock to acquire for a fresh execution had issued tokens before. Nothing is written unless
-/// `{0, ...}`.
+/// The batches of one or more executions (parts), in one script.
+///
+/// KEYS = index, then per part: exec zset, latest data key, lock counter, fence record, lock
+/// key (or ''). ARGV = data key prefix (`F:cp:`), the number of parts, then per part: token
+/// (or ''), keep (or ''), lock value to release (or ''), latest key, lock value to acquire (or
+/// ''), its lease ms (or ''), the number of texts `t`, the number of checkpoints `c`, then
+/// (key, text) per text, then (key, bytes, score) per checkpoint, in run order.
+///
+/// Every part is checked before anything is written: `{1, newest, part}` a part refused by
+/// the fencing check; `{2, '', part}` its lock to acquire is held by another runner; `{3,
+/// issued, part}` its lock to acquire (for a fresh execution) had issued tokens before (the
+/// counter counts the attempt). Nothing else is written unless `{0, released...}` (per part,
+/// 1 when its lock was deleted).
 static SAVE_BATCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if ARGV[6] ~= '' then
-  if redis.call('SET', KEYS[6], ARGV[6], 'NX', 'PX', ARGV[7]) then
-    local fence = redis.call('INCR', KEYS[4])
-    if fence ~= tonumber(ARGV[2]) then
-      redis.call('DEL', KEYS[6])
-      return {'3', tostring(fence)}
+local parts, a = {}, 3
+for p = 1, tonumber(ARGV[2]) do
+  local k = 2 + 5 * (p - 1)
+  local part = {
+    exec = KEYS[k], latest_data = KEYS[k + 1], counter = KEYS[k + 2], fence = KEYS[k + 3],
+    lock = KEYS[k + 4], token = ARGV[a], keep = ARGV[a + 1], release = ARGV[a + 2],
+    latest = ARGV[a + 3], acquire = ARGV[a + 4], lease = ARGV[a + 5],
+    texts = a + 8, cps = a + 8 + 2 * tonumber(ARGV[a + 6])
+  }
+  a = part.cps + 3 * tonumber(ARGV[a + 7])
+  part.last_arg = a - 1
+  parts[p] = part
+end
+for p, part in ipairs(parts) do
+  part.take = false
+  if part.acquire ~= '' then
+    local holder = redis.call('GET', part.lock)
+    if not holder then
+      local issued = tonumber(redis.call('GET', part.counter) or '0') + 1
+      if issued ~= tonumber(part.token) then
+        redis.call('INCR', part.counter)
+        return {'3', tostring(issued), tostring(p)}
+      end
+      part.take = true
+    elseif holder ~= part.acquire then
+      return {'2', '', tostring(p)}
     end
-  elseif redis.call('GET', KEYS[6]) ~= ARGV[6] then
-    return {'2', ''}
+  end
+  if part.token ~= '' then
+    local token = tonumber(part.token)
+    local fences = redis.call('MGET', part.counter, part.fence)
+    local issued = tonumber(fences[1] or '0')
+    if part.take then issued = issued + 1 end
+    part.recorded = tonumber(fences[2] or '0')
+    if token < math.max(issued, part.recorded) then
+      return {'1', tostring(math.max(issued, part.recorded)), tostring(p)}
+    end
   end
 end
 -- Commands over many keys or members go in chunks (`unpack` has a limit); 1000 keeps pairs.
@@ -127,58 +160,59 @@ local function bulk(cmd, key, items)
     i = j + 1
   end
 end
-if ARGV[2] ~= '' then
-  local token = tonumber(ARGV[2])
-  local fences = redis.call('MGET', KEYS[4], KEYS[5])
-  local issued = tonumber(fences[1] or '0')
-  local recorded = tonumber(fences[2] or '0')
-  local newest = math.max(issued, recorded)
-  if token < newest then return {'1', tostring(newest)} end
-  if token > recorded then redis.call('SET', KEYS[5], ARGV[2]) end
-end
-local texts = 9 + 2 * tonumber(ARGV[8])
-local values, indexed, scored = {}, {}, {}
-for i = 9, texts - 1, 2 do
-  values[#values + 1] = ARGV[1] .. ARGV[i]
-  values[#values + 1] = ARGV[i + 1]
-  indexed[#indexed + 1] = 0
-  indexed[#indexed + 1] = ARGV[i]
-end
-local last
-for i = texts, #ARGV, 3 do
-  values[#values + 1] = ARGV[1] .. ARGV[i]
-  values[#values + 1] = ARGV[i + 1]
-  indexed[#indexed + 1] = 0
-  indexed[#indexed + 1] = ARGV[i]
-  scored[#scored + 1] = ARGV[i + 2]
-  scored[#scored + 1] = ARGV[i]
-  last = ARGV[i]
-end
-values[#values + 1] = KEYS[3]
-values[#values + 1] = last
-indexed[#indexed + 1] = 0
-indexed[#indexed + 1] = ARGV[5]
-bulk('MSET', nil, values)
-bulk('ZADD', KEYS[1], indexed)
-bulk('ZADD', KEYS[2], scored)
-if ARGV[3] ~= '' then
-  local doomed, data = {}, {}
-  for _, key in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1 - tonumber(ARGV[3]))) do
-    if key ~= last then
-      doomed[#doomed + 1] = key
-      data[#data + 1] = ARGV[1] .. key
-    end
+local reply = {'0'}
+for p, part in ipairs(parts) do
+  if part.take then
+    redis.call('SET', part.lock, part.acquire, 'NX', 'PX', part.lease)
+    redis.call('INCR', part.counter)
   end
-  bulk('DEL', nil, data)
-  bulk('ZREM', KEYS[2], doomed)
-  bulk('ZREM', KEYS[1], doomed)
+  if part.token ~= '' and tonumber(part.token) > part.recorded then
+    redis.call('SET', part.fence, part.token)
+  end
+  local values, indexed, scored = {}, {}, {}
+  for i = part.texts, part.cps - 1, 2 do
+    values[#values + 1] = ARGV[1] .. ARGV[i]
+    values[#values + 1] = ARGV[i + 1]
+    indexed[#indexed + 1] = 0
+    indexed[#indexed + 1] = ARGV[i]
+  end
+  local last
+  for i = part.cps, part.last_arg, 3 do
+    values[#values + 1] = ARGV[1] .. ARGV[i]
+    values[#values + 1] = ARGV[i + 1]
+    indexed[#indexed + 1] = 0
+    indexed[#indexed + 1] = ARGV[i]
+    scored[#scored + 1] = ARGV[i + 2]
+    scored[#scored + 1] = ARGV[i]
+    last = ARGV[i]
+  end
+  values[#values + 1] = part.latest_data
+  values[#values + 1] = last
+  indexed[#indexed + 1] = 0
+  indexed[#indexed + 1] = part.latest
+  bulk('MSET', nil, values)
+  bulk('ZADD', KEYS[1], indexed)
+  bulk('ZADD', part.exec, scored)
+  if part.keep ~= '' then
+    local doomed, data = {}, {}
+    for _, key in ipairs(redis.call('ZRANGE', part.exec, 0, -1 - tonumber(part.keep))) do
+      if key ~= last then
+        doomed[#doomed + 1] = key
+        data[#data + 1] = ARGV[1] .. key
+      end
+    end
+    bulk('DEL', nil, data)
+    bulk('ZREM', part.exec, doomed)
+    bulk('ZREM', KEYS[1], doomed)
+  end
+  local released = '0'
+  if part.release ~= '' and redis.call('GET', part.lock) == part.release then
+    redis.call('DEL', part.lock)
+    released = '1'
+  end
+  reply[#reply + 1] = released
 end
-local released = '0'
-if ARGV[4] ~= '' and redis.call('GET', KEYS[6]) == ARGV[4] then
-  redis.call('DEL', KEYS[6])
-  released = '1'
-end
-return {'0', released}
+return reply
 ",
     )
 });
@@ -297,52 +331,58 @@ impl RedisPersistence {
     /// Saves `checkpoints` (one execution's, in run order) with the `latest` pointer, then
     /// prunes to `keep`, in one script; with `lock`, the script first takes a pending hold and
     /// releases the hold at the end when asked.
-    async fn store_batch(
-        &self,
-        checkpoints: &[EncodedCheckpoint],
-        texts: &[(String, String)],
-        keep: Option<usize>,
-        lock: Option<HoldOps<'_>>,
-    ) -> Result<(), PersistenceError> {
-        let Some(last) = checkpoints.last() else {
+    /// Saves `parts` (the batches of one or more executions) in one script, all or nothing.
+    async fn store_batch(&self, parts: &[BatchPart<'_>]) -> Result<(), PersistenceError> {
+        let parts: Vec<&BatchPart<'_>> =
+            parts.iter().filter(|p| !p.checkpoints.is_empty()).collect();
+        if parts.is_empty() {
             return Ok(());
-        };
-        let execution_id = last.execution_id();
-        let token = last.fencing_token();
-        let acquire = lock.filter(|ops| !ops.hold.is_acquired());
-        let release = lock.filter(|ops| ops.release);
+        }
         let mut inv = SAVE_BATCH.prepare_invoke();
         inv.key(self.index_key())
-            .key(self.exec_key(execution_id))
-            .key(self.data_key(last.latest_key()))
-            .key(Self::lock_fence_key(&self.conn, execution_id))
-            .key(self.conn.key(&format!("cp-fence:{execution_id}")))
-            .key(
-                lock.map(|_| super::lock::lock_key(&self.conn, execution_id))
-                    .unwrap_or_default(),
-            )
             .arg(self.conn.key("cp:"))
-            .arg(token.map(|t| t.to_string()).unwrap_or_default())
-            .arg(keep.map(|k| k.to_string()).unwrap_or_default())
-            .arg(release.map(|ops| ops.hold.token()).unwrap_or(""))
-            .arg(last.latest_key())
-            .arg(acquire.map(|ops| ops.hold.token()).unwrap_or(""))
-            .arg(
-                acquire
-                    .map(|ops| ops.hold.lease_ms().max(1).to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(texts.len());
-        for (key, text) in texts {
-            validate_key(key)?;
-            inv.arg(key).arg(text);
-        }
-        for c in checkpoints {
-            let score = c
-                .step()
-                .saturating_mul(8)
-                .saturating_add(u64::from(checkpoint_event::rank(c.event())));
-            inv.arg(c.key()).arg(c.json()).arg(score);
+            .arg(parts.len());
+        for part in &parts {
+            let last = part
+                .checkpoints
+                .last()
+                .expect("parts without checkpoints are left out");
+            let execution_id = last.execution_id();
+            let token = last.fencing_token();
+            let acquire = part.lock.filter(|ops| !ops.hold.is_acquired());
+            let release = part.lock.filter(|ops| ops.release);
+            inv.key(self.exec_key(execution_id))
+                .key(self.data_key(last.latest_key()))
+                .key(Self::lock_fence_key(&self.conn, execution_id))
+                .key(self.conn.key(&format!("cp-fence:{execution_id}")))
+                .key(
+                    part.lock
+                        .map(|_| super::lock::lock_key(&self.conn, execution_id))
+                        .unwrap_or_default(),
+                )
+                .arg(token.map(|t| t.to_string()).unwrap_or_default())
+                .arg(part.keep.map(|k| k.to_string()).unwrap_or_default())
+                .arg(release.map(|ops| ops.hold.token()).unwrap_or(""))
+                .arg(last.latest_key())
+                .arg(acquire.map(|ops| ops.hold.token()).unwrap_or(""))
+                .arg(
+                    acquire
+                        .map(|ops| ops.hold.lease_ms().max(1).to_string())
+                        .unwrap_or_default(),
+                )
+                .arg(part.texts.len())
+                .arg(part.checkpoints.len());
+            for (key, text) in part.texts {
+                validate_key(key)?;
+                inv.arg(key).arg(text);
+            }
+            for c in &part.checkpoints {
+                let score = c
+                    .step()
+                    .saturating_mul(8)
+                    .saturating_add(u64::from(checkpoint_event::rank(c.event())));
+                inv.arg(c.key()).arg(c.json()).arg(score);
+            }
         }
         let inv = &inv;
         let started = std::time::Instant::now();
@@ -354,39 +394,53 @@ impl RedisPersistence {
             .await
             .map_err(other)?;
         let metrics = crate::distributed::metrics();
-        for _ in checkpoints {
-            metrics.checkpoint_saved(started.elapsed());
+        for part in &parts {
+            for _ in &part.checkpoints {
+                metrics.checkpoint_saved(started.elapsed());
+            }
         }
+        let failed = |index: &str| {
+            index
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| parts.get(i.checked_sub(1)?))
+                .copied()
+        };
         match reply.as_slice() {
-            [ok, released] if ok == "0" => {
-                if let Some(ops) = acquire {
-                    ops.hold.mark_acquired();
-                }
-                if released == "1"
-                    && let Some(ops) = release
-                {
-                    ops.hold.mark_released();
+            [ok, released @ ..] if ok == "0" && released.len() == parts.len() => {
+                for (part, released) in parts.iter().zip(released) {
+                    if let Some(ops) = part.lock.filter(|ops| !ops.hold.is_acquired()) {
+                        ops.hold.mark_acquired();
+                    }
+                    if released == "1"
+                        && let Some(ops) = part.lock.filter(|ops| ops.release)
+                    {
+                        ops.hold.mark_released();
+                    }
                 }
                 Ok(())
             }
-            [refused, newest] if refused == "1" => Err(other(FencingError {
-                execution_id: execution_id.to_owned(),
-                key: checkpoints
-                    .first()
-                    .map(|c| c.key().to_owned())
-                    .unwrap_or_default(),
-                token: token.unwrap_or_default(),
-                newest: newest.parse().unwrap_or_default(),
-            })),
-            [held, _] if held == "2" => Err(other(LockError::Held {
-                execution_id: execution_id.to_owned(),
-            })),
-            [used, issued] if used == "3" => Err(PersistenceError::Other(
-                format!(
-                    "execution `{execution_id}` was started as new, but its lock has issued {issued} fencing token(s): another run of it exists (a runner whose lease expired, or an id used twice); nothing was saved"
-                )
-                .into(),
-            )),
+            [code, detail, index] if let Some(part) = failed(index) => {
+                let first = part.checkpoints.first().expect("not empty");
+                let execution_id = first.execution_id();
+                match code.as_str() {
+                    "1" => Err(other(FencingError {
+                        execution_id: execution_id.to_owned(),
+                        key: first.key().to_owned(),
+                        token: first.fencing_token().unwrap_or_default(),
+                        newest: detail.parse().unwrap_or_default(),
+                    })),
+                    "2" => Err(other(LockError::Held {
+                        execution_id: execution_id.to_owned(),
+                    })),
+                    _ => Err(PersistenceError::Other(
+                        format!(
+                            "execution `{execution_id}` was started as new, but its lock has issued {detail} fencing token(s): another run of it exists (a runner whose lease expired, or an id used twice); nothing was saved"
+                        )
+                        .into(),
+                    )),
+                }
+            }
             _ => Err(PersistenceError::Other(
                 format!("unexpected reply to a checkpoint save: {reply:?}").into(),
             )),
@@ -398,8 +452,13 @@ impl RedisPersistence {
 impl PersistenceBackend for RedisPersistence {
     /// The loop's checkpoint stored as serialized (snapshot + `latest` in one script).
     async fn save_encoded(&self, checkpoint: EncodedCheckpoint) -> Result<(), PersistenceError> {
-        self.store_batch(std::slice::from_ref(&checkpoint), &[], None, None)
-            .await
+        self.store_batch(&[BatchPart {
+            checkpoints: vec![checkpoint],
+            texts: &[],
+            keep: None,
+            lock: None,
+        }])
+        .await
     }
 
     /// Every checkpoint, the pointer, the pruning and the lock's acquire or release in one
@@ -411,7 +470,25 @@ impl PersistenceBackend for RedisPersistence {
         keep: Option<usize>,
         lock: Option<HoldOps<'_>>,
     ) -> Result<(), PersistenceError> {
-        self.store_batch(&checkpoints, texts, keep, lock).await
+        self.store_batch(&[BatchPart {
+            checkpoints,
+            texts,
+            keep,
+            lock,
+        }])
+        .await
+    }
+
+    fn saves_executions_together(&self) -> bool {
+        true
+    }
+
+    /// Every part in one script (one round trip), all or nothing.
+    async fn save_encoded_batches(
+        &self,
+        parts: Vec<BatchPart<'_>>,
+    ) -> Result<(), PersistenceError> {
+        self.store_batch(&parts).await
     }
 
     /// The server, database and key prefix ([`RedisLock`](super::RedisLock)s on the same

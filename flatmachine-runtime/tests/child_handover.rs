@@ -1,0 +1,250 @@
+//! A child machine's last checkpoints go to Redis in its parent's next checkpoint script
+//! (`engine/handover.rs`): one round trip fewer per child, the same checkpoints saved, the
+//! child's lock released by that script — also when the parent fails with no checkpoint of
+//! its own left but deferred ones, and never for a run whose events are watched.
+
+#![cfg(feature = "redis")]
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::sync::Arc;
+
+use flatmachine_runtime::persistence::{CheckpointStore, checkpoint_event};
+use flatmachine_runtime::redis_backends::{RedisConnection, RedisPersistence};
+use flatmachine_runtime::{Machine, MachineBuilder, RunOptions, Value};
+use futures::StreamExt;
+use redis_server::RedisServer;
+use serde_json::json;
+
+flatmachine_runtime::flatmachine!("tests/machines/parent_single.yml");
+// `stuck` has no fallback transition on purpose: silence the compiler's warning.
+flatmachine_runtime::flatmachine!("tests/machines/parent_then_stuck.yml", allow_warnings);
+
+/// `double` (child_double.yml): `y = 2x`.
+fn with_double(builder: MachineBuilder) -> MachineBuilder {
+    builder.action_mut("double", |ctx, _call| {
+        let x = ctx.get("x").and_then(Value::as_i64).unwrap_or(0);
+        ctx.insert("y".into(), json!(2 * x));
+        Box::pin(async { Ok(()) })
+    })
+}
+
+struct Fixture {
+    _server: RedisServer,
+    store: CheckpointStore,
+    redis: redis::aio::MultiplexedConnection,
+}
+
+async fn fixture() -> Fixture {
+    let server = RedisServer::start();
+    let store = CheckpointStore::new(Arc::new(RedisPersistence::new(
+        RedisConnection::open(&server.url(), "ho").unwrap(),
+    )));
+    let redis = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    Fixture {
+        _server: server,
+        store,
+        redis,
+    }
+}
+
+impl Fixture {
+    /// Scripts the server ran since the last call.
+    async fn scripts(&mut self) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut self.redis)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut self.redis)
+            .await
+            .unwrap();
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
+
+    /// The one child of `parent`: its id and latest checkpoint's event.
+    async fn child_of(&self, parent: &str) -> (String, String) {
+        let mut children = Vec::new();
+        for id in self.store.execution_ids().await.unwrap() {
+            let latest = self.store.load_latest(&id).await.unwrap().unwrap();
+            if latest.parent_execution_id.as_deref() == Some(parent) {
+                children.push((id, latest.event.unwrap_or_default()));
+            }
+        }
+        assert_eq!(children.len(), 1, "{children:?}");
+        children.pop().unwrap()
+    }
+
+    async fn lock_held(&mut self, id: &str) -> bool {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(format!("ho:lock:{id}"))
+            .query_async(&mut self.redis)
+            .await
+            .unwrap();
+        value.is_some()
+    }
+
+    /// The events of `id`'s checkpoints, in run order.
+    async fn events(&self, id: &str) -> Vec<String> {
+        let mut events = Vec::new();
+        for key in self.store.checkpoint_keys(id).await.unwrap() {
+            let s = self.store.backend().load(&key).await.unwrap().unwrap();
+            events.push(format!("{}:{}", s.current_state, s.event.unwrap()));
+        }
+        events
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_childs_end_goes_in_its_parents_next_script() {
+    let mut f = fixture().await;
+    let machine = with_double(Machine::of::<parent_single::Machine>())
+        .persistence(f.store.clone())
+        .trace(false)
+        .checkpoint_on(["execute", "machine_end"])
+        .keep_finished_checkpoints(None)
+        .build()
+        .unwrap();
+    machine.run(json!({"x": 1, "fail_on": -1})).await.unwrap();
+    f.scripts().await;
+    let out = machine.run(json!({"x": 4, "fail_on": -1})).await.unwrap();
+    assert_eq!(out.output, json!({"y": 8}));
+    // The parent's `call`, the child's `start`, then both ends in one script (4 without).
+    assert_eq!(f.scripts().await, 3);
+    let (child, event) = f.child_of(&out.execution_id).await;
+    assert_eq!(event, checkpoint_event::MACHINE_END);
+    assert_eq!(
+        f.events(&child).await,
+        ["start:execute", "done:execute", "end:machine_end"]
+    );
+    assert_eq!(
+        f.events(&out.execution_id).await,
+        [
+            "start:execute",
+            "call:execute",
+            "done:execute",
+            "end:machine_end"
+        ]
+    );
+    assert!(!f.lock_held(&child).await, "the child's lock is released");
+    assert!(!f.lock_held(&out.execution_id).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_that_fails_after_the_child_still_saves_its_end() {
+    let mut f = fixture().await;
+    let machine = with_double(Machine::of::<parent_then_stuck::Machine>())
+        .persistence(f.store.clone())
+        .trace(false)
+        .checkpoint_on(["execute", "machine_end"])
+        .build()
+        .unwrap();
+    let failure = machine
+        .run_with(json!({"x": 3}), RunOptions::new().execution_id("stuck-1"))
+        .await
+        .unwrap_err();
+    assert!(failure.to_string().contains("stuck"), "{failure}");
+    let (child, event) = f.child_of("stuck-1").await;
+    assert_eq!(event, checkpoint_event::MACHINE_END);
+    assert!(!f.lock_held(&child).await, "the child's lock is released");
+    // The parent's deferred `execute` of `stuck` went with it.
+    assert_eq!(
+        f.events("stuck-1").await.last().map(String::as_str),
+        Some("stuck:execute")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_child_saves_its_own_end() {
+    let mut f = fixture().await;
+    let machine = with_double(Machine::of::<parent_single::Machine>())
+        .persistence(f.store.clone())
+        .trace(false)
+        .checkpoint_on(["execute", "machine_end"])
+        .build()
+        .unwrap();
+    machine.run(json!({"x": 1, "fail_on": -1})).await.unwrap();
+    f.scripts().await;
+    let mut stream = machine.stream(json!({"x": 2, "fail_on": -1}), RunOptions::new());
+    let mut saved = Vec::new();
+    while let Some(event) = stream.next().await {
+        if let flatmachine_runtime::events::EventKind::CheckpointSaved { event: e, .. } =
+            &event.kind
+        {
+            saved.push((event.execution_id.to_string(), e.to_string()));
+        }
+    }
+    let out = stream.result().await.unwrap();
+    assert_eq!(f.scripts().await, 4);
+    let (child, _) = f.child_of(&out.execution_id).await;
+    assert!(
+        saved.contains(&(child, checkpoint_event::MACHINE_END.to_owned())),
+        "{saved:?}"
+    );
+}
+
+/// `save_encoded_batches` on Redis is all or nothing: a part refused by its fencing check
+/// leaves the other parts unwritten, and the error names the refused execution.
+#[tokio::test]
+async fn parts_of_several_executions_are_saved_all_or_nothing() {
+    use flatmachine_runtime::persistence::{BatchPart, EncodedCheckpoint, MachineSnapshot};
+    let f = fixture().await;
+    let backend = f.store.backend();
+    assert!(backend.saves_executions_together());
+    let snap = |id: &str, step: u64, token: Option<u64>| {
+        let mut s = MachineSnapshot::new(id, "m", "1.0.0", "s", Default::default(), step)
+            .with_event(checkpoint_event::EXECUTE);
+        s.fencing_token = token;
+        EncodedCheckpoint::from_snapshot(&s).unwrap()
+    };
+    let part = |checkpoint: EncodedCheckpoint| BatchPart {
+        checkpoints: vec![checkpoint],
+        texts: &[],
+        keep: None,
+        lock: None,
+    };
+    // `b` has seen fencing token 5.
+    backend
+        .save_encoded_batches(vec![part(snap("b", 1, Some(5)))])
+        .await
+        .unwrap();
+    let err = backend
+        .save_encoded_batches(vec![part(snap("a", 1, None)), part(snap("b", 2, Some(1)))])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("execution `b`"), "{err}");
+    assert_eq!(f.store.latest_checkpoint_key("a").await.unwrap(), None);
+    assert_eq!(
+        f.store.latest_checkpoint_key("b").await.unwrap().as_deref(),
+        Some("b/step_000001_execute.json")
+    );
+    backend
+        .save_encoded_batches(vec![part(snap("a", 1, None)), part(snap("b", 2, Some(5)))])
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.latest_checkpoint_key("a").await.unwrap().as_deref(),
+        Some("a/step_000001_execute.json")
+    );
+    assert_eq!(
+        f.store.latest_checkpoint_key("b").await.unwrap().as_deref(),
+        Some("b/step_000002_execute.json")
+    );
+}
