@@ -135,16 +135,45 @@ async fn until(client: &Client, secs: u64, script: &str) {
     }
 }
 
+/// The text of the element `css` selects, once there. An element the page re-renders between
+/// finding and reading it (a stale reference) is found again.
 async fn text_of(client: &Client, css: &str) -> String {
-    client
-        .wait()
-        .at_most(Duration::from_secs(15))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let element = client
+            .wait()
+            .at_most(deadline.saturating_duration_since(Instant::now()))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match element.text().await {
+            Ok(text) => return text,
+            Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{css}: {e}"),
+        }
+    }
+}
+
+/// Clicks the element `css` selects, once there (found again if the page re-rendered it).
+async fn click(client: &Client, css: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let element = client
+            .wait()
+            .at_most(deadline.saturating_duration_since(Instant::now()))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match element.click().await {
+            Ok(()) => return,
+            Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{css}: {e}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -285,19 +314,8 @@ async fn the_console_in_a_browser() {
     client.goto(&console.url("/runs/review-1")).await.unwrap();
     let channel = text_of(&client, "#channel").await;
     assert_eq!(channel, "review/7");
-    client
-        .wait()
-        .for_element(Locator::Id("approve"))
-        .await
-        .unwrap();
     js(&client, "window.__sameDocument = true; return true").await;
-    client
-        .find(Locator::Id("approve"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#approve").await;
     until(
         &client,
         10,
