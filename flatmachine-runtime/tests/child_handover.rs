@@ -1,7 +1,9 @@
-//! A child machine's last checkpoints go to Redis in its parent's next checkpoint script
-//! (`engine/handover.rs`): one round trip fewer per child, the same checkpoints saved, the
-//! child's lock released by that script — also when the parent fails with no checkpoint of
-//! its own left but deferred ones, and never for a run whose events are watched.
+//! A child machine and its parent share checkpoint scripts on Redis (`engine/handover.rs`):
+//! the parent's `execute` checkpoint of the state running the child goes in the child's first
+//! script, the child's last checkpoints in the parent's next one — two round trips fewer per
+//! child, the same checkpoints saved, the locks taken and released by those scripts. Also
+//! when the parent fails with only deferred checkpoints left, when the child cannot save
+//! (the parent saves its own batch itself), and never for a run whose events are watched.
 
 #![cfg(feature = "redis")]
 
@@ -11,7 +13,7 @@ mod redis_server;
 use std::sync::Arc;
 
 use flatmachine_runtime::persistence::{CheckpointStore, checkpoint_event};
-use flatmachine_runtime::redis_backends::{RedisConnection, RedisPersistence};
+use flatmachine_runtime::redis_backends::{RedisConnection, RedisLock, RedisPersistence};
 use flatmachine_runtime::{Machine, MachineBuilder, RunOptions, Value};
 use futures::StreamExt;
 use redis_server::RedisServer;
@@ -33,14 +35,15 @@ fn with_double(builder: MachineBuilder) -> MachineBuilder {
 struct Fixture {
     _server: RedisServer,
     store: CheckpointStore,
+    lock: Arc<RedisLock>,
     redis: redis::aio::MultiplexedConnection,
 }
 
 async fn fixture() -> Fixture {
     let server = RedisServer::start();
-    let store = CheckpointStore::new(Arc::new(RedisPersistence::new(
-        RedisConnection::open(&server.url(), "ho").unwrap(),
-    )));
+    let conn = RedisConnection::open(&server.url(), "ho").unwrap();
+    let store = CheckpointStore::new(Arc::new(RedisPersistence::new(conn.clone())));
+    let lock = Arc::new(RedisLock::new(conn));
     let redis = redis::Client::open(server.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -49,11 +52,25 @@ async fn fixture() -> Fixture {
     Fixture {
         _server: server,
         store,
+        lock,
         redis,
     }
 }
 
 impl Fixture {
+    /// `parent` on this server's store and lock (one fencing domain: the scripts take and
+    /// release the locks), checkpointing `execute` and `machine_end`, keeping all.
+    fn machine(&self, parent: MachineBuilder) -> Machine {
+        with_double(parent)
+            .persistence(self.store.clone())
+            .lock(self.lock.clone())
+            .trace(false)
+            .checkpoint_on(["execute", "machine_end"])
+            .keep_finished_checkpoints(None)
+            .build()
+            .unwrap()
+    }
+
     /// Scripts the server ran since the last call.
     async fn scripts(&mut self) -> u64 {
         let info: String = redis::cmd("INFO")
@@ -115,19 +132,13 @@ impl Fixture {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_childs_end_goes_in_its_parents_next_script() {
     let mut f = fixture().await;
-    let machine = with_double(Machine::of::<parent_single::Machine>())
-        .persistence(f.store.clone())
-        .trace(false)
-        .checkpoint_on(["execute", "machine_end"])
-        .keep_finished_checkpoints(None)
-        .build()
-        .unwrap();
+    let machine = f.machine(Machine::of::<parent_single::Machine>());
     machine.run(json!({"x": 1, "fail_on": -1})).await.unwrap();
     f.scripts().await;
     let out = machine.run(json!({"x": 4, "fail_on": -1})).await.unwrap();
     assert_eq!(out.output, json!({"y": 8}));
-    // The parent's `call`, the child's `start`, then both ends in one script (4 without).
-    assert_eq!(f.scripts().await, 3);
+    // The parent's `call` with the child's `start`, then both ends: 2 scripts (4 without).
+    assert_eq!(f.scripts().await, 2);
     let (child, event) = f.child_of(&out.execution_id).await;
     assert_eq!(event, checkpoint_event::MACHINE_END);
     assert_eq!(
@@ -150,12 +161,7 @@ async fn a_childs_end_goes_in_its_parents_next_script() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parent_that_fails_after_the_child_still_saves_its_end() {
     let mut f = fixture().await;
-    let machine = with_double(Machine::of::<parent_then_stuck::Machine>())
-        .persistence(f.store.clone())
-        .trace(false)
-        .checkpoint_on(["execute", "machine_end"])
-        .build()
-        .unwrap();
+    let machine = f.machine(Machine::of::<parent_then_stuck::Machine>());
     let failure = machine
         .run_with(json!({"x": 3}), RunOptions::new().execution_id("stuck-1"))
         .await
@@ -171,15 +177,49 @@ async fn a_parent_that_fails_after_the_child_still_saves_its_end() {
     );
 }
 
+/// A child refused at its first save (its lock is held elsewhere) saves nothing — not its
+/// parent's batch either, all or nothing — and the parent saves its own batch with its next
+/// checkpoint, after routing the child's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_cannot_save_gives_its_parents_batch_back() {
+    let mut f = fixture().await;
+    let machine = f.machine(Machine::of::<parent_single::Machine>());
+    let input = json!({"x": 1, "fail_on": -1});
+    let options = || RunOptions::new().execution_id("held-1");
+    machine.run_with(input.clone(), options()).await.unwrap();
+    let (child, _) = f.child_of("held-1").await;
+    let _: () = redis::cmd("FLUSHDB")
+        .query_async(&mut f.redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("ho:lock:{child}"))
+        .arg("another-runner")
+        .query_async(&mut f.redis)
+        .await
+        .unwrap();
+    let out = machine.run_with(input, options()).await.unwrap();
+    assert!(
+        out.output["error"].as_str().unwrap().contains("held"),
+        "{}",
+        out.output
+    );
+    assert_eq!(f.store.latest_checkpoint_key(&child).await.unwrap(), None);
+    assert_eq!(
+        f.events("held-1").await,
+        [
+            "start:execute",
+            "call:execute",
+            "failed:execute",
+            "end:machine_end"
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watched_child_saves_its_own_end() {
     let mut f = fixture().await;
-    let machine = with_double(Machine::of::<parent_single::Machine>())
-        .persistence(f.store.clone())
-        .trace(false)
-        .checkpoint_on(["execute", "machine_end"])
-        .build()
-        .unwrap();
+    let machine = f.machine(Machine::of::<parent_single::Machine>());
     machine.run(json!({"x": 1, "fail_on": -1})).await.unwrap();
     f.scripts().await;
     let mut stream = machine.stream(json!({"x": 2, "fail_on": -1}), RunOptions::new());

@@ -1,8 +1,9 @@
 //! What one job of a machine-driven worker costs on Redis with the worker defaults: the
 //! runbook's worker machine (`tests/machines/distributed/redis_worker.yml`, a child machine for
-//! the job) makes 5 round trips per job — claim, complete, one checkpoint script as each
-//! execution starts its work, and one for both ends (the child hands its last checkpoints to
-//! the worker) — while keeping every checkpoint it kept before the batching.
+//! the job) makes 4 round trips per job — claim, complete, one checkpoint script as the job's
+//! child starts its work (with the worker's checkpoints so far) and one for both ends (the
+//! child hands its last checkpoints to the worker) — while keeping every checkpoint it kept
+//! before the batching.
 //! (Its own binary: it points `FLATMACHINE_REDIS_URL` at its server.)
 
 #![cfg(feature = "redis")]
@@ -84,7 +85,7 @@ async fn run_job(machine: &Machine) -> RunResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_job_costs_five_round_trips_and_keeps_its_checkpoints() {
+async fn a_worker_job_costs_four_round_trips_and_keeps_its_checkpoints() {
     let server = RedisServer::start();
     // SAFETY: the only test of this binary; set before any backend is opened.
     unsafe {
@@ -118,7 +119,7 @@ async fn a_worker_job_costs_five_round_trips_and_keeps_its_checkpoints() {
         .unwrap();
     let out = run_job(&machine).await;
     assert_eq!(out.output["result"]["value"], json!(1));
-    assert_eq!(round_trips(&mut redis).await, 5);
+    assert_eq!(round_trips(&mut redis).await, 4);
     // A finished worker execution keeps its last checkpoint.
     assert_eq!(
         store.checkpoint_keys(&out.execution_id).await.unwrap(),

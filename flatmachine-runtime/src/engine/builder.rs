@@ -609,6 +609,7 @@ impl MachineBuilder {
                 .unwrap_or_else(|| Arc::new(InMemoryResultBackend::new())),
             max_concurrency: self.max_concurrency,
             launches: Arc::default(),
+            default_invoker: self.invoker.is_none(),
             invoker: self.invoker.unwrap_or_else(|| Arc::new(InProcessInvoker)),
             agents: Arc::new(self.agents),
             adapters: Arc::new(self.adapters),

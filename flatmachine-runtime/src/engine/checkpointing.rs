@@ -1,7 +1,7 @@
 //! Checkpoints of a run: written at each event `checkpoint_on` selects, deferred for states
 //! that do no work and saved with the next one, announced on the event stream.
 
-use super::handover::{HandOver, HandedOver};
+use super::handover::HandedOver;
 use super::machine::Machine;
 use super::result::{RunError, RunResult};
 use super::step::{DeferredCheckpoint, Run};
@@ -92,7 +92,9 @@ impl Machine {
                 checkpoints,
                 texts: std::mem::take(&mut run.pending_texts),
                 hold: run.store_hold.clone(),
+                release: true,
                 guard: None,
+                saved: None,
             });
             run.handed_over = true;
             return Ok(());
@@ -100,7 +102,7 @@ impl Machine {
         if run.deferred.is_empty()
             && hold.is_none()
             && run.pending_texts.is_empty()
-            && !run.has_adopted()
+            && !run.has_foreign()
         {
             return store.write(&mut run.writer, parts).await;
         }
@@ -115,7 +117,7 @@ impl Machine {
             release: event == checkpoint_event::MACHINE_END,
         });
         let texts = std::mem::take(&mut run.pending_texts);
-        let adopted = run.adopted.get().map(HandOver::take).unwrap_or_default();
+        let adopted = run.take_foreign();
         if adopted.is_empty() {
             store.save_encoded_batch_with(batch, &texts, ops).await?;
         } else {
@@ -143,6 +145,11 @@ impl Machine {
             .collect();
         batches.extend(own);
         let saved = store.save_encoded_batches_with(batches).await;
+        if saved.is_ok() {
+            for flag in adopted.iter().filter_map(|a| a.saved.as_ref()) {
+                flag.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
         drop(adopted);
         saved
     }
@@ -225,7 +232,7 @@ impl Machine {
         let Some(store) = &self.inner.store else {
             return result;
         };
-        if run.deferred.is_empty() && !run.has_adopted() {
+        if run.deferred.is_empty() && !run.has_foreign() {
             self.save_pending_texts(store, run).await;
             return result;
         }
@@ -243,7 +250,7 @@ impl Machine {
             hold,
             release: false,
         });
-        let adopted = run.adopted.get().map(HandOver::take).unwrap_or_default();
+        let adopted = run.take_foreign();
         let saved = match adopted.is_empty() {
             true => store.save_encoded_batch_with(batch, &texts, ops).await,
             false => {

@@ -1,17 +1,20 @@
 //! `machine:` and `foreach:` children: built from the parent, run through the invoker.
 
 use super::budget::{AgentCallBudget, Budgeted};
-use super::handover::HandOver;
+use super::handover::{HandDown, HandOffs, HandOver, HandedOver};
 use super::invoker::InvokeRequest;
 use super::machine::{Inner, Machine};
 use super::result::{RunError, RunResult};
 use super::step::{ChildTotals, Run, WaitingChild};
 use crate::error::error_type;
 use crate::machine::StateSpec;
+use crate::persistence::{CheckpointStore, checkpoint_event};
 use crate::template::{self, ScopeRef};
 use crate::{Context, StateError, Value};
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 /// The execution id of the `position`-th child that state `state` of execution `parent`
 /// started at step `step` with `machine:` or `foreach:` (position in the `machine:` list or
@@ -193,6 +196,7 @@ impl Machine {
             results: self.inner.results.clone(),
             launches: self.inner.launches.clone(),
             invoker: self.inner.invoker.clone(),
+            default_invoker: self.inner.default_invoker,
             children: std::sync::Mutex::default(),
             state_actions: std::sync::OnceLock::new(),
             signals: self.inner.signals.clone(),
@@ -217,6 +221,20 @@ impl Machine {
         name: &'static str,
         input: Value,
     ) -> BoxFuture<'static, Result<RunResult, StateError>> {
+        self.run_child_with(run, state, position, name, input, None)
+    }
+
+    /// [`run_child`](Self::run_child), giving the child this run's pending batch to save
+    /// (`from_parent`, see [`hand_down`](Self::hand_down)).
+    fn run_child_with(
+        &self,
+        run: &Run,
+        state: &str,
+        position: usize,
+        name: &'static str,
+        input: Value,
+        from_parent: Option<HandOver>,
+    ) -> BoxFuture<'static, Result<RunResult, StateError>> {
         let request = InvokeRequest {
             parent: self.clone(),
             machine: name,
@@ -225,7 +243,10 @@ impl Machine {
             input,
             resume: run.resumed,
             agent_calls: run.budget.clone(),
-            hand_over: self.hand_over_for(run, state),
+            hand_offs: HandOffs {
+                to_parent: self.hand_over_for(run, state),
+                from_parent,
+            },
         };
         let invoker = self.inner.invoker.clone();
         let child_id = request.execution_id.clone();
@@ -251,24 +272,78 @@ impl Machine {
         })
     }
 
-    /// The hand-over a child of the state `state` leaves its last checkpoints in (see
-    /// [`super::handover`]): for the one child of a `machine:` state (no `foreach`, no
-    /// parallel children) of a run nobody watches, whose store saves several executions in
-    /// one operation and which checkpoints `execute` events (its next checkpoint then comes
-    /// before its next work).
-    fn hand_over_for(&self, run: &Run, state: &str) -> Option<HandOver> {
+    /// The store a run shares with the one child of a `machine:` state (no `foreach`, no
+    /// parallel children) for hand-overs ([`super::handover`]): one that saves several
+    /// executions in one operation, of a run nobody watches, which checkpoints `execute`
+    /// events (its next checkpoint then comes before its next work).
+    fn hand_over_store(&self, run: &Run, state: &StateSpec) -> Option<&CheckpointStore> {
         let store = self.inner.store.as_ref()?;
-        if !store.backend().saves_executions_together()
-            || run.events.is_some()
-            || !self.checkpoints(crate::persistence::checkpoint_event::EXECUTE)
-        {
-            return None;
-        }
+        let linked = store.backend().saves_executions_together()
+            && run.events.is_none()
+            && self.checkpoints(checkpoint_event::EXECUTE)
+            && state.machine.len() == 1
+            && !state.machine_list
+            && state.foreach.is_none();
+        linked.then_some(store)
+    }
+
+    /// The hand-over the child of the state `state` leaves its last checkpoints in.
+    fn hand_over_for(&self, run: &Run, state: &str) -> Option<HandOver> {
         let spec = self.inner.spec.states.iter().find(|s| s.name == state)?;
-        if spec.machine.len() != 1 || spec.foreach.is_some() {
+        let store = self.hand_over_store(run, spec)?;
+        Some(run.adopted.get_or_init(|| HandOver::new(store)).clone())
+    }
+
+    /// Whether the `execute` checkpoint of `state` waits for its child's first checkpoint
+    /// (see [`super::handover`]): the state only runs one child, which starts fresh in this
+    /// process, saves to the same store and checkpoints `execute` events.
+    pub(super) fn hands_down(&self, run: &Run, state: &StateSpec) -> bool {
+        let Some(store) = self.hand_over_store(run, state) else {
+            return false;
+        };
+        let only_the_child = state.action.is_none()
+            && state.agent.is_none()
+            && state.launch.is_empty()
+            && state.wait_for.is_none()
+            && state.tool_loop.is_none();
+        only_the_child
+            && !run.resumed
+            && self.inner.default_invoker
+            && self.child(state.machine[0].name).is_ok_and(|child| {
+                child.checkpoints(checkpoint_event::EXECUTE)
+                    && child
+                        .inner
+                        .store
+                        .as_ref()
+                        .is_some_and(|s| Arc::ptr_eq(s.backend(), store.backend()))
+            })
+    }
+
+    /// Gives this run's pending batch (its deferred checkpoints, trace texts and the taking of
+    /// its lock) to the child `state` starts, when it [`hands_down`](Self::hands_down).
+    fn hand_down(&self, run: &mut Run, state: &StateSpec) -> Option<HandDown> {
+        if run.deferred.is_empty() || !self.hands_down(run, state) {
             return None;
         }
-        Some(run.adopted.get_or_init(|| HandOver::new(store)).clone())
+        let store = self.inner.store.as_ref()?;
+        let deferred = std::mem::take(&mut run.deferred);
+        let texts = std::mem::take(&mut run.pending_texts);
+        let saved = Arc::new(AtomicBool::new(false));
+        let slot = HandOver::new(store);
+        slot.push(HandedOver {
+            checkpoints: deferred.iter().map(|d| d.checkpoint.clone()).collect(),
+            texts: texts.clone(),
+            hold: run.store_hold.clone().filter(|h| !h.is_acquired()),
+            release: false,
+            guard: None,
+            saved: Some(saved.clone()),
+        });
+        Some(HandDown {
+            slot,
+            deferred,
+            texts,
+            saved,
+        })
     }
 
     /// Starts (or, for `resume`, continues) a child run inside this process: what
@@ -306,7 +381,7 @@ impl Machine {
                 None,
                 request.agent_calls,
                 fresh,
-                request.hand_over,
+                request.hand_offs,
             )
             .await
             .map_err(|f| f.error)
@@ -485,9 +560,15 @@ impl Machine {
         };
         if !state.machine_list {
             let call = &state.machine[0];
+            let down = self.hand_down(run, state);
+            let from_parent = down.as_ref().map(|d| d.slot.clone());
             let result = self
-                .run_child(run, state.name, 0, call.name, shared_input)
-                .await?;
+                .run_child_with(run, state.name, 0, call.name, shared_input, from_parent)
+                .await;
+            if let Some(down) = down {
+                down.settle(run);
+            }
+            let result = result?;
             run.add_child_totals(&result);
             return Ok(result.output);
         }

@@ -10,10 +10,17 @@
 //! guard lives in the hand-over). A crash in between loses the child's end as a crash during
 //! its last state would: the parent, resumed, continues the child from its checkpoint before.
 //!
+//! The other way, a parent whose state runs one child saves that state's `execute` checkpoint
+//! (with those deferred before it, and the taking of its lock) in the script of the child's
+//! first checkpoint, which comes before the child's first work: the child, while it holds its
+//! parent's batch, defers no checkpoint but those of states that do no work. A child that
+//! never saved it gives it back and the parent saves it with its own next checkpoint.
+//!
 //! Only runs nobody watches hand over (a watched child announces its `CheckpointSaved` when it
 //! is saved), and only to a parent that checkpoints `execute` events, so the parent's next
 //! checkpoint comes before its next state's work.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::lock::{HoldOps, LockGuard, StoreHold};
@@ -33,25 +40,38 @@ impl std::fmt::Debug for HandOver {
     }
 }
 
-/// One child's last batch, not saved yet.
+/// One execution's batch another run of the tree saves: a child's last one (for its parent),
+/// or a parent's pending one (for its child's first save).
 pub(crate) struct HandedOver {
     pub(crate) checkpoints: Vec<EncodedCheckpoint>,
     pub(crate) texts: Vec<(String, String)>,
-    /// The child's hold of its lock, released by the save.
+    /// The execution's hold of its lock: taken by the save if still pending.
     pub(crate) hold: Option<StoreHold>,
-    /// The child's lock guard, kept until the batch is saved.
+    /// Whether the save releases the hold (a child's end).
+    pub(crate) release: bool,
+    /// The execution's lock guard, kept until the batch is saved.
     pub(crate) guard: Option<LockGuard>,
+    /// Set once the batch is saved (a parent's batch: the parent takes it back otherwise).
+    pub(crate) saved: Option<Arc<AtomicBool>>,
 }
 
 impl HandedOver {
-    /// What the save does to the child's lock: release it (taking it first if no
-    /// checkpoint of the child did).
+    /// What the save does to the execution's lock.
     pub(crate) fn lock(&self) -> Option<HoldOps<'_>> {
         self.hold.as_ref().map(|hold| HoldOps {
             hold,
-            release: true,
+            release: self.release,
         })
     }
+}
+
+/// The hand-overs a child run is started with.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct HandOffs {
+    /// Where the child leaves its last batch for the parent.
+    pub(crate) to_parent: Option<HandOver>,
+    /// The parent's pending batch the child saves with its first checkpoint.
+    pub(crate) from_parent: Option<HandOver>,
 }
 
 impl HandOver {
@@ -101,5 +121,31 @@ impl HandOver {
     /// Whether no batch waits.
     pub(crate) fn is_empty(&self) -> bool {
         self.batches().is_empty()
+    }
+}
+
+/// A parent's batch given to its child: what the parent takes back if the child did not save
+/// it.
+pub(crate) struct HandDown {
+    pub(crate) slot: HandOver,
+    pub(crate) deferred: Vec<super::step::DeferredCheckpoint>,
+    pub(crate) texts: Vec<(String, String)>,
+    pub(crate) saved: Arc<AtomicBool>,
+}
+
+impl HandDown {
+    /// After the child returned: a batch the child did not save goes back to the front of
+    /// the parent's pending batch (saved with its next checkpoint).
+    pub(crate) fn settle(self, run: &mut super::step::Run) {
+        drop(self.slot.take());
+        if self.saved.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut deferred = self.deferred;
+        deferred.append(&mut run.deferred);
+        run.deferred = deferred;
+        let mut texts = self.texts;
+        texts.append(&mut run.pending_texts);
+        run.pending_texts = texts;
     }
 }

@@ -29,9 +29,9 @@ pub struct InvokeRequest {
     /// elsewhere passes its [`remaining`](AgentCallBudget::remaining) calls on and
     /// [`record`](AgentCallBudget::record)s the calls the child reports.
     pub agent_calls: AgentCallBudget,
-    /// Where an in-process child leaves its last checkpoints for the parent to save with its
-    /// next ones (see `handover`); other invokers ignore it.
-    pub(crate) hand_over: Option<super::handover::HandOver>,
+    /// The batches an in-process child and its parent save for each other (see `handover`);
+    /// other invokers ignore them.
+    pub(crate) hand_offs: super::handover::HandOffs,
 }
 
 /// Runs child machines for a parent: returns the child's result once it finished.

@@ -264,7 +264,7 @@ impl Machine {
             input,
             resume,
             agent_calls: budget,
-            hand_over: None,
+            hand_offs: Default::default(),
         };
         let invoker = self.inner.invoker.clone();
         let results = self.inner.results.clone();

@@ -3,7 +3,7 @@
 use super::budget::{AgentCallBudget, RunTotals};
 use super::builder::MachineBuilder;
 use super::handlers::{ActionFn, AgentFn, FallbackActionFn};
-use super::handover::HandOver;
+use super::handover::{HandOffs, HandOver};
 use super::invoker::MachineInvoker;
 use super::launches::Launches;
 use super::result::{RunError, RunFailure, RunOptions, RunResult};
@@ -48,6 +48,9 @@ pub(crate) struct Inner {
     pub results: Arc<dyn ResultBackend>,
     pub launches: Arc<Launches>,
     pub invoker: Arc<dyn MachineInvoker>,
+    /// Whether `invoker` is the default [`InProcessInvoker`](super::InProcessInvoker):
+    /// children then run here, through [`Machine::run_child_in_process`].
+    pub default_invoker: bool,
     /// Child machines configured so far (built on first use, then shared by every run).
     pub children: std::sync::Mutex<Vec<(&'static str, Machine)>>,
     /// The named action handler of each state (by state index), looked up once.
@@ -192,7 +195,7 @@ impl Machine {
             options.max_steps,
             budget,
             fresh,
-            None,
+            HandOffs::default(),
         )
         .await
     }
@@ -331,7 +334,7 @@ impl Machine {
         max_steps: Option<u64>,
         budget: AgentCallBudget,
         fresh: bool,
-        hand_over: Option<HandOver>,
+        hand_offs: HandOffs,
     ) -> Result<RunResult, Box<RunFailure>> {
         let early = |e: RunError| RunFailure::early(&execution_id, e);
         let spec = self.inner.spec;
@@ -380,8 +383,9 @@ impl Machine {
         run.config_hash = self.inner.config_hash();
         run.events =
             RunEvents::for_run(&execution_id, run.parent_execution_id.as_deref(), spec.name);
-        run.hand_over =
-            hand_over.filter(|h| self.inner.store.as_ref().is_some_and(|s| h.accepts(s)));
+        let accepted = |h: &HandOver| self.inner.store.as_ref().is_some_and(|s| h.accepts(s));
+        run.hand_over = hand_offs.to_parent.filter(accepted);
+        run.inherited = hand_offs.from_parent.filter(accepted);
         let empty = Context::new();
         let mut context = match &spec.context {
             Some(tv) => {

@@ -99,6 +99,8 @@ pub(super) struct Run {
     /// Where this run's children leave their last batches; saved with this run's next
     /// checkpoint (made when a child is first given it).
     pub(super) adopted: std::sync::OnceLock<HandOver>,
+    /// The parent's pending batch this child saves with its first checkpoint.
+    pub(super) inherited: Option<HandOver>,
 }
 
 /// A checkpoint encoded but not saved yet, with what its `CheckpointSaved` event reports.
@@ -160,12 +162,32 @@ impl Run {
             hand_over: None,
             handed_over: false,
             adopted: std::sync::OnceLock::new(),
+            inherited: None,
         }
     }
 
-    /// Whether children left batches this run has not saved yet.
-    pub(super) fn has_adopted(&self) -> bool {
-        self.adopted.get().is_some_and(|h| !h.is_empty())
+    /// Whether batches of other executions (its parent's, its children's) wait for this
+    /// run's next save.
+    pub(super) fn has_foreign(&self) -> bool {
+        self.adopted.get().is_some_and(|h| !h.is_empty()) || self.holds_parent_batch()
+    }
+
+    /// Whether this child still holds its parent's pending batch.
+    pub(super) fn holds_parent_batch(&self) -> bool {
+        self.inherited.as_ref().is_some_and(|h| !h.is_empty())
+    }
+
+    /// The batches of other executions to save with this run's next one: its parent's first.
+    pub(super) fn take_foreign(&self) -> Vec<super::handover::HandedOver> {
+        let mut batches = self
+            .inherited
+            .as_ref()
+            .map(HandOver::take)
+            .unwrap_or_default();
+        if let Some(adopted) = self.adopted.get() {
+            batches.extend(adopted.take());
+        }
+        batches
     }
 
     /// Takes the child recorded as waiting by the current state's children, if any.
@@ -367,7 +389,11 @@ impl Machine {
                     continue;
                 }
                 if self.checkpoints("execute") {
-                    if does_no_work(state) || self.only_deferrable_action(run, current) {
+                    // A child holding its parent's batch saves before any work.
+                    if does_no_work(state)
+                        || (self.only_deferrable_action(run, current) && !run.holds_parent_batch())
+                        || self.hands_down(run, state)
+                    {
                         self.defer_checkpoint(run, state.name, context).await?;
                     } else {
                         self.checkpoint(run, "execute", state.name, context, None)
