@@ -9,9 +9,11 @@
 //! * `FM_BENCH_PROCS` — worker process counts (default `1,2,4,8`);
 //! * `FM_BENCH_STORES` — `sqlite`, `redis`, `redis-unix` (the same server over its Unix
 //!   socket), comma-separated (default `sqlite,redis`);
-//! * `FM_BENCH_CHECKPOINTS` — `default` (the worker-machine defaults), `all` (every event and
-//!   no retention, what other machines get), `none`, or events joined by `+`
-//!   (`machine_end`), comma-separated (default `default`).
+//! * `FM_BENCH_CHECKPOINTS` — `default` (the worker-machine defaults), `newest` (the defaults,
+//!   keeping only the newest checkpoint while running too), `all` (every event and no
+//!   retention, what other machines get), `none`, or events joined by `+` (`machine_end`),
+//!   comma-separated (default `default`);
+//! * `FM_BENCH_TRACE=0` — trace records off (`MachineBuilder::trace(false)`).
 //!
 //! Prints a Markdown table: wall-clock jobs/s, and CPU per job — the worker processes' user +
 //! system time (orchestration: engine, hooks, client side of the store) and, for Redis, the
@@ -239,6 +241,8 @@ fn worker(spec: &str) {
         let builder = match mode {
             "none" => builder.no_persistence(),
             "default" => builder,
+            // The defaults, keeping only the newest checkpoint while running too.
+            "newest" => builder.keep_last_checkpoints(1),
             "all" => builder
                 .checkpoint_on(checkpoint_event::ALL)
                 .keep_finished_checkpoints(None),
