@@ -20,6 +20,7 @@ use redis_server::RedisServer;
 use serde_json::json;
 
 flatmachine_runtime::flatmachine!("tests/machines/parent_single.yml");
+flatmachine_runtime::flatmachine!("tests/machines/grandparent.yml");
 // `stuck` has no fallback transition on purpose: silence the compiler's warning.
 flatmachine_runtime::flatmachine!("tests/machines/parent_then_stuck.yml", allow_warnings);
 
@@ -175,6 +176,75 @@ async fn a_parent_that_fails_after_the_child_still_saves_its_end() {
         f.events("stuck-1").await.last().map(String::as_str),
         Some("stuck:execute")
     );
+}
+
+/// Three levels: the middle run saves its parent's batch before starting its own child (no
+/// batch goes two levels down: the leaf's work sees the grandparent's `call` checkpoint
+/// saved), and the ends go up together — 3 checkpoint scripts for 3 executions, every end
+/// saved, every lock released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_levels_save_in_three_checkpoint_scripts() {
+    let mut f = fixture().await;
+    // The leaf's work sees the grandparent's `call` checkpoint saved already.
+    let store = f.store.clone();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen_by_leaf = seen.clone();
+    let grandparent = Machine::of::<grandparent::Machine>().action_mut("double", move |ctx, _| {
+        let (store, seen) = (store.clone(), seen_by_leaf.clone());
+        Box::pin(async move {
+            let latest = store.latest_checkpoint_key("gp-2").await.unwrap();
+            seen.lock().unwrap().push(latest);
+            let x = ctx.get("x").and_then(Value::as_i64).unwrap_or(0);
+            ctx.insert("y".into(), json!(2 * x));
+            Ok(())
+        })
+    });
+    let machine = grandparent
+        .persistence(f.store.clone())
+        .lock(f.lock.clone())
+        .trace(false)
+        .checkpoint_on(["execute", "machine_end"])
+        .keep_finished_checkpoints(None)
+        .build()
+        .unwrap();
+    machine
+        .run_with(json!({"x": 1}), RunOptions::new().execution_id("gp-1"))
+        .await
+        .unwrap();
+    f.scripts().await;
+    let out = machine
+        .run_with(json!({"x": 5}), RunOptions::new().execution_id("gp-2"))
+        .await
+        .unwrap();
+    assert_eq!(out.output, json!({"y": 10}));
+    assert_eq!(
+        seen.lock().unwrap().last().cloned().flatten().as_deref(),
+        Some("gp-2/step_000002_execute.json")
+    );
+    // One script takes the grandparent's lock (an id given by the caller is locked before the
+    // run starts); then the middle's `call` with the grandparent's batch, the leaf's `start`,
+    // and the three ends together.
+    assert_eq!(f.scripts().await, 4);
+    let (middle, event) = f.child_of(&out.execution_id).await;
+    assert_eq!(event, checkpoint_event::MACHINE_END);
+    let (leaf, event) = f.child_of(&middle).await;
+    assert_eq!(event, checkpoint_event::MACHINE_END);
+    assert_eq!(
+        f.events(&middle).await,
+        [
+            "start:execute",
+            "call:execute",
+            "done:execute",
+            "end:machine_end"
+        ]
+    );
+    assert_eq!(
+        f.events(&leaf).await,
+        ["start:execute", "done:execute", "end:machine_end"]
+    );
+    for id in [&out.execution_id, &middle, &leaf] {
+        assert!(!f.lock_held(id).await, "{id}'s lock is released");
+    }
 }
 
 /// A child refused at its first save (its lock is held elsewhere) saves nothing — not its

@@ -88,6 +88,13 @@ impl Machine {
                 .map(|d| d.checkpoint)
                 .collect();
             checkpoints.push(checkpoint);
+            // Its own children's ends go up with it (its parent's batch, if it still holds
+            // it, stays: the parent takes it back).
+            if let Some(adopted) = run.adopted.get() {
+                for batch in adopted.take() {
+                    hand_over.push(batch);
+                }
+            }
             hand_over.push(HandedOver {
                 checkpoints,
                 texts: std::mem::take(&mut run.pending_texts),

@@ -296,8 +296,12 @@ impl Machine {
 
     /// Whether the `execute` checkpoint of `state` waits for its child's first checkpoint
     /// (see [`super::handover`]): the state only runs one child, which starts fresh in this
-    /// process, saves to the same store and checkpoints `execute` events.
+    /// process, saves to the same store and checkpoints `execute` events — and this run holds
+    /// no batch of its own parent's (that one is saved before the child starts).
     pub(super) fn hands_down(&self, run: &Run, state: &StateSpec) -> bool {
+        if run.holds_parent_batch() {
+            return false;
+        }
         let Some(store) = self.hand_over_store(run, state) else {
             return false;
         };
