@@ -13,8 +13,10 @@
 //! The other way, a parent whose state runs one child saves that state's `execute` checkpoint
 //! (with those deferred before it, and the taking of its lock) in the script of the child's
 //! first checkpoint, which comes before the child's first work: the child, while it holds its
-//! parent's batch, defers no checkpoint but those of states that do no work. A child that
-//! never saved it gives it back and the parent saves it with its own next checkpoint.
+//! parent's batch, defers no checkpoint but those of states that do no work, and saves it
+//! before starting a child of its own (no batch goes two levels down). A child that never
+//! saved it gives it back and the parent saves it with its own next checkpoint. A child's end
+//! carries its own children's ends up with it.
 //!
 //! Only runs nobody watches hand over (a watched child announces its `CheckpointSaved` when it
 //! is saved), and only to a parent that checkpoints `execute` events, so the parent's next
