@@ -171,18 +171,7 @@ fn redis_calls(store: &str, url: &str) -> u64 {
         .arg("commandstats")
         .query(&mut conn)
         .expect("INFO");
-    stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split_once("calls=")?
-                .1
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    redis_server::command_calls(&stats, redis_server::SCRIPTS)
 }
 
 /// CPU seconds of this process's waited-for children (`/proc/self/stat` cutime + cstime).

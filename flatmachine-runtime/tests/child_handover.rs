@@ -84,17 +84,7 @@ impl Fixture {
             .query_async(&mut self.redis)
             .await
             .unwrap();
-        info.lines()
-            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-            .filter_map(|l| {
-                l.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum()
+        redis_server::command_calls(&info, redis_server::SCRIPTS)
     }
 
     /// The one child of `parent`: its id and latest checkpoint's event.

@@ -135,9 +135,13 @@ async fn until(client: &Client, secs: u64, script: &str) {
     }
 }
 
-/// The text of the element `css` selects, once there. An element the page re-renders between
-/// finding and reading it (a stale reference) is found again.
-async fn text_of(client: &Client, css: &str) -> String {
+/// `action` on the element `css` selects, once there. An element the page re-renders between
+/// finding and using it (a stale reference) is found again.
+async fn on_element<T, F, Fut>(client: &Client, css: &str, action: F) -> T
+where
+    F: Fn(fantoccini::elements::Element) -> Fut,
+    Fut: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+{
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let element = client
@@ -146,8 +150,8 @@ async fn text_of(client: &Client, css: &str) -> String {
             .for_element(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("{css}: {e}"));
-        match element.text().await {
-            Ok(text) => return text,
+        match action(element).await {
+            Ok(value) => return value,
             Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -156,24 +160,14 @@ async fn text_of(client: &Client, css: &str) -> String {
     }
 }
 
-/// Clicks the element `css` selects, once there (found again if the page re-rendered it).
+/// The text of the element `css` selects, once there.
+async fn text_of(client: &Client, css: &str) -> String {
+    on_element(client, css, |e| async move { e.text().await }).await
+}
+
+/// Clicks the element `css` selects, once there.
 async fn click(client: &Client, css: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let element = client
-            .wait()
-            .at_most(deadline.saturating_duration_since(Instant::now()))
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"));
-        match element.click().await {
-            Ok(()) => return,
-            Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("{css}: {e}"),
-        }
-    }
+    on_element(client, css, |e| async move { e.click().await }).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -708,23 +708,8 @@ async fn info(redis: &mut redis::aio::MultiplexedConnection, section: &str) -> S
 /// (`EVALSHA`, `EVAL`: what every save is) and the `GET`s (what a load is; the commands a script
 /// runs are counted under their own names, and the scripts of these runs take no `GET`).
 async fn round_trips(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
-    info(redis, "commandstats")
-        .await
-        .lines()
-        .filter(|l| {
-            ["cmdstat_evalsha:", "cmdstat_eval:", "cmdstat_get:"]
-                .iter()
-                .any(|name| l.starts_with(name))
-        })
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    let info = info(redis, "commandstats").await;
+    redis_server::command_calls(&info, &["evalsha", "eval", "get"])
 }
 
 /// A run's machine graph (the console's trace record) goes to Redis in the script of its first

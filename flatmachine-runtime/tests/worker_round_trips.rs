@@ -60,21 +60,7 @@ async fn round_trips(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
         .query_async(redis)
         .await
         .unwrap();
-    info.lines()
-        .filter(|l| {
-            ["cmdstat_evalsha:", "cmdstat_eval:"]
-                .iter()
-                .any(|name| l.starts_with(name))
-        })
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    redis_server::command_calls(&info, redis_server::SCRIPTS)
 }
 
 async fn run_job(machine: &Machine) -> RunResult {

@@ -207,26 +207,15 @@ impl Machine {
 
     /// Runs the child `name` to completion through the invoker, as the `position`-th child of
     /// the state `state` at this run's step (a derived execution id, this run as its parent,
-    /// the run tree's budget). When this run is a resume, a child that already has
-    /// checkpoints continues from them (a finished one returns its recorded result). A child
-    /// that parks in a `wait_for` state is a [`CHILD_WAITING`](crate::signals::CHILD_WAITING)
-    /// error, never a result: the parent must not go on as if the child had produced
-    /// something. The child is also recorded in `run.waiting_child`, so the loop parks the
-    /// parent with it (when the parent has a checkpoint store) instead of routing the error.
+    /// the run tree's budget), giving it this run's pending batch to save when `from_parent`
+    /// (see [`hand_down`](Self::hand_down)). When this run is a resume, a child that already
+    /// has checkpoints continues from them (a finished one returns its recorded result). A
+    /// child that parks in a `wait_for` state is a
+    /// [`CHILD_WAITING`](crate::signals::CHILD_WAITING) error, never a result: the parent must
+    /// not go on as if the child had produced something. The child is also recorded in
+    /// `run.waiting_child`, so the loop parks the parent with it (when the parent has a
+    /// checkpoint store) instead of routing the error.
     pub(super) fn run_child(
-        &self,
-        run: &Run,
-        state: &str,
-        position: usize,
-        name: &'static str,
-        input: Value,
-    ) -> BoxFuture<'static, Result<RunResult, StateError>> {
-        self.run_child_with(run, state, position, name, input, None)
-    }
-
-    /// [`run_child`](Self::run_child), giving the child this run's pending batch to save
-    /// (`from_parent`, see [`hand_down`](Self::hand_down)).
-    fn run_child_with(
         &self,
         run: &Run,
         state: &str,
@@ -494,7 +483,7 @@ impl Machine {
                 let futures: Vec<_> = inputs
                     .into_iter()
                     .enumerate()
-                    .map(|(i, input)| self.run_child(run, state.name, i, name, input))
+                    .map(|(i, input)| self.run_child(run, state.name, i, name, input, None))
                     .collect();
                 // The first child to finish wins; the others are cancelled (dropped).
                 let Some((i, first)) = first_to_finish(futures, cap).await else {
@@ -534,7 +523,7 @@ impl Machine {
             .await;
             type Entry = Result<(Option<ChildTotals>, Value), StateError>;
             let children = inputs.into_iter().enumerate().map(|(i, input)| {
-                let child = self.run_child(run, state.name, i, name, input);
+                let child = self.run_child(run, state.name, i, name, input, None);
                 Box::pin(async move {
                     let r = child.await;
                     match first_waiting([&r]) {
@@ -567,7 +556,7 @@ impl Machine {
             let down = self.hand_down(run, state);
             let from_parent = down.as_ref().map(|d| d.slot.clone());
             let result = self
-                .run_child_with(run, state.name, 0, call.name, shared_input, from_parent)
+                .run_child(run, state.name, 0, call.name, shared_input, from_parent)
                 .await;
             if let Some(down) = down {
                 down.settle(run);
@@ -582,7 +571,7 @@ impl Machine {
                 Some(tv) => template::render_with(tv, &base)?,
                 None => shared_input.clone(),
             };
-            futures.push(self.run_child(run, state.name, i, call.name, input));
+            futures.push(self.run_child(run, state.name, i, call.name, input, None));
         }
         if state.mode_any {
             // The first child to finish wins and is returned under its name (as the

@@ -173,3 +173,26 @@ fn ping(port: u16) -> bool {
     let mut buf = [0u8; 64];
     matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
 }
+
+/// The names `INFO commandstats` counts scripts under: every call the backends make is one
+/// script, one round trip (the commands a script runs are counted under their own names).
+pub const SCRIPTS: &[&str] = &["evalsha", "eval"];
+
+/// The calls of `commands` (lower-case names, such as [`SCRIPTS`]) in the text of
+/// `INFO commandstats`.
+pub fn command_calls(info: &str, commands: &[&str]) -> u64 {
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            if !commands.contains(&name) {
+                return None;
+            }
+            rest.split_once("calls=")?
+                .1
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
