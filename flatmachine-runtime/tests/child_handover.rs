@@ -21,6 +21,7 @@ use serde_json::json;
 
 flatmachine_runtime::flatmachine!("tests/machines/parent_single.yml");
 flatmachine_runtime::flatmachine!("tests/machines/grandparent.yml");
+flatmachine_runtime::flatmachine!("tests/machines/compose/child_timeout.yml");
 // `stuck` has no fallback transition on purpose: silence the compiler's warning.
 flatmachine_runtime::flatmachine!("tests/machines/parent_then_stuck.yml", allow_warnings);
 
@@ -273,6 +274,36 @@ async fn a_child_that_cannot_save_gives_its_parents_batch_back() {
             "failed:execute",
             "end:machine_end"
         ]
+    );
+}
+
+/// A state with a `timeout` drops its child when it expires: its `execute` checkpoint is saved
+/// before the child starts, not handed to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_state_saves_its_checkpoint_before_its_child() {
+    let f = fixture().await;
+    let machine = Machine::of::<child_timeout::Machine>()
+        .action_mut("hang", |_ctx, _call| {
+            Box::pin(async {
+                std::future::pending::<()>().await;
+                Ok(())
+            })
+        })
+        .persistence(f.store.clone())
+        .lock(f.lock.clone())
+        .trace(false)
+        .checkpoint_on(["execute", "machine_end"])
+        .keep_finished_checkpoints(None)
+        .build()
+        .unwrap();
+    let out = machine
+        .run_with(json!({}), RunOptions::new().execution_id("timed-1"))
+        .await
+        .unwrap();
+    assert_eq!(out.output["route"], json!("timed_out"));
+    assert_eq!(
+        f.events("timed-1").await,
+        ["start:execute", "timed_out:execute", "end:machine_end"]
     );
 }
 

@@ -294,11 +294,13 @@ impl Machine {
         let Some(store) = self.hand_over_store(run, state) else {
             return false;
         };
+        // (A state with a `timeout` drops its work when it expires: the batch would go with it.)
         let only_the_child = state.action.is_none()
             && state.agent.is_none()
             && state.launch.is_empty()
             && state.wait_for.is_none()
-            && state.tool_loop.is_none();
+            && state.tool_loop.is_none()
+            && state.timeout.is_none_or(|t| t <= 0.0);
         only_the_child
             && !run.resumed
             && self.inner.default_invoker
