@@ -20,7 +20,8 @@
 //!
 //! Only runs nobody watches hand over (a watched child announces its `CheckpointSaved` when it
 //! is saved), and only to a parent that checkpoints `execute` events, so the parent's next
-//! checkpoint comes before its next state's work.
+//! checkpoint comes before its next state's work. A state with a `timeout` (which drops its
+//! work when it expires) saves its own `execute` checkpoint before its child starts.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
