@@ -31,7 +31,8 @@ fn binary(var: &str, default: &str) -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-/// chromedriver on a free port, killed when dropped.
+/// chromedriver on a free port, in a process group of its own: when dropped (also when the
+/// test panics) the whole group is killed, the browser it started included.
 struct Driver {
     child: tokio::process::Child,
     port: u16,
@@ -39,6 +40,12 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self.child.start_kill();
     }
 }
@@ -53,6 +60,7 @@ async fn start_driver(chromedriver: &Path) -> Driver {
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .expect("chromedriver starts");
