@@ -101,6 +101,12 @@ async fn worker(a: WorkerArgs) {
             if s.pending == 0 && s.claimed == 0 {
                 break;
             }
+            // Claims of this worker it does not know of — a completion the restart lost whose
+            // claim it kept — go back to the pool, as the reaper would put them back when
+            // their lease ends (this worker holds nothing while it waits here).
+            if s.pending == 0 {
+                retry(&mut errors, || pool.release_by_worker(&a.id)).await;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
