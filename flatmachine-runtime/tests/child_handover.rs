@@ -63,7 +63,13 @@ impl Fixture {
     /// `parent` on this server's store and lock (one fencing domain: the scripts take and
     /// release the locks), checkpointing `execute` and `machine_end`, keeping all.
     fn machine(&self, parent: MachineBuilder) -> Machine {
-        with_double(parent)
+        self.built(with_double(parent))
+    }
+
+    /// `builder` on this server's store and lock, as [`machine`](Self::machine), with the
+    /// handlers it already has.
+    fn built(&self, builder: MachineBuilder) -> Machine {
+        builder
             .persistence(self.store.clone())
             .lock(self.lock.clone())
             .trace(false)
@@ -190,14 +196,7 @@ async fn three_levels_save_in_three_checkpoint_scripts() {
             Ok(())
         })
     });
-    let machine = grandparent
-        .persistence(f.store.clone())
-        .lock(f.lock.clone())
-        .trace(false)
-        .checkpoint_on(["execute", "machine_end"])
-        .keep_finished_checkpoints(None)
-        .build()
-        .unwrap();
+    let machine = f.built(grandparent);
     machine
         .run_with(json!({"x": 1}), RunOptions::new().execution_id("gp-1"))
         .await
@@ -282,20 +281,15 @@ async fn a_child_that_cannot_save_gives_its_parents_batch_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_state_saves_its_checkpoint_before_its_child() {
     let f = fixture().await;
-    let machine = Machine::of::<child_timeout::Machine>()
-        .action_mut("hang", |_ctx, _call| {
+    let machine = f.built(Machine::of::<child_timeout::Machine>().action_mut(
+        "hang",
+        |_ctx, _call| {
             Box::pin(async {
                 std::future::pending::<()>().await;
                 Ok(())
             })
-        })
-        .persistence(f.store.clone())
-        .lock(f.lock.clone())
-        .trace(false)
-        .checkpoint_on(["execute", "machine_end"])
-        .keep_finished_checkpoints(None)
-        .build()
-        .unwrap();
+        },
+    ));
     let out = machine
         .run_with(json!({}), RunOptions::new().execution_id("timed-1"))
         .await
